@@ -1,0 +1,197 @@
+"""Wiring: lock the data dir, open the store, start the guardian, bind the
+socket, then run the database writer, the supervisor and the server under one
+nursery until a shutdown request or signal ends them, in that order of trust:
+nothing is answered before the store is open, nothing claimed before the
+guardian watches."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from . import lifecycle, schema
+from .database import Database
+from .guardian import GuardianLink
+from .handlers import Daemon, Watchers
+from .server import Server, bind_unix
+from .store import Store
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+LOCK_WAIT_SECONDS = 5.0
+
+
+class StartupError(Exception):
+    """queued cannot start; the message says why, for a human."""
+
+
+@dataclass
+class DaemonConfig:
+    data_dir: Path
+    socket_path: Path
+    settings: lifecycle.Settings
+    # Values from flags and environment: they win over `config set` for this run.
+    overrides: dict[str, str] = field(default_factory=dict)
+    file_values: dict[str, object] = field(default_factory=dict)
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """An fd holding an exclusive lock on the data dir. A daemon killed moments
+    ago may leave its guardian holding the lock while it kills the old jobs: wait
+    a little for that, then give up naming the holder."""
+    path = data_dir / "queued.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            if time.monotonic() > deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise StartupError(
+                    f"another queued (pid {holder}) is already using {data_dir}; "
+                    "stop it first (`queuectl shutdown`) or choose another --data-dir"
+                ) from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+
+
+def recover(store: Store, backoff_max: float, now: float) -> int:
+    """Record attempts cut short by the previous daemon's death as interrupted."""
+    interrupted = store.interrupted()
+    store.conn.execute("BEGIN IMMEDIATE")
+    for job in interrupted:
+        state = store.finish(job, lifecycle.INTERRUPTED, backoff_max, now)
+        log.warning(
+            "job %d was running when queued stopped: attempt %d interrupted, now %s", job.id, job.run, state
+        )
+    store.ensure_queue("default", now)
+    store.conn.execute("COMMIT")
+    return len(interrupted)
+
+
+def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> lifecycle.Settings:
+    """Defaults < config file < `config set` < environment and flags."""
+    settings = lifecycle.settings_with(config.settings, config.file_values)
+    settings = lifecycle.settings_with(settings, persisted)
+    return lifecycle.settings_with(settings, config.overrides)
+
+
+class Runner:
+    """One daemon run, from lock to unlock."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.shutdown_mode: str | None = None
+        self._shutdown = trio.Event()
+
+    def request_shutdown(self, mode: str) -> None:
+        first = self.shutdown_mode is None
+        if first or mode == "now":
+            self.shutdown_mode = mode
+        log.info("shutdown requested (%s)", mode)
+        self._shutdown.set()
+        if not first and mode == "now":
+            self.supervisor.stop_jobs(list(self.supervisor.running), "interrupt")
+
+    async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        try:
+            prepare_data_dir(config.data_dir)
+        except OSError as exc:
+            raise StartupError(f"cannot create data dir {config.data_dir}: {exc.strerror}") from None
+        lock_fd = lock_data_dir(config.data_dir)
+        try:
+            await self._run_locked(lock_fd, task_status)
+        finally:
+            os.close(lock_fd)
+
+    async def _run_locked(self, lock_fd: int, task_status: trio.TaskStatus[Runner]) -> None:
+        config = self.config
+        try:
+            conn = schema.connect(config.data_dir / "queue.db")
+        except schema.DatabaseUnusable as exc:
+            raise StartupError(str(exc)) from None
+        store = Store(conn)
+        try:
+            settings = effective_settings(config, store.config())
+        except ValueError as exc:
+            raise StartupError(f"bad configuration: {exc}") from None
+        recover(store, settings.backoff_max, time.time())
+        instance = secrets.token_hex(8)
+        guardian = GuardianLink(instance, keep_fds=(lock_fd,))
+        try:
+            sock = bind_unix(config.socket_path)
+        except Exception:
+            guardian.close()
+            raise
+        try:
+            watchers = Watchers()
+            db = Database(store, on_finished=watchers.notify)
+            self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
+            self.supervisor.set_queues(store.queues())
+            self.daemon = Daemon(
+                db,
+                self.supervisor,
+                watchers,
+                data_dir=str(config.data_dir),
+                socket_path=str(config.socket_path),
+                request_shutdown=self.request_shutdown,
+            )
+            server = Server(self.daemon.handle, allowed_uids=frozenset({os.getuid(), 0}))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(db.serve)
+                await nursery.start(self.supervisor.run)
+                await nursery.start(server.serve, trio.SocketListener(sock))
+                nursery.start_soon(self._signals)
+                log.info(
+                    "queued serving %s (data %s, concurrency %d)",
+                    config.socket_path,
+                    config.data_dir,
+                    settings.concurrency,
+                )
+                task_status.started(self)
+                await self._shutdown.wait()
+                await self.supervisor.drain(interrupt=self.shutdown_mode == "now")
+                nursery.cancel_scope.cancel()
+        finally:
+            sock.close()
+            try:
+                config.socket_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            guardian.close()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except Exception:
+                log.exception("final checkpoint failed")
+            conn.close()
+            log.info("queued stopped")
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            interrupts = 0
+            async for signum in signals:
+                if signum == signal.SIGINT:
+                    interrupts += 1
+                self.request_shutdown("now" if interrupts >= 2 else "graceful")

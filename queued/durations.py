@@ -1,0 +1,55 @@
+"""Human durations and sizes ("90", "90s", "5m", "2h", "1d"; "10M"), shared by
+the CLI and the daemon's config. Pure functions."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+_SECONDS_PER = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_BYTES_PER = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`; a bare number is seconds. Raises ValueError with a reason."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 90s, 5m)")
+    number, unit = match.groups()
+    return float(number) * _SECONDS_PER[(unit or "s").lower()]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `text` ("10M", "512k", "1GiB"); a bare number is bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"invalid size {text!r}: use a number with k, M or G (e.g. 10M)")
+    number, unit, _ = match.groups()
+    return int(number) * _BYTES_PER[unit.lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """A short human form: 850ms, 42s, 5m30s, 2h05m, 3d04h."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 or seconds == int(seconds) else f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h" if hours else f"{days}d"
+
+
+def format_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size}B"

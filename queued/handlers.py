@@ -1,0 +1,311 @@
+"""Request handlers: one function per request type, from a decoded request to a
+response. Mutations go through `Database.run` (so they are answered after the
+commit) and then tell the supervisor what changed."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from . import __version__, lifecycle
+from . import protocol as p
+from .database import Database
+from .store import Refused, Store
+from .supervisor import Supervisor
+
+
+class Watchers:
+    """Wakes `wait` requests when the jobs they wait for finish."""
+
+    def __init__(self) -> None:
+        self._events: dict[int, set[trio.Event]] = {}
+
+    def notify(self, finished: list[int]) -> None:
+        for job_id in finished:
+            for event in self._events.pop(job_id, ()):
+                event.set()
+
+    def watch(self, ids: list[int], event: trio.Event) -> None:
+        for job_id in ids:
+            self._events.setdefault(job_id, set()).add(event)
+
+    def unwatch(self, ids: list[int], event: trio.Event) -> None:
+        for job_id in ids:
+            waiters = self._events.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._events[job_id]
+
+
+class Daemon:
+    """What a handler may touch: the database, the supervisor, and daemon facts."""
+
+    def __init__(
+        self,
+        db: Database,
+        supervisor: Supervisor,
+        watchers: Watchers,
+        *,
+        data_dir: str,
+        socket_path: str,
+        request_shutdown: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.supervisor = supervisor
+        self.watchers = watchers
+        self.data_dir = data_dir
+        self.socket_path = socket_path
+        self.request_shutdown = request_shutdown
+        self.clock = clock
+        self.started_at = clock()
+
+    @property
+    def settings(self) -> lifecycle.Settings:
+        return self.supervisor.settings
+
+    async def handle(self, request: p.Request) -> p.Response:
+        handler = _HANDLERS.get(type(request))
+        if handler is None:
+            return p.Error(code="bad_request", message=f"unexpected request {type(request).__name__}")
+        try:
+            return await handler(self, request)
+        except Refused as exc:
+            return p.Error(code=exc.code, message=exc.message)
+        except ValueError as exc:
+            return p.Error(code="invalid", message=str(exc))
+
+
+async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
+    if not d.supervisor.accepting:
+        return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
+    now = d.clock()
+    jobs = []
+    for index, spec in enumerate(r.jobs):
+        try:
+            jobs.append(lifecycle.new_job(spec, cwd=r.cwd, env=r.env, settings=d.settings, now=now))
+        except ValueError as exc:
+            prefix = f"job {index + 1} of {len(r.jobs)}: " if len(r.jobs) > 1 else ""
+            return p.Error(code="invalid", message=f"{prefix}{exc}")
+    ids = await d.db.run(Store.add_jobs, jobs, now)
+    d.supervisor.wake()
+    return p.Added(ids=ids)
+
+
+async def _get(d: Daemon, r: p.GetJob) -> p.Response:
+    job, runs, env = await d.db.run(Store.get_job, r.id)
+    return p.JobDetail(job=job, runs=runs, env=env)
+
+
+async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
+    jobs = await d.db.run(
+        lambda s: s.list_jobs(states=r.states, queue=r.queue, label=r.label, ids=r.ids, limit=r.limit)
+    )
+    return p.JobList(jobs=jobs)
+
+
+async def _cancel(d: Daemon, r: p.CancelJobs) -> p.Response:
+    running = await d.db.run(Store.cancel, r.ids, d.clock())
+    d.supervisor.stop_jobs(running, "cancel")
+    d.supervisor.wake()
+    return p.Changed(ids=sorted(set(r.ids)))
+
+
+async def _remove(d: Daemon, r: p.RemoveJobs) -> p.Response:
+    paths = await d.db.run(Store.remove, r.ids)
+    _unlink(paths)
+    return p.Changed(ids=sorted(set(r.ids)))
+
+
+async def _retry(d: Daemon, r: p.RetryJobs) -> p.Response:
+    if not r.ids and not r.all_dead:
+        return p.Error(code="invalid", message="name the jobs to retry")
+    ids = await d.db.run(Store.retry, r.ids, r.all_dead, d.clock())
+    d.supervisor.wake()
+    return p.Changed(ids=ids)
+
+
+async def _wait(d: Daemon, r: p.WaitJobs) -> p.Response:
+    ids = list(r.ids) or await d.db.run(Store.unfinished_ids)
+    deadline = trio.current_time() + r.timeout if r.timeout is not None else float("inf")
+    while True:
+        event = trio.Event()
+        d.watchers.watch(ids, event)  # before reading, so no finish slips between
+        try:
+            jobs = await d.db.run(lambda s: s.list_jobs(ids=ids))
+            missing = lifecycle.unknown_ids(ids, [j.id for j in jobs])
+            if missing:
+                return p.Error(code="not_found", message=f"no job {missing[0]}")
+            if all(lifecycle.is_terminal(j.state) for j in jobs):
+                return p.Waited(jobs=jobs)
+            with trio.move_on_at(deadline):
+                await event.wait()
+            if trio.current_time() >= deadline:
+                return p.Waited(jobs=await d.db.run(lambda s: s.list_jobs(ids=ids)), timed_out=True)
+        finally:
+            d.watchers.unwatch(ids, event)
+
+
+async def _read_log(d: Daemon, r: p.ReadLog) -> p.Response:
+    job, runs, _ = await d.db.run(Store.get_job, r.id)
+    if not runs:
+        return p.Error(code="not_found", message=f"job {r.id} has not run yet")
+    if r.attempt is None:
+        run = runs[-1]
+    else:
+        matching = [x for x in runs if x.attempt == r.attempt]
+        if not matching:
+            return p.Error(
+                code="not_found",
+                message=f"job {r.id} has no attempt {r.attempt} "
+                f"(it has {runs[0].attempt}..{runs[-1].attempt})",
+            )
+        run = matching[0]
+    path = run.stdout_path if r.stream == "stdout" else run.stderr_path
+    running = run.ended_at is None
+    data, size = b"", 0
+    if path:
+        data, size = await trio.to_thread.run_sync(_read_range, path, r.offset, r.limit)
+    return p.LogChunk(
+        attempt=run.attempt,
+        data=data,
+        offset=r.offset + len(data),
+        size=size,
+        running=running,
+        job_state=job.state,
+    )
+
+
+def _read_range(path: str, offset: int, limit: int) -> tuple[bytes, int]:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            return f.read(limit), size
+    except FileNotFoundError:
+        return b"", 0
+
+
+async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
+    counts = await d.db.run(Store.counts)
+    queues = await d.db.run(Store.queues)
+    return p.Status(
+        version=__version__,
+        pid=os.getpid(),
+        started_at=d.started_at,
+        counts=counts,
+        running=len(d.supervisor.running),
+        concurrency=d.settings.concurrency,
+        accepting=d.supervisor.accepting,
+        queues=queues,
+        data_dir=d.data_dir,
+        socket=d.socket_path,
+    )
+
+
+async def _workers(d: Daemon, r: p.ListWorkers) -> p.Response:
+    return p.Workers(concurrency=d.settings.concurrency, slots=d.supervisor.slots())
+
+
+async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
+    await d.db.run(Store.set_config, "concurrency", str(r.concurrency))
+    d.supervisor.set_concurrency(r.concurrency)
+    return p.Ok(message=f"concurrency is now {r.concurrency}")
+
+
+async def _queues_changed(d: Daemon) -> list[p.QueueInfo]:
+    queues = await d.db.run(Store.queues)
+    d.supervisor.set_queues(queues)
+    return queues
+
+
+async def _queue_add(d: Daemon, r: p.AddQueue) -> p.Response:
+    await d.db.run(Store.add_queue, r.name, r.concurrency, d.clock())
+    await _queues_changed(d)
+    return p.Ok(message=f"queue {r.name} added")
+
+
+async def _queue_rm(d: Daemon, r: p.RemoveQueue) -> p.Response:
+    await d.db.run(Store.remove_queue, r.name)
+    await _queues_changed(d)
+    return p.Ok(message=f"queue {r.name} removed")
+
+
+async def _queue_ls(d: Daemon, r: p.ListQueues) -> p.Response:
+    return p.Queues(queues=await d.db.run(Store.queues))
+
+
+async def _queue_pause(d: Daemon, r: p.PauseQueue) -> p.Response:
+    await d.db.run(Store.set_paused, r.name, r.paused)
+    await _queues_changed(d)
+    return p.Ok(message=f"queue {r.name} {'paused' if r.paused else 'resumed'}")
+
+
+async def _config_get(d: Daemon, r: p.GetConfig) -> p.Response:
+    values = lifecycle.settings_as_config(d.settings)
+    if r.key is not None:
+        key = lifecycle.config_key(r.key)
+        values = {key: values[key]}
+    return p.ConfigValues(values=values)
+
+
+async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
+    key = lifecycle.config_key(r.key)
+    field, value = lifecycle.parse_config_value(key, r.value)
+    await d.db.run(Store.set_config, key, r.value.strip())
+    if field == "concurrency":
+        d.supervisor.set_concurrency(int(value))  # type: ignore[arg-type]
+    else:
+        setattr(d.settings, field, value)
+    return p.Ok(message=f"{key} = {value}")
+
+
+async def _clean(d: Daemon, r: p.CleanJobs) -> p.Response:
+    states = list(r.states) or sorted(p.TERMINAL_STATES)
+    cutoff = d.clock() - r.older_than if r.older_than is not None else None
+    count, paths = await d.db.run(Store.clean, states, cutoff)
+    _unlink(paths)
+    return p.Cleaned(count=count)
+
+
+async def _shutdown(d: Daemon, r: p.Shutdown) -> p.Response:
+    d.request_shutdown(r.mode)
+    return p.Ok(
+        message="shutting down now" if r.mode == "now" else "shutting down once the running jobs finish"
+    )
+
+
+def _unlink(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+_HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
+    p.AddJobs: _add,
+    p.GetJob: _get,
+    p.ListJobs: _list,
+    p.CancelJobs: _cancel,
+    p.RemoveJobs: _remove,
+    p.RetryJobs: _retry,
+    p.WaitJobs: _wait,
+    p.ReadLog: _read_log,
+    p.GetStatus: _status,
+    p.ListWorkers: _workers,
+    p.ScaleWorkers: _scale,
+    p.AddQueue: _queue_add,
+    p.RemoveQueue: _queue_rm,
+    p.ListQueues: _queue_ls,
+    p.PauseQueue: _queue_pause,
+    p.GetConfig: _config_get,
+    p.SetConfig: _config_set,
+    p.CleanJobs: _clean,
+    p.Shutdown: _shutdown,
+}

@@ -1,0 +1,340 @@
+"""The job lifecycle: every rule about states, retries and readiness, and nothing else.
+
+Theory of operation (after h11's _state.py): everything that decides a job's
+state lives in this module, and this module knows nothing about who calls it.
+It does no I/O and reads no clock: `now` is always passed in. The store and the
+supervisor ask it what happens next and record the answer; they never set a
+state of their own.
+
+    pending ──claim──> running ──succeed──> completed
+    failed  ──claim──┘    │
+                          ├─ fail (retries left) ──> failed   (waits until run_at)
+                          └─ exhaust (none left) ──> dead     (the dead-letter queue)
+    pending / failed / running ──cancel──> canceled
+    completed / dead / canceled ──retry──> pending   (attempts reset)
+
+A `failed` job is claimed directly once its run_at is reached; that is the same
+as the "failed -> pending -> running" path without a write in between.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import signal as signals
+from collections.abc import Iterable, Mapping
+
+from msgspec import Struct
+
+from .durations import format_duration, parse_duration, parse_size
+from .protocol import TERMINAL_STATES, JobSpec, JobState
+
+
+class Event(enum.Enum):
+    CLAIM = "claim"
+    SUCCEED = "succeed"
+    FAIL = "fail"
+    EXHAUST = "exhaust"
+    CANCEL = "cancel"
+    RETRY = "retry"
+
+
+TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
+    ("pending", Event.CLAIM): "running",
+    ("failed", Event.CLAIM): "running",
+    ("running", Event.SUCCEED): "completed",
+    ("running", Event.FAIL): "failed",
+    ("running", Event.EXHAUST): "dead",
+    ("pending", Event.CANCEL): "canceled",
+    ("failed", Event.CANCEL): "canceled",
+    ("running", Event.CANCEL): "canceled",
+    ("completed", Event.RETRY): "pending",
+    ("dead", Event.RETRY): "pending",
+    ("canceled", Event.RETRY): "pending",
+}
+
+WAITING_STATES: frozenset[str] = frozenset({"pending", "failed"})
+"""States from which a job may be claimed once it is due and its dependencies completed."""
+
+
+class InvalidTransition(ValueError):
+    def __init__(self, state: str, event: Event) -> None:
+        super().__init__(f"a {state} job cannot {event.value}")
+        self.state = state
+        self.event = event
+
+
+def next_state(state: JobState, event: Event) -> JobState:
+    """The state `event` leads to from `state`, or InvalidTransition."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidTransition(state, event) from None
+
+
+def can(state: JobState, event: Event) -> bool:
+    return (state, event) in TRANSITIONS
+
+
+def is_terminal(state: str) -> bool:
+    return state in TERMINAL_STATES
+
+
+# ----------------------------------------------------------------------------
+# Settings the rules depend on
+
+
+class Settings(Struct, kw_only=True):
+    """Defaults for new jobs and limits for the supervisor; persisted with
+    `config set`. Durations are seconds, sizes bytes."""
+
+    max_retries: int = 3
+    backoff_base: float = 2.0
+    backoff_max: float = 3600.0
+    timeout: float | None = None
+    concurrency: int = 1
+    log_max_size: int = 10 * 1024 * 1024
+    kill_grace: float = 10.0
+
+
+def _parse_count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _parse_positive_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 4096:
+        raise ValueError(f"must be between 1 and 4096, got {value}")
+    return value
+
+
+def _parse_base(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 3600 or math.isnan(value):
+        raise ValueError(f"must be between 1 and 3600, got {text}")
+    return value
+
+
+def _parse_optional_duration(text: str) -> float | None:
+    if text.strip().lower() in ("", "none", "0", "off"):
+        return None
+    return _parse_positive_duration(text)
+
+
+def _parse_positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return value
+
+
+def _parse_log_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1024:
+        raise ValueError(f"must be at least 1k, got {text!r}")
+    return value
+
+
+# key as users write it -> (Settings field, parser of the user's text)
+CONFIG_KEYS = {
+    "max-retries": ("max_retries", _parse_count),
+    "backoff-base": ("backoff_base", _parse_base),
+    "backoff-max": ("backoff_max", _parse_positive_duration),
+    "timeout": ("timeout", _parse_optional_duration),
+    "concurrency": ("concurrency", _parse_positive_count),
+    "log-max-size": ("log_max_size", _parse_log_size),
+    "kill-grace": ("kill_grace", _parse_positive_duration),
+}
+
+
+def config_key(key: str) -> str:
+    """The canonical spelling of a config key (dashes), or ValueError."""
+    canonical = key.strip().lower().replace("_", "-")
+    if canonical not in CONFIG_KEYS:
+        raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
+    return canonical
+
+
+def parse_config_value(key: str, text: str) -> tuple[str, int | float | None]:
+    """(Settings field, value) for a user's `config set KEY VALUE`, or ValueError."""
+    canonical = config_key(key)
+    field, parse = CONFIG_KEYS[canonical]
+    try:
+        return field, parse(str(text))
+    except ValueError as exc:
+        raise ValueError(f"invalid value for {canonical}: {exc}") from None
+
+
+def settings_with(settings: Settings, values: Mapping[str, object]) -> Settings:
+    """A copy of `settings` with user-facing `values` (key -> text or number) applied."""
+    fields = {}
+    for key, raw in values.items():
+        field, value = parse_config_value(key, str(raw))
+        fields[field] = value
+    return Settings(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, **fields})
+
+
+def settings_as_config(settings: Settings) -> dict[str, int | float | str | None]:
+    return {key: getattr(settings, field) for key, (field, _) in CONFIG_KEYS.items()}
+
+
+# ----------------------------------------------------------------------------
+# New jobs
+
+
+class NewJob(Struct, kw_only=True):
+    """A validated job ready to be stored."""
+
+    command: str
+    queue: str
+    priority: int
+    max_retries: int
+    backoff_base: float
+    timeout: float | None
+    run_at: float
+    depends_on: list[int]
+    label: str | None
+    cwd: str
+    env: dict[str, str]
+
+
+def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
+    """Fill `spec`'s gaps from the request and the settings; ValueError names what is wrong."""
+    if not spec.command.strip():
+        raise ValueError("command is empty")
+    if "\0" in spec.command:
+        raise ValueError("command contains a NUL byte")
+    if spec.delay is not None and spec.run_at is not None:
+        raise ValueError("give either a delay or a run_at time, not both")
+    job_cwd = spec.cwd or cwd
+    if not job_cwd.startswith("/"):
+        raise ValueError(f"cwd must be an absolute path, got {job_cwd!r}")
+    merged_env = {**env, **spec.env}
+    for key, value in merged_env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ValueError(f"invalid environment variable {key!r}")
+    run_at = now
+    if spec.delay is not None:
+        run_at = now + spec.delay
+    elif spec.run_at is not None:
+        run_at = max(spec.run_at, now)
+    return NewJob(
+        command=spec.command,
+        queue=spec.queue,
+        priority=spec.priority,
+        max_retries=settings.max_retries if spec.max_retries is None else spec.max_retries,
+        backoff_base=settings.backoff_base if spec.backoff_base is None else spec.backoff_base,
+        timeout=settings.timeout if spec.timeout is None else spec.timeout,
+        run_at=run_at,
+        depends_on=sorted(set(spec.after)),
+        label=spec.label,
+        cwd=job_cwd,
+        env=merged_env,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Retries
+
+
+def backoff_delay(retry: int, base: float, cap: float) -> float:
+    """Seconds to wait before retry number `retry` (1, 2, ...): base ** retry, capped."""
+    if retry < 1:
+        return 0.0
+    try:
+        return min(base**retry, cap)
+    except OverflowError:
+        return cap
+
+
+class Outcome(Struct, frozen=True):
+    """What becomes of a job after an attempt ended."""
+
+    event: Event
+    state: JobState
+    run_at: float | None  # when the next attempt is due, for FAIL
+
+
+def after_attempt(
+    *,
+    succeeded: bool,
+    attempts: int,
+    max_retries: int,
+    backoff_base: float,
+    backoff_max: float,
+    now: float,
+) -> Outcome:
+    """The job's fate once attempt number `attempts` (1-based) ended."""
+    if succeeded:
+        return Outcome(Event.SUCCEED, "completed", None)
+    if attempts <= max_retries:
+        delay = backoff_delay(attempts, backoff_base, backoff_max)
+        return Outcome(Event.FAIL, "failed", now + delay)
+    return Outcome(Event.EXHAUST, "dead", None)
+
+
+class Exit(Struct, frozen=True):
+    """How an attempt's process ended, in the words the user sees."""
+
+    succeeded: bool
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def classify_exit(returncode: int, *, timed_out_after: float | None = None) -> Exit:
+    """An Exit from a Popen-style return code (negative = killed by a signal)."""
+    if timed_out_after is not None:
+        sig = -returncode if returncode < 0 else None
+        return Exit(
+            False, None if sig else returncode, sig, f"timed out after {format_duration(timed_out_after)}"
+        )
+    if returncode == 0:
+        return Exit(True, 0, None, None)
+    if returncode < 0:
+        return Exit(False, None, -returncode, f"killed by {signal_name(-returncode)}")
+    return Exit(False, returncode, None, f"exited with status {returncode}")
+
+
+def spawn_failure(reason: str) -> Exit:
+    return Exit(False, None, None, f"could not start: {reason}")
+
+
+INTERRUPTED = Exit(False, None, None, "interrupted: the daemon stopped while the job ran")
+
+
+# ----------------------------------------------------------------------------
+# Dependencies
+
+
+class DependencyVerdict(Struct, frozen=True):
+    ready: bool  # every dependency completed
+    blocker: int | None = None  # a dependency that can never complete
+    blocker_state: str | None = None
+
+
+def dependency_verdict(states: Mapping[int, str]) -> DependencyVerdict:
+    """Whether a job whose dependencies are in `states` can run, must wait, or never will."""
+    for dep_id in sorted(states):
+        state = states[dep_id]
+        if state in ("dead", "canceled"):
+            return DependencyVerdict(False, dep_id, state)
+    return DependencyVerdict(all(s == "completed" for s in states.values()))
+
+
+def dependency_cancel_reason(dep_id: int, dep_state: str) -> str:
+    return f"canceled: dependency {dep_id} is {dep_state}"
+
+
+def unknown_ids(wanted: Iterable[int], found: Iterable[int]) -> list[int]:
+    return sorted(set(wanted) - set(found))

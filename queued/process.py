@@ -1,0 +1,131 @@
+"""One job attempt as an operating-system process: spawn, capture, stop, reap.
+
+Each attempt runs `/bin/sh -c COMMAND` as the leader of a new session (so of a
+new process group), with stdin from /dev/null and stdout/stderr into pipes that
+the daemon copies to the attempt's log files up to a size cap: the job never
+blocks on a full pipe, and a job that writes a gigabyte costs a gigabyte of
+reads, not of disk. Exit is awaited on a pidfd, so no thread per child; the
+group is swept with SIGKILL while the leader is still an unreaped zombie,
+which keeps the group id from being reused under us.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import trio
+
+from .guardian import INSTANCE_VAR
+
+SHELL = "/bin/sh"
+_READ_SIZE = 256 * 1024
+# Variables that belong to the daemon's service manager, not to its jobs.
+_PRIVATE_VARS = (
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    INSTANCE_VAR,
+)
+
+
+class SpawnError(Exception):
+    """The attempt could not start; the message is for the user."""
+
+
+def job_environment(captured: dict[str, str], *, job_id: int, run: int, instance: str) -> dict[str, str]:
+    env = {k: v for k, v in captured.items() if k not in _PRIVATE_VARS}
+    env["QUEUED_JOB_ID"] = str(job_id)
+    env["QUEUED_ATTEMPT"] = str(run)
+    env[INSTANCE_VAR] = instance
+    return env
+
+
+class JobProcess:
+    """A started attempt: the leader's Popen, a pidfd, and the read ends of its pipes."""
+
+    def __init__(self, command: str, *, cwd: str, env: dict[str, str]) -> None:
+        if not os.path.isdir(cwd):
+            raise SpawnError(f"working directory {cwd} does not exist")
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.popen = subprocess.Popen(
+                [SHELL, "-c", command],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise SpawnError(_spawn_reason(exc, cwd)) from None
+        os.close(out_w)
+        os.close(err_w)
+        self.pid = self.popen.pid
+        self.pidfd = os.pidfd_open(self.pid)
+        self.stdout = out_r
+        self.stderr = err_r
+        self.returncode: int | None = None
+
+    async def wait_exit(self) -> None:
+        """Until the leader has exited (it stays a zombie until reap())."""
+        await trio.lowlevel.wait_readable(self.pidfd)
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self) -> int:
+        """Kill whatever the job left in its group, then collect the leader's status."""
+        self.signal_group(signal.SIGKILL)
+        self.returncode = self.popen.wait()
+        os.close(self.pidfd)
+        return self.returncode
+
+
+def _spawn_reason(exc: OSError, cwd: str) -> str:
+    if exc.errno == errno.ENOENT and exc.filename == cwd:
+        return f"working directory {cwd} does not exist"
+    if exc.errno == errno.ENOENT:
+        return f"{SHELL} not found"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied ({exc.filename or cwd})"
+    return exc.strerror or str(exc)
+
+
+async def copy_capped(read_fd: int, path: Path, cap: int) -> None:
+    """Copy a pipe into `path` until EOF, keeping the first `cap` bytes; the rest is
+    read and dropped so the writer never blocks, and a marker line says so."""
+    stream = trio.lowlevel.FdStream(read_fd)
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    written = dropped = 0
+    try:
+        while True:
+            data = await stream.receive_some(_READ_SIZE)
+            if not data:
+                break
+            kept = min(max(cap - written, 0), len(data))
+            if kept:
+                os.write(out, data[:kept])  # into the page cache: does not stall the loop
+                written += kept
+            dropped += len(data) - kept
+    finally:
+        await stream.aclose()
+        if dropped:
+            os.write(
+                out, f"\n[queued: output truncated at {cap} bytes; {dropped} more bytes dropped]\n".encode()
+            )
+        os.close(out)

@@ -1,0 +1,467 @@
+"""The wire protocol between queued and its clients: pure data and framing, no I/O.
+
+Theory of operation: a client opens the Unix socket and sends a `Hello` naming
+the protocol version it speaks; the daemon answers `Welcome` or an `Error` with
+code "version". After that each request frame gets exactly one response frame,
+in order. A frame is a 4-byte big-endian body length followed by a msgpack body
+(one Struct of the `Request` or `Response` union, told apart by its tag).
+
+The Structs below are the schema: msgspec validates every field on decode, so a
+handler never sees a wrong type or an out-of-range number. Both sides import
+this module, so it must stay light: msgspec and the standard library only.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+PROTOCOL_VERSION = 1
+HEADER_SIZE = 4
+MAX_FRAME = 64 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+JobState = Literal["pending", "running", "completed", "failed", "dead", "canceled"]
+STATES: tuple[JobState, ...] = ("pending", "running", "completed", "failed", "dead", "canceled")
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "dead", "canceled"})
+TerminalState = Literal["completed", "dead", "canceled"]
+
+ErrorCode = Literal[
+    "bad_request",  # the frame decoded but is not a valid request
+    "version",  # protocol versions differ
+    "not_found",  # an id or name that does not exist
+    "invalid",  # a value the daemon refuses (state, range, conflict)
+    "forbidden",  # peer credentials refused
+    "too_large",  # frame over MAX_FRAME
+    "storage",  # the database refused the write (disk full, I/O error)
+    "shutting_down",  # the daemon no longer accepts this request
+    "internal",  # a bug: the daemon logged the details
+]
+
+JobId = Annotated[int, Meta(ge=1, le=2**62)]
+Count = Annotated[int, Meta(ge=0, le=2**31)]
+Seconds = Annotated[float, Meta(ge=0, le=10 * 365 * 86400)]
+Priority = Annotated[int, Meta(ge=-(10**9), le=10**9)]
+QueueName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Command = Annotated[str, Meta(min_length=1, max_length=1024 * 1024)]
+Label = Annotated[str, Meta(max_length=256)]
+Path = Annotated[str, Meta(min_length=1, max_length=4096)]
+Environment = dict[str, str]
+
+MAX_JOBS_PER_ADD = 100_000
+
+
+class ProtocolError(Exception):
+    """A frame or body that cannot be accepted; `code` is the wire error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+# ----------------------------------------------------------------------------
+# Shared records
+
+
+class JobSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One job as a client asks for it. Unset fields take the daemon's defaults."""
+
+    command: Command
+    queue: QueueName = "default"
+    priority: Priority = 0
+    max_retries: Count | None = None
+    backoff_base: Annotated[float, Meta(ge=1, le=3600)] | None = None
+    timeout: Annotated[float, Meta(gt=0, le=10 * 365 * 86400)] | None = None
+    delay: Seconds | None = None
+    run_at: Annotated[float, Meta(ge=0)] | None = None
+    after: list[JobId] = []
+    label: Label | None = None
+    cwd: Path | None = None
+    env: Environment = {}
+
+
+class Job(Struct, kw_only=True):
+    """A job as the daemon reports it. Times are Unix seconds (UTC)."""
+
+    id: int
+    command: str
+    state: JobState
+    queue: str
+    priority: int
+    label: str | None
+    attempts: int
+    max_retries: int
+    backoff_base: float
+    timeout: float | None
+    exit_code: int | None
+    run_at: float
+    created_at: float
+    updated_at: float
+    depends_on: list[int]
+    cwd: str
+    error: str | None = None
+
+
+class Run(Struct, kw_only=True):
+    """One attempt of a job: a process that was (or failed to be) started."""
+
+    attempt: int
+    pid: int | None
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    stdout_path: str | None
+    stderr_path: str | None
+
+
+class QueueInfo(Struct, kw_only=True):
+    name: str
+    concurrency: int | None
+    paused: bool
+    running: int = 0
+    pending: int = 0
+
+
+class Slot(Struct, kw_only=True):
+    """A running job attempt."""
+
+    job_id: int
+    attempt: int
+    queue: str
+    pid: int | None
+    started_at: float
+    command: str
+
+
+ConfigValue = int | float | str | None
+
+
+# ----------------------------------------------------------------------------
+# Requests
+
+
+class Request(Struct, tag_field="op", forbid_unknown_fields=True):
+    pass
+
+
+class Hello(Request, tag="hello"):
+    protocol: int
+    client: Annotated[str, Meta(max_length=200)] = ""
+
+
+class AddJobs(Request, tag="add"):
+    """Add jobs atomically: all are stored, or none. Each spec's env is laid
+    over the request's env, and its cwd (if unset) is the request's cwd."""
+
+    jobs: Annotated[list[JobSpec], Meta(min_length=1, max_length=MAX_JOBS_PER_ADD)]
+    cwd: Path
+    env: Environment = {}
+
+
+class GetJob(Request, tag="get"):
+    id: JobId
+
+
+class ListJobs(Request, tag="list"):
+    """The newest `limit` jobs matching every filter, returned in id order."""
+
+    states: list[JobState] = []
+    queue: QueueName | None = None
+    label: Label | None = None
+    ids: list[JobId] = []
+    limit: Count | None = None
+
+
+class CancelJobs(Request, tag="cancel"):
+    ids: Annotated[list[JobId], Meta(min_length=1)]
+
+
+class RemoveJobs(Request, tag="rm"):
+    ids: Annotated[list[JobId], Meta(min_length=1)]
+
+
+class RetryJobs(Request, tag="retry"):
+    """Run finished jobs again with attempts reset; `all_dead` adds every dead job."""
+
+    ids: list[JobId] = []
+    all_dead: bool = False
+
+
+class WaitJobs(Request, tag="wait"):
+    """Answer once every job is completed, dead or canceled (or at `timeout`).
+    No ids means every job that is not finished when the request arrives."""
+
+    ids: list[JobId] = []
+    timeout: Seconds | None = None
+
+
+class ReadLog(Request, tag="log"):
+    id: JobId
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+    stream: Literal["stdout", "stderr"] = "stdout"
+    offset: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=8 * 1024 * 1024)] = 1024 * 1024
+
+
+class GetStatus(Request, tag="status"):
+    pass
+
+
+class ListWorkers(Request, tag="workers"):
+    pass
+
+
+class ScaleWorkers(Request, tag="scale"):
+    concurrency: Annotated[int, Meta(ge=1, le=4096)]
+
+
+class AddQueue(Request, tag="queue_add"):
+    name: QueueName
+    concurrency: Annotated[int, Meta(ge=1, le=4096)] | None = None
+
+
+class RemoveQueue(Request, tag="queue_rm"):
+    name: QueueName
+
+
+class ListQueues(Request, tag="queue_ls"):
+    pass
+
+
+class PauseQueue(Request, tag="queue_pause"):
+    name: QueueName
+    paused: bool = True
+
+
+class GetConfig(Request, tag="config_get"):
+    key: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class SetConfig(Request, tag="config_set"):
+    key: Annotated[str, Meta(max_length=64)]
+    value: Annotated[str, Meta(max_length=256)]
+
+
+class CleanJobs(Request, tag="clean"):
+    """Delete finished jobs (default: every terminal state) and their logs."""
+
+    older_than: Seconds | None = None
+    states: list[TerminalState] = []
+
+
+class Shutdown(Request, tag="shutdown"):
+    mode: Literal["graceful", "now"] = "graceful"
+
+
+AnyRequest = (
+    Hello
+    | AddJobs
+    | GetJob
+    | ListJobs
+    | CancelJobs
+    | RemoveJobs
+    | RetryJobs
+    | WaitJobs
+    | ReadLog
+    | GetStatus
+    | ListWorkers
+    | ScaleWorkers
+    | AddQueue
+    | RemoveQueue
+    | ListQueues
+    | PauseQueue
+    | GetConfig
+    | SetConfig
+    | CleanJobs
+    | Shutdown
+)
+
+
+# ----------------------------------------------------------------------------
+# Responses
+
+
+class Response(Struct, tag_field="kind"):
+    pass
+
+
+class Welcome(Response, tag="welcome"):
+    protocol: int
+    version: str
+    pid: int
+
+
+class Error(Response, tag="error"):
+    code: ErrorCode
+    message: str
+
+
+class Ok(Response, tag="ok"):
+    message: str = ""
+
+
+class Added(Response, tag="added"):
+    ids: list[int]
+
+
+class JobDetail(Response, tag="job"):
+    job: Job
+    runs: list[Run]
+    env: Environment
+
+
+class JobList(Response, tag="jobs"):
+    jobs: list[Job]
+
+
+class Changed(Response, tag="changed"):
+    ids: list[int]
+
+
+class Waited(Response, tag="waited"):
+    jobs: list[Job]
+    timed_out: bool = False
+
+
+class LogChunk(Response, tag="log"):
+    attempt: int
+    data: bytes
+    offset: int  # where the next read starts
+    size: int  # bytes in the file now
+    running: bool  # the attempt may still write more
+    job_state: JobState
+
+
+class Status(Response, tag="status"):
+    version: str
+    pid: int
+    started_at: float
+    counts: dict[str, int]
+    running: int
+    concurrency: int
+    accepting: bool
+    queues: list[QueueInfo]
+    data_dir: str
+    socket: str
+
+
+class Workers(Response, tag="workers"):
+    concurrency: int
+    slots: list[Slot]
+
+
+class Queues(Response, tag="queues"):
+    queues: list[QueueInfo]
+
+
+class ConfigValues(Response, tag="config"):
+    values: dict[str, ConfigValue]
+
+
+class Cleaned(Response, tag="cleaned"):
+    count: int
+
+
+AnyResponse = (
+    Welcome
+    | Error
+    | Ok
+    | Added
+    | JobDetail
+    | JobList
+    | Changed
+    | Waited
+    | LogChunk
+    | Status
+    | Workers
+    | Queues
+    | ConfigValues
+    | Cleaned
+)
+
+
+# ----------------------------------------------------------------------------
+# Framing
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(AnyRequest)
+_response_decoder = msgspec.msgpack.Decoder(AnyResponse)
+
+
+def encode_frame(message: Request | Response) -> bytes:
+    """One message as a length-prefixed frame."""
+    buffer = bytearray(HEADER_SIZE)
+    _encoder.encode_into(message, buffer, HEADER_SIZE)
+    length = len(buffer) - HEADER_SIZE
+    if length > MAX_FRAME:
+        raise ProtocolError("too_large", f"message of {length} bytes exceeds {MAX_FRAME}")
+    _HEADER.pack_into(buffer, 0, length)
+    return bytes(buffer)
+
+
+def frame_length(header: bytes) -> int:
+    """The body length a 4-byte header announces; refuses lengths over MAX_FRAME
+    before anyone reads (or allocates) the body."""
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError("too_large", f"frame of {length} bytes exceeds the {MAX_FRAME} limit")
+    return length
+
+
+class FrameBuffer:
+    """Accumulates bytes from a stream and yields complete frame bodies."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete body, or None when more bytes are needed."""
+        if len(self._buffer) < HEADER_SIZE:
+            return None
+        length = frame_length(bytes(self._buffer[:HEADER_SIZE]))
+        end = HEADER_SIZE + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[HEADER_SIZE:end])
+        del self._buffer[:end]
+        return body
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def decode_request(body: bytes) -> Request:
+    """A request from a frame body. Undecodable msgpack raises ProtocolError
+    "bad_frame"-style with code bad_request and `undecodable=True` semantics:
+    the caller closes the connection; a schema mismatch is answerable."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("bad_request", f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise UndecodableFrame(str(exc)) from None
+
+
+class UndecodableFrame(Exception):
+    """The body is not msgpack at all: there is no request to answer."""
+
+
+def decode_response(body: bytes) -> Response:
+    try:
+        return _response_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("bad_request", f"invalid response from daemon: {exc}") from None
+
+
+def error_from(exc: ProtocolError) -> Error:
+    return Error(code=exc.code, message=exc.message)

@@ -1,0 +1,136 @@
+"""The SQLite schema and opening the database safely.
+
+A database we cannot read, or one written by a newer queued, stops the daemon
+with a message naming the file; it is never replaced by a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE queues (
+    name        TEXT PRIMARY KEY,
+    concurrency INTEGER,
+    paused      INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE environments (
+    id     INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    data   BLOB NOT NULL
+);
+-- AUTOINCREMENT: ids only grow, even after `clean` deleted the newest jobs.
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    command      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    queue        TEXT NOT NULL REFERENCES queues(name),
+    priority     INTEGER NOT NULL,
+    label        TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    max_retries  INTEGER NOT NULL,
+    backoff_base REAL NOT NULL,
+    timeout      REAL,
+    exit_code    INTEGER,
+    run_at       REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    cwd          TEXT NOT NULL,
+    env_id       INTEGER NOT NULL REFERENCES environments(id),
+    unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
+    error        TEXT
+);
+CREATE TABLE dependencies (
+    job_id     INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    depends_on INTEGER NOT NULL,
+    PRIMARY KEY (job_id, depends_on)
+) WITHOUT ROWID;
+CREATE INDEX dependencies_by_target ON dependencies(depends_on);
+CREATE TABLE attempts (
+    job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    attempt     INTEGER NOT NULL,
+    pid         INTEGER,
+    started_at  REAL NOT NULL,
+    ended_at    REAL,
+    exit_code   INTEGER,
+    signal      INTEGER,
+    error       TEXT,
+    stdout_path TEXT,
+    stderr_path TEXT,
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+CREATE TABLE config (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- Kept by triggers so that `status` is O(queues), not a scan of a million rows.
+CREATE TABLE counts (
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (queue, state)
+) WITHOUT ROWID;
+
+-- The next job to claim: lowest priority, then run_at, then id.
+CREATE INDEX jobs_ready ON jobs(priority, run_at, id)
+    WHERE state IN ('pending', 'failed') AND unmet = 0;
+-- The earliest timer to sleep until.
+CREATE INDEX jobs_due ON jobs(run_at) WHERE state IN ('pending', 'failed') AND unmet = 0;
+CREATE INDEX jobs_by_state ON jobs(state, id);
+CREATE INDEX jobs_by_queue ON jobs(queue, id);
+CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
+CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ('completed', 'dead', 'canceled');
+
+CREATE TRIGGER count_insert AFTER INSERT ON jobs BEGIN
+    INSERT INTO counts VALUES (new.queue, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER count_update AFTER UPDATE OF state ON jobs WHEN old.state != new.state BEGIN
+    UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+    INSERT INTO counts VALUES (new.queue, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER count_delete AFTER DELETE ON jobs BEGIN
+    UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+END;
+"""
+
+
+class DatabaseUnusable(Exception):
+    """The database file exists but cannot be used; the message names it."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database at `path`, refusing anything we cannot trust."""
+    existed = path.exists() and path.stat().st_size > 0
+    if not existed:
+        # Created 0600 by us before SQLite opens it: the -wal and -shm files copy its mode.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise DatabaseUnusable(
+                f"{path} has schema version {version}, newer than this queued "
+                f"understands ({SCHEMA_VERSION}); upgrade queued or use another --data-dir"
+            )
+        if existed:
+            if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise DatabaseUnusable(f"{path} is an SQLite database, but not one of queued's")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise DatabaseUnusable(f"{path} failed its integrity check: {check}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        if version == 0:
+            conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnusable(f"{path} cannot be used as queued's database: {exc}") from None
+    return conn

@@ -1,0 +1,182 @@
+"""The control socket: bind it safely, admit only our user, speak the protocol.
+
+Each connection is a task in the server's nursery; anything that goes wrong in
+one (bad bytes, a vanished client, a bug in a handler) ends that connection
+with a logged reason and never the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket as stdsocket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from . import __version__
+from . import protocol as p
+from .database import StorageError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[p.Request], Awaitable[p.Response]]
+
+
+class SocketInUse(Exception):
+    pass
+
+
+def prepare_socket_dir(path: Path) -> None:
+    """Create the socket's directory 0700, or check that an existing one is ours
+    and private (a shared /tmp fallback must not let another user in)."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise SocketInUse(f"{folder} belongs to uid {info.st_uid}, not to us; choose another --socket")
+    if stat.S_IMODE(info.st_mode) & 0o077 and folder != Path("/tmp"):
+        os.chmod(folder, 0o700)
+
+
+def bind_unix(path: Path) -> trio.socket.SocketType:
+    """A listening socket at `path`, 0600 from its first instant; a stale socket
+    file left by a crashed daemon is replaced, a live one refused."""
+    prepare_socket_dir(path)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise SocketInUse(f"{path} exists and is not a socket")
+        probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # stale: nobody is listening
+        else:
+            raise SocketInUse(f"another queued is already serving {path}")
+        finally:
+            probe.close()
+    sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(512)
+    return trio.socket.from_stdlib_socket(sock)
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    creds = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class Server:
+    def __init__(self, handler: Handler, allowed_uids: frozenset[int]) -> None:
+        self.handler = handler
+        self.allowed_uids = allowed_uids
+        self.connections = 0
+
+    async def serve(
+        self,
+        listener: trio.SocketListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    # EMFILE and friends: wait for a connection to end, don't die.
+                    log.error("accept failed: %s", exc)
+                    await trio.sleep(0.1 if exc.errno in (errno.EMFILE, errno.ENFILE) else 0)
+                    continue
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            async with stream:
+                await self._converse(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            self.connections -= 1
+
+    async def _converse(self, stream: trio.SocketStream) -> None:
+        uid = peer_uid(stream.socket)
+        if uid not in self.allowed_uids:
+            log.warning("refused a connection from uid %d", uid)
+            await _send(stream, p.Error(code="forbidden", message=f"uid {uid} may not use this queued"))
+            return
+        frames = _Frames(stream)
+        hello = await frames.next_request()
+        if not isinstance(hello, p.Hello):
+            await _send(stream, p.Error(code="bad_request", message="expected a hello first"))
+            return
+        if hello.protocol != p.PROTOCOL_VERSION:
+            await _send(
+                stream,
+                p.Error(
+                    code="version",
+                    message=(
+                        f"protocol version mismatch: client speaks {hello.protocol}, queued {__version__} "
+                        f"speaks {p.PROTOCOL_VERSION}; use matching versions of queuectl and queued"
+                    ),
+                ),
+            )
+            return
+        await _send(stream, p.Welcome(protocol=p.PROTOCOL_VERSION, version=__version__, pid=os.getpid()))
+        while True:
+            try:
+                request = await frames.next_request()
+            except p.ProtocolError as exc:
+                await _send(stream, p.error_from(exc))
+                if exc.code == "too_large":
+                    return  # the body is still on the wire: no way back into sync
+                continue
+            if request is None:
+                return
+            await _send(stream, await self._answer(request))
+
+    async def _answer(self, request: p.Request) -> p.Response:
+        try:
+            return await self.handler(request)
+        except StorageError as exc:
+            return p.Error(code="storage", message=str(exc))
+        except Exception:
+            log.exception("handler for %s failed", type(request).__name__)
+            return p.Error(code="internal", message="internal error: see queued's log")
+
+
+class _Frames:
+    """Reads frames off a stream; None at a clean end of stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = p.FrameBuffer()
+
+    async def next_request(self) -> p.Request | None:
+        while True:
+            body = self.buffer.next_frame()  # raises ProtocolError("too_large")
+            if body is not None:
+                try:
+                    return p.decode_request(body)
+                except p.UndecodableFrame:
+                    log.info("closing a connection that sent undecodable bytes")
+                    return None
+            data = await self.stream.receive_some(256 * 1024)
+            if not data:
+                return None
+            self.buffer.feed(data)
+
+
+async def _send(stream: trio.SocketStream, message: p.Response) -> None:
+    await stream.send_all(p.encode_frame(message))

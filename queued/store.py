@@ -1,0 +1,550 @@
+"""Durable state: every query and mutation of the SQLite database.
+
+Theory of operation: `Store` is synchronous and owns one connection; it is only
+ever called from the database thread (see `database.py`), which wraps each
+batch of calls in one transaction and each call in a savepoint. A method that
+refuses raises `Refused`; its savepoint is rolled back, so a rejected request
+changes nothing. State changes are decided by `lifecycle`, never here. SQL
+stays behind this module so that another backend can take its place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from . import lifecycle
+from .lifecycle import Event, Exit, NewJob
+from .protocol import ErrorCode, Job, JobState, QueueInfo, Run
+
+_JOB_COLUMNS = (
+    "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
+    " timeout, exit_code, run_at, created_at, updated_at, cwd, error"
+)
+_env_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_env_decoder = msgspec.msgpack.Decoder(dict[str, str])
+
+
+class Refused(Exception):
+    """A request the store will not carry out; nothing it did is kept."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+class Claimed(msgspec.Struct, kw_only=True):
+    """A job taken for an attempt: what the supervisor needs to run it."""
+
+    id: int
+    run: int  # run number across the job's life (names the attempt's logs)
+    attempts: int  # attempts in the current round, for the retry policy
+    command: str
+    queue: str
+    cwd: str
+    env: dict[str, str]
+    timeout: float | None
+    max_retries: int
+    backoff_base: float
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._env_ids: dict[bytes, int] = {}
+        # Jobs that reached a terminal state in the current batch, for waiters.
+        self.finished: list[int] = []
+
+    def forget_caches(self) -> None:
+        """Drop what may name rows a rollback removed."""
+        self._env_ids.clear()
+
+    # -- jobs -----------------------------------------------------------------
+
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[int]:
+        queues = {row[0] for row in self.conn.execute("SELECT name FROM queues")}
+        ids: list[int] = []
+        for job in jobs:
+            if job.queue not in queues:
+                raise Refused(
+                    "not_found",
+                    f"unknown queue {job.queue!r} (create it with `queuectl queue add {job.queue}`)",
+                )
+            dep_states = self._states(job.depends_on)
+            missing = lifecycle.unknown_ids(job.depends_on, dep_states)
+            if missing:
+                raise Refused("not_found", f"--after names unknown job {missing[0]}")
+            verdict = lifecycle.dependency_verdict(dep_states)
+            state: JobState = "pending"
+            error = None
+            if verdict.blocker is not None:
+                state = "canceled"
+                error = lifecycle.dependency_cancel_reason(verdict.blocker, verdict.blocker_state or "")
+            unmet = sum(1 for s in dep_states.values() if s != "completed")
+            cursor = self.conn.execute(
+                "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
+                " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.command,
+                    state,
+                    job.queue,
+                    job.priority,
+                    job.label,
+                    job.max_retries,
+                    job.backoff_base,
+                    job.timeout,
+                    job.run_at,
+                    now,
+                    now,
+                    job.cwd,
+                    self._env_id(job.env),
+                    unmet,
+                    error,
+                ),
+            )
+            job_id = cursor.lastrowid
+            assert job_id is not None
+            if job.depends_on:
+                self.conn.executemany(
+                    "INSERT INTO dependencies (job_id, depends_on) VALUES (?, ?)",
+                    [(job_id, dep) for dep in job.depends_on],
+                )
+            ids.append(job_id)
+        return ids
+
+    def _env_id(self, env: dict[str, str]) -> int:
+        data = _env_encoder.encode(env)
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        env_id = self._env_ids.get(digest)
+        if env_id is None:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO environments (digest, data) VALUES (?, ?)", (digest, data)
+            )
+            env_id = self.conn.execute("SELECT id FROM environments WHERE digest = ?", (digest,)).fetchone()[
+                0
+            ]
+            self._env_ids[digest] = env_id
+        return env_id
+
+    def _states(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return dict(self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", ids))
+
+    def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
+        row = self.conn.execute(f"SELECT {_JOB_COLUMNS}, env_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise Refused("not_found", f"no job {job_id}")
+        job = self._job(row[:-1])
+        env_data = self.conn.execute("SELECT data FROM environments WHERE id = ?", (row[-1],)).fetchone()
+        runs = [
+            Run(
+                attempt=r[0],
+                pid=r[1],
+                started_at=r[2],
+                ended_at=r[3],
+                exit_code=r[4],
+                signal=r[5],
+                error=r[6],
+                stdout_path=r[7],
+                stderr_path=r[8],
+            )
+            for r in self.conn.execute(
+                "SELECT attempt, pid, started_at, ended_at, exit_code, signal, error,"
+                " stdout_path, stderr_path FROM attempts WHERE job_id = ? ORDER BY attempt",
+                (job_id,),
+            )
+        ]
+        return job, runs, _env_decoder.decode(env_data[0]) if env_data else {}
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        queue: str | None = None,
+        label: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int | None = None,
+    ) -> list[Job]:
+        where, args = [], []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += states
+        if queue is not None:
+            where.append("queue = ?")
+            args.append(queue)
+        if label is not None:
+            where.append("label = ?")
+            args.append(label)
+        if ids:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args += ids
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self.conn.execute(sql, args).fetchall()
+        rows.reverse()
+        return self._jobs(rows)
+
+    def _jobs(self, rows: list[tuple]) -> list[Job]:
+        deps: dict[int, list[int]] = {}
+        ids = [row[0] for row in rows]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            for job_id, dep in self.conn.execute(
+                f"SELECT job_id, depends_on FROM dependencies WHERE job_id IN ({','.join('?' * len(chunk))})"
+                " ORDER BY depends_on",
+                chunk,
+            ):
+                deps.setdefault(job_id, []).append(dep)
+        return [self._job(row, deps.get(row[0], [])) for row in rows]
+
+    def _job(self, row: tuple, depends_on: list[int] | None = None) -> Job:
+        if depends_on is None:
+            depends_on = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT depends_on FROM dependencies WHERE job_id = ? ORDER BY depends_on", (row[0],)
+                )
+            ]
+        return Job(
+            id=row[0],
+            command=row[1],
+            state=row[2],
+            queue=row[3],
+            priority=row[4],
+            label=row[5],
+            attempts=row[6],
+            max_retries=row[7],
+            backoff_base=row[8],
+            timeout=row[9],
+            exit_code=row[10],
+            run_at=row[11],
+            created_at=row[12],
+            updated_at=row[13],
+            cwd=row[14],
+            error=row[15],
+            depends_on=depends_on,
+        )
+
+    def unfinished_ids(self) -> list[int]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM jobs WHERE state IN ('pending', 'running', 'failed') ORDER BY id"
+            )
+        ]
+
+    def _require(self, ids: Sequence[int], event: Event) -> dict[int, str]:
+        """The states of `ids`, refusing unknown ids and any job `event` does not apply to."""
+        states = self._states(ids)
+        missing = lifecycle.unknown_ids(ids, states)
+        if missing:
+            raise Refused("not_found", f"no job {missing[0]}")
+        for job_id in sorted(states):
+            if not lifecycle.can(states[job_id], event):  # type: ignore[arg-type]
+                raise Refused("invalid", f"job {job_id} is {states[job_id]}: {_cannot(event)}")
+        return states
+
+    def _set_state(self, job_id: int, old: str, event: Event, now: float, **columns: object) -> None:
+        new = lifecycle.next_state(old, event)  # type: ignore[arg-type]
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        self.conn.execute(
+            f"UPDATE jobs SET state = ?, updated_at = ?{', ' + sets if sets else ''} WHERE id = ?",
+            (new, now, *columns.values(), job_id),
+        )
+        if lifecycle.is_terminal(new):
+            self.finished.append(job_id)
+            if new in ("dead", "canceled"):
+                self._cancel_dependents(job_id, new, now)
+            else:
+                self.conn.execute(
+                    "UPDATE jobs SET unmet = unmet - 1 WHERE id IN"
+                    " (SELECT job_id FROM dependencies WHERE depends_on = ?) AND unmet > 0",
+                    (job_id,),
+                )
+
+    def _cancel_dependents(self, job_id: int, state: str, now: float) -> None:
+        reason = lifecycle.dependency_cancel_reason(job_id, state)
+        for (dependent,) in self.conn.execute(
+            "SELECT j.id FROM dependencies d JOIN jobs j ON j.id = d.job_id"
+            " WHERE d.depends_on = ? AND j.state = 'pending'",
+            (job_id,),
+        ).fetchall():
+            self._set_state(dependent, "pending", Event.CANCEL, now, error=reason)
+
+    def cancel(self, ids: Sequence[int], now: float) -> list[int]:
+        """Cancel jobs; returns those that were running (their processes must be stopped)."""
+        states = self._require(ids, Event.CANCEL)
+        for job_id in sorted(states):
+            self._set_state(job_id, states[job_id], Event.CANCEL, now, error="canceled by user")
+        return [job_id for job_id, state in states.items() if state == "running"]
+
+    def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> list[int]:
+        ids = list(ids)
+        if all_dead:
+            ids += [r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE state = 'dead'")]
+        ids = sorted(set(ids))
+        states = self._require(ids, Event.RETRY)
+        for job_id in ids:  # ascending: a dependency is retried before its dependents
+            deps = self._states(
+                r[0]
+                for r in self.conn.execute("SELECT depends_on FROM dependencies WHERE job_id = ?", (job_id,))
+            )
+            verdict = lifecycle.dependency_verdict(deps)
+            if verdict.blocker is not None:
+                raise Refused(
+                    "invalid",
+                    f"job {job_id} depends on job {verdict.blocker}, which is "
+                    f"{verdict.blocker_state}: retry that one too",
+                )
+            unmet = sum(1 for s in deps.values() if s != "completed")
+            self._set_state(
+                job_id,
+                states[job_id],
+                Event.RETRY,
+                now,
+                attempts=0,
+                exit_code=None,
+                error=None,
+                run_at=now,
+                unmet=unmet,
+            )
+        return ids
+
+    def remove(self, ids: Sequence[int]) -> list[str]:
+        """Delete finished jobs; returns their log paths for the caller to unlink."""
+        states = self._states(ids)
+        missing = lifecycle.unknown_ids(ids, states)
+        if missing:
+            raise Refused("not_found", f"no job {missing[0]}")
+        for job_id in sorted(states):
+            if not lifecycle.is_terminal(states[job_id]):
+                raise Refused("invalid", f"job {job_id} is {states[job_id]}: cancel it first")
+        return self._delete(sorted(states))
+
+    def clean(self, states: Sequence[str], older_than: float | None) -> tuple[int, list[str]]:
+        marks = ",".join("?" * len(states))
+        sql, args = f"SELECT id FROM jobs WHERE state IN ({marks})", list(states)
+        if older_than is not None:
+            sql += " AND updated_at < ?"
+            args.append(older_than)
+        ids = [r[0] for r in self.conn.execute(sql, args)]
+        return len(ids), self._delete(ids)
+
+    def _delete(self, ids: Sequence[int]) -> list[str]:
+        paths: list[str] = []
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for out, err in self.conn.execute(
+                f"SELECT stdout_path, stderr_path FROM attempts WHERE job_id IN ({marks})", chunk
+            ):
+                paths += [p for p in (out, err) if p]
+            self.conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+        return paths
+
+    # -- the supervisor's side -------------------------------------------------
+
+    def claim(self, *, now: float, slots: int, queue_room: dict[str, int]) -> list[Claimed]:
+        """Take up to `slots` due jobs, best first, from queues with room left.
+        `queue_room` maps every claimable queue to its free slots."""
+        claimed: list[Claimed] = []
+        room = dict(queue_room)
+        while slots > len(claimed) and any(room.values()):
+            open_queues = [q for q, n in room.items() if n > 0]
+            marks = ",".join("?" * len(open_queues))
+            rows = self.conn.execute(
+                "SELECT id, state, attempts, command, queue, cwd, env_id, timeout, max_retries,"
+                " backoff_base FROM jobs INDEXED BY jobs_ready"
+                " WHERE state IN ('pending', 'failed') AND unmet = 0 AND run_at <= ?"
+                f" AND queue IN ({marks}) ORDER BY priority, run_at, id LIMIT ?",
+                (now, *open_queues, slots - len(claimed)),
+            ).fetchall()
+            if not rows:
+                break
+            filled = False
+            for row in rows:
+                queue = row[4]
+                if room[queue] <= 0:
+                    filled = True
+                    continue
+                room[queue] -= 1
+                claimed.append(self._claim_one(row, now))
+            if not filled:
+                break
+        return claimed
+
+    def _claim_one(self, row: tuple, now: float) -> Claimed:
+        job_id, state, attempts = row[0], row[1], row[2]
+        run = self.conn.execute(
+            "SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = ?", (job_id,)
+        ).fetchone()[0]
+        self._set_state(job_id, state, Event.CLAIM, now, attempts=attempts + 1)
+        self.conn.execute(
+            "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?, ?, ?)", (job_id, run, now)
+        )
+        env = self.conn.execute("SELECT data FROM environments WHERE id = ?", (row[6],)).fetchone()[0]
+        return Claimed(
+            id=job_id,
+            run=run,
+            attempts=attempts + 1,
+            command=row[3],
+            queue=row[4],
+            cwd=row[5],
+            env=_env_decoder.decode(env),
+            timeout=row[7],
+            max_retries=row[8],
+            backoff_base=row[9],
+        )
+
+    def next_due(self, now: float, queues: Sequence[str]) -> float | None:
+        """The earliest future run_at among waiting jobs of `queues`."""
+        if not queues:
+            return None
+        marks = ",".join("?" * len(queues))
+        row = self.conn.execute(
+            "SELECT run_at FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
+            f" AND unmet = 0 AND run_at > ? AND queue IN ({marks}) ORDER BY run_at LIMIT 1",
+            (now, *queues),
+        ).fetchone()
+        return row[0] if row else None
+
+    def started(self, job_id: int, run: int, pid: int, stdout: str, stderr: str) -> None:
+        self.conn.execute(
+            "UPDATE attempts SET pid = ?, stdout_path = ?, stderr_path = ? WHERE job_id = ? AND attempt = ?",
+            (pid, stdout, stderr, job_id, run),
+        )
+
+    def finish(self, claimed: Claimed, exit: Exit, backoff_max: float, now: float) -> JobState:
+        """Record the end of an attempt and move the job on; returns its new state."""
+        self.conn.execute(
+            "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, error = ?"
+            " WHERE job_id = ? AND attempt = ?",
+            (now, exit.exit_code, exit.signal, exit.error, claimed.id, claimed.run),
+        )
+        row = self.conn.execute("SELECT state, attempts FROM jobs WHERE id = ?", (claimed.id,)).fetchone()
+        if row is None or row[0] != "running":
+            return row[0] if row else "canceled"  # canceled (or removed) while it ran
+        outcome = lifecycle.after_attempt(
+            succeeded=exit.succeeded,
+            attempts=row[1],
+            max_retries=claimed.max_retries,
+            backoff_base=claimed.backoff_base,
+            backoff_max=backoff_max,
+            now=now,
+        )
+        extra: dict[str, object] = {"exit_code": exit.exit_code, "error": exit.error}
+        if outcome.run_at is not None:
+            extra["run_at"] = outcome.run_at
+        self._set_state(claimed.id, "running", outcome.event, now, **extra)
+        return outcome.state
+
+    def interrupted(self) -> list[Claimed]:
+        """Jobs left `running` by a daemon that died, as Claimed records to finish."""
+        out = []
+        for row in self.conn.execute(
+            "SELECT j.id, a.attempt, j.attempts, j.command, j.queue, j.cwd, j.timeout,"
+            " j.max_retries, j.backoff_base FROM jobs j JOIN attempts a ON a.job_id = j.id"
+            " WHERE j.state = 'running' AND a.attempt = (SELECT max(attempt) FROM attempts"
+            " WHERE job_id = j.id)"
+        ).fetchall():
+            out.append(
+                Claimed(
+                    id=row[0],
+                    run=row[1],
+                    attempts=row[2],
+                    command=row[3],
+                    queue=row[4],
+                    cwd=row[5],
+                    env={},
+                    timeout=row[6],
+                    max_retries=row[7],
+                    backoff_base=row[8],
+                )
+            )
+        return out
+
+    # -- queues, config, counts -------------------------------------------------
+
+    def queues(self) -> list[QueueInfo]:
+        counts: dict[tuple[str, str], int] = {
+            (q, s): n for q, s, n in self.conn.execute("SELECT queue, state, n FROM counts")
+        }
+        return [
+            QueueInfo(
+                name=name,
+                concurrency=conc,
+                paused=bool(paused),
+                running=counts.get((name, "running"), 0),
+                pending=counts.get((name, "pending"), 0) + counts.get((name, "failed"), 0),
+            )
+            for name, conc, paused in self.conn.execute(
+                "SELECT name, concurrency, paused FROM queues ORDER BY name"
+            )
+        ]
+
+    def ensure_queue(self, name: str, now: float) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?, ?)", (name, now))
+
+    def add_queue(self, name: str, concurrency: int | None, now: float) -> None:
+        if self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone():
+            raise Refused("invalid", f"queue {name!r} already exists")
+        self.conn.execute(
+            "INSERT INTO queues (name, concurrency, created_at) VALUES (?, ?, ?)", (name, concurrency, now)
+        )
+
+    def remove_queue(self, name: str) -> None:
+        if name == "default":
+            raise Refused("invalid", "the default queue cannot be removed")
+        self._require_queue(name)
+        busy = self.conn.execute(
+            "SELECT count(*) FROM jobs WHERE queue = ? AND state IN ('pending', 'running', 'failed')", (name,)
+        ).fetchone()[0]
+        if busy:
+            raise Refused("invalid", f"queue {name!r} still has {busy} unfinished job(s)")
+        if self.conn.execute("SELECT 1 FROM jobs WHERE queue = ? LIMIT 1", (name,)).fetchone():
+            raise Refused("invalid", f"queue {name!r} still holds finished jobs: `queuectl clean` them first")
+        self.conn.execute("DELETE FROM counts WHERE queue = ?", (name,))
+        self.conn.execute("DELETE FROM queues WHERE name = ?", (name,))
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        self._require_queue(name)
+        self.conn.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))
+
+    def _require_queue(self, name: str) -> None:
+        if not self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone():
+            raise Refused("not_found", f"no queue {name!r}")
+
+    def counts(self) -> dict[str, int]:
+        totals = dict.fromkeys(("pending", "running", "completed", "failed", "dead", "canceled"), 0)
+        for state, n in self.conn.execute("SELECT state, sum(n) FROM counts GROUP BY state"):
+            totals[state] = n
+        return totals
+
+    def config(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM config"))
+
+    def set_config(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO config (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def _cannot(event: Event) -> str:
+    return {
+        Event.CANCEL: "only pending, failed or running jobs can be canceled",
+        Event.RETRY: "only completed, dead or canceled jobs can be retried",
+    }.get(event, f"cannot {event.value}")
