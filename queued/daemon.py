@@ -28,6 +28,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 5.0
+ANSWER_GRACE_SECONDS = 0.5
 
 
 class StartupError(Exception):
@@ -173,6 +174,9 @@ class Runner:
                 task_status.started(self)
                 await self._shutdown.wait()
                 await self.supervisor.drain(interrupt=self.shutdown_mode == "now")
+                # Answers already being prepared (a `wait` that just finished) still go out.
+                with trio.move_on_after(ANSWER_GRACE_SECONDS):
+                    await server.wait_idle()
                 nursery.cancel_scope.cancel()
         finally:
             sock.close()

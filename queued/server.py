@@ -79,6 +79,13 @@ class Server:
         self.handler = handler
         self.allowed_uids = allowed_uids
         self.connections = 0
+        self.in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no request is being answered (a shutdown lets answers go out)."""
+        await self._idle.wait()
 
     async def serve(
         self,
@@ -144,7 +151,14 @@ class Server:
                 continue
             if request is None:
                 return
-            await _send(stream, await self._answer(request))
+            self.in_flight += 1
+            self._idle = trio.Event() if self._idle.is_set() else self._idle
+            try:
+                await _send(stream, await self._answer(request))
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self._idle.set()
 
     async def _answer(self, request: p.Request) -> p.Response:
         try:

@@ -1,0 +1,122 @@
+"""Clients' mistakes get an error, never crash the daemon, and change nothing."""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+import trio
+
+from queued import protocol as p
+
+from .conftest import AsyncClient, DaemonHandle
+
+
+async def snapshot(client: AsyncClient) -> tuple[list[p.Job], dict[str, int]]:
+    jobs = await client.ok(p.ListJobs())
+    status = await client.ok(p.GetStatus())
+    assert isinstance(jobs, p.JobList) and isinstance(status, p.Status)
+    return jobs.jobs, status.counts
+
+
+def raw_frame(obj: object) -> bytes:
+    body = msgspec.msgpack.encode(obj)
+    return struct.pack(">I", len(body)) + body
+
+
+async def test_wrong_types_and_values_are_refused_with_the_field(client: AsyncClient) -> None:
+    await client.wait(await client.add("true"))
+    before = await snapshot(client)
+    cases = [
+        ({"op": "add", "jobs": [{"command": "true", "max_retries": "x"}], "cwd": "/"}, "max_retries"),
+        ({"op": "add", "jobs": [{"command": "true", "max_retries": -1}], "cwd": "/"}, "max_retries"),
+        ({"op": "add", "jobs": [{"command": ""}], "cwd": "/"}, "command"),
+        ({"op": "add", "jobs": [], "cwd": "/"}, "jobs"),
+        ({"op": "add", "jobs": [{"command": "true", "bogus": 1}], "cwd": "/"}, "bogus"),
+        ({"op": "get", "id": 0}, "id"),
+        ({"op": "frobnicate"}, "frobnicate"),
+        ({"op": "scale", "concurrency": -2}, "concurrency"),
+        ([1, 2, 3], "object"),
+    ]
+    for request, word in cases:
+        await client.send_raw(raw_frame(request))
+        response = await client.receive()
+        assert isinstance(response, p.Error) and response.code == "bad_request", (request, response)
+        assert word in response.message, (word, response.message)
+    for request in (
+        p.AddJobs(jobs=[p.JobSpec(command="   ")], cwd="/", env={}),
+        p.AddJobs(jobs=[p.JobSpec(command="true", after=[12345])], cwd="/", env={}),
+        p.AddJobs(
+            jobs=[p.JobSpec(command="true"), p.JobSpec(command="true", queue="ghost")], cwd="/", env={}
+        ),
+        p.AddJobs(jobs=[p.JobSpec(command="true", delay=1, run_at=2)], cwd="/", env={}),
+        p.AddJobs(jobs=[p.JobSpec(command="true")], cwd="relative", env={}),
+        p.RetryJobs(ids=[1, 999]),
+        p.SetConfig(key="max-retries", value="-3"),
+        p.SetConfig(key="nonsense", value="1"),
+        p.RemoveQueue(name="default"),
+    ):
+        response = await client.request(request)
+        assert isinstance(response, p.Error) and response.code in ("invalid", "not_found"), (
+            request,
+            response,
+        )
+    assert await snapshot(client) == before
+
+
+async def test_garbage_closes_only_that_connection(daemon: DaemonHandle, client: AsyncClient) -> None:
+    await client.wait(await client.add("true"))
+    before = await snapshot(client)
+    payloads = [
+        b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1",  # msgpack's never-used byte
+        b"GET / HTTP/1.1\r\n\r\n",
+        struct.pack(">I", 2**31) + b"x" * 100,  # announces 2 GiB
+        b"\x00\x00\x00\x10short",  # truncated, then closed
+        b"",
+    ]
+    for payload in payloads:
+        stream = await trio.open_unix_socket(str(daemon.config.socket_path))
+        if payload:
+            await stream.send_all(payload)
+        await stream.send_eof()
+        with trio.fail_after(5):
+            while await stream.receive_some(65536):
+                pass  # the daemon answers (an error) or just closes
+        await stream.aclose()
+    # Garbage after a good handshake, too.
+    other = await daemon.client()
+    await other.send_raw(b"\x00\x00\x00\x03\xc1\xc1\xc1")
+    assert await other.receive() is None
+    await other.aclose()
+    assert await snapshot(client) == before
+    assert len(daemon.runner.supervisor.running) == 0
+
+
+async def test_oversized_frame_is_refused_before_reading_it(daemon: DaemonHandle) -> None:
+    other = await daemon.client()
+    await other.send_raw(struct.pack(">I", p.MAX_FRAME + 1))
+    response = await other.receive()
+    assert isinstance(response, p.Error) and response.code == "too_large"
+    assert await other.receive() is None
+    await other.aclose()
+
+
+async def test_version_mismatch_is_explained(daemon: DaemonHandle) -> None:
+    stream = await trio.open_unix_socket(str(daemon.config.socket_path))
+    await stream.send_all(p.encode_frame(p.Hello(protocol=p.PROTOCOL_VERSION + 1)))
+    client = AsyncClient(stream)
+    response = await client.receive()
+    assert isinstance(response, p.Error) and response.code == "version"
+    assert "protocol version mismatch" in response.message
+    await stream.aclose()
+
+
+async def test_a_rejected_batch_adds_nothing(client: AsyncClient) -> None:
+    response = await client.request(
+        p.AddJobs(jobs=[p.JobSpec(command="true"), p.JobSpec(command="true", after=[777])], cwd="/", env={})
+    )
+    assert isinstance(response, p.Error) and response.code == "not_found"
+    good = await client.add("true")
+    assert good == 1  # the refused batch consumed no id... or at least left no job
+    jobs = await client.ok(p.ListJobs())
+    assert isinstance(jobs, p.JobList) and [j.id for j in jobs.jobs] == [good]
