@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import trio
@@ -42,7 +43,7 @@ async def test_failures_retry_with_backoff_then_go_dead(client: AsyncClient) -> 
     assert job.error == "exited with status 7"
     runs = (await client.job(job_id)).runs
     assert [r.exit_code for r in runs] == [7, 7, 7]
-    gaps = [b.started_at - a.ended_at for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [b.started_at - a.ended_at for a, b in itertools.pairwise(runs)]
     # before retry k the wait is 1.5 ** k: 1.5 s then 2.25 s
     assert 1.5 <= gaps[0] < 2.2 and 2.25 <= gaps[1] < 3.0, gaps
     dead = await client.ok(p.ListJobs(states=["dead"]))
@@ -106,7 +107,7 @@ async def test_named_queue_concurrency_and_pause(client: AsyncClient) -> None:
     await client.ok(p.PauseQueue(name="serial", paused=False))
     await client.wait(*ids)
     runs = [(await client.job(i)).runs[0] for i in ids]
-    for earlier, later in zip(runs, runs[1:], strict=False):
+    for earlier, later in itertools.pairwise(runs):
         assert earlier.ended_at is not None and later.started_at >= earlier.ended_at  # one at a time
 
 
