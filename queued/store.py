@@ -74,7 +74,7 @@ class Store:
                     "not_found",
                     f"unknown queue {job.queue!r} (create it with `queuectl queue add {job.queue}`)",
                 )
-            dep_states = self._states(job.depends_on)
+            dep_states = self.states(job.depends_on)
             missing = lifecycle.unknown_ids(job.depends_on, dep_states)
             if missing:
                 raise Refused("not_found", f"--after names unknown job {missing[0]}")
@@ -131,12 +131,21 @@ class Store:
             self._env_ids[digest] = env_id
         return env_id
 
-    def _states(self, ids: Iterable[int]) -> dict[int, str]:
-        ids = list(ids)
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        return dict(self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", ids))
+    def states(self, ids: Iterable[int]) -> dict[int, str]:
+        """The state of each of `ids` that exists."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk))
+        return found
+
+    def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
+        rows: list[tuple] = []
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            rows += self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk)
+        rows.sort()
+        return self._jobs(rows)
 
     def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
         row = self.conn.execute(f"SELECT {_JOB_COLUMNS}, env_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -199,12 +208,10 @@ class Store:
 
     def _jobs(self, rows: list[tuple]) -> list[Job]:
         deps: dict[int, list[int]] = {}
-        ids = [row[0] for row in rows]
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
+        for chunk in _chunks([row[0] for row in rows]):
+            marks = ",".join("?" * len(chunk))
             for job_id, dep in self.conn.execute(
-                f"SELECT job_id, depends_on FROM dependencies WHERE job_id IN ({','.join('?' * len(chunk))})"
-                " ORDER BY depends_on",
+                f"SELECT job_id, depends_on FROM dependencies WHERE job_id IN ({marks}) ORDER BY depends_on",
                 chunk,
             ):
                 deps.setdefault(job_id, []).append(dep)
@@ -248,7 +255,7 @@ class Store:
 
     def _require(self, ids: Sequence[int], event: Event) -> dict[int, str]:
         """The states of `ids`, refusing unknown ids and any job `event` does not apply to."""
-        states = self._states(ids)
+        states = self.states(ids)
         missing = lifecycle.unknown_ids(ids, states)
         if missing:
             raise Refused("not_found", f"no job {missing[0]}")
@@ -298,7 +305,7 @@ class Store:
         ids = sorted(set(ids))
         states = self._require(ids, Event.RETRY)
         for job_id in ids:  # ascending: a dependency is retried before its dependents
-            deps = self._states(
+            deps = self.states(
                 r[0]
                 for r in self.conn.execute("SELECT depends_on FROM dependencies WHERE job_id = ?", (job_id,))
             )
@@ -325,7 +332,7 @@ class Store:
 
     def remove(self, ids: Sequence[int]) -> list[str]:
         """Delete finished jobs; returns their log paths for the caller to unlink."""
-        states = self._states(ids)
+        states = self.states(ids)
         missing = lifecycle.unknown_ids(ids, states)
         if missing:
             raise Refused("not_found", f"no job {missing[0]}")
@@ -345,8 +352,7 @@ class Store:
 
     def _delete(self, ids: Sequence[int]) -> list[str]:
         paths: list[str] = []
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
+        for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             for out, err in self.conn.execute(
                 f"SELECT stdout_path, stderr_path FROM attempts WHERE job_id IN ({marks})", chunk
@@ -541,6 +547,11 @@ class Store:
             "INSERT INTO config (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+def _chunks(ids: list[int], size: int = 900) -> list[list[int]]:
+    """Pieces small enough for SQLite's limit on bound parameters."""
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def _cannot(event: Event) -> str:

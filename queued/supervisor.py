@@ -72,6 +72,7 @@ class Supervisor:
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._recording = 0  # attempts ended but not yet committed
 
     # -- commands from the handlers ---------------------------------------------
 
@@ -173,7 +174,7 @@ class Supervisor:
         self._nursery.start_soon(self._run_attempt, attempt)
 
     def _check_drained(self) -> None:
-        if not self.accepting and not self.running:
+        if not self.accepting and not self.running and not self._recording:
             self._drained.set()
 
     # -- one attempt ------------------------------------------------------------
@@ -192,16 +193,18 @@ class Supervisor:
         else:
             self.guardian.register(process.pid)
             attempt.pid = process.pid
-            try:
-                await self.db.run(Store.started, job.id, job.run, process.pid, str(out_path), str(err_path))
-            except StorageError as exc:
-                log.error("cannot record the start of job %d: %s", job.id, exc)
+            self.db.submit(Store.started, job.id, job.run, process.pid, str(out_path), str(err_path))
             outcome = await self._supervise(attempt, process, out_path, err_path)
             self.guardian.unregister(process.pid)
-        await self._record(job, outcome)
+        # The slot is free now: the claim it allows joins this finish's transaction.
         del self.running[job.id]
-        self._check_drained()
+        self._recording += 1
         self.wake()
+        try:
+            await self._record(job, outcome)
+        finally:
+            self._recording -= 1
+            self._check_drained()
 
     async def _supervise(self, attempt: Attempt, process: JobProcess, out: Path, err: Path) -> Exit:
         timeout = attempt.claimed.timeout
