@@ -25,10 +25,12 @@ from .handlers import Daemon, Watchers
 from .server import Server, bind_unix
 from .store import Store
 from .supervisor import Supervisor
+from .systemd import Notifier, inherited_listener
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 5.0
 ANSWER_GRACE_SECONDS = 0.5
+STATUS_INTERVAL_SECONDS = 1.0  # at most one STATUS= datagram per interval
 
 
 class StartupError(Exception):
@@ -105,6 +107,7 @@ class Runner:
         self.config = config
         self.shutdown_mode: str | None = None
         self._shutdown = trio.Event()
+        self.notifier = Notifier()
 
     def request_shutdown(self, mode: str) -> None:
         first = self.shutdown_mode is None
@@ -142,7 +145,12 @@ class Runner:
         instance = secrets.token_hex(8)
         guardian = GuardianLink(instance, keep_fds=(lock_fd,))
         try:
-            sock = bind_unix(config.socket_path)
+            inherited = inherited_listener()
+            if inherited is not None:
+                sock = trio.socket.from_stdlib_socket(inherited)
+                config.socket_path = Path(inherited.getsockname())
+            else:
+                sock = bind_unix(config.socket_path)
         except Exception:
             guardian.close()
             raise
@@ -165,6 +173,10 @@ class Runner:
                 await nursery.start(self.supervisor.run)
                 await nursery.start(server.serve, trio.SocketListener(sock))
                 nursery.start_soon(self._signals)
+                if self.notifier.enabled:
+                    nursery.start_soon(self._report_status, db)
+                if self.notifier.watchdog_interval:
+                    nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
                 log.info(
                     "queued serving %s (data %s, concurrency %d)",
                     config.socket_path,
@@ -173,6 +185,7 @@ class Runner:
                 )
                 task_status.started(self)
                 await self._shutdown.wait()
+                self.notifier.stopping()
                 await self.supervisor.drain(interrupt=self.shutdown_mode == "now")
                 # Answers already being prepared (a `wait` that just finished) still go out.
                 with trio.move_on_after(ANSWER_GRACE_SECONDS):
@@ -180,10 +193,11 @@ class Runner:
                 nursery.cancel_scope.cancel()
         finally:
             sock.close()
-            try:
-                config.socket_path.unlink(missing_ok=True)
-            except OSError:
-                pass
+            if inherited is None:  # a socket systemd made is systemd's to remove
+                try:
+                    config.socket_path.unlink(missing_ok=True)
+                except OSError:
+                    pass
             guardian.close()
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -191,6 +205,29 @@ class Runner:
                 log.exception("final checkpoint failed")
             conn.close()
             log.info("queued stopped")
+
+    async def _report_status(self, db: Database) -> None:
+        """READY=1 once serving, then STATUS= after changes, at most once a second."""
+        first = True
+        while True:
+            change = self.supervisor.next_change()
+            counts = await db.run(Store.counts)
+            status = (
+                f"{len(self.supervisor.running)} running, {counts['pending'] + counts['failed']} "
+                f"waiting, {counts['completed']} completed, {counts['dead']} dead"
+            )
+            if first:
+                self.notifier.ready(status)
+                first = False
+            else:
+                self.notifier.status(status)
+            await trio.sleep(STATUS_INTERVAL_SECONDS)
+            await change.wait()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -71,6 +71,7 @@ class Supervisor:
         self.accepting = True
         self._wake = trio.Event()
         self._drained = trio.Event()
+        self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._recording = 0  # attempts ended but not yet committed
 
@@ -78,6 +79,13 @@ class Supervisor:
 
     def wake(self) -> None:
         self._wake.set()
+        self._change.set()
+
+    def next_change(self) -> trio.Event:
+        """An event set at the next change of jobs, slots or queues (for status reports)."""
+        if self._change.is_set():
+            self._change = trio.Event()
+        return self._change
 
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
