@@ -108,15 +108,18 @@ def _spawn_reason(exc: OSError, cwd: str) -> str:
 
 async def copy_capped(read_fd: int, path: Path, cap: int) -> None:
     """Copy a pipe into `path` until EOF, keeping the first `cap` bytes; the rest is
-    read and dropped so the writer never blocks, and a marker line says so."""
+    read and dropped so the writer never blocks, and a marker line says so. The
+    file is created at the first byte: most jobs of a busy queue print nothing."""
     stream = trio.lowlevel.FdStream(read_fd)
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    out = -1
     written = dropped = 0
     try:
         while True:
             data = await stream.receive_some(_READ_SIZE)
             if not data:
                 break
+            if out < 0:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             kept = min(max(cap - written, 0), len(data))
             if kept:
                 os.write(out, data[:kept])  # into the page cache: does not stall the loop
@@ -124,8 +127,9 @@ async def copy_capped(read_fd: int, path: Path, cap: int) -> None:
             dropped += len(data) - kept
     finally:
         await stream.aclose()
-        if dropped:
-            os.write(
-                out, f"\n[queued: output truncated at {cap} bytes; {dropped} more bytes dropped]\n".encode()
-            )
-        os.close(out)
+        if out >= 0:
+            if dropped:
+                os.write(
+                    out, f"\n[queued: output truncated at {cap} bytes; {dropped} more dropped]\n".encode()
+                )
+            os.close(out)
