@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tomllib
@@ -48,6 +47,19 @@ def load_config_file(path: Path | None) -> dict[str, object]:
         raise SystemExit(f"queued: cannot read config file {path}: {exc}") from None
 
 
+def resolve_group(name: str | None) -> int | None:
+    if not name:
+        return None
+    if name.isdigit():
+        return int(name)
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"unknown group {name!r} for --allow-group") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     import trio
 
@@ -66,17 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     if concurrency:
         overrides["concurrency"] = concurrency
     try:
+        allow_group = resolve_group(args.allow_group or os.environ.get("QUEUED_ALLOW_GROUP"))
         config = DaemonConfig(
             data_dir=data_dir.expanduser().absolute(),
             socket_path=Path(socket_path).expanduser().absolute(),
             settings=lifecycle.Settings(concurrency=os.cpu_count() or 1),
             overrides=overrides,
+            allow_group=allow_group,
             file_values=file_values,
         )
         lifecycle.settings_with(config.settings, {**file_values, **overrides})  # fail fast
         trio.run(Runner(config).run)
-    except (StartupError, SocketInUse, ValueError) as exc:
-        logging.getLogger("queued").error("%s", exc)
+    except (StartupError, SocketInUse, ValueError, OSError) as exc:
         print(f"queued: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

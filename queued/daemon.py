@@ -22,7 +22,7 @@ from . import lifecycle, schema
 from .database import Database
 from .guardian import GuardianLink
 from .handlers import Daemon, Watchers
-from .server import Server, bind_unix
+from .server import AccessPolicy, Server, bind_unix
 from .store import Store
 from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
@@ -45,6 +45,7 @@ class DaemonConfig:
     # Values from flags and environment: they win over `config set` for this run.
     overrides: dict[str, str] = field(default_factory=dict)
     file_values: dict[str, object] = field(default_factory=dict)
+    allow_group: int | None = None  # gid whose members may connect too
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -167,7 +168,8 @@ class Runner:
                 socket_path=str(config.socket_path),
                 request_shutdown=self.request_shutdown,
             )
-            server = Server(self.daemon.handle, allowed_uids=frozenset({os.getuid(), 0}))
+            access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
+            server = Server(self.daemon.handle, access)
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self.supervisor.run)

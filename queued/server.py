@@ -68,16 +68,43 @@ def bind_unix(path: Path) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(sock)
 
 
-def peer_uid(sock: trio.socket.SocketType) -> int:
-    creds = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+class Peer:
+    """Who is at the other end of a connection, as the kernel says (SO_PEERCRED)."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        creds = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid, self.uid, self.gid = struct.unpack("3i", creds)
+
+    def groups(self) -> set[int]:
+        """Primary and supplementary groups (the latter from /proc: SO_PEERCRED has one gid)."""
+        groups = {self.gid}
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:"):
+                        groups.update(int(g) for g in line.split()[1:])
+        except OSError:
+            pass
+        return groups
+
+
+class AccessPolicy:
+    """Our own uid and root; with `group`, that group's members too (a system daemon)."""
+
+    def __init__(self, uids: frozenset[int], group: int | None = None) -> None:
+        self.uids = uids
+        self.group = group
+
+    def admits(self, peer: Peer) -> bool:
+        if peer.uid in self.uids:
+            return True
+        return self.group is not None and self.group in peer.groups()
 
 
 class Server:
-    def __init__(self, handler: Handler, allowed_uids: frozenset[int]) -> None:
+    def __init__(self, handler: Handler, access: AccessPolicy) -> None:
         self.handler = handler
-        self.allowed_uids = allowed_uids
+        self.access = access
         self.connections = 0
         self.in_flight = 0
         self._idle = trio.Event()
@@ -118,10 +145,11 @@ class Server:
             self.connections -= 1
 
     async def _converse(self, stream: trio.SocketStream) -> None:
-        uid = peer_uid(stream.socket)
-        if uid not in self.allowed_uids:
-            log.warning("refused a connection from uid %d", uid)
-            await _send(stream, p.Error(code="forbidden", message=f"uid {uid} may not use this queued"))
+        peer = Peer(stream.socket)
+        if not self.access.admits(peer):
+            log.warning("refused a connection from uid %d (pid %d)", peer.uid, peer.pid)
+            message = f"uid {peer.uid} may not use this queued (it runs as uid {os.getuid()})"
+            await _send(stream, p.Error(code="forbidden", message=message))
             return
         frames = _Frames(stream)
         hello = await frames.next_request()

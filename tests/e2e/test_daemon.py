@@ -1,0 +1,139 @@
+"""The `queued` command itself: flags, config, permissions, who may connect,
+and refusing databases it cannot trust."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from queued import protocol as p
+
+from .conftest import Daemon, tool
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_version() -> None:
+    for name in ("queued", "queuectl"):
+        result = subprocess.run([tool(name), "--version"], capture_output=True, text=True)
+        assert result.returncode == 0 and "0.1.0" in result.stdout
+
+
+def test_files_are_private(daemon: Daemon) -> None:
+    daemon.ok("wait", str(daemon.add("echo secret")))
+    assert mode(daemon.socket.parent) == 0o700 and mode(daemon.socket) == 0o600
+    assert mode(daemon.data_dir) == 0o700
+    for path in daemon.data_dir.rglob("*"):
+        if path.is_file():
+            assert mode(path) == 0o600, path
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "queued.toml"
+    config.write_text('max-retries = 9\nbackoff-base = 3\ntimeout = "10m"\n')
+    daemon = Daemon(tmp_path, "--config", str(config))
+    daemon.env["QUEUED_CONCURRENCY"] = "5"
+    daemon.extra = ("--config", str(config))
+    # --concurrency on the command line wins over the environment
+    daemon.start()
+    try:
+        values = __import__("json").loads(daemon.ok("config", "get", "--json"))
+        assert values["max-retries"] == 9 and values["backoff-base"] == 3 and values["timeout"] == 600
+        assert values["concurrency"] == 2
+    finally:
+        daemon.stop()
+
+
+def test_bad_config_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "queued.toml"
+    config.write_text("max-retries = -4\n")
+    result = subprocess.run(
+        [tool("queued"), "--config", str(config), "--data-dir", str(tmp_path / "d"),
+         "--socket", str(tmp_path / "s")], capture_output=True, text=True, timeout=20,
+    )
+    assert result.returncode != 0 and "max-retries" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "newer"])
+def test_untrustworthy_database_stops_queued(tmp_path: Path, damage: str) -> None:
+    daemon = Daemon(tmp_path).start()
+    daemon.ok("wait", str(daemon.add("true")))
+    daemon.stop()
+    db = daemon.data_dir / "queue.db"
+    if damage == "garbage":
+        db.write_bytes(os.urandom(64 * 1024))
+    elif damage == "truncated":
+        db.write_bytes(db.read_bytes()[: 4096 + 100])
+    else:
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA user_version = 99")
+    before = db.read_bytes()
+    result = subprocess.run(
+        [tool("queued"), "--data-dir", str(daemon.data_dir), "--socket", str(daemon.socket)],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert result.returncode == 1, result
+    assert str(db) in result.stderr and "Traceback" not in result.stderr
+    assert db.read_bytes() == before
+
+
+HELLO_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("connect-error", e.errno); sys.exit(0)
+s.sendall(bytes.fromhex(sys.argv[2]))
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+    if len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[:4], "big"):
+        break
+print("reply", data.hex())
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_other_users_cannot_connect() -> None:
+    root = Path(tempfile.mkdtemp(prefix="queued-access-"))
+    try:
+        os.chmod(root, 0o755)
+        daemon = Daemon(root).start()
+        hello = p.encode_frame(p.Hello(protocol=p.PROTOCOL_VERSION)).hex()
+
+        def as_nobody() -> str:
+            result = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                 "-c", HELLO_CLIENT, str(daemon.socket), hello],
+                capture_output=True, text=True, timeout=20,
+            )
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        try:
+            assert as_nobody() == "connect-error 13"  # EACCES: the 0700 directory
+            # Loosen every mode: SO_PEERCRED still refuses.
+            os.chmod(daemon.socket.parent, 0o777)
+            os.chmod(daemon.socket, 0o777)
+            kind, _, payload = as_nobody().partition(" ")
+            assert kind == "reply"
+            reply = p.decode_response(bytes.fromhex(payload)[4:])
+            assert isinstance(reply, p.Error) and reply.code == "forbidden" and "65534" in reply.message
+            assert daemon.ctl("status").returncode == 0
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
