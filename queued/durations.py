@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION = re.compile(r"^(?:\s*\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$", re.IGNORECASE)
+_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 _SECONDS_PER = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _BYTES_PER = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `text`; a bare number is seconds. Raises ValueError with a reason."""
-    match = _DURATION.match(text)
-    if not match:
+    """Seconds in `text` ("90", "90s", "5m", "1h30m"); a bare number is seconds.
+    Raises ValueError with a reason."""
+    if _NUMBER.match(text):
+        return float(text)
+    if not _DURATION.match(text):
         raise ValueError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 90s, 5m)")
-    number, unit = match.groups()
-    return float(number) * _SECONDS_PER[(unit or "s").lower()]
+    return sum(float(number) * _SECONDS_PER[unit.lower()] for number, unit in _PART.findall(text))
 
 
 def parse_size(text: str) -> int:
@@ -30,20 +33,25 @@ def parse_size(text: str) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human form: 850ms, 42s, 5m30s, 2h05m, 3d04h."""
+    """A short human form that parse_duration reads back: 850ms, 4.5s, 42s, 5m30s, 2h05m, 3d04h."""
     if seconds < 0:
         return "-" + format_duration(-seconds)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.0f}s" if seconds >= 10 or seconds == int(seconds) else f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
+    millis = round(seconds * 1000)
+    if millis < 1000:
+        return f"{millis}ms"
+    tenths = round(seconds, 1)
+    if tenths < 10:
+        return f"{tenths:g}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
+    hours, minutes = divmod(round(seconds / 60), 60)
     if hours < 24:
         return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-    days, hours = divmod(hours, 24)
+    days, hours = divmod(round(seconds / 3600), 24)
     return f"{days}d{hours:02d}h" if hours else f"{days}d"
 
 

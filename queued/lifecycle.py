@@ -119,9 +119,10 @@ def _parse_base(text: str) -> float:
 
 
 def _parse_optional_duration(text: str) -> float | None:
-    if text.strip().lower() in ("", "none", "0", "off"):
+    """A duration, where none, off or zero mean "no limit"."""
+    if text.strip().lower() in ("", "none", "off"):
         return None
-    return _parse_positive_duration(text)
+    return parse_duration(text) or None
 
 
 def _parse_positive_duration(text: str) -> float:

@@ -77,7 +77,7 @@ class JobSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     backoff_base: Annotated[float, Meta(ge=1, le=3600)] | None = None
     timeout: Annotated[float, Meta(gt=0, le=10 * 365 * 86400)] | None = None
     delay: Seconds | None = None
-    run_at: Annotated[float, Meta(ge=0)] | None = None
+    run_at: Annotated[float, Meta(ge=0, le=2**36)] | None = None  # up to the year 4147
     after: list[JobId] = []
     label: Label | None = None
     cwd: Path | None = None

@@ -111,8 +111,8 @@ def connect(path: Path) -> sqlite3.Connection:
     if not existed:
         # Created 0600 by us before SQLite opens it: the -wal and -shm files copy its mode.
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise DatabaseUnusable(
@@ -132,5 +132,9 @@ def connect(path: Path) -> sqlite3.Connection:
         if version == 0:
             conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
     except sqlite3.DatabaseError as exc:
+        conn.close()
         raise DatabaseUnusable(f"{path} cannot be used as queued's database: {exc}") from None
+    except DatabaseUnusable:
+        conn.close()
+        raise
     return conn

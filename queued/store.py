@@ -276,11 +276,19 @@ class Store:
             if new in ("dead", "canceled"):
                 self._cancel_dependents(job_id, new, now)
             else:
-                self.conn.execute(
-                    "UPDATE jobs SET unmet = unmet - 1 WHERE id IN"
-                    " (SELECT job_id FROM dependencies WHERE depends_on = ?) AND unmet > 0",
-                    (job_id,),
-                )
+                self._recount_unmet(job_id)
+        elif old == "completed":  # retried: its waiting dependents must wait again
+            self._recount_unmet(job_id)
+
+    def _recount_unmet(self, job_id: int) -> None:
+        """Recount the unfinished dependencies of `job_id`'s pending dependents.
+        A count, not a decrement: a dependency may complete, be retried and complete again."""
+        self.conn.execute(
+            "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
+            " ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != 'completed')"
+            " WHERE state = 'pending' AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
+            (job_id,),
+        )
 
     def _cancel_dependents(self, job_id: int, state: str, now: float) -> None:
         reason = lifecycle.dependency_cancel_reason(job_id, state)
@@ -363,11 +371,16 @@ class Store:
 
     # -- the supervisor's side -------------------------------------------------
 
-    def claim(self, *, now: float, slots: int, queue_room: dict[str, int]) -> list[Claimed]:
+    def claim(
+        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+    ) -> list[Claimed]:
         """Take up to `slots` due jobs, best first, from queues with room left.
-        `queue_room` maps every claimable queue to its free slots."""
+        `queue_room` maps every claimable queue to its free slots; `busy` jobs
+        still have a process from an earlier attempt (a cancel in its grace
+        period, then a retry) and wait for it to be gone."""
         claimed: list[Claimed] = []
         room = dict(queue_room)
+        busy_marks = ",".join("?" * len(busy))
         while slots > len(claimed) and any(room.values()):
             open_queues = [q for q, n in room.items() if n > 0]
             marks = ",".join("?" * len(open_queues))
@@ -375,8 +388,9 @@ class Store:
                 "SELECT id, state, attempts, command, queue, cwd, env_id, timeout, max_retries,"
                 " backoff_base FROM jobs INDEXED BY jobs_ready"
                 " WHERE state IN ('pending', 'failed') AND unmet = 0 AND run_at <= ?"
-                f" AND queue IN ({marks}) ORDER BY priority, run_at, id LIMIT ?",
-                (now, *open_queues, slots - len(claimed)),
+                f" AND queue IN ({marks}) AND id NOT IN ({busy_marks})"
+                " ORDER BY priority, run_at, id LIMIT ?",
+                (now, *open_queues, *busy, slots - len(claimed)),
             ).fetchall()
             if not rows:
                 break
@@ -440,9 +454,15 @@ class Store:
             " WHERE job_id = ? AND attempt = ?",
             (now, exit.exit_code, exit.signal, exit.error, claimed.id, claimed.run),
         )
-        row = self.conn.execute("SELECT state, attempts FROM jobs WHERE id = ?", (claimed.id,)).fetchone()
-        if row is None or row[0] != "running":
-            return row[0] if row else "canceled"  # canceled (or removed) while it ran
+        row = self.conn.execute(
+            "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"
+            " FROM jobs WHERE id = ?",
+            (claimed.id,),
+        ).fetchone()
+        if row is None or row[0] != "running" or row[2] != claimed.run:
+            # Canceled or removed while it ran, or an older attempt ending late:
+            # only the attempt's own record changes.
+            return row[0] if row else "canceled"
         outcome = lifecycle.after_attempt(
             succeeded=exit.succeeded,
             attempts=row[1],

@@ -147,7 +147,9 @@ class Supervisor:
         free = self.settings.concurrency - len(self.running)
         if free > 0 and any(room.values()):
             try:
-                claimed = await self.db.run(Store.claim, now=now, slots=free, queue_room=room)
+                claimed = await self.db.run(
+                    Store.claim, now=now, slots=free, queue_room=room, busy=list(self.running)
+                )
             except StorageError as exc:
                 log.error("cannot claim jobs: %s; retrying in 1 s", exc)
                 return trio.current_time() + 1

@@ -46,9 +46,14 @@ def test_notify_is_silent_without_systemd() -> None:
 
 
 def test_watchdog_interval_is_half_the_timeout() -> None:
-    notifier = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())})
+    notifier = Notifier(
+        {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    )
     assert notifier.watchdog_interval == 15
-    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    assert (
+        Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_interval
+        is None
+    )
 
 
 def test_listen_fds_ignored_for_another_pid() -> None:
