@@ -29,6 +29,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="default: info"
     )
+    parser.add_argument(
+        "--allow-group",
+        help="also admit members of this group (env QUEUED_ALLOW_GROUP): for a system daemon "
+        "whose socket is group-accessible",
+    )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
     return parser.parse_args(argv)
 
