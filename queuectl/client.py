@@ -1,0 +1,279 @@
+"""`Client`: the synchronous Python SDK for queued, and the CLI's only way in.
+
+One Unix-socket connection per Client, opened at the first call with a Hello
+naming our protocol version, then one request and one response at a time.
+Responses are the protocol's Structs; an `Error` response raises DaemonError.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as stdsocket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from queued import __version__
+from queued import protocol as p
+from queued.paths import default_socket_path
+
+R = TypeVar("R", bound=p.Response)
+BATCH = 10_000
+
+
+class QueuectlError(Exception):
+    """Anything that went wrong talking to queued; str() is a one-line reason."""
+
+
+class DaemonUnreachable(QueuectlError):
+    """No daemon answers at the socket."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"cannot reach queued at {path} ({reason}); start it with `queued` "
+            "(or `systemctl --user start queued.socket`), or point QUEUED_SOCKET / --socket at it"
+        )
+        self.path = path
+
+
+class DaemonError(QueuectlError):
+    """The daemon refused a request: `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """A connection to queued. Use as a context manager, or call close()."""
+
+    def __init__(self, socket: str | os.PathLike[str] | None = None, timeout: float | None = 30.0) -> None:
+        self.path = Path(socket) if socket is not None else default_socket_path()
+        self.timeout = timeout
+        self._sock: stdsocket.socket | None = None
+        self._frames = p.FrameBuffer()
+        self.daemon_version: str | None = None
+
+    # -- connection ---------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> None:
+        sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
+        self._sock = sock
+        self._frames = p.FrameBuffer()
+        welcome = self._exchange(p.Hello(protocol=p.PROTOCOL_VERSION, client=f"queuectl/{__version__}"))
+        if not isinstance(welcome, p.Welcome):
+            self.close()
+            raise QueuectlError(f"unexpected answer to hello: {type(welcome).__name__}")
+        self.daemon_version = welcome.version
+
+    def _exchange(self, request: p.Request, timeout: float | None = ...) -> p.Response:  # type: ignore[assignment]
+        assert self._sock is not None
+        self._sock.settimeout(self.timeout if timeout is ... else timeout)
+        try:
+            self._sock.sendall(p.encode_frame(request))
+            while (body := self._frames.next_frame()) is None:
+                data = self._sock.recv(1 << 20)
+                if not data:
+                    raise ConnectionResetError("queued closed the connection")
+                self._frames.feed(data)
+        except (TimeoutError, stdsocket.timeout):
+            self.close()
+            raise QueuectlError(f"queued at {self.path} did not answer in time") from None
+        except OSError as exc:
+            self.close()
+            raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
+        response = p.decode_response(body)
+        if isinstance(response, p.Error):
+            if response.code in ("version", "forbidden"):
+                self.close()
+            raise DaemonError(response.code, response.message)
+        return response
+
+    def request(self, request: p.Request, expect: type[R], *, timeout: float | None = ...) -> R:  # type: ignore[assignment]
+        """Send one request and return its response, which must be of type `expect`."""
+        if self._sock is None:
+            self._connect()
+        response = self._exchange(request, timeout)
+        if not isinstance(response, expect):
+            raise QueuectlError(f"expected {expect.__name__} from queued, got {type(response).__name__}")
+        return response
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def add(
+        self,
+        command: str,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        max_retries: int | None = None,
+        backoff_base: float | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+        after: Iterable[int] = (),
+        label: str | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """Enqueue one shell command; returns its id once the job is durably stored.
+        It runs in `cwd` (default: ours) with our environment plus `env`."""
+        spec = p.JobSpec(
+            command=command,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            timeout=timeout,
+            delay=delay,
+            run_at=run_at,
+            after=list(after),
+            label=label,
+            cwd=cwd,
+            env=dict(env or {}),
+        )
+        return self.add_many([spec])[0]
+
+    def add_many(
+        self,
+        specs: Iterable[p.JobSpec],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        batch: int = BATCH,
+    ) -> list[int]:
+        """Enqueue many jobs, `batch` per request; each request is all-or-nothing.
+        Every job gets our environment (or `env`) under its own `env` entries."""
+        base_cwd = cwd or os.getcwd()
+        base_env = dict(os.environ if env is None else env)
+        ids: list[int] = []
+        chunk: list[p.JobSpec] = []
+        for spec in specs:
+            chunk.append(spec)
+            if len(chunk) >= batch:
+                ids += self._add(chunk, base_cwd, base_env)
+                chunk = []
+        if chunk:
+            ids += self._add(chunk, base_cwd, base_env)
+        return ids
+
+    def _add(self, specs: list[p.JobSpec], cwd: str, env: dict[str, str]) -> list[int]:
+        return self.request(p.AddJobs(jobs=specs, cwd=cwd, env=env), p.Added).ids
+
+    def get(self, job_id: int) -> p.JobDetail:
+        """One job with its attempts (`runs`) and environment."""
+        return self.request(p.GetJob(id=job_id), p.JobDetail)
+
+    def list(
+        self,
+        *,
+        states: Sequence[str] = (),
+        queue: str | None = None,
+        label: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int | None = None,
+    ) -> list[p.Job]:
+        """The newest `limit` jobs matching every filter, oldest first."""
+        request = p.ListJobs(states=list(states), queue=queue, label=label, ids=list(ids), limit=limit)  # type: ignore[arg-type]
+        return self.request(request, p.JobList).jobs
+
+    def cancel(self, *ids: int) -> list[int]:
+        """Cancel pending, failed or running jobs (a running one's process group is stopped)."""
+        return self.request(p.CancelJobs(ids=list(ids)), p.Changed).ids
+
+    def remove(self, *ids: int) -> list[int]:
+        """Delete finished jobs and their logs."""
+        return self.request(p.RemoveJobs(ids=list(ids)), p.Changed).ids
+
+    def retry(self, *ids: int, all_dead: bool = False) -> list[int]:
+        """Run completed, dead or canceled jobs again with attempts reset."""
+        return self.request(p.RetryJobs(ids=list(ids), all_dead=all_dead), p.Changed).ids
+
+    def wait(self, *ids: int, timeout: float | None = None) -> p.Waited:
+        """Block until every job is completed, dead or canceled (no ids: every
+        unfinished job), or until `timeout` seconds (then `timed_out` is set)."""
+        return self.request(p.WaitJobs(ids=list(ids), timeout=timeout), p.Waited, timeout=None)
+
+    def read_log(
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        stream: str = "stdout",
+        offset: int = 0,
+        limit: int = 1024 * 1024,
+    ) -> p.LogChunk:
+        """Up to `limit` bytes of an attempt's output (default: the latest attempt) from `offset`."""
+        request = p.ReadLog(id=job_id, attempt=attempt, stream=stream, offset=offset, limit=limit)  # type: ignore[arg-type]
+        return self.request(request, p.LogChunk)
+
+    # -- the daemon -------------------------------------------------------------------
+
+    def status(self) -> p.Status:
+        """Counts by state, slots in use, queues, version and uptime."""
+        return self.request(p.GetStatus(), p.Status)
+
+    def workers(self) -> p.Workers:
+        """The global slot count and the attempts running in the slots."""
+        return self.request(p.ListWorkers(), p.Workers)
+
+    def scale(self, concurrency: int) -> None:
+        """Change the global number of slots now (persisted)."""
+        self.request(p.ScaleWorkers(concurrency=concurrency), p.Ok)
+
+    def queue_add(self, name: str, concurrency: int | None = None) -> None:
+        """Create a named queue, optionally with its own concurrency limit."""
+        self.request(p.AddQueue(name=name, concurrency=concurrency), p.Ok)
+
+    def queue_remove(self, name: str) -> None:
+        """Delete an empty named queue."""
+        self.request(p.RemoveQueue(name=name), p.Ok)
+
+    def queues(self) -> list[p.QueueInfo]:
+        """Every queue with its limit, paused flag and job counts."""
+        return self.request(p.ListQueues(), p.Queues).queues
+
+    def pause(self, name: str) -> None:
+        """Stop starting jobs from a queue (running ones go on)."""
+        self.request(p.PauseQueue(name=name, paused=True), p.Ok)
+
+    def resume(self, name: str) -> None:
+        """Start jobs from a paused queue again."""
+        self.request(p.PauseQueue(name=name, paused=False), p.Ok)
+
+    def config_get(self, key: str | None = None) -> dict[str, Any]:
+        """Persisted defaults (max-retries, backoff-base, backoff-max, timeout, concurrency, ...)."""
+        return self.request(p.GetConfig(key=key), p.ConfigValues).values
+
+    def config_set(self, key: str, value: str | float) -> str:
+        """Change one default for new jobs (or the daemon); returns the daemon's confirmation."""
+        return self.request(p.SetConfig(key=key, value=str(value)), p.Ok).message
+
+    def clean(self, older_than: float | None = None, states: Sequence[str] = ()) -> int:
+        """Delete finished jobs (optionally only those finished over `older_than` s ago)."""
+        return self.request(p.CleanJobs(older_than=older_than, states=list(states)), p.Cleaned).count  # type: ignore[arg-type]
+
+    def shutdown(self, mode: str = "graceful") -> str:
+        """Stop the daemon: "graceful" lets running jobs finish, "now" interrupts them."""
+        return self.request(p.Shutdown(mode=mode), p.Ok).message  # type: ignore[arg-type]
