@@ -97,7 +97,7 @@ class Client:
                 if not data:
                     raise ConnectionResetError("queued closed the connection")
                 self._frames.feed(data)
-        except (TimeoutError, stdsocket.timeout):
+        except TimeoutError:
             self.close()
             raise QueuectlError(f"queued at {self.path} did not answer in time") from None
         except OSError as exc:
