@@ -105,13 +105,13 @@ class DatabaseUnusable(Exception):
     """The database file exists but cannot be used; the message names it."""
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (or create) the database at `path`, refusing anything we cannot trust."""
-    existed = path.exists() and path.stat().st_size > 0
-    if not existed:
-        # Created 0600 by us before SQLite opens it: the -wal and -shm files copy its mode.
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def _check_readonly(path: Path) -> None:
+    """Vet an existing database through a read-only connection, so that a file
+    we refuse is not touched at all (not even by a checkpoint on close)."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise DatabaseUnusable(f"{path} cannot be opened: {exc}") from None
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -119,12 +119,28 @@ def connect(path: Path) -> sqlite3.Connection:
                 f"{path} has schema version {version}, newer than this queued "
                 f"understands ({SCHEMA_VERSION}); upgrade queued or use another --data-dir"
             )
-        if existed:
-            if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise DatabaseUnusable(f"{path} is an SQLite database, but not one of queued's")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise DatabaseUnusable(f"{path} failed its integrity check: {check}")
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise DatabaseUnusable(f"{path} is an SQLite database, but not one of queued's")
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise DatabaseUnusable(f"{path} failed its integrity check: {check}")
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnusable(f"{path} cannot be used as queued's database: {exc}") from None
+    finally:
+        conn.close()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database at `path`, refusing anything we cannot trust."""
+    existed = path.exists() and path.stat().st_size > 0
+    if existed:
+        _check_readonly(path)
+    else:
+        # Created 0600 by us before SQLite opens it: the -wal and -shm files copy its mode.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

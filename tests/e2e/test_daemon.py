@@ -57,8 +57,18 @@ def test_bad_config_file_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "queued.toml"
     config.write_text("max-retries = -4\n")
     result = subprocess.run(
-        [tool("queued"), "--config", str(config), "--data-dir", str(tmp_path / "d"),
-         "--socket", str(tmp_path / "s")], capture_output=True, text=True, timeout=20,
+        [
+            tool("queued"),
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--socket",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert result.returncode != 0 and "max-retries" in result.stderr and "Traceback" not in result.stderr
 
@@ -74,12 +84,16 @@ def test_untrustworthy_database_stops_queued(tmp_path: Path, damage: str) -> Non
     elif damage == "truncated":
         db.write_bytes(db.read_bytes()[: 4096 + 100])
     else:
-        with sqlite3.connect(db) as conn:
-            conn.execute("PRAGMA user_version = 99")
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA user_version = 99")
+        conn.commit()
+        conn.close()
     before = db.read_bytes()
     result = subprocess.run(
         [tool("queued"), "--data-dir", str(daemon.data_dir), "--socket", str(daemon.socket)],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert result.returncode == 1, result
     assert str(db) in result.stderr and "Traceback" not in result.stderr
@@ -116,9 +130,20 @@ def test_other_users_cannot_connect() -> None:
 
         def as_nobody() -> str:
             result = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
-                 "-c", HELLO_CLIENT, str(daemon.socket), hello],
-                capture_output=True, text=True, timeout=20,
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    HELLO_CLIENT,
+                    str(daemon.socket),
+                    hello,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
             )
             assert result.returncode == 0, result.stderr
             return result.stdout.strip()

@@ -1,0 +1,471 @@
+"""`queuectl`: the command line, a thin layer over `queuectl.Client`.
+
+Exit codes: 0 success; 1 the daemon refused (one line on stderr); 2 usage;
+3 the daemon is not reachable. Only click, msgspec and the protocol are
+imported up front: every command pays for what it uses, nothing more.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, NoReturn
+
+import click
+
+from queued import __version__
+from queued.durations import parse_duration
+from queued.protocol import STATES, TERMINAL_STATES, JobSpec
+
+from .client import Client, DaemonError, DaemonUnreachable, QueuectlError
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 124
+FOLLOW_INTERVAL = 0.2  # seconds between reads when following a log
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Moment(click.ParamType):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from .jobfile import parse_time
+
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+POSITIVE_DURATION = DURATION
+COUNT = click.IntRange(min=0)
+STATE = click.Choice(STATES)
+JOB_ID = click.IntRange(min=1)
+
+
+def client() -> Client:
+    return click.get_current_context().find_object(Client)  # type: ignore[return-value]
+
+
+def emit_json(value: Any) -> None:
+    import msgspec
+
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
+
+
+def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
+    prefix = "" if message.startswith("queuectl") else "queuectl: "
+    click.echo(f"{prefix}{message}", err=True)
+    sys.exit(code)
+
+
+def json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--socket",
+    envvar="QUEUED_SOCKET",
+    metavar="PATH",
+    help="queued's socket (env QUEUED_SOCKET; default: the runtime dir).",
+)
+@click.version_option(__version__, prog_name="queuectl")
+@click.pass_context
+def cli(ctx: click.Context, socket: str | None) -> None:
+    """Drive the queued job queue.
+
+    \b
+    Example:
+      queuectl add --max-retries 5 -- ./backup.sh /srv && queuectl ls
+    """
+    ctx.obj = ctx.with_resource(Client(socket))
+
+
+# -- adding jobs ----------------------------------------------------------------------
+
+
+def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
+    env = {}
+    for item in opts["env"]:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    import os
+
+    cwd = os.path.abspath(opts["cwd"]) if opts["cwd"] else None
+    return JobSpec(
+        command=command,
+        queue=opts["queue"],
+        priority=opts["priority"],
+        max_retries=opts["max_retries"],
+        backoff_base=opts["backoff_base"],
+        timeout=opts["timeout"],
+        delay=opts["delay"],
+        run_at=opts["at"],
+        after=list(opts["after"]),
+        label=opts["label"],
+        cwd=cwd,
+        env=env,
+    )
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-q", "--queue", default="default", show_default=True, help="Named queue.")
+@click.option("-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first.")
+@click.option("-r", "--max-retries", type=COUNT, help="Retries after the first attempt [config: 3].")
+@click.option("--backoff-base", type=click.FloatRange(1, 3600), help="Wait base**k s before retry k [2].")
+@click.option("--timeout", type=DURATION, help="Kill the job's process group after this long.")
+@click.option("--delay", type=DURATION, help="Start no earlier than this from now (90s, 5m, 2h).")
+@click.option("--at", type=Moment(), help="Start no earlier than this ISO 8601 time.")
+@click.option("--after", type=JOB_ID, multiple=True, help="Run once job ID completed (repeatable).")
+@click.option("-l", "--label", help="A name to filter by.")
+@click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory [here].")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")
+@click.option("--from", "source", type=click.File("r"), help="One command or JSON job per line; - is stdin.")
+@click.option("--quiet", is_flag=True, help="Print the id alone.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None:
+    """Add a job: a shell command, run with /bin/sh -c in this directory and environment.
+
+    \b
+    Several words after -- are quoted as one command line; one word is used as is.
+    Examples:
+      queuectl add "make -C ~/src test > /tmp/test.log"
+      queuectl add --max-retries 5 --timeout 2h -- ./backup.sh /srv
+      queuectl add --from jobs.txt
+    """
+    if opts["timeout"] is not None and opts["timeout"] <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--timeout")
+    if source is not None:
+        if command:
+            raise click.UsageError("give either --from or a command, not both")
+        _add_from(source, quiet, _spec_defaults(opts))
+        return
+    if not command:
+        raise click.UsageError("missing the command to run (queuectl add -- CMD...)")
+    if len(command) == 1:
+        text = command[0]
+    else:
+        import shlex
+
+        text = shlex.join(command)
+    spec = _spec_defaults(opts, text)
+    [job_id] = client().add_many([spec])
+    click.echo(job_id if quiet else f"added job {job_id}")
+
+
+def _add_from(source: Any, quiet: bool, defaults: JobSpec) -> None:
+    from .jobfile import JobFileError, specs_from_lines
+
+    try:
+        specs = specs_from_lines(source, defaults)
+    except JobFileError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not specs:
+        raise click.UsageError("no jobs in the input")
+    ids = client().add_many(specs)
+    if quiet:
+        click.echo("\n".join(map(str, ids)))
+    else:
+        click.echo(f"added {len(ids)} jobs ({ids[0]}-{ids[-1]})" if len(ids) > 1 else f"added job {ids[0]}")
+
+
+@cli.command()
+@click.argument("job_json", metavar="JSON")
+@click.option("--quiet", is_flag=True, help="Print the id alone.")
+def enqueue(job_json: str, quiet: bool) -> None:
+    """Add a job described by a JSON object (the seeds' form).
+
+    \b
+    Example:
+      queuectl enqueue '{"command": "sleep 2", "max_retries": 3}'
+    """
+    from .jobfile import spec_from_json
+
+    try:
+        spec = spec_from_json(job_json, JobSpec(command="-"))
+    except ValueError as exc:
+        raise click.UsageError(f"invalid job: {exc}") from None
+    [job_id] = client().add_many([spec])
+    click.echo(job_id if quiet else f"added job {job_id}")
+
+
+# -- reading jobs ------------------------------------------------------------------------
+
+
+@cli.command("ls")
+@click.option("-s", "--state", "states", type=STATE, multiple=True, help="Only this state (repeatable).")
+@click.option("-q", "--queue", help="Only this queue.")
+@click.option("-l", "--label", help="Only this label.")
+@click.option("-n", "--limit", type=COUNT, default=50, show_default=True, help="The newest N jobs.")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Every matching job.")
+@json_option
+def list_jobs(
+    states: tuple[str, ...], queue: str | None, label: str | None, limit: int, show_all: bool, as_json: bool
+) -> None:
+    """List jobs, oldest first.
+
+    \b
+    Example:
+      queuectl ls --state failed --state dead --limit 20
+    """
+    jobs = client().list(states=states, queue=queue, label=label, limit=None if show_all else limit)
+    _print_jobs(jobs, as_json, limited=not show_all and len(jobs) == limit)
+
+
+def _print_jobs(jobs: list[Any], as_json: bool, limited: bool = False) -> None:
+    from . import output
+
+    if as_json:
+        emit_json([output.job_json(job) for job in jobs])
+        return
+    if not jobs:
+        click.echo("no jobs", err=True)
+        return
+    click.echo(
+        output.job_table(jobs, now=time.time(), width=output.terminal_width(), colour=output.use_colour())
+    )
+    if limited:
+        click.echo(f"(the newest {len(jobs)}; --limit N or --all for more)", err=True)
+
+
+@cli.command()
+@click.argument("job_id", type=JOB_ID)
+@json_option
+def show(job_id: int, as_json: bool) -> None:
+    """Everything about one job, with its attempts.
+
+    \b
+    Example:
+      queuectl show 7 --json | jq '.runs[-1].error'
+    """
+    from . import output
+
+    detail = client().get(job_id)
+    if as_json:
+        emit_json(output.detail_json(detail))
+    else:
+        click.echo(
+            output.job_block(
+                detail, now=time.time(), width=output.terminal_width(), colour=output.use_colour()
+            )
+        )
+
+
+@cli.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--attempt", type=click.IntRange(min=1), help="This attempt [the latest].")
+@click.option("--stdout", "streams", flag_value="stdout", help="Only standard output.")
+@click.option("--stderr", "streams", flag_value="stderr", help="Only standard error.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is finished.")
+def logs(job_id: int, attempt: int | None, streams: str | None, follow: bool) -> None:
+    """Print a job's output: stdout to stdout, stderr to stderr.
+
+    \b
+    Example:
+      queuectl logs -f 7
+    """
+    from .follow import print_logs
+
+    print_logs(
+        client(),
+        job_id,
+        attempt=attempt,
+        streams=(streams,) if streams else ("stdout", "stderr"),
+        follow=follow,
+        interval=FOLLOW_INTERVAL,
+    )
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, type=JOB_ID)
+@click.option("--timeout", type=DURATION, help="Give up after this long (exit 124).")
+@json_option
+def wait(job_ids: tuple[int, ...], timeout: float | None, as_json: bool) -> None:
+    """Wait until jobs finish; exit 0 only if every one completed.
+
+    \b
+    With no ids, wait for every job not finished yet.
+    Example:
+      queuectl wait 3 4 && echo "all completed"
+    """
+    from . import output
+
+    result = client().wait(*job_ids, timeout=timeout)
+    if as_json:
+        emit_json([output.job_json(job) for job in result.jobs])
+    else:
+        for job in result.jobs:
+            if job.state != "completed":
+                reason = f": {job.error}" if job.error else ""
+                click.echo(f"job {job.id} {job.state}{reason}", err=True)
+    if result.timed_out:
+        fail(
+            f"timed out; {sum(j.state in TERMINAL_STATES for j in result.jobs)} of "
+            f"{len(result.jobs)} jobs finished",
+            EXIT_TIMEOUT,
+        )
+    if any(job.state != "completed" for job in result.jobs):
+        sys.exit(EXIT_REFUSED)
+
+
+# -- changing jobs -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
+def cancel(job_ids: tuple[int, ...]) -> None:
+    """Cancel pending, failed or running jobs (a running one's process group is stopped).
+
+    \b
+    Example:
+      queuectl cancel 7 8
+    """
+    ids = client().cancel(*job_ids)
+    click.echo(f"canceled {_ids(ids)}")
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
+def rm(job_ids: tuple[int, ...]) -> None:
+    """Remove finished jobs and their logs.
+
+    \b
+    Example:
+      queuectl rm 7
+    """
+    ids = client().remove(*job_ids)
+    click.echo(f"removed {_ids(ids)}")
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
+def retry(job_ids: tuple[int, ...]) -> None:
+    """Run completed, dead or canceled jobs again, attempts reset.
+
+    \b
+    Example:
+      queuectl retry 7
+    """
+    ids = client().retry(*job_ids)
+    click.echo(f"retrying {_ids(ids)}")
+
+
+def _ids(ids: list[int]) -> str:
+    return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue: jobs that used up their retries.
+
+    \b
+    Example:
+      queuectl dlq ls && queuectl dlq retry --all
+    """
+
+
+@dlq.command("ls")
+@click.option("-n", "--limit", type=COUNT, help="The newest N dead jobs.")
+@json_option
+def dlq_ls(limit: int | None, as_json: bool) -> None:
+    """List dead jobs.
+
+    \b
+    Example:
+      queuectl dlq ls --json
+    """
+    _print_jobs(client().list(states=["dead"], limit=limit), as_json)
+
+
+@dlq.command("retry")
+@click.argument("job_ids", nargs=-1, type=JOB_ID)
+@click.option("--all", "every", is_flag=True, help="Every dead job.")
+def dlq_retry(job_ids: tuple[int, ...], every: bool) -> None:
+    """Run dead jobs again, attempts reset.
+
+    \b
+    Example:
+      queuectl dlq retry --all
+    """
+    if not job_ids and not every:
+        raise click.UsageError("name the jobs to retry, or --all")
+    ids = client().retry(*job_ids, all_dead=every)
+    click.echo(f"retrying {_ids(ids)}" if ids else "no dead jobs")
+
+
+@dlq.command("purge")
+def dlq_purge() -> None:
+    """Delete every dead job and its logs.
+
+    \b
+    Example:
+      queuectl dlq purge
+    """
+    count = client().clean(states=["dead"])
+    click.echo(f"purged {count} dead job{'s' * (count != 1)}")
+
+
+@cli.command()
+@click.option("--older-than", type=DURATION, help="Only jobs finished at least this long ago.")
+@click.option(
+    "-s",
+    "--state",
+    "states",
+    type=click.Choice(sorted(TERMINAL_STATES)),
+    multiple=True,
+    help="Only this state (repeatable) [completed, dead, canceled].",
+)
+def clean(older_than: float | None, states: tuple[str, ...]) -> None:
+    """Delete finished jobs and their logs.
+
+    \b
+    Example:
+      queuectl clean --older-than 7d --state completed
+    """
+    count = client().clean(older_than=older_than, states=states)
+    click.echo(f"removed {count} job{'s' * (count != 1)}")
+
+
+# -- the daemon ----------------------------------------------------------------------------------
+
+from . import commands  # noqa: E402  (the daemon-side commands register themselves on `cli`)
+
+del commands
+
+
+def main() -> None:
+    """The console script: exit codes, and one line instead of a traceback."""
+    try:
+        cli.main(prog_name="queuectl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line, like every other error; --help has the long story.
+        where = exc.ctx.command_path if exc.ctx else "queuectl"
+        fail(f"{exc.format_message()} (see `{where} --help`)".replace("\n", " "), EXIT_USAGE)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except DaemonUnreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    except DaemonError as exc:
+        fail(exc.message)
+    except QueuectlError as exc:
+        fail(str(exc))
+    except BrokenPipeError:
+        sys.exit(0)  # `queuectl ls | head`

@@ -1,0 +1,219 @@
+"""queuectl's commands about the daemon itself: status, workers, queues, config, shutdown."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .cli import COUNT, cli, client, emit_json, json_option
+
+
+@cli.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Counts by state, slots in use, queues, daemon version and uptime.
+
+    \b
+    Example:
+      queuectl status --json | jq .counts
+    """
+    from . import output
+
+    result = client().status()
+    if as_json:
+        emit_json(output.status_json(result))
+    else:
+        click.echo(output.status_block(result, now=time.time()))
+
+
+@cli.group()
+def workers() -> None:
+    """The job slots.
+
+    \b
+    Example:
+      queuectl workers scale 4
+    """
+
+
+@workers.command("ls")
+@json_option
+def workers_ls(as_json: bool) -> None:
+    """The running attempts, one per slot in use.
+
+    \b
+    Example:
+      queuectl workers ls
+    """
+    from . import output
+
+    result = client().workers()
+    if as_json:
+        import msgspec
+
+        emit_json(msgspec.to_builtins(result))
+    else:
+        click.echo(output.workers_table(result, now=time.time(), width=output.terminal_width()))
+
+
+@workers.command("scale")
+@click.argument("count", type=click.IntRange(min=1, max=4096))
+def workers_scale(count: int) -> None:
+    """Set the global number of slots now (persisted; running jobs are not stopped).
+
+    \b
+    Example:
+      queuectl workers scale 8
+    """
+    client().scale(count)
+    click.echo(f"concurrency is now {count}")
+
+
+@cli.group()
+def queue() -> None:
+    """Named queues, each with its own concurrency limit.
+
+    \b
+    Example:
+      queuectl queue add gpu --concurrency 1
+    """
+
+
+@queue.command("add")
+@click.argument("name")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1, max=4096),
+    help="At most this many of its jobs at once [no limit but the global one].",
+)
+def queue_add(name: str, concurrency: int | None) -> None:
+    """Create a queue.
+
+    \b
+    Example:
+      queuectl queue add gpu --concurrency 1
+    """
+    client().queue_add(name, concurrency)
+    click.echo(f"queue {name} added")
+
+
+@queue.command("rm")
+@click.argument("name")
+def queue_rm(name: str) -> None:
+    """Remove a queue that holds no jobs.
+
+    \b
+    Example:
+      queuectl queue rm gpu
+    """
+    client().queue_remove(name)
+    click.echo(f"queue {name} removed")
+
+
+@queue.command("ls")
+@json_option
+def queue_ls(as_json: bool) -> None:
+    """Every queue with its limit, state and job counts.
+
+    \b
+    Example:
+      queuectl queue ls
+    """
+    from . import output
+
+    queues = client().queues()
+    if as_json:
+        import msgspec
+
+        emit_json(msgspec.to_builtins(queues))
+    else:
+        click.echo(output.queue_table(queues))
+
+
+@queue.command("pause")
+@click.argument("name")
+def queue_pause(name: str) -> None:
+    """Start no more jobs from a queue (running ones go on).
+
+    \b
+    Example:
+      queuectl queue pause default
+    """
+    client().pause(name)
+    click.echo(f"queue {name} paused")
+
+
+@queue.command("resume")
+@click.argument("name")
+def queue_resume(name: str) -> None:
+    """Start jobs from a paused queue again.
+
+    \b
+    Example:
+      queuectl queue resume default
+    """
+    client().resume(name)
+    click.echo(f"queue {name} resumed")
+
+
+@cli.group()
+def config() -> None:
+    """Persisted defaults: max-retries, backoff-base, backoff-max, timeout, concurrency,
+    log-max-size, kill-grace.
+
+    \b
+    Example:
+      queuectl config set max-retries 5
+    """
+
+
+@config.command("get")
+@click.argument("key", required=False)
+@json_option
+def config_get(key: str | None, as_json: bool) -> None:
+    """Show one setting or all of them.
+
+    \b
+    Example:
+      queuectl config get backoff-base
+    """
+    values = client().config_get(key)
+    if as_json:
+        emit_json(values)
+        return
+    width = max(map(len, values))
+    for name, value in values.items():
+        click.echo(f"{name:<{width}}  {'none' if value is None else value}")
+
+
+@config.command("set", context_settings={"ignore_unknown_options": True})
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Change a setting (durations: 90s, 5m, 2h; sizes: 10M).
+
+    \b
+    Example:
+      queuectl config set timeout 2h
+    """
+    click.echo(client().config_set(key, value))
+
+
+@cli.command()
+@click.option(
+    "--graceful", "mode", flag_value="graceful", default=True, help="Let running jobs finish first (default)."
+)
+@click.option("--now", "mode", flag_value="now", help="Stop running jobs; they are retried later.")
+def shutdown(mode: str) -> None:
+    """Stop the daemon.
+
+    \b
+    Example:
+      queuectl shutdown --now
+    """
+    click.echo(client().shutdown(mode))
+
+
+_ = COUNT  # shared parameter types live in cli

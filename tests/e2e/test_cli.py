@@ -1,0 +1,268 @@
+"""A user's session: the real queuectl against the real queued, command by command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Daemon, tool
+
+
+def jobs(daemon: Daemon, *args: str) -> list[dict]:
+    return json.loads(daemon.ok("ls", "--json", *args))
+
+
+def test_add_show_logs_wait(daemon: Daemon, tmp_path: Path) -> None:
+    out = daemon.ok("add", "--", "sh", "-c", "echo hello; echo oops >&2")
+    assert out.strip() == "added job 1"
+    assert (
+        daemon.add("--label", "second", "--cwd", str(tmp_path), "--env", "WHO=world", "echo $WHO; pwd") == 2
+    )
+    assert daemon.ctl("wait", "1", "2").returncode == 0
+    assert daemon.ok("logs", "2") == f"world\n{tmp_path}\n"
+    both = daemon.ctl("logs", "1")
+    assert both.stdout == "hello\n" and both.stderr == "oops\n"
+    assert daemon.ok("logs", "--stderr", "1") == "oops\n"
+    shown = json.loads(daemon.ok("show", "--json", "2"))
+    for key in (
+        "id",
+        "command",
+        "state",
+        "queue",
+        "priority",
+        "label",
+        "attempts",
+        "max_retries",
+        "exit_code",
+        "run_at",
+        "created_at",
+        "updated_at",
+        "depends_on",
+        "runs",
+    ):
+        assert key in shown, key
+    assert shown["state"] == "completed" and shown["label"] == "second" and shown["exit_code"] == 0
+    assert shown["created_at"].endswith("Z") and shown["runs"][0]["attempt"] == 1
+    for key in ("attempt", "pid", "started_at", "ended_at", "exit_code", "signal", "error"):
+        assert key in shown["runs"][0], key
+    human = daemon.ok("show", "2")
+    assert "completed" in human and "echo $WHO; pwd" in human
+
+
+def test_ls_filters_and_table(daemon: Daemon) -> None:
+    daemon.ok("queue", "add", "batch", "--concurrency", "1")
+    a = daemon.add("--queue", "batch", "--label", "x", "true")
+    b = daemon.add("--max-retries", "0", "false")
+    c = daemon.add("--delay", "1h", "true")
+    daemon.ctl("wait", str(a), str(b))
+    assert [j["id"] for j in jobs(daemon, "--state", "dead")] == [b]
+    assert [j["id"] for j in jobs(daemon, "--state", "dead", "--state", "pending")] == [b, c]
+    assert [j["id"] for j in jobs(daemon, "--queue", "batch")] == [a]
+    assert [j["id"] for j in jobs(daemon, "--label", "x")] == [a]
+    assert [j["id"] for j in jobs(daemon, "--limit", "1")] == [c]
+    table = daemon.ok("ls")
+    assert "STATE" in table.splitlines()[0].upper() and "completed" in table and "dead" in table
+    assert daemon.ctl("ls", "--state", "sleeping").returncode == 2
+
+
+def test_bulk_add_from_file_and_stdin(daemon: Daemon, tmp_path: Path) -> None:
+    lines = tmp_path / "jobs.txt"
+    lines.write_text('# comment\necho one\n\n{"command": "echo two", "max_retries": 5, "label": "j"}\n')
+    ids = [int(x) for x in daemon.ok("add", "--quiet", "--from", str(lines)).split()]
+    assert len(ids) == 2
+    shown = json.loads(daemon.ok("show", "--json", str(ids[1])))
+    assert shown["max_retries"] == 5 and shown["label"] == "j"
+    many = "".join(f"echo {i}\n" for i in range(2500))
+    out = daemon.ok("add", "--quiet", "--from", "-", input=many)
+    assert len(out.split()) == 2500
+    bad = daemon.ctl("add", "--from", "-", input='echo fine\n{"command": 3}\n')
+    assert bad.returncode == 2 and "2" in bad.stderr  # names the line
+    assert len(jobs(daemon, "--limit", "10000")) == 2502  # nothing from the bad batch
+
+
+def test_enqueue_json(daemon: Daemon) -> None:
+    out = daemon.ok("enqueue", '{"id": "job1", "command": "exit 1", "max_retries": 1, "backoff_base": 1}')
+    job_id = int(out.split()[-1])
+    assert daemon.ctl("wait", str(job_id)).returncode == 1
+    shown = json.loads(daemon.ok("show", "--json", str(job_id)))
+    assert shown["label"] == "job1" and shown["state"] == "dead" and shown["attempts"] == 2
+    assert daemon.ctl("enqueue", "{not json").returncode == 2
+    assert daemon.ctl("enqueue", '{"command": "true", "colour": "red"}').returncode == 2
+
+
+def test_retries_dlq_and_retry(daemon: Daemon) -> None:
+    job_id = daemon.add("--max-retries", "1", "--backoff-base", "1", "exit 4")
+    assert daemon.ctl("wait", str(job_id)).returncode != 0
+    dead = json.loads(daemon.ok("dlq", "ls", "--json"))
+    assert [j["id"] for j in dead] == [job_id] and dead[0]["exit_code"] == 4
+    daemon.ok("dlq", "retry", str(job_id))
+    assert json.loads(daemon.ok("show", "--json", str(job_id)))["state"] in ("pending", "running", "failed")
+    daemon.ctl("wait", str(job_id))
+    daemon.ok("dlq", "retry", "--all")
+    daemon.ctl("wait", str(job_id))
+    daemon.ok("dlq", "purge")
+    assert daemon.ctl("show", str(job_id)).returncode == 1
+    other = daemon.add("true")
+    daemon.ok("wait", str(other))
+    daemon.ok("retry", str(other))
+    daemon.ok("wait", str(other))
+    assert len(json.loads(daemon.ok("show", "--json", str(other)))["runs"]) == 2
+
+
+def test_cancel_rm_and_refusals(daemon: Daemon) -> None:
+    sleeper = daemon.add("sleep 60")
+    pending = daemon.add("--delay", "1h", "true")
+    daemon.ok("cancel", str(sleeper), str(pending))
+    result = daemon.ctl("wait", str(sleeper), str(pending))
+    assert result.returncode == 1
+    states = {j["id"]: j["state"] for j in jobs(daemon)}
+    assert states == {sleeper: "canceled", pending: "canceled"}
+    refused = daemon.ctl("cancel", str(sleeper))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "canceled" in refused.stderr
+    assert daemon.ctl("cancel", "999").returncode == 1
+    daemon.ok("rm", str(pending))
+    assert daemon.ctl("show", str(pending)).returncode == 1
+    running = daemon.add("sleep 60")
+    time.sleep(0.3)
+    assert daemon.ctl("rm", str(running)).returncode == 1
+    daemon.ok("cancel", str(running))
+
+
+def test_wait_exit_codes_and_timeout(daemon: Daemon) -> None:
+    good = daemon.add("true")
+    bad = daemon.add("--max-retries", "0", "false")
+    assert daemon.ctl("wait", str(good)).returncode == 0
+    assert daemon.ctl("wait", str(good), str(bad)).returncode == 1
+    slow = daemon.add("sleep 30")
+    start = time.monotonic()
+    assert daemon.ctl("wait", "--timeout", "1", str(slow)).returncode not in (0, 1)
+    assert time.monotonic() - start < 10
+    daemon.ok("cancel", str(slow))
+    assert daemon.ctl("wait", "424242").returncode == 1
+
+
+def test_logs_follow_until_the_job_ends(daemon: Daemon) -> None:
+    job_id = daemon.add("for i in 1 2 3; do echo line $i; sleep 0.3; done")
+    result = daemon.ctl("logs", "-f", str(job_id), timeout=20)
+    assert result.returncode == 0 and result.stdout == "line 1\nline 2\nline 3\n"
+
+
+def test_status_workers_queues_config(daemon: Daemon) -> None:
+    status = json.loads(daemon.ok("status", "--json"))
+    assert status["concurrency"] == 2 and "counts" in status and status["pid"] == daemon.process.pid
+    assert "pending" in daemon.ok("status")
+    daemon.ok("workers", "scale", "3")
+    assert json.loads(daemon.ok("workers", "ls", "--json"))["concurrency"] == 3
+    assert daemon.ctl("workers", "scale", "-1").returncode == 2
+    assert daemon.ctl("workers", "scale", "0").returncode in (1, 2)
+    daemon.ok("queue", "add", "gpu", "--concurrency", "1")
+    assert daemon.ctl("queue", "add", "gpu").returncode == 1
+    daemon.ok("queue", "pause", "gpu")
+    held = daemon.add("--queue", "gpu", "true")
+    time.sleep(0.3)
+    assert json.loads(daemon.ok("show", "--json", str(held)))["state"] == "pending"
+    queues = {q["name"]: q for q in json.loads(daemon.ok("queue", "ls", "--json"))}
+    assert queues["gpu"]["paused"] is True and queues["gpu"]["concurrency"] == 1
+    daemon.ok("queue", "resume", "gpu")
+    daemon.ok("wait", str(held))
+    assert daemon.ctl("queue", "rm", "default").returncode == 1
+    assert daemon.ctl("add", "--queue", "nope", "true").returncode == 1
+    daemon.ok("config", "set", "max-retries", "7")
+    assert json.loads(daemon.ok("config", "get", "--json"))["max-retries"] == 7
+    assert "7" in daemon.ok("config", "get", "max-retries")
+    assert json.loads(daemon.ok("show", "--json", str(daemon.add("true"))))["max_retries"] == 7
+    assert daemon.ctl("config", "set", "max-retries", "-1").returncode == 1
+    assert daemon.ctl("config", "set", "colour", "red").returncode == 1
+    daemon.ok("config", "set", "timeout", "5m")
+    assert json.loads(daemon.ok("config", "get", "--json", "timeout"))["timeout"] == 300
+
+
+def test_clean(daemon: Daemon) -> None:
+    done = daemon.add("true")
+    failed = daemon.add("--max-retries", "0", "false")
+    daemon.ctl("wait", str(done), str(failed))
+    daemon.ok("clean", "--state", "dead")
+    assert [j["id"] for j in jobs(daemon)] == [done]
+    daemon.ok("clean", "--older-than", "1h")
+    assert [j["id"] for j in jobs(daemon)] == [done]
+    daemon.ok("clean")
+    assert jobs(daemon) == []
+    assert daemon.ctl("clean", "--older-than", "soon").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["add", "--delay", "five minutes", "true"],
+        ["add", "--max-retries", "-1", "true"],
+        ["add", "--timeout", "-5", "true"],
+        ["add", "--at", "not-a-date", "true"],
+        ["add"],
+        ["show", "abc"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(daemon: Daemon, args: list[str]) -> None:
+    result = daemon.ctl(*args)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+
+
+def test_refusals_exit_1_with_one_line(daemon: Daemon, tmp_path: Path) -> None:
+    for args in (["show", "999"], ["add", "--cwd", str(tmp_path / "missing"), "true"], ["add", "   "]):
+        result = daemon.ctl(*args)
+        assert result.returncode in (1, 2), (args, result)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_shutdown_graceful(daemon: Daemon) -> None:
+    job_id = daemon.add("sleep 1")
+    time.sleep(0.3)
+    daemon.ok("shutdown")
+    assert daemon.process is not None and daemon.process.wait(timeout=15) == 0
+    daemon.start()
+    assert json.loads(daemon.ok("show", "--json", str(job_id)))["state"] == "completed"
+
+
+def test_sdk_in_five_lines(daemon: Daemon) -> None:
+    script = (
+        "from queuectl import Client\n"
+        "with Client() as queue:\n"
+        "    job_id = queue.add('echo sdk', max_retries=2, timeout=600)\n"
+        "    [job] = queue.wait(job_id).jobs\n"
+        "    print(job.state, job.exit_code)\n"
+    )
+    python = str(Path(tool("queuectl")).parent / "python")
+    result = subprocess.run(
+        [python, "-c", script], env=daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout == "completed 0\n", result.stderr
+
+
+def test_default_socket_without_xdg_runtime_dir(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUED_SOCKET", "XDG_RUNTIME_DIR")}
+    env["QUEUED_DATA_DIR"] = str(tmp_path / "data")
+    socket_dir = Path(f"/tmp/queued-{os.getuid()}")
+    if (socket_dir / "queued.sock").exists():
+        pytest.skip(f"a queued already uses {socket_dir}")
+    daemon = subprocess.Popen([tool("queued")], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = subprocess.run([tool("queuectl"), "status"], env=env, capture_output=True, text=True)
+            if status.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert status.returncode == 0, status.stderr
+        assert oct(socket_dir.stat().st_mode & 0o777) == "0o700"
+        assert oct((socket_dir / "queued.sock").stat().st_mode & 0o777) == "0o600"
+        subprocess.run([tool("queuectl"), "shutdown"], env=env, check=True, capture_output=True)
+        assert daemon.wait(timeout=15) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
