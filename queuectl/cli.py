@@ -59,6 +59,7 @@ def client() -> Client:
 
 
 def emit_json(value: Any) -> None:
+    """Indented JSON of plain values or protocol Structs."""
     import msgspec
 
     click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))

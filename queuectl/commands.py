@@ -50,9 +50,7 @@ def workers_ls(as_json: bool) -> None:
 
     result = client().workers()
     if as_json:
-        import msgspec
-
-        emit_json(msgspec.to_builtins(result))
+        emit_json(result)
     else:
         click.echo(output.workers_table(result, now=time.time(), width=output.terminal_width()))
 
@@ -125,9 +123,7 @@ def queue_ls(as_json: bool) -> None:
 
     queues = client().queues()
     if as_json:
-        import msgspec
-
-        emit_json(msgspec.to_builtins(queues))
+        emit_json(queues)
     else:
         click.echo(output.queue_table(queues))
 
