@@ -470,3 +470,9 @@ def main() -> None:
         fail(str(exc))
     except BrokenPipeError:
         sys.exit(0)  # `queuectl ls | head`
+    except Exception as exc:  # a bug: still one line, and the details on request
+        import os
+
+        if os.environ.get("QUEUECTL_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (QUEUECTL_DEBUG=1 shows the traceback)")

@@ -103,7 +103,14 @@ class Client:
         except OSError as exc:
             self.close()
             raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
-        response = p.decode_response(body)
+        except p.ProtocolError as exc:  # an oversized frame: not a queued we can talk to
+            self.close()
+            raise QueuectlError(f"bad answer from {self.path}: {exc.message}") from None
+        try:
+            response = p.decode_response(body)
+        except p.ProtocolError as exc:
+            self.close()
+            raise QueuectlError(f"bad answer from {self.path}: {exc.message}") from None
         if isinstance(response, p.Error):
             if response.code in ("version", "forbidden"):
                 self.close()

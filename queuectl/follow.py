@@ -6,13 +6,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from queued.protocol import TERMINAL_STATES
 
 from .client import Client, DaemonError
 
 
-def _target(stream: str, streams: Sequence[str]):  # type: ignore[no-untyped-def]
+def _target(stream: str, streams: Sequence[str]) -> BinaryIO:
     """Each stream to its own kind when both are shown; one stream alone goes to stdout."""
     return sys.stderr.buffer if stream == "stderr" and len(streams) > 1 else sys.stdout.buffer
 

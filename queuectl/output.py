@@ -144,6 +144,8 @@ def run_result(run: Run) -> str:
         return "running"
     if run.error:
         return run.error
+    if run.signal is not None:
+        return f"killed by signal {run.signal}"
     return f"exit {run.exit_code}"
 
 

@@ -1,0 +1,208 @@
+"""What queuectl makes of its input, without a daemon: durations, times, job
+files, `enqueue` JSON, and exit code 2 for anything malformed."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from queuectl.cli import cli
+from queuectl.jobfile import JobFileError, parse_time, spec_from_json, specs_from_lines
+from queued.protocol import JobSpec
+
+DEFAULTS = JobSpec(command="-")
+
+
+@pytest.fixture
+def invoke(tmp_path: Path):
+    """Runs the CLI against a socket nobody serves: a usage error exits 2 before
+    any connection, anything that reached for the daemon would exit otherwise."""
+    runner = CliRunner()
+    socket = str(tmp_path / "unserved.sock")
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(cli, ["--socket", socket, *args], input=input)
+
+    return run
+
+
+# -- durations and times ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["90", "90s", "5m", "2h", "1d", "1h30m"])
+def test_durations_are_accepted(invoke, text: str) -> None:
+    # Parsing succeeds, so the command gets as far as the (absent) daemon.
+    result = invoke("add", "--timeout", text, "--delay", text, "true")
+    assert result.exit_code != 2, result.output
+
+
+@pytest.mark.parametrize("text", ["soon", "5x", "-5", "1.2.3", ""])
+def test_bad_durations_are_usage_errors(invoke, text: str) -> None:
+    result = invoke("add", "--delay", text, "true")
+    assert result.exit_code == 2
+    assert "--delay" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["add", "--timeout", "0", "true"],
+        ["add", "--max-retries", "-1", "true"],
+        ["add", "--backoff-base", "0.5", "true"],
+        ["add", "--after", "0", "true"],
+        ["add", "--env", "NOEQUALS", "true"],
+        ["add", "--at", "next tuesday", "true"],
+        ["add"],
+        ["ls", "--state", "sleeping"],
+        ["ls", "--limit", "-1"],
+        ["wait", "--timeout", "forever", "1"],
+        ["cancel"],
+        ["cancel", "x"],
+        ["show", "0"],
+        ["workers", "scale", "0"],
+        ["queue", "add", "gpu", "--concurrency", "0"],
+        ["clean", "--state", "running"],
+        ["clean", "--older-than", "a week"],
+        ["dlq", "retry"],
+        ["nonsense"],
+    ],
+)
+def test_malformed_commands_exit_2(invoke, args: list[str]) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2, (args, result.output)
+    assert "Traceback" not in result.output
+
+
+def test_at_naive_is_local_and_z_is_utc() -> None:
+    assert parse_time("2026-12-01T09:30:00Z") == datetime(2026, 12, 1, 9, 30, tzinfo=UTC).timestamp()
+    assert parse_time("2026-12-01T09:30") == datetime(2026, 12, 1, 9, 30).timestamp()  # local
+    assert parse_time("2026-12-01T09:30+02:00") == parse_time("2026-12-01T07:30Z")
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_time("tomorrow")
+
+
+# -- add --from ---------------------------------------------------------------------------------
+
+
+def test_lines_skip_blanks_and_comments() -> None:
+    lines = ["# nightly\n", "echo one\n", "\n", "   \n", "  ./two.sh --flag  \n"]
+    assert [s.command for s in specs_from_lines(lines, DEFAULTS)] == ["echo one", "./two.sh --flag"]
+
+
+def test_options_are_defaults_for_every_line() -> None:
+    defaults = JobSpec(command="-", queue="gpu", priority=-3, max_retries=1, label="batch", env={"A": "1"})
+    plain, custom = specs_from_lines(
+        ["echo one", '{"command": "echo two", "queue": "cpu", "env": {"B": "2"}}'], defaults
+    )
+    assert (plain.queue, plain.priority, plain.max_retries, plain.label) == ("gpu", -3, 1, "batch")
+    assert (custom.queue, custom.priority, custom.label) == ("cpu", -3, "batch")
+    assert custom.env == {"A": "1", "B": "2"}
+
+
+def test_json_lines_take_durations_and_times() -> None:
+    [spec] = specs_from_lines(
+        [
+            '{"command": "x", "timeout": "10m", "delay": 30, "run_at": "2026-12-01T00:00:00Z", "after": [1, 2]}'
+        ],
+        DEFAULTS,
+    )
+    assert spec.timeout == 600 and spec.delay == 30
+    assert spec.run_at == datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert spec.after == [1, 2]
+    [numeric] = specs_from_lines(['{"command": "x", "run_at": 1800000000, "timeout": 2.5}'], DEFAULTS)
+    assert (numeric.run_at, numeric.timeout) == (1800000000, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"command": "x", "colour": "red"}', "colour"),
+        ('{"command": "x", "max_retries": -1}', "max_retries"),
+        ('{"command": "x", "timeout": "soon"}', "soon"),
+        ('{"command": "x", "run_at": "whenever"}', "whenever"),
+        ('{"command": "x",', "JSON"),
+        ('{"queue": "gpu"}', "command"),
+        ('{"command": ""}', "command"),
+    ],
+)
+def test_bad_lines_name_their_number(line: str, reason: str) -> None:
+    with pytest.raises(JobFileError) as caught:
+        specs_from_lines(["# header", "echo fine", line], DEFAULTS)
+    assert str(caught.value).startswith("line 3:")
+    assert reason in str(caught.value)
+
+
+def test_from_file_with_a_bad_line_exits_2_before_sending(invoke, tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("echo one\necho two\n{not json}\necho four\n")
+    result = invoke("add", "--from", str(jobs))
+    # 2, not 3: the file was refused before queuectl reached for the daemon.
+    assert result.exit_code == 2
+    assert "line 3" in result.output
+
+
+def test_from_stdin_is_read(invoke) -> None:
+    result = invoke("add", "--from", "-", input='echo a\n{"command": 5}\n')
+    assert result.exit_code == 2 and "line 2" in result.output
+
+
+def test_from_and_a_command_together_is_usage(invoke, tmp_path: Path) -> None:
+    (tmp_path / "j").write_text("true\n")
+    assert invoke("add", "--from", str(tmp_path / "j"), "true").exit_code == 2
+
+
+def test_from_missing_file_is_usage(invoke, tmp_path: Path) -> None:
+    assert invoke("add", "--from", str(tmp_path / "missing.txt")).exit_code == 2
+
+
+def test_from_reads_a_stream() -> None:
+    assert [s.command for s in specs_from_lines(io.StringIO("a\nb\n"), DEFAULTS)] == ["a", "b"]
+
+
+# -- enqueue --------------------------------------------------------------------------------------
+
+
+def test_enqueue_maps_the_seed_form() -> None:
+    spec = spec_from_json('{"id": "job1", "command": "sleep 2", "max_retries": 5}', DEFAULTS)
+    assert (spec.command, spec.max_retries, spec.label) == ("sleep 2", 5, "job1")
+
+
+def test_enqueue_label_beats_id() -> None:
+    spec = spec_from_json('{"id": 7, "label": "mine", "command": "true"}', DEFAULTS)
+    assert spec.label == "mine"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('{"command": "true", "retries": 3}', "retries"),
+        ('{"command": "true", "priority": "high"}', "priority"),
+        ('["true"]', "object"),
+    ],
+)
+def test_enqueue_bad_json_is_usage_naming_the_field(invoke, text: str, named: str) -> None:
+    result = invoke("enqueue", text)
+    assert result.exit_code == 2
+    assert named in result.output
+
+
+# -- help ---------------------------------------------------------------------------------------------
+
+
+def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [(), *_commands(cli)], ids=" ".join)
+def test_every_help_has_an_example(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0
+    assert "queuectl " in result.output.split("Example", 1)[-1], result.output
+    assert "Example" in result.output

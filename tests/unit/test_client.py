@@ -1,0 +1,351 @@
+"""queuectl.Client and the CLI's exit codes against a fake daemon: a thread
+serving a real Unix socket with the real protocol framing, no queued."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl import Client, DaemonError, DaemonUnreachable, QueuectlError
+from queuectl.cli import main
+from queued import protocol as p
+
+# What the fake answers: a Response, or None to close the connection unanswered.
+Handler = Callable[[p.Request], p.Response | None]
+
+JOB = p.Job(
+    id=1,
+    command="true",
+    state="completed",
+    queue="default",
+    priority=0,
+    label=None,
+    attempts=1,
+    max_retries=3,
+    backoff_base=2.0,
+    timeout=None,
+    exit_code=0,
+    run_at=1.0,
+    created_at=1.0,
+    updated_at=2.0,
+    depends_on=[],
+    cwd="/",
+)
+
+
+def welcome(request: p.Request) -> p.Response | None:
+    return p.Welcome(protocol=p.PROTOCOL_VERSION, version="0.0-fake", pid=os.getpid())
+
+
+class FakeDaemon:
+    """Accepts connections one after another and answers each frame with `handler`."""
+
+    def __init__(self, path: Path, handler: Handler, hello: Handler = welcome) -> None:
+        self.path = path
+        self.handler = handler
+        self.hello = hello
+        self.requests: list[p.Request] = []
+        self.connections = 0
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed by stop()
+            self.connections += 1
+            with conn:
+                self._converse(conn)
+
+    def _converse(self, conn: socket.socket) -> None:
+        frames = p.FrameBuffer()
+        while True:
+            body = frames.next_frame()
+            if body is None:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                frames.feed(data)
+                continue
+            request = p.decode_request(body)
+            self.requests.append(request)
+            answer = (self.hello if isinstance(request, p.Hello) else self.handler)(request)
+            if answer is None:
+                return
+            conn.sendall(p.encode_frame(answer))
+
+    def stop(self) -> None:
+        # shutdown() wakes the accept() blocked in the thread; close() alone may not.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+    def of_type(self, kind: type[p.Request]) -> list[p.Request]:
+        return [r for r in self.requests if isinstance(r, kind)]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[[Handler], FakeDaemon]]:
+    daemons: list[FakeDaemon] = []
+
+    def start(handler: Handler, hello: Handler = welcome, kind: type[FakeDaemon] = FakeDaemon) -> FakeDaemon:
+        daemon = kind(tmp_path / "q.sock", handler, hello)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """The console script as a user runs it: (exit code, stdout, stderr)."""
+    monkeypatch.setattr("sys.argv", ["queuectl", *args])
+    monkeypatch.setenv("NO_COLOR", "1")
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- the SDK ---------------------------------------------------------------------------
+
+
+def test_handshake_then_requests_share_one_connection(serve) -> None:
+    daemon = serve(lambda r: p.JobList(jobs=[JOB]) if isinstance(r, p.ListJobs) else None)
+    with Client(daemon.path) as client:
+        assert client.list(states=["completed"]) == [JOB]
+        assert client.list(limit=1) == [JOB]
+    hello = daemon.requests[0]
+    assert isinstance(hello, p.Hello)
+    assert hello.protocol == p.PROTOCOL_VERSION and hello.client.startswith("queuectl/")
+    assert daemon.connections == 1
+    assert [r.states for r in daemon.of_type(p.ListJobs)] == [["completed"], []]
+
+
+def test_connects_lazily(tmp_path: Path) -> None:
+    Client(tmp_path / "nothing-here.sock").close()  # no daemon, and no error until a request
+
+
+def test_version_mismatch_raises_the_daemons_message(serve) -> None:
+    def refuse(request: p.Request) -> p.Response | None:
+        return p.Error(code="version", message="queued speaks protocol 9; upgrade queuectl")
+
+    daemon = serve(lambda r: None, hello=refuse)
+    with Client(daemon.path) as client, pytest.raises(DaemonError) as caught:
+        client.status()
+    assert caught.value.code == "version"
+    assert "upgrade queuectl" in str(caught.value)
+
+
+def test_error_response_raises_daemon_error(serve) -> None:
+    daemon = serve(lambda r: p.Error(code="not_found", message="no job 99"))
+    with Client(daemon.path) as client:
+        with pytest.raises(DaemonError) as caught:
+            client.get(99)
+        assert (caught.value.code, caught.value.message) == ("not_found", "no job 99")
+        assert isinstance(caught.value, QueuectlError)
+        with pytest.raises(DaemonError):  # the connection survives a refusal
+            client.cancel(99)
+    assert daemon.connections == 1
+
+
+def test_missing_socket_is_unreachable_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.sock"
+    with pytest.raises(DaemonUnreachable) as caught:
+        Client(path).status()
+    message = str(caught.value)
+    assert str(path) in message and "queued" in message and "start" in message
+
+
+def test_socket_without_listener_is_unreachable(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # the file exists, nobody listens: ECONNREFUSED
+    try:
+        with pytest.raises(DaemonUnreachable, match="refused"):
+            Client(path).status()
+    finally:
+        stale.close()
+
+
+def test_daemon_closing_mid_request(serve) -> None:
+    daemon = serve(lambda r: None)  # hangs up on the first real request
+    with Client(daemon.path) as client, pytest.raises(QueuectlError) as caught:
+        client.status()
+    assert "closed" in str(caught.value)
+
+
+def test_add_captures_cwd_and_environment(serve, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUECTL_TEST_VAR", "from-env")
+    daemon = serve(lambda r: p.Added(ids=[7]) if isinstance(r, p.AddJobs) else None)
+    with Client(daemon.path) as client:
+        assert client.add("make", env={"EXTRA": "1"}, max_retries=5, after=[3]) == 7
+    [request] = daemon.of_type(p.AddJobs)
+    assert request.cwd == str(tmp_path)
+    assert request.env["QUEUECTL_TEST_VAR"] == "from-env"
+    [spec] = request.jobs
+    assert (spec.command, spec.max_retries, spec.after, spec.env) == ("make", 5, [3], {"EXTRA": "1"})
+
+
+def test_add_many_sends_batches(serve) -> None:
+    counter = iter(range(1, 1000))
+
+    def added(request: p.Request) -> p.Response | None:
+        if isinstance(request, p.AddJobs):
+            return p.Added(ids=[next(counter) for _ in request.jobs])
+        return None
+
+    daemon = serve(added)
+    specs = [p.JobSpec(command=f"echo {i}") for i in range(25)]
+    with Client(daemon.path) as client:
+        assert client.add_many(specs, batch=10) == list(range(1, 26))
+    assert [len(r.jobs) for r in daemon.of_type(p.AddJobs)] == [10, 10, 5]
+
+
+def test_wait_outlasts_the_client_timeout(serve) -> None:
+    def slow(request: p.Request) -> p.Response | None:
+        if isinstance(request, p.WaitJobs):
+            time.sleep(0.5)
+            return p.Waited(jobs=[JOB])
+        return None
+
+    daemon = serve(slow)
+    with Client(daemon.path, timeout=0.1) as client:
+        assert client.wait(1).jobs == [JOB]
+
+
+# -- the CLI's exit codes ----------------------------------------------------------------
+
+
+def test_cli_unreachable_exits_3_naming_the_socket(monkeypatch, capsys, tmp_path: Path) -> None:
+    path = tmp_path / "nope.sock"
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(path), "status")
+    assert code == 3 and out == ""
+    assert str(path) in err and "start it" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_honours_queued_socket_env(monkeypatch, capsys, tmp_path: Path) -> None:
+    path = tmp_path / "env.sock"
+    monkeypatch.setenv("QUEUED_SOCKET", str(path))
+    code, _, err = run_cli(monkeypatch, capsys, "ls")
+    assert code == 3 and str(path) in err
+
+
+def test_cli_refusal_exits_1_with_one_line(serve, monkeypatch, capsys) -> None:
+    daemon = serve(lambda r: p.Error(code="not_found", message="no job 99"))
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "show", "99")
+    assert (code, out, err) == (1, "", "queuectl: no job 99\n")
+
+
+def test_cli_daemon_closing_mid_request_is_one_line(serve, monkeypatch, capsys) -> None:
+    daemon = serve(lambda r: None)
+    code, _, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "status")
+    assert code in (1, 3)
+    assert err.startswith("queuectl: ") and "Traceback" not in err
+
+
+def test_cli_add_joins_words_and_prints_the_id(serve, monkeypatch, capsys) -> None:
+    daemon = serve(lambda r: p.Added(ids=[41 + len(daemon.of_type(p.AddJobs))]))
+    sock = str(daemon.path)
+    assert run_cli(monkeypatch, capsys, "--socket", sock, "add", "--", "echo", "a b", "$HOME")[:2] == (
+        0,
+        "added job 42\n",
+    )
+    assert run_cli(monkeypatch, capsys, "--socket", sock, "add", "--quiet", "echo $HOME | wc")[:2] == (
+        0,
+        "43\n",
+    )
+    first, second = (r.jobs[0].command for r in daemon.of_type(p.AddJobs))
+    assert first == shlex.join(["echo", "a b", "$HOME"])
+    assert second == "echo $HOME | wc"
+
+
+@pytest.mark.parametrize(
+    ("states", "timed_out", "expected"),
+    [
+        (["completed", "completed"], False, 0),
+        (["completed", "dead"], False, 1),
+        (["completed", "running"], True, 124),
+    ],
+)
+def test_cli_wait_exit_codes(serve, monkeypatch, capsys, states, timed_out, expected) -> None:
+    jobs = [
+        p.Job(**{**{f: getattr(JOB, f) for f in JOB.__struct_fields__}, "id": i, "state": s})
+        for i, s in enumerate(states, 1)
+    ]
+    daemon = serve(lambda r: p.Waited(jobs=jobs, timed_out=timed_out))
+    code, _, _ = run_cli(
+        monkeypatch, capsys, "--socket", str(daemon.path), "wait", "1", "2", "--timeout", "5s"
+    )
+    assert code == expected
+    [request] = daemon.of_type(p.WaitJobs)
+    assert (request.ids, request.timeout) == ([1, 2], 5.0)
+
+
+def test_cli_logs_follow_across_retries(serve, monkeypatch, capsys) -> None:
+    # Attempt 1 fails and the job goes back to wait; attempt 2 completes it.
+    def run(attempt: int) -> p.Run:
+        return p.Run(
+            attempt=attempt, pid=1, started_at=1.0, ended_at=2.0, exit_code=attempt - 1,
+            signal=None, error=None, stdout_path=None, stderr_path=None,
+        )  # fmt: skip
+
+    gets = 0
+
+    def daemon_side(request: p.Request) -> p.Response | None:
+        nonlocal gets
+        if isinstance(request, p.GetJob):
+            gets += 1
+            return p.JobDetail(job=JOB, runs=[run(1)] if gets == 1 else [run(1), run(2)], env={})
+        if isinstance(request, p.ReadLog):
+            text = f"{request.stream} {request.attempt}\n".encode() if request.offset == 0 else b""
+            state = "failed" if request.attempt == 1 else "completed"
+            end = request.offset + len(text)
+            return p.LogChunk(
+                attempt=request.attempt or 2, data=text, offset=end, size=end, running=False, job_state=state
+            )
+        return None
+
+    daemon = serve(daemon_side)
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "logs", "-f", "1")
+    assert code == 0
+    assert out == "stdout 1\nstdout 2\n"
+    assert err == "stderr 1\n--- attempt 2 ---\nstderr 2\n"
+
+
+def test_garbage_from_the_daemon_is_a_queuectl_error(serve) -> None:
+    class Garbage(FakeDaemon):
+        def _converse(self, conn: socket.socket) -> None:
+            frames = p.FrameBuffer()
+            while (body := frames.next_frame()) is None:
+                frames.feed(conn.recv(65536))
+            conn.sendall(p.encode_frame(welcome(p.decode_request(body))))  # type: ignore[arg-type]
+            conn.recv(65536)
+            conn.sendall(b"\x00\x00\x00\x03\xc1\xc1\xc1")  # a frame that is not msgpack
+
+    daemon = serve(lambda r: None, kind=Garbage)
+    with Client(daemon.path) as client, pytest.raises(QueuectlError):
+        client.status()

@@ -1,0 +1,219 @@
+"""What queuectl prints: tables cut to the terminal, relative and ISO times,
+and the JSON shape scripts rely on. Pure functions, a fixed `now`."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from queuectl import output
+from queued import protocol as p
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+JOB = p.Job(
+    id=7,
+    command="./backup.sh /srv --with a very long tail of arguments that will not fit in a narrow terminal",
+    state="completed",
+    queue="default",
+    priority=-1,
+    label="nightly",
+    attempts=2,
+    max_retries=3,
+    backoff_base=2.0,
+    timeout=60.0,
+    exit_code=0,
+    run_at=NOW - 600,
+    created_at=NOW - 900.5,
+    updated_at=NOW - 180,
+    depends_on=[3],
+    cwd="/srv",
+)
+RUN = p.Run(
+    attempt=1,
+    pid=4242,
+    started_at=NOW - 300,
+    ended_at=NOW - 290.5,
+    exit_code=None,
+    signal=9,
+    error="killed by signal 9 (timeout)",
+    stdout_path="/data/logs/7/1.out",
+    stderr_path="/data/logs/7/1.err",
+)
+
+
+def job(**changes) -> p.Job:  # type: ignore[no-untyped-def]
+    return msgspec.structs.replace(JOB, **changes)
+
+
+# -- relative and absolute times ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("when", "text"),
+    [
+        (NOW, "now"),
+        (NOW - 20, "20 s ago"),
+        (NOW + 20, "in 20 s"),
+        (NOW - 180, "3 min ago"),
+        (NOW + 7200, "in 2 h"),
+        (NOW - 3 * 86400, "3 d ago"),
+        (None, "-"),
+    ],
+)
+def test_relative(when: float | None, text: str) -> None:
+    assert output.relative(when, NOW) == text
+
+
+@pytest.mark.parametrize(
+    ("when", "text"),
+    [
+        (1_795_554_055.123, "2026-11-24T21:00:55.123Z"),
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (1_795_554_055.9996, "2026-11-24T21:00:56.000Z"),
+        (None, None),
+    ],
+)
+def test_iso(when: float | None, text: str | None) -> None:
+    assert output.iso(when) == text
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_table_fits_the_width_cutting_the_command(width: int) -> None:
+    text = output.job_table([JOB, job(id=8, command="true")], now=NOW, width=width, colour=False)
+    header, long_row, short_row = text.splitlines()
+    assert all(len(line) <= width for line in text.splitlines())
+    assert header.split()[:3] == ["ID", "STATE", "QUEUE"] and header.rstrip().endswith("COMMAND")
+    assert long_row.endswith("…") and long_row.startswith("7 ")
+    assert short_row.endswith("true")
+
+
+def test_too_narrow_keeps_some_command() -> None:
+    # Below the fixed columns' width the command keeps a readable stub (the line wraps).
+    row = output.job_table([JOB], now=NOW, width=20, colour=False).splitlines()[1]
+    assert row.endswith("…") and "./backup.s" in row
+
+
+def test_table_columns() -> None:
+    row = output.job_table([JOB], now=NOW, width=400, colour=False).splitlines()[1]
+    assert row.split()[:8] == ["7", "completed", "default", "-1", "2/4", "0", "3", "min"]
+    assert "nightly" in row and row.endswith(JOB.command)
+
+
+def test_when_is_run_at_for_waiting_jobs() -> None:
+    pending = job(state="pending", run_at=NOW + 20, exit_code=None)
+    row = output.job_table([pending], now=NOW, width=400, colour=False).splitlines()[1]
+    assert "in 20 s" in row
+
+
+def test_multi_line_commands_stay_on_one_row() -> None:
+    text = output.job_table([job(command="echo a\necho b")], now=NOW, width=200, colour=False)
+    assert len(text.splitlines()) == 2
+
+
+def test_colour_only_when_asked() -> None:
+    plain = output.job_table([JOB], now=NOW, width=400, colour=False)
+    coloured = output.job_table([JOB], now=NOW, width=400, colour=True)
+    assert "\x1b[" not in plain and "\x1b[" in coloured
+    # Escape codes do not count towards the width.
+    assert all(
+        len(output._plain(line)) <= 80
+        for line in output.job_table([JOB], now=NOW, width=80, colour=True).splitlines()
+    )
+
+
+def test_no_color_and_pipes_mean_no_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    class Pipe:
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert output.use_colour(Tty()) and not output.use_colour(Pipe())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not output.use_colour(Tty())
+
+
+def test_width_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Pipe:
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert output.terminal_width(Pipe()) == 120
+    monkeypatch.setenv("COLUMNS", "200")
+    assert output.terminal_width(Pipe()) == 200
+
+
+def test_show_block() -> None:
+    detail = p.JobDetail(
+        job=JOB,
+        runs=[RUN, msgspec.structs.replace(RUN, attempt=2, ended_at=None, error=None)],
+        env={"PATH": "/bin"},
+    )
+    text = output.job_block(detail, now=NOW, width=100, colour=False)
+    assert text.splitlines()[0] == "job 7: completed"
+    assert "nightly" in text and "/srv" in text and output.absolute(JOB.created_at) in text
+    assert "killed by signal 9" in text and "running" in text and "4242" in text
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+JOB_KEYS = {
+    "id",
+    "command",
+    "state",
+    "queue",
+    "priority",
+    "label",
+    "attempts",
+    "max_retries",
+    "exit_code",
+    "run_at",
+    "created_at",
+    "updated_at",
+    "depends_on",
+    "cwd",
+    "timeout",
+    "backoff_base",
+    "error",
+}
+
+
+def test_job_json_shape() -> None:
+    data = json.loads(json.dumps(output.job_json(JOB)))  # plain JSON, nothing exotic
+    assert data.keys() >= JOB_KEYS
+    assert data["id"] == 7 and data["state"] == "completed" and data["depends_on"] == [3]
+    assert data["created_at"] == output.iso(JOB.created_at)
+    assert data["created_at"].endswith("Z") and "." in data["created_at"]
+    assert data["error"] is None and data["timeout"] == 60.0
+
+
+def test_detail_json_adds_runs_and_env() -> None:
+    data = output.detail_json(p.JobDetail(job=JOB, runs=[RUN], env={"A": "1"}))
+    assert data.keys() >= JOB_KEYS and data["env"] == {"A": "1"}
+    [run] = data["runs"]
+    assert {
+        "attempt",
+        "pid",
+        "started_at",
+        "ended_at",
+        "exit_code",
+        "signal",
+        "error",
+        "stdout_path",
+        "stderr_path",
+    } <= run.keys()
+    assert run["started_at"] == output.iso(RUN.started_at)
+    still_running = output.detail_json(
+        p.JobDetail(job=JOB, runs=[msgspec.structs.replace(RUN, ended_at=None)], env={})
+    )
+    assert still_running["runs"][0]["ended_at"] is None
