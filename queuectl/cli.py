@@ -18,6 +18,7 @@ from queued.durations import parse_duration
 from queued.protocol import STATES, TERMINAL_STATES, JobSpec
 
 from .client import Client, DaemonError, DaemonUnreachable, QueuectlError
+from .completion import JobIdType, QueueNameType
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 124
 FOLLOW_INTERVAL = 0.2  # seconds between reads when following a log
@@ -51,7 +52,11 @@ DURATION = Duration()
 POSITIVE_DURATION = DURATION
 COUNT = click.IntRange(min=0)
 STATE = click.Choice(STATES)
-JOB_ID = click.IntRange(min=1)
+JOB_ID = JobIdType()
+UNFINISHED_JOB = JobIdType(("pending", "running", "failed"))
+FINISHED_JOB = JobIdType(sorted(TERMINAL_STATES))
+DEAD_JOB = JobIdType(("dead",))
+QUEUE = QueueNameType()
 
 
 def client() -> Client:
@@ -124,7 +129,7 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.option("-q", "--queue", default="default", show_default=True, help="Named queue.")
+@click.option("-q", "--queue", type=QUEUE, default="default", show_default=True, help="Named queue.")
 @click.option("-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first.")
 @click.option("-r", "--max-retries", type=COUNT, help="Retries after the first attempt [config: 3].")
 @click.option("--backoff-base", type=click.FloatRange(1, 3600), help="Wait base**k s before retry k [2].")
@@ -209,7 +214,7 @@ def enqueue(job_json: str, quiet: bool) -> None:
 
 @cli.command("ls")
 @click.option("-s", "--state", "states", type=STATE, multiple=True, help="Only this state (repeatable).")
-@click.option("-q", "--queue", help="Only this queue.")
+@click.option("-q", "--queue", type=QUEUE, help="Only this queue.")
 @click.option("-l", "--label", help="Only this label.")
 @click.option("-n", "--limit", type=COUNT, default=50, show_default=True, help="The newest N jobs.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Every matching job.")
@@ -305,7 +310,12 @@ def wait(job_ids: tuple[int, ...], timeout: float | None, as_json: bool) -> None
     """
     from . import output
 
-    result = client().wait(*job_ids, timeout=timeout)
+    if sys.stderr.isatty() and not as_json:
+        from .progress import wait_with_progress
+
+        result = wait_with_progress(client(), job_ids, timeout, sys.stderr)
+    else:
+        result = client().wait(*job_ids, timeout=timeout)
     if as_json:
         emit_json([output.job_json(job) for job in result.jobs])
     else:
@@ -327,7 +337,7 @@ def wait(job_ids: tuple[int, ...], timeout: float | None, as_json: bool) -> None
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
+@click.argument("job_ids", nargs=-1, required=True, type=UNFINISHED_JOB)
 def cancel(job_ids: tuple[int, ...]) -> None:
     """Cancel pending, failed or running jobs (a running one's process group is stopped).
 
@@ -340,7 +350,7 @@ def cancel(job_ids: tuple[int, ...]) -> None:
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
+@click.argument("job_ids", nargs=-1, required=True, type=FINISHED_JOB)
 def rm(job_ids: tuple[int, ...]) -> None:
     """Remove finished jobs and their logs.
 
@@ -353,7 +363,7 @@ def rm(job_ids: tuple[int, ...]) -> None:
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=JOB_ID)
+@click.argument("job_ids", nargs=-1, required=True, type=FINISHED_JOB)
 def retry(job_ids: tuple[int, ...]) -> None:
     """Run completed, dead or canceled jobs again, attempts reset.
 
@@ -393,7 +403,7 @@ def dlq_ls(limit: int | None, as_json: bool) -> None:
 
 
 @dlq.command("retry")
-@click.argument("job_ids", nargs=-1, type=JOB_ID)
+@click.argument("job_ids", nargs=-1, type=DEAD_JOB)
 @click.option("--all", "every", is_flag=True, help="Every dead job.")
 def dlq_retry(job_ids: tuple[int, ...], every: bool) -> None:
     """Run dead jobs again, attempts reset.

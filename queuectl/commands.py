@@ -6,7 +6,8 @@ import time
 
 import click
 
-from .cli import COUNT, cli, client, emit_json, json_option
+from .cli import QUEUE, cli, client, emit_json, json_option
+from .completion import SHELLS, completion_script
 
 
 @cli.command()
@@ -98,7 +99,7 @@ def queue_add(name: str, concurrency: int | None) -> None:
 
 
 @queue.command("rm")
-@click.argument("name")
+@click.argument("name", type=QUEUE)
 def queue_rm(name: str) -> None:
     """Remove a queue that holds no jobs.
 
@@ -129,7 +130,7 @@ def queue_ls(as_json: bool) -> None:
 
 
 @queue.command("pause")
-@click.argument("name")
+@click.argument("name", type=QUEUE)
 def queue_pause(name: str) -> None:
     """Start no more jobs from a queue (running ones go on).
 
@@ -142,7 +143,7 @@ def queue_pause(name: str) -> None:
 
 
 @queue.command("resume")
-@click.argument("name")
+@click.argument("name", type=QUEUE)
 def queue_resume(name: str) -> None:
     """Start jobs from a paused queue again.
 
@@ -212,4 +213,14 @@ def shutdown(mode: str) -> None:
     click.echo(client().shutdown(mode))
 
 
-_ = COUNT  # shared parameter types live in cli
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell completion script (job ids and queue names come from the daemon).
+
+    \b
+    Example:
+      source <(queuectl completion bash)     # or put it in ~/.bashrc
+      queuectl completion fish > ~/.config/fish/completions/queuectl.fish
+    """
+    click.echo(completion_script(cli, shell))

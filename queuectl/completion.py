@@ -1,0 +1,66 @@
+"""Shell completion (click's own mechanism) with job ids and queue names asked
+of the daemon. A daemon that is down completes nothing rather than failing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+SHELLS = ("bash", "zsh", "fish")
+COMPLETE_VAR = "_QUEUECTL_COMPLETE"
+MAX_ITEMS = 200
+
+
+def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from .client import Client
+
+    socket = ctx.find_root().params.get("socket")
+    return Client(socket, timeout=2.0)
+
+
+class JobIdType(click.IntRange):
+    """A job id; completes to the newest jobs in `states` (all states by default)."""
+
+    name = "id"
+
+    def __init__(self, states: Sequence[str] = ()) -> None:
+        super().__init__(min=1)
+        self.states = tuple(states)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        try:
+            with _client(ctx) as client:
+                jobs = client.list(states=self.states, limit=MAX_ITEMS)
+        except Exception:
+            return []
+        return [
+            CompletionItem(str(job.id), help=f"{job.state}: {job.command[:60]}")
+            for job in reversed(jobs)
+            if str(job.id).startswith(incomplete)
+        ]
+
+
+class QueueNameType(click.ParamType):
+    name = "queue"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        try:
+            with _client(ctx) as client:
+                queues = client.queues()
+        except Exception:
+            return []
+        return [CompletionItem(q.name) for q in queues if q.name.startswith(incomplete)]
+
+
+def completion_script(cli: click.Command, shell: str) -> str:
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    return cls(cli, {}, "queuectl", COMPLETE_VAR).source()

@@ -1,0 +1,40 @@
+"""`queuectl wait` on a terminal: one line of live progress, redrawn in place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from queued.protocol import TERMINAL_STATES, Job, Waited
+
+from .client import Client
+
+REFRESH_SECONDS = 0.5
+
+
+def progress_line(jobs: Sequence[Job]) -> str:
+    done = sum(job.state in TERMINAL_STATES for job in jobs)
+    running = sum(job.state == "running" for job in jobs)
+    failed = sum(job.state in ("failed", "dead") for job in jobs)
+    return f"{done}/{len(jobs)} done, {running} running, {failed} failed"
+
+
+def wait_with_progress(client: Client, ids: Sequence[int], timeout: float | None, out: TextIO) -> Waited:
+    """Like Client.wait, redrawing the progress line every half second."""
+    if not ids:  # "every unfinished job", fixed now so that the total stays put
+        ids = [job.id for job in client.list(states=("pending", "running", "failed"))]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            step = REFRESH_SECONDS
+            if deadline is not None:
+                step = max(0.0, min(step, deadline - time.monotonic()))
+            result = client.wait(*ids, timeout=step)
+            out.write("\r\x1b[K" + progress_line(result.jobs))
+            out.flush()
+            if not result.timed_out or (deadline is not None and time.monotonic() >= deadline):
+                return result
+    finally:
+        out.write("\n")
+        out.flush()
