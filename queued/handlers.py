@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from . import __version__, lifecycle
@@ -114,7 +115,18 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
 
 async def _get(d: Daemon, r: p.GetJob) -> p.Response:
     job, runs, env = await d.db.run(Store.get_job, r.id)
-    return p.JobDetail(job=job, runs=runs, env=env)
+    return p.JobDetail(job=job, runs=[_with_live_facts(d, r.id, run) for run in runs], env=env)
+
+
+def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
+    """A run as stored, plus what the supervisor knows of it while it runs (the
+    store learns the pid and log paths when the attempt ends)."""
+    if run.stdout_path is not None:
+        return run
+    out, err = d.supervisor.log_paths(job_id, run.attempt)
+    attempt = d.supervisor.running.get(job_id)
+    pid = attempt.pid if attempt is not None and attempt.claimed.run == run.attempt else run.pid
+    return msgspec.structs.replace(run, pid=pid, stdout_path=str(out), stderr_path=str(err))
 
 
 async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
@@ -169,6 +181,7 @@ async def _wait(d: Daemon, r: p.WaitJobs) -> p.Response:
 
 async def _read_log(d: Daemon, r: p.ReadLog) -> p.Response:
     job, runs, _ = await d.db.run(Store.get_job, r.id)
+    runs = [_with_live_facts(d, r.id, run) for run in runs]
     if not runs:
         return p.Error(code="not_found", message=f"job {r.id} has not run yet")
     if r.attempt is None:

@@ -56,12 +56,23 @@ class Store:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._env_ids: dict[bytes, int] = {}
+        self._envs: dict[int, dict[str, str]] = {}  # decoded, for claims: most jobs share a few
         # Jobs that reached a terminal state in the current batch, for waiters.
         self.finished: list[int] = []
 
     def forget_caches(self) -> None:
         """Drop what may name rows a rollback removed."""
         self._env_ids.clear()
+        self._envs.clear()
+
+    def _environment(self, env_id: int) -> dict[str, str]:
+        env = self._envs.get(env_id)
+        if env is None:
+            if len(self._envs) > 256:
+                self._envs.clear()
+            data = self.conn.execute("SELECT data FROM environments WHERE id = ?", (env_id,)).fetchone()[0]
+            env = self._envs[env_id] = _env_decoder.decode(data)
+        return env
 
     # -- jobs -----------------------------------------------------------------
 
@@ -415,7 +426,7 @@ class Store:
         self.conn.execute(
             "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?, ?, ?)", (job_id, run, now)
         )
-        env = self.conn.execute("SELECT data FROM environments WHERE id = ?", (row[6],)).fetchone()[0]
+        env = self._environment(row[6])
         return Claimed(
             id=job_id,
             run=run,
@@ -423,7 +434,7 @@ class Store:
             command=row[3],
             queue=row[4],
             cwd=row[5],
-            env=_env_decoder.decode(env),
+            env=env,
             timeout=row[7],
             max_retries=row[8],
             backoff_base=row[9],
@@ -447,12 +458,25 @@ class Store:
             (pid, stdout, stderr, job_id, run),
         )
 
-    def finish(self, claimed: Claimed, exit: Exit, backoff_max: float, now: float) -> JobState:
-        """Record the end of an attempt and move the job on; returns its new state."""
+    def finish(
+        self,
+        claimed: Claimed,
+        exit: Exit,
+        backoff_max: float,
+        now: float,
+        *,
+        pid: int | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+    ) -> JobState:
+        """Record the end of an attempt (with its pid and log paths, which the
+        supervisor keeps in memory while it runs) and move the job on; returns
+        its new state."""
         self.conn.execute(
-            "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, error = ?"
-            " WHERE job_id = ? AND attempt = ?",
-            (now, exit.exit_code, exit.signal, exit.error, claimed.id, claimed.run),
+            "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, error = ?,"
+            " pid = coalesce(?, pid), stdout_path = coalesce(?, stdout_path),"
+            " stderr_path = coalesce(?, stderr_path) WHERE job_id = ? AND attempt = ?",
+            (now, exit.exit_code, exit.signal, exit.error, pid, stdout, stderr, claimed.id, claimed.run),
         )
         row = self.conn.execute(
             "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"

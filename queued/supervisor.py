@@ -74,6 +74,7 @@ class Supervisor:
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._recording = 0  # attempts ended but not yet committed
+        self._log_folders: set[Path] = set()
 
     # -- commands from the handlers ---------------------------------------------
 
@@ -203,7 +204,6 @@ class Supervisor:
         else:
             self.guardian.register(process.pid)
             attempt.pid = process.pid
-            self.db.submit(Store.started, job.id, job.run, process.pid, str(out_path), str(err_path))
             outcome = await self._supervise(attempt, process, out_path, err_path)
             self.guardian.unregister(process.pid)
         # The slot is free now: the claim it allows joins this finish's transaction.
@@ -211,7 +211,7 @@ class Supervisor:
         self._recording += 1
         self.wake()
         try:
-            await self._record(job, outcome)
+            await self._record(job, outcome, attempt.pid, out_path, err_path)
         finally:
             self._recording -= 1
             self._check_drained()
@@ -247,20 +247,39 @@ class Supervisor:
             process.signal_group(signal.SIGKILL)
             await process.wait_exit()
 
-    async def _record(self, job: Claimed, outcome: Exit) -> None:
+    async def _record(self, job: Claimed, outcome: Exit, pid: int | None, out: Path, err: Path) -> None:
         """Store the attempt's end; a failing disk only delays it, never drops it."""
         while True:
             try:
-                state = await self.db.run(Store.finish, job, outcome, self.settings.backoff_max, self.clock())
+                state = await self.db.run(
+                    Store.finish,
+                    job,
+                    outcome,
+                    self.settings.backoff_max,
+                    self.clock(),
+                    pid=pid,
+                    stdout=str(out),
+                    stderr=str(err),
+                )
             except StorageError as exc:
                 log.error("cannot record the end of job %d: %s; retrying in 1 s", job.id, exc)
                 await trio.sleep(1)
                 continue
-            log.info("job %d attempt %d: %s -> %s", job.id, job.run, outcome.error or "exit 0", state)
+            # Every attempt at debug level; failures at info, where people look.
+            level = logging.DEBUG if outcome.succeeded else logging.INFO
+            log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, outcome.error or "exit 0", state)
             return
 
-    def _log_paths(self, job: Claimed) -> tuple[Path, Path]:
-        folder = self.logs_dir / str(job.id // 1000)
-        folder.mkdir(mode=0o700, exist_ok=True)
-        stem = f"{job.id}.{job.run}"
+    def log_paths(self, job_id: int, run: int) -> tuple[Path, Path]:
+        """Where an attempt's stdout and stderr go: a folder per thousand jobs."""
+        folder = self.logs_dir / str(job_id // 1000)
+        stem = f"{job_id}.{run}"
         return folder / f"{stem}.out", folder / f"{stem}.err"
+
+    def _log_paths(self, job: Claimed) -> tuple[Path, Path]:
+        paths = self.log_paths(job.id, job.run)
+        folder = paths[0].parent
+        if folder not in self._log_folders:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            self._log_folders.add(folder)
+        return paths

@@ -107,7 +107,10 @@ try:
     s.connect(sys.argv[1])
 except OSError as e:
     print("connect-error", e.errno); sys.exit(0)
-s.sendall(bytes.fromhex(sys.argv[2]))
+try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
+except OSError:
+    pass  # a refused peer may be cut off before its hello is read
 data = b""
 while True:
     chunk = s.recv(65536)
