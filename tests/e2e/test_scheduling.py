@@ -3,6 +3,7 @@ priorities, delays, dependencies, timeouts of process trees, garbage on the sock
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import struct
@@ -27,7 +28,7 @@ def test_backoff_timing_and_dead_letter(daemon: Daemon) -> None:
     job = show(daemon, job_id)
     assert job["state"] == "dead" and job["attempts"] == 3 and job["error"] == "exited with status 3"
     runs = job["runs"]
-    gaps = [stamp(b["started_at"]) - stamp(a["ended_at"]) for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [stamp(b["started_at"]) - stamp(a["ended_at"]) for a, b in itertools.pairwise(runs)]
     assert 1.5 <= gaps[0] < 2.3 and 2.25 <= gaps[1] < 3.1, gaps
     assert [j["id"] for j in json.loads(daemon.ok("dlq", "ls", "--json"))] == [job_id]
 
