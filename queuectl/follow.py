@@ -66,14 +66,14 @@ def print_logs(
         if running:
             time.sleep(interval)
             continue
-        if state in TERMINAL_STATES:
-            return
-        # The attempt ended and the job will run again: wait for the next attempt.
+        # This attempt is over. A later one may have started (and even ended) meanwhile.
         latest = _latest_attempt(client, job_id)
         if latest is not None and latest > current:
             current = latest
             offsets = dict.fromkeys(streams, 0)
             sys.stderr.write(f"--- attempt {current} ---\n")
             sys.stderr.flush()
+        elif state in TERMINAL_STATES:
+            return
         else:
             time.sleep(interval)

@@ -266,3 +266,17 @@ def test_default_socket_without_xdg_runtime_dir(tmp_path: Path) -> None:
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+def test_logs_follow_across_retries(daemon: Daemon, tmp_path: Path) -> None:
+    marker = tmp_path / "tried"
+    job_id = daemon.add(
+        "--max-retries",
+        "1",
+        "--backoff-base",
+        "1",
+        f"if [ -e {marker} ]; then echo second; else touch {marker}; echo first; exit 1; fi",
+    )
+    result = daemon.ctl("logs", "-f", str(job_id), timeout=30)
+    assert result.returncode == 0
+    assert result.stdout == "first\nsecond\n" and "attempt 2" in result.stderr
