@@ -106,30 +106,58 @@ def _spawn_reason(exc: OSError, cwd: str) -> str:
     return exc.strerror or str(exc)
 
 
-async def copy_capped(read_fd: int, path: Path, cap: int) -> None:
-    """Copy a pipe into `path` until EOF, keeping the first `cap` bytes; the rest is
-    read and dropped so the writer never blocks, and a marker line says so. The
-    file is created at the first byte: most jobs of a busy queue print nothing."""
-    stream = trio.lowlevel.FdStream(read_fd)
-    out = -1
-    written = dropped = 0
-    try:
-        while True:
-            data = await stream.receive_some(_READ_SIZE)
-            if not data:
-                break
-            if out < 0:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            kept = min(max(cap - written, 0), len(data))
-            if kept:
-                os.write(out, data[:kept])  # into the page cache: does not stall the loop
-                written += kept
-            dropped += len(data) - kept
-    finally:
-        await stream.aclose()
-        if out >= 0:
-            if dropped:
-                os.write(
-                    out, f"\n[queued: output truncated at {cap} bytes; {dropped} more dropped]\n".encode()
-                )
-            os.close(out)
+class CappedLog:
+    """One output stream of an attempt, kept up to `cap` bytes in `path`. The
+    rest is read and dropped so the job never blocks on a full pipe, and a
+    marker line says so. The file is created at the first byte: most jobs of a
+    busy queue print nothing."""
+
+    def __init__(self, read_fd: int, path: Path, cap: int) -> None:
+        self.read_fd = read_fd
+        self.path = path
+        self.cap = cap
+        self.written = self.dropped = 0
+        self._out = -1
+
+    def write(self, data: bytes) -> None:
+        if self._out < 0:
+            self._out = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        kept = min(max(self.cap - self.written, 0), len(data))
+        if kept:
+            os.write(self._out, data[:kept])  # into the page cache: does not stall the loop
+            self.written += kept
+        self.dropped += len(data) - kept
+
+    def drain_now(self) -> bool:
+        """Read what the pipe holds without waiting; True at end of file. After
+        the job's group is dead this is everything, unless a process escaped
+        the group with the pipe still open."""
+        os.set_blocking(self.read_fd, False)
+        try:
+            while data := os.read(self.read_fd, _READ_SIZE):
+                self.write(data)
+        except BlockingIOError:
+            return False
+        self.close()
+        return True
+
+    async def copy(self) -> None:
+        """Copy until end of file (or until cancelled), then close."""
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self.read_fd)
+                if self.drain_now():
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+        if self._out >= 0:
+            if self.dropped:
+                marker = f"\n[queued: output truncated at {self.cap} bytes; {self.dropped} more dropped]\n"
+                os.write(self._out, marker.encode())
+            os.close(self._out)
+            self._out = -1

@@ -24,7 +24,7 @@ from . import lifecycle
 from .database import Database, StorageError
 from .guardian import GuardianLink
 from .lifecycle import Exit, Settings
-from .process import JobProcess, SpawnError, copy_capped, job_environment
+from .process import CappedLog, JobProcess, SpawnError, job_environment
 from .protocol import QueueInfo, Slot
 from .store import Claimed, Store
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # After the leader exits, output still buffered in the pipes is drained for at
 # most this long: a process that escaped the group may hold a pipe open forever.
 DRAIN_SECONDS = 2.0
+QUICK_EXIT_SECONDS = 0.05
 
 
 class Attempt:
@@ -218,16 +219,34 @@ class Supervisor:
 
     async def _supervise(self, attempt: Attempt, process: JobProcess, out: Path, err: Path) -> Exit:
         timeout = attempt.claimed.timeout
+        cap = self.settings.log_max_size
+        logs = [CappedLog(process.stdout, out, cap), CappedLog(process.stderr, err, cap)]
+        copying = False
         async with trio.open_nursery() as copies:
-            copies.start_soon(copy_capped, process.stdout, out, self.settings.log_max_size)
-            copies.start_soon(copy_capped, process.stderr, err, self.settings.log_max_size)
             if timeout is not None:
                 attempt.scope.deadline = trio.current_time() + timeout
             with attempt.scope:
-                await process.wait_exit()
+                # Most jobs of a busy queue end at once, their output still in the
+                # pipes: no reader tasks for them. A pipe holds 64 KiB, so a job
+                # that prints more waits at most QUICK_EXIT_SECONDS for a reader.
+                with trio.move_on_after(QUICK_EXIT_SECONDS) as quick:
+                    await process.wait_exit()
+                if quick.cancelled_caught:
+                    copying = True
+                    for log_ in logs:
+                        copies.start_soon(log_.copy)
+                    await process.wait_exit()
             if attempt.scope.cancelled_caught:
+                if not copying:
+                    copying = True
+                    for log_ in logs:
+                        copies.start_soon(log_.copy)
                 await self._terminate(process)
             returncode = process.reap()
+            if not copying:
+                for log_ in logs:
+                    if not log_.drain_now():  # an escaped process holds the pipe
+                        copies.start_soon(log_.copy)
             copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
         if attempt.stop_reason == "cancel":
             return Exit(False, None, -returncode if returncode < 0 else None, "canceled by user")
