@@ -32,7 +32,7 @@ class StorageError(Exception):
 class _Call:
     __slots__ = ("args", "done", "error", "fn", "kwargs", "result")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -56,11 +56,6 @@ class Database:
             raise call.error
         return call.result
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue fn(store, *args) for the next transaction without waiting for it:
-        for bookkeeping nobody is answered about (a failure is logged)."""
-        self._send.send_nowait(_Call(fn, args, None))
-
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
@@ -77,8 +72,6 @@ class Database:
             finished = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
             for call in batch:
                 call.done.set()
-                if call.error is not None and call.kwargs is None:
-                    log.error("%s failed: %s", getattr(call.fn, "__name__", call.fn), call.error)
             if finished and self._on_finished is not None:
                 self._on_finished(finished)
 
@@ -92,7 +85,7 @@ class Database:
         for call in batch:
             conn.execute("SAVEPOINT call")
             try:
-                call.result = call.fn(self.store, *call.args, **(call.kwargs or {}))
+                call.result = call.fn(self.store, *call.args, **call.kwargs)
             except Refused as exc:
                 call.error = exc
             except sqlite3.Error as exc:

@@ -452,12 +452,6 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def started(self, job_id: int, run: int, pid: int, stdout: str, stderr: str) -> None:
-        self.conn.execute(
-            "UPDATE attempts SET pid = ?, stdout_path = ?, stderr_path = ? WHERE job_id = ? AND attempt = ?",
-            (pid, stdout, stderr, job_id, run),
-        )
-
     def finish(
         self,
         claimed: Claimed,

@@ -308,10 +308,10 @@ def test_finish_signal_records_signal(store: Store) -> None:
     assert stored.error is not None and "SIGKILL" in stored.error
 
 
-def test_started_records_pid_and_logs(store: Store) -> None:
+def test_finish_records_pid_and_logs(store: Store) -> None:
     job_id = add(store)
     claimed = claim_one(store, job_id)
-    store.started(job_id, claimed.run, 4242, "/logs/1.out", "/logs/1.err")
+    store.finish(claimed, OK, BACKOFF_MAX, T0, pid=4242, stdout="/logs/1.out", stderr="/logs/1.err")
     [run] = store.get_job(job_id)[1]
     assert (run.pid, run.stdout_path, run.stderr_path) == (4242, "/logs/1.out", "/logs/1.err")
 
@@ -493,8 +493,7 @@ def test_remove_pending_refused_and_unknown_not_found(store: Store) -> None:
 def test_remove_finished_returns_log_paths(store: Store) -> None:
     job_id = add(store)
     claimed = claim_one(store, job_id)
-    store.started(job_id, claimed.run, 1, "/l/out", "/l/err")
-    store.finish(claimed, OK, BACKOFF_MAX, T0)
+    store.finish(claimed, OK, BACKOFF_MAX, T0, pid=1, stdout="/l/out", stderr="/l/err")
     assert sorted(store.remove([job_id])) == ["/l/err", "/l/out"]
     assert store.states([job_id]) == {}
     assert store.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
@@ -521,8 +520,7 @@ def test_clean_by_state_and_age(store: Store) -> None:
 def test_clean_returns_log_paths(store: Store) -> None:
     job_id = add(store)
     claimed = claim_one(store, job_id)
-    store.started(job_id, claimed.run, 1, "/l/out", "/l/err")
-    store.finish(claimed, OK, BACKOFF_MAX, T0)
+    store.finish(claimed, OK, BACKOFF_MAX, T0, pid=1, stdout="/l/out", stderr="/l/err")
     count, paths = store.clean(["completed"], None)
     assert count == 1 and sorted(paths) == ["/l/err", "/l/out"]
 
