@@ -13,6 +13,7 @@ this module, so it must stay light: msgspec and the standard library only.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Annotated, Literal
 
@@ -390,8 +391,13 @@ AnyResponse = (
 # Framing
 
 _encoder = msgspec.msgpack.Encoder()
-_request_decoder = msgspec.msgpack.Decoder(AnyRequest)
-_response_decoder = msgspec.msgpack.Decoder(AnyResponse)
+
+
+@functools.cache
+def _decoder(union: object) -> msgspec.msgpack.Decoder:
+    """Built on first use: each side decodes only one of the unions, and a
+    client command should not pay for compiling the other at start-up."""
+    return msgspec.msgpack.Decoder(union)
 
 
 def encode_frame(message: Request | Response) -> bytes:
@@ -445,7 +451,7 @@ def decode_request(body: bytes) -> Request:
     "bad_frame"-style with code bad_request and `undecodable=True` semantics:
     the caller closes the connection; a schema mismatch is answerable."""
     try:
-        return _request_decoder.decode(body)
+        return _decoder(AnyRequest).decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError("bad_request", f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -458,7 +464,7 @@ class UndecodableFrame(Exception):
 
 def decode_response(body: bytes) -> Response:
     try:
-        return _response_decoder.decode(body)
+        return _decoder(AnyResponse).decode(body)
     except msgspec.DecodeError as exc:
         raise ProtocolError("bad_request", f"invalid response from daemon: {exc}") from None
 
