@@ -101,6 +101,10 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
     if not d.supervisor.accepting:
         return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
     now = d.clock()
+    try:
+        lifecycle.check_environment(r.env)
+    except ValueError as exc:
+        return p.Error(code="invalid", message=str(exc))
     jobs = []
     for index, spec in enumerate(r.jobs):
         try:

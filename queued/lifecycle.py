@@ -199,7 +199,14 @@ class NewJob(Struct, kw_only=True):
     depends_on: list[int]
     label: str | None
     cwd: str
-    env: dict[str, str]
+    env: Mapping[str, str]
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """ValueError naming the first variable execve would refuse."""
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ValueError(f"invalid environment variable {key!r}")
 
 
 def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
@@ -213,10 +220,10 @@ def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settin
     job_cwd = spec.cwd or cwd
     if not job_cwd.startswith("/"):
         raise ValueError(f"cwd must be an absolute path, got {job_cwd!r}")
-    merged_env = {**env, **spec.env}
-    for key, value in merged_env.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ValueError(f"invalid environment variable {key!r}")
+    check_environment(spec.env)
+    # Shared, not copied, when the job adds nothing: a bulk add of 100,000 jobs
+    # then stores (and hashes) one environment, not 100,000 equal ones.
+    merged_env = {**env, **spec.env} if spec.env else env
     run_at = now
     if spec.delay is not None:
         run_at = now + spec.delay

@@ -68,7 +68,8 @@ CREATE TABLE config (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
--- Kept by triggers so that `status` is O(queues), not a scan of a million rows.
+-- Kept by triggers (and by Store.add_jobs, once per batch, for inserts) so that
+-- `status` is O(queues), not a scan of a million rows.
 CREATE TABLE counts (
     queue TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -86,10 +87,6 @@ CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
 CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ('completed', 'dead', 'canceled');
 
-CREATE TRIGGER count_insert AFTER INSERT ON jobs BEGIN
-    INSERT INTO counts VALUES (new.queue, new.state, 1)
-        ON CONFLICT DO UPDATE SET n = n + 1;
-END;
 CREATE TRIGGER count_update AFTER UPDATE OF state ON jobs WHEN old.state != new.state BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
     INSERT INTO counts VALUES (new.queue, new.state, 1)

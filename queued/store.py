@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -23,6 +23,11 @@ from .protocol import ErrorCode, Job, JobState, QueueInfo, Run
 _JOB_COLUMNS = (
     "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
     " timeout, exit_code, run_at, created_at, updated_at, cwd, error"
+)
+_INSERT_JOB = (
+    "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
+    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _env_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _env_decoder = msgspec.msgpack.Decoder(dict[str, str])
@@ -77,58 +82,80 @@ class Store:
     # -- jobs -----------------------------------------------------------------
 
     def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[int]:
+        """Store new jobs; their ids, in order. Jobs without dependencies go in
+        with one executemany per run of them: a bulk add is a bulk insert."""
         queues = {row[0] for row in self.conn.execute("SELECT name FROM queues")}
         ids: list[int] = []
+        env_ids: dict[int, int] = {}  # id(env) -> row: the jobs of one request share their env
+        added: dict[tuple[str, str], int] = {}  # (queue, state) -> jobs, for the counts table
+        plain: list[tuple] = []  # rows waiting for one executemany
+
+        def flush() -> None:
+            if plain:
+                self.conn.executemany(_INSERT_JOB, plain)
+                # One writer inside one transaction: AUTOINCREMENT ids are consecutive.
+                last = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()[0]
+                ids.extend(range(last - len(plain) + 1, last + 1))
+                plain.clear()
+
         for job in jobs:
             if job.queue not in queues:
                 raise Refused(
                     "not_found",
                     f"unknown queue {job.queue!r} (create it with `queuectl queue add {job.queue}`)",
                 )
-            dep_states = self.states(job.depends_on)
-            missing = lifecycle.unknown_ids(job.depends_on, dep_states)
-            if missing:
-                raise Refused("not_found", f"--after names unknown job {missing[0]}")
-            verdict = lifecycle.dependency_verdict(dep_states)
+            env_id = env_ids.get(id(job.env))
+            if env_id is None:
+                env_id = env_ids[id(job.env)] = self._env_id(job.env)
             state: JobState = "pending"
-            error = None
-            if verdict.blocker is not None:
-                state = "canceled"
-                error = lifecycle.dependency_cancel_reason(verdict.blocker, verdict.blocker_state or "")
-            unmet = sum(1 for s in dep_states.values() if s != "completed")
-            cursor = self.conn.execute(
-                "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
-                " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    job.command,
-                    state,
-                    job.queue,
-                    job.priority,
-                    job.label,
-                    job.max_retries,
-                    job.backoff_base,
-                    job.timeout,
-                    job.run_at,
-                    now,
-                    now,
-                    job.cwd,
-                    self._env_id(job.env),
-                    unmet,
-                    error,
-                ),
-            )
-            job_id = cursor.lastrowid
-            assert job_id is not None
+            error, unmet = None, 0
             if job.depends_on:
-                self.conn.executemany(
-                    "INSERT INTO dependencies (job_id, depends_on) VALUES (?, ?)",
-                    [(job_id, dep) for dep in job.depends_on],
-                )
+                flush()  # a dependency may be a job of this very request
+                dep_states = self.states(job.depends_on)
+                missing = lifecycle.unknown_ids(job.depends_on, dep_states)
+                if missing:
+                    raise Refused("not_found", f"--after names unknown job {missing[0]}")
+                verdict = lifecycle.dependency_verdict(dep_states)
+                if verdict.blocker is not None:
+                    state = "canceled"
+                    error = lifecycle.dependency_cancel_reason(verdict.blocker, verdict.blocker_state or "")
+                unmet = sum(1 for s in dep_states.values() if s != "completed")
+            row = (
+                job.command,
+                state,
+                job.queue,
+                job.priority,
+                job.label,
+                job.max_retries,
+                job.backoff_base,
+                job.timeout,
+                job.run_at,
+                now,
+                now,
+                job.cwd,
+                env_id,
+                unmet,
+                error,
+            )
+            added[(job.queue, state)] = added.get((job.queue, state), 0) + 1
+            if not job.depends_on:
+                plain.append(row)
+                continue
+            job_id = self.conn.execute(_INSERT_JOB, row).lastrowid
+            assert job_id is not None
+            self.conn.executemany(
+                "INSERT INTO dependencies (job_id, depends_on) VALUES (?, ?)",
+                [(job_id, dep) for dep in job.depends_on],
+            )
             ids.append(job_id)
+        flush()
+        self.conn.executemany(
+            "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(queue, state, n) for (queue, state), n in added.items()],
+        )
         return ids
 
-    def _env_id(self, env: dict[str, str]) -> int:
+    def _env_id(self, env: Mapping[str, str]) -> int:
         data = _env_encoder.encode(env)
         digest = hashlib.blake2b(data, digest_size=16).digest()
         env_id = self._env_ids.get(digest)

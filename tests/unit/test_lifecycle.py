@@ -336,19 +336,19 @@ def test_new_job_relative_cwd(spec_cwd: str | None, request_cwd: str) -> None:
         _new(JobSpec(command="x", cwd=spec_cwd), cwd=request_cwd)
 
 
-@pytest.mark.parametrize(
-    ("spec_env", "request_env"),
-    [
-        ({"": "v"}, {}),
-        ({"A=B": "v"}, {}),
-        ({"A\0": "v"}, {}),
-        ({"A": "v\0"}, {}),
-        ({}, {"BAD=KEY": "v"}),
-    ],
-)
-def test_new_job_bad_env(spec_env: dict[str, str], request_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("bad_env", [{"": "v"}, {"A=B": "v"}, {"A\0": "v"}, {"A": "v\0"}])
+def test_new_job_bad_env(bad_env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="environment variable"):
-        _new(JobSpec(command="x", env=spec_env), env=request_env)
+        _new(JobSpec(command="x", env=bad_env))
+    # A request's shared environment is checked once per request, not per job.
+    with pytest.raises(ValueError, match="environment variable"):
+        lifecycle.check_environment(bad_env)
+
+
+def test_jobs_that_add_nothing_share_the_request_environment() -> None:
+    shared = {"A": "1"}
+    assert _new(JobSpec(command="x"), env=shared).env is shared
+    assert _new(JobSpec(command="x", env={"B": "2"}), env=shared).env == {"A": "1", "B": "2"}
 
 
 # ----------------------------------------------------------------------------
