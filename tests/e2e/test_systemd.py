@@ -125,3 +125,20 @@ def test_journald_logs_carry_priorities(tmp_path: Path) -> None:
     lines = log_path.read_text().splitlines()
     assert lines and all(line.startswith("<") for line in lines), lines
     assert any(line.startswith("<6>queued.daemon: queued serving") for line in lines)
+
+
+def test_watchdog_pings(tmp_path: Path) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(10)
+    daemon = Daemon(tmp_path)
+    daemon.env.update({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"})
+    daemon.start()
+    try:
+        pings = 0
+        deadline = time.monotonic() + 10
+        while pings < 3 and time.monotonic() < deadline:
+            pings += notify.recv(4096) == b"WATCHDOG=1"
+        assert pings == 3  # every 100 ms: half of WATCHDOG_USEC
+    finally:
+        daemon.stop()
