@@ -182,7 +182,14 @@ class Server:
             self.in_flight += 1
             self._idle = trio.Event() if self._idle.is_set() else self._idle
             try:
-                await _send(stream, await self._answer(request))
+                answer = await self._answer(request)
+                try:
+                    frame = p.encode_frame(answer)
+                except p.ProtocolError as exc:  # e.g. `ls --all` over a million jobs
+                    frame = p.encode_frame(
+                        p.Error(code="too_large", message=f"{exc.message}: ask for less (--limit)")
+                    )
+                await stream.send_all(frame)
             finally:
                 self.in_flight -= 1
                 if not self.in_flight:

@@ -120,3 +120,13 @@ async def test_a_rejected_batch_adds_nothing(client: AsyncClient) -> None:
     assert good == 1  # the refused batch consumed no id... or at least left no job
     jobs = await client.ok(p.ListJobs())
     assert isinstance(jobs, p.JobList) and [j.id for j in jobs.jobs] == [good]
+
+
+async def test_an_answer_too_large_for_a_frame_is_an_error(client: AsyncClient, monkeypatch) -> None:
+    await client.ok(p.PauseQueue(name="default"))
+    await client.ok(p.AddJobs(jobs=[p.JobSpec(command="x" * 1000)] * 50, cwd="/", env={}))
+    monkeypatch.setattr(p, "MAX_FRAME", 10_000)
+    response = await client.request(p.ListJobs())
+    assert isinstance(response, p.Error) and response.code == "too_large" and "--limit" in response.message
+    monkeypatch.undo()
+    assert isinstance(await client.request(p.ListJobs(limit=1)), p.JobList)
