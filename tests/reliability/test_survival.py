@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from queuectl import Client, DaemonError, DaemonUnreachable, QueuectlError
-from tests.e2e.conftest import Daemon, daemon, pid_alive  # noqa: F401  (daemon: a fixture)
+from tests.e2e.conftest import Daemon, pid_alive
 
 
 def daemon_pid(daemon: Daemon) -> int:
