@@ -1,0 +1,575 @@
+"""The benchmark suite of issue #3: every figure against a real `queued` in a
+temp data dir, a table on stdout and JSON in a file.
+
+    python tests/bench/run.py [--quick] [--json PATH] [--only B1,B5] [--profile DIR]
+
+Each figure is the median of several runs, and each is also given as a ratio
+to a baseline measured in the same invocation (this machine is shared and
+noisy). See tests/bench/README.md for what each figure measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import benches
+import harness
+import peers
+from harness import Daemon, median, percentile
+
+
+@dataclass
+class Sizes:
+    runs: int  # repetitions of B1 (and its baselines), B2, B3, B5, B6
+    b1_jobs: int
+    nq_jobs: int
+    b2_adds: int
+    b3_commands: int
+    b4_rounds: int
+    b5_jobs: int
+    b5_small: int  # the baseline store size
+    b5_requests: int
+    b6_jobs: int
+    b6_spread: float
+    b7_jobs: int
+    b7_window: float
+    b7_windows: int
+
+
+FULL = Sizes(3, 10_000, peers.NQ_JOBS, 500, 100_000, 15, 1_000_000, 1_000, 300, 200, 5.0, 10_000, 10.0, 3)
+QUICK = Sizes(1, 2_000, 300, 100, 10_000, 5, 100_000, 1_000, 100, 50, 2.0, 10_000, 2.0, 1)
+
+
+@dataclass
+class Figure:
+    key: str
+    name: str
+    value: float | None
+    unit: str
+    target: str = ""
+    passed: bool | None = None
+    ratio: float | None = None
+    ratio_to: str = ""
+    runs: list[Any] = field(default_factory=list)
+    note: str = ""
+
+
+class Suite:
+    def __init__(self, sizes: Sizes, tmp: Path, profile: Path | None) -> None:
+        self.sizes = sizes
+        self.tmp = tmp
+        self.profile = profile
+        self.figures: list[Figure] = []
+        self.notes: list[str] = []
+        self._dirs = 0
+        self.spawn_loop = harness.compile_c("spawn_loop", tmp)
+        self.stamp = harness.compile_c("stamp", tmp)
+        if self.stamp is None:
+            raise SystemExit("B2 and B6 need a C compiler (cc) to build stamp.c")
+
+    def fresh(self, name: str) -> Path:
+        """A new directory for one run (short: a socket path must fit in 108 bytes)."""
+        self._dirs += 1
+        return self.tmp / f"{self._dirs}{name}"
+
+    def add(self, figure: Figure) -> Figure:
+        self.figures.append(figure)
+        return figure
+
+    # -- B1 ---------------------------------------------------------------------------
+
+    def b1(self) -> None:
+        s = self.sizes
+        tsp, tsp_note = peers.ensure("tsp", "task-spooler")
+        nq, nq_note = peers.ensure("nq", "nq")
+        for note in (tsp_note, nq_note):
+            if note:
+                self.notes.append(f"B1 peer skipped: {note}")
+        ours: list[dict[str, float]] = []
+        c_rates: list[float] = []
+        py_rates: list[float] = []
+        tsp_rates: list[float] = []
+        nq_rates: list[float] = []
+        for run in range(s.runs):  # interleaved: every contender shares each stretch of noise
+            progress(f"B1 run {run + 1}/{s.runs}")
+            if self.spawn_loop is not None:
+                c_rates.append(benches.b1_c(self.spawn_loop, s.b1_jobs))
+            py_rates.append(benches.b1_python(s.b1_jobs))
+            ours.append(benches.b1_ours(self.fresh("b1"), s.b1_jobs))
+            if tsp:
+                tsp_rates.append(s.b1_jobs / peers.tsp_drain(tsp, self.fresh("tsp"), s.b1_jobs))
+            if nq:
+                nq_rates.append(s.nq_jobs / peers.nq_drain(nq, self.fresh("nq"), s.nq_jobs))
+        if self.profile is not None:
+            progress("B1 once more under py-spy (not counted)")
+            out = self.profile / "b1-queued.txt"
+            wrap = (str(harness.PY_SPY), "record", "-o", str(out), "-f", "raw", "--gil", "--")
+            benches.b1_ours(self.fresh("b1p"), s.b1_jobs, wrap=wrap)
+            self.notes.append(f"B1 py-spy profile (raw, --gil): {out}")
+
+        c = median(c_rates) if c_rates else None
+        py = median(py_rates)
+        base, base_name = (c, "C spawn loop") if c else (py, "Python spawn loop")
+        store = median([r["store_rate"] for r in ours])
+        self.add(
+            Figure(
+                "B1",
+                f"B1 drain {s.b1_jobs:,} x true, 2 slots (queued)",
+                store,
+                "jobs/s",
+                ">= 0.70x C loop",
+                store >= 0.70 * base if c else None,
+                store / base,
+                base_name,
+                ours,
+                "first claim to last recorded end (attempts table); synchronous=FULL",
+            )
+        )
+        wall = median([r["wall_rate"] for r in ours])
+        self.add(
+            Figure(
+                "B1.wall",
+                "B1 drain, resume sent -> wait returned",
+                wall,
+                "jobs/s",
+                ratio=wall / base,
+                ratio_to=base_name,
+                runs=[r["wall_rate"] for r in ours],
+            )
+        )
+        cpu = median([r["daemon_cpu_ms_per_job"] for r in ours])
+        self.add(
+            Figure(
+                "B1.cpu",
+                "B1 queued's own CPU per job during the drain",
+                cpu,
+                "ms",
+                runs=[r["daemon_cpu_ms_per_job"] for r in ours],
+                note="utime+stime of queued (all threads, not its jobs) from resume to wait's return",
+            )
+        )
+        if c:
+            self.add(
+                Figure(
+                    "B1.c",
+                    "B1 baseline: C posix_spawn loop",
+                    c,
+                    "jobs/s",
+                    ratio=1.0,
+                    ratio_to=base_name,
+                    runs=c_rates,
+                )
+            )
+        self.add(
+            Figure(
+                "B1.py",
+                "B1 baseline: Python subprocess loop",
+                py,
+                "jobs/s",
+                ratio=py / base,
+                ratio_to=base_name,
+                runs=py_rates,
+            )
+        )
+        if tsp_rates:
+            t = median(tsp_rates)
+            self.add(
+                Figure(
+                    "B1.tsp",
+                    "B1 peer: task-spooler (tsp -S 2)",
+                    t,
+                    "jobs/s",
+                    ratio=t / base,
+                    ratio_to=base_name,
+                    runs=tsp_rates,
+                    note=f"{s.b1_jobs:,} jobs in chunks of {peers.CHUNK} (tsp holds ~1,000 queued); not durable",
+                )
+            )
+        if nq_rates:
+            n = median(nq_rates)
+            self.add(
+                Figure(
+                    "B1.nq",
+                    f"B1 peer: nq ({s.nq_jobs:,} jobs, serial)",
+                    n,
+                    "jobs/s",
+                    ratio=n / base,
+                    ratio_to=base_name,
+                    runs=nq_rates,
+                    note="nq runs one job at a time and each job locks every earlier one: fewer jobs",
+                )
+            )
+
+    # -- B2 ---------------------------------------------------------------------------
+
+    def b2(self) -> None:
+        s = self.sizes
+        assert self.stamp is not None
+        ours, floor = [], []
+        for run in range(s.runs):
+            progress(f"B2 run {run + 1}/{s.runs}")
+            floor.append(benches.b2_floor(self.fresh("b2f"), self.stamp, s.b2_adds))
+            ours.append(benches.b2_ours(self.fresh("b2"), self.stamp, s.b2_adds))
+        for q, limit in ((50, 5.0), (99, 20.0)):
+            value = median([percentile(r, q) for r in ours]) * 1e3
+            base = median([percentile(r, q) for r in floor]) * 1e3
+            self.add(
+                Figure(
+                    f"B2.p{q}",
+                    f"B2 dispatch latency p{q} (ack -> process start)",
+                    value,
+                    "ms",
+                    f"<= {limit:g} ms",
+                    value <= limit,
+                    value / base,
+                    f"Popen of the same job ({base:.2f} ms)",
+                    [percentile(r, q) * 1e3 for r in ours],
+                )
+            )
+        self.add(
+            Figure(
+                "B2.floor",
+                "B2 baseline: Popen -> process start p50",
+                median([percentile(r, 50) for r in floor]) * 1e3,
+                "ms",
+                runs=[[percentile(r, 50) * 1e3, percentile(r, 99) * 1e3] for r in floor],
+                note="runs: [p50, p99]",
+            )
+        )
+
+    # -- B3 ---------------------------------------------------------------------------
+
+    def b3(self) -> None:
+        s = self.sizes
+        ours, floor = [], []
+        for run in range(s.runs):
+            progress(f"B3 run {run + 1}/{s.runs}")
+            floor.append(benches.b3_floor(self.fresh("b3f"), s.b3_commands))
+            ours.append(benches.b3_ours(self.fresh("b3"), s.b3_commands))
+        value, base = median(ours), median(floor)
+        self.add(
+            Figure(
+                "B3",
+                f"B3 bulk add: {s.b3_commands:,} lines, one queuectl add --from -",
+                value,
+                "jobs/s",
+                ">= 50,000 jobs/s",
+                value >= 50_000,
+                value / base,
+                "bare executemany, one FULL commit",
+                ours,
+                "whole CLI process, interpreter start included; default queue paused",
+            )
+        )
+        self.add(Figure("B3.floor", "B3 baseline: bare SQLite insert", base, "rows/s", runs=floor))
+
+    # -- B4 ---------------------------------------------------------------------------
+
+    def b4(self) -> None:
+        s = self.sizes
+        progress("B4")
+        with Daemon(self.fresh("b4")) as daemon:
+            with daemon.client() as client:
+                client.pause("default")  # the added jobs stay pending: nothing else runs
+                client.add_many([benches.JobSpec(command="true")] * 50)
+            env = harness.child_env(QUEUED_SOCKET=str(daemon.socket))
+            commands = benches.b4_commands()
+            times: dict[str, list[float]] = {name: [] for name in commands}
+            for command in commands.values():  # warm the page cache
+                benches.wall(command, env)
+            for _ in range(s.b4_rounds):
+                for name, command in commands.items():
+                    times[name].append(benches.wall(command, env))
+        floor = median(times["floor"]) * 1e3
+        for name, label, target in (
+            ("add", "B4 `queuectl add true` wall time", 1.2),
+            ("ls", "B4 `queuectl ls --limit 20` wall time", None),
+        ):
+            value = median(times[name]) * 1e3
+            self.add(
+                Figure(
+                    f"B4.{name}",
+                    label,
+                    value,
+                    "ms",
+                    f"<= {target}x import floor" if target else "",
+                    value / floor <= target if target else None,
+                    value / floor,
+                    "python -c 'import click, msgspec'",
+                    [t * 1e3 for t in times[name]],
+                )
+            )
+        self.add(
+            Figure(
+                "B4.floor",
+                "B4 baseline: python -c 'import click, msgspec'",
+                floor,
+                "ms",
+                runs=[t * 1e3 for t in times["floor"]],
+            )
+        )
+
+    # -- B5 ---------------------------------------------------------------------------
+
+    def b5(self) -> None:
+        s = self.sizes
+        root = self.fresh("b5")
+        daemon = Daemon(root)
+        daemon.start()  # creates the schema and the default queue
+        daemon.stop()
+        db = daemon.data / "queue.db"
+        progress(f"B5 baseline: {s.b5_small:,} jobs")
+        small_load = benches.load_finished(db, s.b5_small, daemon.data)
+        small = benches.b5_run(daemon, s.b5_small, s.b5_requests)
+        progress(f"B5 loading {s.b5_jobs - s.b5_small:,} more finished jobs")
+        load = benches.load_finished(db, s.b5_jobs - s.b5_small, daemon.data)
+        size = sum(p.stat().st_size for p in daemon.data.glob("queue.db*"))
+        runs = []
+        for run in range(s.runs):
+            progress(f"B5 run {run + 1}/{s.runs}")
+            runs.append(benches.b5_run(daemon, s.b5_jobs, s.b5_requests))
+
+        def med(key: str) -> float:
+            return median([r[key] for r in runs])
+
+        at = f"{s.b5_small:,} jobs"
+        rss = med("rss_start_mb")
+        self.add(
+            Figure(
+                "B5.rss",
+                f"B5 RSS after start, {s.b5_jobs:,} finished jobs",
+                rss,
+                "MB",
+                "<= 100 MB",
+                rss <= 100,
+                rss / small["rss_start_mb"],
+                at,
+                runs,
+                f"VmRSS of queued (not its guardian); store {size / 1e6:,.0f} MB, loaded in {load:.1f} s "
+                f"(+{small_load:.2f} s for the first {s.b5_small:,})",
+            )
+        )
+        for key, label, limit in (
+            ("status_p50_ms", "B5 status p50", 20.0),
+            ("status_p99_ms", "B5 status p99", None),
+            ("ls_p50_ms", "B5 ls --limit 50 p50 (SDK)", 20.0),
+            ("ls_p99_ms", "B5 ls --limit 50 p99 (SDK)", None),
+        ):
+            value = med(key)
+            self.add(
+                Figure(
+                    f"B5.{key[:-3]}",
+                    f"{label}, {s.b5_jobs:,} jobs",
+                    value,
+                    "ms",
+                    f"<= {limit:g} ms" if limit else "",
+                    value <= limit if limit else None,
+                    value / small[key],
+                    f"{at} ({small[key]:.2f} ms)",
+                )
+            )
+        start = med("start_seconds")
+        self.add(
+            Figure(
+                "B5.start",
+                f"B5 daemon start to first answer, {s.b5_jobs:,} jobs",
+                start * 1e3,
+                "ms",
+                ratio=start / small["start_seconds"],
+                ratio_to=f"{at} ({small['start_seconds'] * 1e3:.0f} ms)",
+            )
+        )
+
+    # -- B6 ---------------------------------------------------------------------------
+
+    def b6(self) -> None:
+        s = self.sizes
+        assert self.stamp is not None
+        ours, floor = [], []
+        for run in range(s.runs):
+            progress(f"B6 run {run + 1}/{s.runs}")
+            delays = benches.b6_delays(s.b6_jobs, s.b6_spread, seed=run)
+            ours.append(benches.b6_ours(self.fresh("b6"), self.stamp, delays))
+            floor.append(benches.b6_floor(self.fresh("b6f"), self.stamp, delays))
+        for q, limit in ((50, None), (99, 10.0)):
+            value = median([percentile(r, q) for r in ours]) * 1e3
+            base = median([percentile(r, q) for r in floor]) * 1e3
+            self.add(
+                Figure(
+                    f"B6.p{q}",
+                    f"B6 timer lateness p{q}, {s.b6_jobs} jobs over {s.b6_spread:g} s",
+                    value,
+                    "ms",
+                    f"<= {limit:g} ms" if limit else "",
+                    value <= limit if limit else None,
+                    value / base,
+                    f"sleep+Popen loop ({base:.2f} ms)",
+                    [percentile(r, q) * 1e3 for r in ours],
+                )
+            )
+        self.add(
+            Figure(
+                "B6.floor",
+                "B6 baseline: sleep+Popen loop lateness p99",
+                median([percentile(r, 99) for r in floor]) * 1e3,
+                "ms",
+                runs=[[percentile(r, q) * 1e3 for q in (50, 99, 100)] for r in floor],
+                note="runs: [p50, p99, max]",
+            )
+        )
+        worst = ", ".join(f"{max(r) * 1e3:.1f}" for r in ours)
+        self.notes.append(
+            f"B6 worst lateness per run: {worst} ms (baseline: "
+            + ", ".join(f"{max(r) * 1e3:.1f}" for r in floor)
+            + " ms)"
+        )
+
+    # -- B7 ---------------------------------------------------------------------------
+
+    def b7(self) -> None:
+        s = self.sizes
+        progress(f"B7: {s.b7_windows} x {s.b7_window:g} s idle")
+        windows = benches.b7_ours(self.fresh("b7"), s.b7_jobs, s.b7_window, s.b7_windows)
+        value = median([w["cpu_seconds"] for w in windows])
+        self.add(
+            Figure(
+                "B7",
+                f"B7 idle CPU in {s.b7_window:g} s, {s.b7_jobs:,} future jobs",
+                value,
+                "CPU s",
+                "< 0.05 CPU s",
+                value < 0.05,
+                runs=windows,
+                note="utime+stime of queued, all threads (10 ms ticks); schedstat and guardian in runs",
+            )
+        )
+        self.add(
+            Figure(
+                "B7.schedstat",
+                "B7 idle CPU, live threads' schedstat (ns resolution)",
+                median([w["schedstat_seconds"] for w in windows]),
+                "CPU s",
+                runs=[w["schedstat_seconds"] for w in windows],
+            )
+        )
+
+
+# ----------------------------------------------------------------------------
+# output
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "CPU s":
+        return f"{value:.3f} {unit}"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 100:
+        text = f"{value:.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+    return f"{text} {unit}"
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("figure", "value", "target", "result", "ratio to baseline")]
+    for f in figures:
+        result = "" if f.passed is None else ("pass" if f.passed else "MISS")
+        ratio = "" if f.ratio is None else f"{f.ratio:.2f}x {f.ratio_to}"
+        rows.append((f.name, fmt(f.value, f.unit), f.target, result, ratio))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].rjust(widths[1]),
+            row[2].ljust(widths[2]),
+            row[3].ljust(widths[3]),
+            row[4],
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes and one run each (for development)")
+    parser.add_argument(
+        "--json", type=Path, default=harness.HERE / "results.json", help="where the JSON goes"
+    )
+    parser.add_argument("--only", help="a comma-separated subset, e.g. B1,B5")
+    parser.add_argument(
+        "--profile", type=Path, help="also run B1 once under py-spy, writing its profile here"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (data dirs, daemon logs)")
+    args = parser.parse_args(argv)
+    selected = BENCHES if not args.only else tuple(b.strip().upper() for b in args.only.split(","))
+    unknown = set(selected) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    if args.profile is not None:
+        if harness.PY_SPY is None:
+            parser.error("--profile needs py-spy on PATH")
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
+
+    sizes = QUICK if args.quick else FULL
+    tmp = Path(tempfile.mkdtemp(prefix="qbench-"))
+    started = time.time()
+    host = harness.machine()
+    suite = Suite(sizes, tmp, args.profile)
+    try:
+        for name in selected:
+            getattr(suite, name.lower())()
+    finally:
+        if args.keep:
+            print(f"temp dir kept: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.time() - started
+
+    print(table(suite.figures))
+    for note in suite.notes:
+        print(f"note: {note}")
+    print(f"({'quick' if args.quick else 'full'} run, {elapsed:.0f} s, {host['cpu_model']})")
+    report = {
+        "issue": 3,
+        "quick": args.quick,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(elapsed, 1),
+        "machine": host,
+        "sizes": asdict(sizes),
+        "figures": [asdict(f) for f in suite.figures],
+        "notes": suite.notes,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"JSON: {args.json}")
+    misses = [f.key for f in suite.figures if f.passed is False]
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
