@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from click.shell_completion import CompletionItem
 
 SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_QUEUECTL_COMPLETE"
@@ -31,6 +30,8 @@ class JobIdType(click.IntRange):
         self.states = tuple(states)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem  # only when completing
+
         try:
             with _client(ctx) as client:
                 jobs = client.list(states=self.states, limit=MAX_ITEMS)
@@ -50,6 +51,8 @@ class QueueNameType(click.ParamType):
         return str(value)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
         try:
             with _client(ctx) as client:
                 queues = client.queues()
