@@ -447,9 +447,10 @@ class FrameBuffer:
 
 
 def decode_request(body: bytes) -> Request:
-    """A request from a frame body. Undecodable msgpack raises ProtocolError
-    "bad_frame"-style with code bad_request and `undecodable=True` semantics:
-    the caller closes the connection; a schema mismatch is answerable."""
+    """A request from a frame body. Msgpack that does not fit the schema raises
+    ProtocolError("bad_request") naming the field, which can be answered; bytes
+    that are not msgpack at all raise UndecodableFrame, and the caller closes
+    the connection."""
     try:
         return _decoder(AnyRequest).decode(body)
     except msgspec.ValidationError as exc:
