@@ -26,7 +26,8 @@ from .guardian import GuardianLink
 from .lifecycle import Exit, Settings
 from .process import CappedLog, JobProcess, SpawnError, job_environment
 from .protocol import QueueInfo, Slot
-from .store import Claimed, Store
+from .store import Store
+from .store_attempts import Claimed
 
 log = logging.getLogger(__name__)
 # After the leader exits, output still buffered in the pipes is drained for at

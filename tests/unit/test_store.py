@@ -13,7 +13,8 @@ import pytest
 from queued import lifecycle, schema
 from queued.lifecycle import Settings, classify_exit
 from queued.protocol import JobSpec
-from queued.store import Claimed, Refused, Store
+from queued.store import Refused, Store
+from queued.store_attempts import Claimed
 
 T0 = 1_700_000_000.0
 ROOM = {"default": 1000}
