@@ -7,6 +7,12 @@ COMMIT` on a worker thread (each in its own savepoint, so one refusal does not
 undo the others), and only then wakes the callers. With synchronous=FULL an
 answer therefore always follows a durable commit, and the fsync is shared by
 everything that arrived while the previous one was in flight.
+
+The supervisor reads due jobs ahead and starts them from memory (see
+`Supervisor`). For that it must know when a call was queued that could make a
+job it holds unclaimable: `epoch` counts such calls, `additions` those that
+only add claimable work, both counted when the call is queued, which is before
+it runs. Store methods say which they are with `store_attempts.effect`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 import trio
 
 from .store import Refused, Store
+from .store_attempts import ADDS, READ, SUPERVISOR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,8 +36,8 @@ class StorageError(Exception):
     """The commit failed (disk full, I/O error): none of the batch was kept."""
 
 
-class _Call:
-    __slots__ = ("args", "done", "error", "fn", "kwargs", "result")
+class Call:
+    __slots__ = ("args", "done", "error", "fn", "kwargs", "on_error", "result")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.fn = fn
@@ -39,22 +46,42 @@ class _Call:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        # Told of an error at once, for an owner that is not waiting on `done`.
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    async def outcome(self) -> Any:
+        """The call's result once its transaction committed (or its error, raised)."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class Database:
     def __init__(self, store: Store, on_finished: Callable[[list[int]], None] | None = None) -> None:
         self.store = store
         self._on_finished = on_finished
-        self._send, self._receive = trio.open_memory_channel[_Call](float("inf"))
+        self._send, self._receive = trio.open_memory_channel[Call](float("inf"))
+        self.epoch = 0  # calls queued that may make a claimable job unclaimable
+        self.additions = 0  # calls queued (or batches committed) that may add claimable jobs
+        # Called after a commit that made jobs claimable by itself (see Store.reordered).
+        self.on_reordered: Callable[[], None] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run fn(store, *args, **kwargs) in the next transaction; return once it committed."""
-        call = _Call(fn, args, kwargs)
+        result: T = await self.submit(fn, *args, **kwargs).outcome()
+        return result
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+        """Queue fn(store, *args, **kwargs) for the next transaction without waiting for it."""
+        effect = getattr(fn, "effect", None)
+        if effect == ADDS:
+            self.additions += 1
+        elif effect not in (READ, SUPERVISOR):
+            self.epoch += 1
+        call = Call(fn, args, kwargs)
         self._send.send_nowait(call)
-        await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.result
+        return call
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -70,14 +97,21 @@ class Database:
                     break
             # Never abandon the thread: a transaction must not be cut half-way.
             finished = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
+            if self.store.reordered:
+                self.additions += 1
+                if self.on_reordered is not None:
+                    self.on_reordered()
             for call in batch:
                 call.done.set()
+                if call.error is not None and call.on_error is not None:
+                    call.on_error(call.error)
             if finished and self._on_finished is not None:
                 self._on_finished(finished)
 
-    def _commit(self, batch: list[_Call]) -> list[int]:
+    def _commit(self, batch: list[Call]) -> list[int]:
         conn = self.store.conn
         self.store.finished = []
+        self.store.reordered = False
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -103,7 +137,7 @@ class Database:
             return self._fail_all(batch, exc)
         return self.store.finished
 
-    def _fail_all(self, batch: list[_Call], exc: sqlite3.Error) -> list[int]:
+    def _fail_all(self, batch: list[Call], exc: sqlite3.Error) -> list[int]:
         log.error("commit failed: %s", exc)
         if self.store.conn.in_transaction:
             try:

@@ -135,7 +135,7 @@ def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
 
 async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
     jobs = await d.db.run(
-        lambda s: s.list_jobs(states=r.states, queue=r.queue, label=r.label, ids=r.ids, limit=r.limit)
+        Store.list_jobs, states=r.states, queue=r.queue, label=r.label, ids=r.ids, limit=r.limit
     )
     return p.JobList(jobs=jobs)
 

@@ -19,8 +19,10 @@ import msgspec
 
 from . import lifecycle
 from .lifecycle import Event, NewJob
-from .protocol import ErrorCode, Job, JobState, QueueInfo, Run
-from .store_attempts import AttemptRecords
+from .protocol import Job, JobState, QueueInfo, Run
+from .store_attempts import ADDS, READ, AttemptRecords, Refused, effect
+
+__all__ = ["Refused", "Store"]
 
 _JOB_COLUMNS = (
     "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
@@ -35,15 +37,6 @@ _env_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _env_decoder = msgspec.msgpack.Decoder(dict[str, str])
 
 
-class Refused(Exception):
-    """A request the store will not carry out; nothing it did is kept."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.message = message
-
-
 class Store(AttemptRecords):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -51,6 +44,7 @@ class Store(AttemptRecords):
         self._envs: dict[int, dict[str, str]] = {}  # decoded, for claims: most jobs share a few
         # Jobs that reached a terminal state in the current batch, for waiters.
         self.finished: list[int] = []
+        self.reordered = False
 
     def forget_caches(self) -> None:
         """Drop what may name rows a rollback removed."""
@@ -68,6 +62,7 @@ class Store(AttemptRecords):
 
     # -- jobs -----------------------------------------------------------------
 
+    @effect(ADDS)
     def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[int]:
         """Store new jobs; their ids, in order. Jobs without dependencies go in
         with one executemany per run of them: a bulk add is a bulk insert."""
@@ -156,6 +151,7 @@ class Store(AttemptRecords):
             self._env_ids[digest] = env_id
         return env_id
 
+    @effect(READ)
     def states(self, ids: Iterable[int]) -> dict[int, str]:
         """The state of each of `ids` that exists."""
         found: dict[int, str] = {}
@@ -164,6 +160,7 @@ class Store(AttemptRecords):
             found.update(self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk))
         return found
 
+    @effect(READ)
     def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
         rows: list[tuple] = []
         for chunk in _chunks(list(ids)):
@@ -172,6 +169,7 @@ class Store(AttemptRecords):
         rows.sort()
         return self._jobs(rows)
 
+    @effect(READ)
     def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
         row = self.conn.execute(f"SELECT {_JOB_COLUMNS}, env_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -198,6 +196,7 @@ class Store(AttemptRecords):
         ]
         return job, runs, _env_decoder.decode(env_data[0]) if env_data else {}
 
+    @effect(READ)
     def list_jobs(
         self,
         *,
@@ -270,6 +269,7 @@ class Store(AttemptRecords):
             depends_on=depends_on,
         )
 
+    @effect(READ)
     def unfinished_ids(self) -> list[int]:
         return [
             r[0]
@@ -308,12 +308,13 @@ class Store(AttemptRecords):
     def _recount_unmet(self, job_id: int) -> None:
         """Recount the unfinished dependencies of `job_id`'s pending dependents.
         A count, not a decrement: a dependency may complete, be retried and complete again."""
-        self.conn.execute(
+        if self.conn.execute(
             "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
             " ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != 'completed')"
             " WHERE state = 'pending' AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
             (job_id,),
-        )
+        ).rowcount:
+            self.reordered = True
 
     def _cancel_dependents(self, job_id: int, state: str, now: float) -> None:
         reason = lifecycle.dependency_cancel_reason(job_id, state)
@@ -331,6 +332,7 @@ class Store(AttemptRecords):
             self._set_state(job_id, states[job_id], Event.CANCEL, now, error="canceled by user")
         return [job_id for job_id, state in states.items() if state == "running"]
 
+    @effect(ADDS)
     def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> list[int]:
         ids = list(ids)
         if all_dead:
@@ -396,6 +398,7 @@ class Store(AttemptRecords):
 
     # -- queues, config, counts -------------------------------------------------
 
+    @effect(READ)
     def queues(self) -> list[QueueInfo]:
         counts: dict[tuple[str, str], int] = {
             (q, s): n for q, s, n in self.conn.execute("SELECT queue, state, n FROM counts")
@@ -416,6 +419,7 @@ class Store(AttemptRecords):
     def ensure_queue(self, name: str, now: float) -> None:
         self.conn.execute("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?, ?)", (name, now))
 
+    @effect(ADDS)
     def add_queue(self, name: str, concurrency: int | None, now: float) -> None:
         if self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone():
             raise Refused("invalid", f"queue {name!r} already exists")
@@ -445,12 +449,14 @@ class Store(AttemptRecords):
         if not self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone():
             raise Refused("not_found", f"no queue {name!r}")
 
+    @effect(READ)
     def counts(self) -> dict[str, int]:
         totals = dict.fromkeys(("pending", "running", "completed", "failed", "dead", "canceled"), 0)
         for state, n in self.conn.execute("SELECT state, sum(n) FROM counts GROUP BY state"):
             totals[state] = n
         return totals
 
+    @effect(READ)
     def config(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, value FROM config"))
 

@@ -8,13 +8,16 @@ apart so that each module stays readable; it has no state of its own.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 
 from . import lifecycle
 from .lifecycle import Event, Exit
-from .protocol import JobState
+from .protocol import ErrorCode, JobState
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Claimed(msgspec.Struct, kw_only=True):
@@ -30,10 +33,58 @@ class Claimed(msgspec.Struct, kw_only=True):
     timeout: float | None
     max_retries: int
     backoff_base: float
+    has_dependents: bool = False  # its success may release jobs waiting for it
+
+
+class Refused(Exception):
+    """A request the store will not carry out; nothing it did is kept."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+# What `Database` learns from a Store method's `effect` mark (see `effect`).
+READ = "read"  # changes nothing
+ADDS = "adds"  # may make jobs claimable; never makes a claimable job unclaimable
+SUPERVISOR = "supervisor"  # the supervisor's own records, whose effects it tracks itself
+# Unmarked methods may make a claimable job unclaimable (cancel, remove, pause).
+
+
+def effect(kind: str) -> Callable[[F], F]:
+    """Mark a Store method with what it can do to the set of claimable jobs."""
+
+    def mark(fn: F) -> F:
+        fn.effect = kind  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Ahead(msgspec.Struct):
+    """Due jobs in claim order, read without taking them (see `lookahead`)."""
+
+    jobs: list[Claimed]
+    complete: bool  # every due job of the queues asked about is in `jobs`
+    next_due: float | None  # the earliest run_at still in the future
+
+
+_DUE_JOBS = (
+    "SELECT id, attempts, command, queue, cwd, env_id, timeout, max_retries, backoff_base,"
+    " (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = jobs.id),"
+    " EXISTS (SELECT 1 FROM dependencies WHERE depends_on = jobs.id)"
+    " FROM jobs INDEXED BY jobs_ready"
+    " WHERE state IN ('pending', 'failed') AND unmet = 0 AND run_at <= ?"
+    " AND queue IN ({queues}) AND id NOT IN ({busy}) ORDER BY priority, run_at, id LIMIT ?"
+)
 
 
 class AttemptRecords:
     conn: sqlite3.Connection
+    # Set when a batch made a job claimable that may outrank those already read
+    # ahead: a released dependent, a failed attempt's retry time.
+    reordered: bool
 
     def _set_state(self, job_id: int, old: str, event: Event, now: float, **columns: object) -> None:
         raise NotImplementedError  # provided by Store
@@ -41,6 +92,59 @@ class AttemptRecords:
     def _environment(self, env_id: int) -> dict[str, str]:
         raise NotImplementedError  # provided by Store
 
+    def _due(self, now: float, queues: Sequence[str], busy: Sequence[int], limit: int) -> list[Claimed]:
+        sql = _DUE_JOBS.format(queues=",".join("?" * len(queues)), busy=",".join("?" * len(busy)))
+        return [
+            Claimed(
+                id=row[0],
+                run=row[9],
+                attempts=row[1] + 1,
+                command=row[2],
+                queue=row[3],
+                cwd=row[4],
+                env=self._environment(row[5]),
+                timeout=row[6],
+                max_retries=row[7],
+                backoff_base=row[8],
+                has_dependents=bool(row[10]),
+            )
+            for row in self.conn.execute(sql, (now, *queues, *busy, limit)).fetchall()
+        ]
+
+    @effect(READ)
+    def lookahead(self, *, now: float, queues: Sequence[str], busy: Sequence[int], limit: int) -> Ahead:
+        """The first `limit` due jobs of `queues` in claim order, without taking
+        them: the supervisor starts them one by one from memory and records
+        each start with `start`, for as long as nothing could have changed them."""
+        jobs = self._due(now, queues, busy, limit) if queues else []
+        return Ahead(jobs, complete=len(jobs) < limit, next_due=self.next_due(now, queues))
+
+    @effect(SUPERVISOR)
+    def start(self, job: Claimed, now: float) -> None:
+        """Record that `job`, read by `lookahead`, started its attempt. Refused if
+        it is no longer what was read (then nothing here changed)."""
+        row = self.conn.execute(
+            "SELECT state, unmet, attempts, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts"
+            " WHERE job_id = jobs.id) FROM jobs WHERE id = ?",
+            (job.id,),
+        ).fetchone()
+        if (
+            row is None
+            or row[0] not in ("pending", "failed")
+            or row[1]
+            or (row[2] + 1, row[3])
+            != (
+                job.attempts,
+                job.run,
+            )
+        ):
+            raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
+        self._set_state(job.id, row[0], Event.CLAIM, now, attempts=job.attempts)
+        self.conn.execute(
+            "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?, ?, ?)", (job.id, job.run, now)
+        )
+
+    @effect(SUPERVISOR)
     def claim(
         self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
     ) -> list[Claimed]:
@@ -50,55 +154,25 @@ class AttemptRecords:
         period, then a retry) and wait for it to be gone."""
         claimed: list[Claimed] = []
         room = dict(queue_room)
-        busy_marks = ",".join("?" * len(busy))
         while slots > len(claimed) and any(room.values()):
             open_queues = [q for q, n in room.items() if n > 0]
-            marks = ",".join("?" * len(open_queues))
-            rows = self.conn.execute(
-                "SELECT id, state, attempts, command, queue, cwd, env_id, timeout, max_retries,"
-                " backoff_base FROM jobs INDEXED BY jobs_ready"
-                " WHERE state IN ('pending', 'failed') AND unmet = 0 AND run_at <= ?"
-                f" AND queue IN ({marks}) AND id NOT IN ({busy_marks})"
-                " ORDER BY priority, run_at, id LIMIT ?",
-                (now, *open_queues, *busy, slots - len(claimed)),
-            ).fetchall()
-            if not rows:
+            taken = [c.id for c in claimed]
+            jobs = self._due(now, open_queues, [*busy, *taken], slots - len(claimed))
+            if not jobs:
                 break
             filled = False
-            for row in rows:
-                queue = row[4]
-                if room[queue] <= 0:
+            for job in jobs:
+                if room[job.queue] <= 0:
                     filled = True
                     continue
-                room[queue] -= 1
-                claimed.append(self._claim_one(row, now))
+                room[job.queue] -= 1
+                self.start(job, now)
+                claimed.append(job)
             if not filled:
                 break
         return claimed
 
-    def _claim_one(self, row: tuple, now: float) -> Claimed:
-        job_id, state, attempts = row[0], row[1], row[2]
-        run = self.conn.execute(
-            "SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = ?", (job_id,)
-        ).fetchone()[0]
-        self._set_state(job_id, state, Event.CLAIM, now, attempts=attempts + 1)
-        self.conn.execute(
-            "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?, ?, ?)", (job_id, run, now)
-        )
-        env = self._environment(row[6])
-        return Claimed(
-            id=job_id,
-            run=run,
-            attempts=attempts + 1,
-            command=row[3],
-            queue=row[4],
-            cwd=row[5],
-            env=env,
-            timeout=row[7],
-            max_retries=row[8],
-            backoff_base=row[9],
-        )
-
+    @effect(READ)
     def next_due(self, now: float, queues: Sequence[str]) -> float | None:
         """The earliest future run_at among waiting jobs of `queues`."""
         if not queues:
@@ -111,6 +185,7 @@ class AttemptRecords:
         ).fetchone()
         return row[0] if row else None
 
+    @effect(SUPERVISOR)
     def finish(
         self,
         claimed: Claimed,
@@ -151,6 +226,7 @@ class AttemptRecords:
         extra: dict[str, object] = {"exit_code": exit.exit_code, "error": exit.error}
         if outcome.run_at is not None:
             extra["run_at"] = outcome.run_at
+            self.reordered = True
         self._set_state(claimed.id, "running", outcome.event, now, **extra)
         return outcome.state
 

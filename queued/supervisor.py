@@ -1,12 +1,23 @@
 """The supervisor: claims due jobs into free slots and sees each attempt through.
 
-Theory of operation: one loop task owns the slots. It claims as many due jobs
-as there is room for (globally and per queue), starts one task per attempt in
-its nursery, then sleeps until something could change the answer: `wake()`
-(a new job, an exit, a queue or concurrency change) or the earliest future
-run_at. Nothing polls; an idle daemon sleeps in the kernel. Each attempt task
-spawns the process, copies its output, enforces its timeout, reaps it and
-records the outcome, deciding nothing itself: `Store.finish` asks `lifecycle`.
+Theory of operation: one loop task owns the slots. It starts as many due jobs
+as there is room for (globally and per queue), one task per attempt in its
+nursery, then sleeps until something could change the answer: `wake()` (a new
+job, an exit, a queue or concurrency change) or the earliest future run_at.
+Nothing polls; an idle daemon sleeps in the kernel. Each attempt task copies
+its process's output, enforces its timeout, reaps it and records the outcome,
+deciding nothing itself: `Store.finish` asks `lifecycle`.
+
+Starting from memory: the loop reads the next due jobs ahead (`Store.lookahead`)
+and starts them one by one as slots free up, queueing each start's record
+(`Store.start`) behind the process instead of waiting for a commit before
+it. The jobs read ahead stay valid while no call that could make one of them
+unclaimable has been queued since the read (`Database.epoch`), and no job that
+could outrank them has appeared (`Database.additions`, a due time reached).
+Records run in the order they are queued, so a start is on disk before its
+attempt's end, and before any later request sees the job. A crash before the
+start's commit leaves the job pending: it runs again, as a job running at the
+crash does.
 """
 
 from __future__ import annotations
@@ -15,19 +26,26 @@ import logging
 import math
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from . import lifecycle
-from .database import Database, StorageError
+from .database import Call, Database, StorageError
 from .guardian import GuardianLink
 from .lifecycle import Exit, Settings
 from .process import CappedLog, JobProcess, SpawnError, job_environment
 from .protocol import QueueInfo, Slot
 from .store import Store
 from .store_attempts import Claimed
+
+# Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
+# enough that the read stays cheap.
+AHEAD_EXTRA = 32
+# After a start's record was refused, claiming waits this long.
+HOLD_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 # After the leader exits, output still buffered in the pipes is drained for at
@@ -42,9 +60,11 @@ class Attempt:
     def __init__(self, claimed: Claimed, started_at: float) -> None:
         self.claimed = claimed
         self.started_at = started_at
+        self.process: JobProcess | None = None
+        self.spawn_error: str | None = None
         self.pid: int | None = None
         self.scope = trio.CancelScope()
-        self.stop_reason: str | None = None  # "cancel" or "interrupt"
+        self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -77,6 +97,13 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._recording = 0  # attempts ended but not yet committed
         self._log_folders: set[Path] = set()
+        # Due jobs read ahead, in claim order, and what they are valid for.
+        self._ahead: deque[Claimed] = deque()
+        self._ahead_complete = False  # no due job beyond those in _ahead
+        self._ahead_until = -math.inf  # clock time of the next run_at: read again then
+        self._ahead_marks = (-1, -1)  # (epoch, additions) of the read
+        self._hold_until = -math.inf
+        db.on_reordered = self.wake
 
     # -- commands from the handlers ---------------------------------------------
 
@@ -92,6 +119,7 @@ class Supervisor:
 
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
+        self._ahead_until = -math.inf
         self.wake()
 
     def set_concurrency(self, concurrency: int) -> None:
@@ -145,28 +173,87 @@ class Supervisor:
 
     async def _claim_due(self) -> float:
         """Start every job that is due and has room; return when to look again."""
+        while True:
+            now = self.clock()
+            if now < self._hold_until:
+                return trio.current_time() + self._hold_until - now
+            room = self._queue_room()
+            if not any(room.values()):
+                return math.inf  # an exit, a resume or more concurrency will wake us
+            if not self._ahead_valid(now):
+                try:
+                    fresh = await self._look_ahead(now)
+                    if not fresh:  # something that can unclaim jobs came in meanwhile
+                        await self._claim_committed()
+                        continue
+                except StorageError as exc:
+                    log.error("cannot claim jobs: %s; retrying in %.0f s", exc, HOLD_SECONDS)
+                    self._hold_until = self.clock() + HOLD_SECONDS
+                    continue
+                now = self.clock()
+                room = self._queue_room()
+            if self._start_ahead(now, room):
+                continue
+            # Those read ahead may all wait for full queues, with others due beyond them.
+            if self._ahead and not self._ahead_complete and await self._claim_committed():
+                continue
+            if self._ahead_until == math.inf:
+                return math.inf
+            return trio.current_time() + max(0.0, self._ahead_until - self.clock())
+
+    def _ahead_valid(self, now: float) -> bool:
+        if not self._ahead and not self._ahead_complete:
+            return False
+        return now < self._ahead_until and self._ahead_marks == (self.db.epoch, self.db.additions)
+
+    async def _look_ahead(self, now: float) -> bool:
+        """Read the next due jobs; False if they may be stale already."""
+        marks = (self.db.epoch, self.db.additions)
+        queues = [name for name, queue in self.queues.items() if not queue.paused]
+        limit = self.settings.concurrency + AHEAD_EXTRA
+        busy = list(self.running)
+        ahead = await self.db.run(Store.lookahead, now=now, queues=queues, busy=busy, limit=limit)
+        if self.db.epoch != marks[0] or not self.accepting:
+            self._ahead_until = -math.inf
+            return False
+        self._ahead = deque(ahead.jobs)
+        self._ahead_complete = ahead.complete
+        self._ahead_until = math.inf if ahead.next_due is None else ahead.next_due
+        self._ahead_marks = marks
+        return True
+
+    def _start_ahead(self, now: float, room: dict[str, int]) -> int:
+        """Start jobs read ahead while there is room; how many started."""
+        started = 0
+        waiting: list[Claimed] = []  # for a full queue: they keep their place
+        free = self.settings.concurrency - len(self.running)
+        while self._ahead and free > 0 and self.accepting:
+            job = self._ahead.popleft()
+            if room.get(job.queue, 0) <= 0:
+                waiting.append(job)
+                continue
+            room[job.queue] -= 1
+            free -= 1
+            self._start(job, now, self.db.submit(Store.start, job, now))
+            started += 1
+        self._ahead.extendleft(reversed(waiting))
+        return started
+
+    async def _claim_committed(self) -> int:
+        """Claim with a committed transaction before starting anything: always
+        right, at the price of a commit between an exit and the next start."""
+        self._ahead.clear()
+        self._ahead_until = -math.inf
         now = self.clock()
         room = self._queue_room()
         free = self.settings.concurrency - len(self.running)
-        if free > 0 and any(room.values()):
-            try:
-                claimed = await self.db.run(
-                    Store.claim, now=now, slots=free, queue_room=room, busy=list(self.running)
-                )
-            except StorageError as exc:
-                log.error("cannot claim jobs: %s; retrying in 1 s", exc)
-                return trio.current_time() + 1
-            for job in claimed:
-                self._start(job, now)
-            room = self._queue_room()
-            free = self.settings.concurrency - len(self.running)
-        if free <= 0:
-            return math.inf  # an exit will wake us
-        open_queues = [name for name, n in room.items() if n > 0]
-        due = await self.db.run(Store.next_due, now, open_queues)
-        if due is None:
-            return math.inf
-        return trio.current_time() + max(0.0, due - self.clock())
+        if free <= 0 or not any(room.values()):
+            return 0
+        busy = list(self.running)
+        claimed = await self.db.run(Store.claim, now=now, slots=free, queue_room=room, busy=busy)
+        for job in claimed:
+            self._start(job, now, None)
+        return len(claimed)
 
     def _queue_room(self) -> dict[str, int]:
         busy: dict[str, int] = {}
@@ -180,11 +267,25 @@ class Supervisor:
                 room[name] = max(0, min(free, limit))
         return room
 
-    def _start(self, claimed: Claimed, now: float) -> None:
+    def _start(self, claimed: Claimed, now: float, record: Call | None) -> None:
+        """Spawn the attempt's process; `record` is its start's queued record
+        (None when the claim already committed)."""
         assert self._nursery is not None
         attempt = Attempt(claimed, now)
         self.running[claimed.id] = attempt
-        self._nursery.start_soon(self._run_attempt, attempt)
+        out_path, err_path = self._log_paths(claimed)
+        try:
+            attempt.process = JobProcess(
+                claimed.command,
+                cwd=claimed.cwd,
+                env=job_environment(claimed.env, job_id=claimed.id, run=claimed.run, instance=self.instance),
+            )
+        except SpawnError as exc:
+            attempt.spawn_error = str(exc)
+        else:
+            self.guardian.register(attempt.process.pid)
+            attempt.pid = attempt.process.pid
+        self._nursery.start_soon(self._run_attempt, attempt, record, out_path, err_path)
 
     def _check_drained(self) -> None:
         if not self.accepting and not self.running and not self._recording:
@@ -192,31 +293,39 @@ class Supervisor:
 
     # -- one attempt ------------------------------------------------------------
 
-    async def _run_attempt(self, attempt: Attempt) -> None:
-        job = attempt.claimed
-        out_path, err_path = self._log_paths(job)
-        try:
-            process = JobProcess(
-                job.command,
-                cwd=job.cwd,
-                env=job_environment(job.env, job_id=job.id, run=job.run, instance=self.instance),
-            )
-        except SpawnError as exc:
-            outcome = lifecycle.spawn_failure(str(exc))
+    async def _run_attempt(self, attempt: Attempt, record: Call | None, out: Path, err: Path) -> None:
+        job, process = attempt.claimed, attempt.process
+        if record is not None:
+            # The process runs while its start's record commits; if that fails, it stops.
+            record.on_error = lambda exc: self._start_refused(attempt, exc)
+        if process is None:
+            outcome = lifecycle.spawn_failure(attempt.spawn_error or "cannot start")
         else:
-            self.guardian.register(process.pid)
-            attempt.pid = process.pid
-            outcome = await self._supervise(attempt, process, out_path, err_path)
+            outcome = await self._supervise(attempt, process, out, err)
             self.guardian.unregister(process.pid)
-        # The slot is free now: the claim it allows joins this finish's transaction.
         del self.running[job.id]
         self._recording += 1
+        # Queued before the read that the free slot leads to, so that the read
+        # sees what this end released.
+        finish = self._submit_finish(job, outcome, attempt.pid, out, err)
+        if job.has_dependents and outcome.succeeded:
+            self._ahead_until = -math.inf
         self.wake()
         try:
-            await self._record(job, outcome, attempt.pid, out_path, err_path)
+            await self._record(job, outcome, attempt.pid, out, err, finish, record)
         finally:
             self._recording -= 1
             self._check_drained()
+
+    def _start_refused(self, attempt: Attempt, exc: BaseException) -> None:
+        """The store refused an attempt's start (a failing disk): the process
+        stops and the job, still due, is read again after a pause that keeps a
+        refusing disk (or a bug) from turning this into a spawn loop."""
+        log.error("job %d: its start was not recorded (%s); stopped, still queued", attempt.claimed.id, exc)
+        attempt.stop("unrecorded")
+        self._ahead_until = -math.inf
+        self._hold_until = self.clock() + HOLD_SECONDS
+        self.wake()
 
     async def _supervise(self, attempt: Attempt, process: JobProcess, out: Path, err: Path) -> Exit:
         timeout = attempt.claimed.timeout
@@ -267,24 +376,35 @@ class Supervisor:
             process.signal_group(signal.SIGKILL)
             await process.wait_exit()
 
-    async def _record(self, job: Claimed, outcome: Exit, pid: int | None, out: Path, err: Path) -> None:
-        """Store the attempt's end; a failing disk only delays it, never drops it."""
+    def _submit_finish(self, job: Claimed, outcome: Exit, pid: int | None, out: Path, err: Path) -> Call:
+        backoff_max, now = self.settings.backoff_max, self.clock()
+        paths = {"stdout": str(out), "stderr": str(err)}
+        return self.db.submit(Store.finish, job, outcome, backoff_max, now, pid=pid, **paths)
+
+    async def _record(
+        self,
+        job: Claimed,
+        outcome: Exit,
+        pid: int | None,
+        out: Path,
+        err: Path,
+        finish: Call,
+        start: Call | None,
+    ) -> None:
+        """Wait for the attempt's end to be stored; a failing disk only delays
+        it, never drops it. (After a refused start there is nothing to store.)"""
         while True:
             try:
-                state = await self.db.run(
-                    Store.finish,
-                    job,
-                    outcome,
-                    self.settings.backoff_max,
-                    self.clock(),
-                    pid=pid,
-                    stdout=str(out),
-                    stderr=str(err),
-                )
+                state = await finish.outcome()
             except StorageError as exc:
+                if start is not None and start.error is not None:
+                    return
                 log.error("cannot record the end of job %d: %s; retrying in 1 s", job.id, exc)
                 await trio.sleep(1)
+                finish = self._submit_finish(job, outcome, pid, out, err)
                 continue
+            if start is not None and start.error is not None:
+                return
             # Every attempt at debug level; failures at info, where people look.
             level = logging.DEBUG if outcome.succeeded else logging.INFO
             log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, outcome.error or "exit 0", state)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,12 @@ from queued.protocol import JobSpec
 from queued.store import Refused, Store
 from queued.store_attempts import Claimed
 
-T0 = 1_700_000_000.0
+from .conftest import T0
+
 ROOM = {"default": 1000}
 OK = classify_exit(0)
 FAIL = classify_exit(1)
 BACKOFF_MAX = 3600.0
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    conn = schema.connect(tmp_path / "q.db")
-    store = Store(conn)
-    store.ensure_queue("default", T0)
-    yield store
-    conn.close()
 
 
 def new(command: str = "true", *, now: float = T0, **spec: object) -> lifecycle.NewJob:

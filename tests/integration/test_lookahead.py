@@ -1,0 +1,126 @@
+"""Jobs started from the supervisor's read-ahead: never a job that changed since
+the read, never ahead of one that outranks it, never without its record."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from queued import protocol as p
+from queued.store import Refused, Store
+from queued.store_attempts import SUPERVISOR, effect
+
+from .conftest import AsyncClient, DaemonHandle
+
+
+async def add_all(client: AsyncClient, *specs: p.JobSpec) -> list[int]:
+    response = await client.ok(p.AddJobs(jobs=list(specs), cwd=os.getcwd(), env=dict(os.environ)))
+    assert isinstance(response, p.Added)
+    return response.ids
+
+
+async def read_ahead(daemon: DaemonHandle) -> list[int]:
+    """The ids the supervisor holds, once it holds some."""
+    supervisor = daemon.runner.supervisor
+    with trio.fail_after(5):
+        while not supervisor._ahead:
+            await trio.sleep(0.01)
+    return [job.id for job in supervisor._ahead]
+
+
+def appends(path: Path, text: str) -> str:
+    return f"echo {text} >> {path}"
+
+
+async def test_a_job_canceled_after_the_read_never_runs(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    out = tmp_path / "ran"
+    first, second, third = await add_all(
+        client,
+        p.JobSpec(command=f"sleep 0.3; {appends(out, 1)}"),
+        p.JobSpec(command=appends(out, 2)),
+        p.JobSpec(command=appends(out, 3)),
+    )
+    assert await read_ahead(daemon) == [second, third]  # the premise: both read, not taken
+    await client.ok(p.CancelJobs(ids=[third]))
+    jobs = {j.id: j for j in await client.wait(first, second, third)}
+    assert out.read_text() == "1\n2\n"
+    assert jobs[third].state == "canceled" and (await client.job(third)).runs == []
+
+
+async def test_a_paused_queue_stops_what_was_read_ahead(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    out = tmp_path / "ran"
+    first, second = await add_all(
+        client, p.JobSpec(command=f"sleep 0.3; {appends(out, 1)}"), p.JobSpec(command=appends(out, 2))
+    )
+    assert await read_ahead(daemon) == [second]
+    await client.ok(p.PauseQueue(name="default"))
+    await client.wait(first)
+    await trio.sleep(0.2)
+    assert out.read_text() == "1\n"
+    listed = await client.ok(p.ListJobs(ids=[second]))
+    assert isinstance(listed, p.JobList) and listed.jobs[0].state == "pending"
+
+
+async def test_an_added_job_that_outranks_the_read_runs_first(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    out = tmp_path / "ran"
+    ids = await add_all(
+        client,
+        p.JobSpec(command=f"sleep 0.3; {appends(out, 'first')}"),
+        p.JobSpec(command=appends(out, "plain")),
+    )
+    assert await read_ahead(daemon) == [ids[1]]
+    [urgent] = await add_all(client, p.JobSpec(command=appends(out, "urgent"), priority=-5))
+    await client.wait(*ids, urgent)
+    assert out.read_text().split() == ["first", "urgent", "plain"]
+
+
+async def test_a_released_dependent_outranks_the_read(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    out = tmp_path / "ran"
+    first, plain = await add_all(
+        client,
+        p.JobSpec(command=f"sleep 0.3; {appends(out, 'first')}"),
+        p.JobSpec(command=appends(out, "plain")),
+    )
+    [dependent] = await add_all(
+        client, p.JobSpec(command=appends(out, "dependent"), after=[first], priority=-1)
+    )
+    assert await read_ahead(daemon) == [plain]
+    await client.wait(first, plain, dependent)
+    assert out.read_text().split() == ["first", "dependent", "plain"]
+
+
+async def test_a_start_the_store_refuses_is_stopped_and_the_job_runs_later(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path, monkeypatch
+) -> None:
+    out = tmp_path / "ran"
+    refused: list[int] = []
+    real_start = Store.start
+
+    @effect(SUPERVISOR)
+    def start_refusing_once(store: Store, job, now: float) -> None:
+        if not refused:
+            refused.append(job.id)
+            raise Refused("invalid", "refused by the test")
+        real_start(store, job, now)
+
+    monkeypatch.setattr(Store, "start", start_refusing_once)
+    job_id = await client.add(f"{appends(out, 'start')}; sleep 0.5; {appends(out, 'end')}")
+    [job] = await client.wait(job_id)  # after the hold that follows a refusal
+    assert refused == [job_id]
+    assert job.state == "completed" and job.attempts == 1
+    assert out.read_text().split() == ["start", "start", "end"]  # the first was stopped
+    assert [r.attempt for r in (await client.job(job_id)).runs] == [1]
