@@ -65,8 +65,22 @@ def resolve_group(name: str | None) -> int | None:
         raise ValueError(f"unknown group {name!r} for --allow-group") from None
 
 
+def keep_inherited_descriptors_from_jobs() -> None:
+    """Jobs are spawned without closing descriptors one by one (see
+    process._spawn): whatever the daemon inherited must close on exec."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the directory's own descriptor, closed by now
+
+
 def main(argv: list[str] | None = None) -> None:
     import trio
+
+    keep_inherited_descriptors_from_jobs()
 
     from .daemon import DaemonConfig, Runner, StartupError
     from .server import SocketInUse

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import trio
@@ -48,31 +47,20 @@ def job_environment(captured: dict[str, str], *, job_id: int, run: int, instance
 
 
 class JobProcess:
-    """A started attempt: the leader's Popen, a pidfd, and the read ends of its pipes."""
+    """A started attempt: the leader's pid, a pidfd, and the read ends of its pipes."""
 
     def __init__(self, command: str, *, cwd: str, env: dict[str, str]) -> None:
-        if not os.path.isdir(cwd):
-            raise SpawnError(f"working directory {cwd} does not exist")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            self.popen = subprocess.Popen(
-                [SHELL, "-c", command],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,
-                close_fds=True,
-            )
+            self.pid = _spawn([SHELL, "-c", command], cwd, env, out_w, err_w)
         except OSError as exc:
-            for fd in (out_r, out_w, err_r, err_w):
+            for fd in (out_r, err_r):
                 os.close(fd)
             raise SpawnError(_spawn_reason(exc, cwd)) from None
-        os.close(out_w)
-        os.close(err_w)
-        self.pid = self.popen.pid
+        finally:
+            os.close(out_w)
+            os.close(err_w)
         self.pidfd = os.pidfd_open(self.pid)
         self.stdout = out_r
         self.stderr = err_r
@@ -89,15 +77,54 @@ class JobProcess:
             pass
 
     def reap(self) -> int:
-        """Kill whatever the job left in its group, then collect the leader's status."""
+        """Kill whatever the job left in its group, then collect the leader's
+        status: its exit code, or minus the signal that ended it."""
         self.signal_group(signal.SIGKILL)
-        self.returncode = self.popen.wait()
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
         os.close(self.pidfd)
         return self.returncode
 
 
+def _spawn(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+    """posix_spawn (a vfork and an exec, no Python in between) in a new session.
+    Every descriptor the daemon holds is close-on-exec (Python's default, and
+    `Runner` marks those it inherited), so the job gets exactly 0, 1 and 2.
+    posix_spawn cannot change directory here (Python 3.11), so the daemon steps
+    into `cwd` for the spawn and back: nothing else runs on this thread meanwhile,
+    and every path the daemon uses is absolute."""
+    home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            exc.filename = cwd
+            raise
+        try:
+            return os.posix_spawn(
+                SHELL,
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, stdout, 1),
+                    (os.POSIX_SPAWN_DUP2, stderr, 2),
+                ],
+                setsid=True,
+                setsigdef=_DEFAULT_SIGNALS,
+            )
+        finally:
+            os.fchdir(home)
+    finally:
+        os.close(home)
+
+
+# Python ignores these; a job starts with them at their defaults, as with Popen.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
 def _spawn_reason(exc: OSError, cwd: str) -> str:
-    if exc.errno == errno.ENOENT and exc.filename == cwd:
+    if exc.filename == cwd and exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return f"working directory {cwd} does not exist"
     if exc.errno == errno.ENOENT:
         return f"{SHELL} not found"

@@ -36,7 +36,7 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "queued.log"
 
-    def start(self, *, wait: bool = True) -> Daemon:
+    def start(self, *, wait: bool = True, pass_fds: tuple[int, ...] = ()) -> Daemon:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -45,6 +45,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         if wait:
             self.wait_ready()

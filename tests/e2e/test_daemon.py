@@ -37,6 +37,20 @@ def test_files_are_private(daemon: Daemon) -> None:
             assert mode(path) == 0o600, path
 
 
+def test_jobs_get_stdin_stdout_stderr_and_no_other_descriptor(tmp_path: Path) -> None:
+    inherited = os.pipe()  # queued inherits both ends, as from a careless parent
+    daemon = Daemon(tmp_path).start(pass_fds=inherited)
+    try:
+        job = daemon.add("ls /proc/$$/fd; readlink /proc/$$/fd/0; pwd", "--cwd", "/tmp")
+        daemon.ok("wait", str(job))
+        assert daemon.ok("logs", str(job)).split() == ["0", "1", "2", "/dev/null", "/tmp"]
+        assert Path.cwd() != Path("/tmp")
+    finally:
+        daemon.stop()
+        for fd in inherited:
+            os.close(fd)
+
+
 def test_config_file_and_environment(tmp_path: Path) -> None:
     config = tmp_path / "queued.toml"
     config.write_text('max-retries = 9\nbackoff-base = 3\ntimeout = "10m"\n')
