@@ -117,20 +117,29 @@ class Database:
         except sqlite3.Error as exc:
             return self._fail_all(batch, exc)
         for call in batch:
-            conn.execute("SAVEPOINT call")
+            # Reads and the supervisor's records refuse before they write (see
+            # store_attempts.effect): they need no savepoint of their own.
+            guarded = getattr(call.fn, "effect", None) not in (READ, SUPERVISOR)
+            if guarded:
+                conn.execute("SAVEPOINT call")
             try:
                 call.result = call.fn(self.store, *call.args, **call.kwargs)
             except Refused as exc:
                 call.error = exc
             except sqlite3.Error as exc:
+                if not guarded:
+                    return self._fail_all(batch, exc)
                 call.error = StorageError(_describe(exc))
             except Exception as exc:
                 log.exception("database call %s failed", getattr(call.fn, "__name__", call.fn))
+                if not guarded:
+                    return self._fail_all(batch, sqlite3.DatabaseError(f"internal error: {exc}"))
                 call.error = exc
-            if call.error is not None:
-                conn.execute("ROLLBACK TO call")
-                self.store.forget_caches()
-            conn.execute("RELEASE call")
+            if guarded:
+                if call.error is not None:
+                    conn.execute("ROLLBACK TO call")
+                    self.store.forget_caches()
+                conn.execute("RELEASE call")
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from pathlib import Path
 
 import trio
 
@@ -38,12 +37,28 @@ class SpawnError(Exception):
     """The attempt could not start; the message is for the user."""
 
 
-def job_environment(captured: dict[str, str], *, job_id: int, run: int, instance: str) -> dict[str, str]:
-    env = {k: v for k, v in captured.items() if k not in _PRIVATE_VARS}
-    env["QUEUED_JOB_ID"] = str(job_id)
-    env["QUEUED_ATTEMPT"] = str(run)
-    env[INSTANCE_VAR] = instance
-    return env
+class JobEnvironments:
+    """Each attempt's environment: the one captured at `add`, without the
+    daemon's own variables, plus the job's id, attempt and the daemon's
+    instance token. The filtering is done once per captured environment (the
+    store hands out one dict per distinct environment; most jobs share a few)."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self._bases: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+
+    def for_attempt(self, captured: dict[str, str], *, job_id: int, run: int) -> dict[str, str]:
+        entry = self._bases.get(id(captured))
+        if entry is None or entry[0] is not captured:
+            if len(self._bases) >= 64:
+                self._bases.clear()
+            base = {k: v for k, v in captured.items() if k not in _PRIVATE_VARS}
+            base[INSTANCE_VAR] = self.instance
+            entry = self._bases[id(captured)] = (captured, base)
+        env = entry[1].copy()
+        env["QUEUED_JOB_ID"] = str(job_id)
+        env["QUEUED_ATTEMPT"] = str(run)
+        return env
 
 
 class JobProcess:
@@ -139,7 +154,7 @@ class CappedLog:
     marker line says so. The file is created at the first byte: most jobs of a
     busy queue print nothing."""
 
-    def __init__(self, read_fd: int, path: Path, cap: int) -> None:
+    def __init__(self, read_fd: int, path: str, cap: int) -> None:
         self.read_fd = read_fd
         self.path = path
         self.cap = cap

@@ -50,6 +50,8 @@ READ = "read"  # changes nothing
 ADDS = "adds"  # may make jobs claimable; never makes a claimable job unclaimable
 SUPERVISOR = "supervisor"  # the supervisor's own records, whose effects it tracks itself
 # Unmarked methods may make a claimable job unclaimable (cancel, remove, pause).
+# READ and SUPERVISOR methods run without a savepoint of their own, so they
+# must refuse before they write; an error after a write fails the whole batch.
 
 
 def effect(kind: str) -> Callable[[F], F]:
@@ -78,6 +80,11 @@ _DUE_JOBS = (
     " WHERE state IN ('pending', 'failed') AND unmet = 0 AND run_at <= ?"
     " AND queue IN ({queues}) AND id NOT IN ({busy}) ORDER BY priority, run_at, id LIMIT ?"
 )
+
+
+# What a claim makes of a waiting job (either waiting state): one UPDATE for both.
+_CLAIMED = lifecycle.next_state("pending", Event.CLAIM)
+assert lifecycle.next_state("failed", Event.CLAIM) == _CLAIMED
 
 
 class AttemptRecords:
@@ -123,23 +130,14 @@ class AttemptRecords:
     def start(self, job: Claimed, now: float) -> None:
         """Record that `job`, read by `lookahead`, started its attempt. Refused if
         it is no longer what was read (then nothing here changed)."""
-        row = self.conn.execute(
-            "SELECT state, unmet, attempts, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts"
-            " WHERE job_id = jobs.id) FROM jobs WHERE id = ?",
-            (job.id,),
-        ).fetchone()
-        if (
-            row is None
-            or row[0] not in ("pending", "failed")
-            or row[1]
-            or (row[2] + 1, row[3])
-            != (
-                job.attempts,
-                job.run,
-            )
-        ):
+        changed = self.conn.execute(
+            "UPDATE jobs SET state = ?, attempts = ?, updated_at = ? WHERE id = ?"
+            " AND state IN ('pending', 'failed') AND unmet = 0 AND attempts = ?"
+            " AND NOT EXISTS (SELECT 1 FROM attempts WHERE job_id = ? AND attempt >= ?)",
+            (_CLAIMED, job.attempts, now, job.id, job.attempts - 1, job.id, job.run),
+        ).rowcount
+        if not changed:
             raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
-        self._set_state(job.id, row[0], Event.CLAIM, now, attempts=job.attempts)
         self.conn.execute(
             "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?, ?, ?)", (job.id, job.run, now)
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from collections import deque
@@ -36,7 +37,7 @@ from . import lifecycle
 from .database import Call, Database, StorageError
 from .guardian import GuardianLink
 from .lifecycle import Exit, Settings
-from .process import CappedLog, JobProcess, SpawnError, job_environment
+from .process import CappedLog, JobEnvironments, JobProcess, SpawnError
 from .protocol import QueueInfo, Slot
 from .store import Store
 from .store_attempts import Claimed
@@ -71,6 +72,13 @@ class Attempt:
             self.stop_reason = reason
             self.scope.cancel()
 
+    def new_scope(self, deadline: float) -> trio.CancelScope:
+        """The scope that stop() cancels from now on (cancelled already if stopped)."""
+        self.scope = trio.CancelScope(deadline=deadline)
+        if self.stop_reason is not None:
+            self.scope.cancel()
+        return self.scope
+
 
 class Supervisor:
     def __init__(
@@ -96,7 +104,8 @@ class Supervisor:
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._recording = 0  # attempts ended but not yet committed
-        self._log_folders: set[Path] = set()
+        self._log_folders: set[str] = set()
+        self._environments = JobEnvironments(instance)
         # Due jobs read ahead, in claim order, and what they are valid for.
         self._ahead: deque[Claimed] = deque()
         self._ahead_complete = False  # no due job beyond those in _ahead
@@ -278,7 +287,7 @@ class Supervisor:
             attempt.process = JobProcess(
                 claimed.command,
                 cwd=claimed.cwd,
-                env=job_environment(claimed.env, job_id=claimed.id, run=claimed.run, instance=self.instance),
+                env=self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run),
             )
         except SpawnError as exc:
             attempt.spawn_error = str(exc)
@@ -293,7 +302,7 @@ class Supervisor:
 
     # -- one attempt ------------------------------------------------------------
 
-    async def _run_attempt(self, attempt: Attempt, record: Call | None, out: Path, err: Path) -> None:
+    async def _run_attempt(self, attempt: Attempt, record: Call | None, out: str, err: str) -> None:
         job, process = attempt.claimed, attempt.process
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
@@ -327,43 +336,46 @@ class Supervisor:
         self._hold_until = self.clock() + HOLD_SECONDS
         self.wake()
 
-    async def _supervise(self, attempt: Attempt, process: JobProcess, out: Path, err: Path) -> Exit:
+    async def _supervise(self, attempt: Attempt, process: JobProcess, out: str, err: str) -> Exit:
         timeout = attempt.claimed.timeout
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
         cap = self.settings.log_max_size
         logs = [CappedLog(process.stdout, out, cap), CappedLog(process.stderr, err, cap)]
-        copying = False
+        # Most jobs of a busy queue end at once, their output still in the pipes:
+        # for them no reader tasks and no nursery. A pipe holds 64 KiB, so a job
+        # that prints more waits at most QUICK_EXIT_SECONDS for a reader.
+        with attempt.new_scope(min(deadline, trio.current_time() + QUICK_EXIT_SECONDS)) as quick:
+            await process.wait_exit()
+        if not quick.cancelled_caught:
+            returncode = process.reap()
+            unfinished = [log_ for log_ in logs if not log_.drain_now()]  # an escaped process holds a pipe
+            if unfinished:
+                await self._drain(unfinished)
+            return self._outcome(attempt, returncode, timed_out=False)
         async with trio.open_nursery() as copies:
-            if timeout is not None:
-                attempt.scope.deadline = trio.current_time() + timeout
-            with attempt.scope:
-                # Most jobs of a busy queue end at once, their output still in the
-                # pipes: no reader tasks for them. A pipe holds 64 KiB, so a job
-                # that prints more waits at most QUICK_EXIT_SECONDS for a reader.
-                with trio.move_on_after(QUICK_EXIT_SECONDS) as quick:
-                    await process.wait_exit()
-                if quick.cancelled_caught:
-                    copying = True
-                    for log_ in logs:
-                        copies.start_soon(log_.copy)
-                    await process.wait_exit()
-            if attempt.scope.cancelled_caught:
-                if not copying:
-                    copying = True
-                    for log_ in logs:
-                        copies.start_soon(log_.copy)
+            for log_ in logs:
+                copies.start_soon(log_.copy)
+            with attempt.new_scope(deadline) as scope:
+                await process.wait_exit()
+            if scope.cancelled_caught:
                 await self._terminate(process)
             returncode = process.reap()
-            if not copying:
-                for log_ in logs:
-                    if not log_.drain_now():  # an escaped process holds the pipe
-                        copies.start_soon(log_.copy)
             copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+        return self._outcome(attempt, returncode, timed_out=scope.cancelled_caught)
+
+    async def _drain(self, logs: list[CappedLog]) -> None:
+        async with trio.open_nursery() as copies:
+            for log_ in logs:
+                copies.start_soon(log_.copy)
+            copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+
+    def _outcome(self, attempt: Attempt, returncode: int, *, timed_out: bool) -> Exit:
         if attempt.stop_reason == "cancel":
             return Exit(False, None, -returncode if returncode < 0 else None, "canceled by user")
         if attempt.stop_reason == "interrupt":
             return lifecycle.INTERRUPTED
-        if attempt.scope.cancelled_caught:
-            return lifecycle.classify_exit(returncode, timed_out_after=timeout)
+        if timed_out:
+            return lifecycle.classify_exit(returncode, timed_out_after=attempt.claimed.timeout)
         return lifecycle.classify_exit(returncode)
 
     async def _terminate(self, process: JobProcess) -> None:
@@ -376,7 +388,7 @@ class Supervisor:
             process.signal_group(signal.SIGKILL)
             await process.wait_exit()
 
-    def _submit_finish(self, job: Claimed, outcome: Exit, pid: int | None, out: Path, err: Path) -> Call:
+    def _submit_finish(self, job: Claimed, outcome: Exit, pid: int | None, out: str, err: str) -> Call:
         backoff_max, now = self.settings.backoff_max, self.clock()
         paths = {"stdout": str(out), "stderr": str(err)}
         return self.db.submit(Store.finish, job, outcome, backoff_max, now, pid=pid, **paths)
@@ -386,8 +398,8 @@ class Supervisor:
         job: Claimed,
         outcome: Exit,
         pid: int | None,
-        out: Path,
-        err: Path,
+        out: str,
+        err: str,
         finish: Call,
         start: Call | None,
     ) -> None:
@@ -410,16 +422,14 @@ class Supervisor:
             log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, outcome.error or "exit 0", state)
             return
 
-    def log_paths(self, job_id: int, run: int) -> tuple[Path, Path]:
+    def log_paths(self, job_id: int, run: int) -> tuple[str, str]:
         """Where an attempt's stdout and stderr go: a folder per thousand jobs."""
-        folder = self.logs_dir / str(job_id // 1000)
-        stem = f"{job_id}.{run}"
-        return folder / f"{stem}.out", folder / f"{stem}.err"
+        stem = f"{self.logs_dir}/{job_id // 1000}/{job_id}.{run}"
+        return f"{stem}.out", f"{stem}.err"
 
-    def _log_paths(self, job: Claimed) -> tuple[Path, Path]:
-        paths = self.log_paths(job.id, job.run)
-        folder = paths[0].parent
+    def _log_paths(self, job: Claimed) -> tuple[str, str]:
+        folder = f"{self.logs_dir}/{job.id // 1000}"
         if folder not in self._log_folders:
-            folder.mkdir(mode=0o700, exist_ok=True)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
             self._log_folders.add(folder)
-        return paths
+        return self.log_paths(job.id, job.run)
