@@ -85,6 +85,26 @@ def test_bulk_add_from_file_and_stdin(daemon: Daemon, tmp_path: Path) -> None:
     assert len(jobs(daemon, "--limit", "10000")) == 2502  # nothing from the bad batch
 
 
+def test_output_into_pipes_whole_or_cut(daemon: Daemon) -> None:
+    """queuectl leaves without the interpreter's teardown: what it printed must
+    still arrive whole, and a reader that stops early is not an error."""
+    daemon.ok("queue", "pause", "default")
+    daemon.ok("add", "--from", "-", input="".join(f"echo {n}\n" for n in range(3000)))
+    whole = subprocess.run(
+        f"{tool('queuectl')} ls --all --json | cat", shell=True, env=daemon.env, capture_output=True, text=True
+    )
+    assert whole.returncode == 0 and len(json.loads(whole.stdout)) == 3000
+    cut = subprocess.run(
+        f"{tool('queuectl')} ls --all | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+    )
+    assert cut.returncode == 0 and cut.stdout.startswith("ID") and cut.stderr == ""
+
+
 def test_enqueue_json(daemon: Daemon) -> None:
     out = daemon.ok("enqueue", '{"id": "job1", "command": "exit 1", "max_retries": 1, "backoff_base": 1}')
     job_id = int(out.split()[-1])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from queuectl import Client, DaemonError, DaemonUnreachable, QueuectlError
-from queuectl.cli import main
+from queuectl.cli import run
 from queued import protocol as p
 
 # What the fake answers: a Response, or None to close the connection unanswered.
@@ -121,7 +121,7 @@ def run_cli(
     monkeypatch.setenv("NO_COLOR", "1")
     code = 0
     try:
-        main()
+        run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
