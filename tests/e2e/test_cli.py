@@ -91,7 +91,11 @@ def test_output_into_pipes_whole_or_cut(daemon: Daemon) -> None:
     daemon.ok("queue", "pause", "default")
     daemon.ok("add", "--from", "-", input="".join(f"echo {n}\n" for n in range(3000)))
     whole = subprocess.run(
-        f"{tool('queuectl')} ls --all --json | cat", shell=True, env=daemon.env, capture_output=True, text=True
+        f"{tool('queuectl')} ls --all --json | cat",
+        shell=True,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
     )
     assert whole.returncode == 0 and len(json.loads(whole.stdout)) == 3000
     cut = subprocess.run(

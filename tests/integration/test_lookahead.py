@@ -10,7 +10,7 @@ import trio
 
 from queued import protocol as p
 from queued.store import Refused, Store
-from queued.store_attempts import SUPERVISOR, effect
+from queued.store_attempts import READ, SUPERVISOR, effect
 
 from .conftest import AsyncClient, DaemonHandle
 
@@ -124,3 +124,29 @@ async def test_a_start_the_store_refuses_is_stopped_and_the_job_runs_later(
     assert job.state == "completed" and job.attempts == 1
     assert out.read_text().split() == ["start", "start", "end"]  # the first was stopped
     assert [r.attempt for r in (await client.job(job_id)).runs] == [1]
+
+
+async def test_a_read_made_stale_in_flight_falls_back_to_a_committed_claim(
+    daemon: DaemonHandle, client: AsyncClient, monkeypatch
+) -> None:
+    db = daemon.runner.supervisor.db
+    real_lookahead, real_claim = Store.lookahead, Store.claim
+    claims: list[list[int]] = []
+
+    @effect(READ)
+    def lookahead_raced(store: Store, **kwargs):
+        ahead = real_lookahead(store, **kwargs)
+        db.epoch += 1  # as if a cancel had been queued while this read ran
+        return ahead
+
+    @effect(SUPERVISOR)
+    def claim_counted(store: Store, **kwargs):
+        claimed = real_claim(store, **kwargs)
+        claims.append([job.id for job in claimed])
+        return claimed
+
+    monkeypatch.setattr(Store, "lookahead", lookahead_raced)
+    monkeypatch.setattr(Store, "claim", claim_counted)
+    job_id = await client.add("true")
+    [job] = await client.wait(job_id)
+    assert job.state == "completed" and [job_id] in claims

@@ -12,7 +12,8 @@ import trio
 from queued import schema
 from queued.database import Database, StorageError
 from queued.lifecycle import classify_exit
-from queued.store import Store
+from queued.store import Refused, Store
+from queued.store_attempts import SUPERVISOR, effect
 
 from .test_store import T0, new
 
@@ -73,3 +74,28 @@ async def test_an_error_reaches_the_calls_owner_without_waiting(db: Database) ->
     with pytest.raises(StorageError, match="disk is full"):
         await call.outcome()
     assert len(seen) == 1 and isinstance(seen[0], StorageError)
+
+
+async def test_an_error_in_a_call_without_savepoint_fails_its_whole_batch(db: Database) -> None:
+    @effect(SUPERVISOR)
+    def record_then_fail(store: Store) -> None:
+        store.conn.execute("UPDATE queues SET paused = 1")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    added = db.submit(Store.add_jobs, [new()], T0)
+    failing = db.submit(record_then_fail)
+    for call in (added, failing):
+        with pytest.raises(StorageError, match="disk I/O error"):
+            await call.outcome()
+    assert await db.run(Store.counts) == dict.fromkeys(await db.run(Store.counts), 0)
+    assert [q.paused for q in await db.run(Store.queues)] == [False]
+
+
+async def test_a_refusal_in_a_guarded_call_undoes_only_that_call(db: Database) -> None:
+    [kept] = await db.run(Store.add_jobs, [new()], T0)
+    refused = db.submit(Store.add_jobs, [new(), new(queue="nowhere")], T0)
+    after = db.submit(Store.add_jobs, [new()], T0)
+    with pytest.raises(Refused, match="unknown queue"):
+        await refused.outcome()
+    [later] = await after.outcome()
+    assert sorted(await db.run(Store.states, range(1, 10))) == [kept, later]
