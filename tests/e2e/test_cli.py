@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +108,18 @@ def test_output_into_pipes_whole_or_cut(daemon: Daemon) -> None:
         text=True,
     )
     assert cut.returncode == 0 and cut.stdout.startswith("ID") and cut.stderr == ""
+
+
+def test_add_imports_no_daemon_module(daemon: Daemon) -> None:
+    script = (
+        "import sys\nsys.argv = ['queuectl', 'add', 'true']\nfrom queuectl.cli import run\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\nprint(*sorted(sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=daemon.env, capture_output=True, text=True)
+    modules = set(result.stdout.split())
+    assert "queuectl.cli" in modules and "queued.protocol" in modules
+    heavy = {"trio", "sqlite3", "queued.daemon", "queued.store", "queued.supervisor", "queuectl.commands"}
+    assert not heavy & modules
 
 
 def test_enqueue_json(daemon: Daemon) -> None:

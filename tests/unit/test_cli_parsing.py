@@ -7,6 +7,7 @@ import io
 from datetime import UTC, datetime
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -194,9 +195,12 @@ def test_enqueue_bad_json_is_usage_naming_the_field(invoke, text: str, named: st
 
 
 def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
-    for name, command in group.commands.items():
+    """Every command path, as `--help` lists them (the daemon's are loaded on demand)."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
         yield (*prefix, name)
-        if hasattr(command, "commands"):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
             yield from _commands(command, (*prefix, name))
 
 
