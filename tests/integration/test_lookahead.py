@@ -34,37 +34,39 @@ def appends(path: Path, text: str) -> str:
     return f"echo {text} >> {path}"
 
 
+async def behind_a_blocker(daemon: DaemonHandle, client: AsyncClient, out: Path, *later: str) -> list[int]:
+    """One slot, taken by a job that appends "first" to `out` after 0.3 s; jobs
+    appending each of `later` queued behind it, read ahead and not taken."""
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    ids = await add_all(
+        client,
+        p.JobSpec(command=f"sleep 0.3; {appends(out, 'first')}"),
+        *(p.JobSpec(command=appends(out, word)) for word in later),
+    )
+    assert await read_ahead(daemon) == ids[1:]
+    return ids
+
+
 async def test_a_job_canceled_after_the_read_never_runs(
     daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
 ) -> None:
-    await client.ok(p.ScaleWorkers(concurrency=1))
     out = tmp_path / "ran"
-    first, second, third = await add_all(
-        client,
-        p.JobSpec(command=f"sleep 0.3; {appends(out, 1)}"),
-        p.JobSpec(command=appends(out, 2)),
-        p.JobSpec(command=appends(out, 3)),
-    )
-    assert await read_ahead(daemon) == [second, third]  # the premise: both read, not taken
+    first, second, third = await behind_a_blocker(daemon, client, out, "second", "third")
     await client.ok(p.CancelJobs(ids=[third]))
     jobs = {j.id: j for j in await client.wait(first, second, third)}
-    assert out.read_text() == "1\n2\n"
+    assert out.read_text().split() == ["first", "second"]
     assert jobs[third].state == "canceled" and (await client.job(third)).runs == []
 
 
 async def test_a_paused_queue_stops_what_was_read_ahead(
     daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
 ) -> None:
-    await client.ok(p.ScaleWorkers(concurrency=1))
     out = tmp_path / "ran"
-    first, second = await add_all(
-        client, p.JobSpec(command=f"sleep 0.3; {appends(out, 1)}"), p.JobSpec(command=appends(out, 2))
-    )
-    assert await read_ahead(daemon) == [second]
+    first, second = await behind_a_blocker(daemon, client, out, "second")
     await client.ok(p.PauseQueue(name="default"))
     await client.wait(first)
     await trio.sleep(0.2)
-    assert out.read_text() == "1\n"
+    assert out.read_text().split() == ["first"]
     listed = await client.ok(p.ListJobs(ids=[second]))
     assert isinstance(listed, p.JobList) and listed.jobs[0].state == "pending"
 
@@ -72,14 +74,8 @@ async def test_a_paused_queue_stops_what_was_read_ahead(
 async def test_an_added_job_that_outranks_the_read_runs_first(
     daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
 ) -> None:
-    await client.ok(p.ScaleWorkers(concurrency=1))
     out = tmp_path / "ran"
-    ids = await add_all(
-        client,
-        p.JobSpec(command=f"sleep 0.3; {appends(out, 'first')}"),
-        p.JobSpec(command=appends(out, "plain")),
-    )
-    assert await read_ahead(daemon) == [ids[1]]
+    ids = await behind_a_blocker(daemon, client, out, "plain")
     [urgent] = await add_all(client, p.JobSpec(command=appends(out, "urgent"), priority=-5))
     await client.wait(*ids, urgent)
     assert out.read_text().split() == ["first", "urgent", "plain"]
@@ -88,8 +84,9 @@ async def test_an_added_job_that_outranks_the_read_runs_first(
 async def test_a_released_dependent_outranks_the_read(
     daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
 ) -> None:
-    await client.ok(p.ScaleWorkers(concurrency=1))
     out = tmp_path / "ran"
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    await client.ok(p.PauseQueue(name="default"))  # everything in place before the first read
     first, plain = await add_all(
         client,
         p.JobSpec(command=f"sleep 0.3; {appends(out, 'first')}"),
@@ -98,6 +95,7 @@ async def test_a_released_dependent_outranks_the_read(
     [dependent] = await add_all(
         client, p.JobSpec(command=appends(out, "dependent"), after=[first], priority=-1)
     )
+    await client.ok(p.PauseQueue(name="default", paused=False))
     assert await read_ahead(daemon) == [plain]
     await client.wait(first, plain, dependent)
     assert out.read_text().split() == ["first", "dependent", "plain"]
