@@ -77,12 +77,13 @@ def b1_c(spawn_loop: Path, jobs: int) -> float:
     return int(n) / float(seconds)
 
 
-def b1_python(jobs: int) -> float:
+def b1_python(jobs: int, script: str = "spawn_loop.py") -> float:
     out = subprocess.run(
-        [sys.executable, str(HERE / "spawn_loop.py"), str(jobs), "2"],
+        [sys.executable, str(HERE / script), str(jobs), "2"],
         check=True,
         capture_output=True,
         text=True,
+        env=child_env(),
     )
     n, seconds = out.stdout.split()
     return int(n) / float(seconds)

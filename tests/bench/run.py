@@ -97,6 +97,7 @@ class Suite:
         ours: list[dict[str, float]] = []
         c_rates: list[float] = []
         py_rates: list[float] = []
+        trio_rates: list[float] = []
         tsp_rates: list[float] = []
         nq_rates: list[float] = []
         for run in range(s.runs):  # interleaved: every contender shares each stretch of noise
@@ -104,6 +105,7 @@ class Suite:
             if self.spawn_loop is not None:
                 c_rates.append(benches.b1_c(self.spawn_loop, s.b1_jobs))
             py_rates.append(benches.b1_python(s.b1_jobs))
+            trio_rates.append(benches.b1_python(s.b1_jobs, "spawn_loop_trio.py"))
             ours.append(benches.b1_ours(self.fresh("b1"), s.b1_jobs))
             if tsp:
                 tsp_rates.append(s.b1_jobs / peers.tsp_drain(tsp, self.fresh("tsp"), s.b1_jobs))
@@ -178,6 +180,19 @@ class Suite:
                 ratio=py / base,
                 ratio_to=base_name,
                 runs=py_rates,
+            )
+        )
+        trio_rate = median(trio_rates)
+        self.add(
+            Figure(
+                "B1.trio",
+                "B1 baseline: bare trio loop (pipes, pidfd, no records)",
+                trio_rate,
+                "jobs/s",
+                ratio=trio_rate / base,
+                ratio_to=base_name,
+                runs=trio_rates,
+                note="spawn_loop_trio.py: what every attempt must do, with no database",
             )
         )
         if tsp_rates:
