@@ -203,12 +203,26 @@ class Supervisor:
                 room = self._queue_room()
             if self._start_ahead(now, room):
                 continue
-            # Those read ahead may all wait for full queues, with others due beyond them.
-            if self._ahead and not self._ahead_complete and await self._claim_committed():
-                continue
-            if self._ahead_until == math.inf:
-                return math.inf
-            return trio.current_time() + max(0.0, self._ahead_until - self.clock())
+            if self._ahead and not self._ahead_complete:
+                # Those read ahead all wait for full queues, and others may be
+                # due beyond them: look in the store, then sleep until its next
+                # timer (any other change wakes us, and we read again).
+                if await self._claim_committed():
+                    continue
+                return await self._next_timer()
+            return self._deadline(self._ahead_until)
+
+    async def _next_timer(self) -> float:
+        """When the store's next job is due in a queue that has room."""
+        open_queues = [name for name, n in self._queue_room().items() if n > 0]
+        due = await self.db.run(Store.next_due, self.clock(), open_queues)
+        return self._deadline(math.inf if due is None else due)
+
+    def _deadline(self, when: float) -> float:
+        """A clock time as a trio deadline."""
+        if when == math.inf:
+            return math.inf
+        return trio.current_time() + max(0.0, when - self.clock())
 
     def _ahead_valid(self, now: float) -> bool:
         if not self._ahead and not self._ahead_complete:

@@ -148,3 +148,29 @@ async def test_a_read_made_stale_in_flight_falls_back_to_a_committed_claim(
     job_id = await client.add("true")
     [job] = await client.wait(job_id)
     assert job.state == "completed" and [job_id] in claims
+
+
+async def test_a_read_ahead_full_of_one_busy_queue_does_not_spin(
+    daemon: DaemonHandle, client: AsyncClient, monkeypatch
+) -> None:
+    """The jobs read ahead all wait for a queue at its limit, and another queue's
+    job ran from a committed claim: the loop must sleep until something changes."""
+    real_lookahead = Store.lookahead
+    reads = []
+
+    @effect(READ)
+    def lookahead_counted(store: Store, **kwargs):
+        reads.append(kwargs["now"])
+        return real_lookahead(store, **kwargs)
+
+    monkeypatch.setattr(Store, "lookahead", lookahead_counted)
+    await client.ok(p.AddQueue(name="serial", concurrency=1))
+    await client.ok(p.PauseQueue(name="serial"))
+    await add_all(client, *(p.JobSpec(command="sleep 1", queue="serial") for _ in range(60)))
+    [other] = await add_all(client, p.JobSpec(command="true"))
+    await client.ok(p.PauseQueue(name="serial", paused=False))
+    await client.wait(other)
+    await trio.sleep(0.1)
+    before = len(reads)
+    await trio.sleep(0.5)  # one serial job runs; nothing else can start
+    assert len(reads) - before <= 2
