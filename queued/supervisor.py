@@ -182,7 +182,7 @@ class Supervisor:
 
     async def _claim_due(self) -> float:
         """Start every job that is due and has room; return when to look again."""
-        while True:
+        while self.accepting:  # a drain may begin while we wait for the store
             now = self.clock()
             if now < self._hold_until:
                 return trio.current_time() + self._hold_until - now
@@ -211,6 +211,7 @@ class Supervisor:
                     continue
                 return await self._next_timer()
             return self._deadline(self._ahead_until)
+        return math.inf
 
     async def _next_timer(self) -> float:
         """When the store's next job is due in a queue that has room."""
