@@ -1,8 +1,11 @@
-"""The supervisor's side of the store: claiming due jobs, the next timer,
-recording how attempts ended, and finding the attempts a dead daemon left.
+"""The supervisor's side of the store: reading due jobs ahead and recording
+their starts, claiming due jobs outright, the next timer, recording how
+attempts ended, and finding the attempts a dead daemon left.
 
 A mixin of `Store` (which provides `conn`, `_set_state` and the caches): kept
-apart so that each module stays readable; it has no state of its own.
+apart so that each module stays readable; it has no state of its own. Here too,
+as both halves of the store use them: `Refused`, and the `effect` marks by
+which Store methods tell the writer what they can do to the claimable jobs.
 """
 
 from __future__ import annotations
