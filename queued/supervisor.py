@@ -4,9 +4,9 @@ Theory of operation: one loop task owns the slots. It starts as many due jobs
 as there is room for (globally and per queue), one task per attempt in its
 nursery, then sleeps until something could change the answer: `wake()` (a new
 job, an exit, a queue or concurrency change) or the earliest future run_at.
-Nothing polls; an idle daemon sleeps in the kernel. Each attempt task copies
-its process's output, enforces its timeout, reaps it and records the outcome,
-deciding nothing itself: `Store.finish` asks `lifecycle`.
+Nothing polls; an idle daemon sleeps in the kernel. Each attempt task watches
+its process (`Attempt.watch`) and records the outcome, deciding nothing
+itself: `Store.finish` asks `lifecycle`.
 
 Starting from memory: the loop reads the next due jobs ahead (`Store.lookahead`)
 and starts them one by one as slots free up, queueing each start's record
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,10 +33,11 @@ from pathlib import Path
 import trio
 
 from . import lifecycle
+from .attempt import Attempt
 from .database import Call, Database, StorageError
 from .guardian import GuardianLink
 from .lifecycle import Exit, Settings
-from .process import CappedLog, JobEnvironments, JobProcess, SpawnError
+from .process import JobEnvironments, JobProcess, SpawnError
 from .protocol import QueueInfo, Slot
 from .store import Store
 from .store_attempts import Claimed
@@ -49,35 +49,6 @@ AHEAD_EXTRA = 32
 HOLD_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
-# After the leader exits, output still buffered in the pipes is drained for at
-# most this long: a process that escaped the group may hold a pipe open forever.
-DRAIN_SECONDS = 2.0
-QUICK_EXIT_SECONDS = 0.05
-
-
-class Attempt:
-    """A running attempt and how to stop it."""
-
-    def __init__(self, claimed: Claimed, started_at: float) -> None:
-        self.claimed = claimed
-        self.started_at = started_at
-        self.process: JobProcess | None = None
-        self.spawn_error: str | None = None
-        self.pid: int | None = None
-        self.scope = trio.CancelScope()
-        self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.scope.cancel()
-
-    def new_scope(self, deadline: float) -> trio.CancelScope:
-        """The scope that stop() cancels from now on (cancelled already if stopped)."""
-        self.scope = trio.CancelScope(deadline=deadline)
-        if self.stop_reason is not None:
-            self.scope.cancel()
-        return self.scope
 
 
 class Supervisor:
@@ -325,7 +296,9 @@ class Supervisor:
         if process is None:
             outcome = lifecycle.spawn_failure(attempt.spawn_error or "cannot start")
         else:
-            outcome = await self._supervise(attempt, process, out, err)
+            outcome = await attempt.watch(
+                out, err, log_cap=self.settings.log_max_size, grace=self.settings.kill_grace
+            )
             self.guardian.unregister(process.pid)
         del self.running[job.id]
         self._recording += 1
@@ -350,58 +323,6 @@ class Supervisor:
         self._ahead_until = -math.inf
         self._hold_until = self.clock() + HOLD_SECONDS
         self.wake()
-
-    async def _supervise(self, attempt: Attempt, process: JobProcess, out: str, err: str) -> Exit:
-        timeout = attempt.claimed.timeout
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        cap = self.settings.log_max_size
-        logs = [CappedLog(process.stdout, out, cap), CappedLog(process.stderr, err, cap)]
-        # Most jobs of a busy queue end at once, their output still in the pipes:
-        # for them no reader tasks and no nursery. A pipe holds 64 KiB, so a job
-        # that prints more waits at most QUICK_EXIT_SECONDS for a reader.
-        with attempt.new_scope(min(deadline, trio.current_time() + QUICK_EXIT_SECONDS)) as quick:
-            await process.wait_exit()
-        if not quick.cancelled_caught:
-            returncode = process.reap()
-            unfinished = [log_ for log_ in logs if not log_.drain_now()]  # an escaped process holds a pipe
-            if unfinished:
-                await self._drain(unfinished)
-            return self._outcome(attempt, returncode, timed_out=False)
-        async with trio.open_nursery() as copies:
-            for log_ in logs:
-                copies.start_soon(log_.copy)
-            with attempt.new_scope(deadline) as scope:
-                await process.wait_exit()
-            if scope.cancelled_caught:
-                await self._terminate(process)
-            returncode = process.reap()
-            copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
-        return self._outcome(attempt, returncode, timed_out=scope.cancelled_caught)
-
-    async def _drain(self, logs: list[CappedLog]) -> None:
-        async with trio.open_nursery() as copies:
-            for log_ in logs:
-                copies.start_soon(log_.copy)
-            copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
-
-    def _outcome(self, attempt: Attempt, returncode: int, *, timed_out: bool) -> Exit:
-        if attempt.stop_reason == "cancel":
-            return Exit(False, None, -returncode if returncode < 0 else None, "canceled by user")
-        if attempt.stop_reason == "interrupt":
-            return lifecycle.INTERRUPTED
-        if timed_out:
-            return lifecycle.classify_exit(returncode, timed_out_after=attempt.claimed.timeout)
-        return lifecycle.classify_exit(returncode)
-
-    async def _terminate(self, process: JobProcess) -> None:
-        """SIGTERM the job's group, then SIGKILL it after the grace period."""
-        with trio.CancelScope(shield=True):
-            process.signal_group(signal.SIGTERM)
-            with trio.move_on_after(self.settings.kill_grace):
-                await process.wait_exit()
-                return
-            process.signal_group(signal.SIGKILL)
-            await process.wait_exit()
 
     def _submit_finish(self, job: Claimed, outcome: Exit, pid: int | None, out: str, err: str) -> Call:
         backoff_max, now = self.settings.backoff_max, self.clock()

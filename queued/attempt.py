@@ -1,0 +1,106 @@
+"""One attempt's process from its spawn to its end: its output copied into
+capped log files, its timeout kept, a stop honoured (SIGTERM, then SIGKILL
+after a grace period), and the `Exit` that results. Deciding what the exit
+means for the job is `lifecycle`'s; recording it is the supervisor's.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import trio
+
+from . import lifecycle
+from .lifecycle import Exit
+from .process import CappedLog, JobProcess
+from .store_attempts import Claimed
+
+# After the leader exits, output still buffered in the pipes is drained for at
+# most this long: a process that escaped the group may hold a pipe open forever.
+DRAIN_SECONDS = 2.0
+# Most jobs of a busy queue end within this: they get no reader tasks.
+QUICK_EXIT_SECONDS = 0.05
+
+
+class Attempt:
+    """A running attempt and how to stop it."""
+
+    def __init__(self, claimed: Claimed, started_at: float) -> None:
+        self.claimed = claimed
+        self.started_at = started_at
+        self.process: JobProcess | None = None
+        self.spawn_error: str | None = None
+        self.pid: int | None = None
+        self.scope = trio.CancelScope()
+        self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.scope.cancel()
+
+    def _new_scope(self, deadline: float) -> trio.CancelScope:
+        """The scope that stop() cancels from now on (cancelled already if stopped)."""
+        self.scope = trio.CancelScope(deadline=deadline)
+        if self.stop_reason is not None:
+            self.scope.cancel()
+        return self.scope
+
+    async def watch(self, out: str, err: str, *, log_cap: int, grace: float) -> Exit:
+        """Until the process has ended and its output is in `out` and `err`
+        (at most `log_cap` bytes each); stop() or the timeout ends it with
+        SIGTERM, then SIGKILL after `grace` seconds."""
+        process = self.process
+        assert process is not None
+        timeout = self.claimed.timeout
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        logs = [CappedLog(process.stdout, out, log_cap), CappedLog(process.stderr, err, log_cap)]
+        # Most jobs of a busy queue end at once, their output still in the pipes:
+        # for them no reader tasks and no nursery. A pipe holds 64 KiB, so a job
+        # that prints more waits at most QUICK_EXIT_SECONDS for a reader.
+        with self._new_scope(min(deadline, trio.current_time() + QUICK_EXIT_SECONDS)) as quick:
+            await process.wait_exit()
+        if not quick.cancelled_caught:
+            returncode = process.reap()
+            unfinished = [log_ for log_ in logs if not log_.drain_now()]  # an escaped process holds a pipe
+            if unfinished:
+                await _drain(unfinished)
+            return self._outcome(returncode, timed_out=False)
+        async with trio.open_nursery() as copies:
+            for log_ in logs:
+                copies.start_soon(log_.copy)
+            with self._new_scope(deadline) as scope:
+                await process.wait_exit()
+            if scope.cancelled_caught:
+                await _terminate(process, grace)
+            returncode = process.reap()
+            copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+        return self._outcome(returncode, timed_out=scope.cancelled_caught)
+
+    def _outcome(self, returncode: int, *, timed_out: bool) -> Exit:
+        if self.stop_reason == "cancel":
+            return Exit(False, None, -returncode if returncode < 0 else None, "canceled by user")
+        if self.stop_reason == "interrupt":
+            return lifecycle.INTERRUPTED
+        if timed_out:
+            return lifecycle.classify_exit(returncode, timed_out_after=self.claimed.timeout)
+        return lifecycle.classify_exit(returncode)
+
+
+async def _drain(logs: list[CappedLog]) -> None:
+    async with trio.open_nursery() as copies:
+        for log_ in logs:
+            copies.start_soon(log_.copy)
+        copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+
+
+async def _terminate(process: JobProcess, grace: float) -> None:
+    """SIGTERM the job's group, then SIGKILL it after the grace period."""
+    with trio.CancelScope(shield=True):
+        process.signal_group(signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await process.wait_exit()
+            return
+        process.signal_group(signal.SIGKILL)
+        await process.wait_exit()
