@@ -104,10 +104,10 @@ class JobProcess:
 def _spawn(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int) -> int:
     """posix_spawn (a vfork and an exec, no Python in between) in a new session.
     Every descriptor the daemon holds is close-on-exec (Python's default, and
-    `Runner` marks those it inherited), so the job gets exactly 0, 1 and 2.
-    posix_spawn cannot change directory here (Python 3.11), so the daemon steps
-    into `cwd` for the spawn and back: nothing else runs on this thread meanwhile,
-    and every path the daemon uses is absolute."""
+    `queued` marks those it inherited at start), so the job gets exactly 0, 1
+    and 2. posix_spawn cannot change directory here (Python 3.11), so the
+    daemon steps into `cwd` for the spawn and back: nothing else runs on this
+    thread meanwhile, and every path the daemon uses is absolute."""
     home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
