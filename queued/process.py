@@ -108,7 +108,7 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: 
     and 2. posix_spawn cannot change directory here (Python 3.11), so the
     daemon steps into `cwd` for the spawn and back: nothing else runs on this
     thread meanwhile, and every path the daemon uses is absolute."""
-    home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    home = os.open(".", os.O_PATH | os.O_DIRECTORY)  # O_PATH: fine in an unreadable directory
     try:
         try:
             os.chdir(cwd)

@@ -36,16 +36,25 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "queued.log"
 
-    def start(self, *, wait: bool = True, pass_fds: tuple[int, ...] = ()) -> Daemon:
+    def start(
+        self,
+        *,
+        wait: bool = True,
+        pass_fds: tuple[int, ...] = (),
+        wrap: tuple[str, ...] = (),
+        cwd: Path | None = None,
+    ) -> Daemon:
+        """Start queued (`wrap` goes before it, e.g. setpriv; `cwd` is its own)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [tool("queued"), "--data-dir", str(self.data_dir), "--concurrency", "2", *self.extra],
+                [*wrap, tool("queued"), "--data-dir", str(self.data_dir), "--concurrency", "2", *self.extra],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 pass_fds=pass_fds,
+                cwd=cwd,
             )
         if wait:
             self.wait_ready()

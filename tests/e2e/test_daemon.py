@@ -179,3 +179,22 @@ def test_other_users_cannot_connect() -> None:
             daemon.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_jobs_start_when_queued_runs_in_a_directory_it_cannot_list(tmp_path: Path) -> None:
+    """queued steps into each job's cwd for the spawn and back: a working
+    directory it may enter but not read (mode 0311) must not stop it. Root
+    reads any directory, so queued runs without the capabilities for that."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the capabilities that bypass directory modes")
+    unlistable = tmp_path / "unlistable"
+    unlistable.mkdir()
+    os.chmod(unlistable, 0o311)
+    no_bypass = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+    daemon = Daemon(tmp_path).start(wrap=no_bypass, cwd=unlistable)
+    try:
+        job = daemon.add("--cwd", "/tmp", "pwd")
+        assert daemon.ctl("wait", str(job)).returncode == 0, daemon.ok("show", str(job))
+        assert daemon.ok("logs", str(job)) == "/tmp\n"
+    finally:
+        daemon.stop()
