@@ -37,6 +37,13 @@ class Claimed(msgspec.Struct, kw_only=True):
     max_retries: int
     backoff_base: float
     has_dependents: bool = False  # its success may release jobs waiting for it
+    priority: int = 0
+    run_at: float = 0.0
+
+    @property
+    def claim_key(self) -> tuple[int, float, int]:
+        """Jobs due together are claimed in this order."""
+        return (self.priority, self.run_at, self.id)
 
 
 class Refused(Exception):
@@ -68,21 +75,23 @@ def effect(kind: str) -> Callable[[F], F]:
 
 
 class Ahead(msgspec.Struct):
-    """Due jobs in claim order, read without taking them (see `lookahead`)."""
+    """Waiting jobs read without taking them (see `lookahead`)."""
 
-    jobs: list[Claimed]
-    complete: bool  # every due job of the queues asked about is in `jobs`
-    next_due: float | None  # the earliest run_at still in the future
+    jobs: list[Claimed]  # due now, in claim order
+    complete: bool  # every job due now in the queues asked about is in `jobs`
+    upcoming: list[Claimed]  # due later, by run_at: every one due before `until`
+    until: float | None  # the earliest run_at not read (None: no other waiting job)
 
 
-_DUE_JOBS = (
+_WAITING = (
     "SELECT id, attempts, command, queue, cwd, env_id, timeout, max_retries, backoff_base,"
     " (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = jobs.id),"
-    " EXISTS (SELECT 1 FROM dependencies WHERE depends_on = jobs.id)"
-    " FROM jobs INDEXED BY jobs_ready"
-    " WHERE state IN ('pending', 'failed') AND unmet = 0 AND run_at <= ?"
-    " AND queue IN ({queues}) AND id NOT IN ({busy}) ORDER BY priority, run_at, id LIMIT ?"
+    " EXISTS (SELECT 1 FROM dependencies WHERE depends_on = jobs.id), priority, run_at"
+    " FROM jobs INDEXED BY {index} WHERE state IN ('pending', 'failed') AND unmet = 0 AND {window}"
+    " AND queue IN ({queues}) AND id NOT IN ({busy}) ORDER BY {order} LIMIT ?"
 )
+_DUE = {"index": "jobs_ready", "window": "run_at <= ?", "order": "priority, run_at, id"}
+_UPCOMING = {"index": "jobs_due", "window": "run_at > ? AND run_at <= ?", "order": "run_at, id"}
 
 
 # What a claim makes of a waiting job (either waiting state): one UPDATE for both.
@@ -102,8 +111,15 @@ class AttemptRecords:
     def _environment(self, env_id: int) -> dict[str, str]:
         raise NotImplementedError  # provided by Store
 
-    def _due(self, now: float, queues: Sequence[str], busy: Sequence[int], limit: int) -> list[Claimed]:
-        sql = _DUE_JOBS.format(queues=",".join("?" * len(queues)), busy=",".join("?" * len(busy)))
+    def _waiting(
+        self,
+        kind: dict[str, str],
+        window: tuple[float, ...],
+        queues: Sequence[str],
+        busy: Sequence[int],
+        limit: int,
+    ) -> list[Claimed]:
+        sql = _WAITING.format(**kind, queues=",".join("?" * len(queues)), busy=",".join("?" * len(busy)))
         return [
             Claimed(
                 id=row[0],
@@ -117,17 +133,34 @@ class AttemptRecords:
                 max_retries=row[7],
                 backoff_base=row[8],
                 has_dependents=bool(row[10]),
+                priority=row[11],
+                run_at=row[12],
             )
-            for row in self.conn.execute(sql, (now, *queues, *busy, limit)).fetchall()
+            for row in self.conn.execute(sql, (*window, *queues, *busy, limit)).fetchall()
         ]
 
+    def _due(self, now: float, queues: Sequence[str], busy: Sequence[int], limit: int) -> list[Claimed]:
+        return self._waiting(_DUE, (now,), queues, busy, limit)
+
     @effect(READ)
-    def lookahead(self, *, now: float, queues: Sequence[str], busy: Sequence[int], limit: int) -> Ahead:
-        """The first `limit` due jobs of `queues` in claim order, without taking
-        them: the supervisor starts them one by one from memory and records
-        each start with `start`, for as long as nothing could have changed them."""
-        jobs = self._due(now, queues, busy, limit) if queues else []
-        return Ahead(jobs, complete=len(jobs) < limit, next_due=self.next_due(now, queues))
+    def lookahead(
+        self, *, now: float, horizon: float, queues: Sequence[str], busy: Sequence[int], limit: int
+    ) -> Ahead:
+        """Waiting jobs of `queues`, without taking them: the first `limit` due
+        now in claim order, and up to `limit` more due by `horizon`. The
+        supervisor starts them one by one from memory (recording each start
+        with `start`) for as long as nothing could have changed them."""
+        if not queues:
+            return Ahead([], complete=True, upcoming=[], until=None)
+        jobs = self._due(now, queues, busy, limit)
+        upcoming = self._waiting(_UPCOMING, (now, horizon), queues, busy, limit + 1)
+        if len(upcoming) > limit:
+            # Cut at the first one left out, with any due at the same instant.
+            until: float | None = upcoming[limit].run_at
+            upcoming = [job for job in upcoming if job.run_at < upcoming[limit].run_at]
+        else:
+            until = self.next_due(horizon, queues)
+        return Ahead(jobs, complete=len(jobs) < limit, upcoming=upcoming, until=until)
 
     @effect(SUPERVISOR)
     def start(self, job: Claimed, now: float) -> None:

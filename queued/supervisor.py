@@ -45,6 +45,9 @@ from .store_attempts import Claimed
 # Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
 # enough that the read stays cheap.
 AHEAD_EXTRA = 32
+# Jobs due within this are read ahead too, so that their timers start them
+# from memory rather than after a read queued behind whatever commits.
+AHEAD_SECONDS = 1.0
 # After a start's record was refused, claiming waits this long.
 HOLD_SECONDS = 1.0
 
@@ -80,7 +83,8 @@ class Supervisor:
         # Due jobs read ahead, in claim order, and what they are valid for.
         self._ahead: deque[Claimed] = deque()
         self._ahead_complete = False  # no due job beyond those in _ahead
-        self._ahead_until = -math.inf  # clock time of the next run_at: read again then
+        self._upcoming: list[Claimed] = []  # due later, by run_at (kept only when complete)
+        self._ahead_until = -math.inf  # clock time of the first run_at not read: read again then
         self._ahead_marks = (-1, -1)  # (epoch, additions) of the read
         self._hold_until = -math.inf
         db.on_reordered = self.wake
@@ -181,7 +185,7 @@ class Supervisor:
                 if await self._claim_committed():
                     continue
                 return await self._next_timer()
-            return self._deadline(self._ahead_until)
+            return self._next_wake()
         return math.inf
 
     async def _next_timer(self) -> float:
@@ -206,19 +210,35 @@ class Supervisor:
         marks = (self.db.epoch, self.db.additions)
         queues = [name for name, queue in self.queues.items() if not queue.paused]
         limit = self.settings.concurrency + AHEAD_EXTRA
-        busy = list(self.running)
-        ahead = await self.db.run(Store.lookahead, now=now, queues=queues, busy=busy, limit=limit)
+        ahead = await self.db.run(
+            Store.lookahead,
+            now=now,
+            horizon=now + AHEAD_SECONDS,
+            queues=queues,
+            busy=list(self.running),
+            limit=limit,
+        )
         if self.db.epoch != marks[0] or not self.accepting:
             self._ahead_until = -math.inf
             return False
         self._ahead = deque(ahead.jobs)
         self._ahead_complete = ahead.complete
-        self._ahead_until = math.inf if ahead.next_due is None else ahead.next_due
+        self._ahead_until = math.inf if ahead.until is None else ahead.until
+        self._upcoming = ahead.upcoming
+        if not ahead.complete and self._upcoming:
+            # Due jobs beyond those read may outrank the upcoming ones once they
+            # are due: read again then instead.
+            self._ahead_until = self._upcoming[0].run_at
+            self._upcoming = []
         self._ahead_marks = marks
         return True
 
     def _start_ahead(self, now: float, room: dict[str, int]) -> int:
         """Start jobs read ahead while there is room; how many started."""
+        if self._upcoming and self._upcoming[0].run_at <= now:
+            due = [job for job in self._upcoming if job.run_at <= now]
+            self._upcoming = self._upcoming[len(due) :]
+            self._ahead = deque(sorted([*self._ahead, *due], key=lambda job: job.claim_key))
         started = 0
         waiting: list[Claimed] = []  # for a full queue: they keep their place
         free = self.settings.concurrency - len(self.running)
@@ -234,10 +254,17 @@ class Supervisor:
         self._ahead.extendleft(reversed(waiting))
         return started
 
+    def _next_wake(self) -> float:
+        """When the jobs read ahead next need a look: the next upcoming job, or
+        the first job not read."""
+        upcoming = self._upcoming[0].run_at if self._upcoming else math.inf
+        return self._deadline(min(upcoming, self._ahead_until))
+
     async def _claim_committed(self) -> int:
         """Claim with a committed transaction before starting anything: always
         right, at the price of a commit between an exit and the next start."""
         self._ahead.clear()
+        self._upcoming = []
         self._ahead_until = -math.inf
         now = self.clock()
         room = self._queue_room()

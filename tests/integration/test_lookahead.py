@@ -4,6 +4,7 @@ the read, never ahead of one that outranks it, never without its record."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -174,3 +175,31 @@ async def test_a_read_ahead_full_of_one_busy_queue_does_not_spin(
     before = len(reads)
     await trio.sleep(0.5)  # one serial job runs; nothing else can start
     assert len(reads) - before <= 2
+
+
+async def test_timers_start_their_jobs_from_memory_in_claim_order(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path, monkeypatch
+) -> None:
+    real_lookahead = Store.lookahead
+    reads = []
+
+    @effect(READ)
+    def lookahead_counted(store: Store, **kwargs):
+        reads.append(kwargs["now"])
+        return real_lookahead(store, **kwargs)
+
+    monkeypatch.setattr(Store, "lookahead", lookahead_counted)
+    await client.ok(p.ScaleWorkers(concurrency=1))
+    out = tmp_path / "ran"
+    at = time.time() + 0.4
+    low, high = await add_all(
+        client,
+        p.JobSpec(command=appends(out, "low"), run_at=at, priority=5),
+        p.JobSpec(command=appends(out, "high"), run_at=at, priority=1),
+    )
+    await trio.sleep(0.1)
+    before = len(reads)
+    await client.wait(low, high)
+    assert len(reads) == before  # both started, one after the other, with no read
+    assert out.read_text().split() == ["high", "low"]
+    assert (await client.job(high)).runs[0].started_at >= at

@@ -36,7 +36,7 @@ async def test_reads_and_the_supervisors_records_change_no_mark(db: Database) ->
     marks = (db.epoch, db.additions)
     await db.run(Store.list_jobs, limit=5)
     await db.run(Store.counts)
-    ahead = await db.run(Store.lookahead, now=T0, queues=["default"], busy=[], limit=5)
+    ahead = await db.run(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
     await db.run(Store.start, ahead.jobs[0], T0)
     assert (db.epoch, db.additions) == marks
     assert (await db.run(Store.states, [job_id]))[job_id] == "running"

@@ -9,8 +9,21 @@ from queued.store import Refused, Store
 from .test_store import BACKOFF_MAX, FAIL, OK, T0, add, claim, state, table_snapshot
 
 
-def ahead(store: Store, now: float = T0, queues: tuple[str, ...] = ("default",), limit: int = 100, busy=()):
-    return store.lookahead(now=now, queues=list(queues), busy=list(busy), limit=limit)
+def ahead(
+    store: Store,
+    now: float = T0,
+    queues: tuple[str, ...] = ("default",),
+    limit: int = 100,
+    busy=(),
+    horizon: float | None = None,
+):
+    return store.lookahead(
+        now=now,
+        horizon=now if horizon is None else horizon,
+        queues=list(queues),
+        busy=list(busy),
+        limit=limit,
+    )
 
 
 def test_lookahead_reads_in_claim_order_and_takes_nothing(store: Store) -> None:
@@ -21,7 +34,7 @@ def test_lookahead_reads_in_claim_order_and_takes_nothing(store: Store) -> None:
     before = table_snapshot(store)
     read = ahead(store)
     assert [j.id for j in read.jobs] == [first, plain, low]
-    assert read.complete and read.next_due == T0 + 10
+    assert read.complete and read.upcoming == [] and read.until == T0 + 10
     assert table_snapshot(store) == before
     assert [c.id for c in claim(store)] == [first, plain, low]  # the same order a claim takes
     assert state(store, later) == "pending"
@@ -35,6 +48,29 @@ def test_lookahead_limit_busy_and_queues(store: Store) -> None:
     assert [j.id for j in read.jobs] == ids[1:3] and not read.complete
     assert [j.id for j in ahead(store, queues=("other",)).jobs] == [elsewhere]
     assert ahead(store, queues=()).jobs == []
+
+
+def test_lookahead_reads_the_jobs_due_by_the_horizon_in_time_order(store: Store) -> None:
+    soon_low = add(store, delay=2, priority=5)
+    sooner = add(store, delay=1)
+    beyond = add(store, delay=30)
+    add(store, delay=3, after=[beyond])  # waits for a dependency: never upcoming
+    read = ahead(store, horizon=T0 + 10)
+    assert read.jobs == [] and read.complete
+    assert [(j.id, j.run_at, j.priority) for j in read.upcoming] == [
+        (sooner, T0 + 1, 0),
+        (soon_low, T0 + 2, 5),
+    ]
+    assert read.until == T0 + 30
+    assert ahead(store, horizon=T0 + 60).until is None
+
+
+def test_lookahead_cuts_the_upcoming_at_the_first_job_left_out(store: Store) -> None:
+    first = add(store, delay=1)
+    add(store, delay=2)
+    add(store, delay=2)  # the limit falls between these two: both wait for the next read
+    read = ahead(store, horizon=T0 + 10, limit=2)
+    assert [j.id for j in read.upcoming] == [first] and read.until == T0 + 2
 
 
 def test_start_records_the_attempt_the_read_promised(store: Store) -> None:
