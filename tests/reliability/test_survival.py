@@ -231,14 +231,29 @@ def test_huge_output_is_capped_and_memory_stays_flat(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
-def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
-    data = tmp_path / "small"
-    data.mkdir()
+def full_tmpfs(path: Path) -> None:
+    path.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(data)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+
+def fill(path: Path) -> Path:
+    """A file that takes every free byte of `path`'s file system."""
+    filler = path / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    return filler
+
+
+def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "small"
+    full_tmpfs(data)
     try:
         daemon = Daemon(tmp_path)
         daemon.data_dir = data / "data"
@@ -247,12 +262,7 @@ def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) 
             daemon.ok("queue", "pause", "default")
             with Client(daemon.socket) as client:
                 kept = [client.add("true", label="before") for _ in range(20)]
-                filler = data / "filler"
-                with open(filler, "wb") as f, pytest.raises(OSError):
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                        os.fsync(f.fileno())
+                filler = fill(data)
                 with pytest.raises(DaemonError) as refused:
                     for _ in range(200):
                         client.add("true" + " " * 4000, label="x" * 200)
@@ -263,6 +273,34 @@ def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) 
                 client.add("true")  # space is back: adds work again
         finally:
             daemon.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_jobs_due_while_the_disk_is_full_run_once_there_is_space(tmp_path: Path) -> None:
+    """A start the disk refuses to record is stopped and the job stays due; once
+    space is back every job runs to completion with one recorded attempt."""
+    data = tmp_path / "small"
+    full_tmpfs(data)
+    try:
+        daemon = Daemon(tmp_path)
+        daemon.data_dir = data / "data"
+        daemon.start()
+        try:
+            with Client(daemon.socket) as client:
+                ids = [client.add("sleep 0.2", delay=1.0) for _ in range(4)]
+                filler = fill(data)
+                time.sleep(2.5)  # due, started, refused, stopped, held, again
+                assert {j.state for j in client.list(ids=ids)} == {"pending"}
+                filler.unlink()
+                jobs = client.wait(*ids, timeout=30).jobs
+                assert {(j.state, j.attempts) for j in jobs} == {("completed", 1)}
+                for job_id in ids:
+                    assert len(client.get(job_id).runs) == 1
+        finally:
+            daemon.stop()
+        refusals = daemon.log.read_text().count("its start was not recorded")
+        assert 1 <= refusals <= 12, refusals  # held a second after each: no spawn loop
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
 
