@@ -31,6 +31,20 @@ async def read_ahead(daemon: DaemonHandle) -> list[int]:
     return [job.id for job in supervisor._ahead]
 
 
+def count_reads(monkeypatch) -> list[float]:  # type: ignore[no-untyped-def]
+    """The `now` of every read ahead the supervisor makes from here on."""
+    real_lookahead = Store.lookahead
+    reads: list[float] = []
+
+    @effect(READ)
+    def lookahead_counted(store: Store, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(kwargs["now"])
+        return real_lookahead(store, **kwargs)
+
+    monkeypatch.setattr(Store, "lookahead", lookahead_counted)
+    return reads
+
+
 def appends(path: Path, text: str) -> str:
     return f"echo {text} >> {path}"
 
@@ -156,15 +170,7 @@ async def test_a_read_ahead_full_of_one_busy_queue_does_not_spin(
 ) -> None:
     """The jobs read ahead all wait for a queue at its limit, and another queue's
     job ran from a committed claim: the loop must sleep until something changes."""
-    real_lookahead = Store.lookahead
-    reads = []
-
-    @effect(READ)
-    def lookahead_counted(store: Store, **kwargs):
-        reads.append(kwargs["now"])
-        return real_lookahead(store, **kwargs)
-
-    monkeypatch.setattr(Store, "lookahead", lookahead_counted)
+    reads = count_reads(monkeypatch)
     await client.ok(p.AddQueue(name="serial", concurrency=1))
     await client.ok(p.PauseQueue(name="serial"))
     await add_all(client, *(p.JobSpec(command="sleep 1", queue="serial") for _ in range(60)))
@@ -180,15 +186,7 @@ async def test_a_read_ahead_full_of_one_busy_queue_does_not_spin(
 async def test_timers_start_their_jobs_from_memory_in_claim_order(
     daemon: DaemonHandle, client: AsyncClient, tmp_path: Path, monkeypatch
 ) -> None:
-    real_lookahead = Store.lookahead
-    reads = []
-
-    @effect(READ)
-    def lookahead_counted(store: Store, **kwargs):
-        reads.append(kwargs["now"])
-        return real_lookahead(store, **kwargs)
-
-    monkeypatch.setattr(Store, "lookahead", lookahead_counted)
+    reads = count_reads(monkeypatch)
     await client.ok(p.ScaleWorkers(concurrency=1))
     out = tmp_path / "ran"
     at = time.time() + 0.4

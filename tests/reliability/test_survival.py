@@ -3,6 +3,7 @@ real queued, checked in the process table, /proc and the database itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -231,15 +233,6 @@ def test_huge_output_is_capped_and_memory_stays_flat(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
-def full_tmpfs(path: Path) -> None:
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-
-
 def fill(path: Path) -> Path:
     """A file that takes every free byte of `path`'s file system."""
     filler = path / "filler"
@@ -251,58 +244,59 @@ def fill(path: Path) -> Path:
     return filler
 
 
-def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
-    data = tmp_path / "small"
-    full_tmpfs(data)
+@contextlib.contextmanager
+def daemon_on_a_small_disk(tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
+    """A real queued whose data dir is on a 4 MB tmpfs (skipped where none can be mounted)."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         daemon = Daemon(tmp_path)
-        daemon.data_dir = data / "data"
+        daemon.data_dir = disk / "data"
         daemon.start()
         try:
-            daemon.ok("queue", "pause", "default")
-            with Client(daemon.socket) as client:
-                kept = [client.add("true", label="before") for _ in range(20)]
-                filler = fill(data)
-                with pytest.raises(DaemonError) as refused:
-                    for _ in range(200):
-                        client.add("true" + " " * 4000, label="x" * 200)
-                assert refused.value.code == "storage" and "full" in refused.value.message
-                assert client.status().pid == daemon_pid(daemon)  # still serving
-                filler.unlink()
-                assert [j.id for j in client.list(label="before")] == kept
-                client.add("true")  # space is back: adds work again
+            yield daemon, disk
         finally:
             daemon.stop()
     finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    with daemon_on_a_small_disk(tmp_path) as (daemon, disk), Client(daemon.socket) as client:
+        daemon.ok("queue", "pause", "default")
+        kept = [client.add("true", label="before") for _ in range(20)]
+        filler = fill(disk)
+        with pytest.raises(DaemonError) as refused:
+            for _ in range(200):
+                client.add("true" + " " * 4000, label="x" * 200)
+        assert refused.value.code == "storage" and "full" in refused.value.message
+        assert client.status().pid == daemon_pid(daemon)  # still serving
+        filler.unlink()
+        assert [j.id for j in client.list(label="before")] == kept
+        client.add("true")  # space is back: adds work again
 
 
 def test_jobs_due_while_the_disk_is_full_run_once_there_is_space(tmp_path: Path) -> None:
     """A start the disk refuses to record is stopped and the job stays due; once
     space is back every job runs to completion with one recorded attempt."""
-    data = tmp_path / "small"
-    full_tmpfs(data)
-    try:
-        daemon = Daemon(tmp_path)
-        daemon.data_dir = data / "data"
-        daemon.start()
-        try:
-            with Client(daemon.socket) as client:
-                ids = [client.add("sleep 0.2", delay=1.0) for _ in range(4)]
-                filler = fill(data)
-                time.sleep(2.5)  # due, started, refused, stopped, held, again
-                assert {j.state for j in client.list(ids=ids)} == {"pending"}
-                filler.unlink()
-                jobs = client.wait(*ids, timeout=30).jobs
-                assert {(j.state, j.attempts) for j in jobs} == {("completed", 1)}
-                for job_id in ids:
-                    assert len(client.get(job_id).runs) == 1
-        finally:
-            daemon.stop()
+    with daemon_on_a_small_disk(tmp_path) as (daemon, disk):
+        with Client(daemon.socket) as client:
+            ids = [client.add("sleep 0.2", delay=1.0) for _ in range(4)]
+            filler = fill(disk)
+            time.sleep(2.5)  # due, started, refused, stopped, held, again
+            assert {j.state for j in client.list(ids=ids)} == {"pending"}
+            filler.unlink()
+            jobs = client.wait(*ids, timeout=30).jobs
+            assert {(j.state, j.attempts) for j in jobs} == {("completed", 1)}
+            for job_id in ids:
+                assert len(client.get(job_id).runs) == 1
         refusals = daemon.log.read_text().count("its start was not recorded")
         assert 1 <= refusals <= 12, refusals  # held a second after each: no spawn loop
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def test_daemon_killed_mid_bulk_add_keeps_whole_batches(tmp_path: Path) -> None:
