@@ -135,7 +135,8 @@ async def test_a_start_the_store_refuses_is_stopped_and_the_job_runs_later(
     [job] = await client.wait(job_id)  # after the hold that follows a refusal
     assert refused == [job_id]
     assert job.state == "completed" and job.attempts == 1
-    assert out.read_text().split() == ["start", "start", "end"]  # the first was stopped
+    # The first process was stopped, perhaps before it printed anything.
+    assert out.read_text().split() in (["start", "start", "end"], ["start", "end"])
     assert [r.attempt for r in (await client.job(job_id)).runs] == [1]
 
 
@@ -189,13 +190,16 @@ async def test_timers_start_their_jobs_from_memory_in_claim_order(
     reads = count_reads(monkeypatch)
     await client.ok(p.ScaleWorkers(concurrency=1))
     out = tmp_path / "ran"
-    at = time.time() + 0.4
+    at = time.time() + 0.5
     low, high = await add_all(
         client,
         p.JobSpec(command=appends(out, "low"), run_at=at, priority=5),
         p.JobSpec(command=appends(out, "high"), run_at=at, priority=1),
     )
-    await trio.sleep(0.1)
+    with trio.fail_after(5):
+        while not reads:  # the read that follows the add
+            await trio.sleep(0.01)
+    await trio.sleep(0.05)
     before = len(reads)
     await client.wait(low, high)
     assert len(reads) == before  # both started, one after the other, with no read
