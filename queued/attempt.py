@@ -31,9 +31,12 @@ class Attempt:
         self.started_at = started_at
         self.process: JobProcess | None = None
         self.spawn_error: str | None = None
-        self.pid: int | None = None
         self.scope = trio.CancelScope()
         self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:

@@ -37,10 +37,11 @@ class StorageError(Exception):
 
 
 class Call:
-    __slots__ = ("args", "done", "error", "fn", "kwargs", "on_error", "result")
+    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_error", "result")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.fn = fn
+        self.effect: str | None = getattr(fn, "effect", None)  # see store_attempts.effect
         self.args = args
         self.kwargs = kwargs
         self.done = trio.Event()
@@ -74,12 +75,11 @@ class Database:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
         """Queue fn(store, *args, **kwargs) for the next transaction without waiting for it."""
-        effect = getattr(fn, "effect", None)
-        if effect == ADDS:
-            self.additions += 1
-        elif effect not in (READ, SUPERVISOR):
-            self.epoch += 1
         call = Call(fn, args, kwargs)
+        if call.effect == ADDS:
+            self.additions += 1
+        elif call.effect not in (READ, SUPERVISOR):
+            self.epoch += 1
         self._send.send_nowait(call)
         return call
 
@@ -119,7 +119,7 @@ class Database:
         for call in batch:
             # Reads and the supervisor's records refuse before they write (see
             # store_attempts.effect): they need no savepoint of their own.
-            guarded = getattr(call.fn, "effect", None) not in (READ, SUPERVISOR)
+            guarded = call.effect not in (READ, SUPERVISOR)
             if guarded:
                 conn.execute("SAVEPOINT call")
             try:

@@ -103,7 +103,7 @@ class Supervisor:
 
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
-        self._ahead_until = -math.inf
+        self._forget_ahead()
         self.wake()
 
     def set_concurrency(self, concurrency: int) -> None:
@@ -160,7 +160,7 @@ class Supervisor:
         while self.accepting:  # a drain may begin while we wait for the store
             now = self.clock()
             if now < self._hold_until:
-                return trio.current_time() + self._hold_until - now
+                return self._deadline(self._hold_until)
             room = self._queue_room()
             if not any(room.values()):
                 return math.inf  # an exit, a resume or more concurrency will wake us
@@ -200,6 +200,12 @@ class Supervisor:
             return math.inf
         return trio.current_time() + max(0.0, when - self.clock())
 
+    def _forget_ahead(self) -> None:
+        """Drop what was read ahead: the next look reads the store again."""
+        self._ahead.clear()
+        self._upcoming = []
+        self._ahead_until = -math.inf
+
     def _ahead_valid(self, now: float) -> bool:
         if not self._ahead and not self._ahead_complete:
             return False
@@ -219,7 +225,7 @@ class Supervisor:
             limit=limit,
         )
         if self.db.epoch != marks[0] or not self.accepting:
-            self._ahead_until = -math.inf
+            self._forget_ahead()
             return False
         self._ahead = deque(ahead.jobs)
         self._ahead_complete = ahead.complete
@@ -263,9 +269,7 @@ class Supervisor:
     async def _claim_committed(self) -> int:
         """Claim with a committed transaction before starting anything: always
         right, at the price of a commit between an exit and the next start."""
-        self._ahead.clear()
-        self._upcoming = []
-        self._ahead_until = -math.inf
+        self._forget_ahead()
         now = self.clock()
         room = self._queue_room()
         free = self.settings.concurrency - len(self.running)
@@ -306,7 +310,6 @@ class Supervisor:
             attempt.spawn_error = str(exc)
         else:
             self.guardian.register(attempt.process.pid)
-            attempt.pid = attempt.process.pid
         self._nursery.start_soon(self._run_attempt, attempt, record, out_path, err_path)
 
     def _check_drained(self) -> None:
@@ -333,7 +336,7 @@ class Supervisor:
         # sees what this end released.
         finish = self._submit_finish(job, outcome, attempt.pid, out, err)
         if job.has_dependents and outcome.succeeded:
-            self._ahead_until = -math.inf
+            self._forget_ahead()
         self.wake()
         try:
             await self._record(job, outcome, attempt.pid, out, err, finish, record)
@@ -347,7 +350,7 @@ class Supervisor:
         refusing disk (or a bug) from turning this into a spawn loop."""
         log.error("job %d: its start was not recorded (%s); stopped, still queued", attempt.claimed.id, exc)
         attempt.stop("unrecorded")
-        self._ahead_until = -math.inf
+        self._forget_ahead()
         self._hold_until = self.clock() + HOLD_SECONDS
         self.wake()
 
