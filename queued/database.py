@@ -13,6 +13,12 @@ The supervisor reads due jobs ahead and starts them from memory (see
 job it holds unclaimable: `epoch` counts such calls, `additions` those that
 only add claimable work, both counted when the call is queued, which is before
 it runs. Store methods say which they are with `store_attempts.effect`.
+
+An attempt's start and end are records nobody waits on at once (`record`). A
+batch made only of them waits up to LINGER_SECONDS for company, so that a
+busy drain pays one commit, and one fsync, for many attempts instead of one
+or two each; any other call ends the wait, so requests and reads are never
+held back by it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from .store_attempts import ADDS, READ, SUPERVISOR
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512
+# How long a batch of records alone waits for more calls before it commits.
+# Measured on 2 cores draining `true` jobs: 5 ms cut commits per job from ~0.25
+# to ~0.08 and the daemon's CPU per job by ~10%; longer gained nothing more.
+LINGER_SECONDS = 0.005
 
 
 class StorageError(Exception):
@@ -37,10 +47,13 @@ class StorageError(Exception):
 
 
 class Call:
-    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_error", "result")
+    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_error", "result", "urgent")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, urgent: bool = True
+    ) -> None:
         self.fn = fn
+        self.urgent = urgent  # False for a record that may wait for company (see Database.record)
         self.effect: str | None = getattr(fn, "effect", None)  # see store_attempts.effect
         self.args = args
         self.kwargs = kwargs
@@ -75,7 +88,14 @@ class Database:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
         """Queue fn(store, *args, **kwargs) for the next transaction without waiting for it."""
-        call = Call(fn, args, kwargs)
+        return self._queue(Call(fn, args, kwargs))
+
+    def record(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+        """Queue a record nobody waits on at once (an attempt's start or end):
+        its transaction may wait up to LINGER_SECONDS for other calls to join."""
+        return self._queue(Call(fn, args, kwargs, urgent=False))
+
+    def _queue(self, call: Call) -> Call:
         if call.effect == ADDS:
             self.additions += 1
         elif call.effect not in (READ, SUPERVISOR):
@@ -90,11 +110,12 @@ class Database:
             # One scheduling round lets tasks made runnable together (an exit and
             # the claim it allows) queue their calls into this same transaction.
             await trio.lowlevel.checkpoint()
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            self._take_waiting(batch)
+            if not any(call.urgent for call in batch):
+                with trio.move_on_after(LINGER_SECONDS):
+                    while len(batch) < MAX_BATCH and not batch[-1].urgent:
+                        batch.append(await self._receive.receive())
+                self._take_waiting(batch)
             # Never abandon the thread: a transaction must not be cut half-way.
             finished = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
             if self.store.reordered:
@@ -107,6 +128,13 @@ class Database:
                     call.on_error(call.error)
             if finished and self._on_finished is not None:
                 self._on_finished(finished)
+
+    def _take_waiting(self, batch: list[Call]) -> None:
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                return
 
     def _commit(self, batch: list[Call]) -> list[int]:
         conn = self.store.conn

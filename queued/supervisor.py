@@ -255,7 +255,7 @@ class Supervisor:
                 continue
             room[job.queue] -= 1
             free -= 1
-            self._start(job, now, self.db.submit(Store.start, job, now))
+            self._start(job, now, self.db.record(Store.start, job, now))
             started += 1
         self._ahead.extendleft(reversed(waiting))
         return started
@@ -357,7 +357,7 @@ class Supervisor:
     def _submit_finish(self, job: Claimed, outcome: Exit, pid: int | None, out: str, err: str) -> Call:
         backoff_max, now = self.settings.backoff_max, self.clock()
         paths = {"stdout": str(out), "stderr": str(err)}
-        return self.db.submit(Store.finish, job, outcome, backoff_max, now, pid=pid, **paths)
+        return self.db.record(Store.finish, job, outcome, backoff_max, now, pid=pid, **paths)
 
     async def _record(
         self,

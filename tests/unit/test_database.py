@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from queued import schema
+from queued import database, schema
 from queued.database import Database, StorageError
 from queued.lifecycle import classify_exit
 from queued.store import Refused, Store
@@ -99,3 +99,53 @@ async def test_a_refusal_in_a_guarded_call_undoes_only_that_call(db: Database) -
         await refused.outcome()
     [later] = await after.outcome()
     assert sorted(await db.run(Store.states, range(1, 10))) == [kept, later]
+
+
+@pytest.fixture
+def batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The names of the calls in each transaction the writer commits."""
+    seen: list[list[str]] = []
+    commit = db._commit
+
+    def spy(batch: list) -> list[int]:
+        seen.append([call.fn.__name__ for call in batch])
+        return commit(batch)
+
+    monkeypatch.setattr(db, "_commit", spy)
+    return seen
+
+
+async def _two_due_jobs(db: Database) -> list:
+    await db.run(Store.add_jobs, [new(), new()], T0)
+    ahead = await db.run(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
+    return ahead.jobs
+
+
+async def test_records_alone_wait_for_company_and_commit_together(
+    db: Database, batches: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "LINGER_SECONDS", 0.3)
+    first, second = await _two_due_jobs(db)
+    batches.clear()
+    started = trio.current_time()
+    one = db.record(Store.start, first, T0)
+    await trio.sleep(0.1)
+    assert not one.done.is_set()  # still waiting for company
+    two = db.record(Store.start, second, T0)
+    await one.outcome(), await two.outcome()
+    assert batches == [["start", "start"]]
+    assert trio.current_time() - started >= 0.3
+
+
+async def test_any_other_call_ends_the_wait_at_once(
+    db: Database, batches: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "LINGER_SECONDS", 60)
+    first, _ = await _two_due_jobs(db)
+    batches.clear()
+    record = db.record(Store.start, first, T0)
+    await trio.sleep(0.05)
+    with trio.fail_after(10):  # not the minute the record alone would wait
+        counts = await db.run(Store.counts)
+    assert record.done.is_set() and counts["running"] == 1  # the read saw the record before it
+    assert batches == [["start", "counts"]]
