@@ -12,6 +12,7 @@ import signal
 import trio
 
 from . import lifecycle
+from .database import Call
 from .lifecycle import Exit
 from .process import CappedLog, JobProcess
 from .store_attempts import Claimed
@@ -19,24 +20,33 @@ from .store_attempts import Claimed
 # After the leader exits, output still buffered in the pipes is drained for at
 # most this long: a process that escaped the group may hold a pipe open forever.
 DRAIN_SECONDS = 2.0
-# Most jobs of a busy queue end within this: they get no reader tasks.
-QUICK_EXIT_SECONDS = 0.05
 
 
 class Attempt:
-    """A running attempt and how to stop it."""
+    """A running attempt and how to stop it. Young, it is watched with others
+    (`YoungAttempts`); grown, by a task of its own (`watch`)."""
 
-    def __init__(self, claimed: Claimed, started_at: float) -> None:
+    def __init__(self, claimed: Claimed, started_at: float, record: Call | None = None) -> None:
         self.claimed = claimed
-        self.started_at = started_at
+        self.started_at = started_at  # clock time, as recorded
+        self.spawned_at = trio.current_time()
+        self.record = record  # its start's queued record (None once claimed by a commit)
         self.process: JobProcess | None = None
+        self.logs: list[CappedLog] = []
         self.spawn_error: str | None = None
         self.scope = trio.CancelScope()
         self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
+        self._returncode = 0
+        self._unfinished: list[CappedLog] = []
 
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
+
+    def spawned(self, process: JobProcess, out: str, err: str, log_cap: int) -> None:
+        """Its process started: stdout into `out`, stderr into `err`, at most `log_cap` bytes each."""
+        self.process = process
+        self.logs = [CappedLog(process.stdout, out, log_cap), CappedLog(process.stderr, err, log_cap)]
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -50,28 +60,33 @@ class Attempt:
             self.scope.cancel()
         return self.scope
 
-    async def watch(self, out: str, err: str, *, log_cap: int, grace: float) -> Exit:
-        """Until the process has ended and its output is in `out` and `err`
-        (at most `log_cap` bytes each); stop() or the timeout ends it with
-        SIGTERM, then SIGKILL after `grace` seconds."""
+    def reap_young(self) -> bool:
+        """Its leader exited while young: collect it and the output in the pipes.
+        False if a process that escaped the group still holds a pipe open: then
+        `drain()` before the outcome."""
+        assert self.process is not None
+        self._returncode = self.process.reap()
+        self._unfinished = [log_ for log_ in self.logs if not log_.drain_now()]
+        return not self._unfinished
+
+    async def drain(self) -> Exit:
+        """After `reap_young` returned False: what is left in the pipes, for at most DRAIN_SECONDS."""
+        await _drain(self._unfinished)
+        return self.young_outcome()
+
+    def young_outcome(self) -> Exit:
+        return self._outcome(self._returncode, timed_out=False)
+
+    async def watch(self, *, grace: float) -> Exit:
+        """A grown attempt, until its process has ended and its output is in its
+        logs; stop() or the timeout ends it with SIGTERM, then SIGKILL after
+        `grace` seconds."""
         process = self.process
         assert process is not None
         timeout = self.claimed.timeout
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        logs = [CappedLog(process.stdout, out, log_cap), CappedLog(process.stderr, err, log_cap)]
-        # Most jobs of a busy queue end at once, their output still in the pipes:
-        # for them no reader tasks and no nursery. A pipe holds 64 KiB, so a job
-        # that prints more waits at most QUICK_EXIT_SECONDS for a reader.
-        with self._new_scope(min(deadline, trio.current_time() + QUICK_EXIT_SECONDS)) as quick:
-            await process.wait_exit()
-        if not quick.cancelled_caught:
-            returncode = process.reap()
-            unfinished = [log_ for log_ in logs if not log_.drain_now()]  # an escaped process holds a pipe
-            if unfinished:
-                await _drain(unfinished)
-            return self._outcome(returncode, timed_out=False)
+        deadline = math.inf if timeout is None else self.spawned_at + timeout
         async with trio.open_nursery() as copies:
-            for log_ in logs:
+            for log_ in self.logs:
                 copies.start_soon(log_.copy)
             with self._new_scope(deadline) as scope:
                 await process.wait_exit()

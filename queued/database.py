@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ class StorageError(Exception):
 
 
 class Call:
-    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_error", "result", "urgent")
+    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_done", "on_error", "result", "urgent")
 
     def __init__(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, urgent: bool = True
@@ -60,8 +61,10 @@ class Call:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
-        # Told of an error at once, for an owner that is not waiting on `done`.
+        # For an owner that does not wait on `done`: told of an error at once,
+        # and of the end, committed or failed (after on_error of earlier calls).
         self.on_error: Callable[[BaseException], None] | None = None
+        self.on_done: Callable[[Call], None] | None = None
 
     async def outcome(self) -> Any:
         """The call's result once its transaction committed (or its error, raised)."""
@@ -75,7 +78,10 @@ class Database:
     def __init__(self, store: Store, on_finished: Callable[[list[int]], None] | None = None) -> None:
         self.store = store
         self._on_finished = on_finished
-        self._send, self._receive = trio.open_memory_channel[Call](float("inf"))
+        self._pending: deque[Call] = deque()  # queued calls, in order
+        self._urgent = 0  # how many of them are not records
+        self._arrival: trio.Event | None = None  # set when the idle writer has work
+        self._hurry: trio.Event | None = None  # set when a lingering batch must go
         self.epoch = 0  # calls queued that may make a claimable job unclaimable
         self.additions = 0  # calls queued (or batches committed) that may add claimable jobs
         # Called after a commit that made jobs claimable by itself (see Store.reordered).
@@ -100,22 +106,33 @@ class Database:
             self.additions += 1
         elif call.effect not in (READ, SUPERVISOR):
             self.epoch += 1
-        self._send.send_nowait(call)
+        self._pending.append(call)
+        if call.urgent:
+            self._urgent += 1
+        if self._hurry is not None and (call.urgent or len(self._pending) >= MAX_BATCH):
+            self._hurry.set()
+        if self._arrival is not None:
+            self._arrival.set()
         return call
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            batch = [await self._receive.receive()]
+            if not self._pending:
+                self._arrival = trio.Event()
+                await self._arrival.wait()
+                self._arrival = None
             # One scheduling round lets tasks made runnable together (an exit and
             # the claim it allows) queue their calls into this same transaction.
             await trio.lowlevel.checkpoint()
-            self._take_waiting(batch)
-            if not any(call.urgent for call in batch):
+            if not self._urgent and len(self._pending) < MAX_BATCH:
+                # Records alone: wait for company, woken only by a call that
+                # must not wait (records that join need not wake us).
+                self._hurry = trio.Event()
                 with trio.move_on_after(LINGER_SECONDS):
-                    while len(batch) < MAX_BATCH and not batch[-1].urgent:
-                        batch.append(await self._receive.receive())
-                self._take_waiting(batch)
+                    await self._hurry.wait()
+                self._hurry = None
+            batch = self._take_batch()
             # Never abandon the thread: a transaction must not be cut half-way.
             finished = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
             if self.store.reordered:
@@ -126,15 +143,15 @@ class Database:
                 call.done.set()
                 if call.error is not None and call.on_error is not None:
                     call.on_error(call.error)
+                if call.on_done is not None:
+                    call.on_done(call)
             if finished and self._on_finished is not None:
                 self._on_finished(finished)
 
-    def _take_waiting(self, batch: list[Call]) -> None:
-        while len(batch) < MAX_BATCH:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except trio.WouldBlock:
-                return
+    def _take_batch(self) -> list[Call]:
+        batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+        self._urgent -= sum(call.urgent for call in batch)
+        return batch
 
     def _commit(self, batch: list[Call]) -> list[int]:
         conn = self.store.conn

@@ -4,9 +4,11 @@ Theory of operation: one loop task owns the slots. It starts as many due jobs
 as there is room for (globally and per queue), one task per attempt in its
 nursery, then sleeps until something could change the answer: `wake()` (a new
 job, an exit, a queue or concurrency change) or the earliest future run_at.
-Nothing polls; an idle daemon sleeps in the kernel. Each attempt task watches
-its process (`Attempt.watch`) and records the outcome, deciding nothing
-itself: `Store.finish` asks `lifecycle`.
+Nothing polls; an idle daemon sleeps in the kernel. Young attempts are watched
+together (`YoungAttempts`: most jobs of a busy queue end within milliseconds);
+one that lives longer, or is to be stopped, gets a task (`Attempt.watch`).
+Each end is recorded without deciding anything here: `Store.finish` asks
+`lifecycle`.
 
 Starting from memory: the loop reads the next due jobs ahead (`Store.lookahead`)
 and starts them one by one as slots free up, queueing each start's record
@@ -41,6 +43,7 @@ from .process import JobEnvironments, JobProcess, SpawnError
 from .protocol import QueueInfo, Slot
 from .store import Store
 from .store_attempts import Claimed
+from .young_attempts import YoungAttempts
 
 # Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
 # enough that the read stays cheap.
@@ -87,6 +90,7 @@ class Supervisor:
         self._ahead_until = -math.inf  # clock time of the first run_at not read: read again then
         self._ahead_marks = (-1, -1)  # (epoch, additions) of the read
         self._hold_until = -math.inf
+        self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         db.on_reordered = self.wake
 
     # -- commands from the handlers ---------------------------------------------
@@ -114,7 +118,11 @@ class Supervisor:
         for job_id in ids:
             attempt = self.running.get(job_id)
             if attempt is not None:
-                attempt.stop(reason)
+                self._stop(attempt, reason)
+
+    def _stop(self, attempt: Attempt, reason: str) -> None:
+        attempt.stop(reason)
+        self._young.let_go(attempt)  # its own task stops it
 
     def stop_claiming(self) -> None:
         self.accepting = False
@@ -146,6 +154,7 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._young.run)
             task_status.started()
             while True:
                 self._wake = trio.Event()
@@ -296,21 +305,24 @@ class Supervisor:
     def _start(self, claimed: Claimed, now: float, record: Call | None) -> None:
         """Spawn the attempt's process; `record` is its start's queued record
         (None when the claim already committed)."""
-        assert self._nursery is not None
-        attempt = Attempt(claimed, now)
+        attempt = Attempt(claimed, now, record)
         self.running[claimed.id] = attempt
+        if record is not None:
+            # The process runs while its start's record commits; if that fails, it stops.
+            record.on_error = lambda exc: self._start_refused(attempt, exc)
         out_path, err_path = self._log_paths(claimed)
         try:
-            attempt.process = JobProcess(
+            process = JobProcess(
                 claimed.command,
                 cwd=claimed.cwd,
                 env=self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run),
             )
         except SpawnError as exc:
-            attempt.spawn_error = str(exc)
-        else:
-            self.guardian.register(attempt.process.pid)
-        self._nursery.start_soon(self._run_attempt, attempt, record, out_path, err_path)
+            self._ended(attempt, lifecycle.spawn_failure(str(exc)))
+            return
+        attempt.spawned(process, out_path, err_path, self.settings.log_max_size)
+        self.guardian.register(process.pid)
+        self._young.add(attempt)
 
     def _check_drained(self) -> None:
         if not self.accepting and not self.running and not self._recording:
@@ -318,75 +330,85 @@ class Supervisor:
 
     # -- one attempt ------------------------------------------------------------
 
-    async def _run_attempt(self, attempt: Attempt, record: Call | None, out: str, err: str) -> None:
-        job, process = attempt.claimed, attempt.process
-        if record is not None:
-            # The process runs while its start's record commits; if that fails, it stops.
-            record.on_error = lambda exc: self._start_refused(attempt, exc)
-        if process is None:
-            outcome = lifecycle.spawn_failure(attempt.spawn_error or "cannot start")
-        else:
-            outcome = await attempt.watch(
-                out, err, log_cap=self.settings.log_max_size, grace=self.settings.kill_grace
-            )
-            self.guardian.unregister(process.pid)
+    def _exited_young(self, attempt: Attempt) -> None:
+        if attempt.reap_young():
+            self._ended(attempt, attempt.young_outcome())
+        else:  # an escaped process holds a pipe: drain it a while in a task
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_draining, attempt)
+
+    async def _finish_draining(self, attempt: Attempt) -> None:
+        self._ended(attempt, await attempt.drain())
+
+    def _grown(self, attempt: Attempt) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch_grown, attempt)
+
+    async def _watch_grown(self, attempt: Attempt) -> None:
+        self._ended(attempt, await attempt.watch(grace=self.settings.kill_grace))
+
+    def _ended(self, attempt: Attempt, outcome: Exit) -> None:
+        """The attempt's process is gone: free its slot and record its end."""
+        job = attempt.claimed
+        if attempt.process is not None:
+            self.guardian.unregister(attempt.process.pid)
         del self.running[job.id]
         self._recording += 1
         # Queued before the read that the free slot leads to, so that the read
         # sees what this end released.
-        finish = self._submit_finish(job, outcome, attempt.pid, out, err)
+        finish = self._submit_finish(attempt, outcome)
+        finish.on_done = lambda call: self._recorded(attempt, outcome, call)
         if job.has_dependents and outcome.succeeded:
             self._forget_ahead()
         self.wake()
-        try:
-            await self._record(job, outcome, attempt.pid, out, err, finish, record)
-        finally:
-            self._recording -= 1
-            self._check_drained()
 
     def _start_refused(self, attempt: Attempt, exc: BaseException) -> None:
         """The store refused an attempt's start (a failing disk): the process
         stops and the job, still due, is read again after a pause that keeps a
         refusing disk (or a bug) from turning this into a spawn loop."""
         log.error("job %d: its start was not recorded (%s); stopped, still queued", attempt.claimed.id, exc)
-        attempt.stop("unrecorded")
+        self._stop(attempt, "unrecorded")
         self._forget_ahead()
         self._hold_until = self.clock() + HOLD_SECONDS
         self.wake()
 
-    def _submit_finish(self, job: Claimed, outcome: Exit, pid: int | None, out: str, err: str) -> Call:
+    def _submit_finish(self, attempt: Attempt, outcome: Exit) -> Call:
+        job = attempt.claimed
+        out, err = self.log_paths(job.id, job.run)
         backoff_max, now = self.settings.backoff_max, self.clock()
-        paths = {"stdout": str(out), "stderr": str(err)}
-        return self.db.record(Store.finish, job, outcome, backoff_max, now, pid=pid, **paths)
+        return self.db.record(
+            Store.finish, job, outcome, backoff_max, now, pid=attempt.pid, stdout=out, stderr=err
+        )
 
-    async def _record(
-        self,
-        job: Claimed,
-        outcome: Exit,
-        pid: int | None,
-        out: str,
-        err: str,
-        finish: Call,
-        start: Call | None,
-    ) -> None:
-        """Wait for the attempt's end to be stored; a failing disk only delays
-        it, never drops it. (After a refused start there is nothing to store.)"""
-        while True:
-            try:
-                state = await finish.outcome()
-            except StorageError as exc:
-                if start is not None and start.error is not None:
-                    return
-                log.error("cannot record the end of job %d: %s; retrying in 1 s", job.id, exc)
-                await trio.sleep(1)
-                finish = self._submit_finish(job, outcome, pid, out, err)
-                continue
-            if start is not None and start.error is not None:
-                return
+    def _recorded(self, attempt: Attempt, outcome: Exit, finish: Call) -> None:
+        """The end's record committed, or failed: a failing disk only delays it,
+        never drops it. (After a refused start there is nothing to store.)"""
+        refused = attempt.record is not None and attempt.record.error is not None
+        if isinstance(finish.error, StorageError) and not refused:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._record_again, attempt, outcome, finish.error)
+            return
+        job = attempt.claimed
+        if finish.error is not None and not refused:
+            log.error("job %d attempt %d: its end was not recorded: %s", job.id, job.run, finish.error)
+        elif finish.error is None and not refused:
             # Every attempt at debug level; failures at info, where people look.
             level = logging.DEBUG if outcome.succeeded else logging.INFO
-            log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, outcome.error or "exit 0", state)
-            return
+            said = outcome.error or "exit 0"
+            log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, said, finish.result)
+        self._recording -= 1
+        self._check_drained()
+
+    async def _record_again(self, attempt: Attempt, outcome: Exit, error: StorageError) -> None:
+        while True:
+            log.error("cannot record the end of job %d: %s; retrying in 1 s", attempt.claimed.id, error)
+            await trio.sleep(1)
+            finish = self._submit_finish(attempt, outcome)
+            await finish.done.wait()
+            if not isinstance(finish.error, StorageError):
+                self._recorded(attempt, outcome, finish)
+                return
+            error = finish.error
 
     def log_paths(self, job_id: int, run: int) -> tuple[str, str]:
         """Where an attempt's stdout and stderr go: a folder per thousand jobs."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 
+import pytest
 import trio
 
 from queued import protocol as p
+from queued.store import Store
+from queued.store_attempts import SUPERVISOR, effect
 
 from .conftest import AsyncClient, DaemonHandle
 
@@ -162,3 +166,27 @@ async def test_clean_and_rm(client: AsyncClient) -> None:
     missing = await client.request(p.GetJob(id=done))
     assert isinstance(missing, p.Error) and missing.code == "not_found"
     await client.ok(p.CancelJobs(ids=[running]))
+
+
+async def test_an_end_the_disk_refused_is_recorded_again_until_it_is_kept(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals = []
+    finish = Store.finish
+
+    @effect(SUPERVISOR)
+    def finish_once_refused(store: Store, *args: object, **kwargs: object) -> object:
+        if not refusals:
+            refusals.append(True)
+            raise sqlite3.OperationalError("database or disk is full")
+        return finish(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "finish", finish_once_refused)
+    job_id = await client.add("sleep 0.2")  # its start commits on its own, before the end
+    started = trio.current_time()
+    with trio.fail_after(10):
+        [job] = await client.wait(job_id)
+    assert refusals and trio.current_time() - started >= 1  # kept at the retry, a second later
+    assert job.state == "completed" and job.attempts == 1
+    [run] = (await client.job(job_id)).runs
+    assert run.exit_code == 0 and run.ended_at is not None

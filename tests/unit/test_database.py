@@ -149,3 +149,15 @@ async def test_any_other_call_ends_the_wait_at_once(
         counts = await db.run(Store.counts)
     assert record.done.is_set() and counts["running"] == 1  # the read saw the record before it
     assert batches == [["start", "counts"]]
+
+
+async def test_on_done_is_told_after_the_commit_and_after_earlier_errors(db: Database) -> None:
+    told: list[str] = []
+    first, second = await _two_due_jobs(db)
+    await db.run(Store.cancel, [first.id], T0)
+    refused = db.record(Store.start, first, T0)  # canceled since the read
+    refused.on_error = lambda exc: told.append(f"error {type(exc).__name__}")
+    kept = db.record(Store.start, second, T0)
+    kept.on_done = lambda call: told.append(f"done {call.error} {call.done.is_set()}")
+    await kept.outcome()
+    assert told == ["error Refused", "done None True"]
