@@ -90,6 +90,7 @@ class Supervisor:
         self._ahead_until = -math.inf  # clock time of the first run_at not read: read again then
         self._ahead_marks = (-1, -1)  # (epoch, additions) of the read
         self._hold_until = -math.inf
+        self._starting = False  # in _start_ahead (a failed spawn ends at once)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         db.on_reordered = self.wake
 
@@ -257,15 +258,19 @@ class Supervisor:
         started = 0
         waiting: list[Claimed] = []  # for a full queue: they keep their place
         free = self.settings.concurrency - len(self.running)
-        while self._ahead and free > 0 and self.accepting:
-            job = self._ahead.popleft()
-            if room.get(job.queue, 0) <= 0:
-                waiting.append(job)
-                continue
-            room[job.queue] -= 1
-            free -= 1
-            self._start(job, now, self.db.record(Store.start, job, now))
-            started += 1
+        self._starting = True
+        try:
+            while self._ahead and free > 0 and self.accepting:
+                job = self._ahead.popleft()
+                if room.get(job.queue, 0) <= 0:
+                    waiting.append(job)
+                    continue
+                room[job.queue] -= 1
+                free -= 1
+                self._start(job, now, self.db.record(Store.start, job, now))
+                started += 1
+        finally:
+            self._starting = False
         self._ahead.extendleft(reversed(waiting))
         return started
 
@@ -360,7 +365,20 @@ class Supervisor:
         finish.on_done = lambda call: self._recorded(attempt, outcome, call)
         if job.has_dependents and outcome.succeeded:
             self._forget_ahead()
-        self.wake()
+        if self._start_in_freed_slot():
+            self._change.set()
+        else:
+            self.wake()
+
+    def _start_in_freed_slot(self) -> bool:
+        """Start the next job read ahead into the slot an end just freed, without
+        a round of the loop; False when the loop must look (nothing valid read
+        ahead, slots still free, or a start under way: a failed spawn ends there)."""
+        now = self.clock()
+        if self._starting or not self.accepting or now < self._hold_until or not self._ahead_valid(now):
+            return False
+        self._start_ahead(now, self._queue_room())
+        return len(self.running) >= self.settings.concurrency
 
     def _start_refused(self, attempt: Attempt, exc: BaseException) -> None:
         """The store refused an attempt's start (a failing disk): the process

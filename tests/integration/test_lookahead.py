@@ -205,3 +205,26 @@ async def test_timers_start_their_jobs_from_memory_in_claim_order(
     assert len(reads) == before  # both started, one after the other, with no read
     assert out.read_text().split() == ["high", "low"]
     assert (await client.job(high)).runs[0].started_at >= at
+
+
+async def test_a_failed_spawn_does_not_start_jobs_beyond_the_slots(
+    client: AsyncClient, daemon: DaemonHandle
+) -> None:
+    # A spawn that fails ends its attempt at once, inside the start that read
+    # it ahead: that end must not start the next jobs from within, or the
+    # outer start would fill slots it no longer has.
+    await client.ok(p.PauseQueue(name="default"))  # so that one read takes them all
+    response = await client.ok(
+        p.AddJobs(jobs=[p.JobSpec(command="true", max_retries=0)], cwd="/nonexistent/queued-test", env={})
+    )
+    assert isinstance(response, p.Added)
+    await add_all(client, *[p.JobSpec(command="sleep 0.3") for _ in range(4)])
+    await client.ok(p.PauseQueue(name="default", paused=False))
+    supervisor, most = daemon.runner.supervisor, 0
+    with trio.fail_after(10):
+        while (await client.ok(p.GetStatus())).counts.get("completed", 0) < 4:  # type: ignore[union-attr]
+            most = max(most, len(supervisor.running))
+            await trio.sleep(0.005)
+    assert most == 2
+    [failed] = await client.wait(*response.ids)
+    assert failed.state == "dead" and failed.error.startswith("could not start: working directory")
