@@ -33,7 +33,6 @@ class Attempt:
         self.record = record  # its start's queued record (None once claimed by a commit)
         self.process: JobProcess | None = None
         self.logs: list[CappedLog] = []
-        self.spawn_error: str | None = None
         self.scope = trio.CancelScope()
         self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
         self._returncode = 0

@@ -1,13 +1,13 @@
 """The supervisor: claims due jobs into free slots and sees each attempt through.
 
 Theory of operation: one loop task owns the slots. It starts as many due jobs
-as there is room for (globally and per queue), one task per attempt in its
-nursery, then sleeps until something could change the answer: `wake()` (a new
-job, an exit, a queue or concurrency change) or the earliest future run_at.
-Nothing polls; an idle daemon sleeps in the kernel. Young attempts are watched
-together (`YoungAttempts`: most jobs of a busy queue end within milliseconds);
-one that lives longer, or is to be stopped, gets a task (`Attempt.watch`).
-Each end is recorded without deciding anything here: `Store.finish` asks
+as there is room for (globally and per queue), then sleeps until something
+could change the answer: `wake()` (a new job, an exit, a queue or concurrency
+change) or the earliest future run_at. Nothing polls; an idle daemon sleeps in
+the kernel. Young attempts are watched together (`YoungAttempts`: most jobs of
+a busy queue end within milliseconds); one that lives longer, or is to be
+stopped, gets a task of its own in the loop's nursery (`Attempt.watch`). Each
+end is recorded without deciding anything here: `Store.finish` asks
 `lifecycle`.
 
 Starting from memory: the loop reads the next due jobs ahead (`Store.lookahead`)
