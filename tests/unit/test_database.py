@@ -13,7 +13,7 @@ from queued import database, schema
 from queued.database import Database, StorageError
 from queued.lifecycle import classify_exit
 from queued.store import Refused, Store
-from queued.store_attempts import SUPERVISOR, effect
+from queued.store_attempts import SUPERVISOR, Claimed, effect
 
 from .test_store import T0, new
 
@@ -115,18 +115,20 @@ def batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return seen
 
 
-async def _two_due_jobs(db: Database) -> list:
+@pytest.fixture
+async def two_due(db: Database, batches: list[list[str]]) -> list[Claimed]:
+    """Two due jobs read ahead; the transactions that made them are forgotten."""
     await db.run(Store.add_jobs, [new(), new()], T0)
     ahead = await db.run(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
+    batches.clear()
     return ahead.jobs
 
 
 async def test_records_alone_wait_for_company_and_commit_together(
-    db: Database, batches: list[list[str]], monkeypatch: pytest.MonkeyPatch
+    db: Database, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(database, "LINGER_SECONDS", 0.3)
-    first, second = await _two_due_jobs(db)
-    batches.clear()
+    first, second = two_due
     started = trio.current_time()
     one = db.record(Store.start, first, T0)
     await trio.sleep(0.1)
@@ -138,12 +140,10 @@ async def test_records_alone_wait_for_company_and_commit_together(
 
 
 async def test_any_other_call_ends_the_wait_at_once(
-    db: Database, batches: list[list[str]], monkeypatch: pytest.MonkeyPatch
+    db: Database, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(database, "LINGER_SECONDS", 60)
-    first, _ = await _two_due_jobs(db)
-    batches.clear()
-    record = db.record(Store.start, first, T0)
+    record = db.record(Store.start, two_due[0], T0)
     await trio.sleep(0.05)
     with trio.fail_after(10):  # not the minute the record alone would wait
         counts = await db.run(Store.counts)
@@ -151,9 +151,11 @@ async def test_any_other_call_ends_the_wait_at_once(
     assert batches == [["start", "counts"]]
 
 
-async def test_on_done_is_told_after_the_commit_and_after_earlier_errors(db: Database) -> None:
+async def test_on_done_is_told_after_the_commit_and_after_earlier_errors(
+    db: Database, two_due: list[Claimed]
+) -> None:
     told: list[str] = []
-    first, second = await _two_due_jobs(db)
+    first, second = two_due
     await db.run(Store.cancel, [first.id], T0)
     refused = db.record(Store.start, first, T0)  # canceled since the read
     refused.on_error = lambda exc: told.append(f"error {type(exc).__name__}")
