@@ -48,7 +48,7 @@ class StorageError(Exception):
 
 
 class Call:
-    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_done", "on_error", "result", "urgent")
+    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_done", "result", "urgent")
 
     def __init__(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, urgent: bool = True
@@ -61,9 +61,8 @@ class Call:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
-        # For an owner that does not wait on `done`: told of an error at once,
-        # and of the end, committed or failed (after on_error of earlier calls).
-        self.on_error: Callable[[BaseException], None] | None = None
+        # For an owner that does not wait on `done`: told as soon as the call's
+        # transaction ended, committed or failed, in the order calls were queued.
         self.on_done: Callable[[Call], None] | None = None
 
     async def outcome(self) -> Any:
@@ -141,8 +140,6 @@ class Database:
                     self.on_reordered()
             for call in batch:
                 call.done.set()
-                if call.error is not None and call.on_error is not None:
-                    call.on_error(call.error)
                 if call.on_done is not None:
                     call.on_done(call)
             if finished and self._on_finished is not None:

@@ -314,7 +314,7 @@ class Supervisor:
         self.running[claimed.id] = attempt
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
-            record.on_error = lambda exc: self._start_refused(attempt, exc)
+            record.on_done = lambda call: self._start_recorded(attempt, call)
         out_path, err_path = self._log_paths(claimed)
         try:
             process = JobProcess(
@@ -380,11 +380,14 @@ class Supervisor:
         self._start_ahead(now, self._queue_room())
         return len(self.running) >= self.settings.concurrency
 
-    def _start_refused(self, attempt: Attempt, exc: BaseException) -> None:
-        """The store refused an attempt's start (a failing disk): the process
-        stops and the job, still due, is read again after a pause that keeps a
-        refusing disk (or a bug) from turning this into a spawn loop."""
-        log.error("job %d: its start was not recorded (%s); stopped, still queued", attempt.claimed.id, exc)
+    def _start_recorded(self, attempt: Attempt, start: Call) -> None:
+        """If the store refused an attempt's start (a failing disk, a job that
+        changed since it was read), the process stops and the job, if still
+        due, is read again after a pause that keeps a refusing disk (or a bug)
+        from turning this into a spawn loop."""
+        if start.error is None:
+            return
+        log.error("job %d: its start was not recorded (%s); stopped", attempt.claimed.id, start.error)
         self._stop(attempt, "unrecorded")
         self._forget_ahead()
         self._hold_until = self.clock() + HOLD_SECONDS

@@ -68,9 +68,9 @@ async def test_an_error_reaches_the_calls_owner_without_waiting(db: Database) ->
     def broken(store: Store) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    seen: list[BaseException] = []
+    seen: list[BaseException | None] = []
     call = db.submit(broken)
-    call.on_error = seen.append
+    call.on_done = lambda done: seen.append(done.error)
     with pytest.raises(StorageError, match="disk is full"):
         await call.outcome()
     assert len(seen) == 1 and isinstance(seen[0], StorageError)
@@ -151,14 +151,12 @@ async def test_any_other_call_ends_the_wait_at_once(
     assert batches == [["start", "counts"]]
 
 
-async def test_on_done_is_told_after_the_commit_and_after_earlier_errors(
-    db: Database, two_due: list[Claimed]
-) -> None:
+async def test_on_done_is_told_after_the_commit_in_queue_order(db: Database, two_due: list[Claimed]) -> None:
     told: list[str] = []
     first, second = two_due
     await db.run(Store.cancel, [first.id], T0)
     refused = db.record(Store.start, first, T0)  # canceled since the read
-    refused.on_error = lambda exc: told.append(f"error {type(exc).__name__}")
+    refused.on_done = lambda call: told.append(f"error {type(call.error).__name__}")
     kept = db.record(Store.start, second, T0)
     kept.on_done = lambda call: told.append(f"done {call.error} {call.done.is_set()}")
     await kept.outcome()
