@@ -197,15 +197,17 @@ class Daemon:
 # helpers built with the system compiler
 
 
-def compile_c(name: str, out_dir: Path) -> Path | None:
-    """Build tests/bench/NAME.c into out_dir; None (with a note) when there is no cc."""
+def compile_c(name: str, out_dir: Path, *, shared: bool = False) -> Path | None:
+    """Build tests/bench/NAME.c into out_dir (a program, or with `shared` a
+    library libNAME.so); None (with a note) when there is no cc."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         print(f"note: no C compiler: {name}.c not built", file=sys.stderr)
         return None
-    exe = out_dir / name
-    subprocess.run([cc, "-O2", "-o", str(exe), str(HERE / f"{name}.c")], check=True)
-    return exe
+    out = out_dir / (f"lib{name}.so" if shared else name)
+    flags = ["-shared", "-fPIC", "-pthread"] if shared else []
+    subprocess.run([cc, "-O2", *flags, "-o", str(out), str(HERE / f"{name}.c")], check=True)
+    return out
 
 
 def read_stamp(path: Path) -> float | None:
