@@ -26,9 +26,12 @@ class Attempt:
     """A running attempt and how to stop it. Young, it is watched with others
     (`YoungAttempts`); grown, by a task of its own (`watch`)."""
 
-    def __init__(self, claimed: Claimed, started_at: float, record: Call | None = None) -> None:
+    def __init__(
+        self, claimed: Claimed, started_at: float, log_paths: tuple[str, str], record: Call | None = None
+    ) -> None:
         self.claimed = claimed
         self.started_at = started_at  # clock time, as recorded
+        self.log_paths = log_paths  # (stdout, stderr), as recorded
         self.spawned_at = trio.current_time()
         self.record = record  # its start's queued record (None once claimed by a commit)
         self.process: JobProcess | None = None
@@ -42,8 +45,9 @@ class Attempt:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def spawned(self, process: JobProcess, out: str, err: str, log_cap: int) -> None:
-        """Its process started: stdout into `out`, stderr into `err`, at most `log_cap` bytes each."""
+    def spawned(self, process: JobProcess, log_cap: int) -> None:
+        """Its process started: its output goes into its log paths, at most `log_cap` bytes each."""
+        out, err = self.log_paths
         self.process = process
         self.logs = [CappedLog(process.stdout, out, log_cap), CappedLog(process.stderr, err, log_cap)]
 

@@ -310,12 +310,11 @@ class Supervisor:
     def _start(self, claimed: Claimed, now: float, record: Call | None) -> None:
         """Spawn the attempt's process; `record` is its start's queued record
         (None when the claim already committed)."""
-        attempt = Attempt(claimed, now, record)
+        attempt = Attempt(claimed, now, self._log_paths(claimed), record)
         self.running[claimed.id] = attempt
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
             record.on_done = lambda call: self._start_recorded(attempt, call)
-        out_path, err_path = self._log_paths(claimed)
         try:
             process = JobProcess(
                 claimed.command,
@@ -325,7 +324,7 @@ class Supervisor:
         except SpawnError as exc:
             self._ended(attempt, lifecycle.spawn_failure(str(exc)))
             return
-        attempt.spawned(process, out_path, err_path, self.settings.log_max_size)
+        attempt.spawned(process, self.settings.log_max_size)
         self.guardian.register(process.pid)
         self._young.add(attempt)
 
@@ -394,8 +393,7 @@ class Supervisor:
         self.wake()
 
     def _submit_finish(self, attempt: Attempt, outcome: Exit) -> Call:
-        job = attempt.claimed
-        out, err = self.log_paths(job.id, job.run)
+        job, (out, err) = attempt.claimed, attempt.log_paths
         backoff_max, now = self.settings.backoff_max, self.clock()
         return self.db.record(
             Store.finish, job, outcome, backoff_max, now, pid=attempt.pid, stdout=out, stderr=err

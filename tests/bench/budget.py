@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import select
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benches import b1_c
 from harness import compile_c, median
 from spawn_loop_trio import reap, spawn
 
@@ -62,12 +62,6 @@ def loop_with_work(jobs: int, in_flight: int, work: float) -> float:
     return jobs / (time.perf_counter() - t0)
 
 
-def c_loop(exe: Path, jobs: int) -> float:
-    out = subprocess.run([str(exe), str(jobs), "2"], check=True, capture_output=True, text=True)
-    n, seconds = out.stdout.split()
-    return int(n) / float(seconds)
-
-
 def main() -> None:
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -78,7 +72,7 @@ def main() -> None:
         c_rates: list[float] = []
         rates: dict[int, list[float]] = {w: [] for w in WORK_US}
         for _ in range(runs):  # interleaved: every contender shares each stretch of noise
-            c_rates.append(c_loop(exe, jobs))
+            c_rates.append(b1_c(exe, jobs))
             for w in WORK_US:
                 rates[w].append(loop_with_work(jobs, 2, w / 1e6))
     c = median(c_rates)

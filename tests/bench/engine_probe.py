@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import trio
+from benches import b1_c
 from harness import compile_c, median
 
 from queued import lifecycle, schema
@@ -134,9 +135,7 @@ def main() -> None:
         if exe is None:
             sys.exit("engine_probe.py needs cc")
         for _ in range(runs):  # interleaved: every contender shares each stretch of noise
-            out = subprocess.run([str(exe), str(jobs), "2"], check=True, capture_output=True, text=True)
-            n, seconds = out.stdout.split()
-            rates["C loop"].append(int(n) / float(seconds))
+            rates["C loop"].append(b1_c(exe, jobs))
             rates["engine, no records"].append(one_run(jobs, records=False))
             rates["engine + queued's records"].append(one_run(jobs, records=True))
     c = median(rates["C loop"])

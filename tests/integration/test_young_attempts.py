@@ -67,9 +67,8 @@ def start(
         max_retries=0,
         backoff_base=2.0,
     )
-    attempt = Attempt(claimed, 0.0)
-    process = JobProcess(command, cwd=str(tmp_path), env=claimed.env)
-    attempt.spawned(process, str(tmp_path / f"{job_id}.out"), str(tmp_path / f"{job_id}.err"), 1 << 20)
+    attempt = Attempt(claimed, 0.0, (str(tmp_path / f"{job_id}.out"), str(tmp_path / f"{job_id}.err")))
+    attempt.spawned(JobProcess(command, cwd=str(tmp_path), env=claimed.env), 1 << 20)
     young.add(attempt)
     return attempt
 
