@@ -153,7 +153,9 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
     )
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+# Options end at the command's first word: `add ls -la` runs `ls -la`, as
+# `tsp ls -la` and `pueue add ls -la` do; an unknown option before it is an error.
+@cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-q", "--queue", type=QUEUE, default="default", show_default=True, help="Named queue.")
 @click.option("-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first.")
 @click.option("-r", "--max-retries", type=COUNT, help="Retries after the first attempt [config: 3].")
@@ -172,7 +174,9 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None
     """Add a job: a shell command, run with /bin/sh -c in this directory and environment.
 
     \b
-    Several words after -- are quoted as one command line; one word is used as is.
+    Options go before the command: from its first word on, every word is the
+    job's own (`queuectl add ls -la` runs `ls -la`). Several words are quoted
+    as one command line; one word is used as is, so it may use the shell.
     Examples:
       queuectl add "make -C ~/src test > /tmp/test.log"
       queuectl add --max-retries 5 --timeout 2h -- ./backup.sh /srv
@@ -488,7 +492,7 @@ def run() -> None:
     except click.UsageError as exc:
         # One line, like every other error; --help has the long story.
         where = exc.ctx.command_path if exc.ctx else "queuectl"
-        fail(f"{exc.format_message()} (see `{where} --help`)".replace("\n", " "), EXIT_USAGE)
+        fail(f"{_usage_message(exc)} (see `{where} --help`)".replace("\n", " "), EXIT_USAGE)
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
@@ -507,6 +511,13 @@ def run() -> None:
         if os.environ.get("QUEUECTL_DEBUG"):
             raise
         fail(f"internal error: {type(exc).__name__}: {exc} (QUEUECTL_DEBUG=1 shows the traceback)")
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    if isinstance(exc, click.NoSuchOption):
+        guess = f"; did you mean {' or '.join(exc.possibilities)}?" if exc.possibilities else ""
+        return f"no such option: {exc.option_name}{guess}"
+    return exc.format_message()
 
 
 def main() -> NoReturn:

@@ -55,6 +55,36 @@ def test_add_show_logs_wait(daemon: Daemon, tmp_path: Path) -> None:
     assert "completed" in human and "echo $WHO; pwd" in human
 
 
+@pytest.mark.parametrize(
+    "args", [["--lable", "nightly", "--", "echo", "hi"], ["--bogus", "echo"], ["--max-retry", "2", "echo"]]
+)
+def test_add_refuses_an_unknown_option_and_adds_nothing(daemon: Daemon, args: list[str]) -> None:
+    result = daemon.ctl("add", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"no such option: {args[0]}" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert jobs(daemon) == []
+
+
+def test_add_gives_the_job_every_word_from_its_first(daemon: Daemon) -> None:
+    daemon.ok("queue", "pause", "default")  # stored, not run: the command is what is checked
+    lines = [
+        ["ls", "-la", "/tmp"],
+        ["ls", "-l", "/tmp"],
+        ["env", "-e", "FOO=1"],
+        ["grep", "-q", "foo", "FILE"],
+    ]
+    ids = [daemon.add(*line) for line in lines]
+    for job_id, line in zip(ids, lines, strict=True):
+        shown = json.loads(daemon.ok("show", "--json", str(job_id)))
+        assert shown["command"] == " ".join(line)
+        assert (shown["label"], shown["queue"]) == (None, "default")
+    daemon.ok("queue", "resume", "default")
+    env = daemon.add("--env", "FOO=1", "sh", "-c", "echo ${FOO:-unset}")
+    plain = daemon.add("sh", "-c", "echo ${FOO:-unset}")
+    daemon.ctl("wait", str(env), str(plain))
+    assert (daemon.ok("logs", str(env)), daemon.ok("logs", str(plain))) == ("1\n", "unset\n")
+
+
 def test_ls_filters_and_table(daemon: Daemon) -> None:
     daemon.ok("queue", "add", "batch", "--concurrency", "1")
     a = daemon.add("--queue", "batch", "--label", "x", "true")

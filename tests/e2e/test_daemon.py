@@ -41,7 +41,7 @@ def test_jobs_get_stdin_stdout_stderr_and_no_other_descriptor(tmp_path: Path) ->
     inherited = os.pipe()  # queued inherits both ends, as from a careless parent
     daemon = Daemon(tmp_path).start(pass_fds=inherited)
     try:
-        job = daemon.add("ls /proc/$$/fd; readlink /proc/$$/fd/0; pwd", "--cwd", "/tmp")
+        job = daemon.add("--cwd", "/tmp", "ls /proc/$$/fd; readlink /proc/$$/fd/0; pwd")
         daemon.ok("wait", str(job))
         assert daemon.ok("logs", str(job)).split() == ["0", "1", "2", "/dev/null", "/tmp"]
         assert Path.cwd() != Path("/tmp")

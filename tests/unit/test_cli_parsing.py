@@ -4,6 +4,7 @@ files, `enqueue` JSON, and exit code 2 for anything malformed."""
 from __future__ import annotations
 
 import io
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +30,79 @@ def invoke(tmp_path: Path):
         return runner.invoke(cli, ["--socket", socket, *args], input=input)
 
     return run
+
+
+# -- add: options before the command, the command verbatim ----------------------------------
+
+
+@pytest.fixture
+def added(monkeypatch: pytest.MonkeyPatch, invoke):
+    """Runs `queuectl add ...` and returns the JobSpecs it would have sent."""
+    sent: list[JobSpec] = []
+
+    def add_many(self, specs):  # type: ignore[no-untyped-def]
+        sent.extend(specs)
+        return list(range(1, len(sent) + 1))
+
+    monkeypatch.setattr("queuectl.client.Client.add_many", add_many)
+
+    def run(*args: str) -> JobSpec:
+        result = invoke("add", *args)
+        assert result.exit_code == 0, result.output
+        return sent[-1]
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("args", "unknown", "suggested"),
+    [
+        (["--lable", "nightly", "--", "echo", "hi"], "--lable", "--label"),
+        (["--bogus", "echo", "hi"], "--bogus", None),
+        (["--max-retry", "2", "echo", "hi"], "--max-retry", "--max-retries"),
+        (["-x", "ls"], "-x", None),
+    ],
+)
+def test_an_unknown_option_before_the_command_is_usage(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    unknown: str,
+    suggested: str | None,
+) -> None:
+    from queuectl import cli as cli_module
+
+    monkeypatch.setattr(sys, "argv", ["queuectl", "--socket", "/nonexistent/q.sock", "add", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli_module.run()
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"no such option: {unknown}" in error
+    assert (f"did you mean {suggested}?" in error) if suggested else "did you mean" not in error
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["ls", "-la", "/tmp"], "ls -la /tmp"),
+        (["ls", "-l", "/tmp"], "ls -l /tmp"),
+        (["env", "-e", "FOO=1"], "env -e FOO=1"),
+        (["grep", "-q", "foo", "FILE"], "grep -q foo FILE"),
+        (["echo", "--label", "x", "--", "-q"], "echo --label x -- -q"),
+        (["--", "ls", "-la"], "ls -la"),
+        (["ls -la | wc -l"], "ls -la | wc -l"),
+    ],
+)
+def test_everything_from_the_commands_first_word_is_the_jobs(added, args: list[str], command: str) -> None:
+    spec = added(*args)
+    assert spec.command == command
+    assert (spec.label, spec.queue, spec.env, spec.max_retries) == (None, "default", {}, None)
+
+
+def test_options_before_the_command_are_queuectls(added) -> None:
+    spec = added("-l", "nightly", "-e", "A=1", "--max-retries", "2", "grep", "-q", "-e", "x", "f")
+    assert spec.command == "grep -q -e x f"
+    assert (spec.label, spec.env, spec.max_retries) == ("nightly", {"A": "1"}, 2)
 
 
 # -- durations and times ------------------------------------------------------------------
