@@ -233,6 +233,7 @@ def status_block(status: Status, *, now: float) -> str:
         "",
         queue_table(status.queues),
     ]
+    lines[1:1] = [f"  problem: {problem}" for problem in status.problems]
     return "\n".join(lines)
 
 

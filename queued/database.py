@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from .schema import FileWatch
 from .store import Refused, Store
 from .store_attempts import ADDS, READ, SUPERVISOR
 
@@ -45,6 +46,10 @@ LINGER_SECONDS = 0.005
 
 class StorageError(Exception):
     """The commit failed (disk full, I/O error): none of the batch was kept."""
+
+
+class StoreLost(sqlite3.DatabaseError):
+    """The database file was deleted or replaced under the open connection."""
 
 
 class Call:
@@ -85,6 +90,9 @@ class Database:
         self.additions = 0  # calls queued (or batches committed) that may add claimable jobs
         # Called after a commit that made jobs claimable by itself (see Store.reordered).
         self.on_reordered: Callable[[], None] | None = None
+        self._files = FileWatch(store.conn)
+        # Why every change is refused from now on (the database file is gone), or None.
+        self.lost: str | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run fn(store, *args, **kwargs) in the next transaction; return once it committed."""
@@ -154,39 +162,66 @@ class Database:
         conn = self.store.conn
         self.store.finished = []
         self.store.reordered = False
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            return self._fail_all(batch, exc)
-        for call in batch:
-            # Reads and the supervisor's records refuse before they write (see
-            # store_attempts.effect): they need no savepoint of their own.
-            guarded = call.effect not in (READ, SUPERVISOR)
-            if guarded:
-                conn.execute("SAVEPOINT call")
-            try:
-                call.result = call.fn(self.store, *call.args, **call.kwargs)
-            except Refused as exc:
-                call.error = exc
-            except sqlite3.Error as exc:
-                if not guarded:
-                    return self._fail_all(batch, exc)
-                call.error = StorageError(_describe(exc))
-            except Exception as exc:
-                log.exception("database call %s failed", getattr(call.fn, "__name__", call.fn))
-                if not guarded:
-                    return self._fail_all(batch, sqlite3.DatabaseError(f"internal error: {exc}"))
-                call.error = exc
-            if guarded:
-                if call.error is not None:
-                    conn.execute("ROLLBACK TO call")
-                    self.store.forget_caches()
-                conn.execute("RELEASE call")
-        try:
+            for call in batch:
+                self._run_call(call)
+            if conn.total_changes != changes:
+                self._check_files()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             return self._fail_all(batch, exc)
         return self.store.finished
+
+    def _run_call(self, call: Call) -> None:
+        """Run one call inside the batch's transaction. Raises sqlite3.Error when
+        the whole batch must fail (its transaction is gone or cannot be kept)."""
+        conn = self.store.conn
+        if self.lost is not None and call.effect != READ:
+            call.error = StorageError(self.lost)  # reads still work: `status` says why
+            return
+        # Reads and the supervisor's records refuse before they write (see
+        # store_attempts.effect): they need no savepoint of their own.
+        guarded = call.effect not in (READ, SUPERVISOR)
+        if guarded:
+            conn.execute("SAVEPOINT call")
+        error: sqlite3.Error = sqlite3.DatabaseError("the transaction was rolled back")
+        try:
+            call.result = call.fn(self.store, *call.args, **call.kwargs)
+        except Refused as exc:
+            call.error = exc
+        except sqlite3.Error as exc:
+            if not guarded:
+                raise
+            call.error = StorageError(_describe(exc))
+            error = exc
+        except Exception as exc:
+            log.exception("database call %s failed", getattr(call.fn, "__name__", call.fn))
+            if not guarded:
+                raise sqlite3.DatabaseError(f"internal error: {exc}") from exc
+            call.error = exc
+            error = sqlite3.DatabaseError(f"internal error: {exc}")
+        if not guarded:
+            return
+        if not conn.in_transaction:
+            # SQLite rolled the whole transaction back (SQLITE_FULL, an I/O
+            # error): the calls before this one lost their writes too.
+            raise error
+        if call.error is not None:
+            conn.execute("ROLLBACK TO call")
+            self.store.forget_caches()
+        conn.execute("RELEASE call")
+
+    def _check_files(self) -> None:
+        """Before a commit that writes: the database file and its WAL must still be
+        the ones the connection has open. Deleted or replaced under us, a commit
+        would go into a file nobody will ever read again; from then on every
+        change is refused (see `lost`)."""
+        reason = self._files.lost()
+        if reason is not None:
+            self.lost = f"{reason} while queued was running: it refuses every change; restart queued"
+            raise StoreLost(self.lost)
 
     def _fail_all(self, batch: list[Call], exc: sqlite3.Error) -> list[int]:
         log.error("commit failed: %s", exc)
@@ -205,6 +240,8 @@ class Database:
 
 def _describe(exc: sqlite3.Error) -> str:
     text = str(exc)
+    if isinstance(exc, StoreLost):
+        return text
     if "full" in text:
         return "the database disk is full; free some space and try again"
     return f"database error: {text}"

@@ -238,6 +238,7 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         queues=queues,
         data_dir=d.data_dir,
         socket=d.socket_path,
+        problems=[problem for problem in (d.db.lost,) if problem],
     )
 
 

@@ -350,6 +350,9 @@ class Status(Response, tag="status"):
     queues: list[QueueInfo]
     data_dir: str
     socket: str
+    # Sentences about what is wrong with the daemon itself (its database file
+    # deleted under it, ...): empty while all is well.
+    problems: list[str] = []
 
 
 class Workers(Response, tag="workers"):

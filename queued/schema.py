@@ -151,3 +151,33 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+class FileWatch:
+    """Whether the database file and its WAL are still the ones a connection
+    has open. Deleted (`rm queue.db*`) or replaced (`mv other.db queue.db`)
+    under a running daemon, SQLite keeps writing into the old, unlinked files:
+    commits that no later start will ever read. Two stat() calls tell."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        file = conn.execute("PRAGMA database_list").fetchone()[2]  # '' for a memory database
+        self.paths = [file, f"{file}-wal"] if file else []
+        self._known: dict[str, tuple[int, int]] = {}
+        self.lost()  # remember the files as they are now
+
+    def lost(self) -> str | None:
+        """A sentence if a file is gone or is another file than at first sight."""
+        for path in self.paths:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                if path in self._known:
+                    return f"the database file {path} was deleted"
+                continue  # a WAL not created yet
+            except OSError as exc:
+                return f"the database file {path} cannot be checked ({exc.strerror})"
+            identity = (info.st_dev, info.st_ino)
+            known = self._known.setdefault(path, identity)
+            if known != identity:
+                return f"the database file {path} was replaced by another file"
+        return None

@@ -168,6 +168,8 @@ class Supervisor:
     async def _claim_due(self) -> float:
         """Start every job that is due and has room; return when to look again."""
         while self.accepting:  # a drain may begin while we wait for the store
+            if self.db.lost is not None:
+                return math.inf  # no start could be recorded: the database file is gone
             now = self.clock()
             if now < self._hold_until:
                 return self._deadline(self._hold_until)
@@ -374,7 +376,13 @@ class Supervisor:
         a round of the loop; False when the loop must look (nothing valid read
         ahead, slots still free, or a start under way: a failed spawn ends there)."""
         now = self.clock()
-        if self._starting or not self.accepting or now < self._hold_until or not self._ahead_valid(now):
+        if (
+            self._starting
+            or not self.accepting
+            or now < self._hold_until
+            or self.db.lost is not None  # no start could be recorded
+            or not self._ahead_valid(now)
+        ):
             return False
         self._start_ahead(now, self._queue_room())
         return len(self.running) >= self.settings.concurrency
@@ -403,7 +411,7 @@ class Supervisor:
         """The end's record committed, or failed: a failing disk only delays it,
         never drops it. (After a refused start there is nothing to store.)"""
         refused = attempt.record is not None and attempt.record.error is not None
-        if isinstance(finish.error, StorageError) and not refused:
+        if isinstance(finish.error, StorageError) and not refused and self.db.lost is None:
             assert self._nursery is not None
             self._nursery.start_soon(self._record_again, attempt, outcome, finish.error)
             return
@@ -424,7 +432,7 @@ class Supervisor:
             await trio.sleep(1)
             finish = self._submit_finish(attempt, outcome)
             await finish.done.wait()
-            if not isinstance(finish.error, StorageError):
+            if not isinstance(finish.error, StorageError) or self.db.lost is not None:
                 self._recorded(attempt, outcome, finish)
                 return
             error = finish.error

@@ -281,6 +281,25 @@ def test_disk_full_refuses_adds_and_keeps_what_was_acknowledged(tmp_path: Path) 
         client.add("true")  # space is back: adds work again
 
 
+def test_a_bulk_add_bigger_than_the_disk_is_refused_and_the_daemon_serves_on(tmp_path: Path) -> None:
+    """SQLite rolls the whole transaction back on SQLITE_FULL mid-batch: the add
+    is refused with the disk-full sentence, nothing of it is kept, and the
+    daemon answers the next request."""
+    with daemon_on_a_small_disk(tmp_path) as (daemon, _disk):
+        daemon.ok("queue", "pause", "default")
+        kept = daemon.add("true")
+        # queuectl sends 10,000 lines per request, each all-or-nothing.
+        lines = "".join(f"echo {n:09d} {'x' * 30}\n" for n in range(100_000))
+        refused = daemon.ctl("add", "--from", "-", input=lines)
+        assert refused.returncode == 1, (refused.stdout[-300:], refused.stderr)
+        assert "disk is full" in refused.stderr
+        assert daemon.process is not None and daemon.process.poll() is None
+        with Client(daemon.socket) as client:
+            pending = client.status().counts["pending"]  # the daemon answers
+            assert pending < 100_001 and (pending - 1) % 10_000 == 0  # whole requests only
+            assert client.get(kept).job.state == "pending"
+
+
 def test_jobs_due_while_the_disk_is_full_run_once_there_is_space(tmp_path: Path) -> None:
     """A start the disk refuses to record is stopped and the job stays due; once
     space is back every job runs to completion with one recorded attempt."""

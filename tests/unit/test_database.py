@@ -101,6 +101,55 @@ async def test_a_refusal_in_a_guarded_call_undoes_only_that_call(db: Database) -
     assert sorted(await db.run(Store.states, range(1, 10))) == [kept, later]
 
 
+async def test_a_disk_full_that_rolls_back_the_whole_batch_fails_it_and_the_writer_goes_on(
+    db: Database,
+) -> None:
+    """SQLITE_FULL in the middle of a bulk add rolls the whole transaction back,
+    savepoints and all: every call of the batch is refused, and the next works."""
+    db.store.conn.execute("PRAGMA max_page_count = 60")  # a full disk, in pages
+    small = db.submit(Store.add_jobs, [new()], T0)
+    bulk = db.submit(Store.add_jobs, [new("x" * 50) for _ in range(20_000)], T0)
+    for call in (small, bulk):
+        with pytest.raises(StorageError, match="disk is full"):
+            await call.outcome()
+    assert await db.run(Store.counts) == dict.fromkeys(await db.run(Store.counts), 0)
+    [job_id] = await db.run(Store.add_jobs, [new()], T0)  # the writer still serves
+    assert await db.run(Store.states, [job_id]) == {job_id: "pending"}
+
+
+async def test_a_database_file_deleted_under_the_writer_refuses_every_change_but_reads(
+    db: Database, tmp_path: Path
+) -> None:
+    [kept] = await db.run(Store.add_jobs, [new()], T0)
+    for path in tmp_path.glob("q.db*"):
+        path.unlink()
+    with pytest.raises(StorageError, match=r"q\.db was deleted .* restart queued"):
+        await db.run(Store.add_jobs, [new()], T0)
+    assert db.lost is not None and "q.db was deleted" in db.lost
+    with pytest.raises(StorageError, match="restart queued"):
+        await db.run(Store.cancel, [kept], T0)
+    assert await db.run(Store.states, [kept]) == {kept: "pending"}  # reads still answer
+
+
+async def test_a_database_file_replaced_under_the_writer_refuses_changes(
+    db: Database, tmp_path: Path
+) -> None:
+    await db.run(Store.add_jobs, [new()], T0)
+    (tmp_path / "other").write_bytes((tmp_path / "q.db").read_bytes())
+    (tmp_path / "other").rename(tmp_path / "q.db")
+    with pytest.raises(StorageError, match="was replaced by another file"):
+        await db.run(Store.add_jobs, [new()], T0)
+
+
+async def test_reads_alone_never_look_at_the_files(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks: list[bool] = []
+    monkeypatch.setattr(db._files, "lost", lambda: checks.append(True))
+    await db.run(Store.counts)
+    assert checks == []
+    await db.run(Store.add_jobs, [new()], T0)
+    assert checks == [True]
+
+
 @pytest.fixture
 def batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The names of the calls in each transaction the writer commits."""

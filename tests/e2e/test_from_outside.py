@@ -1,0 +1,51 @@
+"""What users and their tools do to a running daemon from outside: delete its
+database, hang up while waiting, send it signals, give it a socket directory
+they share with others. Each ends the way its README section says."""
+
+from __future__ import annotations
+
+import time
+
+from .conftest import Daemon
+
+
+def daemon_pid(daemon: Daemon) -> int:
+    assert daemon.process is not None
+    return daemon.process.pid
+
+
+def test_a_deleted_database_refuses_changes_instead_of_acknowledging_them(daemon: Daemon) -> None:
+    kept = daemon.add("true")
+    for path in daemon.data_dir.glob("queue.db*"):
+        path.unlink()
+    refused = daemon.ctl("add", "echo lost")
+    assert refused.returncode == 1, refused
+    assert "queue.db was deleted" in refused.stderr and "restart queued" in refused.stderr
+    assert daemon.ctl("cancel", str(kept)).returncode == 1
+    status = daemon.ok("status")  # reads still answer, and say what is wrong
+    assert "problem: the database file" in status
+    assert "queue.db was deleted" in daemon.log.read_text()
+    assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_a_replaced_database_refuses_changes(daemon: Daemon) -> None:
+    daemon.add("true")
+    other = daemon.data_dir / "other.db"
+    other.write_bytes((daemon.data_dir / "queue.db").read_bytes())
+    other.rename(daemon.data_dir / "queue.db")
+    refused = daemon.ctl("add", "true")
+    assert refused.returncode == 1 and "was replaced" in refused.stderr, refused
+
+
+def test_with_its_database_gone_the_daemon_starts_nothing_and_lets_running_jobs_end(daemon: Daemon) -> None:
+    daemon.add("sleep 0.5")
+    for _ in range(4):
+        daemon.add("--delay", "1", "true")
+    for path in daemon.data_dir.glob("queue.db*"):
+        path.unlink()
+    assert daemon.ctl("add", "true").returncode == 1  # the daemon learns it here
+    time.sleep(2)  # the running job ends, the delayed ones come due
+    log = daemon.log.read_text()
+    assert log.count("its end was not recorded") == 1, log
+    assert "its start was not recorded" not in log and "cannot record the end" not in log, log
+    assert "slots:   0 of 2 in use" in daemon.ok("status")
