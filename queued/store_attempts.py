@@ -230,10 +230,11 @@ class AttemptRecords:
         pid: int | None = None,
         stdout: str | None = None,
         stderr: str | None = None,
-    ) -> JobState:
+    ) -> JobState | None:
         """Record the end of an attempt (with its pid and log paths, which the
         supervisor keeps in memory while it runs) and move the job on; returns
-        its new state."""
+        its new state, or None if the job was removed while it ran (then its
+        log files are the caller's to delete: no row names them)."""
         self.conn.execute(
             "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, error = ?,"
             " pid = coalesce(?, pid), stdout_path = coalesce(?, stdout_path),"
@@ -248,7 +249,7 @@ class AttemptRecords:
         if row is None or row[0] != "running" or row[2] != claimed.run:
             # Canceled or removed while it ran, or an older attempt ending late:
             # only the attempt's own record changes.
-            return row[0] if row else "canceled"
+            return row[0] if row else None
         outcome = lifecycle.after_attempt(
             succeeded=exit.succeeded,
             attempts=row[1],

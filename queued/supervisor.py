@@ -364,7 +364,9 @@ class Supervisor:
         # sees what this end released.
         finish = self._submit_finish(attempt, outcome)
         finish.on_done = lambda call: self._recorded(attempt, outcome, call)
-        if job.has_dependents and outcome.succeeded:
+        if (job.has_dependents and outcome.succeeded) or attempt.stop_reason is not None:
+            # Jobs it released, or (stopped) its own job, retried while its
+            # process lived: the reads ahead left that one out as busy.
             self._forget_ahead()
         if self._start_in_freed_slot():
             self._change.set()
@@ -418,6 +420,10 @@ class Supervisor:
         job = attempt.claimed
         if finish.error is not None and not refused:
             log.error("job %d attempt %d: its end was not recorded: %s", job.id, job.run, finish.error)
+        elif finish.error is None and finish.result is None:
+            # Removed (`rm`, `clean`) while its process lived: no row names its logs.
+            log.debug("job %d attempt %d ended after its job was removed", job.id, job.run)
+            _unlink(attempt.log_paths)
         elif finish.error is None and not refused:
             # Every attempt at debug level; failures at info, where people look.
             level = logging.DEBUG if outcome.succeeded else logging.INFO
@@ -448,3 +454,11 @@ class Supervisor:
             os.makedirs(folder, mode=0o700, exist_ok=True)
             self._log_folders.add(folder)
         return self.log_paths(job.id, job.run)
+
+
+def _unlink(paths: tuple[str, str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

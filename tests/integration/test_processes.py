@@ -62,6 +62,43 @@ async def test_cancel_kills_a_running_tree(client: AsyncClient, tmp_path: Path) 
     assert (await client.job(job_id)).runs[0].error == "canceled by user"
 
 
+async def test_a_job_retried_during_its_cancels_grace_starts_once_its_process_is_gone(
+    client: AsyncClient, tmp_path: Path
+) -> None:
+    """Nothing else happens after the stubborn process dies: its end alone must
+    start the retried job (the slots are all free)."""
+    marker = tmp_path / "ran"
+    job_id = await client.add(f"[ -e {marker} ] && exit 0; touch {marker}; trap '' TERM; sleep 60")
+    with trio.fail_after(5):
+        while not marker.exists():
+            await trio.sleep(0.02)
+    await client.ok(p.CancelJobs(ids=[job_id]))
+    await client.ok(p.RetryJobs(ids=[job_id]))
+    response = await client.ok(p.WaitJobs(ids=[job_id], timeout=5))  # the grace is 1 s
+    assert isinstance(response, p.Waited) and not response.timed_out, response
+    assert [job.state for job in response.jobs] == ["completed"]
+    assert [run.error for run in (await client.job(job_id)).runs] == ["canceled by user", None]
+
+
+async def test_a_job_removed_during_its_cancels_grace_loses_its_logs_once_its_process_is_gone(
+    client: AsyncClient, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    job_id = await client.add("echo out; echo err >&2; " + STUBBORN_TREE.format(pidfile=pidfile))
+    grandchild = await read_pid(pidfile)
+    [run] = (await client.job(job_id)).runs
+    logs = [Path(run.stdout_path or ""), Path(run.stderr_path or "")]
+    with trio.fail_after(5):  # written once the attempt is watched on its own
+        while not all(path.exists() for path in logs):
+            await trio.sleep(0.02)
+    await client.ok(p.CancelJobs(ids=[job_id]))
+    await client.ok(p.RemoveJobs(ids=[job_id]))
+    with trio.fail_after(5):  # the grace period is 1 s in these tests
+        while any(path.exists() for path in logs):
+            await trio.sleep(0.05)
+    assert not alive(grandchild)
+
+
 async def test_cancel_pending_and_refuse_finished(client: AsyncClient) -> None:
     later = await client.add("true", delay=60)
     changed = await client.ok(p.CancelJobs(ids=[later]))

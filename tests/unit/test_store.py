@@ -482,6 +482,16 @@ def test_remove_pending_refused_and_unknown_not_found(store: Store) -> None:
     assert info.value.code == "not_found"
 
 
+def test_an_attempt_ending_after_its_job_was_removed_says_so(store: Store) -> None:
+    """`rm` in a canceled job's kill grace: the end finds no job, and says so
+    (None) for the supervisor to delete the attempt's logs, which no row names."""
+    job_id = add(store)
+    claimed = claim_one(store, job_id)
+    store.cancel([job_id], T0)
+    assert store.remove([job_id]) == []
+    assert store.finish(claimed, OK, BACKOFF_MAX, T0 + 1, stdout="/logs/1.out", stderr="/logs/1.err") is None
+
+
 def test_remove_finished_returns_log_paths(store: Store) -> None:
     job_id = add(store)
     claimed = claim_one(store, job_id)
