@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[p.Request], Awaitable[p.Response]]
 
 
+# Requests that change nothing and may wait indefinitely: answered only while
+# the client is still there (see Server._answer_unless_hung_up).
+_UNTIL_HANGUP = (p.WaitJobs,)
+
+
 class SocketInUse(Exception):
     pass
 
@@ -182,7 +187,13 @@ class Server:
             self.in_flight += 1
             self._idle = trio.Event() if self._idle.is_set() else self._idle
             try:
-                answer = await self._answer(request)
+                if isinstance(request, _UNTIL_HANGUP):
+                    answer = await self._answer_unless_hung_up(request, frames)
+                    if answer is None:
+                        log.debug("a client hung up while waiting for %s", type(request).__name__)
+                        return
+                else:
+                    answer = await self._answer(request)
                 try:
                     frame = p.encode_frame(answer)
                 except p.ProtocolError as exc:  # e.g. `ls --all` over a million jobs
@@ -194,6 +205,23 @@ class Server:
                 self.in_flight -= 1
                 if not self.in_flight:
                     self._idle.set()
+
+    async def _answer_unless_hung_up(self, request: p.Request, frames: _Frames) -> p.Response | None:
+        """Answer a request that may wait long, watching the connection meanwhile:
+        None as soon as the client hung up, so that an abandoned `wait` holds
+        neither its descriptor nor its place among the waiters."""
+        answer: p.Response | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def answer_it() -> None:
+                nonlocal answer
+                answer = await self._answer(request)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(answer_it)
+            await frames.until_hangup()
+            nursery.cancel_scope.cancel()
+        return answer
 
     async def _answer(self, request: p.Request) -> p.Response:
         try:
@@ -225,6 +253,18 @@ class _Frames:
             if not data:
                 return None
             self.buffer.feed(data)
+
+    async def until_hangup(self) -> None:
+        """Return when the client closes or resets the connection. Bytes it sends
+        meanwhile (a request sent ahead) are kept for `next_request`, up to one
+        frame's worth; beyond that, stop looking."""
+        try:
+            while data := await self.stream.receive_some(256 * 1024):
+                self.buffer.feed(data)
+                if self.buffer.pending > p.HEADER_SIZE + p.MAX_FRAME:
+                    await trio.sleep_forever()
+        except (trio.BrokenResourceError, ConnectionError):
+            pass
 
 
 async def _send(stream: trio.SocketStream, message: p.Response) -> None:

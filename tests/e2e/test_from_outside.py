@@ -4,9 +4,11 @@ they share with others. Each ends the way its README section says."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
-from .conftest import Daemon
+from .conftest import Daemon, tool
 
 
 def daemon_pid(daemon: Daemon) -> int:
@@ -49,3 +51,34 @@ def test_with_its_database_gone_the_daemon_starts_nothing_and_lets_running_jobs_
     assert log.count("its end was not recorded") == 1, log
     assert "its start was not recorded" not in log and "cannot record the end" not in log, log
     assert "slots:   0 of 2 in use" in daemon.ok("status")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def until(condition: object, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_waiters_that_hang_up_are_dropped_at_once(daemon: Daemon) -> None:
+    job_id = daemon.add("--delay", "1h", "true")
+    pid = daemon_pid(daemon)
+    before = open_fds(pid)
+    waiters = [
+        subprocess.Popen([tool("queuectl"), "wait", str(job_id)], env=daemon.env, stdout=subprocess.DEVNULL)
+        for _ in range(30)
+    ]
+    try:
+        assert until(lambda: open_fds(pid) >= before + 30), open_fds(pid)
+    finally:
+        for waiter in waiters:
+            waiter.kill()
+            waiter.wait()
+    assert until(lambda: open_fds(pid) == before), (before, open_fds(pid))
+    assert daemon.ok("show", str(job_id))  # still serving

@@ -190,3 +190,28 @@ async def test_an_end_the_disk_refused_is_recorded_again_until_it_is_kept(
     assert job.state == "completed" and job.attempts == 1
     [run] = (await client.job(job_id)).runs
     assert run.exit_code == 0 and run.ended_at is not None
+
+
+async def test_a_request_sent_behind_a_wait_is_answered_after_it(client: AsyncClient) -> None:
+    """While a `wait` waits, the daemon watches its connection for a hang-up;
+    a request the client sent ahead meanwhile is kept and answered in turn."""
+    job_id = await client.add("true", delay=3600)
+    await client.send_raw(p.encode_frame(p.WaitJobs(ids=[job_id], timeout=0.2)))
+    await client.send_raw(p.encode_frame(p.GetStatus()))
+    waited = await client.receive()
+    assert isinstance(waited, p.Waited) and waited.timed_out
+    assert isinstance(await client.receive(), p.Status)
+
+
+async def test_a_waiter_that_hangs_up_stops_waiting(daemon: DaemonHandle, client: AsyncClient) -> None:
+    job_id = await client.add("true", delay=3600)
+    watchers = daemon.runner.daemon.watchers
+    waiting = await daemon.client()
+    await waiting.send_raw(p.encode_frame(p.WaitJobs(ids=[job_id])))
+    with trio.fail_after(5):
+        while not watchers._waiters:
+            await trio.sleep(0.01)
+    await waiting.aclose()
+    with trio.fail_after(5):
+        while watchers._waiters:
+            await trio.sleep(0.01)
