@@ -9,7 +9,7 @@ with Client() as queue:
 from queued import __version__
 from queued.protocol import Job, JobDetail, JobSpec, LogChunk, QueueInfo, Run, Slot, Status, Waited, Workers
 
-from .client import Client, DaemonError, DaemonUnreachable, QueuectlError
+from .client import Client, DaemonError, DaemonUnreachable, QueuectlError, UntrustedDaemon
 
 __all__ = [
     "Client",
@@ -24,6 +24,7 @@ __all__ = [
     "Run",
     "Slot",
     "Status",
+    "UntrustedDaemon",
     "Waited",
     "Workers",
     "__version__",

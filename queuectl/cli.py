@@ -112,16 +112,26 @@ def _load_daemon_commands() -> bool:
     metavar="PATH",
     help="queued's socket (env QUEUED_SOCKET; default: the runtime dir).",
 )
+@click.option(
+    "--trust-uid",
+    "trust_uids",
+    type=click.IntRange(min=0),
+    multiple=True,
+    envvar="QUEUECTL_TRUST_UID",
+    metavar="UID",
+    help="Also talk to a daemon run by this uid (repeatable; env QUEUECTL_TRUST_UID). "
+    "By default only yours, root's and a system daemon's: see README, Security.",
+)
 @click.version_option(__version__, prog_name="queuectl")
 @click.pass_context
-def cli(ctx: click.Context, socket: str | None) -> None:
+def cli(ctx: click.Context, socket: str | None, trust_uids: tuple[int, ...]) -> None:
     """Drive the queued job queue.
 
     \b
     Example:
       queuectl add --max-retries 5 -- ./backup.sh /srv && queuectl ls
     """
-    ctx.obj = ctx.with_resource(Client(socket))
+    ctx.obj = ctx.with_resource(Client(socket, trust_uids=trust_uids))
 
 
 # -- adding jobs ----------------------------------------------------------------------

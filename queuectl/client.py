@@ -3,6 +3,11 @@
 One Unix-socket connection per Client, opened at the first call with a Hello
 naming our protocol version, then one request and one response at a time.
 Responses are the protocol's Structs; an `Error` response raises DaemonError.
+
+Before the Hello, every connection asks the kernel who listens (see
+`queuectl.trust`): a daemon that is neither ours, nor root's, nor a system
+daemon in a directory only root could have given it, nor one named in
+`trust_uids`, is sent nothing and raises UntrustedDaemon.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import Any, TypeVar
 
 from queued import __version__
 from queued import protocol as p
-from queued.paths import default_socket_path
+from queued.paths import default_socket_path, fallback_socket_dir
+
+from . import trust
 
 R = TypeVar("R", bound=p.Response)
 BATCH = 10_000
@@ -37,6 +44,16 @@ class DaemonUnreachable(QueuectlError):
         self.path = path
 
 
+class UntrustedDaemon(DaemonUnreachable):
+    """Something listens at the socket, but not a daemon we have reason to
+    trust (see Client): nothing was sent to it. The CLI exits 3, as when no
+    daemon answers."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        QueuectlError.__init__(self, reason)
+        self.path = path
+
+
 class DaemonError(QueuectlError):
     """The daemon refused a request: `code` is the protocol's error code."""
 
@@ -47,11 +64,38 @@ class DaemonError(QueuectlError):
 
 
 class Client:
-    """A connection to queued. Use as a context manager, or call close()."""
+    """A connection to queued. Use as a context manager, or call close().
 
-    def __init__(self, socket: str | os.PathLike[str] | None = None, timeout: float | None = 30.0) -> None:
+    `socket` defaults to $QUEUED_SOCKET, else $XDG_RUNTIME_DIR/queued/queued.sock,
+    else /tmp/queued-UID/queued.sock.
+
+    Nothing is sent (not even the Hello; a job carries our whole environment)
+    until the kernel has told who listens there (SO_PEERCRED), and it is one of:
+    our own uid; root; a uid in `trust_uids` (default: $QUEUECTL_TRUST_UID,
+    uids separated by spaces or commas); or a shared system daemon, that is a
+    uid owning the socket's directory where every directory above is owned by
+    root (or us) and writable by nobody else, a sticky /tmp only above a
+    directory root or we own (so /run/queued passes and a directory another
+    user made in /tmp does not). The fallback /tmp/queued-UID must be ours and
+    mode 0700 before we connect at all. Otherwise the first request raises
+    UntrustedDaemon (a DaemonUnreachable) naming the path, the uid and why.
+    """
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        timeout: float | None = 30.0,
+        *,
+        trust_uids: Iterable[int] | None = None,
+    ) -> None:
         self.path = Path(socket) if socket is not None else default_socket_path()
         self.timeout = timeout
+        if trust_uids is None:
+            try:
+                trust_uids = trust.parse_trust_uids(os.environ.get(trust.TRUST_ENV, ""))
+            except ValueError as exc:
+                raise QueuectlError(str(exc)) from None
+        self.trust_uids = frozenset(trust_uids)
         self._sock: stdsocket.socket | None = None
         self._frames = p.FrameBuffer()
         self.daemon_version: str | None = None
@@ -72,6 +116,10 @@ class Client:
             self._sock = None
 
     def _connect(self) -> None:
+        if self.path.parent == fallback_socket_dir():
+            refusal = trust.check_own_directory(str(self.path.parent))
+            if refusal is not None:
+                raise UntrustedDaemon(self.path, refusal)
         sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -79,6 +127,10 @@ class Client:
         except OSError as exc:
             sock.close()
             raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
+        refusal = trust.check_listener(sock, str(self.path), self.trust_uids)
+        if refusal is not None:
+            sock.close()
+            raise UntrustedDaemon(self.path, refusal)
         self._sock = sock
         self._frames = p.FrameBuffer()
         welcome = self._exchange(p.Hello(protocol=p.PROTOCOL_VERSION, client=f"queuectl/{__version__}"))

@@ -16,8 +16,9 @@ MAX_ITEMS = 200
 def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
     from .client import Client
 
-    socket = ctx.find_root().params.get("socket")
-    return Client(socket, timeout=2.0)
+    params = ctx.find_root().params
+    # The same rule as every command: an untrusted listener is sent nothing.
+    return Client(params.get("socket"), timeout=2.0, trust_uids=params.get("trust_uids") or None)
 
 
 class JobIdType(click.IntRange):

@@ -23,7 +23,12 @@ def default_socket_path() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
         return Path(runtime) / APP / SOCKET_NAME
-    return Path("/tmp") / f"{APP}-{os.getuid()}" / SOCKET_NAME
+    return fallback_socket_dir() / SOCKET_NAME
+
+
+def fallback_socket_dir() -> Path:
+    """/tmp/queued-UID: anyone may create it first, so both sides check its owner."""
+    return Path("/tmp") / f"{APP}-{os.getuid()}"
 
 
 def default_data_dir() -> Path:
