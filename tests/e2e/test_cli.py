@@ -311,11 +311,37 @@ def test_sdk_in_five_lines(daemon: Daemon) -> None:
     assert result.stdout == "completed 0\n", result.stderr
 
 
+def serving(path: Path) -> bool:
+    """Someone answers at the socket `path`: a file a crashed daemon left is not a daemon."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def test_serving_is_not_fooled_by_a_stale_socket_file(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "stale.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    assert serving(path)
+    listener.close()  # the file stays, as after a kill -9
+    assert path.exists() and not serving(path)
+
+
 def test_default_socket_without_xdg_runtime_dir(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("QUEUED_SOCKET", "XDG_RUNTIME_DIR")}
     env["QUEUED_DATA_DIR"] = str(tmp_path / "data")
     socket_dir = Path(f"/tmp/queued-{os.getuid()}")
-    if (socket_dir / "queued.sock").exists():
+    if serving(socket_dir / "queued.sock"):
         pytest.skip(f"a queued already uses {socket_dir}")
     daemon = subprocess.Popen([tool("queued")], env=env, stderr=subprocess.PIPE)
     try:

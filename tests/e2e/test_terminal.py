@@ -59,47 +59,67 @@ def test_completion_without_a_daemon_completes_nothing(tmp_path) -> None:
 
 
 class Terminal:
-    """A tmux session of a fixed size running one shell command."""
+    """A tmux server of its own (`-L`: never the user's, whose panes would carry
+    the user's environment and reach the user's daemon), one session of a fixed
+    size running one shell command with exactly the environment given."""
 
     def __init__(self, env: dict[str, str], width: int = 70) -> None:
         self.name = f"queuectl-{uuid.uuid4().hex[:8]}"
-        self.env = {**env, "TERM": "xterm-256color"}
+        self.env = {k: v for k, v in env.items() if k != "TMUX"} | {"TERM": "xterm-256color"}
         self.width = width
 
+    def tmux(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["tmux", "-L", self.name, "-f", "/dev/null", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=30,
+        )
+
     def run(self, command: str, until: str, timeout: float = 20) -> str:
-        subprocess.run(
-            [
-                "tmux",
+        environment = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
+        size = ["-x", str(self.width), "-y", "30"]
+        try:
+            self.tmux(
                 "new-session",
                 "-d",
                 "-s",
-                self.name,
-                "-x",
-                str(self.width),
-                "-y",
-                "30",
+                "main",
+                *size,
+                *environment,
                 f"{command}; echo __END__; sleep 30",
-            ],
-            env=self.env,
-            check=True,
-            timeout=30,
-        )
-        try:
+                check=True,
+            )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                screen = subprocess.run(
-                    ["tmux", "capture-pane", "-p", "-e", "-t", self.name],
-                    env=self.env,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                ).stdout
+                screen = self.tmux("capture-pane", "-p", "-e", "-t", "main").stdout
                 if until in screen and "__END__" in screen:
                     return screen
                 time.sleep(0.1)
             raise AssertionError(f"{until!r} never appeared:\n{screen}")
         finally:
-            subprocess.run(["tmux", "kill-session", "-t", self.name], env=self.env, timeout=30)
+            self.tmux("kill-server")
+
+
+@needs_tmux
+def test_a_terminal_never_joins_the_users_tmux(daemon: Daemon, tmp_path) -> None:
+    """A tmux server already running (the user's) with another QUEUED_SOCKET."""
+    users = {**daemon.env, "TMUX_TMPDIR": str(tmp_path), "QUEUED_SOCKET": "/nonexistent/users.sock"}
+    users.pop("TMUX", None)
+    subprocess.run(
+        ["tmux", "-f", "/dev/null", "new-session", "-d", "-s", "user", "sleep 60"],
+        env=users,
+        check=True,
+        timeout=30,
+    )
+    try:
+        ours = {**daemon.env, "TMUX_TMPDIR": str(tmp_path)}
+        screen = Terminal(ours, width=250).run("echo socket=$QUEUED_SOCKET", until="socket=")
+        assert f"socket={daemon.socket}" in screen
+    finally:
+        subprocess.run(["tmux", "kill-server"], env=users, capture_output=True, timeout=30)
 
 
 @needs_tmux
