@@ -57,16 +57,18 @@ def workers_ls(as_json: bool) -> None:
 
 
 @workers.command("scale")
-@click.argument("count", type=click.IntRange(min=1, max=4096))
+@click.argument("count", type=click.IntRange(min=0, max=4096))
 def workers_scale(count: int) -> None:
     """Set the global number of slots now (persisted; running jobs are not stopped).
 
     \b
+    0 starts no job until you scale up again: a pause of everything.
     Example:
       queuectl workers scale 8
     """
-    client().scale(count)
-    click.echo(f"concurrency is now {count}")
+    from queued.protocol import Ok, ScaleWorkers
+
+    click.echo(client().request(ScaleWorkers(concurrency=count), Ok).message)
 
 
 @cli.group()
@@ -170,7 +172,7 @@ def config() -> None:
 @click.argument("key", required=False)
 @json_option
 def config_get(key: str | None, as_json: bool) -> None:
-    """Show one setting or all of them.
+    """Show one setting or all of them, in the form `config set` takes (1h, 10M).
 
     \b
     Example:
@@ -180,16 +182,22 @@ def config_get(key: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(values)
         return
+    from queued.lifecycle import format_config_value
+
     width = max(map(len, values))
     for name, value in values.items():
-        click.echo(f"{name:<{width}}  {'none' if value is None else value}")
+        click.echo(f"{name:<{width}}  {format_config_value(name, value)}")
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
-    """Change a setting (durations: 90s, 5m, 2h; sizes: 10M).
+    """Change a setting (durations: 90s, 5m, 2h; sizes: 10M), persisted.
+
+    \b
+    A flag or QUEUED_* variable the daemon was started with still wins while it
+    runs; the setting is kept for when it no longer does.
 
     \b
     Example:

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 from . import __version__, lifecycle, paths
+from . import config as config_rules
 from .logs import configure_logging
 
 
@@ -16,18 +17,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="queued",
         description="The queued job-queue daemon: runs shell jobs durably, driven by queuectl.",
-        epilog="Example: queued --data-dir ~/jobs --concurrency 4",
+        epilog="Every setting also comes from the environment (QUEUED_MAX_RETRIES, QUEUED_TIMEOUT, ...) "
+        "and the config file; flags and environment win over `queuectl config set`, which wins over "
+        "the file. Example: queued --data-dir ~/jobs --concurrency 4",
     )
-    parser.add_argument("--socket", type=Path, help="control socket path (env QUEUED_SOCKET)")
-    parser.add_argument("--data-dir", type=Path, help="database and logs (env QUEUED_DATA_DIR)")
+    parser.add_argument("--socket", help="control socket path (env QUEUED_SOCKET)")
+    parser.add_argument("--data-dir", help="database and logs (env QUEUED_DATA_DIR)")
     parser.add_argument(
-        "--concurrency", help="global job slots (env QUEUED_CONCURRENCY; default: the number of CPUs)"
+        "--concurrency",
+        help="global job slots, 0 to start none (env QUEUED_CONCURRENCY; default: the number of CPUs)",
     )
     parser.add_argument(
-        "--config", type=Path, help=f"TOML config file (default: {paths.default_config_file()})"
+        "--config",
+        type=Path,
+        help=f"TOML config file (env QUEUED_CONFIG; default: {paths.default_config_file()})",
     )
     parser.add_argument(
-        "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level", choices=config_rules.LOG_LEVELS, help="env QUEUED_LOG_LEVEL; default: info"
     )
     parser.add_argument(
         "--allow-group",
@@ -86,27 +92,40 @@ def main(argv: list[str] | None = None) -> None:
     from .server import SocketInUse
 
     args = parse_args(argv)
-    file_values = load_config_file(args.config)
-    socket_path = args.socket or file_values.pop("socket", None) or paths.default_socket_path()
-    data_dir = args.data_dir or file_values.pop("data-dir", None) or file_values.pop("data_dir", None)
-    data_dir = Path(data_dir) if data_dir else paths.default_data_dir()
-    log_level = args.log_level or str(file_values.pop("log-level", "info"))
-    configure_logging(log_level)
-    overrides = {}
-    concurrency = args.concurrency or os.environ.get("QUEUED_CONCURRENCY")
-    if concurrency:
-        overrides["concurrency"] = concurrency
+    config_path = args.config or (
+        Path(os.environ["QUEUED_CONFIG"]) if os.environ.get("QUEUED_CONFIG") else None
+    )
     try:
-        allow_group = resolve_group(args.allow_group or os.environ.get("QUEUED_ALLOW_GROUP"))
+        sources = config_rules.Sources.read(
+            flags={
+                "socket": args.socket,
+                "data-dir": args.data_dir,
+                "concurrency": args.concurrency,
+                "log-level": args.log_level,
+                "allow-group": args.allow_group,
+            },
+            environ=os.environ,
+            file=load_config_file(config_path),
+        )
+        chosen = config_rules.daemon_values(sources)
+    except ValueError as exc:
+        print(f"queued: {exc}", file=sys.stderr)
+        sys.exit(1)
+    configure_logging(chosen.log_level)
+    # The defaults after the environment: paths' own defaults also read QUEUED_SOCKET
+    # and QUEUED_DATA_DIR, which `sources` has already ranked above the file.
+    socket_path = Path(chosen.socket) if chosen.socket else paths.default_socket_path()
+    data_dir = Path(chosen.data_dir) if chosen.data_dir else paths.default_data_dir()
+    try:
+        allow_group = resolve_group(chosen.allow_group)
         config = DaemonConfig(
             data_dir=data_dir.expanduser().absolute(),
-            socket_path=Path(socket_path).expanduser().absolute(),
+            socket_path=socket_path.expanduser().absolute(),
             settings=lifecycle.Settings(concurrency=os.cpu_count() or 1),
-            overrides=overrides,
+            sources=sources,
             allow_group=allow_group,
-            file_values=file_values,
         )
-        lifecycle.settings_with(config.settings, {**file_values, **overrides})  # fail fast
+        config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
         trio.run(Runner(config).run)
     except (StartupError, SocketInUse, ValueError, OSError) as exc:
         print(f"queued: {exc}", file=sys.stderr)

@@ -19,6 +19,8 @@ from pathlib import Path
 import trio
 
 from . import lifecycle, schema
+from .config import SETTINGS_KEYS, Sources
+from .config import effective_settings as config_settings
 from .database import Database
 from .guardian import GuardianLink
 from .handlers import Daemon, Watchers
@@ -41,10 +43,10 @@ class StartupError(Exception):
 class DaemonConfig:
     data_dir: Path
     socket_path: Path
-    settings: lifecycle.Settings
-    # Values from flags and environment: they win over `config set` for this run.
-    overrides: dict[str, str] = field(default_factory=dict)
-    file_values: dict[str, object] = field(default_factory=dict)
+    settings: lifecycle.Settings  # the defaults, before any source
+    # Flags, environment and config file, ranked by queued.config; the store's
+    # `config set` values join them once it is open.
+    sources: Sources = field(default_factory=Sources)
     allow_group: int | None = None  # gid whose members may connect too
 
 
@@ -95,10 +97,10 @@ def recover(store: Store, backoff_max: float, now: float) -> int:
 
 
 def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> lifecycle.Settings:
-    """Defaults < config file < `config set` < environment and flags."""
-    settings = lifecycle.settings_with(config.settings, config.file_values)
-    settings = lifecycle.settings_with(settings, persisted)
-    return lifecycle.settings_with(settings, config.overrides)
+    """Flags and environment > `config set` (`persisted`) > config file > defaults:
+    queued.config's one rule, with the store's values joining the sources."""
+    config.sources.persisted = {k: v for k, v in persisted.items() if k in SETTINGS_KEYS}
+    return config_settings(config.settings, config.sources)
 
 
 class Runner:
@@ -167,6 +169,8 @@ class Runner:
                 data_dir=str(config.data_dir),
                 socket_path=str(config.socket_path),
                 request_shutdown=self.request_shutdown,
+                defaults=config.settings,
+                sources=config.sources,
             )
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
             server = Server(self.daemon.handle, access)

@@ -61,3 +61,32 @@ def format_size(size: int) -> str:
             return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1024
     return f"{size}B"
+
+
+def format_duration_exact(seconds: float) -> str:
+    """The form a user would type, exactly: 3600 -> 1h, 90 -> 1m30s, 2.5 -> 2.5s,
+    0.25 -> 250ms; parse_duration reads it back to the same value."""
+    if seconds < 0:
+        return "-" + format_duration_exact(-seconds)
+    if seconds == 0:
+        return "0s"
+    if seconds < 1 and float(round(seconds * 1000)) == seconds * 1000:
+        return f"{round(seconds * 1000)}ms"
+    whole = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    rest = whole + (seconds - int(seconds))
+    if rest:
+        parts.append(f"{rest:.9f}".rstrip("0").rstrip(".") + "s")
+    return "".join(parts)
+
+
+def format_size_exact(size: int) -> str:
+    """The form a user would type, exactly: 10485760 -> 10M, 1536 -> 1536 (bytes)."""
+    for unit, factor in (("G", 1024**3), ("M", 1024**2), ("k", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import trio
 
-from . import __version__, lifecycle
+from . import __version__, config, lifecycle
 from . import protocol as p
 from .database import Database
 from .store import Refused, Store
@@ -71,6 +71,8 @@ class Daemon:
         socket_path: str,
         request_shutdown: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        defaults: lifecycle.Settings | None = None,
+        sources: config.Sources | None = None,
     ) -> None:
         self.db = db
         self.supervisor = supervisor
@@ -80,6 +82,19 @@ class Daemon:
         self.request_shutdown = request_shutdown
         self.clock = clock
         self.started_at = clock()
+        # What the settings are made of (queued.config): `config set` changes a
+        # source and the settings are worked out again by the one rule.
+        self.defaults = defaults if defaults is not None else msgspec.structs.replace(supervisor.settings)
+        self.sources = sources if sources is not None else config.Sources()
+
+    def reconfigure(self) -> None:
+        """Apply the settings the sources now give (after `config set`, or a reload)."""
+        settings = config.effective_settings(self.defaults, self.sources)
+        for name in settings.__struct_fields__:
+            if name != "concurrency":
+                setattr(self.supervisor.settings, name, getattr(settings, name))
+        if settings.concurrency != self.supervisor.settings.concurrency:
+            self.supervisor.set_concurrency(settings.concurrency)
 
     @property
     def settings(self) -> lifecycle.Settings:
@@ -247,9 +262,20 @@ async def _workers(d: Daemon, r: p.ListWorkers) -> p.Response:
 
 
 async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
+    """`config set concurrency N` that also wins, for this run, over a flag or
+    variable: the user asked the running daemon. 0 stops claiming."""
     await d.db.run(Store.set_config, "concurrency", str(r.concurrency))
-    d.supervisor.set_concurrency(r.concurrency)
-    return p.Ok(message=f"concurrency is now {r.concurrency}")
+    d.sources.persisted["concurrency"] = str(r.concurrency)
+    origin = d.sources.origin("concurrency")
+    note = ""
+    if origin in (config.FLAG, config.ENVIRONMENT):
+        note = f" ({d.sources.describe('concurrency', origin)} applies again at the next start)"
+        d.sources.flags.pop("concurrency", None)
+        d.sources.environment.pop("concurrency", None)
+    d.reconfigure()
+    if r.concurrency == 0:
+        return p.Ok(message=f"concurrency is now 0: no job starts, running ones go on{note}")
+    return p.Ok(message=f"concurrency is now {r.concurrency}{note}")
 
 
 async def _queues_changed(d: Daemon) -> list[p.QueueInfo]:
@@ -292,11 +318,15 @@ async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
     key = lifecycle.config_key(r.key)
     field, value = lifecycle.parse_config_value(key, r.value)
     await d.db.run(Store.set_config, key, r.value.strip())
-    if field == "concurrency":
-        d.supervisor.set_concurrency(int(value))  # type: ignore[arg-type]
-    else:
-        setattr(d.settings, field, value)
-    return p.Ok(message=f"{key} = {value}")
+    d.sources.persisted[key] = r.value.strip()
+    d.reconfigure()
+    message = f"{key} = {lifecycle.format_config_value(key, value)}"
+    origin = d.sources.origin(key)
+    if origin in (config.FLAG, config.ENVIRONMENT):
+        # Flags and environment rank above `config set`: saved, but not in force.
+        in_force = lifecycle.format_config_value(key, getattr(d.settings, field))
+        message += f" saved; {d.sources.describe(key, origin)} keeps it at {in_force} while this queued runs"
+    return p.Ok(message=message)
 
 
 async def _clean(d: Daemon, r: p.CleanJobs) -> p.Response:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from msgspec import Struct
 
-from .durations import format_duration, parse_duration, parse_size
+from .durations import format_duration, format_duration_exact, format_size_exact, parse_duration, parse_size
 from .protocol import TERMINAL_STATES, JobSpec, JobState
 
 
@@ -104,10 +104,11 @@ def _parse_count(text: str) -> int:
     return value
 
 
-def _parse_positive_count(text: str) -> int:
+def _parse_slots(text: str) -> int:
+    """Global slots: 0 stops claiming (running jobs go on), like pausing every queue."""
     value = int(text)
-    if not 1 <= value <= 4096:
-        raise ValueError(f"must be between 1 and 4096, got {value}")
+    if not 0 <= value <= 4096:
+        raise ValueError(f"must be between 0 and 4096, got {value}")
     return value
 
 
@@ -145,7 +146,7 @@ CONFIG_KEYS = {
     "backoff-base": ("backoff_base", _parse_base),
     "backoff-max": ("backoff_max", _parse_positive_duration),
     "timeout": ("timeout", _parse_optional_duration),
-    "concurrency": ("concurrency", _parse_positive_count),
+    "concurrency": ("concurrency", _parse_slots),
     "log-max-size": ("log_max_size", _parse_log_size),
     "kill-grace": ("kill_grace", _parse_positive_duration),
 }
@@ -167,6 +168,17 @@ def parse_config_value(key: str, text: str) -> tuple[str, int | float | None]:
         return field, parse(str(text))
     except ValueError as exc:
         raise ValueError(f"invalid value for {canonical}: {exc}") from None
+
+
+def format_config_value(key: str, value: object) -> str:
+    """A setting in the form `config set` takes and `config get` shows: 1h, 10M, none."""
+    if value is None:
+        return "none"
+    if key in ("timeout", "backoff-max", "kill-grace"):
+        return format_duration_exact(float(value))  # type: ignore[arg-type]
+    if key == "log-max-size":
+        return format_size_exact(int(value))  # type: ignore[call-overload]
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def settings_with(settings: Settings, values: Mapping[str, object]) -> Settings:

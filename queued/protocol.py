@@ -219,7 +219,7 @@ class ListWorkers(Request, tag="workers"):
 
 
 class ScaleWorkers(Request, tag="scale"):
-    concurrency: Annotated[int, Meta(ge=1, le=4096)]
+    concurrency: Annotated[int, Meta(ge=0, le=4096)]  # 0: start no job, running ones go on
 
 
 class AddQueue(Request, tag="queue_add"):

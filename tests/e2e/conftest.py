@@ -31,6 +31,7 @@ class Daemon:
         self.data_dir = root / "data"
         self.socket = root / "run" / "queued.sock"
         self.extra = extra
+        self.flags: list[str] | None = None  # None: --data-dir DATA_DIR --concurrency 2
         self.env = {**os.environ, "QUEUED_SOCKET": str(self.socket), "NO_COLOR": "1", "COLUMNS": "200"}
         self.env.pop("XDG_RUNTIME_DIR", None)
         self.process: subprocess.Popen[bytes] | None = None
@@ -48,7 +49,7 @@ class Daemon:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [*wrap, tool("queued"), "--data-dir", str(self.data_dir), "--concurrency", "2", *self.extra],
+                [*wrap, tool("queued"), *self._flags(), *self.extra],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -59,6 +60,11 @@ class Daemon:
         if wait:
             self.wait_ready()
         return self
+
+    def _flags(self) -> list[str]:
+        if self.flags is not None:
+            return self.flags
+        return ["--data-dir", str(self.data_dir), "--concurrency", "2"]
 
     def wait_ready(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout

@@ -3,12 +3,14 @@ and refusing databases it cannot trust."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,90 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
         assert values["concurrency"] == 2
     finally:
         daemon.stop()
+
+
+def test_environment_beats_config_set_beats_the_file(tmp_path: Path) -> None:
+    """Every key from the environment; the file's data-dir, socket and log-level
+    no longer beat QUEUED_DATA_DIR, QUEUED_SOCKET and QUEUED_LOG_LEVEL."""
+    config = tmp_path / "queued.toml"
+    config.write_text(
+        f'data-dir = "{tmp_path / "from-file"}"\nsocket = "{tmp_path / "file.sock"}"\n'
+        'log-level = "error"\nmax-retries = 9\ntimeout = "10m"\nkill-grace = 7\n'
+    )
+    daemon = Daemon(tmp_path, "--config", str(config))
+    daemon.flags = []
+    daemon.env |= {
+        "QUEUED_DATA_DIR": str(daemon.data_dir),
+        "QUEUED_LOG_LEVEL": "info",
+        "QUEUED_MAX_RETRIES": "4",
+        "QUEUED_KILL_GRACE": "2s",
+    }
+    daemon.start()
+    try:
+        status = json.loads(daemon.ok("status", "--json"))
+        assert (status["data_dir"], status["socket"]) == (str(daemon.data_dir), str(daemon.socket))
+        assert not (tmp_path / "from-file").exists() and not (tmp_path / "file.sock").exists()
+        assert "queued serving" in daemon.log.read_text()  # info, as the environment says, not error
+        values = json.loads(daemon.ok("config", "get", "--json"))
+        assert (values["max-retries"], values["timeout"], values["kill-grace"]) == (4, 600, 2)
+        said = daemon.ok("config", "set", "max-retries", "6")
+        assert "QUEUED_MAX_RETRIES keeps it at 4" in said
+        daemon.ok("config", "set", "timeout", "1h")  # config set beats the file
+        values = json.loads(daemon.ok("config", "get", "--json"))
+        assert (values["max-retries"], values["timeout"]) == (4, 3600)
+        assert json.loads(daemon.ok("show", "--json", str(daemon.add("true"))))["max_retries"] == 4
+    finally:
+        daemon.stop()
+
+
+def test_flags_start_beside_a_config_file_naming_the_same_keys(tmp_path: Path) -> None:
+    config = tmp_path / "queued.toml"
+    config.write_text(
+        f'data-dir = "{tmp_path / "from-file"}"\nsocket = "{tmp_path / "file.sock"}"\nlog-level = "error"\n'
+    )
+    daemon = Daemon(tmp_path, "--config", str(config), "--socket", str(tmp_path / "run" / "queued.sock"))
+    daemon.flags = ["--data-dir", str(daemon.data_dir), "--log-level", "info"]
+    daemon.env["QUEUED_SOCKET"] = str(tmp_path / "run" / "queued.sock")
+    daemon.start()
+    try:
+        assert json.loads(daemon.ok("status", "--json"))["data_dir"] == str(daemon.data_dir)
+        assert not (tmp_path / "from-file").exists()
+    finally:
+        daemon.stop()
+
+
+def test_python_m_runs_both_commands(daemon: Daemon) -> None:
+    python = str(Path(tool("queued")).parent / "python")
+    for module in ("queued", "queuectl"):
+        result = subprocess.run(
+            [python, "-m", module, "--version"], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0 and result.stdout.startswith(module), result
+    result = subprocess.run(
+        [python, "-m", "queuectl", "status", "--json"],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0 and json.loads(result.stdout)["pid"] == daemon.process.pid
+
+
+def test_workers_scale_0_starts_nothing_and_lets_running_jobs_finish(daemon: Daemon, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    running = daemon.add(f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    deadline = time.monotonic() + 10
+    while json.loads(daemon.ok("show", "--json", str(running)))["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "0" in daemon.ok("workers", "scale", "0")
+    waiting = daemon.add("true")
+    gate.touch()
+    assert daemon.ctl("wait", str(running)).returncode == 0
+    assert daemon.ctl("wait", "--timeout", "1", str(waiting)).returncode == 124  # never started
+    assert json.loads(daemon.ok("show", "--json", str(waiting)))["state"] == "pending"
+    daemon.ok("workers", "scale", "1")
+    assert daemon.ctl("wait", "--timeout", "10", str(waiting)).returncode == 0
 
 
 def test_bad_config_file_is_refused(tmp_path: Path) -> None:

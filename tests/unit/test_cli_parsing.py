@@ -138,7 +138,7 @@ def test_bad_durations_are_usage_errors(invoke, text: str) -> None:
         ["cancel"],
         ["cancel", "x"],
         ["show", "0"],
-        ["workers", "scale", "0"],
+        ["workers", "scale", "-1"],
         ["queue", "add", "gpu", "--concurrency", "0"],
         ["clean", "--state", "running"],
         ["clean", "--older-than", "a week"],

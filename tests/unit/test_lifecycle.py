@@ -383,6 +383,7 @@ def test_config_key_unknown() -> None:
         ("timeout", "None", "timeout", None),
         ("timeout", "off", "timeout", None),
         ("timeout", "0", "timeout", None),
+        ("concurrency", "0", "concurrency", 0),  # stops claiming: workers scale 0
         ("concurrency", "1", "concurrency", 1),
         ("concurrency", "4096", "concurrency", 4096),
         ("log-max-size", "10M", "log_max_size", 10 * 1024 * 1024),
@@ -401,7 +402,6 @@ def test_parse_config_value_good(key: str, text: str, field: str, value: object)
         ("max-retries", "-1"),
         ("max-retries", "three"),
         ("max-retries", "1.5"),
-        ("concurrency", "0"),
         ("concurrency", "-2"),
         ("concurrency", "4097"),
         ("backoff-base", "0.5"),
@@ -441,7 +441,7 @@ def test_settings_with_applies_values_and_keeps_the_rest() -> None:
 
 def test_settings_with_refuses_bad_value() -> None:
     with pytest.raises(ValueError):
-        settings_with(Settings(), {"concurrency": 0})
+        settings_with(Settings(), {"concurrency": -1})
     with pytest.raises(ValueError):
         settings_with(Settings(), {"nope": 1})
 
@@ -466,6 +466,29 @@ def test_settings_as_config_uses_user_keys() -> None:
 )
 def test_settings_round_trip_through_config(settings: Settings) -> None:
     assert settings_with(Settings(max_retries=99), settings_as_config(settings)) == settings
+    shown = {k: lifecycle.format_config_value(k, v) for k, v in settings_as_config(settings).items()}
+    assert settings_with(Settings(max_retries=99), shown) == settings
+
+
+@pytest.mark.parametrize(
+    ("key", "typed", "shown"),
+    [
+        ("timeout", "1h", "1h"),
+        ("timeout", "3600", "1h"),
+        ("timeout", "90m", "1h30m"),
+        ("timeout", "0", "none"),
+        ("kill-grace", "2.5", "2.5s"),
+        ("backoff-max", "1d", "1d"),
+        ("log-max-size", "10M", "10M"),
+        ("log-max-size", "10485760", "10M"),
+        ("log-max-size", "1536", "1536"),
+        ("backoff-base", "2", "2"),
+        ("backoff-base", "1.5", "1.5"),
+        ("max-retries", "5", "5"),
+    ],
+)
+def test_config_values_are_shown_as_a_user_types_them(key: str, typed: str, shown: str) -> None:
+    assert lifecycle.format_config_value(key, parse_config_value(key, typed)[1]) == shown
 
 
 # ----------------------------------------------------------------------------

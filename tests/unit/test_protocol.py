@@ -302,7 +302,7 @@ def test_wrong_type_names_the_field(body: dict[str, object], path: str) -> None:
         ({"op": "add", "jobs": [{"command": "x"}], "cwd": ""}, "$.cwd"),
         ({"op": "get", "id": 0}, "$.id"),
         ({"op": "cancel", "ids": []}, "$.ids"),
-        ({"op": "scale", "concurrency": 0}, "$.concurrency"),
+        ({"op": "scale", "concurrency": -1}, "$.concurrency"),
         ({"op": "shutdown", "mode": "later"}, "$.mode"),
         ({"op": "clean", "states": ["pending"]}, "$.states[0]"),
     ],

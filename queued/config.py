@@ -1,0 +1,155 @@
+"""Where each setting comes from: one rule for every key, at start and on reload.
+
+Flags, then the environment (`QUEUED_<KEY>`), then `queuectl config set`
+(persisted in the database), then the config file, then the defaults. The
+first source that names a key decides it; every source's values are checked
+all the same, so a typo in the file is reported even while the environment
+masks it.
+
+Two kinds of keys: the job settings (`lifecycle.CONFIG_KEYS`: max-retries,
+timeout, …), which `config set` changes at run time, and the daemon's own
+(socket, data-dir, log-level, allow-group), fixed at start: the database that
+holds `config set` lives in the data dir, so those cannot come from it.
+
+Pure functions: the caller reads flags, environment, file and database and
+passes them in (the daemon at start, and again on a reload).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import lifecycle
+
+SETTINGS_KEYS = tuple(lifecycle.CONFIG_KEYS)
+DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group")
+KEYS = (*SETTINGS_KEYS, *DAEMON_KEYS)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# The sources, strongest first.
+FLAG, ENVIRONMENT, CONFIG_SET, FILE, DEFAULT = "flag", "environment", "config set", "file", "default"
+
+
+def env_variable(key: str) -> str:
+    """`max-retries` -> `QUEUED_MAX_RETRIES`."""
+    return "QUEUED_" + key.upper().replace("-", "_")
+
+
+def canonical_key(key: str) -> str:
+    """A key as a file may spell it (`data_dir`, `Max-Retries`) in the one form, or ValueError."""
+    canonical = key.strip().lower().replace("_", "-")
+    if canonical not in KEYS:
+        raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
+    return canonical
+
+
+@dataclass
+class Sources:
+    """Every place a value can come from, as text (the file's as TOML gave them)."""
+
+    flags: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    persisted: dict[str, str] = field(default_factory=dict)  # `config set`
+    file: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def read(
+        cls,
+        *,
+        flags: Mapping[str, object | None],
+        environ: Mapping[str, str],
+        file: Mapping[str, object],
+        persisted: Mapping[str, str] | None = None,
+    ) -> Sources:
+        """Sources from raw inputs: flags not given (None) dropped, the QUEUED_*
+        variables of `environ` picked (an empty one counts as unset), the
+        file's keys made canonical (ValueError for one we do not know)."""
+        file_values: dict[str, object] = {}
+        for key, value in file.items():
+            try:
+                file_values[canonical_key(key)] = value
+            except ValueError as exc:
+                raise ValueError(f"{exc} (in the config file)") from None
+        return cls(
+            flags={canonical_key(k): str(v) for k, v in flags.items() if v is not None},
+            environment={k: environ[env_variable(k)] for k in KEYS if environ.get(env_variable(k), "")},
+            persisted={k: v for k, v in (persisted or {}).items() if k in SETTINGS_KEYS},
+            file=file_values,
+        )
+
+    def layers(self, key: str) -> list[tuple[str, object]]:
+        """(source, value) for each source naming `key`, strongest first."""
+        found: list[tuple[str, object]] = []
+        for source, values in (
+            (FLAG, self.flags),
+            (ENVIRONMENT, self.environment),
+            (CONFIG_SET, self.persisted if key in SETTINGS_KEYS else {}),
+            (FILE, self.file),
+        ):
+            if key in values:
+                found.append((source, values[key]))
+        return found
+
+    def origin(self, key: str) -> str:
+        """Which source decides `key`: flag, environment, config set, file or default."""
+        layers = self.layers(key)
+        return layers[0][0] if layers else DEFAULT
+
+    def describe(self, key: str, source: str) -> str:
+        """Where a value came from, in the words a user would look for it."""
+        if source == FLAG:
+            return f"--{key}"
+        if source == ENVIRONMENT:
+            return env_variable(key)
+        if source == FILE:
+            return "the config file"
+        return source
+
+
+def effective_settings(defaults: lifecycle.Settings, sources: Sources) -> lifecycle.Settings:
+    """The job settings: for each key the strongest source's value, else the default.
+    ValueError naming the key and its source for any value that does not parse."""
+    chosen: dict[str, object] = {}
+    for key in SETTINGS_KEYS:
+        layers = sources.layers(key)
+        for source, value in layers:
+            try:
+                lifecycle.parse_config_value(key, str(value))
+            except ValueError as exc:
+                raise ValueError(f"{exc} (from {sources.describe(key, source)})") from None
+        if layers:
+            chosen[key] = layers[0][1]
+    return lifecycle.settings_with(defaults, chosen)
+
+
+@dataclass(frozen=True)
+class DaemonValues:
+    """The daemon's own keys as chosen; None where no source names one (the
+    caller then uses its default: paths.default_socket_path and so on)."""
+
+    socket: str | None
+    data_dir: str | None
+    log_level: str
+    allow_group: str | None
+
+
+def daemon_values(sources: Sources) -> DaemonValues:
+    """socket, data-dir, log-level and allow-group by the same rule (no `config set`)."""
+    values: dict[str, str | None] = {}
+    for key in DAEMON_KEYS:
+        layers = sources.layers(key)
+        for source, value in layers:
+            if not isinstance(value, str) or (key != "allow-group" and not value.strip()):
+                raise ValueError(f"invalid value for {key}: {value!r} (from {sources.describe(key, source)})")
+            if key == "log-level" and value.lower() not in LOG_LEVELS:
+                raise ValueError(
+                    f"invalid value for log-level: {value!r}, use {', '.join(LOG_LEVELS)} "
+                    f"(from {sources.describe(key, source)})"
+                )
+        values[key] = str(layers[0][1]) if layers else None
+    return DaemonValues(
+        socket=values["socket"],
+        data_dir=values["data-dir"],
+        log_level=(values["log-level"] or "info").lower(),
+        allow_group=values["allow-group"] or None,
+    )
