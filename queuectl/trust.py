@@ -206,16 +206,21 @@ def check_listener(sock: socket.socket, path: str, trusted: Collection[int]) -> 
 def check_own_directory(directory: str) -> str | None:
     """Before connecting to the fallback path: the one-line reason not to, or None.
     A directory that does not exist is no reason: the connection then fails."""
+    me = os.geteuid()
     try:
         entry = lstat_entry(directory)
+        if stat.S_ISLNK(entry.mode) and entry.uid == me:  # our own link: what it names counts
+            info = os.stat(directory)
+            entry = Entry(directory, info.st_uid, info.st_mode)
     except FileNotFoundError:
         return None
     except OSError as exc:
         return f"cannot check {directory} ({exc.strerror}): not connecting to the socket in it"
-    problem = own_directory_problem(entry, os.geteuid())
+    problem = own_directory_problem(entry, me)
     if problem is None:
         return None
+    remedy = "chmod 700 it" if entry.uid == me else "have root remove it"
     return (
-        f"{problem}: not sending anything to the socket in it (another user may have made it; "
-        "remove it, or point QUEUED_SOCKET / --socket elsewhere)"
+        f"{problem}: not sending anything to the socket in it ({remedy}, or point "
+        "QUEUED_SOCKET / --socket elsewhere)"
     )

@@ -207,7 +207,7 @@ def test_the_fallback_directory_made_by_another_user_is_not_even_connected_to() 
         assert (result.returncode, result.stdout) == (3, "")
         assert result.stderr == (
             f"queuectl: {folder} is owned by uid 65534, not by you: not sending anything to the socket in it "
-            "(another user may have made it; remove it, or point QUEUED_SOCKET / --socket elsewhere)\n"
+            "(have root remove it, or point QUEUED_SOCKET / --socket elsewhere)\n"
         )
         assert impostor.accepted == 0 and impostor.received() == b""
     finally:

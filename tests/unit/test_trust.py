@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl import Client, DaemonUnreachable, UntrustedDaemon, trust
+from queuectl import Client, DaemonUnreachable, QueuectlError, UntrustedDaemon, trust
 from queuectl.trust import Entry, Lookup, own_directory_problem, path_problem, shared_daemon_problem
 from queued import protocol as p
 
@@ -307,6 +307,34 @@ def test_the_fallback_directory_is_checked_before_connecting(
         client.list()
     assert f"{tmp_path} is yours but has mode 0755, not 0700" in str(caught.value)
     assert daemon.connections == 0  # not even connected: no thread to wait for
+    assert "(chmod 700 it, or point QUEUED_SOCKET / --socket elsewhere)" in str(caught.value)
     os.chmod(tmp_path, 0o700)
     with Client(daemon.path) as client:
         assert client.list() == []
+
+
+def test_a_fallback_directory_that_is_our_own_link_counts_as_what_it_names(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert trust.check_own_directory(str(tmp_path / "link")) is None
+    os.chmod(tmp_path / "real", 0o755)
+    assert "link is yours but has mode 0755" in (trust.check_own_directory(str(tmp_path / "link")) or "")
+    assert trust.check_own_directory(str(tmp_path / "absent")) is None  # connecting says the rest
+
+
+def test_a_reconnect_is_checked_again(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `logs -f` and `wait` keep one Client; after the daemon hangs up, the next
+    # request connects again, and whoever listens by then is checked anew.
+    listeners = iter([os.geteuid(), STRANGER])
+    monkeypatch.setattr(trust, "peer_uid", lambda sock: next(listeners))
+    daemon = serve(lambda r: None)  # answers the Hello, hangs up on the request
+    with Client(daemon.path, trust_uids=()) as client:
+        with pytest.raises(QueuectlError, match="closed"):
+            client.status()
+        with pytest.raises(UntrustedDaemon, match="uid 4242"):
+            client.status()
+    deadline = time.monotonic() + 10
+    while daemon.connections < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    daemon.stop()
+    assert [type(r) for r in daemon.requests] == [p.Hello, p.GetStatus]  # nothing on the second
