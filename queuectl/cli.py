@@ -287,11 +287,20 @@ def _print_jobs(jobs: list[Any], as_json: bool, limited: bool = False) -> None:
         click.echo(f"(the newest {len(jobs)}; --limit N or --all for more)", err=True)
 
 
+def _or_latest(job_id: int | None) -> int:
+    """The id given, or that of the most recently added job (`tsp -t`, `pueue follow`)."""
+    if job_id is not None:
+        return job_id
+    from .completion import latest_job_id
+
+    return latest_job_id(click.get_current_context())
+
+
 @cli.command()
-@click.argument("job_id", type=JOB_ID)
+@click.argument("job_id", type=JOB_ID, required=False)
 @json_option
-def show(job_id: int, as_json: bool) -> None:
-    """Everything about one job, with its attempts.
+def show(job_id: int | None, as_json: bool) -> None:
+    """Everything about one job, with its attempts (no id, or `last`: the latest job).
 
     \b
     Example:
@@ -299,7 +308,7 @@ def show(job_id: int, as_json: bool) -> None:
     """
     from . import output
 
-    detail = client().get(job_id)
+    detail = client().get(_or_latest(job_id))
     if as_json:
         emit_json(output.detail_json(detail))
     else:
@@ -311,43 +320,71 @@ def show(job_id: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job_id", type=JOB_ID)
+@click.argument("job_ids", nargs=-1, type=JOB_ID)
 @click.option("--attempt", type=click.IntRange(min=1), help="This attempt [the latest].")
 @click.option("--stdout", "streams", flag_value="stdout", help="Only standard output.")
 @click.option("--stderr", "streams", flag_value="stderr", help="Only standard error.")
+@click.option("-n", "--tail", "lines", type=COUNT, metavar="N", help="Only the last N lines of each stream.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is finished.")
-def logs(job_id: int, attempt: int | None, streams: str | None, follow: bool) -> None:
-    """Print a job's output: stdout to stdout, stderr to stderr.
+def logs(
+    job_ids: tuple[int, ...], attempt: int | None, streams: str | None, lines: int | None, follow: bool
+) -> None:
+    """Print jobs' output: stdout to stdout, stderr to stderr (no id: the latest job).
 
     \b
-    Example:
-      queuectl logs -f 7
+    Several jobs are printed one after another, each under a `==> job ID <==` line.
+    Examples:
+      queuectl logs -f                   # follow the job added last
+      queuectl logs --tail 20 7 8
     """
     from .follow import print_logs
 
-    print_logs(
-        client(),
-        job_id,
-        attempt=attempt,
-        streams=(streams,) if streams else ("stdout", "stderr"),
-        follow=follow,
-        interval=FOLLOW_INTERVAL,
-    )
+    ids = job_ids or (_or_latest(None),)
+    if follow and len(ids) > 1:
+        raise click.UsageError("-f follows one job; name only one")
+    refused = False
+    for index, job_id in enumerate(ids):
+        if len(ids) > 1:
+            click.echo(("\n" if index else "") + f"==> job {job_id} <==")
+        try:
+            print_logs(
+                client(),
+                job_id,
+                attempt=attempt,
+                streams=(streams,) if streams else ("stdout", "stderr"),
+                follow=follow,
+                interval=FOLLOW_INTERVAL,
+                tail=lines,
+            )
+        except DaemonError as exc:
+            if len(ids) == 1:
+                raise
+            click.echo(f"queuectl: {exc.message}", err=True)  # the others are still shown
+            refused = True
+    if refused:
+        sys.exit(EXIT_REFUSED)
 
 
 @cli.command()
 @click.argument("job_ids", nargs=-1, type=JOB_ID)
+@click.option("-a", "--all", "every", is_flag=True, help="Every job not finished yet.")
 @click.option("--timeout", type=DURATION, help="Give up after this long (exit 124).")
 @json_option
-def wait(job_ids: tuple[int, ...], timeout: float | None, as_json: bool) -> None:
+def wait(job_ids: tuple[int, ...], every: bool, timeout: float | None, as_json: bool) -> None:
     """Wait until jobs finish; exit 0 only if every one completed.
 
     \b
-    With no ids, wait for every job not finished yet.
-    Example:
+    With no ids, wait for the job added last; with --all, for every job not finished yet.
+    Examples:
       queuectl wait 3 4 && echo "all completed"
+      queuectl add -- make test && queuectl wait && notify-send done
     """
     from . import output
+
+    if every and job_ids:
+        raise click.UsageError("give job ids or --all, not both")
+    if not job_ids and not every:
+        job_ids = (_or_latest(None),)
 
     if sys.stderr.isatty() and not as_json:
         from .progress import wait_with_progress

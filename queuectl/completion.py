@@ -21,14 +21,23 @@ def _client(ctx: click.Context):  # type: ignore[no-untyped-def]
     return Client(params.get("socket"), timeout=2.0, trust_uids=params.get("trust_uids") or None)
 
 
+LATEST = "last"  # a job id's stand-in for the most recently added job (`tsp -d`)
+
+
 class JobIdType(click.IntRange):
-    """A job id; completes to the newest jobs in `states` (all states by default)."""
+    """A job id, or `last` for the most recently added job; completes to the
+    newest jobs in `states` (all states by default)."""
 
     name = "id"
 
     def __init__(self, states: Sequence[str] = ()) -> None:
         super().__init__(min=1)
         self.states = tuple(states)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == LATEST:
+            return latest_job_id(ctx)
+        return super().convert(value, param, ctx)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
         from click.shell_completion import CompletionItem  # only when completing
@@ -38,11 +47,14 @@ class JobIdType(click.IntRange):
                 jobs = client.list(states=self.states, limit=MAX_ITEMS)
         except Exception:
             return []
-        return [
+        items = [
             CompletionItem(str(job.id), help=f"{job.state}: {job.command[:60]}")
             for job in reversed(jobs)
             if str(job.id).startswith(incomplete)
         ]
+        if LATEST.startswith(incomplete):
+            items.append(CompletionItem(LATEST, help="the most recently added job"))
+        return items
 
 
 class QueueNameType(click.ParamType):
@@ -60,6 +72,19 @@ class QueueNameType(click.ParamType):
         except Exception:
             return []
         return [CompletionItem(q.name) for q in queues if q.name.startswith(incomplete)]
+
+
+def latest_job_id(ctx: click.Context | None) -> int:
+    """The id of the most recently added job, asked of the daemon (exit 1 if there is none)."""
+    from .client import Client, DaemonError
+
+    client = ctx.find_object(Client) if ctx is not None else None
+    if client is None:
+        client = _client(ctx) if ctx is not None else Client()
+    jobs = client.list(limit=1)
+    if not jobs:
+        raise DaemonError("not_found", "there are no jobs yet")
+    return jobs[0].id
 
 
 def completion_script(cli: click.Command, shell: str) -> str:

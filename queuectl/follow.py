@@ -38,6 +38,32 @@ def _latest_attempt(client: Client, job_id: int) -> int | None:
     return runs[-1].attempt if runs else None
 
 
+TAIL_BLOCK = 64 * 1024
+
+
+def tail_offset(client: Client, job_id: int, attempt: int, stream: str, lines: int) -> int:
+    """Where the last `lines` lines of a stream begin, read backwards a block at
+    a time (a final line without its newline counts as a line, as for tail)."""
+    end = client.read_log(job_id, attempt=attempt, stream=stream, offset=0, limit=1).size
+    if lines == 0:
+        return end
+    start, seen = end, 0
+    while start > 0:
+        block_start = max(0, start - TAIL_BLOCK)
+        data = client.read_log(
+            job_id, attempt=attempt, stream=stream, offset=block_start, limit=start - block_start
+        ).data
+        if start == end and data.endswith(b"\n"):
+            data = data[:-1]  # the last line's own newline
+        for position in range(len(data) - 1, -1, -1):
+            if data[position] == 0x0A:
+                seen += 1
+                if seen == lines:
+                    return block_start + position + 1
+        start = block_start
+    return 0
+
+
 def print_logs(
     client: Client,
     job_id: int,
@@ -46,7 +72,11 @@ def print_logs(
     streams: Sequence[str],
     follow: bool,
     interval: float,
+    tail: int | None = None,
 ) -> None:
+    """Print an attempt's output (the latest attempt's unless `attempt`), only
+    its last `tail` lines per stream if given; with `follow`, until the job is
+    finished, across its retries."""
     current = attempt or _latest_attempt(client, job_id)
     while current is None:  # not started yet
         if not follow:
@@ -56,6 +86,8 @@ def print_logs(
             return  # canceled before it ever ran
         current = _latest_attempt(client, job_id)
     offsets = dict.fromkeys(streams, 0)
+    if tail is not None:
+        offsets = {stream: tail_offset(client, job_id, current, stream, tail) for stream in streams}
     while True:
         running, state = False, ""
         for stream in streams:

@@ -233,6 +233,8 @@ def _read_range(path: str, offset: int, limit: int) -> tuple[bytes, int]:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
+            if offset >= size:  # past the end: nothing yet (and lseek refuses huge offsets)
+                return b"", size
             f.seek(offset)
             return f.read(limit), size
     except FileNotFoundError:

@@ -215,3 +215,12 @@ async def test_a_waiter_that_hangs_up_stops_waiting(daemon: DaemonHandle, client
     with trio.fail_after(5):
         while watchers._waiters:
             await trio.sleep(0.01)
+
+
+async def test_a_log_read_past_its_end_is_empty(client: AsyncClient) -> None:
+    # Regression: an offset beyond what lseek accepts was an internal error.
+    job_id = await client.add("echo hi")
+    await client.wait(job_id)
+    for offset in (3, 2**62):
+        chunk = await client.ok(p.ReadLog(id=job_id, offset=offset))
+        assert isinstance(chunk, p.LogChunk) and (chunk.data, chunk.size) == (b"", 3)
