@@ -52,7 +52,7 @@ class JobIdType(click.IntRange):
             for job in reversed(jobs)
             if str(job.id).startswith(incomplete)
         ]
-        if LATEST.startswith(incomplete):
+        if not self.states and LATEST.startswith(incomplete):  # it may name a job of any state
             items.append(CompletionItem(LATEST, help="the most recently added job"))
         return items
 

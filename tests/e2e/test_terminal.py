@@ -45,7 +45,7 @@ def test_completion_asks_the_daemon_for_ids_and_queues(daemon: Daemon) -> None:
     daemon.ok("wait", str(done))
     waiting = daemon.add("--delay", "1h", "true")
     daemon.ok("queue", "add", "gpu")
-    assert set(complete(daemon, "queuectl show ")) == {str(done), str(waiting)}
+    assert set(complete(daemon, "queuectl show ")) == {str(done), str(waiting), "last"}
     assert complete(daemon, "queuectl cancel ") == [str(waiting)]  # only unfinished jobs
     assert complete(daemon, "queuectl retry ") == [str(done)]  # only finished jobs
     assert complete(daemon, "queuectl queue pause g") == ["gpu"]
