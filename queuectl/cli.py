@@ -53,7 +53,7 @@ POSITIVE_DURATION = DURATION
 COUNT = click.IntRange(min=0)
 STATE = click.Choice(STATES)
 JOB_ID = JobIdType()
-UNFINISHED_JOB = JobIdType(("pending", "running", "failed"))
+UNFINISHED_JOB = JobIdType(("pending", "held", "running", "failed"))
 FINISHED_JOB = JobIdType(sorted(TERMINAL_STATES))
 DEAD_JOB = JobIdType(("dead",))
 QUEUE = QueueNameType()
@@ -82,8 +82,9 @@ def json_option(f: Any) -> Any:
 
 class Commands(click.Group):
     """queuectl's commands. Those about the daemon itself (status, workers,
-    queue, config, shutdown, completion) live in `queuectl.commands`, imported
-    only when one of them runs or the whole list is wanted."""
+    queue, config, shutdown, completion) live in `queuectl.commands`, those
+    that change jobs already added in `queuectl.changing`, imported only when
+    one of them runs or the whole list is wanted."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -97,10 +98,11 @@ class Commands(click.Group):
 
 
 def _load_daemon_commands() -> bool:
-    """Import queuectl.commands (it registers on `cli`); False if it was already."""
+    """Import queuectl.commands and queuectl.changing (they register on `cli`);
+    False if they were already."""
     if "queuectl.commands" in sys.modules:
         return False
-    from . import commands  # noqa: F401
+    from . import changing, commands  # noqa: F401
 
     return True
 
@@ -160,6 +162,7 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
         label=opts["label"],
         cwd=cwd,
         env=env,
+        hold=opts["hold"],
     )
 
 
@@ -178,6 +181,7 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
 @click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory [here].")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")
 @click.option("--from", "source", type=click.File("r"), help="One command or JSON job per line; - is stdin.")
+@click.option("--hold", is_flag=True, help="Do not run it until `queuectl release ID`.")
 @click.option("--quiet", is_flag=True, help="Print the id alone.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None:

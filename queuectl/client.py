@@ -269,6 +269,41 @@ class Client:
         """Run completed, dead or canceled jobs again with attempts reset."""
         return self.request(p.RetryJobs(ids=list(ids), all_dead=all_dead), p.Changed).ids
 
+    def hold(self, *ids: int) -> list[int]:
+        """Keep pending or failed jobs from starting until they are released."""
+        return self.request(p.HoldJobs(ids=list(ids)), p.Changed).ids
+
+    def release(self, *ids: int) -> list[int]:
+        """Let held jobs run again (at once, unless they were delayed past now)."""
+        return self.request(p.ReleaseJobs(ids=list(ids)), p.Changed).ids
+
+    def edit(self, job_id: int, **changes: Any) -> None:
+        """Change a job that has not started (pending, held, or failed awaiting its
+        retry). `changes` are the fields of `queued.protocol.JobChanges`: command,
+        queue, priority, max_retries, backoff_base, timeout (no_timeout=True
+        removes it), delay or run_at, label ("" removes it)."""
+        self.request(p.EditJob(id=job_id, changes=p.JobChanges(**changes)), p.Changed)
+
+    def restart(self, job_id: int, *, hold: bool = False, **changes: Any) -> int:
+        """Add a copy of any job (its command, queue, settings, cwd and
+        environment) with `changes` as for `edit`; returns the new job's id."""
+        request = p.RestartJob(id=job_id, changes=p.JobChanges(**changes), hold=hold)
+        return self.request(request, p.Added).ids[0]
+
+    def pause_jobs(self, *ids: int, every: bool = False) -> list[int]:
+        """Stop running jobs' process groups (SIGSTOP); their timeouts wait too.
+        `every`: every running job, and every queue is paused. Returns the jobs paused."""
+        return self.request(p.PauseJobs(ids=list(ids), all=every, paused=True), p.Changed).ids
+
+    def resume_jobs(self, *ids: int, every: bool = False) -> list[int]:
+        """Continue paused jobs (SIGCONT); `every`: every paused job and every queue."""
+        return self.request(p.PauseJobs(ids=list(ids), all=every, paused=False), p.Changed).ids
+
+    def kill(self, *ids: int, signal: int = 15) -> list[int]:
+        """Send `signal` (a number; default SIGTERM) to running jobs' process groups.
+        The attempt ends as its process does: a job killed by a signal failed."""
+        return self.request(p.SignalJobs(ids=list(ids), signal=signal), p.Changed).ids
+
     def wait(self, *ids: int, timeout: float | None = None) -> p.Waited:
         """Block until every job is completed, dead or canceled (no ids: every
         unfinished job), or until `timeout` seconds (then `timed_out` is set)."""
@@ -313,13 +348,14 @@ class Client:
         """Every queue with its limit, paused flag and job counts."""
         return self.request(p.ListQueues(), p.Queues).queues
 
-    def pause(self, name: str) -> None:
-        """Stop starting jobs from a queue (running ones go on)."""
-        self.request(p.PauseQueue(name=name, paused=True), p.Ok)
+    def pause(self, name: str, *, jobs: bool = False) -> str:
+        """Stop starting jobs from a queue; with `jobs`, pause its running jobs too
+        (otherwise they go on). Returns the daemon's confirmation."""
+        return self.request(p.PauseQueue(name=name, paused=True, jobs=jobs), p.Ok).message
 
-    def resume(self, name: str) -> None:
-        """Start jobs from a paused queue again."""
-        self.request(p.PauseQueue(name=name, paused=False), p.Ok)
+    def resume(self, name: str) -> str:
+        """Start jobs from a paused queue again, and resume its paused jobs."""
+        return self.request(p.PauseQueue(name=name, paused=False), p.Ok).message
 
     def config_get(self, key: str | None = None) -> dict[str, Any]:
         """Persisted defaults (max-retries, backoff-base, backoff-max, timeout, concurrency, ...)."""

@@ -133,28 +133,28 @@ def queue_ls(as_json: bool) -> None:
 
 @queue.command("pause")
 @click.argument("name", type=QUEUE)
-def queue_pause(name: str) -> None:
-    """Start no more jobs from a queue (running ones go on).
+@click.option("--jobs", is_flag=True, help="Pause its running jobs too (SIGSTOP).")
+def queue_pause(name: str, jobs: bool) -> None:
+    """Start no more jobs from a queue (running ones go on, unless --jobs).
 
     \b
-    Example:
+    Examples:
       queuectl queue pause default
+      queuectl queue pause gpu --jobs      # and stop its running jobs where they are
     """
-    client().pause(name)
-    click.echo(f"queue {name} paused")
+    click.echo(client().pause(name, jobs=jobs))
 
 
 @queue.command("resume")
 @click.argument("name", type=QUEUE)
 def queue_resume(name: str) -> None:
-    """Start jobs from a paused queue again.
+    """Start jobs from a paused queue again, and continue its paused jobs.
 
     \b
     Example:
       queuectl queue resume default
     """
-    client().resume(name)
-    click.echo(f"queue {name} resumed")
+    click.echo(client().resume(name))
 
 
 @cli.group()

@@ -17,6 +17,7 @@ from queued.protocol import Job, JobDetail, QueueInfo, Run, Status, Workers
 
 _STATE_COLOURS = {
     "pending": "cyan",
+    "held": "white",
     "running": "blue",
     "completed": "green",
     "failed": "yellow",
@@ -117,14 +118,19 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+def state_text(job: Job) -> str:
+    """A job's state as people read it: a paused running job says so."""
+    return "running (paused)" if job.paused else job.state
+
+
 def job_table(jobs: Sequence[Job], *, now: float, width: int, colour: bool) -> str:
     rows = []
     for job in jobs:
-        when = job.run_at if job.state in ("pending", "failed") else job.updated_at
+        when = job.run_at if job.state in ("pending", "held", "failed") else job.updated_at
         rows.append(
             [
                 str(job.id),
-                paint(job.state, job.state, colour),
+                paint(state_text(job), job.state, colour),
                 job.queue,
                 str(job.priority),
                 f"{job.attempts}/{job.max_retries + 1}",
@@ -153,7 +159,7 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
     job = detail.job
     timeout = format_duration(job.timeout) if job.timeout else "none"
     lines = [
-        f"job {job.id}: {paint(job.state, job.state, colour)}",
+        f"job {job.id}: {paint(state_text(job), job.state, colour)}",
         f"  command:     {job.command}",
         f"  queue:       {job.queue} (priority {job.priority})",
         f"  label:       {job.label or '-'}",
@@ -166,7 +172,7 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         f"  created:     {absolute(job.created_at)} ({relative(job.created_at, now)})",
         f"  updated:     {absolute(job.updated_at)} ({relative(job.updated_at, now)})",
     ]
-    if job.state in ("pending", "failed"):
+    if job.state in ("pending", "held", "failed"):
         lines.append(f"  runs at:     {absolute(job.run_at)} ({relative(job.run_at, now)})")
     if detail.runs:
         rows = []
@@ -221,7 +227,7 @@ def status_json(status: Status) -> dict[str, Any]:
 
 def status_block(status: Status, *, now: float) -> str:
     counts = status.counts
-    order = ("pending", "running", "failed", "completed", "dead", "canceled")
+    order = ("pending", "held", "running", "failed", "completed", "dead", "canceled")
     state_line = "  ".join(f"{state} {counts.get(state, 0)}" for state in order)
     lines = [
         f"queued {status.version} (pid {status.pid}), up {format_duration(now - status.started_at)}"
@@ -258,7 +264,7 @@ def workers_table(workers: Workers, *, now: float, width: int) -> str:
             str(slot.attempt),
             slot.queue,
             str(slot.pid or "-"),
-            format_duration(now - slot.started_at),
+            format_duration(now - slot.started_at) + (" (paused)" if slot.paused else ""),
             slot.command,
         ]
         for slot in workers.slots

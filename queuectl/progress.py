@@ -23,7 +23,7 @@ def progress_line(jobs: Sequence[Job]) -> str:
 def wait_with_progress(client: Client, ids: Sequence[int], timeout: float | None, out: TextIO) -> Waited:
     """Like Client.wait, redrawing the progress line every half second."""
     if not ids:  # "every unfinished job", fixed now so that the total stays put
-        ids = [job.id for job in client.list(states=("pending", "running", "failed"))]
+        ids = [job.id for job in client.list(states=("pending", "held", "running", "failed"))]
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:

@@ -38,6 +38,10 @@ class Attempt:
         self.logs: list[CappedLog] = []
         self.scope = trio.CancelScope()
         self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
+        # Paused (its group stopped) since this trio time; its timeout does not
+        # run meanwhile: the time spent paused is added to its deadline.
+        self.paused_since: float | None = None
+        self.paused_for = 0.0
         self._returncode = 0
         self._unfinished: list[CappedLog] = []
 
@@ -50,6 +54,43 @@ class Attempt:
         out, err = self.log_paths
         self.process = process
         self.logs = [CappedLog(process.stdout, out, log_cap), CappedLog(process.stderr, err, log_cap)]
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the attempt's process group; SIGSTOP and SIGCONT pause
+        and resume it (and its timeout) as `pause` and `resume` do."""
+        if sig == signal.SIGSTOP:
+            self.pause()
+        elif sig == signal.SIGCONT:
+            self.resume()
+        elif self.process is not None:
+            self.process.signal_group(sig)
+
+    def pause(self) -> None:
+        if self.process is None or self.paused:
+            return
+        self.process.signal_group(signal.SIGSTOP)
+        self.paused_since = trio.current_time()
+        self.scope.deadline = self._deadline()
+
+    def resume(self) -> None:
+        if self.process is None:
+            return
+        self.process.signal_group(signal.SIGCONT)  # also when stopped by someone else
+        if self.paused_since is not None:
+            self.paused_for += trio.current_time() - self.paused_since
+            self.paused_since = None
+            self.scope.deadline = self._deadline()
+
+    def _deadline(self) -> float:
+        """When its timeout ends it (trio time): never while paused."""
+        timeout = self.claimed.timeout
+        if timeout is None or self.paused:
+            return math.inf
+        return self.spawned_at + timeout + self.paused_for
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -86,12 +127,10 @@ class Attempt:
         `grace` seconds."""
         process = self.process
         assert process is not None
-        timeout = self.claimed.timeout
-        deadline = math.inf if timeout is None else self.spawned_at + timeout
         async with trio.open_nursery() as copies:
             for log_ in self.logs:
                 copies.start_soon(log_.copy)
-            with self._new_scope(deadline) as scope:
+            with self._new_scope(self._deadline()) as scope:
                 await process.wait_exit()
             if scope.cancelled_caught:
                 await _terminate(process, grace)
@@ -120,6 +159,7 @@ async def _terminate(process: JobProcess, grace: float) -> None:
     """SIGTERM the job's group, then SIGKILL it after the grace period."""
     with trio.CancelScope(shield=True):
         process.signal_group(signal.SIGTERM)
+        process.signal_group(signal.SIGCONT)  # a paused (stopped) job must run to see its SIGTERM
         with trio.move_on_after(grace):
             await process.wait_exit()
             return

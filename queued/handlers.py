@@ -134,7 +134,20 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
 
 async def _get(d: Daemon, r: p.GetJob) -> p.Response:
     job, runs, env = await d.db.run(Store.get_job, r.id)
+    [job] = _with_paused(d, [job])
     return p.JobDetail(job=job, runs=[_with_live_facts(d, r.id, run) for run in runs], env=env)
+
+
+def _with_paused(d: Daemon, jobs: list[p.Job]) -> list[p.Job]:
+    """Jobs as stored, with `paused` set on those whose process group the
+    supervisor stopped (a fact of the running process, not of the store)."""
+    paused = d.supervisor.paused_ids()
+    if not paused:
+        return jobs
+    return [
+        msgspec.structs.replace(job, paused=True) if job.id in paused and job.state == "running" else job
+        for job in jobs
+    ]
 
 
 def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
@@ -152,7 +165,7 @@ async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
     jobs = await d.db.run(
         Store.list_jobs, states=r.states, queue=r.queue, label=r.label, ids=r.ids, limit=r.limit
     )
-    return p.JobList(jobs=jobs)
+    return p.JobList(jobs=_with_paused(d, jobs))
 
 
 async def _cancel(d: Daemon, r: p.CancelJobs) -> p.Response:
@@ -193,7 +206,8 @@ async def _wait(d: Daemon, r: p.WaitJobs) -> p.Response:
             with trio.move_on_after(r.timeout if r.timeout is not None else math.inf) as scope:
                 await waiter.done.wait()
             timed_out = scope.cancelled_caught
-        return p.Waited(jobs=await d.db.run(Store.jobs_by_id, ids), timed_out=timed_out)
+        jobs = _with_paused(d, await d.db.run(Store.jobs_by_id, ids))
+        return p.Waited(jobs=jobs, timed_out=timed_out)
     finally:
         d.watchers.unwatch(waiter)
 
@@ -305,7 +319,79 @@ async def _queue_ls(d: Daemon, r: p.ListQueues) -> p.Response:
 async def _queue_pause(d: Daemon, r: p.PauseQueue) -> p.Response:
     await d.db.run(Store.set_paused, r.name, r.paused)
     await _queues_changed(d)
-    return p.Ok(message=f"queue {r.name} {'paused' if r.paused else 'resumed'}")
+    message = f"queue {r.name} {'paused' if r.paused else 'resumed'}"
+    if r.jobs or not r.paused:  # resuming a queue resumes its paused jobs
+        changed = d.supervisor.pause_jobs(d.supervisor.running_in(r.name), paused=r.paused)
+        if changed:
+            message += f", {'paused' if r.paused else 'resumed'} {_jobs(changed)}"
+    return p.Ok(message=message)
+
+
+def _jobs(ids: list[int]) -> str:
+    return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
+
+
+async def _hold(d: Daemon, r: p.HoldJobs) -> p.Response:
+    return p.Changed(ids=await d.db.run(Store.hold, r.ids, d.clock()))
+
+
+async def _release(d: Daemon, r: p.ReleaseJobs) -> p.Response:
+    ids = await d.db.run(Store.release, r.ids, d.clock())
+    d.supervisor.wake()
+    return p.Changed(ids=ids)
+
+
+async def _edit(d: Daemon, r: p.EditJob) -> p.Response:
+    now = d.clock()
+    await d.db.run(Store.edit, r.id, lifecycle.job_changes(r.changes, now=now), now)
+    d.supervisor.wake()
+    return p.Changed(ids=[r.id])
+
+
+async def _restart(d: Daemon, r: p.RestartJob) -> p.Response:
+    if not d.supervisor.accepting:
+        return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
+    now = d.clock()
+    job_id = await d.db.run(Store.restart, r.id, lifecycle.job_changes(r.changes, now=now), r.hold, now)
+    d.supervisor.wake()
+    return p.Added(ids=[job_id])
+
+
+async def _running(d: Daemon, ids: list[int], doing: str) -> list[int]:
+    """`ids`, refused unless every one is running (a rejected request changes nothing)."""
+    ids = sorted(set(ids))
+    states = await d.db.run(Store.states, ids)
+    missing = lifecycle.unknown_ids(ids, states)
+    if missing:
+        raise Refused("not_found", f"no job {missing[0]}")
+    for job_id in ids:
+        if job_id not in d.supervisor.running:
+            state = states[job_id]
+            hint = (
+                f"; `queuectl hold {job_id}` keeps it from starting" if state in ("pending", "failed") else ""
+            )
+            if state == "running":
+                state = "ending"
+            raise Refused("invalid", f"job {job_id} is {state}: only running jobs can be {doing}{hint}")
+    return ids
+
+
+async def _pause(d: Daemon, r: p.PauseJobs) -> p.Response:
+    if not r.ids and not r.all:
+        return p.Error(code="invalid", message="name the jobs to pause or resume, or all of them")
+    verb = "paused" if r.paused else "resumed"
+    ids = await _running(d, r.ids, verb)
+    if r.all:
+        await d.db.run(Store.set_all_paused, r.paused)
+        await _queues_changed(d)
+        ids = d.supervisor.running_in()
+    return p.Changed(ids=d.supervisor.pause_jobs(ids, paused=r.paused))
+
+
+async def _signal(d: Daemon, r: p.SignalJobs) -> p.Response:
+    ids = await _running(d, r.ids, "signalled")
+    d.supervisor.signal_jobs(ids, r.signal)
+    return p.Changed(ids=ids)
 
 
 async def _config_get(d: Daemon, r: p.GetConfig) -> p.Response:
@@ -370,6 +456,12 @@ _HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
     p.RemoveQueue: _queue_rm,
     p.ListQueues: _queue_ls,
     p.PauseQueue: _queue_pause,
+    p.HoldJobs: _hold,
+    p.ReleaseJobs: _release,
+    p.EditJob: _edit,
+    p.RestartJob: _restart,
+    p.PauseJobs: _pause,
+    p.SignalJobs: _signal,
     p.GetConfig: _config_get,
     p.SetConfig: _config_set,
     p.CleanJobs: _clean,

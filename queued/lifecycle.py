@@ -10,8 +10,9 @@ state of their own.
     failed  ──claim──┘    │
                           ├─ fail (retries left) ──> failed   (waits until run_at)
                           └─ exhaust (none left) ──> dead     (the dead-letter queue)
-    pending / failed / running ──cancel──> canceled
+    pending / held / failed / running ──cancel──> canceled
     completed / dead / canceled ──retry──> pending   (attempts reset)
+    pending / failed ──hold──> held ──release──> pending   (`add --hold` starts held)
 
 A `failed` job is claimed directly once its run_at is reached; that is the same
 as the "failed -> pending -> running" path without a write in between.
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from msgspec import Struct
 
 from .durations import format_duration, format_duration_exact, format_size_exact, parse_duration, parse_size
-from .protocol import TERMINAL_STATES, JobSpec, JobState
+from .protocol import TERMINAL_STATES, JobChanges, JobSpec, JobState
 
 
 class Event(enum.Enum):
@@ -37,6 +38,8 @@ class Event(enum.Enum):
     EXHAUST = "exhaust"
     CANCEL = "cancel"
     RETRY = "retry"
+    HOLD = "hold"
+    RELEASE = "release"
 
 
 TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
@@ -51,10 +54,20 @@ TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
     ("completed", Event.RETRY): "pending",
     ("dead", Event.RETRY): "pending",
     ("canceled", Event.RETRY): "pending",
+    ("pending", Event.HOLD): "held",
+    ("failed", Event.HOLD): "held",
+    ("held", Event.RELEASE): "pending",
+    ("held", Event.CANCEL): "canceled",
 }
 
 WAITING_STATES: frozenset[str] = frozenset({"pending", "failed"})
 """States from which a job may be claimed once it is due and its dependencies completed."""
+UNSTARTED_STATES: tuple[str, ...] = ("pending", "held")
+"""States of a job that waits for its dependencies: when one completes, fails for
+good or is retried, these dependents are recounted (or canceled)."""
+EDITABLE_STATES: tuple[str, ...] = ("pending", "held", "failed")
+"""States in which a job may be edited: it has no process, and is not finished."""
+UNFINISHED_STATES: tuple[str, ...] = ("pending", "held", "running", "failed")
 
 
 class InvalidTransition(ValueError):
@@ -212,6 +225,7 @@ class NewJob(Struct, kw_only=True):
     label: str | None
     cwd: str
     env: Mapping[str, str]
+    hold: bool = False
 
 
 def check_environment(env: Mapping[str, str]) -> None:
@@ -221,12 +235,17 @@ def check_environment(env: Mapping[str, str]) -> None:
             raise ValueError(f"invalid environment variable {key!r}")
 
 
+def check_command(command: str) -> None:
+    """ValueError if `command` could never run."""
+    if not command.strip():
+        raise ValueError("command is empty")
+    if "\0" in command:
+        raise ValueError("command contains a NUL byte")
+
+
 def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
     """Fill `spec`'s gaps from the request and the settings; ValueError names what is wrong."""
-    if not spec.command.strip():
-        raise ValueError("command is empty")
-    if "\0" in spec.command:
-        raise ValueError("command contains a NUL byte")
+    check_command(spec.command)
     if spec.delay is not None and spec.run_at is not None:
         raise ValueError("give either a delay or a run_at time, not both")
     job_cwd = spec.cwd or cwd
@@ -253,7 +272,38 @@ def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settin
         label=spec.label,
         cwd=job_cwd,
         env=merged_env,
+        hold=spec.hold,
     )
+
+
+def initial_state(job: NewJob) -> JobState:
+    """A new job waits to be claimed, or is held until released."""
+    return next_state("pending", Event.HOLD) if job.hold else "pending"
+
+
+def job_changes(changes: JobChanges, *, now: float) -> dict[str, object]:
+    """The job fields (store columns) that `changes` sets, validated; ValueError names what is wrong."""
+    fields: dict[str, object] = {}
+    if changes.command is not None:
+        check_command(changes.command)
+        fields["command"] = changes.command
+    if changes.delay is not None and changes.run_at is not None:
+        raise ValueError("give either a delay or a run_at time, not both")
+    if changes.timeout is not None and changes.no_timeout:
+        raise ValueError("give either a timeout or no timeout, not both")
+    for name in ("queue", "priority", "max_retries", "backoff_base", "timeout"):
+        value = getattr(changes, name)
+        if value is not None:
+            fields[name] = value
+    if changes.no_timeout:
+        fields["timeout"] = None
+    if changes.label is not None:
+        fields["label"] = changes.label or None
+    if changes.delay is not None:
+        fields["run_at"] = now + changes.delay
+    elif changes.run_at is not None:
+        fields["run_at"] = max(changes.run_at, now)
+    return fields
 
 
 # ----------------------------------------------------------------------------

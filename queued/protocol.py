@@ -25,8 +25,8 @@ HEADER_SIZE = 4
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
-JobState = Literal["pending", "running", "completed", "failed", "dead", "canceled"]
-STATES: tuple[JobState, ...] = ("pending", "running", "completed", "failed", "dead", "canceled")
+JobState = Literal["pending", "held", "running", "completed", "failed", "dead", "canceled"]
+STATES: tuple[JobState, ...] = ("pending", "held", "running", "completed", "failed", "dead", "canceled")
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "dead", "canceled"})
 TerminalState = Literal["completed", "dead", "canceled"]
 
@@ -48,6 +48,10 @@ Seconds = Annotated[float, Meta(ge=0, le=10 * 365 * 86400)]
 Priority = Annotated[int, Meta(ge=-(10**9), le=10**9)]
 QueueName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Command = Annotated[str, Meta(min_length=1, max_length=1024 * 1024)]
+BackoffBase = Annotated[float, Meta(ge=1, le=3600)]
+Timeout = Annotated[float, Meta(gt=0, le=10 * 365 * 86400)]
+Moment = Annotated[float, Meta(ge=0, le=2**36)]  # up to the year 4147
+Signal = Annotated[int, Meta(ge=1, le=64)]
 Label = Annotated[str, Meta(max_length=256)]
 Path = Annotated[str, Meta(min_length=1, max_length=4096)]
 Environment = dict[str, str]
@@ -75,14 +79,32 @@ class JobSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     queue: QueueName = "default"
     priority: Priority = 0
     max_retries: Count | None = None
-    backoff_base: Annotated[float, Meta(ge=1, le=3600)] | None = None
-    timeout: Annotated[float, Meta(gt=0, le=10 * 365 * 86400)] | None = None
+    backoff_base: BackoffBase | None = None
+    timeout: Timeout | None = None
     delay: Seconds | None = None
-    run_at: Annotated[float, Meta(ge=0, le=2**36)] | None = None  # up to the year 4147
+    run_at: Moment | None = None
     after: list[JobId] = []
     label: Label | None = None
     cwd: Path | None = None
     env: Environment = {}
+    hold: bool = False  # held until released (`queuectl release`)
+
+
+class JobChanges(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What `edit` changes in a waiting job, or `restart` in its copy; unset
+    fields stay as they are. An empty label removes the label; `no_timeout`
+    removes the timeout; a delay or run_at sets when it runs next."""
+
+    command: Command | None = None
+    queue: QueueName | None = None
+    priority: Priority | None = None
+    max_retries: Count | None = None
+    backoff_base: BackoffBase | None = None
+    timeout: Timeout | None = None
+    no_timeout: bool = False
+    delay: Seconds | None = None
+    run_at: Moment | None = None
+    label: Label | None = None
 
 
 class Job(Struct, kw_only=True):
@@ -105,6 +127,7 @@ class Job(Struct, kw_only=True):
     depends_on: list[int]
     cwd: str
     error: str | None = None
+    paused: bool = False  # a running job whose process group is stopped (`queuectl pause`)
 
 
 class Run(Struct, kw_only=True):
@@ -138,6 +161,7 @@ class Slot(Struct, kw_only=True):
     pid: int | None
     started_at: float
     command: str
+    paused: bool = False
 
 
 ConfigValue = int | float | str | None
@@ -236,8 +260,53 @@ class ListQueues(Request, tag="queue_ls"):
 
 
 class PauseQueue(Request, tag="queue_pause"):
+    """Stop (or resume) claiming from a queue; with `jobs`, its running jobs are
+    paused too. Resuming a queue resumes its paused jobs."""
+
     name: QueueName
     paused: bool = True
+    jobs: bool = False
+
+
+class HoldJobs(Request, tag="hold"):
+    """Keep waiting jobs from starting until they are released."""
+
+    ids: Annotated[list[JobId], Meta(min_length=1)]
+
+
+class ReleaseJobs(Request, tag="release"):
+    ids: Annotated[list[JobId], Meta(min_length=1)]
+
+
+class EditJob(Request, tag="edit"):
+    """Change a job that has not started (pending, held, or failed awaiting its retry)."""
+
+    id: JobId
+    changes: JobChanges
+
+
+class RestartJob(Request, tag="restart"):
+    """Add a copy of any job (same command, queue, settings, cwd and environment), with `changes`."""
+
+    id: JobId
+    changes: JobChanges = msgspec.field(default_factory=JobChanges)
+    hold: bool = False
+
+
+class PauseJobs(Request, tag="pause"):
+    """Stop (SIGSTOP) or continue (SIGCONT) running jobs' process groups; `all`
+    adds every running job, and then pauses (or resumes) every queue as well."""
+
+    ids: list[JobId] = []
+    all: bool = False
+    paused: bool = True
+
+
+class SignalJobs(Request, tag="signal"):
+    """Send a signal to running jobs' process groups."""
+
+    ids: Annotated[list[JobId], Meta(min_length=1)]
+    signal: Signal
 
 
 class GetConfig(Request, tag="config_get"):
@@ -277,6 +346,12 @@ AnyRequest = (
     | RemoveQueue
     | ListQueues
     | PauseQueue
+    | HoldJobs
+    | ReleaseJobs
+    | EditJob
+    | RestartJob
+    | PauseJobs
+    | SignalJobs
     | GetConfig
     | SetConfig
     | CleanJobs

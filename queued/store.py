@@ -19,8 +19,9 @@ import msgspec
 
 from . import lifecycle
 from .lifecycle import Event, NewJob
-from .protocol import Job, JobState, QueueInfo, Run
+from .protocol import STATES, Job, JobState, QueueInfo, Run
 from .store_attempts import ADDS, READ, AttemptRecords, Refused, effect
+from .store_changes import JobChanging
 
 __all__ = ["Refused", "Store"]
 
@@ -33,11 +34,13 @@ _INSERT_JOB = (
     " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_UNSTARTED = ",".join(f"'{state}'" for state in lifecycle.UNSTARTED_STATES)
+_UNFINISHED = ",".join(f"'{state}'" for state in lifecycle.UNFINISHED_STATES)
 _env_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _env_decoder = msgspec.msgpack.Decoder(dict[str, str])
 
 
-class Store(AttemptRecords):
+class Store(AttemptRecords, JobChanging):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._env_ids: dict[bytes, int] = {}
@@ -89,7 +92,7 @@ class Store(AttemptRecords):
             env_id = env_ids.get(id(job.env))
             if env_id is None:
                 env_id = env_ids[id(job.env)] = self._env_id(job.env)
-            state: JobState = "pending"
+            state: JobState = lifecycle.initial_state(job)
             error, unmet = None, 0
             if job.depends_on:
                 flush()  # a dependency may be a job of this very request
@@ -272,10 +275,7 @@ class Store(AttemptRecords):
     @effect(READ)
     def unfinished_ids(self) -> list[int]:
         return [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT id FROM jobs WHERE state IN ('pending', 'running', 'failed') ORDER BY id"
-            )
+            r[0] for r in self.conn.execute(f"SELECT id FROM jobs WHERE state IN ({_UNFINISHED}) ORDER BY id")
         ]
 
     def _require(self, ids: Sequence[int], event: Event) -> dict[int, str]:
@@ -311,19 +311,20 @@ class Store(AttemptRecords):
         if self.conn.execute(
             "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
             " ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != 'completed')"
-            " WHERE state = 'pending' AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
+            f" WHERE state IN ({_UNSTARTED})"
+            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
             (job_id,),
         ).rowcount:
             self.reordered = True
 
     def _cancel_dependents(self, job_id: int, state: str, now: float) -> None:
         reason = lifecycle.dependency_cancel_reason(job_id, state)
-        for (dependent,) in self.conn.execute(
-            "SELECT j.id FROM dependencies d JOIN jobs j ON j.id = d.job_id"
-            " WHERE d.depends_on = ? AND j.state = 'pending'",
+        for dependent, dependent_state in self.conn.execute(
+            "SELECT j.id, j.state FROM dependencies d JOIN jobs j ON j.id = d.job_id"
+            f" WHERE d.depends_on = ? AND j.state IN ({_UNSTARTED})",
             (job_id,),
         ).fetchall():
-            self._set_state(dependent, "pending", Event.CANCEL, now, error=reason)
+            self._set_state(dependent, dependent_state, Event.CANCEL, now, error=reason)
 
     def cancel(self, ids: Sequence[int], now: float) -> list[int]:
         """Cancel jobs; returns those that were running (their processes must be stopped)."""
@@ -432,7 +433,7 @@ class Store(AttemptRecords):
             raise Refused("invalid", "the default queue cannot be removed")
         self._require_queue(name)
         busy = self.conn.execute(
-            "SELECT count(*) FROM jobs WHERE queue = ? AND state IN ('pending', 'running', 'failed')", (name,)
+            f"SELECT count(*) FROM jobs WHERE queue = ? AND state IN ({_UNFINISHED})", (name,)
         ).fetchone()[0]
         if busy:
             raise Refused("invalid", f"queue {name!r} still has {busy} unfinished job(s)")
@@ -445,13 +446,16 @@ class Store(AttemptRecords):
         self._require_queue(name)
         self.conn.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))
 
+    def set_all_paused(self, paused: bool) -> None:
+        self.conn.execute("UPDATE queues SET paused = ?", (int(paused),))
+
     def _require_queue(self, name: str) -> None:
         if not self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone():
             raise Refused("not_found", f"no queue {name!r}")
 
     @effect(READ)
     def counts(self) -> dict[str, int]:
-        totals = dict.fromkeys(("pending", "running", "completed", "failed", "dead", "canceled"), 0)
+        totals = dict.fromkeys(STATES, 0)
         for state, n in self.conn.execute("SELECT state, sum(n) FROM counts GROUP BY state"):
             totals[state] = n
         return totals
@@ -474,6 +478,8 @@ def _chunks(ids: list[int], size: int = 900) -> list[list[int]]:
 
 def _cannot(event: Event) -> str:
     return {
-        Event.CANCEL: "only pending, failed or running jobs can be canceled",
+        Event.CANCEL: "only pending, held, failed or running jobs can be canceled",
         Event.RETRY: "only completed, dead or canceled jobs can be retried",
+        Event.HOLD: "only pending or failed jobs can be held",
+        Event.RELEASE: "only held jobs can be released",
     }.get(event, f"cannot {event.value}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -121,6 +122,46 @@ class Supervisor:
             if attempt is not None:
                 self._stop(attempt, reason)
 
+    def signal_jobs(self, ids: list[int], sig: int) -> None:
+        """Send `sig` to running jobs' process groups (SIGSTOP and SIGCONT pause
+        and resume them: see `pause_jobs`)."""
+        for job_id in ids:
+            attempt = self.running.get(job_id)
+            if attempt is not None:
+                if sig in (signal.SIGSTOP, signal.SIGCONT):
+                    self.pause_jobs([job_id], paused=sig == signal.SIGSTOP)
+                else:
+                    attempt.signal(sig)
+
+    def pause_jobs(self, ids: list[int], *, paused: bool) -> list[int]:
+        """Stop (SIGSTOP) or continue (SIGCONT) running jobs' process groups;
+        the ids of those that changed. A paused job keeps its slot, and its
+        timeout waits with it. A young attempt is handed to a task of its own,
+        which keeps the timeout."""
+        changed = []
+        for job_id in ids:
+            attempt = self.running.get(job_id)
+            if attempt is None or attempt.process is None or attempt.paused == paused:
+                continue
+            if paused:
+                self._young.let_go(attempt)
+                attempt.pause()
+            else:
+                attempt.resume()
+            changed.append(job_id)
+        if changed:
+            self._change.set()
+        return changed
+
+    def paused_ids(self) -> set[int]:
+        return {job_id for job_id, attempt in self.running.items() if attempt.paused}
+
+    def running_in(self, queue: str | None = None) -> list[int]:
+        """The running jobs (of `queue`, if given)."""
+        return sorted(
+            job_id for job_id, a in self.running.items() if queue is None or a.claimed.queue == queue
+        )
+
     def _stop(self, attempt: Attempt, reason: str) -> None:
         attempt.stop(reason)
         self._young.let_go(attempt)  # its own task stops it
@@ -146,6 +187,7 @@ class Supervisor:
                 pid=a.pid,
                 started_at=a.started_at,
                 command=a.claimed.command,
+                paused=a.paused,
             )
             for a in sorted(self.running.values(), key=lambda a: a.claimed.id)
         ]

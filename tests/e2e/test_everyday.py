@@ -5,8 +5,17 @@ last lines."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 from .conftest import Daemon
+
+
+def until_running(daemon: Daemon, job_id: int) -> None:
+    deadline = time.monotonic() + 10
+    while json.loads(daemon.ok("show", "--json", str(job_id)))["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_latest_job_by_default(daemon: Daemon) -> None:
@@ -33,3 +42,67 @@ def test_logs_of_several_jobs_and_their_last_lines(daemon: Daemon) -> None:
     missing = daemon.ctl("logs", str(a), "999")
     assert missing.returncode == 1 and missing.stderr == "queuectl: no job 999\n"
     assert missing.stdout.startswith(f"==> job {a} <==\n1\n2\n")
+
+
+def test_hold_release_edit_restart(daemon: Daemon, tmp_path) -> None:
+    held = daemon.add("--hold", "--", "sh", "-c", "echo held ran")
+    assert daemon.ctl("wait", "--timeout", "0.3").returncode == 124
+    assert json.loads(daemon.ok("show", "--json"))["state"] == "held"
+    assert " held " in daemon.ok("ls")
+    assert daemon.ok("edit", str(held), "--command", "echo edited; pwd", "-p", "-5", "-l", "mine") == (
+        f"edited job {held}\n"
+    )
+    assert daemon.ok("release", "last") == f"released job {held}\n"
+    assert daemon.ok("wait") == ""
+    assert daemon.ok("logs") == f"edited\n{Path.cwd()}\n"
+    refused = daemon.ctl("edit", str(held), "--priority", "1")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith(f"queuectl: job {held} is completed: only a job that has not started")
+    copy = int(daemon.ok("restart", str(held), "--command", "echo copy", "--hold", "--quiet"))
+    shown = json.loads(daemon.ok("show", "--json", str(copy)))
+    assert (shown["state"], shown["label"], shown["priority"], shown["cwd"]) == (
+        "held",
+        "mine",
+        -5,
+        str(Path.cwd()),
+    )
+    later = daemon.add("--delay", "1h", "true")
+    assert daemon.ok("hold", str(later)) == f"holding job {later}\n"
+    assert daemon.ok("cancel", str(copy), str(later)) == f"canceled jobs {copy}, {later}\n"
+    assert daemon.ctl("edit", str(later)).returncode == 2  # nothing to change
+
+
+def test_pause_resume_kill(daemon: Daemon) -> None:
+    job_id = daemon.add("--timeout", "2", "--max-retries", "0", "--", "sh", "-c", "sleep 1; echo done")
+    until_running(daemon, job_id)
+    assert daemon.ok("pause", "last") == f"paused job {job_id}\n"
+    assert "running (paused)" in daemon.ok("ls")
+    assert json.loads(daemon.ok("ls", "--json"))[0]["paused"] is True
+    assert "(paused)" in daemon.ok("workers", "ls")
+    assert daemon.ctl("wait", "--timeout", "2.5").returncode == 124  # its timeout waits with it
+    assert daemon.ok("resume", str(job_id)) == f"resumed job {job_id}\n"
+    assert daemon.ok("wait") == ""
+    assert daemon.ok("logs") == "done\n"
+    sleeper = daemon.add("--max-retries", "0", "sleep 60")
+    until_running(daemon, sleeper)
+    assert daemon.ok("kill", "-s", "KILL", str(sleeper)) == f"sent SIGKILL to job {sleeper}\n"
+    waited = daemon.ctl("wait", str(sleeper))
+    assert waited.returncode == 1 and "killed by SIGKILL" in waited.stderr
+    refused = daemon.ctl("kill", str(sleeper))
+    assert refused.returncode == 1
+    assert refused.stderr == f"queuectl: job {sleeper} is dead: only running jobs can be signalled\n"
+    assert daemon.ctl("kill", "-s", "NOSUCH", str(sleeper)).returncode == 2
+
+
+def test_pause_a_queue_with_its_jobs_and_everything(daemon: Daemon) -> None:
+    daemon.ok("queue", "add", "gpu")
+    gpu = daemon.add("--queue", "gpu", "sleep 60")
+    until_running(daemon, gpu)
+    assert daemon.ok("queue", "pause", "gpu", "--jobs") == f"queue gpu paused, paused job {gpu}\n"
+    assert daemon.ok("queue", "resume", "gpu") == f"queue gpu resumed, resumed job {gpu}\n"
+    assert daemon.ok("pause", "--all") == f"every queue paused, and job {gpu}\n"
+    waiting = daemon.add("true")
+    assert daemon.ctl("wait", "--timeout", "0.3", str(waiting)).returncode == 124  # nothing new starts
+    assert daemon.ok("resume", "--all") == f"every queue resumed, and job {gpu}\n"
+    daemon.ok("wait", str(waiting))
+    daemon.ok("cancel", str(gpu))

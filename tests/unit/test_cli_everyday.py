@@ -9,7 +9,10 @@ import pytest
 from queuectl.follow import tail_offset
 from queued import protocol as p
 
-from .test_client import JOB, run_cli, serve  # noqa: F401  (a fixture)
+from . import test_client
+from .test_client import JOB, run_cli
+
+serve = test_client.serve  # the fake daemon's fixture
 
 
 def job(job_id: int, **fields: object) -> p.Job:
@@ -175,3 +178,123 @@ def test_logs_follow_several_is_usage(serve, monkeypatch, capsys) -> None:
     daemon = serve(logs_daemon({3: b"x\n", 4: b"y\n"}))
     code, _, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "logs", "-f", "3", "4")
     assert code == 2 and "one job" in err
+
+
+# -- hold, release, edit, restart, pause, resume, kill ------------------------------------------
+
+
+def answers(request: p.Request) -> p.Response | None:
+    """A daemon that agrees to every change."""
+    if isinstance(request, p.HoldJobs | p.ReleaseJobs):
+        return p.Changed(ids=sorted(request.ids))
+    if isinstance(request, p.EditJob):
+        return p.Changed(ids=[request.id])
+    if isinstance(request, p.RestartJob):
+        return p.Added(ids=[50])
+    if isinstance(request, p.PauseJobs):
+        return p.Changed(ids=request.ids or [1, 2])
+    if isinstance(request, p.SignalJobs):
+        return p.Changed(ids=request.ids)
+    if isinstance(request, p.PauseQueue):
+        return p.Ok(message=f"queue {request.name} {'paused' if request.paused else 'resumed'}")
+    if isinstance(request, p.AddJobs):
+        return p.Added(ids=[7])
+    return None
+
+
+@pytest.mark.parametrize(
+    ("args", "sent", "printed"),
+    [
+        (["add", "--hold", "--", "make"], p.AddJobs, "added job 7"),
+        (["hold", "3", "4"], p.HoldJobs(ids=[3, 4]), "holding jobs 3, 4"),
+        (["release", "3"], p.ReleaseJobs(ids=[3]), "released job 3"),
+        (
+            ["edit", "3", "--priority", "-2", "--queue", "gpu", "--delay", "5m", "--timeout", "none"],
+            p.EditJob(id=3, changes=p.JobChanges(priority=-2, queue="gpu", delay=300, no_timeout=True)),
+            "edited job 3",
+        ),
+        (
+            ["edit", "3", "-c", "make -j4", "-l", "", "-r", "2", "--timeout", "1h", "--backoff-base", "3"],
+            p.EditJob(
+                id=3,
+                changes=p.JobChanges(
+                    command="make -j4", label="", max_retries=2, timeout=3600, backoff_base=3
+                ),
+            ),
+            "edited job 3",
+        ),
+        (["restart", "3"], p.RestartJob(id=3), "added job 50 (a copy of job 3)"),
+        (
+            ["restart", "3", "--hold", "--command", "true", "--quiet"],
+            p.RestartJob(id=3, changes=p.JobChanges(command="true"), hold=True),
+            "50",
+        ),
+        (["pause", "3"], p.PauseJobs(ids=[3]), "paused job 3"),
+        (["resume", "3", "4"], p.PauseJobs(ids=[3, 4], paused=False), "resumed jobs 3, 4"),
+        (["pause", "--all"], p.PauseJobs(all=True), "every queue paused, and jobs 1, 2"),
+        (["resume", "-a"], p.PauseJobs(all=True, paused=False), "every queue resumed, and jobs 1, 2"),
+        (["kill", "3"], p.SignalJobs(ids=[3], signal=15), "sent SIGTERM to job 3"),
+        (["kill", "-s", "usr1", "3"], p.SignalJobs(ids=[3], signal=10), "sent SIGUSR1 to job 3"),
+        (["kill", "-s", "SIGKILL", "3"], p.SignalJobs(ids=[3], signal=9), "sent SIGKILL to job 3"),
+        (["kill", "--signal", "2", "3"], p.SignalJobs(ids=[3], signal=2), "sent SIGINT to job 3"),
+        (["queue", "pause", "gpu", "--jobs"], p.PauseQueue(name="gpu", jobs=True), "queue gpu paused"),
+        (["queue", "resume", "gpu"], p.PauseQueue(name="gpu", paused=False), "queue gpu resumed"),
+    ],
+)
+def test_changing_commands_send_and_say(serve, monkeypatch, capsys, args, sent, printed) -> None:
+    daemon = serve(answers)
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), *args)
+    assert (code, out, err) == (0, printed + "\n", "")
+    requests = [r for r in daemon.requests if not isinstance(r, p.Hello)]
+    if isinstance(sent, type):
+        [request] = requests
+        assert isinstance(request, sent) and request.jobs[0].hold and request.jobs[0].command == "make"
+    else:
+        assert requests == [sent]
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["edit", "3"], "nothing to change"),
+        (["edit", "3", "--delay", "1m", "--at", "2030-01-01T00:00"], "either --delay or --at"),
+        (["edit", "3", "--timeout", "soon"], "--timeout"),
+        (["edit"], "JOB_ID"),
+        (["hold"], "JOB_IDS"),
+        (["release", "x"], "x"),
+        (["pause"], "name the jobs, or --all"),
+        (["resume", "--all", "3"], "not both"),
+        (["kill", "-s", "NOPE", "3"], "'NOPE' is not a signal"),
+        (["kill", "-s", "99", "3"], "'99' is not a signal"),
+        (["kill"], "JOB_IDS"),
+    ],
+)
+def test_changing_commands_usage_errors(serve, monkeypatch, capsys, args, reason) -> None:
+    daemon = serve(answers)
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), *args)
+    assert code == 2 and out == "" and reason in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert [r for r in daemon.requests if not isinstance(r, p.Hello)] == []
+
+
+def test_a_refused_change_exits_1_with_the_daemons_reason(serve, monkeypatch, capsys) -> None:
+    reason = "job 3 is completed: only a job that has not started can be edited"
+    daemon = serve(lambda r: p.Error(code="invalid", message=reason))
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "edit", "3", "-p", "1")
+    assert (code, out, err) == (1, "", f"queuectl: {reason}\n")
+
+
+def test_paused_jobs_say_so_in_tables(serve, monkeypatch, capsys) -> None:
+    paused = job(4, state="running", paused=True)
+    daemon = serve(
+        lambda r: p.JobList(jobs=[paused, job(5, state="held")]) if isinstance(r, p.ListJobs) else None
+    )
+    code, out, _ = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "ls")
+    assert code == 0
+    rows = out.splitlines()
+    assert "running (paused)" in rows[1] and " held " in rows[2]
+    code, out, _ = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "ls", "--json")
+    assert [(j["state"], j["paused"]) for j in __import__("json").loads(out)] == [
+        ("running", True),
+        ("held", False),
+    ]

@@ -24,7 +24,7 @@ from queued.lifecycle import (
     settings_as_config,
     settings_with,
 )
-from queued.protocol import STATES, JobSpec
+from queued.protocol import STATES, JobChanges, JobSpec
 
 # ----------------------------------------------------------------------------
 # The transition table, drawn the way DESIGN.md draws it (rows: state, columns:
@@ -32,13 +32,14 @@ from queued.protocol import STATES, JobSpec
 # must be a deliberate change here too.
 
 EXPECTED_TABLE = """
-             claim     succeed    fail     exhaust   cancel    retry
-pending      running   .          .        .         canceled  .
-running      .         completed  failed   dead      canceled  .
-completed    .         .          .        .         .         pending
-failed       running   .          .        .         canceled  .
-dead         .         .          .        .         .         pending
-canceled     .         .          .        .         .         pending
+             claim     succeed    fail     exhaust   cancel    retry     hold   release
+pending      running   .          .        .         canceled  .         held   .
+held         .         .          .        .         canceled  .         .      pending
+running      .         completed  failed   dead      canceled  .         .      .
+completed    .         .          .        .         .         pending   .      .
+failed       running   .          .        .         canceled  .         held   .
+dead         .         .          .        .         .         pending   .      .
+canceled     .         .          .        .         .         pending   .      .
 """
 
 
@@ -530,3 +531,49 @@ def test_dependency_cancel_reason_names_the_dependency() -> None:
 def test_unknown_ids() -> None:
     assert lifecycle.unknown_ids([3, 1, 2, 3], [2]) == [1, 3]
     assert lifecycle.unknown_ids([], [1]) == []
+
+
+# ----------------------------------------------------------------------------
+# Held jobs and changes to waiting jobs
+
+
+def test_a_held_new_job_starts_held() -> None:
+    settings = Settings()
+    held = lifecycle.new_job(JobSpec(command="x", hold=True), cwd="/", env={}, settings=settings, now=0)
+    plain = lifecycle.new_job(JobSpec(command="x"), cwd="/", env={}, settings=settings, now=0)
+    assert (lifecycle.initial_state(held), lifecycle.initial_state(plain)) == ("held", "pending")
+
+
+def test_editable_states_are_those_without_a_process_that_are_not_finished() -> None:
+    assert set(lifecycle.EDITABLE_STATES) == set(STATES) - {"running"} - {
+        s for s in STATES if lifecycle.is_terminal(s)
+    }
+    assert set(lifecycle.UNFINISHED_STATES) == {s for s in STATES if not lifecycle.is_terminal(s)}
+
+
+def test_job_changes_become_fields() -> None:
+    changes = JobChanges(command="make", queue="q", priority=-1, max_retries=0, backoff_base=3, timeout=9)
+    assert lifecycle.job_changes(changes, now=100) == {
+        "command": "make", "queue": "q", "priority": -1, "max_retries": 0, "backoff_base": 3, "timeout": 9,
+    }  # fmt: skip
+    assert lifecycle.job_changes(JobChanges(), now=100) == {}
+    assert lifecycle.job_changes(JobChanges(no_timeout=True, label=""), now=100) == {
+        "timeout": None,
+        "label": None,
+    }
+    assert lifecycle.job_changes(JobChanges(delay=5), now=100) == {"run_at": 105}
+    assert lifecycle.job_changes(JobChanges(run_at=50), now=100) == {"run_at": 100}  # past: now
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        (JobChanges(command=" "), "command is empty"),
+        (JobChanges(command="a\0b"), "NUL"),
+        (JobChanges(delay=1, run_at=2), "either a delay or a run_at"),
+        (JobChanges(timeout=1, no_timeout=True), "either a timeout or no timeout"),
+    ],
+)
+def test_job_changes_refused(changes: JobChanges, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        lifecycle.job_changes(changes, now=0)
