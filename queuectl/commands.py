@@ -160,11 +160,12 @@ def queue_resume(name: str) -> None:
 @cli.group()
 def config() -> None:
     """Persisted defaults: max-retries, backoff-base, backoff-max, timeout, concurrency,
-    log-max-size, kill-grace.
+    log-max-size, kill-grace, on-finish (a command run as each job ends).
 
     \b
-    Example:
+    Examples:
       queuectl config set max-retries 5
+      queuectl config set on-finish 'echo "$QUEUED_JOB_ID $QUEUED_JOB_STATE" >> ~/done.log'
     """
 
 

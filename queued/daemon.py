@@ -19,11 +19,13 @@ from pathlib import Path
 import trio
 
 from . import lifecycle, schema
+from .callbacks import Callbacks
 from .config import SETTINGS_KEYS, Sources
 from .config import effective_settings as config_settings
 from .database import Database
 from .guardian import GuardianLink
 from .handlers import Daemon, Watchers
+from .process import JobEnvironments
 from .server import AccessPolicy, Server, bind_unix
 from .store import Store
 from .supervisor import Supervisor
@@ -32,6 +34,7 @@ from .systemd import Notifier, inherited_listener
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 5.0
 ANSWER_GRACE_SECONDS = 0.5
+CALLBACK_GRACE_SECONDS = 5.0
 STATUS_INTERVAL_SECONDS = 1.0  # at most one STATUS= datagram per interval
 
 
@@ -159,8 +162,14 @@ class Runner:
             raise
         try:
             watchers = Watchers()
-            db = Database(store, on_finished=watchers.notify)
+
+            def finished(ids: list[int]) -> None:
+                watchers.notify(ids)
+                self.callbacks.notify(ids)
+
+            db = Database(store, on_finished=finished)
             self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
+            self.callbacks = Callbacks(db, settings, guardian, JobEnvironments(instance))
             self.supervisor.set_queues(store.queues())
             self.daemon = Daemon(
                 db,
@@ -177,6 +186,7 @@ class Runner:
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self.supervisor.run)
+                await nursery.start(self.callbacks.run)
                 await nursery.start(server.serve, trio.SocketListener(sock))
                 nursery.start_soon(self._signals)
                 if self.notifier.enabled:
@@ -193,6 +203,9 @@ class Runner:
                 await self._shutdown.wait()
                 self.notifier.stopping()
                 await self.supervisor.drain(interrupt=self.shutdown_mode == "now")
+                # The last jobs' on-finish commands get a moment to run.
+                with trio.move_on_after(CALLBACK_GRACE_SECONDS):
+                    await self.callbacks.idle()
                 # Answers already being prepared (a `wait` that just finished) still go out.
                 with trio.move_on_after(ANSWER_GRACE_SECONDS):
                     await server.wait_idle()

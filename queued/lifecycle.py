@@ -108,6 +108,7 @@ class Settings(Struct, kw_only=True):
     concurrency: int = 1
     log_max_size: int = 10 * 1024 * 1024
     kill_grace: float = 10.0
+    on_finish: str | None = None  # a shell command run when a job ends (see callbacks.py)
 
 
 def _parse_count(text: str) -> int:
@@ -146,6 +147,15 @@ def _parse_positive_duration(text: str) -> float:
     return value
 
 
+def _parse_optional_command(text: str) -> str | None:
+    """A shell command, where none, off or nothing mean "no command"."""
+    text = text.strip()
+    if text.lower() in ("", "none", "off"):
+        return None
+    check_command(text)
+    return text
+
+
 def _parse_log_size(text: str) -> int:
     value = parse_size(text)
     if value < 1024:
@@ -162,6 +172,7 @@ CONFIG_KEYS = {
     "concurrency": ("concurrency", _parse_slots),
     "log-max-size": ("log_max_size", _parse_log_size),
     "kill-grace": ("kill_grace", _parse_positive_duration),
+    "on-finish": ("on_finish", _parse_optional_command),
 }
 
 
@@ -173,7 +184,7 @@ def config_key(key: str) -> str:
     return canonical
 
 
-def parse_config_value(key: str, text: str) -> tuple[str, int | float | None]:
+def parse_config_value(key: str, text: str) -> tuple[str, int | float | str | None]:
     """(Settings field, value) for a user's `config set KEY VALUE`, or ValueError."""
     canonical = config_key(key)
     field, parse = CONFIG_KEYS[canonical]

@@ -106,3 +106,22 @@ def test_pause_a_queue_with_its_jobs_and_everything(daemon: Daemon) -> None:
     assert daemon.ok("resume", "--all") == f"every queue resumed, and job {gpu}\n"
     daemon.ok("wait", str(waiting))
     daemon.ok("cancel", str(gpu))
+
+
+def test_on_finish_callback(daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "notified"
+    command = f'echo "$QUEUED_JOB_ID $QUEUED_JOB_STATE $QUEUED_JOB_EXIT_CODE $QUEUED_JOB_COMMAND" >> {out}'
+    assert daemon.ok("config", "set", "on-finish", command) == f"on-finish = {command}\n"
+    assert json.loads(daemon.ok("config", "get", "--json", "on-finish")) == {"on-finish": command}
+    ok = daemon.add("true")
+    failed = daemon.add("--max-retries", "0", "exit 2")
+    daemon.ctl("wait", "--all")
+    deadline = time.monotonic() + 10
+    while not out.exists() or len(out.read_text().splitlines()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert sorted(out.read_text().splitlines()) == sorted(
+        [f"{ok} completed 0 true", f"{failed} dead 2 exit 2"]
+    )
+    daemon.ok("config", "set", "on-finish", "none")
+    assert daemon.ok("config", "get", "on-finish").split() == ["on-finish", "none"]

@@ -311,3 +311,76 @@ async def test_sigstop_by_kill_is_a_pause(daemon: DaemonHandle, client: AsyncCli
     assert not (await client.job(job_id)).job.paused
     await client.ok(p.CancelJobs(ids=[job_id]))
     assert os.path.exists(f"/proc/{os.getpid()}")
+
+
+# -- the on-finish callback ---------------------------------------------------------------------
+
+
+async def lines_of(path: Path, count: int) -> list[str]:
+    with trio.fail_after(10):
+        while not path.exists() or len(path.read_text().splitlines()) < count:
+            await trio.sleep(0.02)
+    return path.read_text().splitlines()
+
+
+async def test_on_finish_runs_with_the_jobs_facts(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    out = tmp_path / "finished"
+    command = (
+        'echo "$QUEUED_JOB_ID|$QUEUED_JOB_STATE|$QUEUED_JOB_EXIT_CODE|$QUEUED_JOB_COMMAND|$QUEUED_JOB_LABEL"'
+        f" >> {out}"
+    )
+    await client.ok(p.SetConfig(key="on-finish", value=command))
+    done = await client.add("echo 'a b'", label="l")
+    dead = await client.add("exit 3", max_retries=0)
+    canceled = await client.add("true", delay=3600)
+    await client.ok(p.CancelJobs(ids=[canceled]))
+    await client.wait(done, dead)
+    lines = sorted(await lines_of(out, 3))
+    assert lines == [
+        f"{done}|completed|0|echo 'a b'|l",
+        f"{dead}|dead|3|exit 3|",
+        f"{canceled}|canceled||true|",
+    ]
+    config = await client.ok(p.GetConfig(key="on-finish"))
+    assert isinstance(config, p.ConfigValues) and config.values == {"on-finish": command}
+
+
+async def test_a_failing_on_finish_is_logged_and_the_job_unaffected(
+    daemon: DaemonHandle, client: AsyncClient, caplog
+) -> None:
+    await client.ok(p.SetConfig(key="on-finish", value="echo it broke >&2; exit 4"))
+    job_id = await client.add("true")
+    [job] = await client.wait(job_id)
+    with trio.fail_after(10):
+        while "on-finish for job" not in caplog.text:
+            await trio.sleep(0.02)
+    assert f"on-finish for job {job_id} exited with status 4: it broke" in caplog.text
+    assert (await client.job(job_id)).job.state == "completed" and job.state == "completed"
+
+
+async def test_a_hanging_on_finish_is_stopped_at_its_timeout(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr("queued.callbacks.TIMEOUT_SECONDS", 0.3)
+    pids = tmp_path / "pids"
+    await client.ok(p.SetConfig(key="on-finish", value=f"sleep 60 & echo $! >> {pids}; wait"))
+    job_id = await client.add("true")
+    await client.wait(job_id)
+    [pid] = await lines_of(pids, 1)
+    with trio.fail_after(10):  # its whole group is stopped
+        while os.path.exists(f"/proc/{pid}") and process_state(int(pid)) != "Z":
+            await trio.sleep(0.02)
+    assert f"on-finish for job {job_id} ran over" in caplog.text
+    assert isinstance(await client.ok(p.GetStatus()), p.Status)  # still serving
+
+
+async def test_no_on_finish_queues_nothing(daemon: DaemonHandle, client: AsyncClient) -> None:
+    job_id = await client.add("true")
+    await client.wait(job_id)
+    callbacks = daemon.runner.callbacks
+    assert not callbacks._finished and not callbacks._running
+    await client.ok(p.SetConfig(key="on-finish", value="true"))
+    await client.ok(p.SetConfig(key="on-finish", value="none"))
+    assert daemon.runner.supervisor.settings.on_finish is None

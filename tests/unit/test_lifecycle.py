@@ -577,3 +577,13 @@ def test_job_changes_become_fields() -> None:
 def test_job_changes_refused(changes: JobChanges, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         lifecycle.job_changes(changes, now=0)
+
+
+def test_on_finish_is_a_command_or_none() -> None:
+    assert lifecycle.parse_config_value("on-finish", "  ./notify.sh  ") == ("on_finish", "./notify.sh")
+    for off in ("none", "off", "", " "):
+        assert lifecycle.parse_config_value("on_finish", off) == ("on_finish", None)
+    with pytest.raises(ValueError, match="invalid value for on-finish: command contains a NUL byte"):
+        lifecycle.parse_config_value("on-finish", "a\0b")
+    assert Settings().on_finish is None
+    assert lifecycle.settings_as_config(Settings(on_finish="x"))["on-finish"] == "x"
