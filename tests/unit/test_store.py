@@ -11,7 +11,7 @@ import pytest
 
 from queued import lifecycle, schema
 from queued.lifecycle import Settings, classify_exit
-from queued.protocol import JobSpec
+from queued.protocol import STATES, JobSpec
 from queued.store import Refused, Store
 from queued.store_attempts import Claimed
 
@@ -532,7 +532,7 @@ def test_clean_returns_log_paths(store: Store) -> None:
 
 
 def manual_counts(store: Store) -> dict[str, int]:
-    totals = dict.fromkeys(("pending", "running", "completed", "failed", "dead", "canceled"), 0)
+    totals = dict.fromkeys(STATES, 0)
     for (job_state,) in store.conn.execute("SELECT state FROM jobs"):
         totals[job_state] += 1
     return totals
@@ -559,6 +559,17 @@ def test_counts_match_a_manual_count(store: Store) -> None:
     store.retry([claimed[3].id], False, now)
     store.remove([claimed[0].id])
     store.clean(["canceled", "dead"], None)
+    assert store.counts() == manual_counts(store)
+    held = store.add_jobs([new(hold=True), new(queue="other", hold=True)], now)
+    store.hold([claimed[3].id], now)
+    store.edit(held[0], {"queue": "other"}, now)
+    store.edit(claimed[3].id, {"queue": "other", "priority": 4}, now)
+    assert store.counts() == manual_counts(store)
+    per_queue = dict(((q, s), n) for q, s, n in store.conn.execute("SELECT queue, state, n FROM counts"))
+    manual = store.conn.execute("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state").fetchall()
+    assert {key: n for key, n in per_queue.items() if n} == {(q, s_): n for q, s_, n in manual}
+    store.release([held[1]], now)
+    store.restart(held[0], {}, False, now)
     assert store.counts() == manual_counts(store)
     counts = store.counts()
     assert sum(counts.values()) == store.conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
