@@ -5,12 +5,13 @@ state (completed, dead, canceled) in each commit, as it tells waiters. With no
 `on-finish` set that is one attribute read per commit and nothing more. With
 one set, the ids queue up; one task under the daemon's nursery reads those
 jobs (one read per batch) and runs the command for each as a child process:
-`/bin/sh -c CMD` in a session of its own, with the job's id, state, exit code,
+`/bin/sh -c CMD` spawned as a job's attempt is (a session of its own), with the job's id, state, exit code,
 command, queue, label and error in its environment (and the daemon's instance
 marker, so that the guardian stops it with the daemon's jobs). At most
 MAX_RUNNING run at once; each is given TIMEOUT_SECONDS, then its group gets
-SIGTERM and, after `kill-grace`, SIGKILL. Its output is dropped, but for the
-end of its stderr, logged when it fails. Nothing it does reaches the job.
+SIGTERM and, after `kill-grace`, SIGKILL; when it exits, what it left in its
+group is killed, as after a job. Its output is dropped, but for the end of its
+stderr, logged when it fails. Nothing it does reaches the job.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 from collections import deque
 
 import trio
@@ -26,7 +26,7 @@ import trio
 from .database import Database
 from .guardian import GuardianLink
 from .lifecycle import Settings
-from .process import SHELL, JobEnvironments
+from .process import JobEnvironments, JobProcess, SpawnError
 from .protocol import Job
 from .store import Store
 
@@ -35,6 +35,7 @@ TIMEOUT_SECONDS = 60.0
 MAX_RUNNING = 4
 STDERR_KEPT = 2048  # bytes of a failing callback's stderr that reach the log
 BATCH = 256  # finished jobs read at once
+READ_GRACE_SECONDS = 1.0  # for a pipe an escaped process still holds
 
 
 class Callbacks:
@@ -105,32 +106,26 @@ class Callbacks:
             QUEUED_JOB_ERROR=job.error or "",
         )
         try:
-            process = await trio.lowlevel.open_process(
-                [SHELL, "-c", command],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            log.warning("on-finish for job %d could not start: %s", job.id, exc.strerror or exc)
+            process = JobProcess(command, cwd=os.getcwd(), env=env)  # spawned as a job is
+        except (SpawnError, OSError) as exc:
+            log.warning("on-finish for job %d could not start: %s", job.id, exc)
             return
         self.guardian.register(process.pid)
         stderr = bytearray()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_keep_tail, process.stderr, stderr)
+            async with trio.open_nursery() as readers:
+                readers.start_soon(_read, process.stdout, None)
+                readers.start_soon(_read, process.stderr, stderr)
                 with trio.move_on_after(TIMEOUT_SECONDS) as scope:
-                    await process.wait()
+                    await process.wait_exit()
                 if scope.cancelled_caught:
                     log.warning("on-finish for job %d ran over %.0f s: stopped", job.id, TIMEOUT_SECONDS)
                     await _stop(process, self.settings.kill_grace)
+                process.reap()  # and whatever it left in its group
+                readers.cancel_scope.deadline = trio.current_time() + READ_GRACE_SECONDS
         finally:
             if process.returncode is None:  # cancelled: the daemon is stopping
-                _signal_group(process.pid, signal.SIGKILL)
-                with trio.CancelScope(shield=True):
-                    await process.wait()
+                process.reap()
             self.guardian.unregister(process.pid)
         if process.returncode != 0:
             tail = bytes(stderr[-STDERR_KEPT:]).decode(errors="replace").strip()
@@ -142,26 +137,31 @@ class Callbacks:
             )
 
 
-async def _keep_tail(stream: trio.abc.ReceiveStream | None, kept: bytearray) -> None:
-    if stream is None:
-        return
-    async with stream:
-        while data := await stream.receive_some(65536):
-            kept += data
-            del kept[:-STDERR_KEPT]
-
-
-async def _stop(process: trio.Process, grace: float) -> None:
-    _signal_group(process.pid, signal.SIGTERM)
-    with trio.move_on_after(grace):
-        await process.wait()
-        return
-    _signal_group(process.pid, signal.SIGKILL)
-    await process.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
+async def _read(fd: int, kept: bytearray | None) -> None:
+    """Read a pipe to its end, keeping the last STDERR_KEPT bytes in `kept`."""
+    os.set_blocking(fd, False)
     try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            if kept is not None:
+                kept += data
+                del kept[:-STDERR_KEPT]
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+async def _stop(process: JobProcess, grace: float) -> None:
+    process.signal_group(signal.SIGTERM)
+    process.signal_group(signal.SIGCONT)
+    with trio.move_on_after(grace):
+        await process.wait_exit()
+        return
+    process.signal_group(signal.SIGKILL)
+    await process.wait_exit()

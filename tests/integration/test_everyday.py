@@ -384,3 +384,16 @@ async def test_no_on_finish_queues_nothing(daemon: DaemonHandle, client: AsyncCl
     await client.ok(p.SetConfig(key="on-finish", value="true"))
     await client.ok(p.SetConfig(key="on-finish", value="none"))
     assert daemon.runner.supervisor.settings.on_finish is None
+
+
+async def test_what_an_on_finish_leaves_in_its_group_is_stopped(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    await client.ok(p.SetConfig(key="on-finish", value=f"sleep 77 & echo $! >> {pids}"))
+    await client.wait(await client.add("true"))
+    [pid] = await lines_of(pids, 1)
+    with trio.fail_after(10):
+        while os.path.exists(f"/proc/{pid}") and process_state(int(pid)) != "Z":
+            await trio.sleep(0.02)
+    await client.ok(p.SetConfig(key="on-finish", value="none"))
