@@ -51,6 +51,12 @@ VALUES: dict[str, dict[str, tuple[object, object]]] = {
         "config set": ("3s", 3.0),
         "file": (4, 4.0),
     },
+    "on-finish": {
+        "flag": ("./f.sh", "./f.sh"),
+        "environment": ("./e.sh", "./e.sh"),
+        "config set": ("none", None),
+        "file": ("./c.sh", "./c.sh"),
+    },
     "socket": {
         "flag": ("/f.sock", "/f.sock"),
         "environment": ("/e.sock", "/e.sock"),
@@ -110,6 +116,7 @@ def test_every_key_has_a_variable() -> None:
         "QUEUED_CONCURRENCY",
         "QUEUED_LOG_MAX_SIZE",
         "QUEUED_KILL_GRACE",
+        "QUEUED_ON_FINISH",
         "QUEUED_SOCKET",
         "QUEUED_DATA_DIR",
         "QUEUED_LOG_LEVEL",
