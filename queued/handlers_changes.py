@@ -1,0 +1,87 @@
+"""Handlers of the requests that change jobs already added: hold and release,
+edit and restart (through the store, answered after the commit), pause,
+resume and signal running jobs (the supervisor's processes; nothing stored but
+the queues that `pause --all` pauses)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import lifecycle
+from . import protocol as p
+from .handlers import Daemon, _queues_changed
+from .store import Refused, Store
+
+
+async def _hold(d: Daemon, r: p.HoldJobs) -> p.Response:
+    return p.Changed(ids=await d.db.run(Store.hold, r.ids, d.clock()))
+
+
+async def _release(d: Daemon, r: p.ReleaseJobs) -> p.Response:
+    ids = await d.db.run(Store.release, r.ids, d.clock())
+    d.supervisor.wake()
+    return p.Changed(ids=ids)
+
+
+async def _edit(d: Daemon, r: p.EditJob) -> p.Response:
+    now = d.clock()
+    await d.db.run(Store.edit, r.id, lifecycle.job_changes(r.changes, now=now), now)
+    d.supervisor.wake()
+    return p.Changed(ids=[r.id])
+
+
+async def _restart(d: Daemon, r: p.RestartJob) -> p.Response:
+    if not d.supervisor.accepting:
+        return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
+    now = d.clock()
+    job_id = await d.db.run(Store.restart, r.id, lifecycle.job_changes(r.changes, now=now), r.hold, now)
+    d.supervisor.wake()
+    return p.Added(ids=[job_id])
+
+
+async def _running(d: Daemon, ids: list[int], doing: str) -> list[int]:
+    """`ids`, refused unless every one is running (a rejected request changes nothing)."""
+    ids = sorted(set(ids))
+    states = await d.db.run(Store.states, ids)
+    missing = lifecycle.unknown_ids(ids, states)
+    if missing:
+        raise Refused("not_found", f"no job {missing[0]}")
+    for job_id in ids:
+        state = states[job_id]
+        if state != "running" or job_id not in d.supervisor.running:  # e.g. canceled, in its grace
+            hint = (
+                f"; `queuectl hold {job_id}` keeps it from starting" if state in ("pending", "failed") else ""
+            )
+            if state == "running":  # its process is gone, its end not yet recorded
+                state = "ending"
+            raise Refused("invalid", f"job {job_id} is {state}: only running jobs can be {doing}{hint}")
+    return ids
+
+
+async def _pause(d: Daemon, r: p.PauseJobs) -> p.Response:
+    if not r.ids and not r.all:
+        return p.Error(code="invalid", message="name the jobs to pause or resume, or all of them")
+    verb = "paused" if r.paused else "resumed"
+    ids = await _running(d, r.ids, verb)
+    if r.all:
+        await d.db.run(Store.set_all_paused, r.paused)
+        await _queues_changed(d)
+        ids = d.supervisor.running_in()
+    return p.Changed(ids=d.supervisor.pause_jobs(ids, paused=r.paused))
+
+
+async def _signal(d: Daemon, r: p.SignalJobs) -> p.Response:
+    ids = await _running(d, r.ids, "signalled")
+    d.supervisor.signal_jobs(ids, r.signal)
+    return p.Changed(ids=ids)
+
+
+HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
+    p.HoldJobs: _hold,
+    p.ReleaseJobs: _release,
+    p.EditJob: _edit,
+    p.RestartJob: _restart,
+    p.PauseJobs: _pause,
+    p.SignalJobs: _signal,
+}
