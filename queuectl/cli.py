@@ -107,7 +107,11 @@ def _load_daemon_commands() -> bool:
     return True
 
 
-@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=Commands,
+    invoke_without_command=True,  # `queuectl` alone: the help, whole (see the callback)
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--socket",
     envvar="QUEUED_SOCKET",
@@ -133,6 +137,9 @@ def cli(ctx: click.Context, socket: str | None, trust_uids: tuple[int, ...]) -> 
     Example:
       queuectl add --max-retries 5 -- ./backup.sh /srv && queuectl ls
     """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     ctx.obj = ctx.with_resource(Client(socket, trust_uids=trust_uids))
 
 
@@ -166,14 +173,46 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
     )
 
 
+class AddCommand(click.Command):
+    """`add`, whose --help shows the defaults the daemon would give a new job
+    (its config): only --help asks, so adding a job costs no extra round trip."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from queued.lifecycle import Settings, format_config_value, settings_as_config
+
+        note = "[...]: queued's current settings (`queuectl config set` changes them)."
+        daemon = ctx.find_object(Client) or Client()
+        try:
+            daemon.timeout = 2.0  # a hung daemon must not hang the help
+            values = daemon.config_get()
+        except QueuectlError:
+            values = settings_as_config(Settings())
+            note = "[...]: built-in defaults (queued is not reachable to tell its own)."
+        originals = {}
+        for param in self.params:
+            if isinstance(param, click.Option) and param.help and "[{" in param.help:
+                originals[param] = param.help
+                key = param.help[param.help.index("[{") + 2 : param.help.index("}]")]
+                param.help = param.help.replace(f"{{{key}}}", format_config_value(key, values.get(key)))
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for param, text in originals.items():
+                param.help = text
+        formatter.write_paragraph()
+        formatter.write_text(note)
+
+
 # Options end at the command's first word: `add ls -la` runs `ls -la`, as
 # `tsp ls -la` and `pueue add ls -la` do; an unknown option before it is an error.
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(cls=AddCommand, context_settings={"allow_interspersed_args": False})
 @click.option("-q", "--queue", type=QUEUE, default="default", show_default=True, help="Named queue.")
 @click.option("-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first.")
-@click.option("-r", "--max-retries", type=COUNT, help="Retries after the first attempt [config: 3].")
-@click.option("--backoff-base", type=click.FloatRange(1, 3600), help="Wait base**k s before retry k [2].")
-@click.option("--timeout", type=DURATION, help="Kill the job's process group after this long.")
+@click.option("-r", "--max-retries", type=COUNT, help="Retries after the first attempt [{max-retries}].")
+@click.option(
+    "--backoff-base", type=click.FloatRange(1, 3600), help="Wait base**k s before retry k [{backoff-base}]."
+)
+@click.option("--timeout", type=DURATION, help="Kill the job's process group after this long [{timeout}].")
 @click.option("--delay", type=DURATION, help="Start no earlier than this from now (90s, 5m, 2h).")
 @click.option("--at", type=Moment(), help="Start no earlier than this ISO 8601 time.")
 @click.option("--after", type=JOB_ID, multiple=True, help="Run once job ID completed (repeatable).")
@@ -261,21 +300,50 @@ def enqueue(job_json: str, quiet: bool) -> None:
 @click.option("-l", "--label", help="Only this label.")
 @click.option("-n", "--limit", type=COUNT, default=50, show_default=True, help="The newest N jobs.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Every matching job.")
+@click.option(
+    "-c",
+    "--columns",
+    metavar="A,B,...",
+    callback=lambda ctx, param, value: _columns(value),
+    help="The table's columns, from id, state, queue, priority, tries, exit, when, started, ended, "
+    "duration, label, command [id,state,queue,priority,tries,exit,when,label,command].",
+)
 @json_option
 def list_jobs(
-    states: tuple[str, ...], queue: str | None, label: str | None, limit: int, show_all: bool, as_json: bool
+    states: tuple[str, ...],
+    queue: str | None,
+    label: str | None,
+    limit: int,
+    show_all: bool,
+    columns: tuple[str, ...] | None,
+    as_json: bool,
 ) -> None:
-    """List jobs, oldest first.
+    """List jobs, oldest first. WHEN is when a waiting job runs (or `after 3`:
+    the jobs it waits for), else when it last changed.
 
     \b
-    Example:
+    Examples:
       queuectl ls --state failed --state dead --limit 20
+      queuectl ls --columns id,state,started,ended,duration,command
     """
     jobs = client().list(states=states, queue=queue, label=label, limit=None if show_all else limit)
-    _print_jobs(jobs, as_json, limited=not show_all and len(jobs) == limit)
+    _print_jobs(jobs, as_json, limited=not show_all and len(jobs) == limit, columns=columns)
 
 
-def _print_jobs(jobs: list[Any], as_json: bool, limited: bool = False) -> None:
+def _columns(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    from .output import parse_columns
+
+    try:
+        return parse_columns(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--columns") from None
+
+
+def _print_jobs(
+    jobs: list[Any], as_json: bool, limited: bool = False, columns: tuple[str, ...] | None = None
+) -> None:
     from . import output
 
     if as_json:
@@ -284,9 +352,14 @@ def _print_jobs(jobs: list[Any], as_json: bool, limited: bool = False) -> None:
     if not jobs:
         click.echo("no jobs", err=True)
         return
-    click.echo(
-        output.job_table(jobs, now=time.time(), width=output.terminal_width(), colour=output.use_colour())
+    table = output.job_table(
+        jobs,
+        now=time.time(),
+        width=output.terminal_width(),
+        colour=output.use_colour(),
+        columns=columns or output.DEFAULT_JOB_COLUMNS,
     )
+    click.echo(table)
     if limited:
         click.echo(f"(the newest {len(jobs)}; --limit N or --all for more)", err=True)
 
@@ -541,6 +614,10 @@ def run() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            # `queuectl`, `queuectl dlq`: the help they ask for, whole, as --help prints it.
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         # One line, like every other error; --help has the long story.
         where = exc.ctx.command_path if exc.ctx else "queuectl"
         fail(f"{_usage_message(exc)} (see `{where} --help`)".replace("\n", " "), EXIT_USAGE)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from queued.durations import format_duration
+from queued.durations import format_duration, format_duration_exact
 from queued.protocol import Job, JobDetail, QueueInfo, Run, Status, Workers
 
 _STATE_COLOURS = {
@@ -33,15 +33,17 @@ def use_colour(stream: Any = None) -> bool:
     return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
 
 
+UNLIMITED = 1 << 30  # the width of a pipe: nothing is cut
+
+
 def terminal_width(stream: Any = None) -> int:
-    """The terminal's width; COLUMNS or 120 when not a terminal (pipes are not cut short)."""
+    """The terminal's width; off a terminal (a pipe, a file) nothing is cut."""
     stream = stream or sys.stdout
     if hasattr(stream, "isatty") and stream.isatty():
         import shutil
 
         return shutil.get_terminal_size((120, 24)).columns
-    columns = os.environ.get("COLUMNS", "")
-    return int(columns) if columns.isdigit() and int(columns) > 20 else 120
+    return UNLIMITED
 
 
 def paint(text: str, state: str, colour: bool) -> str:
@@ -53,21 +55,14 @@ def paint(text: str, state: str, colour: bool) -> str:
 
 
 def relative(when: float | None, now: float) -> str:
-    """ "3 min ago", "in 20 s", "now"."""
+    """ "3m ago", "in 20s", "now": whole seconds, in format_duration's style."""
     if when is None:
         return "-"
     delta = when - now
-    seconds = abs(delta)
+    seconds = round(abs(delta))
     if seconds < 1:
         return "now"
-    if seconds < 60:
-        amount = f"{seconds:.0f} s"
-    elif seconds < 3600:
-        amount = f"{seconds / 60:.0f} min"
-    elif seconds < 86400:
-        amount = f"{seconds / 3600:.0f} h"
-    else:
-        amount = f"{seconds / 86400:.0f} d"
+    amount = format_duration(seconds)
     return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
@@ -89,22 +84,50 @@ def iso(when: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
+def display_width(text: str) -> int:
+    """Columns `text` takes on a terminal: CJK and most emoji take two, combining
+    marks and zero-width characters none (what wcwidth says, near enough)."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
 def ellipsize(text: str, width: int) -> str:
     text = " ".join(text.split())  # a multi-line command stays on one table row
     if width <= 0:
         return ""
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+    if display_width(text) <= width:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += display_width(char)
+        if used > width - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
+def pad(text: str, width: int) -> str:
+    """`text` and spaces to `width` columns (colour codes and wide characters measured right)."""
+    return text + " " * (width - display_width(_plain(text)))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, width: int, colour_of=None) -> str:
     """Columns padded to their widest cell; the last column is cut to fit `width`."""
     columns = list(zip(headers, *rows, strict=True)) if rows else [(h,) for h in headers]
-    widths = [max(len(_plain(cell)) for cell in column) for column in columns[:-1]]
+    widths = [max(display_width(_plain(cell)) for cell in column) for column in columns[:-1]]
     lead = sum(widths) + 2 * len(widths)
     last = max(width - lead, 12)
     lines = []
     for row in [headers, *rows]:
-        cells = [cell + " " * (w - len(_plain(cell))) for cell, w in zip(row[:-1], widths, strict=True)]
+        cells = [pad(cell, w) for cell, w in zip(row[:-1], widths, strict=True)]
         lines.append("  ".join([*cells, ellipsize(row[-1], last)]).rstrip())
     return "\n".join(lines)
 
@@ -123,26 +146,67 @@ def state_text(job: Job) -> str:
     return "running (paused)" if job.paused else job.state
 
 
-def job_table(jobs: Sequence[Job], *, now: float, width: int, colour: bool) -> str:
+def _when(job: Job, now: float) -> str:
+    """When a job runs next (a waiting one: what it waits for), or last changed."""
+    if job.state in ("pending", "held", "failed"):
+        if job.waiting_on:
+            return "after " + ",".join(map(str, job.waiting_on))
+        return relative(job.run_at, now)
+    return relative(job.updated_at, now)
+
+
+def _duration(job: Job, now: float) -> str:
+    if job.started_at is None:
+        return "-"
+    return format_duration((job.ended_at if job.ended_at is not None else now) - job.started_at)
+
+
+# name -> (header, cell); `ls --columns` picks among them.
+JOB_COLUMNS: dict[str, tuple[str, Callable[[Job, float], str]]] = {
+    "id": ("ID", lambda job, now: str(job.id)),
+    "state": ("STATE", lambda job, now: state_text(job)),
+    "queue": ("QUEUE", lambda job, now: job.queue),
+    "priority": ("PRI", lambda job, now: str(job.priority)),
+    "tries": ("TRIES", lambda job, now: f"{job.attempts}/{job.max_retries + 1}"),
+    "exit": ("EXIT", lambda job, now: "-" if job.exit_code is None else str(job.exit_code)),
+    "when": ("WHEN", _when),
+    "started": ("STARTED", lambda job, now: relative(job.started_at, now)),
+    "ended": ("ENDED", lambda job, now: relative(job.ended_at, now)),
+    "duration": ("DURATION", _duration),
+    "label": ("LABEL", lambda job, now: job.label or ""),
+    "command": ("COMMAND", lambda job, now: job.command),
+}
+DEFAULT_JOB_COLUMNS = ("id", "state", "queue", "priority", "tries", "exit", "when", "label", "command")
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """`id,state,command` -> the column names, or ValueError naming the unknown one."""
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in JOB_COLUMNS:
+            raise ValueError(f"no column {name!r}; choose from {','.join(JOB_COLUMNS)}")
+    if not names:
+        raise ValueError(f"name at least one column of {','.join(JOB_COLUMNS)}")
+    return names
+
+
+def job_table(
+    jobs: Sequence[Job],
+    *,
+    now: float,
+    width: int,
+    colour: bool,
+    columns: Sequence[str] = DEFAULT_JOB_COLUMNS,
+) -> str:
+    """A row per job; the last column (the command by default) is cut to fit."""
     rows = []
     for job in jobs:
-        when = job.run_at if job.state in ("pending", "held", "failed") else job.updated_at
-        rows.append(
-            [
-                str(job.id),
-                paint(state_text(job), job.state, colour),
-                job.queue,
-                str(job.priority),
-                f"{job.attempts}/{job.max_retries + 1}",
-                "-" if job.exit_code is None else str(job.exit_code),
-                relative(when, now),
-                job.label or "",
-                job.command,
-            ]
-        )
-    return table(
-        ["ID", "STATE", "QUEUE", "PRI", "TRIES", "EXIT", "WHEN", "LABEL", "COMMAND"], rows, width=width
-    )
+        row = [JOB_COLUMNS[name][1](job, now) for name in columns]
+        if "state" in columns:
+            at = columns.index("state")
+            row[at] = paint(row[at], job.state, colour)
+        rows.append(row)
+    return table([JOB_COLUMNS[name][0] for name in columns], rows, width=width)
 
 
 def run_result(run: Run) -> str:
@@ -155,19 +219,31 @@ def run_result(run: Run) -> str:
     return f"exit {run.exit_code}"
 
 
+def _indented(text: str, indent: str) -> str:
+    """A multi-line value under its label: later lines start where the first did."""
+    return text.replace("\n", "\n" + indent)
+
+
 def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str:
     job = detail.job
-    timeout = format_duration(job.timeout) if job.timeout else "none"
+    timeout = format_duration_exact(job.timeout) if job.timeout else "none"
+    earlier = max(0, len(detail.runs) - job.attempts)  # runs before a retry reset the count
+    attempts = f"{job.attempts} of {job.max_retries + 1}"
+    if earlier > 0:
+        attempts += f" since it was retried ({len(detail.runs)} runs in all)"
+    depends = ", ".join(map(str, job.depends_on)) or "-"
+    if job.waiting_on:
+        depends += f" (waiting for {', '.join(map(str, job.waiting_on))})"
+    indent = " " * 15
     lines = [
         f"job {job.id}: {paint(state_text(job), job.state, colour)}",
-        f"  command:     {job.command}",
+        f"  command:     {_indented(job.command, indent)}",
         f"  queue:       {job.queue} (priority {job.priority})",
         f"  label:       {job.label or '-'}",
-        f"  attempts:    {job.attempts} of {job.max_retries + 1} "
-        f"(backoff base {job.backoff_base:g}, timeout {timeout})",
+        f"  attempts:    {attempts} (backoff base {job.backoff_base:g}, timeout {timeout})",
         f"  exit code:   {'-' if job.exit_code is None else job.exit_code}",
-        f"  error:       {job.error or '-'}",
-        f"  depends on:  {', '.join(map(str, job.depends_on)) or '-'}",
+        f"  error:       {_indented(job.error or '-', indent)}",
+        f"  depends on:  {depends}",
         f"  cwd:         {job.cwd}",
         f"  created:     {absolute(job.created_at)} ({relative(job.created_at, now)})",
         f"  updated:     {absolute(job.updated_at)} ({relative(job.updated_at, now)})",
@@ -176,18 +252,23 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         lines.append(f"  runs at:     {absolute(job.run_at)} ({relative(job.run_at, now)})")
     if detail.runs:
         rows = []
-        for run in detail.runs:
+        for index, run in enumerate(detail.runs):
             end = run.ended_at if run.ended_at is not None else now
+            # ATTEMPT counts as "attempts: N of M" does: within the current round.
+            attempt = "-" if index < earlier else f"{index - earlier + 1}/{job.max_retries + 1}"
             rows.append(
                 [
                     str(run.attempt),
+                    attempt,
                     str(run.pid or "-"),
                     absolute(run.started_at),
                     format_duration(end - run.started_at),
                     run_result(run),
                 ]
             )
-        lines += ["", table(["ATTEMPT", "PID", "STARTED", "DURATION", "RESULT"], rows, width=width)]
+        lines += ["", table(["RUN", "ATTEMPT", "PID", "STARTED", "DURATION", "RESULT"], rows, width=width)]
+        if earlier > 0:
+            lines.append(f"(runs 1-{earlier} came before the retry that reset the attempts)")
     return "\n".join(lines)
 
 
@@ -225,14 +306,21 @@ def status_json(status: Status) -> dict[str, Any]:
     return data
 
 
+_COUNTED_STATES = ("pending", "held", "running", "failed", "completed", "dead", "canceled")
+
+
 def status_block(status: Status, *, now: float) -> str:
+    """The words of `status --json`: each state by its name (`failed` is a job
+    awaiting its retry; `dead` used up its retries)."""
     counts = status.counts
-    order = ("pending", "held", "running", "failed", "completed", "dead", "canceled")
-    state_line = "  ".join(f"{state} {counts.get(state, 0)}" for state in order)
+    state_line = "  ".join(f"{state} {counts.get(state, 0)}" for state in _COUNTED_STATES)
+    slots = f"{status.running} of {status.concurrency} in use"
+    if status.concurrency == 0:
+        slots += " (no job starts: `queuectl workers scale N` to start again)"
     lines = [
-        f"queued {status.version} (pid {status.pid}), up {format_duration(now - status.started_at)}"
+        f"queued {status.version} (pid {status.pid}), up {format_duration(round(now - status.started_at))}"
         + ("" if status.accepting else ", shutting down"),
-        f"  slots:   {status.running} of {status.concurrency} in use",
+        f"  slots:   {slots}",
         f"  jobs:    {state_line}",
         f"  socket:  {status.socket}",
         f"  data:    {status.data_dir}",
@@ -249,12 +337,14 @@ def queue_table(queues: Sequence[QueueInfo]) -> str:
             q.name,
             "-" if q.concurrency is None else str(q.concurrency),
             "paused" if q.paused else "active",
-            str(q.running),
             str(q.pending),
+            str(q.held),
+            str(q.running),
+            str(q.failed),
         ]
         for q in queues
     ]
-    return table(["QUEUE", "LIMIT", "STATUS", "RUNNING", "WAITING"], rows, width=10_000)
+    return table(["QUEUE", "LIMIT", "STATUS", "PENDING", "HELD", "RUNNING", "FAILED"], rows, width=UNLIMITED)
 
 
 def workers_table(workers: Workers, *, now: float, width: int) -> str:

@@ -14,10 +14,15 @@ REFRESH_SECONDS = 0.5
 
 
 def progress_line(jobs: Sequence[Job]) -> str:
+    """`3/10 done, 2 running, 5 waiting (1 to retry), 1 failed`: every job is in
+    one of done, running and waiting; `failed` are the done that did not complete."""
     done = sum(job.state in TERMINAL_STATES for job in jobs)
     running = sum(job.state == "running" for job in jobs)
-    failed = sum(job.state in ("failed", "dead") for job in jobs)
-    return f"{done}/{len(jobs)} done, {running} running, {failed} failed"
+    retrying = sum(job.state == "failed" for job in jobs)
+    waiting = len(jobs) - done - running
+    failed = sum(job.state in TERMINAL_STATES and job.state != "completed" for job in jobs)
+    to_retry = f" ({retrying} to retry)" if retrying else ""
+    return f"{done}/{len(jobs)} done, {running} running, {waiting} waiting{to_retry}, {failed} failed"
 
 
 def wait_with_progress(client: Client, ids: Sequence[int], timeout: float | None, out: TextIO) -> Waited:

@@ -128,6 +128,11 @@ class Job(Struct, kw_only=True):
     cwd: str
     error: str | None = None
     paused: bool = False  # a running job whose process group is stopped (`queuectl pause`)
+    # The dependencies a waiting job still waits for (not completed yet).
+    waiting_on: list[int] = []
+    # The latest attempt's start and end (None: never started, still running).
+    started_at: float | None = None
+    ended_at: float | None = None
 
 
 class Run(Struct, kw_only=True):
@@ -148,8 +153,11 @@ class QueueInfo(Struct, kw_only=True):
     name: str
     concurrency: int | None
     paused: bool
+    # Its jobs by state, named as everywhere else (`failed`: awaiting a retry).
     running: int = 0
     pending: int = 0
+    held: int = 0
+    failed: int = 0
 
 
 class Slot(Struct, kw_only=True):

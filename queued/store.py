@@ -177,7 +177,7 @@ class Store(AttemptRecords, JobChanging):
         row = self.conn.execute(f"SELECT {_JOB_COLUMNS}, env_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
-        job = self._job(row[:-1])
+        [job] = self._jobs([row[:-1]])
         env_data = self.conn.execute("SELECT data FROM environments WHERE id = ?", (row[-1],)).fetchone()
         runs = [
             Run(
@@ -234,24 +234,40 @@ class Store(AttemptRecords, JobChanging):
         return self._jobs(rows)
 
     def _jobs(self, rows: list[tuple]) -> list[Job]:
+        """Jobs from their rows, with what a reader asks next: their dependencies
+        (and which of them are not completed yet) and their latest attempt's times."""
         deps: dict[int, list[int]] = {}
+        unmet: dict[int, list[int]] = {}
+        latest: dict[int, tuple[float, float | None]] = {}
         for chunk in _chunks([row[0] for row in rows]):
             marks = ",".join("?" * len(chunk))
-            for job_id, dep in self.conn.execute(
-                f"SELECT job_id, depends_on FROM dependencies WHERE job_id IN ({marks}) ORDER BY depends_on",
+            for job_id, dep, dep_state in self.conn.execute(
+                "SELECT d.job_id, d.depends_on, j.state FROM dependencies d LEFT JOIN jobs j"
+                f" ON j.id = d.depends_on WHERE d.job_id IN ({marks}) ORDER BY d.depends_on",
                 chunk,
             ):
                 deps.setdefault(job_id, []).append(dep)
-        return [self._job(row, deps.get(row[0], [])) for row in rows]
+                if dep_state != "completed":
+                    unmet.setdefault(job_id, []).append(dep)
+            for job_id, started_at, ended_at in self.conn.execute(
+                "SELECT a.job_id, a.started_at, a.ended_at FROM attempts a"
+                f" WHERE a.job_id IN ({marks}) AND a.attempt ="
+                " (SELECT max(attempt) FROM attempts WHERE job_id = a.job_id)",
+                chunk,
+            ):
+                latest[job_id] = (started_at, ended_at)
+        return [
+            self._job(row, deps.get(row[0], []), unmet.get(row[0], []), latest.get(row[0], (None, None)))
+            for row in rows
+        ]
 
-    def _job(self, row: tuple, depends_on: list[int] | None = None) -> Job:
-        if depends_on is None:
-            depends_on = [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT depends_on FROM dependencies WHERE job_id = ? ORDER BY depends_on", (row[0],)
-                )
-            ]
+    def _job(
+        self,
+        row: tuple,
+        depends_on: list[int],
+        unmet: list[int],
+        latest: tuple[float | None, float | None],
+    ) -> Job:
         return Job(
             id=row[0],
             command=row[1],
@@ -270,6 +286,9 @@ class Store(AttemptRecords, JobChanging):
             cwd=row[14],
             error=row[15],
             depends_on=depends_on,
+            waiting_on=unmet if row[2] in ("pending", "held", "failed") else [],
+            started_at=latest[0],
+            ended_at=latest[1],
         )
 
     @effect(READ)
@@ -410,7 +429,9 @@ class Store(AttemptRecords, JobChanging):
                 concurrency=conc,
                 paused=bool(paused),
                 running=counts.get((name, "running"), 0),
-                pending=counts.get((name, "pending"), 0) + counts.get((name, "failed"), 0),
+                pending=counts.get((name, "pending"), 0),
+                held=counts.get((name, "held"), 0),
+                failed=counts.get((name, "failed"), 0),
             )
             for name, conc, paused in self.conn.execute(
                 "SELECT name, concurrency, paused FROM queues ORDER BY name"

@@ -387,3 +387,65 @@ def test_logs_follow_across_retries(daemon: Daemon, tmp_path: Path) -> None:
     result = daemon.ctl("logs", "-f", str(job_id), timeout=30)
     assert result.returncode == 0
     assert result.stdout == "first\nsecond\n" and "attempt 2" in result.stderr
+
+
+def test_piped_output_is_never_cut(daemon: Daemon) -> None:
+    daemon.ok("queue", "pause", "default")
+    command = "echo " + "x" * 300
+    job_id = daemon.add(command)
+    for columns in (None, "80"):
+        env = {k: v for k, v in daemon.env.items() if k != "COLUMNS"}
+        if columns:
+            env["COLUMNS"] = columns
+        listed = subprocess.run([tool("queuectl"), "ls"], env=env, capture_output=True, text=True)
+        assert command in listed.stdout and "…" not in listed.stdout
+        shown = subprocess.run(
+            [tool("queuectl"), "show", str(job_id)], env=env, capture_output=True, text=True
+        )
+        assert command in shown.stdout
+
+
+def test_ls_says_what_a_job_waits_for_and_when_jobs_ran(daemon: Daemon) -> None:
+    done = daemon.add("sleep 0.2")
+    daemon.ok("wait", str(done))
+    later = daemon.add("--delay", "1h", "true")
+    waiting = daemon.add("--after", str(later), "--after", str(done), "true")
+    rows = {line.split()[0]: line for line in daemon.ok("ls").splitlines()[1:]}
+    assert f"after {later}" in rows[str(waiting)]
+    assert jobs(daemon, "--state", "pending")[-1]["waiting_on"] == [later]
+    table = daemon.ok("ls", "--columns", "id,started,ended,duration").splitlines()
+    assert table[0].split() == ["ID", "STARTED", "ENDED", "DURATION"]
+    row = table[1].split()
+    assert row[0] == str(done) and row[-1].endswith(("ms", "s")) and "ago" in table[1]
+    assert table[2].split() == [str(later), "-", "-", "-"]
+    assert daemon.ctl("ls", "--columns", "id,nope").returncode == 2
+
+
+def test_show_after_a_dlq_retry_counts_attempts_as_its_rows_do(daemon: Daemon) -> None:
+    job_id = daemon.add("--max-retries", "1", "--backoff-base", "1", "exit 3")
+    daemon.ctl("wait", str(job_id))
+    daemon.ok("dlq", "retry", str(job_id))
+    daemon.ctl("wait", str(job_id))
+    shown = daemon.ok("show", str(job_id))
+    assert "attempts:    2 of 2 since it was retried (4 runs in all)" in shown
+    rows = [line.split()[:2] for line in shown[shown.index("RUN  ATTEMPT") :].splitlines()[1:5]]
+    assert rows == [["1", "-"], ["2", "-"], ["3", "1/2"], ["4", "2/2"]]
+
+
+def test_add_help_shows_the_daemons_defaults(daemon: Daemon) -> None:
+    daemon.ok("config", "set", "max-retries", "7")
+    daemon.ok("config", "set", "timeout", "90m")
+    shown = " ".join(daemon.ok("add", "--help").split())
+    assert "first attempt [7]" in shown and "after this long [1h30m]" in shown
+    assert "queued's current settings" in shown
+
+
+def test_status_and_its_json_count_in_the_same_words(daemon: Daemon) -> None:
+    daemon.ok("queue", "pause", "default")
+    daemon.add("true")
+    counts = json.loads(daemon.ok("status", "--json"))["counts"]
+    text = daemon.ok("status")
+    for state, n in counts.items():
+        assert f"{state} {n}" in text
+    header = next(line for line in text.splitlines() if line.startswith("QUEUE"))
+    assert header.split()[3:] == ["PENDING", "HELD", "RUNNING", "FAILED"]

@@ -105,6 +105,33 @@ def test_options_before_the_command_are_queuectls(added) -> None:
     assert (spec.label, spec.env, spec.max_retries) == ("nightly", {"A": "1"}, 2)
 
 
+@pytest.mark.parametrize("args", [[], ["dlq"], ["config"], ["workers"], ["queue"]])
+def test_a_group_without_its_command_prints_the_whole_help(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    from queuectl import cli as cli_module
+
+    monkeypatch.setattr(sys, "argv", ["queuectl", "--socket", "/nonexistent/q.sock", *args])
+    try:
+        cli_module.run()
+    except SystemExit as exited:
+        assert exited.code == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("Usage: queuectl") and "Commands:" in out and len(out.splitlines()) > 8
+
+
+def test_add_help_without_a_daemon_shows_the_built_in_defaults(invoke) -> None:
+    result = invoke("add", "--help")
+    assert result.exit_code == 0
+    assert "[3]" in result.output and "[none]" in result.output and "built-in defaults" in result.output
+
+
+def test_ls_columns_must_be_known(invoke) -> None:
+    result = invoke("ls", "--columns", "id,colour")
+    assert result.exit_code == 2 and "colour" in result.output
+
+
 # -- durations and times ------------------------------------------------------------------
 
 

@@ -55,11 +55,14 @@ def job(**changes) -> p.Job:  # type: ignore[no-untyped-def]
     ("when", "text"),
     [
         (NOW, "now"),
-        (NOW - 20, "20 s ago"),
-        (NOW + 20, "in 20 s"),
-        (NOW - 180, "3 min ago"),
-        (NOW + 7200, "in 2 h"),
-        (NOW - 3 * 86400, "3 d ago"),
+        (NOW - 20, "20s ago"),
+        (NOW + 20, "in 20s"),
+        (NOW - 180, "3m ago"),
+        (NOW - 293, "4m53s ago"),
+        (NOW + 3600, "in 1h"),  # not "in 60 min"
+        (NOW + 7200, "in 2h"),
+        (NOW - 3 * 86400, "3d ago"),
+        (NOW - 2.2, "2s ago"),
         (None, "-"),
     ],
 )
@@ -101,14 +104,67 @@ def test_too_narrow_keeps_some_command() -> None:
 
 def test_table_columns() -> None:
     row = output.job_table([JOB], now=NOW, width=400, colour=False).splitlines()[1]
-    assert row.split()[:8] == ["7", "completed", "default", "-1", "2/4", "0", "3", "min"]
+    assert row.split()[:8] == ["7", "completed", "default", "-1", "2/4", "0", "3m", "ago"]
     assert "nightly" in row and row.endswith(JOB.command)
+
+
+def test_a_job_waiting_on_dependencies_says_which() -> None:
+    waiting = job(state="pending", exit_code=None, depends_on=[3, 4, 5], waiting_on=[3, 5])
+    row = output.job_table([waiting], now=NOW, width=400, colour=False).splitlines()[1]
+    assert "after 3,5" in row
+
+
+def test_columns_started_ended_duration_chosen() -> None:
+    done = job(started_at=NOW - 300, ended_at=NOW - 290.5)
+    running = job(id=8, state="running", started_at=NOW - 2.2, ended_at=None, exit_code=None)
+    never = job(id=9, state="pending", started_at=None, ended_at=None, exit_code=None)
+    columns = output.parse_columns("id, started,ended,DURATION")
+    lines = output.job_table([done, running, never], now=NOW, width=400, colour=False, columns=columns)
+    assert [line.split() for line in lines.splitlines()] == [
+        ["ID", "STARTED", "ENDED", "DURATION"],
+        ["7", "5m", "ago", "4m50s", "ago", "9.5s"],
+        ["8", "2s", "ago", "-", "2.2s"],
+        ["9", "-", "-", "-"],
+    ]
+
+
+@pytest.mark.parametrize("text", ["id,colour", "", " , "])
+def test_unknown_columns_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="column"):
+        output.parse_columns(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "width"),
+    [
+        ("abc", 3),
+        ("日本語", 6),
+        ("🎉 done", 7),
+        ("e\u0301", 1),
+        ("a\u200bb", 2),
+        ("\uff46\uff55\uff4c\uff4c", 8),
+    ],
+)
+def test_display_width(text: str, width: int) -> None:
+    assert output.display_width(text) == width
+
+
+def test_wide_characters_keep_columns_aligned() -> None:
+    jobs = [
+        job(id=1, label="日本語ラベル", command="echo 完了"),
+        job(id=2, label="plain", command="echo 🎉🎉"),
+    ]
+    lines = output.job_table(jobs, now=NOW, width=400, colour=False).splitlines()
+    starts = {output.display_width(line[: line.index("echo")]) for line in lines[1:]}
+    assert len(starts) == 1 and output.display_width(lines[0][: lines[0].index("COMMAND")]) in starts
+    cut = output.job_table([job(command="日本語" * 40)], now=NOW, width=80, colour=False).splitlines()[1]
+    assert output.display_width(cut) <= 80 and cut.endswith("…")
 
 
 def test_when_is_run_at_for_waiting_jobs() -> None:
     pending = job(state="pending", run_at=NOW + 20, exit_code=None)
     row = output.job_table([pending], now=NOW, width=400, colour=False).splitlines()[1]
-    assert "in 20 s" in row
+    assert "in 20s" in row
 
 
 def test_multi_line_commands_stay_on_one_row() -> None:
@@ -148,9 +204,9 @@ def test_width_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
             return False
 
     monkeypatch.delenv("COLUMNS", raising=False)
-    assert output.terminal_width(Pipe()) == 120
-    monkeypatch.setenv("COLUMNS", "200")
-    assert output.terminal_width(Pipe()) == 200
+    assert output.terminal_width(Pipe()) == output.UNLIMITED
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal's, inherited: a pipe is still not cut
+    assert output.terminal_width(Pipe()) == output.UNLIMITED
 
 
 def test_show_block() -> None:
@@ -163,6 +219,55 @@ def test_show_block() -> None:
     assert text.splitlines()[0] == "job 7: completed"
     assert "nightly" in text and "/srv" in text and output.absolute(JOB.created_at) in text
     assert "killed by signal 9" in text and "running" in text and "4242" in text
+
+
+def test_show_numbers_attempts_as_its_header_counts_them_after_a_retry() -> None:
+    runs = [msgspec.structs.replace(RUN, attempt=n) for n in range(1, 7)]
+    detail = p.JobDetail(job=job(state="dead", attempts=3, max_retries=2), runs=runs, env={})
+    text = output.job_block(detail, now=NOW, width=200, colour=False)
+    assert "attempts:    3 of 3 since it was retried (6 runs in all)" in text
+    table = text[text.index("RUN  ATTEMPT") :].splitlines()
+    assert [line.split()[:2] for line in table[1:7]] == [
+        ["1", "-"],
+        ["2", "-"],
+        ["3", "-"],
+        ["4", "1/3"],
+        ["5", "2/3"],
+        ["6", "3/3"],
+    ]
+    assert "runs 1-3 came before the retry" in text
+
+
+def test_show_indents_a_multi_line_command() -> None:
+    detail = p.JobDetail(job=job(command="set -e\nmake\nmake install"), runs=[], env={})
+    lines = output.job_block(detail, now=NOW, width=200, colour=False).splitlines()
+    at = lines.index("  command:     set -e")
+    assert lines[at + 1 : at + 3] == [" " * 15 + "make", " " * 15 + "make install"]
+
+
+def test_status_uses_the_state_names_of_its_json() -> None:
+    status = p.Status(
+        version="1",
+        pid=1,
+        started_at=NOW - 293,
+        counts={"pending": 4, "failed": 2, "running": 1},
+        running=1,
+        concurrency=2,
+        accepting=True,
+        queues=[p.QueueInfo(name="default", concurrency=None, paused=False, running=1, pending=4, failed=2)],
+        data_dir="/d",
+        socket="/s",
+    )
+    text = output.status_block(status, now=NOW)
+    assert "up 4m53s" in text and "pending 4  held 0  running 1  failed 2" in text
+    header, row = text.splitlines()[-2:]
+    assert header.split() == ["QUEUE", "LIMIT", "STATUS", "PENDING", "HELD", "RUNNING", "FAILED"]
+    assert row.split() == ["default", "-", "active", "4", "0", "1", "2"]
+    assert set(output.status_json(status)["counts"]) <= {w.lower() for w in header.split()} | {
+        "completed",
+        "dead",
+        "canceled",
+    }
 
 
 # -- JSON ----------------------------------------------------------------------------------------
@@ -217,3 +322,12 @@ def test_detail_json_adds_runs_and_env() -> None:
         p.JobDetail(job=JOB, runs=[msgspec.structs.replace(RUN, ended_at=None)], env={})
     )
     assert still_running["runs"][0]["ended_at"] is None
+
+
+def test_wait_progress_counts_waiting_jobs_too() -> None:
+    from queuectl.progress import progress_line
+
+    states = ["completed", "dead", "running", "pending", "pending", "failed", "canceled"]
+    jobs = [job(id=n, state=state) for n, state in enumerate(states)]
+    assert progress_line(jobs) == "3/7 done, 1 running, 3 waiting (1 to retry), 2 failed"
+    assert progress_line(jobs[:1]) == "1/1 done, 0 running, 0 waiting, 0 failed"

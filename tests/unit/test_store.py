@@ -576,11 +576,10 @@ def test_counts_match_a_manual_count(store: Store) -> None:
     assert state(store, dependent) in ("failed", "dead")
     assert store.states([canceled_dependent]) == {}
     # Per-queue numbers in queues() come from the same table.
-    per_queue = {q.name: (q.running, q.pending) for q in store.queues()}
-    for name, (running, waiting) in per_queue.items():
+    per_queue = {q.name: (q.running, q.pending, q.failed) for q in store.queues()}
+    for name, (running, pending, failed) in per_queue.items():
         rows = Counter(s for (s,) in store.conn.execute("SELECT state FROM jobs WHERE queue = ?", (name,)))
-        assert running == rows["running"]
-        assert waiting == rows["pending"] + rows["failed"]
+        assert (running, pending, failed) == (rows["running"], rows["pending"], rows["failed"])
 
 
 def test_next_due_returns_earliest_future_run_at(store: Store) -> None:
