@@ -104,6 +104,8 @@ def path_problem(lookups: Sequence[Lookup], me: int) -> str | None:
 def shared_daemon_problem(peer: int, me: int, lookups: Sequence[Lookup]) -> str | None:
     """Why uid `peer` is not a system daemon in a directory of its own that
     only root (or `me`) can have given it; None if it is."""
+    if not lookups:  # "/" itself: nothing can listen there
+        return "its path names no socket"
     directory = lookups[-1].directory
     if directory.uid != peer:
         return f"its directory {directory.path} belongs to uid {directory.uid}"

@@ -117,6 +117,11 @@ def test_the_daemon_must_own_its_directory() -> None:
     )
 
 
+def test_a_path_of_no_lookups_is_refused() -> None:
+    assert trust.resolve("/") == []
+    assert shared_daemon_problem(DAEMON, ME, []) == "its path names no socket"
+
+
 @pytest.mark.parametrize(
     ("peer", "trusted", "expected"),
     [(ME, (), True), (ROOT, (), True), (DAEMON, (), False), (DAEMON, (DAEMON,), True), (DAEMON, (7,), False)],
