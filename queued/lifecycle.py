@@ -21,14 +21,13 @@ as the "failed -> pending -> running" path without a write in between.
 from __future__ import annotations
 
 import enum
-import math
 import signal as signals
 from collections.abc import Iterable, Mapping
 
 from msgspec import Struct
 
 from .durations import format_duration, format_duration_exact, format_size_exact, parse_duration, parse_size
-from .protocol import TERMINAL_STATES, JobChanges, JobSpec, JobState
+from .protocol import MAX_CONCURRENCY, MAX_RETRIES, TERMINAL_STATES, JobChanges, JobSpec, JobState
 
 
 class Event(enum.Enum):
@@ -111,25 +110,43 @@ class Settings(Struct, kw_only=True):
     on_finish: str | None = None  # a shell command run when a job ends (see callbacks.py)
 
 
-def _parse_count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
+MAX_SECONDS = 10 * 365 * 86400  # the protocol's limit on every duration
+MAX_LOG_SIZE = 1024**4
+
+
+def _parse_whole(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"must be from {low:,} to {high:,}, got {value:,}")
     return value
+
+
+def _parse_count(text: str) -> int:
+    return _parse_whole(text, 0, MAX_RETRIES)
 
 
 def _parse_slots(text: str) -> int:
     """Global slots: 0 stops claiming (running jobs go on), like pausing every queue."""
-    value = int(text)
-    if not 0 <= value <= 4096:
-        raise ValueError(f"must be between 0 and 4096, got {value}")
-    return value
+    return _parse_whole(text, 0, MAX_CONCURRENCY)
 
 
 def _parse_base(text: str) -> float:
-    value = float(text)
-    if not 1 <= value <= 3600 or math.isnan(value):
-        raise ValueError(f"must be between 1 and 3600, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a number") from None
+    if not 1 <= value <= 3600:  # also refuses nan
+        raise ValueError(f"must be from 1 to 3600, got {text.strip()}")
+    return value
+
+
+def _parse_seconds(text: str) -> float:
+    value = parse_duration(text)
+    if value > MAX_SECONDS:
+        raise ValueError(f"{text.strip()!r} is longer than the 10-year limit")
     return value
 
 
@@ -137,13 +154,13 @@ def _parse_optional_duration(text: str) -> float | None:
     """A duration, where none, off or zero mean "no limit"."""
     if text.strip().lower() in ("", "none", "off"):
         return None
-    return parse_duration(text) or None
+    return _parse_seconds(text) or None
 
 
 def _parse_positive_duration(text: str) -> float:
-    value = parse_duration(text)
+    value = _parse_seconds(text)
     if value <= 0:
-        raise ValueError(f"must be more than 0, got {text!r}")
+        raise ValueError(f"must be more than 0, got {text.strip()!r}")
     return value
 
 
@@ -158,8 +175,8 @@ def _parse_optional_command(text: str) -> str | None:
 
 def _parse_log_size(text: str) -> int:
     value = parse_size(text)
-    if value < 1024:
-        raise ValueError(f"must be at least 1k, got {text!r}")
+    if not 1024 <= value <= MAX_LOG_SIZE:
+        raise ValueError(f"must be from 1k to 1T, got {text.strip()!r}")
     return value
 
 
@@ -239,11 +256,31 @@ class NewJob(Struct, kw_only=True):
     hold: bool = False
 
 
+# Linux's MAX_ARG_STRLEN: one argument or one environment string (NAME=value)
+# is at most 32 pages, counting its terminating NUL.
+MAX_ARG_BYTES = 32 * 4096 - 1
+
+
+def _arg_bytes(text: str) -> int:
+    """Bytes `text` takes in an exec; only long texts are encoded to count them."""
+    if len(text) * 4 <= MAX_ARG_BYTES:
+        return len(text)
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
 def check_environment(env: Mapping[str, str]) -> None:
     """ValueError naming the first variable execve would refuse."""
     for key, value in env.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ValueError(f"invalid environment variable {key!r}")
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+        size = _arg_bytes(key) + 1 + _arg_bytes(value)
+        if size > MAX_ARG_BYTES:
+            raise ValueError(
+                f"environment variable {key} is {size:,} bytes; Linux passes at most "
+                f"{MAX_ARG_BYTES:,} bytes per variable (MAX_ARG_STRLEN)"
+            )
 
 
 def check_command(command: str) -> None:
@@ -252,17 +289,47 @@ def check_command(command: str) -> None:
         raise ValueError("command is empty")
     if "\0" in command:
         raise ValueError("command contains a NUL byte")
+    size = _arg_bytes(command)
+    if size > MAX_ARG_BYTES:
+        raise ValueError(
+            f"command is {size:,} bytes; Linux runs at most {MAX_ARG_BYTES:,} bytes as one "
+            "argument (MAX_ARG_STRLEN, 128 KiB): put it in a script and add the script"
+        )
+
+
+def check_label(label: str | None) -> None:
+    if label is not None and "\0" in label:
+        raise ValueError("label contains a NUL byte")
+
+
+def check_path(name: str, path: str) -> None:
+    """ValueError unless `path` is an absolute path the kernel could accept."""
+    if "\0" in path:
+        raise ValueError(f"{name} contains a NUL byte")
+    if not path.startswith("/"):
+        raise ValueError(f"{name} must be an absolute path, got {path!r}")
+
+
+def check_spec(spec: JobSpec) -> None:
+    """ValueError, in the user's words, for a job that could never run as
+    given. Only what needs no daemon state: the client runs it too, so that a
+    user's mistake is a usage error before anything is sent."""
+    check_command(spec.command)
+    check_label(spec.label)
+    if spec.delay is not None and spec.run_at is not None:
+        raise ValueError("give either a delay or a run_at time, not both")
+    if spec.cwd is not None:
+        check_path("cwd", spec.cwd)
+    check_environment(spec.env)
 
 
 def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
-    """Fill `spec`'s gaps from the request and the settings; ValueError names what is wrong."""
-    check_command(spec.command)
-    if spec.delay is not None and spec.run_at is not None:
-        raise ValueError("give either a delay or a run_at time, not both")
-    job_cwd = spec.cwd or cwd
-    if not job_cwd.startswith("/"):
-        raise ValueError(f"cwd must be an absolute path, got {job_cwd!r}")
-    check_environment(spec.env)
+    """Fill `spec`'s gaps from the request and the settings; ValueError names what
+    is wrong. The request's `env` is the caller's to check, once per request."""
+    check_spec(spec)
+    job_cwd = cwd if spec.cwd is None else spec.cwd
+    if spec.cwd is None:
+        check_path("the working directory", cwd)
     # Shared, not copied, when the job adds nothing: a bulk add of 100,000 jobs
     # then stores (and hashes) one environment, not 100,000 equal ones.
     merged_env = {**env, **spec.env} if spec.env else env
@@ -309,6 +376,7 @@ def job_changes(changes: JobChanges, *, now: float) -> dict[str, object]:
     if changes.no_timeout:
         fields["timeout"] = None
     if changes.label is not None:
+        check_label(changes.label)
         fields["label"] = changes.label or None
     if changes.delay is not None:
         fields["run_at"] = now + changes.delay
@@ -347,11 +415,13 @@ def after_attempt(
     backoff_base: float,
     backoff_max: float,
     now: float,
+    retryable: bool = True,
 ) -> Outcome:
-    """The job's fate once attempt number `attempts` (1-based) ended."""
+    """The job's fate once attempt number `attempts` (1-based) ended. A failure
+    that is not `retryable` uses up the retries at once."""
     if succeeded:
         return Outcome(Event.SUCCEED, "completed", None)
-    if attempts <= max_retries:
+    if retryable and attempts <= max_retries:
         delay = backoff_delay(attempts, backoff_base, backoff_max)
         return Outcome(Event.FAIL, "failed", now + delay)
     return Outcome(Event.EXHAUST, "dead", None)
@@ -364,6 +434,7 @@ class Exit(Struct, frozen=True):
     exit_code: int | None
     signal: int | None
     error: str | None
+    retryable: bool = True  # False: another attempt would fail the same way
 
 
 def signal_name(number: int) -> str:
@@ -387,8 +458,11 @@ def classify_exit(returncode: int, *, timed_out_after: float | None = None) -> E
     return Exit(False, returncode, None, f"exited with status {returncode}")
 
 
-def spawn_failure(reason: str) -> Exit:
-    return Exit(False, None, None, f"could not start: {reason}")
+def spawn_failure(reason: str, *, lasting: bool = False) -> Exit:
+    """A process that could not be started; `lasting` when nothing but a change
+    to the job itself could make it start (an argument list too long for the
+    kernel, say): then it is not retried."""
+    return Exit(False, None, None, f"could not start: {reason}", retryable=not lasting)
 
 
 INTERRUPTED = Exit(False, None, None, "interrupted: the daemon stopped while the job ran")
@@ -415,6 +489,14 @@ def dependency_verdict(states: Mapping[int, str]) -> DependencyVerdict:
 
 def dependency_cancel_reason(dep_id: int, dep_state: str) -> str:
     return f"canceled: dependency {dep_id} is {dep_state}"
+
+
+def dependency_refusal(dep_id: int, dep_state: str) -> str:
+    """Why a new job cannot wait for `dep_id`: it would be canceled the moment it was made."""
+    return (
+        f"--after {dep_id}: job {dep_id} is {dep_state}, so this job could never run "
+        f"(`queuectl retry {dep_id}` first, or leave --after {dep_id} out)"
+    )
 
 
 def unknown_ids(wanted: Iterable[int], found: Iterable[int]) -> list[int]:

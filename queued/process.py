@@ -34,7 +34,16 @@ _PRIVATE_VARS = (
 
 
 class SpawnError(Exception):
-    """The attempt could not start; the message is for the user."""
+    """The attempt could not start; the message is for the user. `lasting`
+    when another attempt would fail the same way (see `_LASTING`)."""
+
+    def __init__(self, reason: str, *, lasting: bool = False) -> None:
+        super().__init__(reason)
+        self.lasting = lasting
+
+
+# Failures to start that only a change to the job itself can cure.
+_LASTING = frozenset({errno.E2BIG, errno.ENAMETOOLONG})
 
 
 class JobEnvironments:
@@ -69,10 +78,12 @@ class JobProcess:
         err_r, err_w = os.pipe()
         try:
             self.pid = _spawn([SHELL, "-c", command], cwd, env, out_w, err_w)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
             for fd in (out_r, err_r):
                 os.close(fd)
-            raise SpawnError(_spawn_reason(exc, cwd)) from None
+            if isinstance(exc, ValueError):
+                raise SpawnError(f"invalid job: {exc}", lasting=True) from None
+            raise SpawnError(_spawn_reason(exc, cwd), lasting=exc.errno in _LASTING) from None
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -143,6 +154,8 @@ def _spawn_reason(exc: OSError, cwd: str) -> str:
         return f"working directory {cwd} does not exist"
     if exc.errno == errno.ENOENT:
         return f"{SHELL} not found"
+    if exc.errno == errno.E2BIG:
+        return "the command and its environment are more than the kernel accepts (Argument list too long)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied ({exc.filename or cwd})"
     return exc.strerror or str(exc)

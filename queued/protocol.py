@@ -42,8 +42,11 @@ ErrorCode = Literal[
     "internal",  # a bug: the daemon logged the details
 ]
 
-JobId = Annotated[int, Meta(ge=1, le=2**62)]
-Count = Annotated[int, Meta(ge=0, le=2**31)]
+MAX_JOB_ID = 2**62
+MAX_RETRIES = 2**31
+MAX_CONCURRENCY = 4096
+JobId = Annotated[int, Meta(ge=1, le=MAX_JOB_ID)]
+Count = Annotated[int, Meta(ge=0, le=MAX_RETRIES)]
 Seconds = Annotated[float, Meta(ge=0, le=10 * 365 * 86400)]
 Priority = Annotated[int, Meta(ge=-(10**9), le=10**9)]
 QueueName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]

@@ -93,7 +93,7 @@ class Store(AttemptRecords, JobChanging):
             if env_id is None:
                 env_id = env_ids[id(job.env)] = self._env_id(job.env)
             state: JobState = lifecycle.initial_state(job)
-            error, unmet = None, 0
+            unmet = 0
             if job.depends_on:
                 flush()  # a dependency may be a job of this very request
                 dep_states = self.states(job.depends_on)
@@ -102,8 +102,9 @@ class Store(AttemptRecords, JobChanging):
                     raise Refused("not_found", f"--after names unknown job {missing[0]}")
                 verdict = lifecycle.dependency_verdict(dep_states)
                 if verdict.blocker is not None:
-                    state = "canceled"
-                    error = lifecycle.dependency_cancel_reason(verdict.blocker, verdict.blocker_state or "")
+                    raise Refused(
+                        "invalid", lifecycle.dependency_refusal(verdict.blocker, verdict.blocker_state or "")
+                    )
                 unmet = sum(1 for s in dep_states.values() if s != "completed")
             row = (
                 job.command,
@@ -120,7 +121,7 @@ class Store(AttemptRecords, JobChanging):
                 job.cwd,
                 env_id,
                 unmet,
-                error,
+                None,
             )
             added[(job.queue, state)] = added.get((job.queue, state), 0) + 1
             if not job.depends_on:
@@ -337,13 +338,35 @@ class Store(AttemptRecords, JobChanging):
             self.reordered = True
 
     def _cancel_dependents(self, job_id: int, state: str, now: float) -> None:
-        reason = lifecycle.dependency_cancel_reason(job_id, state)
-        for dependent, dependent_state in self.conn.execute(
-            "SELECT j.id, j.state FROM dependencies d JOIN jobs j ON j.id = d.job_id"
-            f" WHERE d.depends_on = ? AND j.state IN ({_UNSTARTED})",
+        """Cancel every waiting job that depends on `job_id`, directly or through
+        others, in one pass: a recursive query, not a recursion per link, so a
+        chain of any length costs one statement and no stack. Each names the
+        dependency that doomed it (the lowest, when several did)."""
+        rows = self.conn.execute(
+            "WITH RECURSIVE doomed(id, blocker) AS ("
+            " SELECT d.job_id, d.depends_on FROM dependencies d JOIN jobs j ON j.id = d.job_id"
+            f" WHERE d.depends_on = ? AND j.state IN ({_UNSTARTED})"
+            " UNION SELECT d.job_id, d.depends_on FROM doomed"
+            " JOIN dependencies d ON d.depends_on = doomed.id JOIN jobs j ON j.id = d.job_id"
+            f" WHERE j.state IN ({_UNSTARTED}))"
+            " SELECT doomed.id, min(blocker), jobs.state FROM doomed JOIN jobs ON jobs.id = doomed.id"
+            " GROUP BY doomed.id ORDER BY doomed.id",
             (job_id,),
-        ).fetchall():
-            self._set_state(dependent, dependent_state, Event.CANCEL, now, error=reason)
+        ).fetchall()
+        canceled = lifecycle.next_state("pending", Event.CANCEL)
+        self.conn.executemany(
+            "UPDATE jobs SET state = ?, updated_at = ?, error = ? WHERE id = ?",
+            [
+                (
+                    lifecycle.next_state(dependent_state, Event.CANCEL),
+                    now,
+                    lifecycle.dependency_cancel_reason(blocker, state if blocker == job_id else canceled),
+                    dependent,
+                )
+                for dependent, blocker, dependent_state in rows
+            ],
+        )
+        self.finished.extend(dependent for dependent, _, _ in rows)
 
     def cancel(self, ids: Sequence[int], now: float) -> list[int]:
         """Cancel jobs; returns those that were running (their processes must be stopped)."""

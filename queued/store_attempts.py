@@ -257,6 +257,7 @@ class AttemptRecords:
             backoff_base=claimed.backoff_base,
             backoff_max=backoff_max,
             now=now,
+            retryable=exit.retryable,
         )
         extra: dict[str, object] = {"exit_code": exit.exit_code, "error": exit.error}
         if outcome.run_at is not None:

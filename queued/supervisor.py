@@ -366,7 +366,7 @@ class Supervisor:
                 env=self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run),
             )
         except SpawnError as exc:
-            self._ended(attempt, lifecycle.spawn_failure(str(exc)))
+            self._ended(attempt, lifecycle.spawn_failure(str(exc), lasting=exc.lasting))
             return
         attempt.spawned(process, self.settings.log_max_size)
         self.guardian.register(process.pid)

@@ -237,6 +237,22 @@ def test_classify_exit_timeout_with_exit_status() -> None:
     assert exit.error is not None and exit.error.startswith("timed out")
 
 
+def test_a_lasting_spawn_failure_is_never_retried() -> None:
+    """Issue #11: "Argument list too long" cannot change on its own: dead at once."""
+    lasting = lifecycle.spawn_failure("Argument list too long", lasting=True)
+    assert not lasting.retryable and lifecycle.spawn_failure("no such directory").retryable
+    outcome = after_attempt(
+        succeeded=False,
+        attempts=1,
+        max_retries=5,
+        backoff_base=2,
+        backoff_max=60,
+        now=0,
+        retryable=lasting.retryable,
+    )
+    assert (outcome.event, outcome.state) == (Event.EXHAUST, "dead")
+
+
 def test_spawn_failure_and_interrupted() -> None:
     exit = lifecycle.spawn_failure("no such directory: /nope")
     assert not exit.succeeded and exit.exit_code is None and exit.signal is None
@@ -346,6 +362,35 @@ def test_new_job_bad_env(bad_env: dict[str, str]) -> None:
         lifecycle.check_environment(bad_env)
 
 
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (JobSpec(command="true", cwd="/tmp\0x"), "cwd contains a NUL byte"),
+        (JobSpec(command="true", label="a\0b"), "label contains a NUL byte"),
+        (JobSpec(command="true", env={"A": "1\0"}), "environment variable A contains a NUL byte"),
+        (JobSpec(command="true", env={"A\0": "1"}), "invalid environment variable name"),
+    ],
+)
+def test_new_job_nul_anywhere_is_refused(spec: JobSpec, words: str) -> None:
+    """Issue #17 item 6: a NUL byte in the cwd was accepted, and the spawn then raised."""
+    with pytest.raises(ValueError, match=words):
+        _new(spec)
+    with pytest.raises(ValueError, match="NUL"):
+        _new(JobSpec(command="true"), cwd="/tmp\0x")
+
+
+def test_command_longer_than_one_exec_argument_is_refused() -> None:
+    """Issue #11: MAX_ARG_STRLEN (128 KiB with the NUL) is the most one argument can be."""
+    _new(JobSpec(command="x" * lifecycle.MAX_ARG_BYTES))
+    with pytest.raises(ValueError, match=r"command is 131,072 bytes; .*131,071 .*MAX_ARG_STRLEN"):
+        _new(JobSpec(command="x" * (lifecycle.MAX_ARG_BYTES + 1)))
+    # Counted in bytes, not characters: 43,691 three-byte characters are 131,073 bytes.
+    with pytest.raises(ValueError, match="131,073 bytes"):
+        _new(JobSpec(command="€" * 43_691))
+    with pytest.raises(ValueError, match="environment variable BIG is 131,072 bytes"):
+        _new(JobSpec(command="true", env={"BIG": "v" * (lifecycle.MAX_ARG_BYTES - 3)}))
+
+
 def test_jobs_that_add_nothing_share_the_request_environment() -> None:
     shared = {"A": "1"}
     assert _new(JobSpec(command="x"), env=shared).env is shared
@@ -417,11 +462,33 @@ def test_parse_config_value_good(key: str, text: str, field: str, value: object)
         ("log-max-size", "100"),
         ("log-max-size", "lots"),
         ("kill-grace", "0s"),
+        ("max-retries", "99999999999999999999"),
+        ("max-retries", "2147483649"),
+        ("backoff-max", "99999d"),
+        ("timeout", "3651d"),
+        ("kill-grace", "9" * 400),
+        ("log-max-size", "2T"),
     ],
 )
 def test_parse_config_value_bad(key: str, text: str) -> None:
     with pytest.raises(ValueError, match=f"invalid value for {key}"):
         parse_config_value(key, text)
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "words"),
+    [
+        ("max-retries", "abc", "invalid value for max-retries: 'abc' is not a whole number"),
+        ("max-retries", "99999999999999999999", "must be from 0 to 2,147,483,648, got 99,999"),
+        ("backoff-base", "x", "'x' is not a number"),
+        ("timeout", "99999d", "'99999d' is longer than the 10-year limit"),
+    ],
+)
+def test_parse_config_value_says_why_in_words(key: str, text: str, words: str) -> None:
+    """Issue #11: not "invalid literal for int() with base 10"; issue #17 item 8: range-checked."""
+    with pytest.raises(ValueError) as caught:
+        parse_config_value(key, text)
+    assert words in str(caught.value)
 
 
 def test_parse_config_value_unknown_key() -> None:

@@ -133,19 +133,21 @@ def test_refused_batch_keeps_nothing_inside_a_savepoint(store: Store) -> None:
 
 
 @pytest.mark.parametrize("dead_state", ["dead", "canceled"])
-def test_after_finished_dependency_creates_canceled_job(store: Store, dead_state: str) -> None:
+def test_after_a_dead_or_canceled_job_is_refused(store: Store, dead_state: str) -> None:
+    """Issue #11: such a job could never run; it was made and canceled at once."""
     dep = add(store, max_retries=0)
     if dead_state == "dead":
         assert run_to(store, dep, FAIL) == "dead"
     else:
         store.cancel([dep], T0)
-    dependent = add(store, after=[dep])
-    stored = job(store, dependent)
-    assert stored.state == "canceled"
-    assert stored.error is not None
-    assert f"dependency {dep}" in stored.error and dead_state in stored.error
-    assert stored.depends_on == [dep]
-    assert claim(store, T0 + 100) == []
+    before = table_snapshot(store)
+    with pytest.raises(Refused) as refused:
+        add(store, after=[dep])
+    assert refused.value.code == "invalid"
+    assert refused.value.message.startswith(
+        f"--after {dep}: job {dep} is {dead_state}, so this job could never run"
+    )
+    assert table_snapshot(store) == before
 
 
 def test_after_completed_dependency_is_ready(store: Store) -> None:
@@ -366,6 +368,35 @@ def test_cancel_cancels_dependents_transitively(store: Store) -> None:
     assert job(store, b).error is not None and str(a) in (job(store, b).error or "")
 
 
+def test_a_chain_of_100000_dependents_is_canceled_without_recursion(store: Store) -> None:
+    """Issue #17 item 7: the cascade recursed once per link and hit Python's
+    recursion limit at ~1,000. The chain is built with one bulk add."""
+    a = add(store, max_retries=0)
+    chain = [new(after=[a + n]) for n in range(100_000)]  # ids are consecutive within one add
+    store.conn.execute("BEGIN")  # as the daemon's writer does: one commit, not 100,000
+    ids = store.add_jobs(chain, T0)
+    assert ids == list(range(a + 1, a + 100_001))
+    store.finished.clear()
+    assert run_to(store, a, FAIL) == "dead"
+    store.conn.execute("COMMIT")
+    assert store.counts()["canceled"] == 100_000
+    assert job(store, ids[-1]).error == f"canceled: dependency {ids[-2]} is canceled"
+    assert len(store.finished) == 100_001
+
+
+def test_cascade_through_a_diamond_names_the_lowest_blocker_once(store: Store) -> None:
+    a = add(store, delay=100.0)
+    b = add(store, after=[a])
+    c = add(store, after=[a])
+    d = add(store, after=[b, c])
+    store.finished.clear()
+    store.cancel([a], T0)
+    assert [state(store, i) for i in (b, c, d)] == ["canceled"] * 3
+    assert job(store, d).error == f"canceled: dependency {b} is canceled"
+    assert sorted(store.finished) == [a, b, c, d]
+    assert store.counts()["canceled"] == 4
+
+
 # ----------------------------------------------------------------------------
 # Cancel, retry, remove, clean
 
@@ -548,9 +579,9 @@ def test_counts_match_a_manual_count(store: Store) -> None:
     store.finish(claimed[1], FAIL, BACKOFF_MAX, T0)
     store.finish(claimed[2], classify_exit(-9), BACKOFF_MAX, T0)
     assert store.counts() == manual_counts(store)
+    canceled_dependent = add(store, after=[ids[-1]])
     store.cancel([claimed[3].id, ids[-1]], T0)
     dependent = add(store, after=[claimed[0].id])
-    canceled_dependent = add(store, after=[claimed[3].id])
     assert store.counts() == manual_counts(store)
     now = T0 + 10
     for again in claim(store, now, slots=100):
