@@ -52,7 +52,7 @@ def test_dependencies(daemon: Daemon, tmp_path: Path) -> None:
     marker = tmp_path / "built"
     build = daemon.add(f"sleep 0.3; touch {marker}")
     deploy = daemon.add("--after", str(build), f"test -e {marker}")
-    broken = daemon.add("--max-retries", "0", "false")
+    broken = daemon.add("--max-retries", "0", "--delay", "1", "false")  # dead after `never` is added
     never = daemon.add("--after", str(broken), "--after", str(build), "true")
     assert daemon.ctl("wait", str(deploy)).returncode == 0
     daemon.ctl("wait", str(never))

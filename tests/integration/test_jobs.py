@@ -91,7 +91,7 @@ async def test_delay_holds_a_job_until_its_time(client: AsyncClient) -> None:
 async def test_dependencies_wait_and_dead_dependencies_cancel(client: AsyncClient) -> None:
     first = await client.add("sleep 0.2")
     second = await client.add("true", after=[first])
-    doomed = await client.add("exit 1", max_retries=0)
+    doomed = await client.add("exit 1", max_retries=0, delay=0.3)  # dead after its dependents are added
     orphan = await client.add("true", after=[doomed])
     grandchild = await client.add("true", after=[orphan])
     jobs = {j.id: j for j in await client.wait(first, second, doomed, orphan, grandchild)}
