@@ -389,12 +389,13 @@ def test_cascade_through_a_diamond_names_the_lowest_blocker_once(store: Store) -
     b = add(store, after=[a])
     c = add(store, after=[a])
     d = add(store, after=[b, c])
+    held = add(store, after=[d], hold=True)
     store.finished.clear()
     store.cancel([a], T0)
-    assert [state(store, i) for i in (b, c, d)] == ["canceled"] * 3
+    assert [state(store, i) for i in (b, c, d, held)] == ["canceled"] * 4
     assert job(store, d).error == f"canceled: dependency {b} is canceled"
-    assert sorted(store.finished) == [a, b, c, d]
-    assert store.counts()["canceled"] == 4
+    assert sorted(store.finished) == [a, b, c, d, held]
+    assert store.counts() == manual_counts(store) and store.counts()["canceled"] == 5
 
 
 # ----------------------------------------------------------------------------
