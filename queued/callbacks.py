@@ -24,7 +24,7 @@ from collections import deque
 import trio
 
 from .database import Database
-from .guardian import GuardianLink
+from .guardian_link import GuardianLink
 from .lifecycle import Settings
 from .process import JobEnvironments, JobProcess, SpawnError
 from .protocol import Job

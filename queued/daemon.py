@@ -6,13 +6,12 @@ guardian watches."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from . import lifecycle, schema
 from .callbacks import Callbacks
 from .config import SETTINGS_KEYS, Sources
 from .config import effective_settings as config_settings
+from .data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
 from .database import Database
-from .guardian import GuardianLink
+from .guardian_link import GuardianLink
 from .handlers import Daemon, Watchers
 from .process import JobEnvironments
 from .server import AccessPolicy, Server, bind_unix
@@ -32,14 +32,9 @@ from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 
 log = logging.getLogger(__name__)
-LOCK_WAIT_SECONDS = 5.0
 ANSWER_GRACE_SECONDS = 0.5
 CALLBACK_GRACE_SECONDS = 5.0
 STATUS_INTERVAL_SECONDS = 1.0  # at most one STATUS= datagram per interval
-
-
-class StartupError(Exception):
-    """queued cannot start; the message says why, for a human."""
 
 
 @dataclass
@@ -51,33 +46,6 @@ class DaemonConfig:
     # `config set` values join them once it is open.
     sources: Sources = field(default_factory=Sources)
     allow_group: int | None = None  # gid whose members may connect too
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """An fd holding an exclusive lock on the data dir. A daemon killed moments
-    ago may leave its guardian holding the lock while it kills the old jobs: wait
-    a little for that, then give up naming the holder."""
-    path = data_dir / "queued.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            if time.monotonic() > deadline:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise StartupError(
-                    f"another queued (pid {holder}) is already using {data_dir}; "
-                    "stop it first (`queuectl shutdown`) or choose another --data-dir"
-                ) from None
-            time.sleep(0.05)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -149,7 +117,8 @@ class Runner:
             raise StartupError(f"bad configuration: {exc}") from None
         recover(store, settings.backoff_max, time.time())
         instance = secrets.token_hex(8)
-        guardian = GuardianLink(instance, keep_fds=(lock_fd,))
+        stop_previous_instance(config.data_dir, instance)
+        guardian = GuardianLink(instance, keep_fds=(lock_fd,), on_started=self._guardian_started(lock_fd))
         try:
             inherited = inherited_listener()
             if inherited is not None:
@@ -187,6 +156,7 @@ class Runner:
                 await nursery.start(db.serve)
                 await nursery.start(self.supervisor.run)
                 await nursery.start(self.callbacks.run)
+                nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))
                 nursery.start_soon(self._signals)
                 if self.notifier.enabled:
@@ -224,6 +194,15 @@ class Runner:
                 log.exception("final checkpoint failed")
             conn.close()
             log.info("queued stopped")
+
+    def _guardian_started(self, lock_fd: int) -> Callable[[int], None]:
+        def started(pid: int) -> None:
+            name_lock_holders(lock_fd, guardian=pid)
+            supervisor = getattr(self, "supervisor", None)
+            if supervisor is not None:
+                supervisor.wake()  # it starts nothing while no guardian runs
+
+        return started
 
     async def _report_status(self, db: Database) -> None:
         """READY=1 once serving, then STATUS= after changes, at most once a second."""

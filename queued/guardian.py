@@ -9,7 +9,9 @@ process group still registered, then every process whose environment carries
 QUEUED_INSTANCE=TOKEN (a job spawned in the instant before its registration,
 or a grandchild that left the group), and exits. The guardian also inherits
 the daemon's lock on the data dir, so a restarted daemon cannot take the lock,
-and run anything, until the old jobs are gone.
+and run anything, until the old jobs are gone. The daemon's end of the pipe
+is `guardian_link`: it never blocks on the pipe, and replaces a guardian that
+dies or stops reading.
 
 PR_SET_PDEATHSIG would reach only each job's direct child, and a wrapper per
 job would cost an interpreter start per job; this costs two pipe writes.
@@ -33,12 +35,14 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _kill_marked(token: str) -> int:
+def kill_marked(token: str, spare: set[int] | frozenset[int] = frozenset()) -> set[int]:
+    """SIGKILL every process whose environment carries QUEUED_INSTANCE=token
+    (but those in `spare`); the pids signalled."""
     marker = f"{INSTANCE_VAR}={token}".encode() + b"\0"
-    killed = 0
+    killed = set()
     me = os.getpid()
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
+        if not name.isdigit() or int(name) == me or int(name) in spare:
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
@@ -48,7 +52,7 @@ def _kill_marked(token: str) -> int:
         if b"\0" + marker in b"\0" + environ:
             try:
                 os.kill(int(name), signal.SIGKILL)
-                killed += 1
+                killed.add(int(name))
             except (ProcessLookupError, PermissionError):
                 pass
     return killed
@@ -73,9 +77,10 @@ def guard(token: str, commands: int = 0) -> None:
                 groups.discard(int(line[1:]))
     for pgid in groups:
         _kill_group(pgid)
-    # Until a scan finds none: a job may fork between our reading /proc and the kill.
-    while _kill_marked(token):
-        pass
+    # Until a scan finds no new one: a job may fork between our reading /proc and the kill.
+    killed: set[int] = set()
+    while found := kill_marked(token) - killed:
+        killed |= found
 
 
 def main() -> None:
@@ -83,38 +88,6 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     guard(sys.argv[1])
-
-
-class GuardianLink:
-    """The daemon's end: starts the guardian and tells it about each job's group."""
-
-    def __init__(self, token: str, keep_fds: tuple[int, ...] = ()) -> None:
-        import subprocess
-
-        read_end, self._write_end = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "queued.guardian", token],
-                stdin=read_end,
-                pass_fds=keep_fds,
-                start_new_session=True,
-                env={k: v for k, v in os.environ.items() if k != INSTANCE_VAR},
-            )
-        finally:
-            os.close(read_end)
-
-    def register(self, pgid: int) -> None:
-        os.write(self._write_end, b"+%d\n" % pgid)
-
-    def unregister(self, pgid: int) -> None:
-        os.write(self._write_end, b"-%d\n" % pgid)
-
-    def close(self) -> None:
-        """Let the guardian sweep (nothing, after a graceful stop) and exit."""
-        if self._write_end >= 0:
-            os.close(self._write_end)
-            self._write_end = -1
-            self.process.wait()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import trio
 from . import lifecycle
 from .attempt import Attempt
 from .database import Call, Database, StorageError
-from .guardian import GuardianLink
+from .guardian_link import GuardianLink
 from .lifecycle import Exit, Settings
 from .process import JobEnvironments, JobProcess, SpawnError
 from .protocol import QueueInfo, Slot
@@ -212,6 +212,8 @@ class Supervisor:
         while self.accepting:  # a drain may begin while we wait for the store
             if self.db.lost is not None:
                 return math.inf  # no start could be recorded: the database file is gone
+            if not self.guardian.ready:
+                return math.inf  # nothing starts unguarded; a new guardian wakes us
             now = self.clock()
             if now < self._hold_until:
                 return self._deadline(self._hold_until)
@@ -304,7 +306,7 @@ class Supervisor:
         free = self.settings.concurrency - len(self.running)
         self._starting = True
         try:
-            while self._ahead and free > 0 and self.accepting:
+            while self._ahead and free > 0 and self.accepting and self.guardian.ready:
                 job = self._ahead.popleft()
                 if room.get(job.queue, 0) <= 0:
                     waiting.append(job)
@@ -423,6 +425,7 @@ class Supervisor:
         if (
             self._starting
             or not self.accepting
+            or not self.guardian.ready
             or now < self._hold_until
             or self.db.lost is not None  # no start could be recorded
             or not self._ahead_valid(now)
