@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable
+from functools import partial
 
 import trio
 
@@ -104,12 +106,14 @@ class Attempt:
             self.scope.cancel()
         return self.scope
 
-    def reap_young(self) -> bool:
-        """Its leader exited while young: collect it and the output in the pipes.
-        False if a process that escaped the group still holds a pipe open: then
-        `drain()` before the outcome."""
+    def reap_young(self, reaped: Callable[[Attempt], None] | None = None) -> bool:
+        """Its leader exited while young: collect it (then tell `reaped`) and
+        the output in the pipes. False if a process that escaped the group
+        still holds a pipe open: then `drain()` before the outcome."""
         assert self.process is not None
         self._returncode = self.process.reap()
+        if reaped is not None:
+            reaped(self)
         self._unfinished = [log_ for log_ in self.logs if not log_.drain_now()]
         return not self._unfinished
 
@@ -121,10 +125,17 @@ class Attempt:
     def young_outcome(self) -> Exit:
         return self._outcome(self._returncode, timed_out=False)
 
-    async def watch(self, *, grace: float) -> Exit:
+    async def watch(
+        self,
+        *,
+        grace: float,
+        reaped: Callable[[Attempt], None] | None = None,
+        signal_escapees: Callable[[Attempt, int], None] | None = None,
+    ) -> Exit:
         """A grown attempt, until its process has ended and its output is in its
         logs; stop() or the timeout ends it with SIGTERM, then SIGKILL after
-        `grace` seconds."""
+        `grace` seconds (its group, and through `signal_escapees` what left
+        the group). `reaped` is told once its leader is reaped."""
         process = self.process
         assert process is not None
         async with trio.open_nursery() as copies:
@@ -133,8 +144,10 @@ class Attempt:
             with self._new_scope(self._deadline()) as scope:
                 await process.wait_exit()
             if scope.cancelled_caught:
-                await _terminate(process, grace)
+                await _terminate(process, grace, partial(signal_escapees, self) if signal_escapees else None)
             returncode = process.reap()
+            if reaped is not None:
+                reaped(self)
             copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
         return self._outcome(returncode, timed_out=scope.cancelled_caught)
 
@@ -155,13 +168,17 @@ async def _drain(logs: list[CappedLog]) -> None:
         copies.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
 
 
-async def _terminate(process: JobProcess, grace: float) -> None:
-    """SIGTERM the job's group, then SIGKILL it after the grace period."""
+async def _terminate(process: JobProcess, grace: float, others: Callable[[int], None] | None) -> None:
+    """SIGTERM the job's group (and `others`), then SIGKILL it after the grace period."""
     with trio.CancelScope(shield=True):
         process.signal_group(signal.SIGTERM)
         process.signal_group(signal.SIGCONT)  # a paused (stopped) job must run to see its SIGTERM
+        if others is not None:
+            others(signal.SIGTERM)
         with trio.move_on_after(grace):
             await process.wait_exit()
             return
         process.signal_group(signal.SIGKILL)
+        if others is not None:
+            others(signal.SIGKILL)
         await process.wait_exit()

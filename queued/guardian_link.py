@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import trio
 
+from .escapes import OWNED
 from .guardian import INSTANCE_VAR
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class GuardianLink:
             raise
         finally:
             os.close(read_end)
+        OWNED.add(self.process.pid)  # the daemon reaps it itself
         self._pidfd = os.pidfd_open(self.process.pid)
         self._write_end = write_end
         self._pending = bytearray(initial[written:])
@@ -192,6 +194,7 @@ class GuardianLink:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+            OWNED.discard(self.process.pid)
         for fd in (self._write_end, self._pidfd):
             if fd >= 0:
                 trio.lowlevel.notify_closing(fd)
@@ -219,6 +222,7 @@ class GuardianLink:
                 log.error("the guardian (pid %d) did not exit; killed", process.pid)
                 process.kill()
                 process.wait()
+            OWNED.discard(process.pid)
 
 
 def _write(fd: int, data: bytes) -> int:

@@ -17,6 +17,7 @@ import signal
 
 import trio
 
+from .escapes import LEADERS
 from .guardian import INSTANCE_VAR
 
 SHELL = "/bin/sh"
@@ -87,6 +88,7 @@ class JobProcess:
         finally:
             os.close(out_w)
             os.close(err_w)
+        LEADERS.add(self.pid)
         self.pidfd = os.pidfd_open(self.pid)
         self.stdout = out_r
         self.stderr = err_r
@@ -107,6 +109,7 @@ class JobProcess:
         status: its exit code, or minus the signal that ended it."""
         self.signal_group(signal.SIGKILL)
         _, status = os.waitpid(self.pid, 0)
+        LEADERS.discard(self.pid)
         self.returncode = os.waitstatus_to_exitcode(status)
         os.close(self.pidfd)
         return self.returncode

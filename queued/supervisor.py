@@ -38,6 +38,7 @@ import trio
 from . import lifecycle
 from .attempt import Attempt
 from .database import Call, Database, StorageError
+from .escapes import Escapes
 from .guardian_link import GuardianLink
 from .lifecycle import Exit, Settings
 from .process import JobEnvironments, JobProcess, SpawnError
@@ -93,6 +94,7 @@ class Supervisor:
         self._hold_until = -math.inf
         self._starting = False  # in _start_ahead (a failed spawn ends at once)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
+        self._escapes = Escapes(instance, running=self._running_keys, grace=lambda: self.settings.kill_grace)
         db.on_reordered = self.wake
 
     # -- commands from the handlers ---------------------------------------------
@@ -198,6 +200,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._young.run)
+            await nursery.start(self._escapes.run)
             task_status.started()
             while True:
                 self._wake = trio.Event()
@@ -381,7 +384,7 @@ class Supervisor:
     # -- one attempt ------------------------------------------------------------
 
     def _exited_young(self, attempt: Attempt) -> None:
-        if attempt.reap_young():
+        if attempt.reap_young(self._reaped):
             self._ended(attempt, attempt.young_outcome())
         else:  # an escaped process holds a pipe: drain it a while in a task
             assert self._nursery is not None
@@ -395,7 +398,26 @@ class Supervisor:
         self._nursery.start_soon(self._watch_grown, attempt)
 
     async def _watch_grown(self, attempt: Attempt) -> None:
-        self._ended(attempt, await attempt.watch(grace=self.settings.kill_grace))
+        outcome = await attempt.watch(
+            grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
+        )
+        self._ended(attempt, outcome)
+
+    def _reaped(self, attempt: Attempt) -> None:
+        """Its leader is reaped: what it left outside its group is stopped."""
+        self._escapes.ended(attempt.claimed.id, attempt.claimed.run)
+
+    def _signal_escapees(self, attempt: Attempt, sig: int) -> None:
+        if attempt.pid is not None:
+            self._escapes.signal_attempt(attempt.claimed.id, attempt.claimed.run, attempt.pid, sig)
+
+    def _running_keys(self) -> set[tuple[int, int]]:
+        """The attempts whose leaders are not reaped yet."""
+        return {
+            (a.claimed.id, a.claimed.run)
+            for a in self.running.values()
+            if a.process is not None and a.process.returncode is None
+        }
 
     def _ended(self, attempt: Attempt, outcome: Exit) -> None:
         """The attempt's process is gone: free its slot and record its end."""
