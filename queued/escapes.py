@@ -103,11 +103,21 @@ class Escapes:
         loop_thread = threading.get_native_id()
         # Orphans go to the thread-group leader; our own spawns to the loop's thread.
         paths = {f"/proc/self/task/{tid}/children" for tid in (leader, loop_thread)}
-        self._children_fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in sorted(paths)]
+        try:
+            self._children_fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in sorted(paths)]
+        except OSError as exc:  # a kernel without CONFIG_PROC_CHILDREN
+            log.warning(
+                "cannot read the daemon's children (%s): processes that leave a job's group survive it", exc
+            )
+            self._children_fds = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Be the subreaper while running; its nursery holds the orphans' tasks."""
-        previous = set_subreaper(True)
+        try:
+            previous: bool | None = set_subreaper(True)
+        except OSError as exc:
+            log.warning("cannot become a child subreaper (%s): orphans of jobs go to init", exc)
+            previous = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -117,7 +127,8 @@ class Escapes:
             self._nursery = None
             for orphan in self._orphans.values():
                 orphan.signal(signal.SIGKILL)  # the daemon stops: what its jobs left goes too
-            set_subreaper(previous)
+            if previous is not None:
+                set_subreaper(previous)
             for fd in self._children_fds:
                 os.close(fd)
             self._children_fds = []
