@@ -13,7 +13,9 @@ the job leaders (LEADERS) and the children the daemon waits for itself (OWNED:
 the guardian), that is all: the common case costs that read. Otherwise each
 unknown child is adopted: its marker read from /proc/PID/environ, a pidfd
 opened, and a task reaps it as soon as it exits (orphans never linger as
-zombies) and looks again (its own children are the daemon's now). An orphan
+zombies) and looks again (its own children are the daemon's now). While an
+attempt runs long, each SIGCHLD is a reason to look too: an orphan that came
+and went meanwhile is reaped at once, not at the next attempt's end. An orphan
 belongs to the attempt its marker names; one without a marker (it cleared its
 environment) but in a session other than the daemon's, to whichever attempts
 ran when it was found. Once none of its attempts runs, it is stopped: SIGTERM
@@ -31,12 +33,13 @@ their pids to OWNED, or keep them in the daemon's session.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -99,6 +102,8 @@ class Escapes:
         self._foreign: set[int] = set()  # children not ours: never touched
         self._session = os.getsid(0)
         self._nursery: trio.Nursery | None = None
+        self._long = 0  # attempts watched by a task of their own
+        self._long_begun = trio.Event()
         leader = os.getpid()
         loop_thread = threading.get_native_id()
         # Orphans go to the thread-group leader; our own spawns to the loop's thread.
@@ -111,6 +116,30 @@ class Escapes:
             )
             self._children_fds = []
 
+    @contextlib.contextmanager
+    def long_attempt(self) -> Iterator[None]:
+        """While an attempt runs long, orphans may be re-parented and die between
+        attempts' ends: SIGCHLD is watched then, so they are reaped at once."""
+        self._long += 1
+        self._long_begun.set()
+        try:
+            yield
+        finally:
+            self._long -= 1
+
+    async def _reap_on_sigchld(self) -> None:
+        """While any attempt runs long, look at each SIGCHLD (a batch at a time).
+        Only then: a quick job's end would pay a signal and a wake-up."""
+        while True:
+            if not self._long:
+                self._long_begun = trio.Event()
+                await self._long_begun.wait()
+            with trio.open_signal_receiver(signal.SIGCHLD) as batches:
+                async for _ in batches:
+                    self.look()
+                    if not self._long:
+                        break
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Be the subreaper while running; its nursery holds the orphans' tasks."""
         try:
@@ -121,6 +150,8 @@ class Escapes:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._children_fds and threading.current_thread() is threading.main_thread():
+                    nursery.start_soon(self._reap_on_sigchld)  # signals reach the main thread only
                 task_status.started()
                 await trio.sleep_forever()
         finally:

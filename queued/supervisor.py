@@ -398,9 +398,10 @@ class Supervisor:
         self._nursery.start_soon(self._watch_grown, attempt)
 
     async def _watch_grown(self, attempt: Attempt) -> None:
-        outcome = await attempt.watch(
-            grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
-        )
+        with self._escapes.long_attempt():
+            outcome = await attempt.watch(
+                grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
+            )
         self._ended(attempt, outcome)
 
     def _reaped(self, attempt: Attempt) -> None:

@@ -149,3 +149,17 @@ async def test_a_chain_of_sessions_is_stopped_link_by_link(client: AsyncClient, 
     assert job.state == "completed"
     await gone(escaped)
     assert not find(["sleep", "6262"])
+
+
+async def test_orphans_that_end_while_their_job_runs_on_are_reaped_at_once(
+    client: AsyncClient, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pids"
+    job_id = await client.add(f"for i in 1 2 3; do (sleep 0.05 & echo $! >> {pidfile}); done; sleep 300")
+    with trio.fail_after(TIMEOUT):
+        while not pidfile.exists() or len(pidfile.read_text().split()) < 3:
+            await trio.sleep(0.02)
+    for pid in map(int, pidfile.read_text().split()):
+        await gone(pid)  # no zombie while the job runs on
+    await client.ok(p.CancelJobs(ids=[job_id]))
+    await client.wait(job_id)
