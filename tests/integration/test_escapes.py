@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from queued import protocol as p
@@ -163,3 +164,34 @@ async def test_orphans_that_end_while_their_job_runs_on_are_reaped_at_once(
         await gone(pid)  # no zombie while the job runs on
     await client.ok(p.CancelJobs(ids=[job_id]))
     await client.wait(job_id)
+
+
+# Each way out of the job's group, by each way a job ends.
+ESCAPES = {
+    "setsid": "setsid sleep {n} & echo $! > {pidfile}",
+    "double fork": "(setsid sh -c 'sleep {n} & echo $! > {pidfile}' &)",
+    "setpgid": "timeout 100 sleep {n} & sleep 0.1; pgrep -f -x 'sleep {n}' > {pidfile}",
+}
+ENDS = {
+    "end": ("; sleep 0.4", {}),
+    "timeout": ("; sleep 300", {"timeout": 0.6, "max_retries": 0}),
+    "cancel": ("; sleep 300", {}),
+}
+
+
+@pytest.mark.parametrize("end", list(ENDS))
+@pytest.mark.parametrize("escape", list(ESCAPES))
+async def test_every_escape_is_stopped_at_every_end(
+    client: AsyncClient, tmp_path: Path, escape: str, end: str
+) -> None:
+    pidfile = tmp_path / "pid"
+    n = 7000 + 10 * list(ESCAPES).index(escape) + list(ENDS).index(end)
+    tail, fields = ENDS[end]
+    job_id = await client.add(ESCAPES[escape].format(n=n, pidfile=pidfile) + tail, **fields)
+    escaped = await read_pid(pidfile)
+    assert os.getpgid(escaped) != (await client.job(job_id)).runs[0].pid  # it did leave the group
+    if end == "cancel":
+        await client.ok(p.CancelJobs(ids=[job_id]))
+    [job] = await client.wait(job_id)
+    assert job.state == {"end": "completed", "timeout": "dead", "cancel": "canceled"}[end]
+    await gone(escaped)
