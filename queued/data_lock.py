@@ -98,11 +98,18 @@ def lock_data_dir(data_dir: Path) -> int:
                 raise
         holder = LockHolder.parse(os.pread(fd, 256, 0).decode(errors="replace"))
         # A live daemon: refused now. Its guardian alone: wait while it kills the old jobs.
-        if holder.daemon_alive() or time.monotonic() > deadline:
+        if holder.daemon_alive():
             os.close(fd)
             raise StartupError(
                 f"another queued (pid {holder.pid or '?'}) is already using {data_dir}; "
                 "stop it first (`queuectl shutdown`) or choose another --data-dir"
+            ) from None
+        if time.monotonic() > deadline:
+            os.close(fd)
+            raise StartupError(
+                f"the queued that used {data_dir} (pid {holder.pid}) is gone, but its guardian "
+                f"(pid {holder.guardian or '?'}) still holds the data dir's lock after "
+                f"{LOCK_WAIT_SECONDS:.0f} s; if it does not exit, kill it"
             ) from None
         time.sleep(0.05)
     name_lock_holders(fd, guardian=None)

@@ -53,3 +53,18 @@ def test_a_lock_left_to_a_dead_daemons_guardian_is_waited_for(tmp_path: Path) ->
     releaser.join()
     assert LockHolder.parse(path.read_text()).pid == os.getpid()
     os.close(fd)
+
+
+def test_a_guardian_that_never_lets_go_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_lock, "LOCK_WAIT_SECONDS", 0.2)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = tmp_path / "queued.lock"
+    path.write_text(LockHolder(dead.pid, 1, 4242).format())
+    guardian = os.open(path, os.O_RDWR)
+    fcntl.flock(guardian, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(StartupError, match=f"pid {dead.pid}\\) is gone, but its guardian \\(pid 4242\\)"):
+            lock_data_dir(tmp_path)
+    finally:
+        os.close(guardian)
