@@ -170,7 +170,8 @@ async def test_orphans_that_end_while_their_job_runs_on_are_reaped_at_once(
 ESCAPES = {
     "setsid": "setsid sleep {n} & echo $! > {pidfile}",
     "double fork": "(setsid sh -c 'sleep {n} & echo $! > {pidfile}' &)",
-    "setpgid": "timeout 100 sleep {n} & sleep 0.1; pgrep -f -x 'sleep {n}' > {pidfile}",
+    "setpgid": "timeout 100 sleep {n} & until pgrep -f -x 'sleep {n}' > {pidfile}.new; do sleep 0.05; done; "
+    "mv {pidfile}.new {pidfile}",
 }
 ENDS = {
     "end": ("; sleep 0.4", {}),
