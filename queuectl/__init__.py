@@ -4,21 +4,37 @@ from queuectl import Client
 with Client() as queue:
     job_id = queue.add("make test", max_retries=2)
     print(queue.wait(job_id).jobs[0].state)
+
+Every error is a QueuectlError with a one-line message and a machine-readable
+`code` (the protocol's error codes when the daemon refused: "not_found",
+"invalid", "bad_request", ...).
 """
 
 from queued import __version__
 from queued.protocol import Job, JobDetail, JobSpec, LogChunk, QueueInfo, Run, Slot, Status, Waited, Workers
 
-from .client import Client, DaemonError, DaemonUnreachable, QueuectlError, UntrustedDaemon
+from .client import (
+    Client,
+    DaemonError,
+    DaemonUnreachable,
+    InvalidRequest,
+    NoAnswer,
+    PartlyDone,
+    QueuectlError,
+    UntrustedDaemon,
+)
 
 __all__ = [
     "Client",
     "DaemonError",
     "DaemonUnreachable",
+    "InvalidRequest",
     "Job",
     "JobDetail",
     "JobSpec",
     "LogChunk",
+    "NoAnswer",
+    "PartlyDone",
     "QueueInfo",
     "QueuectlError",
     "Run",

@@ -15,9 +15,9 @@ import click
 
 from queued import __version__
 from queued.durations import parse_duration
-from queued.protocol import STATES, TERMINAL_STATES, JobSpec
+from queued.protocol import MAX_RETRIES, MAX_SECONDS, STATES, TERMINAL_STATES, JobSpec
 
-from .client import Client, DaemonError, DaemonUnreachable, QueuectlError
+from .client import Client, DaemonError, DaemonUnreachable, InvalidRequest, PartlyDone, QueuectlError
 from .completion import JobIdType, QueueNameType
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 124
@@ -31,9 +31,12 @@ class Duration(click.ParamType):
         if isinstance(value, int | float):
             return float(value)
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if seconds > MAX_SECONDS:
+            self.fail(f"{value!r} is longer than 10 years, the longest queued keeps", param, ctx)
+        return seconds
 
 
 class Moment(click.ParamType):
@@ -50,7 +53,8 @@ class Moment(click.ParamType):
 
 DURATION = Duration()
 POSITIVE_DURATION = DURATION
-COUNT = click.IntRange(min=0)
+COUNT = click.IntRange(min=0, max=MAX_RETRIES)
+COUNT_FROM_1 = click.IntRange(min=1, max=MAX_RETRIES + 1)
 STATE = click.Choice(STATES)
 JOB_ID = JobIdType()
 UNFINISHED_JOB = JobIdType(("pending", "held", "running", "failed"))
@@ -156,6 +160,8 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
     import os
 
     cwd = os.path.abspath(opts["cwd"]) if opts["cwd"] else None
+    if opts["at"] is not None and opts["at"] < time.time():
+        click.echo("queuectl: the --at time is in the past: the job runs now", err=True)
     return JobSpec(
         command=command,
         queue=opts["queue"],
@@ -250,6 +256,8 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None
         import shlex
 
         text = shlex.join(command)
+    if not text.strip():
+        raise click.UsageError("the command is empty")
     spec = _spec_defaults(opts, text)
     [job_id] = client().add_many([spec])
     click.echo(job_id if quiet else f"added job {job_id}")
@@ -398,13 +406,20 @@ def show(job_id: int | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("job_ids", nargs=-1, type=JOB_ID)
-@click.option("--attempt", type=click.IntRange(min=1), help="This attempt [the latest].")
-@click.option("--stdout", "streams", flag_value="stdout", help="Only standard output.")
-@click.option("--stderr", "streams", flag_value="stderr", help="Only standard error.")
+@click.option("--attempt", type=COUNT_FROM_1, help="This attempt [the latest].")
+@click.option("--stdout", "want_stdout", is_flag=True, help="Standard output (alone, unless --stderr too).")
+@click.option(
+    "--stderr", "want_stderr", is_flag=True, help="Standard error (both: one after the other, labelled)."
+)
 @click.option("-n", "--tail", "lines", type=COUNT, metavar="N", help="Only the last N lines of each stream.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is finished.")
 def logs(
-    job_ids: tuple[int, ...], attempt: int | None, streams: str | None, lines: int | None, follow: bool
+    job_ids: tuple[int, ...],
+    attempt: int | None,
+    want_stdout: bool,
+    want_stderr: bool,
+    lines: int | None,
+    follow: bool,
 ) -> None:
     """Print jobs' output: stdout to stdout, stderr to stderr (no id: the latest job).
 
@@ -416,6 +431,8 @@ def logs(
     """
     from .follow import print_logs
 
+    streams = tuple(s for s, wanted in (("stdout", want_stdout), ("stderr", want_stderr)) if wanted)
+    streams = streams or ("stdout", "stderr")
     ids = job_ids or (_or_latest(None),)
     if follow and len(ids) > 1:
         raise click.UsageError("-f follows one job; name only one")
@@ -428,10 +445,11 @@ def logs(
                 client(),
                 job_id,
                 attempt=attempt,
-                streams=(streams,) if streams else ("stdout", "stderr"),
+                streams=streams,
                 follow=follow,
                 interval=FOLLOW_INTERVAL,
                 tail=lines,
+                labelled=want_stdout and want_stderr,
             )
         except DaemonError as exc:
             if len(ids) == 1:
@@ -498,7 +516,14 @@ def cancel(job_ids: tuple[int, ...]) -> None:
     Example:
       queuectl cancel 7 8
     """
-    ids = client().cancel(*job_ids)
+    try:
+        ids = client().cancel(*job_ids)
+    except PartlyDone as exc:  # the others were canceled all the same
+        if exc.done:
+            click.echo(f"canceled {_ids(exc.done)}")
+        for job_id in sorted(exc.refused):
+            click.echo(f"queuectl: {exc.refused[job_id]}", err=True)
+        sys.exit(EXIT_REFUSED)
     click.echo(f"canceled {_ids(ids)}")
 
 
@@ -627,6 +652,8 @@ def run() -> None:
         sys.exit(130)
     except DaemonUnreachable as exc:
         fail(str(exc), EXIT_UNREACHABLE)
+    except InvalidRequest as exc:  # found before sending: malformed is a usage error, a refused job is not
+        fail(exc.message, EXIT_USAGE if exc.code == "bad_request" else EXIT_REFUSED)
     except DaemonError as exc:
         fail(exc.message)
     except QueuectlError as exc:

@@ -30,11 +30,18 @@ BATCH = 10_000
 
 
 class QueuectlError(Exception):
-    """Anything that went wrong talking to queued; str() is a one-line reason."""
+    """Anything that went wrong talking to queued; str() is a one-line reason,
+    `code` a machine-readable one: the protocol's error code (`ErrorCode` in
+    queued.protocol: "not_found", "invalid", "bad_request", ...) when the
+    daemon refused, else "unreachable", "untrusted", "timeout" or "client"."""
+
+    code = "client"
 
 
 class DaemonUnreachable(QueuectlError):
     """No daemon answers at the socket."""
+
+    code = "unreachable"
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(
@@ -49,6 +56,8 @@ class UntrustedDaemon(DaemonUnreachable):
     trust (see Client): nothing was sent to it. The CLI exits 3, as when no
     daemon answers."""
 
+    code = "untrusted"
+
     def __init__(self, path: Path, reason: str) -> None:
         QueuectlError.__init__(self, reason)
         self.path = path
@@ -61,6 +70,31 @@ class DaemonError(QueuectlError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class InvalidRequest(DaemonError):
+    """A request the daemon would refuse, found before anything was sent: a
+    job that could never run, a value out of range. `code` is "bad_request" or
+    "invalid", as the daemon would have said; the CLI calls it a usage error."""
+
+
+class PartlyDone(DaemonError):
+    """A request on several jobs that did what it could: `done` lists the jobs
+    it changed, `refused` maps each other job to the reason. Raised so that no
+    caller takes a partial success for a whole one."""
+
+    def __init__(self, done: list[int], refused: dict[int, str]) -> None:
+        first = min(refused)
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        super().__init__("invalid", f"{refused[first]}{more}")
+        self.done = done
+        self.refused = refused
+
+
+class NoAnswer(QueuectlError):
+    """The daemon did not answer within the Client's timeout."""
+
+    code = "timeout"
 
 
 class Client:
@@ -139,11 +173,12 @@ class Client:
             raise QueuectlError(f"unexpected answer to hello: {type(welcome).__name__}")
         self.daemon_version = welcome.version
 
-    def _exchange(self, request: p.Request, timeout: float | None = ...) -> p.Response:  # type: ignore[assignment]
+    def _exchange(self, request: p.Request | bytes, timeout: float | None = ...) -> p.Response:  # type: ignore[assignment]
+        """One request (or its frame, already encoded) and its response."""
         assert self._sock is not None
         self._sock.settimeout(self.timeout if timeout is ... else timeout)
         try:
-            self._sock.sendall(p.encode_frame(request))
+            self._sock.sendall(request if isinstance(request, bytes) else p.encode_frame(request))
             while (body := self._frames.next_frame()) is None:
                 data = self._sock.recv(1 << 20)
                 if not data:
@@ -151,7 +186,7 @@ class Client:
                 self._frames.feed(data)
         except TimeoutError:
             self.close()
-            raise QueuectlError(f"queued at {self.path} did not answer in time") from None
+            raise NoAnswer(f"queued at {self.path} did not answer in time") from None
         except OSError as exc:
             self.close()
             raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
@@ -170,10 +205,13 @@ class Client:
         return response
 
     def request(self, request: p.Request, expect: type[R], *, timeout: float | None = ...) -> R:  # type: ignore[assignment]
-        """Send one request and return its response, which must be of type `expect`."""
+        """Send one request and return its response, which must be of type `expect`.
+        A request the daemon's schema refuses raises InvalidRequest before
+        anything is sent (the daemon would check it again)."""
+        frame = _checked_frame(request)
         if self._sock is None:
             self._connect()
-        response = self._exchange(request, timeout)
+        response = self._exchange(frame, timeout)
         if not isinstance(response, expect):
             raise QueuectlError(f"expected {expect.__name__} from queued, got {type(response).__name__}")
         return response
@@ -238,7 +276,21 @@ class Client:
         return ids
 
     def _add(self, specs: list[p.JobSpec], cwd: str, env: dict[str, str]) -> list[int]:
-        return self.request(p.AddJobs(jobs=specs, cwd=cwd, env=env), p.Added).ids
+        from queued.lifecycle import check_spec
+
+        for index, spec in enumerate(specs):
+            try:
+                check_spec(spec)
+                if not (p.is_utf8(spec.command) and (spec.label is None or p.is_utf8(spec.label))):
+                    raise ValueError("the command or label holds bytes that are not UTF-8")
+            except ValueError as exc:
+                prefix = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
+                raise InvalidRequest("invalid", f"{prefix}{exc}") from None
+        # Our cwd and environment may hold bytes that are not UTF-8: they travel as bytes.
+        text_cwd, cwd_bytes = p.split_path(cwd)
+        text_env, env_bytes = p.split_environment(env)
+        request = p.AddJobs(jobs=specs, cwd=text_cwd, env=text_env, env_bytes=env_bytes, cwd_bytes=cwd_bytes)
+        return self.request(request, p.Added).ids
 
     def get(self, job_id: int) -> p.JobDetail:
         """One job with its attempts (`runs`) and environment."""
@@ -258,8 +310,13 @@ class Client:
         return self.request(request, p.JobList).jobs
 
     def cancel(self, *ids: int) -> list[int]:
-        """Cancel pending, failed or running jobs (a running one's process group is stopped)."""
-        return self.request(p.CancelJobs(ids=list(ids)), p.Changed).ids
+        """Cancel pending, failed or running jobs (a running one's process group is
+        stopped); returns their ids. If some could not be canceled (finished, or
+        unknown), the others still are, and PartlyDone says which and why."""
+        changed = self.request(p.CancelJobs(ids=list(ids)), p.Changed)
+        if changed.refused:
+            raise PartlyDone(changed.ids, changed.refused)
+        return changed.ids
 
     def remove(self, *ids: int) -> list[int]:
         """Delete finished jobs and their logs."""
@@ -372,3 +429,34 @@ class Client:
     def shutdown(self, mode: str = "graceful") -> str:
         """Stop the daemon: "graceful" lets running jobs finish, "now" interrupts them."""
         return self.request(p.Shutdown(mode=mode), p.Ok).message  # type: ignore[arg-type]
+
+
+def _checked_frame(request: p.Request) -> bytes:
+    """`request` as a frame, once the daemon's own schema accepts it. An id no
+    job can have is "no job N", as the daemon says of any id it does not know."""
+    for job_id in _named_ids(request):
+        if not 1 <= job_id <= p.MAX_JOB_ID:
+            raise DaemonError("not_found", f"no job {job_id}")
+    if isinstance(request, p.AddJobs):
+        for spec in request.jobs:
+            for dep in spec.after:
+                if dep > p.MAX_JOB_ID:
+                    raise DaemonError("not_found", f"--after names unknown job {dep}")
+    try:
+        frame = p.encode_frame(request)
+    except OverflowError:
+        raise InvalidRequest("bad_request", "a number in the request is too large") from None
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            "bad_request", "the request holds text that is not UTF-8 (only a cwd and the environment may)"
+        ) from None
+    try:
+        p.decode_request(memoryview(frame)[p.HEADER_SIZE :])
+    except p.ProtocolError as exc:
+        raise InvalidRequest(exc.code, exc.message) from None
+    return frame
+
+
+def _named_ids(request: p.Request) -> list[int]:
+    one = getattr(request, "id", None)
+    return [*getattr(request, "ids", ()), *([one] if isinstance(one, int) else [])]

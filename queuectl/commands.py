@@ -204,6 +204,12 @@ def config_set(key: str, value: str) -> None:
     Example:
       queuectl config set timeout 2h
     """
+    from queued.lifecycle import parse_config_value
+
+    try:
+        parse_config_value(key, value)  # the daemon's own check: a mistake is a usage error
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(client().config_set(key, value))
 
 

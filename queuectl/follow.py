@@ -13,23 +13,40 @@ from queued.protocol import TERMINAL_STATES
 from .client import Client, DaemonError
 
 
-def _target(stream: str, streams: Sequence[str]) -> BinaryIO:
-    """Each stream to its own kind when both are shown; one stream alone goes to stdout."""
+def _target(stream: str, streams: Sequence[str], labelled: bool = False) -> BinaryIO:
+    """Each stream to its own kind when both are shown; one stream alone, or
+    labelled streams, go to stdout."""
+    if labelled:
+        return sys.stdout.buffer
     return sys.stderr.buffer if stream == "stderr" and len(streams) > 1 else sys.stdout.buffer
 
 
 def _drain(
-    client: Client, job_id: int, attempt: int, stream: str, offset: int, streams: Sequence[str]
+    client: Client,
+    job_id: int,
+    attempt: int,
+    stream: str,
+    offset: int,
+    streams: Sequence[str],
+    labelled: bool = False,
 ) -> tuple[int, bool, str]:
-    """Print what the file holds past `offset`; (new offset, attempt still running, job state)."""
-    out = _target(stream, streams)
+    """Print what the file holds past `offset`; (new offset, attempt still running, job state).
+    `labelled`: under a `==> stream <==` line, ended by a newline (as `tail -v` prints files)."""
+    out = _target(stream, streams, labelled)
+    if labelled:
+        out.write(f"==> {stream} <==\n".encode())
+    last = b"\n"
     while True:
         chunk = client.read_log(job_id, attempt=attempt, stream=stream, offset=offset)
         if chunk.data:
             out.write(chunk.data)
             out.flush()
+            last = chunk.data[-1:]
         offset = chunk.offset
         if not chunk.data or offset >= chunk.size:
+            if labelled and last != b"\n":
+                out.write(b"\n")
+            out.flush()
             return offset, chunk.running, chunk.job_state
 
 
@@ -73,10 +90,13 @@ def print_logs(
     follow: bool,
     interval: float,
     tail: int | None = None,
+    labelled: bool = False,
 ) -> None:
     """Print an attempt's output (the latest attempt's unless `attempt`), only
     its last `tail` lines per stream if given; with `follow`, until the job is
-    finished, across its retries."""
+    finished, across its retries. `labelled` (not with `follow`): every stream
+    to stdout, one after the other, each under its name: the log files keep no
+    times to interleave them by."""
     current = attempt or _latest_attempt(client, job_id)
     while current is None:  # not started yet
         if not follow:
@@ -91,7 +111,9 @@ def print_logs(
     while True:
         running, state = False, ""
         for stream in streams:
-            offsets[stream], still, state = _drain(client, job_id, current, stream, offsets[stream], streams)
+            offsets[stream], still, state = _drain(
+                client, job_id, current, stream, offsets[stream], streams, labelled and not follow
+            )
             running = running or still
         if not follow or (attempt is not None and not running):
             return

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import msgspec
 
 from queued.durations import parse_duration
-from queued.protocol import JobSpec
+from queued.protocol import MAX_MOMENT, JobSpec
 
 Number = int | float
 
@@ -44,14 +44,23 @@ _decoder = msgspec.json.Decoder(JobLine)
 
 
 def parse_time(text: str) -> float:
-    """Unix seconds from an ISO 8601 time; a time without a zone is local time."""
+    """Unix seconds from an ISO 8601 time; a time without a zone is local time.
+    A time before 1970 is 0: like any time in the past, it means "now"."""
     from datetime import datetime
 
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"invalid time {text!r}: use ISO 8601, e.g. 2026-12-01T09:30") from None
-    return moment.timestamp()
+        raise ValueError(
+            f"invalid time {text!r}: use ISO 8601 with a year up to 9999, e.g. 2026-12-01T09:30"
+        ) from None
+    try:
+        seconds = moment.timestamp()
+    except (OverflowError, OSError, ValueError):  # the first days of year 1, say
+        return 0.0
+    if seconds > MAX_MOMENT:
+        raise ValueError(f"{text!r} is after the year 9999, the last that queued keeps")
+    return max(seconds, 0.0)
 
 
 def _seconds(value: Number | str | None) -> float | None:

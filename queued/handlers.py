@@ -116,14 +116,17 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
     if not d.supervisor.accepting:
         return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
     now = d.clock()
+    # Bytes that are not UTF-8 go on as the str os.fsdecode makes of them.
+    env = p.joined_environment(r.env, r.env_bytes)
+    cwd = r.cwd if r.cwd_bytes is None else os.fsdecode(r.cwd_bytes)
     try:
-        lifecycle.check_environment(r.env)
+        lifecycle.check_environment(env)
     except ValueError as exc:
         return p.Error(code="invalid", message=str(exc))
     jobs = []
     for index, spec in enumerate(r.jobs):
         try:
-            jobs.append(lifecycle.new_job(spec, cwd=r.cwd, env=r.env, settings=d.settings, now=now))
+            jobs.append(lifecycle.new_job(spec, cwd=cwd, env=env, settings=d.settings, now=now))
         except ValueError as exc:
             prefix = f"job {index + 1} of {len(r.jobs)}: " if len(r.jobs) > 1 else ""
             return p.Error(code="invalid", message=f"{prefix}{exc}")
@@ -169,10 +172,11 @@ async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
 
 
 async def _cancel(d: Daemon, r: p.CancelJobs) -> p.Response:
-    running = await d.db.run(Store.cancel, r.ids, d.clock())
+    """Cancels what can be canceled; says why each other job was not."""
+    running, canceled, refused = await d.db.run(Store.cancel_what_can, r.ids, d.clock())
     d.supervisor.stop_jobs(running, "cancel")
     d.supervisor.wake()
-    return p.Changed(ids=sorted(set(r.ids)))
+    return p.Changed(ids=canceled, refused=refused)
 
 
 async def _remove(d: Daemon, r: p.RemoveJobs) -> p.Response:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from msgspec import Struct
 
 from .durations import format_duration, format_duration_exact, format_size_exact, parse_duration, parse_size
-from .protocol import MAX_CONCURRENCY, MAX_RETRIES, TERMINAL_STATES, JobChanges, JobSpec, JobState
+from .protocol import MAX_CONCURRENCY, MAX_RETRIES, TERMINAL_STATES, JobChanges, JobSpec, JobState, readable
 
 
 class Event(enum.Enum):
@@ -274,11 +274,11 @@ def check_environment(env: Mapping[str, str]) -> None:
         if not key or "=" in key or "\0" in key:
             raise ValueError(f"invalid environment variable name {key!r}")
         if "\0" in value:
-            raise ValueError(f"environment variable {key} contains a NUL byte")
+            raise ValueError(f"environment variable {readable(key)} contains a NUL byte")
         size = _arg_bytes(key) + 1 + _arg_bytes(value)
         if size > MAX_ARG_BYTES:
             raise ValueError(
-                f"environment variable {key} is {size:,} bytes; Linux passes at most "
+                f"environment variable {readable(key)} is {size:,} bytes; Linux passes at most "
                 f"{MAX_ARG_BYTES:,} bytes per variable (MAX_ARG_STRLEN)"
             )
 
@@ -307,7 +307,7 @@ def check_path(name: str, path: str) -> None:
     if "\0" in path:
         raise ValueError(f"{name} contains a NUL byte")
     if not path.startswith("/"):
-        raise ValueError(f"{name} must be an absolute path, got {path!r}")
+        raise ValueError(f"{name} must be an absolute path, got {readable(path)!r}")
 
 
 def check_spec(spec: JobSpec) -> None:

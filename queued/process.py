@@ -19,6 +19,7 @@ import trio
 
 from .escapes import LEADERS
 from .guardian import INSTANCE_VAR
+from .protocol import readable
 
 SHELL = "/bin/sh"
 _READ_SIZE = 256 * 1024
@@ -74,7 +75,7 @@ class JobEnvironments:
 class JobProcess:
     """A started attempt: the leader's pid, a pidfd, and the read ends of its pipes."""
 
-    def __init__(self, command: str, *, cwd: str, env: dict[str, str]) -> None:
+    def __init__(self, command: str, *, cwd: str | bytes, env: dict[str, str]) -> None:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -115,7 +116,7 @@ class JobProcess:
         return self.returncode
 
 
-def _spawn(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+def _spawn(argv: list[str], cwd: str | bytes, env: dict[str, str], stdout: int, stderr: int) -> int:
     """posix_spawn (a vfork and an exec, no Python in between) in a new session.
     Every descriptor the daemon holds is close-on-exec (Python's default, and
     `queued` marks those it inherited at start), so the job gets exactly 0, 1
@@ -152,15 +153,15 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _spawn_reason(exc: OSError, cwd: str) -> str:
+def _spawn_reason(exc: OSError, cwd: str | bytes) -> str:
     if exc.filename == cwd and exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return f"working directory {cwd} does not exist"
+        return f"working directory {readable(cwd)} does not exist"
     if exc.errno == errno.ENOENT:
         return f"{SHELL} not found"
     if exc.errno == errno.E2BIG:
         return "the command and its environment are more than the kernel accepts (Argument list too long)"
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied ({exc.filename or cwd})"
+        return f"permission denied ({readable(exc.filename or cwd)})"
     return exc.strerror or str(exc)
 
 

@@ -14,7 +14,10 @@ this module, so it must stay light: msgspec and the standard library only.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import struct
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
@@ -45,15 +48,17 @@ ErrorCode = Literal[
 MAX_JOB_ID = 2**62
 MAX_RETRIES = 2**31
 MAX_CONCURRENCY = 4096
+MAX_SECONDS = 10 * 365 * 86400  # every duration: ten years
+MAX_MOMENT = 253_402_300_799.0  # every time: up to 9999-12-31T23:59:59Z
 JobId = Annotated[int, Meta(ge=1, le=MAX_JOB_ID)]
 Count = Annotated[int, Meta(ge=0, le=MAX_RETRIES)]
-Seconds = Annotated[float, Meta(ge=0, le=10 * 365 * 86400)]
+Seconds = Annotated[float, Meta(ge=0, le=MAX_SECONDS)]
 Priority = Annotated[int, Meta(ge=-(10**9), le=10**9)]
 QueueName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Command = Annotated[str, Meta(min_length=1, max_length=1024 * 1024)]
 BackoffBase = Annotated[float, Meta(ge=1, le=3600)]
-Timeout = Annotated[float, Meta(gt=0, le=10 * 365 * 86400)]
-Moment = Annotated[float, Meta(ge=0, le=2**36)]  # up to the year 4147
+Timeout = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
+Moment = Annotated[float, Meta(ge=0, le=MAX_MOMENT)]
 Signal = Annotated[int, Meta(ge=1, le=64)]
 Label = Annotated[str, Meta(max_length=256)]
 Path = Annotated[str, Meta(min_length=1, max_length=4096)]
@@ -191,13 +196,20 @@ class Hello(Request, tag="hello"):
     client: Annotated[str, Meta(max_length=200)] = ""
 
 
-class AddJobs(Request, tag="add"):
+class AddJobs(Request, tag="add", omit_defaults=True):
     """Add jobs atomically: all are stored, or none. Each spec's env is laid
-    over the request's env, and its cwd (if unset) is the request's cwd."""
+    over the request's env, and its cwd (if unset) is the request's cwd.
+
+    Unix paths and environments are bytes; msgpack text must be UTF-8. So the
+    variables that are not (name or value) travel in `env_bytes`, laid over
+    `env`, and a cwd that is not travels in `cwd_bytes`, with `cwd` a readable
+    form of it (see `split_environment`, `split_path`)."""
 
     jobs: Annotated[list[JobSpec], Meta(min_length=1, max_length=MAX_JOBS_PER_ADD)]
     cwd: Path
     env: Environment = {}
+    env_bytes: dict[bytes, bytes] = {}
+    cwd_bytes: Annotated[bytes, Meta(min_length=1, max_length=4096)] | None = None
 
 
 class GetJob(Request, tag="get"):
@@ -407,8 +419,9 @@ class JobList(Response, tag="jobs"):
     jobs: list[Job]
 
 
-class Changed(Response, tag="changed"):
+class Changed(Response, tag="changed", omit_defaults=True):
     ids: list[int]
+    refused: dict[int, str] = {}  # jobs left as they were, and why (a cancel does what it can)
 
 
 class Waited(Response, tag="waited"):
@@ -474,6 +487,59 @@ AnyResponse = (
     | ConfigValues
     | Cleaned
 )
+
+
+# ----------------------------------------------------------------------------
+# Text that is not UTF-8
+#
+# Python holds such bytes of the environment and of paths as lone surrogates
+# (the "surrogateescape" handler of os.fsdecode); msgpack cannot carry them as
+# text, so they travel as the bytes they are, and os.fsdecode restores the
+# very same str on the other side.
+
+
+def is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def readable(text: str | bytes) -> str:
+    """A form of a path or value that any message can carry: bytes that are not
+    UTF-8 appear as \\xNN escapes."""
+    if isinstance(text, str):
+        if is_utf8(text):
+            return text
+        text = os.fsencode(text)
+    return text.decode("utf-8", "backslashreplace")
+
+
+def split_environment(env: Mapping[str, str]) -> tuple[dict[str, str], dict[bytes, bytes]]:
+    """(the UTF-8 variables, the others as bytes), for AddJobs.env and env_bytes."""
+    text: dict[str, str] = {}
+    raw: dict[bytes, bytes] = {}
+    for key, value in env.items():
+        if is_utf8(key) and is_utf8(value):
+            text[key] = value
+        else:
+            raw[os.fsencode(key)] = os.fsencode(value)
+    return text, raw
+
+
+def split_path(path: str) -> tuple[str, bytes | None]:
+    """(a readable path, its bytes when it is not UTF-8), for AddJobs.cwd and cwd_bytes."""
+    return (path, None) if is_utf8(path) else (readable(path), os.fsencode(path))
+
+
+def joined_environment(env: dict[str, str], raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    """The environment `split_environment` split, each variable exactly as it was."""
+    if not raw:
+        return env
+    return {**env, **{os.fsdecode(key): os.fsdecode(value) for key, value in raw.items()}}
 
 
 # ----------------------------------------------------------------------------
@@ -543,9 +609,73 @@ def decode_request(body: bytes) -> Request:
     try:
         return _decoder(AnyRequest).decode(body)
     except msgspec.ValidationError as exc:
-        raise ProtocolError("bad_request", f"invalid request: {exc}") from None
+        raise ProtocolError("bad_request", explain(exc)) from None
     except msgspec.DecodeError as exc:
         raise UndecodableFrame(str(exc)) from None
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_JOB = re.compile(r"^\.jobs\[(\d+)\]")
+_QUEUE_NAME_RULE = "1 to 64 letters, digits, '.', '_', ':' or '-'"
+_DURATIONS = frozenset({"delay", "timeout", "older_than"})
+
+
+def explain(exc: msgspec.ValidationError) -> str:
+    """A schema violation in a user's words: "delay must be at most 10 years",
+    not "Expected `float` <= 315360000.0 - at `$.jobs[0].delay`". The field
+    keeps its protocol name (SDK callers know it); a job after the first is
+    named by its place in the request."""
+    text = str(exc)
+    match = _AT.match(text)
+    assert match is not None  # the pattern matches any text
+    what, path = match["what"], match["path"] or ""
+    prefix = ""
+    if job := _JOB.match(path):
+        index = int(job[1])
+        prefix = f"job {index + 1} of the request: " if index else ""
+        path = path[job.end() :]
+    field = re.sub(r"\[[^]]*\]$", "", path).rpartition(".")[2]
+    return prefix + _explained(field, what)
+
+
+def _explained(field: str, what: str) -> str:
+    name = field or "request"
+    if match := re.fullmatch(r"Expected `(\w+)` (>=|<=|>|<) (-?[\d.e+]+)", what):
+        kind, op, limit = match.groups()
+        number = float(limit)
+        if field in _DURATIONS and number == MAX_SECONDS:
+            shown = "10 years"
+        elif field == "run_at" and number == MAX_MOMENT:
+            return "run_at must be a time before the year 10000"
+        elif field == "run_at":
+            return "run_at must be a time after 1970"
+        else:
+            shown = f"{number:g}" if kind == "float" else f"{int(number):,}"
+        words = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}[op]
+        return f"{name} must be {words} {shown}"
+    if match := re.fullmatch(r"Expected `(str|array|object)` of length (>=|<=) (\d+)", what):
+        kind, op, limit = match.groups()
+        if op == ">=" and limit == "1":
+            return f"{name} must not be empty"
+        unit = {"str": "characters", "array": "items", "object": "entries"}[kind]
+        return f"{name} must be at most {int(limit):,} {unit}"
+    if what.startswith("Expected `str` matching regex"):
+        return (
+            f"a queue name must be {_QUEUE_NAME_RULE}"
+            if field in ("name", "queue")
+            else f"{name} is not well formed"
+        )
+    if match := re.fullmatch(r"Expected `([^`]*)`, got `([^`]*)`", what):
+        wanted = match[1].replace(" | null", "")
+        words = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
+        return f"{name} must be {words.get(wanted, wanted)}, not {words.get(match[2], match[2])}"
+    if match := re.fullmatch(r"Object contains unknown field `([^`]*)`", what):
+        return f"unknown field {match[1]!r}" + (f" in {name}" if field else "")
+    if match := re.fullmatch(r"Object missing required field `([^`]*)`", what):
+        return f"missing field {match[1]!r}"
+    if match := re.fullmatch(r"Invalid value (.*)", what):
+        return f"unknown request {match[1]}" if field == "op" else f"{name}: invalid value {match[1]}"
+    return f"invalid request: {what}" + (f" (in {field})" if field else "")
 
 
 class UndecodableFrame(Exception):

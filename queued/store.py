@@ -12,6 +12,7 @@ it) so that another backend can take its place.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -19,7 +20,7 @@ import msgspec
 
 from . import lifecycle
 from .lifecycle import Event, NewJob
-from .protocol import STATES, Job, JobState, QueueInfo, Run
+from .protocol import STATES, Job, JobState, QueueInfo, Run, is_utf8, readable
 from .store_attempts import ADDS, READ, AttemptRecords, Refused, effect
 from .store_changes import JobChanging
 
@@ -38,6 +39,30 @@ _UNSTARTED = ",".join(f"'{state}'" for state in lifecycle.UNSTARTED_STATES)
 _UNFINISHED = ",".join(f"'{state}'" for state in lifecycle.UNFINISHED_STATES)
 _env_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _env_decoder = msgspec.msgpack.Decoder(dict[str, str])
+
+
+# Bytes that are not UTF-8 (held as os.fsdecode's lone surrogates) cannot be
+# SQLite text or msgpack strings: such a cwd is stored as a BLOB, and such an
+# environment as sorted (name, value) pairs of bytes. Both are read back into
+# the very same str. Every other job pays one isascii() or one failed decode.
+
+
+def _env_blob(env: Mapping[str, str]) -> bytes:
+    try:
+        return _env_encoder.encode(env)
+    except UnicodeEncodeError:
+        return _env_encoder.encode(sorted((os.fsencode(k), os.fsencode(v)) for k, v in env.items()))
+
+
+def _env_from_blob(data: bytes) -> dict[str, str]:
+    try:
+        return _env_decoder.decode(data)
+    except msgspec.ValidationError:
+        return {os.fsdecode(k): os.fsdecode(v) for k, v in msgspec.msgpack.decode(data)}
+
+
+def _stored_path(path: str | bytes) -> str | bytes:
+    return path if isinstance(path, bytes) or is_utf8(path) else os.fsencode(path)
 
 
 class Store(AttemptRecords, JobChanging):
@@ -60,7 +85,7 @@ class Store(AttemptRecords, JobChanging):
             if len(self._envs) > 256:
                 self._envs.clear()
             data = self.conn.execute("SELECT data FROM environments WHERE id = ?", (env_id,)).fetchone()[0]
-            env = self._envs[env_id] = _env_decoder.decode(data)
+            env = self._envs[env_id] = _env_from_blob(data)
         return env
 
     # -- jobs -----------------------------------------------------------------
@@ -118,7 +143,7 @@ class Store(AttemptRecords, JobChanging):
                 job.run_at,
                 now,
                 now,
-                job.cwd,
+                _stored_path(job.cwd),
                 env_id,
                 unmet,
                 None,
@@ -142,7 +167,7 @@ class Store(AttemptRecords, JobChanging):
         return ids
 
     def _env_id(self, env: Mapping[str, str]) -> int:
-        data = _env_encoder.encode(env)
+        data = _env_blob(env)
         digest = hashlib.blake2b(data, digest_size=16).digest()
         env_id = self._env_ids.get(digest)
         if env_id is None:
@@ -198,7 +223,8 @@ class Store(AttemptRecords, JobChanging):
                 (job_id,),
             )
         ]
-        return job, runs, _env_decoder.decode(env_data[0]) if env_data else {}
+        env = _env_from_blob(env_data[0]) if env_data else {}
+        return job, runs, {readable(k): readable(v) for k, v in env.items()}
 
     @effect(READ)
     def list_jobs(
@@ -284,7 +310,7 @@ class Store(AttemptRecords, JobChanging):
             run_at=row[11],
             created_at=row[12],
             updated_at=row[13],
-            cwd=row[14],
+            cwd=row[14] if isinstance(row[14], str) else readable(row[14]),
             error=row[15],
             depends_on=depends_on,
             waiting_on=unmet if row[2] in ("pending", "held", "failed") else [],
@@ -374,6 +400,18 @@ class Store(AttemptRecords, JobChanging):
         for job_id in sorted(states):
             self._set_state(job_id, states[job_id], Event.CANCEL, now, error="canceled by user")
         return [job_id for job_id, state in states.items() if state == "running"]
+
+    def cancel_what_can(self, ids: Sequence[int], now: float) -> tuple[list[int], list[int], dict[int, str]]:
+        """Cancel those of `ids` that can be: (the running ones, whose processes
+        must be stopped; every one canceled; why each other one was not)."""
+        states = self.states(ids)
+        refused = {job_id: f"no job {job_id}" for job_id in lifecycle.unknown_ids(ids, states)}
+        for job_id, state in states.items():
+            if not lifecycle.can(state, Event.CANCEL):  # type: ignore[arg-type]
+                refused[job_id] = f"job {job_id} is {state}: {_cannot(Event.CANCEL)}"
+        cancelable = sorted(job_id for job_id in states if job_id not in refused)
+        running = self.cancel(cancelable, now) if cancelable else []
+        return running, cancelable, refused
 
     @effect(ADDS)
     def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> list[int]:

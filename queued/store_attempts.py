@@ -31,7 +31,7 @@ class Claimed(msgspec.Struct, kw_only=True):
     attempts: int  # attempts in the current round, for the retry policy
     command: str
     queue: str
-    cwd: str
+    cwd: str | bytes  # bytes: a path that is not UTF-8, as stored
     env: dict[str, str]
     timeout: float | None
     max_retries: int

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl import Client, DaemonError, DaemonUnreachable, QueuectlError
+from queuectl import Client, DaemonError, DaemonUnreachable, PartlyDone, QueuectlError
 from queuectl.cli import run
 from queued import protocol as p
 
@@ -349,3 +349,71 @@ def test_garbage_from_the_daemon_is_a_queuectl_error(serve) -> None:
     daemon = serve(lambda r: None, kind=Garbage)
     with Client(daemon.path) as client, pytest.raises(QueuectlError):
         client.status()
+
+
+# -- refused before sending (issue #11 section 2, issue #17 items 9-10) ------------------
+
+
+def test_errors_carry_a_machine_readable_code(serve, tmp_path: Path) -> None:
+    daemon = serve(lambda r: p.Error(code="not_found", message="no job 5"))
+    with Client(daemon.path) as client, pytest.raises(DaemonError) as refused:
+        client.get(5)
+    assert (refused.value.code, refused.value.message) == ("not_found", "no job 5")
+    with pytest.raises(QueuectlError) as unreachable:
+        Client(tmp_path / "nobody.sock").status()
+    assert unreachable.value.code == "unreachable"
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "message"),
+    [
+        (lambda c: c.get(10**20), "not_found", f"no job {10**20}"),
+        (lambda c: c.wait(3, 10**20), "not_found", f"no job {10**20}"),
+        (lambda c: c.add("true", after=[10**20]), "not_found", f"--after names unknown job {10**20}"),
+        (lambda c: c.list(limit=2**40), "bad_request", "limit must be at most 2,147,483,648"),
+        (lambda c: c.list(limit=10**20), "bad_request", "a number in the request is too large"),
+        (lambda c: c.queue_add("bad name"), "bad_request", "a queue name must be 1 to 64 letters"),
+        (lambda c: c.add("true", delay=10**9), "bad_request", "delay must be at most 10 years"),
+        (lambda c: c.add(""), "invalid", "command is empty"),
+        (lambda c: c.add("true", cwd="/tmp\0x"), "invalid", "cwd contains a NUL byte"),
+        (lambda c: c.add("x" * 200_000), "invalid", "MAX_ARG_STRLEN"),
+    ],
+)
+def test_what_the_daemon_would_refuse_is_refused_before_sending(serve, call, code: str, message: str) -> None:
+    daemon = serve(lambda r: p.Ok())
+    with Client(daemon.path) as client, pytest.raises(DaemonError) as refused:
+        call(client)
+    assert refused.value.code == code and message in refused.value.message, refused.value.message
+    assert not [r for r in daemon.requests if not isinstance(r, p.Hello)]  # nothing sent
+
+
+def test_bytes_that_are_not_utf8_travel_as_bytes(
+    serve, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    odd = tmp_path / os.fsdecode(b"d\xe9")
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    monkeypatch.setenv("QUEUECTL_ODD", os.fsdecode(b"caf\xe9"))
+    daemon = serve(lambda r: p.Added(ids=[1]) if isinstance(r, p.AddJobs) else None)
+    with Client(daemon.path) as client:
+        assert client.add("true") == 1
+    [request] = daemon.of_type(p.AddJobs)
+    assert request.env_bytes == {b"QUEUECTL_ODD": b"caf\xe9"} and "QUEUECTL_ODD" not in request.env
+    assert request.cwd_bytes == os.fsencode(odd) and request.cwd == str(tmp_path) + "/d\\xe9"
+    assert p.joined_environment(request.env, request.env_bytes)["QUEUECTL_ODD"] == os.fsdecode(b"caf\xe9")
+
+
+def test_cancel_does_what_it_can_and_says_what_it_could_not(
+    serve, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reasons = {20: "job 20 is completed: only pending, held, failed or running jobs can be canceled"}
+    daemon = serve(
+        lambda r: p.Changed(ids=[26, 32], refused=reasons) if isinstance(r, p.CancelJobs) else None
+    )
+    monkeypatch.setenv("QUEUED_SOCKET", str(daemon.path))
+    code, out, err = run_cli(monkeypatch, capsys, "cancel", "20", "26", "32")
+    assert (code, out) == (1, "canceled jobs 26, 32\n")
+    assert err == f"queuectl: {reasons[20]}\n"
+    with Client(daemon.path) as client, pytest.raises(PartlyDone) as partly:
+        client.cancel(20, 26, 32)
+    assert (partly.value.done, partly.value.refused, partly.value.code) == ([26, 32], reasons, "invalid")

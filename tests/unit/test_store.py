@@ -822,3 +822,19 @@ def test_finish_of_a_stale_attempt_does_not_move_the_job(store: Store) -> None:
     assert new.run == old.run + 1
     store.finish(old, classify_exit(-15), BACKOFF_MAX, T0 + 3)  # the old process finally exits
     assert state(store, job_id) == "running"  # the new attempt is still running
+
+
+def test_a_cwd_and_environment_that_are_not_utf8_come_back_exactly(store: Store) -> None:
+    """Issue #17 item 9: stored as the bytes they are, restored into the same str
+    (os.fsdecode's surrogates), which posix_spawn turns back into those bytes."""
+    cwd, value = os.fsdecode(b"/tmp/d\xe9"), os.fsdecode(b"caf\xe9")
+    job_new = lifecycle.new_job(
+        JobSpec(command="true"), cwd=cwd, env={"X": value, "PLAIN": "1"}, settings=Settings(), now=T0
+    )
+    [job_id] = store.add_jobs([job_new], T0)
+    store.forget_caches()
+    [claimed] = claim(store)
+    assert claimed.cwd == b"/tmp/d\xe9"  # os.chdir takes it as it is
+    assert claimed.env == {"X": value, "PLAIN": "1"}
+    stored, _, env = store.get_job(job_id)
+    assert (stored.cwd, env["X"]) == ("/tmp/d\\xe9", "caf\\xe9")  # readable, for show
