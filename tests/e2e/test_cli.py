@@ -242,8 +242,8 @@ def test_status_workers_queues_config(daemon: Daemon) -> None:
     assert json.loads(daemon.ok("config", "get", "--json"))["max-retries"] == 7
     assert "7" in daemon.ok("config", "get", "max-retries")
     assert json.loads(daemon.ok("show", "--json", str(daemon.add("true"))))["max_retries"] == 7
-    assert daemon.ctl("config", "set", "max-retries", "-1").returncode == 1
-    assert daemon.ctl("config", "set", "colour", "red").returncode == 1
+    assert daemon.ctl("config", "set", "max-retries", "-1").returncode == 2  # usage: checked before sending
+    assert daemon.ctl("config", "set", "colour", "red").returncode == 2
     daemon.ok("config", "set", "timeout", "5m")
     assert json.loads(daemon.ok("config", "get", "--json", "timeout"))["timeout"] == 300
 
