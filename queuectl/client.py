@@ -122,6 +122,11 @@ class Client:
         *,
         trust_uids: Iterable[int] | None = None,
     ) -> None:
+        """`socket`: the daemon's socket path (default: see above). `timeout`:
+        seconds to wait for each answer before NoAnswer (None: for ever; `wait`
+        always waits as long as it asked to). `trust_uids`: uids whose daemon
+        we talk to besides ours, root's and a system daemon's (default:
+        $QUEUECTL_TRUST_UID). Nothing connects until the first request."""
         self.path = Path(socket) if socket is not None else default_socket_path()
         self.timeout = timeout
         if trust_uids is None:

@@ -69,8 +69,22 @@ def recover(store: Store, backoff_max: float, now: float) -> int:
 
 def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> lifecycle.Settings:
     """Flags and environment > `config set` (`persisted`) > config file > defaults:
-    queued.config's one rule, with the store's values joining the sources."""
-    config.sources.persisted = {k: v for k, v in persisted.items() if k in SETTINGS_KEYS}
+    queued.config's one rule, with the store's values joining the sources. A
+    stored value out of range (an older queued saved any number) is left out,
+    with a warning: the daemon starts, and `config set` can replace it."""
+    kept = {}
+    for key, value in persisted.items():
+        if key not in SETTINGS_KEYS:
+            continue
+        try:
+            lifecycle.parse_config_value(key, value)
+        except ValueError as exc:
+            log.warning(
+                "ignoring the saved setting %s = %s: %s (`queuectl config set` replaces it)", key, value, exc
+            )
+            continue
+        kept[key] = value
+    config.sources.persisted = kept
     return config_settings(config.settings, config.sources)
 
 

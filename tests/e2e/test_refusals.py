@@ -138,3 +138,17 @@ def test_bytes_that_are_not_utf8_in_the_environment_and_cwd_reach_the_job(
     assert daemon.ctl("wait", copy).returncode == 0
     assert Path(f"{out}.x").read_bytes() == b"caf\xe9 \xff"
     assert Path(f"{out}.pwd").read_bytes() == os.fsencode(odd) + b"\n"
+
+
+def test_a_saved_setting_out_of_range_is_ignored_with_a_warning(daemon: Daemon, tmp_path: Path) -> None:
+    """Issue #17 item 8: a value an older queued stored must not keep the daemon from starting."""
+    import sqlite3
+
+    daemon.stop()
+    with sqlite3.connect(next(tmp_path.rglob("queue.db"))) as db:
+        db.execute("INSERT INTO config VALUES ('max-retries', ?)", (HUGE,))
+    daemon.start()
+    job_id = daemon.add("true")
+    assert daemon.ctl("wait", str(job_id)).returncode == 0
+    assert json.loads(daemon.ok("show", "--json", str(job_id)))["max_retries"] == 3
+    assert f"ignoring the saved setting max-retries = {HUGE}" in daemon.log.read_text()
