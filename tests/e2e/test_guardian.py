@@ -88,7 +88,9 @@ def test_jobs_left_by_a_daemon_killed_with_its_guardian_are_stopped_before_a_res
     try:
         pids = tmp_path / "pids"
         # A grandchild in a session of its own, too: the marker finds it.
-        job = daemon.add("--max-retries", "3", f"echo $$ >> {pids}; setsid sleep 4747 & sleep 300")
+        job = daemon.add(
+            "--max-retries", "3", f"echo $$ >> {pids}; setsid sleep 4747.{os.getpid()} & sleep 300"
+        )
         [first_run] = read_pids(pids, 1)
         guardian = guardian_pid(daemon)
         os.kill(guardian, signal.SIGSTOP)  # so that it cannot sweep: both die at once
@@ -96,7 +98,7 @@ def test_jobs_left_by_a_daemon_killed_with_its_guardian_are_stopped_before_a_res
         os.kill(guardian, signal.SIGKILL)
         wait_for(lambda: not pid_alive(guardian))
         assert pid_alive(first_run)
-        escaped = [pid for pid in all_pids() if cmdline(pid) == ["sleep", "4747"]]
+        escaped = [pid for pid in all_pids() if cmdline(pid) == ["sleep", f"4747.{os.getpid()}"]]
         assert escaped
 
         daemon.start()

@@ -15,6 +15,8 @@ from queued import protocol as p
 from .conftest import AsyncClient
 
 TIMEOUT = 10
+# Sleeps named by this run only: other test runs on the machine use the same numbers.
+RUN = f".{os.getpid()}"
 
 
 def in_proc(pid: int) -> bool:
@@ -93,11 +95,11 @@ async def test_a_trap_ignoring_escapee_is_killed_after_the_grace(client: AsyncCl
 
 async def test_coreutils_timeout_in_a_job_does_not_outlive_the_jobs_timeout(client: AsyncClient) -> None:
     # `timeout` moves itself and its child into a process group of their own.
-    job_id = await client.add("timeout 100 sleep 4949; true", timeout=0.5, max_retries=0)
+    job_id = await client.add(f"timeout 100 sleep 4949{RUN}; true", timeout=0.5, max_retries=0)
     with trio.fail_after(TIMEOUT):
-        while not find(["sleep", "4949"]):
+        while not find(["sleep", f"4949{RUN}"]):
             await trio.sleep(0.02)
-    escaped = find(["sleep", "4949"])
+    escaped = find(["sleep", f"4949{RUN}"])
     [job] = await client.wait(job_id)
     assert job.state == "dead"
     for pid in escaped:
@@ -143,13 +145,13 @@ async def test_another_jobs_end_leaves_a_running_jobs_escapee_alone(
 async def test_a_chain_of_sessions_is_stopped_link_by_link(client: AsyncClient, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     inner = tmp_path / "inner.sh"  # a session leader whose child leaves for a session of its own
-    inner.write_text(f"setsid sleep 6161 & echo $! > {pidfile}; sleep 6262\n")
+    inner.write_text(f"setsid sleep 6161 & echo $! > {pidfile}; sleep 6262{RUN}\n")
     job_id = await client.add(f"sh -c 'setsid sh {inner} &'; sleep 0.3")
     escaped = await read_pid(pidfile)
     [job] = await client.wait(job_id)
     assert job.state == "completed"
     await gone(escaped)
-    assert not find(["sleep", "6262"])
+    assert not find(["sleep", f"6262{RUN}"])
 
 
 async def test_orphans_that_end_while_their_job_runs_on_are_reaped_at_once(
@@ -186,11 +188,14 @@ async def test_every_escape_is_stopped_at_every_end(
     client: AsyncClient, tmp_path: Path, escape: str, end: str
 ) -> None:
     pidfile = tmp_path / "pid"
-    n = 7000 + 10 * list(ESCAPES).index(escape) + list(ENDS).index(end)
+    n = f"{7000 + 10 * list(ESCAPES).index(escape) + list(ENDS).index(end)}{RUN}"
     tail, fields = ENDS[end]
     job_id = await client.add(ESCAPES[escape].format(n=n, pidfile=pidfile) + tail, **fields)
     escaped = await read_pid(pidfile)
-    assert os.getpgid(escaped) != (await client.job(job_id)).runs[0].pid  # it did leave the group
+    leader = (await client.job(job_id)).runs[0].pid
+    with trio.fail_after(TIMEOUT):  # it does leave the group (setsid runs after the fork)
+        while in_proc(escaped) and os.getpgid(escaped) == leader:
+            await trio.sleep(0.01)
     if end == "cancel":
         await client.ok(p.CancelJobs(ids=[job_id]))
     [job] = await client.wait(job_id)
