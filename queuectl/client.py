@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import msgspec
+
 from queued import __version__
 from queued import protocol as p
 from queued.paths import default_socket_path, fallback_socket_dir
@@ -291,6 +293,12 @@ class Client:
             except ValueError as exc:
                 prefix = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
                 raise InvalidRequest("invalid", f"{prefix}{exc}") from None
+        if len(specs) == 1 and not _spec_is_utf8(specs[0]):
+            # A job's own --cwd or --env that is not UTF-8 travels as the request's
+            # (the same thing for one job: its env is laid over the request's).
+            spec = specs[0]
+            env, cwd = {**env, **spec.env}, spec.cwd or cwd
+            specs = [msgspec.structs.replace(spec, env={}, cwd=None)]
         # Our cwd and environment may hold bytes that are not UTF-8: they travel as bytes.
         text_cwd, cwd_bytes = p.split_path(cwd)
         text_env, env_bytes = p.split_environment(env)
@@ -453,13 +461,20 @@ def _checked_frame(request: p.Request) -> bytes:
         raise InvalidRequest("bad_request", "a number in the request is too large") from None
     except UnicodeEncodeError:
         raise InvalidRequest(
-            "bad_request", "the request holds text that is not UTF-8 (only a cwd and the environment may)"
+            "bad_request",
+            "a job's --cwd or --env holds bytes that are not UTF-8: add such jobs one at a time",
         ) from None
     try:
         p.decode_request(memoryview(frame)[p.HEADER_SIZE :])
     except p.ProtocolError as exc:
         raise InvalidRequest(exc.code, exc.message) from None
     return frame
+
+
+def _spec_is_utf8(spec: p.JobSpec) -> bool:
+    return (spec.cwd is None or p.is_utf8(spec.cwd)) and all(
+        p.is_utf8(key) and p.is_utf8(value) for key, value in spec.env.items()
+    )
 
 
 def _named_ids(request: p.Request) -> list[int]:

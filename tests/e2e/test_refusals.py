@@ -152,3 +152,22 @@ def test_a_saved_setting_out_of_range_is_ignored_with_a_warning(daemon: Daemon, 
     assert daemon.ctl("wait", str(job_id)).returncode == 0
     assert json.loads(daemon.ok("show", "--json", str(job_id)))["max_retries"] == 3
     assert f"ignoring the saved setting max-retries = {HUGE}" in daemon.log.read_text()
+
+
+def test_a_jobs_own_cwd_and_env_that_are_not_utf8_work_too(daemon: Daemon, tmp_path: Path) -> None:
+    odd = tmp_path / os.fsdecode(b"r\xe9p")
+    odd.mkdir()
+    out = tmp_path / "out"
+    args = [
+        "add",
+        "--quiet",
+        "--cwd",
+        os.fsencode(odd),
+        "-e",
+        b"Y=\xff\xfe",
+        f'printf %s "$Y" > {out}; pwd >> {out}',
+    ]
+    result = subprocess.run([tool("queuectl"), *args], env=daemon.env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result
+    assert daemon.ctl("wait", result.stdout.decode().strip()).returncode == 0
+    assert out.read_bytes() == b"\xff\xfe" + os.fsencode(odd) + b"\n"
