@@ -269,6 +269,9 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         lines += ["", table(["RUN", "ATTEMPT", "PID", "STARTED", "DURATION", "RESULT"], rows, width=width)]
         if earlier > 0:
             lines.append(f"(runs 1-{earlier} came before the retry that reset the attempts)")
+        for run in detail.runs:
+            if run.log_incomplete:
+                lines.append(f"run {run.attempt}'s log is incomplete: {run.log_incomplete}")
     return "\n".join(lines)
 
 

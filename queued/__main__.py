@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     import trio
 
     keep_inherited_descriptors_from_jobs()
+    from .descriptors import raise_limit
+
+    raise_limit()
 
     from .daemon import DaemonConfig, Runner, StartupError
     from .server import SocketInUse
@@ -126,12 +129,16 @@ def main(argv: list[str] | None = None) -> None:
             allow_group=allow_group,
         )
         config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
-        trio.run(Runner(config).run)
+        runner = Runner(config)
+        trio.run(runner.run)
     except (StartupError, SocketInUse, ValueError, OSError) as exc:
         print(f"queued: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    if runner.failure is not None:
+        print(f"queued: stopped after a fault: {runner.failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

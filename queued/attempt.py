@@ -6,6 +6,7 @@ means for the job is `lifecycle`'s; recording it is the supervisor's.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from .store_attempts import Claimed
 # After the leader exits, output still buffered in the pipes is drained for at
 # most this long: a process that escaped the group may hold a pipe open forever.
 DRAIN_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
 
 
 class Attempt:
@@ -45,6 +48,7 @@ class Attempt:
         self.paused_since: float | None = None
         self.paused_for = 0.0
         self._returncode = 0
+        self._loss_told = False
         self._unfinished: list[CappedLog] = []
 
     @property
@@ -55,7 +59,48 @@ class Attempt:
         """Its process started: its output goes into its log paths, at most `log_cap` bytes each."""
         out, err = self.log_paths
         self.process = process
-        self.logs = [CappedLog(process.stdout, out, log_cap), CappedLog(process.stderr, err, log_cap)]
+        report = self._output_lost
+        self.logs = [
+            CappedLog(process.stdout, out, log_cap, report),
+            CappedLog(process.stderr, err, log_cap, report),
+        ]
+
+    def _output_lost(self, capped: CappedLog, exc: OSError) -> None:
+        """Said once per attempt: the rest is counted in its record (`log_incomplete`)."""
+        if not self._loss_told:
+            self._loss_told = True
+            job = self.claimed
+            log.warning(
+                "job %d attempt %d: cannot write its log %s (%s): output is dropped, and counted, "
+                "until it can be written",
+                job.id,
+                job.run,
+                capped.path,
+                exc.strerror or exc,
+            )
+
+    def log_incomplete(self) -> str | None:
+        """What its logs miss because the disk refused it, for its record; None if nothing."""
+        logs = self.logs
+        if not logs or not (logs[0].lost or logs[1].lost):
+            return None
+        missing = [
+            f"{name}: {log_.lost:,} bytes lost: {log_.loss_reason}"
+            for name, log_ in zip(("stdout", "stderr"), self.logs, strict=False)
+            if log_.lost
+        ]
+        return "; ".join(missing)
+
+    def abandon(self) -> None:
+        """After a fault in its handling: its process group killed and collected,
+        its pipes and logs closed, whatever state the fault left them in."""
+        if self.process is not None:
+            self.process.abandon()
+        for log_ in self.logs:
+            try:
+                log_.close()
+            except OSError:
+                pass
 
     @property
     def paused(self) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from . import lifecycle, schema
+from . import descriptors, lifecycle, schema
 from .callbacks import Callbacks
 from .config import SETTINGS_KEYS, Sources
 from .config import effective_settings as config_settings
@@ -28,7 +28,7 @@ from .handlers import Daemon, Watchers
 from .process import JobEnvironments
 from .server import AccessPolicy, Server, bind_unix
 from .store import Store
-from .supervisor import Supervisor
+from .supervisor import Supervisor, fault_text
 from .systemd import Notifier, inherited_listener
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class Runner:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.shutdown_mode: str | None = None
+        self.failure: str | None = None  # why the daemon stopped itself, if it did
         self._shutdown = trio.Event()
         self.notifier = Notifier()
 
@@ -168,7 +169,7 @@ class Runner:
             server = Server(self.daemon.handle, access)
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
-                await nursery.start(self.supervisor.run)
+                await nursery.start(self._supervise)
                 await nursery.start(self.callbacks.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))
@@ -183,6 +184,9 @@ class Runner:
                     config.data_dir,
                     settings.concurrency,
                 )
+                shortfall = descriptors.shortfall(settings.concurrency, descriptors.current_limit())
+                if shortfall is not None:
+                    log.warning("%s; meanwhile jobs wait for descriptors to start", shortfall)
                 task_status.started(self)
                 await self._shutdown.wait()
                 self.notifier.stopping()
@@ -204,9 +208,12 @@ class Runner:
             guardian.close()
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except Exception:
-                log.exception("final checkpoint failed")
-            conn.close()
+            except Exception as exc:
+                log.warning("final checkpoint not done (%s): the next start replays the WAL", exc)
+            try:
+                conn.close()
+            except Exception as exc:
+                log.warning("database not closed cleanly (%s): the next start replays the WAL", exc)
             log.info("queued stopped")
 
     def _guardian_started(self, lock_fd: int) -> Callable[[int], None]:
@@ -217,6 +224,18 @@ class Runner:
                 supervisor.wake()  # it starts nothing while no guardian runs
 
         return started
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The supervisor, and what happens if it fails (its own invariants
+        broken: a fault around one attempt never reaches here): every running
+        job stopped in order, then a shutdown that says why."""
+        try:
+            await self.supervisor.run(task_status=task_status)
+        except Exception as exc:
+            self.failure = f"its supervisor failed: {fault_text(exc)}"
+            log.critical("queued stops: %s; stopping the running jobs first", self.failure, exc_info=exc)
+            await self.supervisor.abort()
+            self.request_shutdown("now")
 
     async def _report_status(self, db: Database) -> None:
         """READY=1 once serving, then STATUS= after changes, at most once a second."""

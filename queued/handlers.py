@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import trio
 
-from . import __version__, config, lifecycle
+from . import __version__, config, descriptors, lifecycle
 from . import protocol as p
 from .database import Database
 from .store import Refused, Store
@@ -158,7 +158,7 @@ def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
     store learns the pid and log paths when the attempt ends)."""
     if run.stdout_path is not None:
         return run
-    out, err = d.supervisor.log_paths(job_id, run.attempt)
+    out, err = d.supervisor.log_folders.paths(job_id, run.attempt)
     attempt = d.supervisor.running.get(job_id)
     pid = attempt.pid if attempt is not None and attempt.claimed.run == run.attempt else run.pid
     return msgspec.structs.replace(run, pid=pid, stdout_path=str(out), stderr_path=str(err))
@@ -281,9 +281,17 @@ async def _workers(d: Daemon, r: p.ListWorkers) -> p.Response:
     return p.Workers(concurrency=d.settings.concurrency, slots=d.supervisor.slots())
 
 
+def _check_descriptors(concurrency: int) -> None:
+    """A concurrency the descriptor limit cannot carry is refused (ValueError)."""
+    why = descriptors.shortfall(concurrency, descriptors.current_limit())
+    if why is not None:
+        raise ValueError(why)
+
+
 async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
     """`config set concurrency N` that also wins, for this run, over a flag or
     variable: the user asked the running daemon. 0 stops claiming."""
+    _check_descriptors(r.concurrency)
     await d.db.run(Store.set_config, "concurrency", str(r.concurrency))
     d.sources.persisted["concurrency"] = str(r.concurrency)
     origin = d.sources.origin("concurrency")
@@ -346,6 +354,8 @@ async def _config_get(d: Daemon, r: p.GetConfig) -> p.Response:
 async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
     key = lifecycle.config_key(r.key)
     field, value = lifecycle.parse_config_value(key, r.value)
+    if field == "concurrency":
+        _check_descriptors(int(value))  # type: ignore[arg-type]
     await d.db.run(Store.set_config, key, r.value.strip())
     d.sources.persisted[key] = r.value.strip()
     d.reconfigure()

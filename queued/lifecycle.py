@@ -39,6 +39,7 @@ class Event(enum.Enum):
     RETRY = "retry"
     HOLD = "hold"
     RELEASE = "release"
+    UNCLAIM = "unclaim"  # its attempt could not start (no descriptor free): it waits again
 
 
 TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
@@ -50,6 +51,7 @@ TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
     ("pending", Event.CANCEL): "canceled",
     ("failed", Event.CANCEL): "canceled",
     ("running", Event.CANCEL): "canceled",
+    ("running", Event.UNCLAIM): "pending",
     ("completed", Event.RETRY): "pending",
     ("dead", Event.RETRY): "pending",
     ("canceled", Event.RETRY): "pending",
@@ -463,6 +465,11 @@ def spawn_failure(reason: str, *, lasting: bool = False) -> Exit:
     to the job itself could make it start (an argument list too long for the
     kernel, say): then it is not retried."""
     return Exit(False, None, None, f"could not start: {reason}", retryable=not lasting)
+
+
+def internal_failure(reason: str) -> Exit:
+    """An attempt that queued itself failed to carry through (a fault around it)."""
+    return Exit(False, None, None, f"internal error: {reason}")
 
 
 INTERRUPTED = Exit(False, None, None, "interrupted: the daemon stopped while the job ran")

@@ -7,6 +7,12 @@ blocks on a full pipe, and a job that writes a gigabyte costs a gigabyte of
 reads, not of disk. Exit is awaited on a pidfd, so no thread per child; the
 group is swept with SIGKILL while the leader is still an unreaped zombie,
 which keeps the group id from being reused under us.
+
+Faults around a job are the job's, never the daemon's: a spawn that finds no
+free descriptor raises `OutOfDescriptors` (the job waits), any other failure
+to start raises `SpawnError` (the attempt fails), and a log the disk will not
+take (full, over quota, failing, over the file-size limit, its folder gone)
+drops what it cannot write, counts it and says so in the log once it can.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Callable
 
 import trio
 
@@ -22,6 +29,8 @@ from .guardian import INSTANCE_VAR
 from .protocol import readable
 
 SHELL = "/bin/sh"
+# A spawn that fails with these is the daemon's shortage, not the job's fault.
+_SHORTAGE = (errno.EMFILE, errno.ENFILE)
 _READ_SIZE = 256 * 1024
 # Variables that belong to the daemon's service manager, not to its jobs.
 _PRIVATE_VARS = (
@@ -46,6 +55,11 @@ class SpawnError(Exception):
 
 # Failures to start that only a change to the job itself can cure.
 _LASTING = frozenset({errno.E2BIG, errno.ENAMETOOLONG})
+
+
+class OutOfDescriptors(Exception):
+    """The daemon has no descriptor free to start an attempt: the job is not
+    started and waits until some are released (an attempt ends)."""
 
 
 class JobEnvironments:
@@ -76,24 +90,35 @@ class JobProcess:
     """A started attempt: the leader's pid, a pidfd, and the read ends of its pipes."""
 
     def __init__(self, command: str, *, cwd: str | bytes, env: dict[str, str]) -> None:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        opened: list[int] = []
         try:
+            out_r, out_w = os.pipe()
+            opened += (out_r, out_w)
+            err_r, err_w = os.pipe()
+            opened += (err_r, err_w)
             self.pid = _spawn([SHELL, "-c", command], cwd, env, out_w, err_w)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
-            for fd in (out_r, err_r):
-                os.close(fd)
+            _close_all(opened)
             if isinstance(exc, ValueError):
                 raise SpawnError(f"invalid job: {exc}", lasting=True) from None
+            if exc.errno in _SHORTAGE:
+                raise OutOfDescriptors(exc.strerror or str(exc)) from None
             raise SpawnError(_spawn_reason(exc, cwd), lasting=exc.errno in _LASTING) from None
-        finally:
-            os.close(out_w)
-            os.close(err_w)
+        _close_all((out_w, err_w))
         LEADERS.add(self.pid)
-        self.pidfd = os.pidfd_open(self.pid)
         self.stdout = out_r
         self.stderr = err_r
         self.returncode: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError as exc:
+            # It runs, but it cannot be watched: it must not run unseen.
+            self.pidfd = -1
+            self.abandon()
+            _close_all((out_r, err_r))
+            if exc.errno in _SHORTAGE:
+                raise OutOfDescriptors(exc.strerror or str(exc)) from None
+            raise SpawnError(f"its process could not be watched: {exc.strerror or exc}") from None
 
     async def wait_exit(self) -> None:
         """Until the leader has exited (it stays a zombie until reap())."""
@@ -114,6 +139,29 @@ class JobProcess:
         self.returncode = os.waitstatus_to_exitcode(status)
         os.close(self.pidfd)
         return self.returncode
+
+    def abandon(self) -> None:
+        """After a fault in the daemon's handling of it: kill the job's group and
+        collect the leader, whatever state that handling left them in."""
+        if self.returncode is not None:
+            return
+        self.signal_group(signal.SIGKILL)
+        try:
+            os.waitpid(self.pid, 0)  # SIGKILLed: no wait to speak of
+        except ChildProcessError:
+            pass  # collected already
+        LEADERS.discard(self.pid)
+        self.returncode = -signal.SIGKILL
+        if self.pidfd >= 0:
+            _close_all((self.pidfd,))
+
+
+def _close_all(fds: tuple[int, ...] | list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _spawn(argv: list[str], cwd: str | bytes, env: dict[str, str], stdout: int, stderr: int) -> int:
@@ -165,27 +213,78 @@ def _spawn_reason(exc: OSError, cwd: str | bytes) -> str:
     return exc.strerror or str(exc)
 
 
+def _open_log(path: str) -> int:
+    """The log file, created 0600; its folder again if it was removed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        folder = os.path.dirname(path)
+        os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)  # logs/, private too
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        return os.open(path, flags, 0o600)
+
+
+LossReport = Callable[["CappedLog", OSError], None]
+
+
 class CappedLog:
     """One output stream of an attempt, kept up to `cap` bytes in `path`. The
     rest is read and dropped so the job never blocks on a full pipe, and a
     marker line says so. The file is created at the first byte: most jobs of a
-    busy queue print nothing."""
+    busy queue print nothing.
 
-    def __init__(self, read_fd: int, path: str, cap: int) -> None:
+    What the disk refuses (see the module's doc) is dropped and counted in
+    `lost`, and the job's output keeps being read. Every write tries again;
+    the first that succeeds puts a marker line where the gap is, then the
+    output. `on_loss` is told of each refusal (the attempt reports the first)."""
+
+    def __init__(self, read_fd: int, path: str, cap: int, on_loss: LossReport | None = None) -> None:
         self.read_fd = read_fd
         self.path = path
         self.cap = cap
         self.written = self.dropped = 0
+        self.lost = 0  # bytes under the cap the disk refused
+        self.loss_reason: str | None = None  # why the first of them was lost
+        self._gap = 0  # lost since the last byte that reached the file
+        self._gap_reason = ""
+        self._on_loss = on_loss
         self._out = -1
 
     def write(self, data: bytes) -> None:
-        if self._out < 0:
-            self._out = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         kept = min(max(self.cap - self.written, 0), len(data))
-        if kept:
-            os.write(self._out, data[:kept])  # into the page cache: does not stall the loop
-            self.written += kept
         self.dropped += len(data) - kept
+        if not kept:
+            return
+        self.written += kept  # lost bytes count too: the cap bounds the file either way
+        chunk = data if kept == len(data) else data[:kept]
+        done = 0
+        try:
+            if self._out < 0:
+                self._out = _open_log(self.path)
+            if self._gap:
+                self._mark_gap()
+            done = os.write(self._out, chunk)  # into the page cache: does not stall the loop
+            while done < kept:  # a short write: the disk filled up in between
+                done += os.write(self._out, memoryview(chunk)[done:])
+        except OSError as exc:
+            self._lose(kept - done, exc)
+
+    def _mark_gap(self) -> None:
+        marker = f"\n[queued: {self._gap:,} bytes lost: {self._gap_reason}]\n"
+        os.write(self._out, marker.encode())
+        self._gap = 0
+
+    def _lose(self, count: int, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        if not self._gap:
+            self._gap_reason = reason
+        if self.loss_reason is None:
+            self.loss_reason = reason
+        self.lost += count
+        self._gap += count
+        if self._on_loss is not None:
+            self._on_loss(self, exc)
 
     def drain_now(self) -> bool:
         """Read what the pipe holds without waiting; True at end of file. After
@@ -211,12 +310,21 @@ class CappedLog:
             self.close()
 
     def close(self) -> None:
-        if self.read_fd >= 0:
-            os.close(self.read_fd)
-            self.read_fd = -1
+        if self.read_fd < 0:
+            return  # closed already
+        _close_all((self.read_fd,))
+        self.read_fd = -1
+        if self._gap or self.dropped:
+            try:  # the last chance to say what is missing
+                if self._out < 0:
+                    self._out = _open_log(self.path)
+                if self._gap:
+                    self._mark_gap()
+                if self.dropped:
+                    cut = f"\n[queued: output truncated at {self.cap} bytes; {self.dropped} more dropped]\n"
+                    os.write(self._out, cut.encode())
+            except OSError:
+                pass  # the record says the log is incomplete
         if self._out >= 0:
-            if self.dropped:
-                marker = f"\n[queued: output truncated at {self.cap} bytes; {self.dropped} more dropped]\n"
-                os.write(self._out, marker.encode())
-            os.close(self._out)
+            _close_all((self._out,))
             self._out = -1

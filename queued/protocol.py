@@ -155,6 +155,8 @@ class Run(Struct, kw_only=True):
     error: str | None
     stdout_path: str | None
     stderr_path: str | None
+    # What its logs miss because the disk refused it ("stdout: 1,234 bytes lost: No space left on device").
+    log_incomplete: str | None = None
 
 
 class QueueInfo(Struct, kw_only=True):

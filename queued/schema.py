@@ -10,7 +10,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE queues (
@@ -62,6 +62,7 @@ CREATE TABLE attempts (
     error       TEXT,
     stdout_path TEXT,
     stderr_path TEXT,
+    log_incomplete TEXT,  -- what its logs miss, and why (a full disk), if anything
     PRIMARY KEY (job_id, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE config (
@@ -96,6 +97,14 @@ CREATE TRIGGER count_delete AFTER DELETE ON jobs BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
 END;
 """
+
+
+# What brings a database of version N (the key) to version N + 1: run in one
+# transaction with the new user_version, at the first start of a newer queued.
+MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE attempts ADD COLUMN log_incomplete TEXT;",
+}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
 
 class DatabaseUnusable(Exception):
@@ -144,6 +153,9 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout=5000")
         if version == 0:
             conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            version = SCHEMA_VERSION
+        for old in range(version, SCHEMA_VERSION):
+            conn.executescript(f"BEGIN; {MIGRATIONS[old]} PRAGMA user_version={old + 1}; COMMIT;")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise DatabaseUnusable(f"{path} cannot be used as queued's database: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket as stdsocket
 import stat
@@ -24,6 +25,8 @@ from .database import StorageError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[p.Request], Awaitable[p.Response]]
+ACCEPT_BACKOFF = 0.1  # seconds between accepts while out of descriptors
+ACCEPT_LOG_SECONDS = 60.0  # a lasting want of descriptors is logged at most this often
 
 
 # Requests that change nothing and may wait indefinitely: answered only while
@@ -127,13 +130,17 @@ class Server:
     ) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()
+            told = -math.inf  # when a failing accept was last logged
             while True:
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
-                    # EMFILE and friends: wait for a connection to end, don't die.
-                    log.error("accept failed: %s", exc)
-                    await trio.sleep(0.1 if exc.errno in (errno.EMFILE, errno.ENFILE) else 0)
+                    # EMFILE and friends: new connections wait in the backlog while
+                    # those connected are served; an ending one (or job) frees a descriptor.
+                    if trio.current_time() - told >= ACCEPT_LOG_SECONDS:
+                        told = trio.current_time()
+                        log.error("cannot accept connections: %s; retrying every %.1f s", exc, ACCEPT_BACKOFF)
+                    await trio.sleep(ACCEPT_BACKOFF if exc.errno in (errno.EMFILE, errno.ENFILE) else 0)
                     continue
                 nursery.start_soon(self._connection, stream)
 

@@ -216,10 +216,11 @@ class Store(AttemptRecords, JobChanging):
                 error=r[6],
                 stdout_path=r[7],
                 stderr_path=r[8],
+                log_incomplete=r[9],
             )
             for r in self.conn.execute(
                 "SELECT attempt, pid, started_at, ended_at, exit_code, signal, error,"
-                " stdout_path, stderr_path FROM attempts WHERE job_id = ? ORDER BY attempt",
+                " stdout_path, stderr_path, log_incomplete FROM attempts WHERE job_id = ? ORDER BY attempt",
                 (job_id,),
             )
         ]

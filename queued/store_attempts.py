@@ -179,6 +179,18 @@ class AttemptRecords:
         )
 
     @effect(SUPERVISOR)
+    def unclaim(self, job: Claimed, now: float) -> None:
+        """Undo the committed claim of `job`, whose attempt could not start for
+        want of descriptors: the attempt is forgotten and the job waits again
+        (unless it was canceled meanwhile)."""
+        self.conn.execute(
+            "DELETE FROM attempts WHERE job_id = ? AND attempt = ? AND ended_at IS NULL", (job.id, job.run)
+        )
+        row = self.conn.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()
+        if row is not None and row[0] == "running":
+            self._set_state(job.id, "running", Event.UNCLAIM, now, attempts=job.attempts - 1)
+
+    @effect(SUPERVISOR)
     def claim(
         self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
     ) -> list[Claimed]:
@@ -230,16 +242,29 @@ class AttemptRecords:
         pid: int | None = None,
         stdout: str | None = None,
         stderr: str | None = None,
+        log_incomplete: str | None = None,
     ) -> JobState | None:
         """Record the end of an attempt (with its pid and log paths, which the
-        supervisor keeps in memory while it runs) and move the job on; returns
-        its new state, or None if the job was removed while it ran (then its
-        log files are the caller's to delete: no row names them)."""
+        supervisor keeps in memory while it runs, and what its logs miss) and
+        move the job on; returns its new state, or None if the job was removed
+        while it ran (then its log files are the caller's to delete: no row
+        names them)."""
         self.conn.execute(
             "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, error = ?,"
             " pid = coalesce(?, pid), stdout_path = coalesce(?, stdout_path),"
-            " stderr_path = coalesce(?, stderr_path) WHERE job_id = ? AND attempt = ?",
-            (now, exit.exit_code, exit.signal, exit.error, pid, stdout, stderr, claimed.id, claimed.run),
+            " stderr_path = coalesce(?, stderr_path), log_incomplete = ? WHERE job_id = ? AND attempt = ?",
+            (
+                now,
+                exit.exit_code,
+                exit.signal,
+                exit.error,
+                pid,
+                stdout,
+                stderr,
+                log_incomplete,
+                claimed.id,
+                claimed.run,
+            ),
         )
         row = self.conn.execute(
             "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"

@@ -20,6 +20,14 @@ Records run in the order they are queued, so a start is on disk before its
 attempt's end, and before any later request sees the job. A crash before the
 start's commit leaves the job pending: it runs again, as a job running at the
 crash does.
+
+Faults around one attempt are that attempt's: an unexpected error while
+starting, watching or ending it ends it as failed with the error's text
+(retried under its policy) and is logged once, with its traceback. The checks
+sit at the few entry points (`_start`, `_exited_young`, the tasks of grown and
+draining attempts), so they cost nothing per job. A spawn that finds no free
+descriptor starts nothing: the job stays due and is tried again when an
+attempt ends (or after HOLD_SECONDS).
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ from .database import Call, Database, StorageError
 from .escapes import Escapes
 from .guardian_link import GuardianLink
 from .lifecycle import Exit, Settings
-from .process import JobEnvironments, JobProcess, SpawnError
+from .log_folders import LogFolders, LogsUnusable
+from .process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from .protocol import QueueInfo, Slot
 from .store import Store
 from .store_attempts import Claimed
@@ -55,6 +64,8 @@ AHEAD_EXTRA = 32
 AHEAD_SECONDS = 1.0
 # After a start's record was refused, claiming waits this long.
 HOLD_SECONDS = 1.0
+# A want of descriptors that lasts is logged at most this often.
+SHORTAGE_LOG_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +82,7 @@ class Supervisor:
     ) -> None:
         self.db = db
         self.settings = settings
-        self.logs_dir = logs_dir
+        self.log_folders = LogFolders(logs_dir)
         self.guardian = guardian
         self.instance = instance
         self.clock = clock
@@ -83,7 +94,6 @@ class Supervisor:
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._recording = 0  # attempts ended but not yet committed
-        self._log_folders: set[str] = set()
         self._environments = JobEnvironments(instance)
         # Due jobs read ahead, in claim order, and what they are valid for.
         self._ahead: deque[Claimed] = deque()
@@ -92,6 +102,9 @@ class Supervisor:
         self._ahead_until = -math.inf  # clock time of the first run_at not read: read again then
         self._ahead_marks = (-1, -1)  # (epoch, additions) of the read
         self._hold_until = -math.inf
+        self._descriptor_hold = False  # the hold lasts until an attempt ends
+        self._shortage_told = -math.inf  # when the want of descriptors was last logged
+        self._shortage_held = 0  # starts it deferred since
         self._starting = False  # in _start_ahead (a failed spawn ends at once)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self._escapes = Escapes(instance, running=self._running_keys, grace=lambda: self.settings.kill_grace)
@@ -235,7 +248,7 @@ class Supervisor:
                     continue
                 now = self.clock()
                 room = self._queue_room()
-            if self._start_ahead(now, room):
+            if self._start_ahead(now, room) or self.clock() < self._hold_until:
                 continue
             if self._ahead and not self._ahead_complete:
                 # Those read ahead all wait for full queues, and others may be
@@ -314,9 +327,11 @@ class Supervisor:
                 if room.get(job.queue, 0) <= 0:
                     waiting.append(job)
                     continue
+                if not self._start(job, now, committed=False):
+                    waiting.append(job)  # no descriptor free: it keeps its place
+                    break
                 room[job.queue] -= 1
                 free -= 1
-                self._start(job, now, self.db.record(Store.start, job, now))
                 started += 1
         finally:
             self._starting = False
@@ -340,8 +355,12 @@ class Supervisor:
             return 0
         busy = list(self.running)
         claimed = await self.db.run(Store.claim, now=now, slots=free, queue_room=room, busy=busy)
-        for job in claimed:
-            self._start(job, now, None)
+        for started, job in enumerate(claimed):
+            if not self._start(job, now, committed=True):
+                for unstarted in claimed[started:]:  # no descriptor free: they wait again
+                    self.db.record(Store.unclaim, unstarted, now)
+                self._forget_ahead()
+                return started
         return len(claimed)
 
     def _queue_room(self) -> dict[str, int]:
@@ -356,26 +375,78 @@ class Supervisor:
                 room[name] = max(0, min(free, limit))
         return room
 
-    def _start(self, claimed: Claimed, now: float, record: Call | None) -> None:
-        """Spawn the attempt's process; `record` is its start's queued record
-        (None when the claim already committed)."""
-        attempt = Attempt(claimed, now, self._log_paths(claimed), record)
+    def _start(self, claimed: Claimed, now: float, *, committed: bool) -> bool:
+        """Spawn the attempt's process and, unless its claim committed already,
+        queue its start's record behind it. False when no descriptor was free:
+        then nothing started and nothing was recorded."""
+        failure: Exit | None = None
+        process: JobProcess | None = None
+        try:
+            self.log_folders.check(claimed.id)
+            env = self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run)
+            process = JobProcess(claimed.command, cwd=claimed.cwd, env=env)
+        except OutOfDescriptors as exc:
+            self._hold_for_descriptors(claimed, str(exc))
+            return False
+        except SpawnError as exc:
+            failure = lifecycle.spawn_failure(str(exc), lasting=exc.lasting)
+        except LogsUnusable as exc:
+            failure = lifecycle.spawn_failure(str(exc))
+        except Exception as exc:
+            failure = self._fault(claimed, exc)
+        record = None if committed else self.db.record(Store.start, claimed, now)
+        attempt = Attempt(claimed, now, self.log_folders.paths(claimed.id, claimed.run), record)
         self.running[claimed.id] = attempt
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
             record.on_done = lambda call: self._start_recorded(attempt, call)
+        if process is None:
+            self._ended(attempt, failure or lifecycle.spawn_failure("unknown"))
+            return True
         try:
-            process = JobProcess(
-                claimed.command,
-                cwd=claimed.cwd,
-                env=self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run),
+            attempt.spawned(process, self.settings.log_max_size)
+            self.guardian.register(process.pid)
+            self._young.add(attempt)
+        except Exception as exc:
+            self._ended(attempt, self._abandon(attempt, exc))
+        return True
+
+    def _hold_for_descriptors(self, job: Claimed, reason: str) -> None:
+        """No descriptor free for a spawn: claiming waits for an attempt to end
+        (its descriptors free up), or HOLD_SECONDS (a client's may)."""
+        self._shortage_held += 1
+        if self.clock() - self._shortage_told >= SHORTAGE_LOG_SECONDS:
+            log.warning(
+                "job %d not started: %s (%d attempts running; %d starts deferred so far); "
+                "jobs stay due and start once descriptors are free (see the descriptor limit in README)",
+                job.id,
+                reason,
+                len(self.running),
+                self._shortage_held,
             )
-        except SpawnError as exc:
-            self._ended(attempt, lifecycle.spawn_failure(str(exc), lasting=exc.lasting))
-            return
-        attempt.spawned(process, self.settings.log_max_size)
-        self.guardian.register(process.pid)
-        self._young.add(attempt)
+            self._shortage_told = self.clock()
+        self._descriptor_hold = True
+        self._hold_until = self.clock() + HOLD_SECONDS
+        self.wake()
+
+    def _abandon(self, attempt: Attempt, exc: BaseException) -> Exit:
+        """A fault in handling a started attempt: it fails (see `_fault`), its
+        group is killed and its leader collected, whatever state the fault left
+        them in, and what it left outside its group is stopped."""
+        outcome = self._fault(attempt.claimed, exc)
+        attempt.abandon()
+        try:
+            self._reaped(attempt)
+        except Exception:
+            log.exception("job %d: what it left outside its group was not stopped", attempt.claimed.id)
+        return outcome
+
+    def _fault(self, job: Claimed, exc: BaseException) -> Exit:
+        """An unexpected error in handling one attempt: logged once, with its
+        traceback; the attempt ends as failed with the error's text."""
+        text = fault_text(exc)
+        log.error("job %d attempt %d: %s; the attempt ends as failed", job.id, job.run, text, exc_info=exc)
+        return lifecycle.internal_failure(text)
 
     def _check_drained(self) -> None:
         if not self.accepting and not self.running and not self._recording:
@@ -384,24 +455,36 @@ class Supervisor:
     # -- one attempt ------------------------------------------------------------
 
     def _exited_young(self, attempt: Attempt) -> None:
-        if attempt.reap_young(self._reaped):
-            self._ended(attempt, attempt.young_outcome())
-        else:  # an escaped process holds a pipe: drain it a while in a task
-            assert self._nursery is not None
-            self._nursery.start_soon(self._finish_draining, attempt)
+        try:
+            if not attempt.reap_young(self._reaped):
+                # An escaped process holds a pipe: drain it a while in a task.
+                assert self._nursery is not None
+                self._nursery.start_soon(self._finish_draining, attempt)
+                return
+            outcome = attempt.young_outcome()
+        except Exception as exc:
+            outcome = self._abandon(attempt, exc)
+        self._ended(attempt, outcome)
 
     async def _finish_draining(self, attempt: Attempt) -> None:
-        self._ended(attempt, await attempt.drain())
+        try:
+            outcome = await attempt.drain()
+        except Exception as exc:
+            outcome = self._abandon(attempt, exc)
+        self._ended(attempt, outcome)
 
     def _grown(self, attempt: Attempt) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_grown, attempt)
 
     async def _watch_grown(self, attempt: Attempt) -> None:
-        with self._escapes.long_attempt():
-            outcome = await attempt.watch(
-                grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
-            )
+        try:
+            with self._escapes.long_attempt():
+                outcome = await attempt.watch(
+                    grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
+                )
+        except Exception as exc:
+            outcome = self._abandon(attempt, exc)
         self._ended(attempt, outcome)
 
     def _reaped(self, attempt: Attempt) -> None:
@@ -424,8 +507,16 @@ class Supervisor:
         """The attempt's process is gone: free its slot and record its end."""
         job = attempt.claimed
         if attempt.process is not None:
-            self.guardian.unregister(attempt.process.pid)
+            try:
+                self.guardian.unregister(attempt.process.pid)
+            except OSError as exc:  # its group is dead already: at worst the guardian kills nothing
+                log.error("job %d: the guardian was not told of its end: %s", job.id, exc)
+            if attempt.logs and (attempt.logs[0].lost or attempt.logs[1].lost):
+                self.log_folders.forget(job.id)
         del self.running[job.id]
+        if self._descriptor_hold:  # its descriptors are free now
+            self._descriptor_hold = False
+            self._hold_until = -math.inf
         self._recording += 1
         # Queued before the read that the free slot leads to, so that the read
         # sees what this end released.
@@ -474,15 +565,27 @@ class Supervisor:
         job, (out, err) = attempt.claimed, attempt.log_paths
         backoff_max, now = self.settings.backoff_max, self.clock()
         return self.db.record(
-            Store.finish, job, outcome, backoff_max, now, pid=attempt.pid, stdout=out, stderr=err
+            Store.finish,
+            job,
+            outcome,
+            backoff_max,
+            now,
+            pid=attempt.pid,
+            stdout=out,
+            stderr=err,
+            log_incomplete=attempt.log_incomplete(),
         )
 
     def _recorded(self, attempt: Attempt, outcome: Exit, finish: Call) -> None:
         """The end's record committed, or failed: a failing disk only delays it,
         never drops it. (After a refused start there is nothing to store.)"""
         refused = attempt.record is not None and attempt.record.error is not None
-        if isinstance(finish.error, StorageError) and not refused and self.db.lost is None:
-            assert self._nursery is not None
+        if (
+            isinstance(finish.error, StorageError)
+            and not refused
+            and self.db.lost is None
+            and self._nursery is not None
+        ):
             self._nursery.start_soon(self._record_again, attempt, outcome, finish.error)
             return
         job = attempt.claimed
@@ -511,17 +614,30 @@ class Supervisor:
                 return
             error = finish.error
 
-    def log_paths(self, job_id: int, run: int) -> tuple[str, str]:
-        """Where an attempt's stdout and stderr go: a folder per thousand jobs."""
-        stem = f"{self.logs_dir}/{job_id // 1000}/{job_id}.{run}"
-        return f"{stem}.out", f"{stem}.err"
+    # -- when the supervisor itself fails ----------------------------------------
 
-    def _log_paths(self, job: Claimed) -> tuple[str, str]:
-        folder = f"{self.logs_dir}/{job.id // 1000}"
-        if folder not in self._log_folders:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            self._log_folders.add(folder)
-        return self.log_paths(job.id, job.run)
+    async def abort(self) -> None:
+        """After the loop failed (a broken invariant): claim nothing more, stop
+        every running job in order (SIGTERM to its group, SIGKILL after the
+        grace period) and record each as interrupted."""
+        self.accepting = False
+        self._nursery = None
+        attempts = list(self.running.values())
+        live = [a.process for a in attempts if a.process is not None and a.process.returncode is None]
+        for process in live:
+            process.signal_group(signal.SIGTERM)
+        with trio.move_on_after(self.settings.kill_grace):
+            for process in live:
+                await process.wait_exit()
+        for attempt in attempts:
+            attempt.abandon()
+            try:
+                self._reaped(attempt)
+            except Exception:
+                log.exception("job %d: what it left outside its group was not stopped", attempt.claimed.id)
+            if self.running.get(attempt.claimed.id) is attempt:
+                self._ended(attempt, lifecycle.INTERRUPTED)
+        self._check_drained()
 
 
 def _unlink(paths: tuple[str, str]) -> None:
@@ -530,3 +646,10 @@ def _unlink(paths: tuple[str, str]) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def fault_text(exc: BaseException) -> str:
+    """An unexpected error in a few words: its first leaf, named."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

@@ -245,17 +245,17 @@ def fill(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def daemon_on_a_small_disk(tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
-    """A real queued whose data dir is on a 4 MB tmpfs (skipped where none can be mounted)."""
+def daemon_on_a_small_disk(tmp_path: Path, *extra: str, size: str = "4m") -> Iterator[tuple[Daemon, Path]]:
+    """A real queued whose data dir is on a small tmpfs (skipped where none can be mounted)."""
     disk = tmp_path / "small"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        daemon = Daemon(tmp_path)
+        daemon = Daemon(tmp_path, *extra)
         daemon.data_dir = disk / "data"
         daemon.start()
         try:

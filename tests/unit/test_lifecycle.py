@@ -32,14 +32,14 @@ from queued.protocol import STATES, JobChanges, JobSpec
 # must be a deliberate change here too.
 
 EXPECTED_TABLE = """
-             claim     succeed    fail     exhaust   cancel    retry     hold   release
-pending      running   .          .        .         canceled  .         held   .
-held         .         .          .        .         canceled  .         .      pending
-running      .         completed  failed   dead      canceled  .         .      .
-completed    .         .          .        .         .         pending   .      .
-failed       running   .          .        .         canceled  .         held   .
-dead         .         .          .        .         .         pending   .      .
-canceled     .         .          .        .         .         pending   .      .
+             claim     succeed    fail     exhaust   cancel    retry     hold   release  unclaim
+pending      running   .          .        .         canceled  .         held   .        .
+held         .         .          .        .         canceled  .         .      pending  .
+running      .         completed  failed   dead      canceled  .         .      .        pending
+completed    .         .          .        .         .         pending   .      .        .
+failed       running   .          .        .         canceled  .         held   .        .
+dead         .         .          .        .         .         pending   .      .        .
+canceled     .         .          .        .         .         pending   .      .        .
 """
 
 

@@ -838,3 +838,18 @@ def test_a_cwd_and_environment_that_are_not_utf8_come_back_exactly(store: Store)
     assert claimed.env == {"X": value, "PLAIN": "1"}
     stored, _, env = store.get_job(job_id)
     assert (stored.cwd, env["X"]) == ("/tmp/d\\xe9", "caf\\xe9")  # readable, for show
+
+
+def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path: Path) -> None:
+    """A database written by the previous queued is migrated in place, its rows kept."""
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    conn = sqlite3.connect(path)
+    conn.executescript("ALTER TABLE attempts DROP COLUMN log_incomplete; PRAGMA user_version = 1;")
+    conn.close()
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(attempts)")]
+    assert columns[-1] == "log_incomplete"
+    assert Store(conn).counts()["pending"] == 2
+    conn.close()

@@ -124,3 +124,38 @@ def test_finishes_that_make_jobs_claimable_say_so(store: Store) -> None:
     store.reordered = False
     assert store.finish(job, FAIL, BACKOFF_MAX, T0) == "failed"
     assert store.reordered
+
+
+def test_unclaim_undoes_a_claim_whose_attempt_could_not_start(store: Store) -> None:
+    """No descriptor was free for the spawn: the job waits again as it was,
+    counts and all, and the next claim takes the same attempt."""
+    job_id = add(store)
+    before = table_snapshot(store)
+    [job] = claim(store)
+    store.unclaim(job, T0 + 1)
+    after = table_snapshot(store)
+    assert after["attempts"] == before["attempts"] == []
+    assert [row for row in after["counts"] if row[2]] == before["counts"]
+    assert state(store, job_id) == "pending"
+    [again] = claim(store)
+    assert (again.id, again.run, again.attempts) == (job.id, job.run, job.attempts)
+
+
+def test_unclaim_of_a_retry_keeps_its_earlier_attempts(store: Store) -> None:
+    job_id = add(store, max_retries=2, backoff_base=1)
+    [first] = claim(store)
+    store.finish(first, FAIL, BACKOFF_MAX, T0)
+    [second] = claim(store, now=T0 + 100)
+    store.unclaim(second, T0 + 100)
+    assert [row[0] for row in store.conn.execute("SELECT attempt FROM attempts")] == [1]
+    [again] = claim(store, now=T0 + 100)
+    assert (again.id, again.run, again.attempts) == (job_id, 2, 2)
+
+
+def test_unclaim_of_a_job_canceled_meanwhile_leaves_it_canceled(store: Store) -> None:
+    job_id = add(store)
+    [job] = claim(store)
+    store.cancel([job_id], T0)
+    store.unclaim(job, T0 + 1)
+    assert state(store, job_id) == "canceled"
+    assert store.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
