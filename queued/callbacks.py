@@ -26,7 +26,7 @@ import trio
 from .database import Database
 from .guardian_link import GuardianLink
 from .lifecycle import Settings
-from .process import JobEnvironments, JobProcess, SpawnError
+from .process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from .protocol import Job
 from .store import Store
 
@@ -107,7 +107,7 @@ class Callbacks:
         )
         try:
             process = JobProcess(command, cwd=os.getcwd(), env=env)  # spawned as a job is
-        except (SpawnError, OSError) as exc:
+        except (SpawnError, OutOfDescriptors, OSError) as exc:
             log.warning("on-finish for job %d could not start: %s", job.id, exc)
             return
         self.guardian.register(process.pid)

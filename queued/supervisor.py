@@ -626,6 +626,7 @@ class Supervisor:
         live = [a.process for a in attempts if a.process is not None and a.process.returncode is None]
         for process in live:
             process.signal_group(signal.SIGTERM)
+            process.signal_group(signal.SIGCONT)  # a paused job must run to see it
         with trio.move_on_after(self.settings.kill_grace):
             for process in live:
                 await process.wait_exit()
