@@ -120,8 +120,9 @@ def name_lock_holders(fd: int, *, guardian: int | None) -> None:
     """Write who holds the lock: this daemon and its current guardian."""
     me = os.getpid()
     text = LockHolder(me, process_start_time(me), guardian).format().encode()
-    os.ftruncate(fd, 0)
+    # Written over the old text, then cut to length: a reader never sees it empty.
     os.pwrite(fd, text, 0)
+    os.ftruncate(fd, len(text))
 
 
 def stop_previous_instance(data_dir: Path, token: str) -> int:

@@ -18,9 +18,12 @@ F_SETPIPE_SZ = 1031
 
 
 def guardian_pid(daemon: Daemon) -> int:
-    text = (daemon.data_dir / "queued.lock").read_text()
-    [line] = [line for line in text.splitlines() if line.startswith("guardian ")]
-    return int(line.split()[1])
+    def named() -> int | None:
+        text = (daemon.data_dir / "queued.lock").read_text()
+        lines = [line for line in text.splitlines() if line.startswith("guardian ")]
+        return int(lines[0].split()[1]) if lines and lines[0].split()[1].isdigit() else None
+
+    return wait_for(named)
 
 
 def job_pid(daemon: Daemon, job_id: int) -> int:
