@@ -14,6 +14,10 @@ from .logs import configure_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="queued",
         description="The queued job-queue daemon: runs shell jobs durably, driven by queuectl.",
@@ -41,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "whose socket is group-accessible",
     )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 def load_config_file(path: Path | None) -> dict[str, object]:

@@ -30,6 +30,29 @@ def test_every_unit_is_there() -> None:
     }
 
 
+def installed_man_pages(prefix: Path) -> Path:
+    """The manual pages laid out under `prefix` as pip installs them (pyproject's
+    data-files); the man path they are then found in."""
+    import tomllib
+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    for target, sources in data_files.items():
+        (prefix / target).mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            shutil.copy(ROOT / source, prefix / target)
+    return prefix / "share" / "man"
+
+
+def test_documentation_names_pages_pip_installs(tmp_path: Path) -> None:
+    man = installed_man_pages(tmp_path)
+    for unit in (ROOT / "systemd").glob("*/queued.service"):
+        [line] = [line for line in unit.read_text().splitlines() if line.startswith("Documentation=")]
+        for uri in line.removeprefix("Documentation=").split():
+            name, section = uri.removeprefix("man:").rstrip(")").split("(")
+            page = man / f"man{section}" / f"{name}.{section}"
+            assert page.read_text().startswith(f".TH {name.upper()} {section} "), uri
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("kind", ["user", "system"])
 def test_units_verify(tmp_path: Path, kind: str) -> None:
@@ -39,11 +62,14 @@ def test_units_verify(tmp_path: Path, kind: str) -> None:
         for path in EXEC_PATHS:
             text = text.replace(path, tool("queued"))
         (tmp_path / unit.name).write_text(text)
+    # verify runs `man` for each Documentation= page: those pip installs.
+    man = installed_man_pages(tmp_path / "prefix")
     result = subprocess.run(
         ["systemd-analyze", "verify", str(tmp_path / "queued.service"), str(tmp_path / "queued.socket")],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "MANPATH": str(man)},
     )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
