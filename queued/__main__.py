@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     from .server import SocketInUse
 
     args = parse_args(argv)
-    config_path = args.config or (
-        Path(os.environ["QUEUED_CONFIG"]) if os.environ.get("QUEUED_CONFIG") else None
-    )
+    from_env = os.environ.get("QUEUED_CONFIG")
+    config_path = args.config or (Path(from_env) if from_env else None)
+    file_values = load_config_file(config_path)
     try:
         sources = config_rules.Sources.read(
             flags={
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                 "allow-group": args.allow_group,
             },
             environ=os.environ,
-            file=load_config_file(config_path),
+            file=file_values,
+            file_path=str(config_path or paths.default_config_file()) if file_values else None,
         )
         chosen = config_rules.daemon_values(sources)
     except ValueError as exc:

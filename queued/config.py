@@ -51,6 +51,7 @@ class Sources:
     environment: dict[str, str] = field(default_factory=dict)
     persisted: dict[str, str] = field(default_factory=dict)  # `config set`
     file: dict[str, object] = field(default_factory=dict)
+    file_path: str | None = None  # named in errors about its values
 
     @classmethod
     def read(
@@ -60,6 +61,7 @@ class Sources:
         environ: Mapping[str, str],
         file: Mapping[str, object],
         persisted: Mapping[str, str] | None = None,
+        file_path: str | None = None,
     ) -> Sources:
         """Sources from raw inputs: flags not given (None) dropped, the QUEUED_*
         variables of `environ` picked (an empty one counts as unset), the
@@ -69,12 +71,13 @@ class Sources:
             try:
                 file_values[canonical_key(key)] = value
             except ValueError as exc:
-                raise ValueError(f"{exc} (in the config file)") from None
+                raise ValueError(f"{exc} (in {_file_name(file_path)})") from None
         return cls(
             flags={canonical_key(k): str(v) for k, v in flags.items() if v is not None},
             environment={k: environ[env_variable(k)] for k in KEYS if environ.get(env_variable(k), "")},
             persisted={k: v for k, v in (persisted or {}).items() if k in SETTINGS_KEYS},
             file=file_values,
+            file_path=file_path,
         )
 
     def layers(self, key: str) -> list[tuple[str, object]]:
@@ -102,8 +105,12 @@ class Sources:
         if source == ENVIRONMENT:
             return env_variable(key)
         if source == FILE:
-            return "the config file"
+            return _file_name(self.file_path)
         return source
+
+
+def _file_name(path: str | None) -> str:
+    return f"config file {path}" if path else "the config file"
 
 
 def effective_settings(defaults: lifecycle.Settings, sources: Sources) -> lifecycle.Settings:
