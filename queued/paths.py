@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 APP = "queued"
@@ -44,3 +45,15 @@ def default_config_file() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "queued.toml"
+
+
+def socket_dir_risk(mode: int, owner: int, uid: int) -> str | None:
+    """Why a directory (its st_mode and st_uid) is unsafe to hold the socket of a
+    daemon running as `uid`, or None. Whoever can write to it could replace the
+    socket with their own and read every request; the sticky bit (as on /tmp)
+    stops that, and root could anyway."""
+    if owner not in (uid, 0):
+        return f"it belongs to uid {owner}, not to uid {uid} or root"
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        return f"others may write to it (mode {stat.S_IMODE(mode):04o}, no sticky bit)"
+    return None

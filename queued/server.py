@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from . import __version__
+from . import __version__, paths
 from . import protocol as p
 from .database import StorageError
 
@@ -39,15 +39,21 @@ class SocketInUse(Exception):
 
 
 def prepare_socket_dir(path: Path) -> None:
-    """Create the socket's directory 0700, or check that an existing one is ours
-    and private (a shared /tmp fallback must not let another user in)."""
+    """Create the socket's directory, and any missing parent, 0700; an existing
+    one is left as it is, and refused if another user could put a socket of
+    their own in our socket's place (see paths.socket_dir_risk)."""
     folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    missing = [d for d in (folder, *folder.parents) if not d.exists()]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: checked below like any other
+        os.chmod(directory, 0o700)  # whatever the umask
     info = folder.stat()
-    if info.st_uid != os.getuid():
-        raise SocketInUse(f"{folder} belongs to uid {info.st_uid}, not to us; choose another --socket")
-    if stat.S_IMODE(info.st_mode) & 0o077 and folder != Path("/tmp"):
-        os.chmod(folder, 0o700)
+    risk = paths.socket_dir_risk(info.st_mode, info.st_uid, os.getuid())
+    if risk is not None:
+        raise SocketInUse(f"{folder} is not safe for queued's socket: {risk}; choose another --socket")
 
 
 def bind_unix(path: Path) -> trio.socket.SocketType:

@@ -5,8 +5,10 @@ they share with others. Each ends the way its README section says."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import time
+from pathlib import Path
 
 from .conftest import Daemon, tool
 
@@ -82,3 +84,47 @@ def test_waiters_that_hang_up_are_dropped_at_once(daemon: Daemon) -> None:
             waiter.wait()
     assert until(lambda: open_fds(pid) == before), (before, open_fds(pid))
     assert daemon.ok("show", str(job_id))  # still serving
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_an_existing_socket_directory_keeps_its_mode(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /var/tmp
+    daemon = Daemon(tmp_path)
+    daemon.socket = shared / "q.sock"
+    daemon.env["QUEUED_SOCKET"] = str(daemon.socket)
+    daemon.start()
+    try:
+        assert mode(shared) == 0o1777
+    finally:
+        daemon.stop()
+
+
+def test_socket_directories_queued_creates_are_private(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path)
+    daemon.socket = tmp_path / "new" / "deeper" / "q.sock"
+    daemon.env["QUEUED_SOCKET"] = str(daemon.socket)
+    daemon.start()
+    try:
+        assert mode(tmp_path / "new") == 0o700 and mode(tmp_path / "new" / "deeper") == 0o700
+    finally:
+        daemon.stop()
+
+
+def test_a_socket_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    result = subprocess.run(
+        [tool("queued"), "--data-dir", str(tmp_path / "data"), "--socket", str(loose / "q.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"{loose} is not safe for queued's socket: others may write to it" in result.stderr
+    assert mode(loose) == 0o777 and not (loose / "q.sock").exists()

@@ -1,0 +1,45 @@
+"""Where the socket may live: the rule that refuses a directory others could write to."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from queued.paths import socket_dir_risk
+
+ME, ROOT, OTHER = 1000, 0, 1001
+DIR = stat.S_IFDIR
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner"),
+    [
+        (0o700, ME),
+        (0o755, ME),  # readable by others is fine: the socket itself is 0600
+        (0o1777, ROOT),  # /tmp, /var/tmp: the sticky bit keeps our socket ours
+        (0o1777, ME),
+        (0o755, ROOT),  # /run as root
+    ],
+)
+def test_safe_directories(mode: int, owner: int) -> None:
+    assert socket_dir_risk(DIR | mode, owner, ME) is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "reason"),
+    [
+        (0o777, ME, "others may write to it (mode 0777, no sticky bit)"),
+        (0o770, ME, "others may write to it (mode 0770, no sticky bit)"),
+        (0o757, ROOT, "others may write to it (mode 0757, no sticky bit)"),
+        (0o700, OTHER, "it belongs to uid 1001, not to uid 1000 or root"),
+        (0o1777, OTHER, "it belongs to uid 1001, not to uid 1000 or root"),
+    ],
+)
+def test_unsafe_directories_are_named_with_the_reason(mode: int, owner: int, reason: str) -> None:
+    assert socket_dir_risk(DIR | mode, owner, ME) == reason
+
+
+def test_root_may_use_its_own_directories() -> None:
+    assert socket_dir_risk(DIR | 0o700, ROOT, ROOT) is None
+    assert socket_dir_risk(DIR | 0o700, ME, ROOT) == "it belongs to uid 1000, not to uid 0 or root"
