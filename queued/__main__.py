@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 from . import __version__, lifecycle, paths
@@ -49,17 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config_file(path: Path | None) -> dict[str, object]:
-    explicit = path is not None
-    path = path or paths.default_config_file()
+    from .signals import read_config_file
+
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        if explicit:
-            raise SystemExit(f"queued: config file {path} does not exist") from None
-        return {}
-    except (tomllib.TOMLDecodeError, OSError) as exc:
-        raise SystemExit(f"queued: cannot read config file {path}: {exc}") from None
+        return read_config_file(path or paths.default_config_file(), required=path is not None)
+    except ValueError as exc:
+        raise SystemExit(f"queued: {exc}") from None
 
 
 def resolve_group(name: str | None) -> int | None:
@@ -132,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
             settings=lifecycle.Settings(concurrency=os.cpu_count() or 1),
             sources=sources,
             allow_group=allow_group,
+            config_file=(config_path or paths.default_config_file()).expanduser().absolute(),
+            config_file_required=config_path is not None,
         )
         config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
         runner = Runner(config)

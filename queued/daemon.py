@@ -6,6 +6,7 @@ guardian watches."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import trio
 
-from . import descriptors, lifecycle, schema
+from . import descriptors, lifecycle, schema, signals
 from .callbacks import Callbacks
-from .config import SETTINGS_KEYS, Sources
+from .config import SETTINGS_KEYS, Sources, daemon_values
 from .config import effective_settings as config_settings
 from .data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
 from .database import Database
@@ -46,6 +47,9 @@ class DaemonConfig:
     # `config set` values join them once it is open.
     sources: Sources = field(default_factory=Sources)
     allow_group: int | None = None  # gid whose members may connect too
+    # What SIGHUP reads again (see signals.py), and whether it must exist.
+    config_file: Path | None = None
+    config_file_required: bool = False
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -97,6 +101,7 @@ class Runner:
         self.failure: str | None = None  # why the daemon stopped itself, if it did
         self._shutdown = trio.Event()
         self.notifier = Notifier()
+        self._reloading = trio.Lock()
 
     def request_shutdown(self, mode: str) -> None:
         first = self.shutdown_mode is None
@@ -166,14 +171,14 @@ class Runner:
                 sources=config.sources,
             )
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
-            server = Server(self.daemon.handle, access)
+            server = self.server = Server(self.daemon.handle, access)
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self._supervise)
                 await nursery.start(self.callbacks.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))
-                nursery.start_soon(self._signals)
+                nursery.start_soon(self._signals, nursery)
                 if self.notifier.enabled:
                     nursery.start_soon(self._report_status, db)
                 if self.notifier.watchdog_interval:
@@ -260,10 +265,72 @@ class Runner:
             self.notifier.watchdog()
             await trio.sleep(interval)
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        """SIGTERM and SIGINT stop the daemon (a second SIGINT: now); SIGHUP,
+        SIGUSR1 and SIGUSR2 as signals.py says, each in a task of its own so
+        that a stop is never queued behind them."""
+        caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        with trio.open_signal_receiver(*caught) as received:
             interrupts = 0
-            async for signum in signals:
-                if signum == signal.SIGINT:
-                    interrupts += 1
-                self.request_shutdown("now" if interrupts >= 2 else "graceful")
+            async for signum in received:
+                if signum == signal.SIGHUP:
+                    nursery.start_soon(self.reload)
+                elif signum == signal.SIGUSR1:
+                    nursery.start_soon(self.log_state)
+                elif signum == signal.SIGUSR2:
+                    log.info("SIGUSR2 ignored (SIGHUP reloads the config file, SIGUSR1 logs the state)")
+                else:
+                    if signum == signal.SIGINT:
+                        interrupts += 1
+                    self.request_shutdown("now" if interrupts >= 2 else "graceful")
+
+    async def reload(self) -> None:
+        """Read the config file again and apply its job settings and log level
+        (SIGHUP) by queued.config's one rule, as at start; log what changed, or
+        why nothing did."""
+        config, sources = self.config, self.config.sources
+        async with self._reloading:  # two SIGHUPs in a row: one reload after the other
+            root = logging.getLogger()
+            before = signals.in_force(self.supervisor.settings, logging.getLevelName(root.level).lower())
+            try:
+                file = signals.read_config_file(config.config_file, required=config.config_file_required)
+                candidate = dataclasses.replace(
+                    sources, file=Sources.read(flags={}, environ={}, file=file).file
+                )
+                config_settings(config.settings, candidate)  # every value checked before any is applied
+                level = daemon_values(candidate).log_level
+            except ValueError as exc:
+                self.daemon.config_problem = f"the config file was not reloaded: {exc}"
+                log.error("reload refused, the settings in force are kept: %s", exc)
+                return
+            moved = signals.changed_keys(
+                {k: v for k, v in sources.file.items() if k in signals.START_ONLY},
+                {k: v for k, v in candidate.file.items() if k in signals.START_ONLY},
+            )
+            sources.file = candidate.file
+            self.daemon.config_problem = None
+            self.daemon.reconfigure()
+            root.setLevel(level.upper())
+            changed = signals.changes(before, signals.in_force(self.supervisor.settings, level))
+            log.info("reloaded %s: %s", config.config_file, "; ".join(changed) or "nothing changed")
+            if moved:
+                log.warning("%s changed in the config file: this takes effect at the next start", moved)
+
+    async def log_state(self) -> None:
+        """Log the daemon's state (SIGUSR1)."""
+        d = self.daemon
+        counts = await d.db.run(Store.counts)
+        for line in signals.state_report(
+            now=trio.current_time(),
+            clock_now=time.time(),
+            started_at=d.started_at,
+            concurrency=self.supervisor.settings.concurrency,
+            accepting=self.supervisor.accepting,
+            running=self.supervisor.running,
+            connections=self.server.connections,
+            answering=self.server.in_flight,
+            waiters=d.watchers.watched(),
+            counts=counts,
+            problems=d.problems(),
+        ):
+            log.info("%s", line)

@@ -49,6 +49,10 @@ class Watchers:
         for job_id in waiter.remaining:
             self._waiters.setdefault(job_id, set()).add(waiter)
 
+    def watched(self) -> int:
+        """How many jobs some `wait` waits for."""
+        return len(self._waiters)
+
     def unwatch(self, waiter: Waiter) -> None:
         for job_id in waiter.remaining:
             waiters = self._waiters.get(job_id)
@@ -86,6 +90,11 @@ class Daemon:
         # source and the settings are worked out again by the one rule.
         self.defaults = defaults if defaults is not None else msgspec.structs.replace(supervisor.settings)
         self.sources = sources if sources is not None else config.Sources()
+        self.config_problem: str | None = None  # why the last reload was refused
+
+    def problems(self) -> list[str]:
+        """What is wrong with the daemon itself, for `status` (empty when all is well)."""
+        return [problem for problem in (self.db.lost, self.config_problem) if problem]
 
     def reconfigure(self) -> None:
         """Apply the settings the sources now give (after `config set`, or a reload)."""
@@ -273,7 +282,7 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         queues=queues,
         data_dir=d.data_dir,
         socket=d.socket_path,
-        problems=[problem for problem in (d.db.lost,) if problem],
+        problems=d.problems(),
     )
 
 

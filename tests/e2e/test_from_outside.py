@@ -4,7 +4,9 @@ they share with others. Each ends the way its README section says."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -128,3 +130,76 @@ def test_a_socket_directory_others_may_write_to_is_refused(tmp_path: Path) -> No
     assert result.returncode == 1
     assert f"{loose} is not safe for queued's socket: others may write to it" in result.stderr
     assert mode(loose) == 0o777 and not (loose / "q.sock").exists()
+
+
+def config_values(daemon: Daemon) -> dict[str, object]:
+    return json.loads(daemon.ok("config", "get", "--json"))
+
+
+def logged(daemon: Daemon, text: str, timeout: float = 10) -> bool:
+    return until(lambda: text in daemon.log.read_text(), timeout)
+
+
+def test_sighup_reloads_the_config_file_and_says_what_changed(tmp_path: Path) -> None:
+    config = tmp_path / "queued.toml"
+    config.write_text('max-retries = 1\nbackoff-base = 2\nconcurrency = 5\nlog-level = "info"\n')
+    daemon = Daemon(tmp_path, "--config", str(config)).start()  # and --concurrency 2
+    try:
+        daemon.ok("config", "set", "backoff-base", "7")
+        config.write_text(
+            'max-retries = 4\nbackoff-base = 3\nconcurrency = 6\ntimeout = "1h"\nlog-level = "debug"\n'
+        )
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        assert logged(daemon, "reloaded"), daemon.log.read_text()
+        log = daemon.log.read_text()
+        assert (
+            "max-retries 1 -> 4" in log and "timeout none -> 1h" in log and "log-level info -> debug" in log
+        )
+        values = config_values(daemon)
+        # Flags > `config set` > file > defaults, as at start.
+        assert values["max-retries"] == 4 and values["timeout"] == 3600
+        assert values["backoff-base"] == 7 and values["concurrency"] == 2
+        assert daemon.socket.exists() and daemon.process is not None and daemon.process.poll() is None
+
+        config.unlink()  # named by --config, so it must exist: refused
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        assert logged(daemon, "reload refused")
+        assert "the config file was not reloaded" in daemon.ok("status")
+        assert config_values(daemon)["max-retries"] == 4  # kept
+        config.write_text("max-retries = 2\n")
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        assert logged(daemon, "max-retries 4 -> 2")
+        assert "problem" not in daemon.ok("status")
+    finally:
+        daemon.stop()
+
+
+def test_a_config_file_with_a_bad_value_changes_nothing_on_reload(tmp_path: Path) -> None:
+    config = tmp_path / "queued.toml"
+    config.write_text("max-retries = 1\n")
+    daemon = Daemon(tmp_path, "--config", str(config)).start()
+    try:
+        config.write_text("max-retries = 2\nbackoff-base = 0\n")
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        assert logged(daemon, "reload refused")
+        assert "backoff-base" in daemon.ok("status")
+        assert config_values(daemon)["max-retries"] == 1
+    finally:
+        daemon.stop()
+
+
+def test_sigusr1_logs_the_state_and_sigusr2_is_ignored(daemon: Daemon) -> None:
+    job_id = daemon.add("grep SigIgn /proc/$$/status; sleep 30")
+    assert until(lambda: "running" in daemon.ok("show", str(job_id)))
+    os.kill(daemon_pid(daemon), signal.SIGUSR1)
+    assert logged(daemon, f"state: job {job_id} attempt 1 in queue default")
+    assert "1 of 2 slots in use" in daemon.log.read_text()
+    os.kill(daemon_pid(daemon), signal.SIGUSR2)
+    assert logged(daemon, "SIGUSR2 ignored")
+    assert daemon.process is not None and daemon.process.poll() is None
+    assert "running" in daemon.ok("show", str(job_id))  # the job was not touched
+    # The daemon catches these signals, never ignores them: its jobs get them at their default.
+    assert until(lambda: "SigIgn" in daemon.ok("logs", str(job_id)))
+    ignored = int(daemon.ok("logs", str(job_id)).split()[1], 16)
+    for number in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        assert not ignored & (1 << (number - 1))

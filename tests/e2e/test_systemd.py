@@ -53,6 +53,13 @@ def test_documentation_names_pages_pip_installs(tmp_path: Path) -> None:
             assert page.read_text().startswith(f".TH {name.upper()} {section} "), uri
 
 
+@pytest.mark.parametrize("kind", ["user", "system"])
+def test_reload_sends_sighup(kind: str) -> None:
+    """`systemctl reload queued` reloads the config file (see queued/signals.py)."""
+    text = (ROOT / "systemd" / kind / "queued.service").read_text()
+    assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in text
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("kind", ["user", "system"])
 def test_units_verify(tmp_path: Path, kind: str) -> None:
