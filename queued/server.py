@@ -50,10 +50,26 @@ def prepare_socket_dir(path: Path) -> None:
         except FileExistsError:
             continue  # made meanwhile by someone else: checked below like any other
         os.chmod(directory, 0o700)  # whatever the umask
+    if folder == paths.fallback_socket_dir():
+        _keep_fallback_dir_private(folder)
+        return
     info = folder.stat()
     risk = paths.socket_dir_risk(info.st_mode, info.st_uid, os.getuid())
     if risk is not None:
         raise SocketInUse(f"{folder} is not safe for queued's socket: {risk}; choose another --socket")
+
+
+def _keep_fallback_dir_private(folder: Path) -> None:
+    """/tmp/queued-UID is queued's own by its name, but anyone may create it
+    first: it must be a directory of ours (not a link), and it is kept 0700,
+    which queuectl checks before it connects (queuectl/trust.py)."""
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise SocketInUse(f"{folder} is not a directory; remove it or choose another --socket")
+    if info.st_uid != os.getuid():
+        raise SocketInUse(f"{folder} belongs to uid {info.st_uid}, not to us; choose another --socket")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(folder, 0o700)
 
 
 def bind_unix(path: Path) -> trio.socket.SocketType:

@@ -1,12 +1,17 @@
-"""Where the socket may live: the rule that refuses a directory others could write to."""
+"""Where the socket may live: the rule that refuses a directory others could write
+to, and what the daemon does to the directories it finds or makes."""
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
 import pytest
 
+from queued import paths
 from queued.paths import socket_dir_risk
+from queued.server import SocketInUse, prepare_socket_dir
 
 ME, ROOT, OTHER = 1000, 0, 1001
 DIR = stat.S_IFDIR
@@ -43,3 +48,26 @@ def test_unsafe_directories_are_named_with_the_reason(mode: int, owner: int, rea
 def test_root_may_use_its_own_directories() -> None:
     assert socket_dir_risk(DIR | 0o700, ROOT, ROOT) is None
     assert socket_dir_risk(DIR | 0o700, ME, ROOT) == "it belongs to uid 1000, not to uid 0 or root"
+
+
+def test_an_existing_directory_is_left_as_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    prepare_socket_dir(folder / "q.sock")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
+def test_the_fallback_directory_is_kept_private_as_queuectl_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fallback = tmp_path / "queued-uid"
+    monkeypatch.setattr(paths, "fallback_socket_dir", lambda: fallback)
+    fallback.mkdir()
+    os.chmod(fallback, 0o755)
+    prepare_socket_dir(fallback / "queued.sock")
+    assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
+    fallback.rmdir()
+    fallback.symlink_to(tmp_path)
+    with pytest.raises(SocketInUse, match="is not a directory"):
+        prepare_socket_dir(fallback / "queued.sock")
