@@ -44,13 +44,15 @@ def test_a_replaced_database_refuses_changes(daemon: Daemon) -> None:
 
 
 def test_with_its_database_gone_the_daemon_starts_nothing_and_lets_running_jobs_end(daemon: Daemon) -> None:
-    daemon.add("sleep 0.5")
-    for _ in range(4):
-        daemon.add("--delay", "1", "true")
+    running = daemon.add("sleep 2")
+    due_at = time.monotonic() + 3
+    daemon.add("--delay", "3", "true")
+    assert until(lambda: "running" in daemon.ok("show", str(running)))
     for path in daemon.data_dir.glob("queue.db*"):
         path.unlink()
     assert daemon.ctl("add", "true").returncode == 1  # the daemon learns it here
-    time.sleep(2)  # the running job ends, the delayed ones come due
+    assert logged(daemon, "its end was not recorded")  # the running job ended
+    time.sleep(max(0.0, due_at + 1 - time.monotonic()))  # the delayed job came due
     log = daemon.log.read_text()
     assert log.count("its end was not recorded") == 1, log
     assert "its start was not recorded" not in log and "cannot record the end" not in log, log
