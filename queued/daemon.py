@@ -101,7 +101,6 @@ class Runner:
         self.failure: str | None = None  # why the daemon stopped itself, if it did
         self._shutdown = trio.Event()
         self.notifier = Notifier()
-        self._reloading = trio.Lock()
 
     def request_shutdown(self, mode: str) -> None:
         first = self.shutdown_mode is None
@@ -267,14 +266,14 @@ class Runner:
 
     async def _signals(self, nursery: trio.Nursery) -> None:
         """SIGTERM and SIGINT stop the daemon (a second SIGINT: now); SIGHUP,
-        SIGUSR1 and SIGUSR2 as signals.py says, each in a task of its own so
-        that a stop is never queued behind them."""
+        SIGUSR1 and SIGUSR2 as signals.py says (the state report in a task of
+        its own: it reads the store, and a stop must not wait behind it)."""
         caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         with trio.open_signal_receiver(*caught) as received:
             interrupts = 0
             async for signum in received:
                 if signum == signal.SIGHUP:
-                    nursery.start_soon(self.reload)
+                    self.reload()
                 elif signum == signal.SIGUSR1:
                     nursery.start_soon(self.log_state)
                 elif signum == signal.SIGUSR2:
@@ -284,37 +283,36 @@ class Runner:
                         interrupts += 1
                     self.request_shutdown("now" if interrupts >= 2 else "graceful")
 
-    async def reload(self) -> None:
+    def reload(self) -> None:
         """Read the config file again and apply its job settings and log level
         (SIGHUP) by queued.config's one rule, as at start; log what changed, or
         why nothing did."""
         config, sources = self.config, self.config.sources
-        async with self._reloading:  # two SIGHUPs in a row: one reload after the other
-            root = logging.getLogger()
-            before = signals.in_force(self.supervisor.settings, logging.getLevelName(root.level).lower())
-            try:
+        root = logging.getLogger()
+        before = signals.in_force(self.supervisor.settings, logging.getLevelName(root.level).lower())
+        try:
+            file = {}
+            if config.config_file is not None:
                 file = signals.read_config_file(config.config_file, required=config.config_file_required)
-                candidate = dataclasses.replace(
-                    sources, file=Sources.read(flags={}, environ={}, file=file).file
-                )
-                config_settings(config.settings, candidate)  # every value checked before any is applied
-                level = daemon_values(candidate).log_level
-            except ValueError as exc:
-                self.daemon.config_problem = f"the config file was not reloaded: {exc}"
-                log.error("reload refused, the settings in force are kept: %s", exc)
-                return
-            moved = signals.changed_keys(
-                {k: v for k, v in sources.file.items() if k in signals.START_ONLY},
-                {k: v for k, v in candidate.file.items() if k in signals.START_ONLY},
-            )
-            sources.file = candidate.file
-            self.daemon.config_problem = None
-            self.daemon.reconfigure()
-            root.setLevel(level.upper())
-            changed = signals.changes(before, signals.in_force(self.supervisor.settings, level))
-            log.info("reloaded %s: %s", config.config_file, "; ".join(changed) or "nothing changed")
-            if moved:
-                log.warning("%s changed in the config file: this takes effect at the next start", moved)
+            candidate = dataclasses.replace(sources, file=Sources.read(flags={}, environ={}, file=file).file)
+            config_settings(config.settings, candidate)  # every value checked before any is applied
+            level = daemon_values(candidate).log_level
+        except ValueError as exc:
+            self.daemon.config_problem = f"the config file was not reloaded: {exc}"
+            log.error("reload refused, the settings in force are kept: %s", exc)
+            return
+        moved = signals.changed_keys(
+            {k: v for k, v in sources.file.items() if k in signals.START_ONLY},
+            {k: v for k, v in candidate.file.items() if k in signals.START_ONLY},
+        )
+        sources.file = candidate.file
+        self.daemon.config_problem = None
+        self.daemon.reconfigure()
+        root.setLevel(level.upper())
+        changed = signals.changes(before, signals.in_force(self.supervisor.settings, level))
+        log.info("reloaded %s: %s", config.config_file, "; ".join(changed) or "nothing changed")
+        if moved:
+            log.warning("%s changed in the config file: this takes effect at the next start", moved)
 
     async def log_state(self) -> None:
         """Log the daemon's state (SIGUSR1)."""

@@ -162,6 +162,10 @@ def test_sighup_reloads_the_config_file_and_says_what_changed(tmp_path: Path) ->
         assert values["max-retries"] == 4 and values["timeout"] == 3600
         assert values["backoff-base"] == 7 and values["concurrency"] == 2
         assert daemon.socket.exists() and daemon.process is not None and daemon.process.poll() is None
+        daemon.ok("workers", "scale", "3")  # asked of the running daemon: a reload keeps it
+        os.kill(daemon_pid(daemon), signal.SIGHUP)
+        assert logged(daemon, "nothing changed")
+        assert config_values(daemon)["concurrency"] == 3
 
         config.unlink()  # named by --config, so it must exist: refused
         os.kill(daemon_pid(daemon), signal.SIGHUP)
