@@ -61,9 +61,13 @@ def prepare_socket_dir(path: Path) -> None:
 
 def _keep_fallback_dir_private(folder: Path) -> None:
     """/tmp/queued-UID is queued's own by its name, but anyone may create it
-    first: it must be a directory of ours (not a link), and it is kept 0700,
-    which queuectl checks before it connects (queuectl/trust.py)."""
+    first: it must be a directory of ours (or a link of ours to one), and it is
+    kept 0700, which queuectl checks before it connects (queuectl/trust.py)."""
     info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) and info.st_uid == os.getuid():
+        info = folder.stat()  # our own link: what it names counts
+    if stat.S_ISLNK(info.st_mode):
+        raise SocketInUse(f"{folder} is a symbolic link of uid {info.st_uid}; choose another --socket")
     if not stat.S_ISDIR(info.st_mode):
         raise SocketInUse(f"{folder} is not a directory; remove it or choose another --socket")
     if info.st_uid != os.getuid():

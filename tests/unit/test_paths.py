@@ -68,6 +68,16 @@ def test_the_fallback_directory_is_kept_private_as_queuectl_expects(
     prepare_socket_dir(fallback / "queued.sock")
     assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
     fallback.rmdir()
-    fallback.symlink_to(tmp_path)
+    (tmp_path / "file").touch()
+    fallback.symlink_to(tmp_path / "file")
     with pytest.raises(SocketInUse, match="is not a directory"):
         prepare_socket_dir(fallback / "queued.sock")
+    fallback.unlink()
+    (tmp_path / "real").mkdir(mode=0o755)
+    fallback.symlink_to(tmp_path / "real")  # our own link to a directory of ours, as queuectl allows
+    prepare_socket_dir(fallback / "queued.sock")
+    assert stat.S_IMODE((tmp_path / "real").stat().st_mode) == 0o700
+    if os.getuid() == 0:
+        os.lchown(fallback, 65534, 65534)
+        with pytest.raises(SocketInUse, match="is a symbolic link of uid 65534"):
+            prepare_socket_dir(fallback / "queued.sock")
