@@ -387,9 +387,13 @@ async def _clean(d: Daemon, r: p.CleanJobs) -> p.Response:
 
 async def _shutdown(d: Daemon, r: p.Shutdown) -> p.Response:
     d.request_shutdown(r.mode)
-    return p.Ok(
-        message="shutting down now" if r.mode == "now" else "shutting down once the running jobs finish"
-    )
+    if r.mode == "now":
+        return p.Ok(message="shutting down now")
+    message = "shutting down once the running jobs finish"
+    paused = sorted(d.supervisor.paused_ids())
+    if paused:  # they finish only once resumed
+        message += f" ({_jobs(paused)} paused: `queuectl resume --all`, or `queuectl shutdown --now`)"
+    return p.Ok(message=message)
 
 
 def _unlink(paths: list[str]) -> None:

@@ -125,3 +125,21 @@ def test_on_finish_callback(daemon: Daemon, tmp_path: Path) -> None:
     )
     daemon.ok("config", "set", "on-finish", "none")
     assert daemon.ok("config", "get", "on-finish").split() == ["on-finish", "none"]
+
+
+def test_completion_offers_the_jobs_each_command_can_change(daemon: Daemon) -> None:
+    from .test_terminal import complete
+
+    held = daemon.add("--hold", "true")
+    waiting = daemon.add("--delay", "1h", "true")
+    running = daemon.add("sleep 60")
+    until_running(daemon, running)
+    assert complete(daemon, "queuectl release ") == [str(held)]
+    assert complete(daemon, "queuectl hold ") == [str(waiting)]
+    assert set(complete(daemon, "queuectl edit ")) == {str(held), str(waiting)}
+    for command in ("pause", "resume", "kill"):
+        assert complete(daemon, f"queuectl {command} ") == [str(running)]
+    assert "last" in complete(daemon, "queuectl restart ")
+    for command in ("hold", "release", "edit", "restart", "pause", "resume", "kill"):
+        assert command in complete(daemon, "queuectl ")
+    daemon.ok("cancel", str(running))

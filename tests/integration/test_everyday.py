@@ -397,3 +397,16 @@ async def test_what_an_on_finish_leaves_in_its_group_is_stopped(
         while os.path.exists(f"/proc/{pid}") and process_state(int(pid)) != "Z":
             await trio.sleep(0.02)
     await client.ok(p.SetConfig(key="on-finish", value="none"))
+
+
+async def test_a_graceful_shutdown_says_it_waits_for_paused_jobs(
+    daemon: DaemonHandle, client: AsyncClient
+) -> None:
+    job_id = await client.add("sleep 30")
+    await running(daemon, job_id)
+    await client.ok(p.PauseJobs(ids=[job_id]))
+    ok = await client.ok(p.Shutdown())
+    assert isinstance(ok, p.Ok) and ok.message == (
+        f"shutting down once the running jobs finish (job {job_id} paused:"
+        " `queuectl resume --all`, or `queuectl shutdown --now`)"
+    )
