@@ -127,16 +127,38 @@ def edit(job_id: int, **opts: Any) -> None:
     """Change a job that has not started: pending, held, or failed and waiting for its retry.
 
     \b
-    A running or finished job cannot change; `queuectl restart ID` adds a changed copy.
+    With no option, its command opens in $VISUAL or $EDITOR. A running or finished
+    job cannot change; `queuectl restart ID` adds a changed copy.
     Examples:
       queuectl edit 7 --priority -10 --queue gpu
       queuectl edit 7 --command "make -j4 test" --timeout none
+      queuectl edit 7                     # the command, in your editor
     """
     changes = _changes(opts)
     if changes == JobChanges():
-        raise click.UsageError("nothing to change: give at least one option")
+        command = _edit_command(job_id)
+        if command is None:
+            click.echo(f"job {job_id} unchanged")
+            return
+        changes = JobChanges(command=command)
     client().edit(job_id, **msgspec.structs.asdict(changes))
     click.echo(f"edited job {job_id}")
+
+
+def _edit_command(job_id: int) -> str | None:
+    """With no option, the job's command in $VISUAL or $EDITOR (pueue edit); None if unchanged."""
+    import os
+    import sys
+
+    if not (os.environ.get("VISUAL") or os.environ.get("EDITOR")) and not sys.stdin.isatty():
+        raise click.UsageError("nothing to change: give an option, or set EDITOR to edit the command")
+    command = client().get(job_id).job.command
+    edited = click.edit(command + "\n", extension=".sh")
+    if edited is None or edited.strip() == command.strip():
+        return None
+    if not edited.strip():
+        raise click.UsageError("the edited command is empty; the job is unchanged")
+    return edited.strip("\n")
 
 
 @cli.command()

@@ -270,6 +270,8 @@ def test_changing_commands_send_and_say(serve, monkeypatch, capsys, args, sent, 
     ],
 )
 def test_changing_commands_usage_errors(serve, monkeypatch, capsys, args, reason) -> None:
+    monkeypatch.delenv("EDITOR", raising=False)
+    monkeypatch.delenv("VISUAL", raising=False)
     daemon = serve(answers)
     code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), *args)
     assert code == 2 and out == "" and reason in err, err
@@ -298,3 +300,28 @@ def test_paused_jobs_say_so_in_tables(serve, monkeypatch, capsys) -> None:
         ("running", True),
         ("held", False),
     ]
+
+
+@pytest.mark.parametrize(
+    ("editor", "printed", "sent"),
+    [
+        (
+            "sed -i s/make/ninja/",
+            "edited job 3",
+            [p.EditJob(id=3, changes=p.JobChanges(command="ninja -C build"))],
+        ),
+        ("true", "job 3 unchanged", []),
+    ],
+)
+def test_edit_without_options_opens_the_editor(serve, monkeypatch, capsys, editor, printed, sent) -> None:
+    def answer(request: p.Request) -> p.Response | None:
+        if isinstance(request, p.GetJob):
+            return p.JobDetail(job=job(3, command="make -C build", state="pending"), runs=[], env={})
+        return answers(request)
+
+    daemon = serve(answer)
+    monkeypatch.setenv("EDITOR", editor)
+    monkeypatch.delenv("VISUAL", raising=False)
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "edit", "3")
+    assert (code, out, err) == (0, printed + "\n", "")
+    assert daemon.of_type(p.EditJob) == sent
