@@ -5,9 +5,11 @@ state (completed, dead, canceled) in each commit, as it tells waiters. With no
 `on-finish` set that is one attribute read per commit and nothing more. With
 one set, the ids queue up; one task under the daemon's nursery reads those
 jobs (one read per batch) and runs the command for each as a child process:
-`/bin/sh -c CMD` spawned as a job's attempt is (a session of its own), with the job's id, state, exit code,
-command, queue, label and error in its environment (and the daemon's instance
-marker, so that the guardian stops it with the daemon's jobs). At most
+`/bin/sh -c CMD`, spawned as a job's attempt is (a session of its own), with
+the job's id, state, exit code, command, queue, label and error in its
+environment, and the daemon's marker with attempt 0: what it leaves outside
+its group is stopped at once, as what a job leaves is, and the guardian stops
+it with the daemon's jobs. At most
 MAX_RUNNING run at once; each is given TIMEOUT_SECONDS, then its group gets
 SIGTERM and, after `kill-grace`, SIGKILL; when it exits, what it left in its
 group is killed, as after a job. Its output is dropped, but for the end of its
@@ -20,6 +22,7 @@ import logging
 import os
 import signal
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -40,9 +43,15 @@ READ_GRACE_SECONDS = 1.0  # for a pipe an escaped process still holds
 
 class Callbacks:
     def __init__(
-        self, db: Database, settings: Settings, guardian: GuardianLink, environments: JobEnvironments
+        self,
+        db: Database,
+        settings: Settings,
+        guardian: GuardianLink,
+        environments: JobEnvironments,
+        look_for_orphans: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
+        self.look_for_orphans = look_for_orphans
         self.settings = settings
         self.guardian = guardian
         self.environments = environments
@@ -96,7 +105,8 @@ class Callbacks:
                 self._idle.set()
 
     async def _call(self, command: str, job: Job) -> None:
-        env = self.environments.for_attempt(dict(os.environ), job_id=job.id, run=job.attempts)
+        # Attempt 0 names no attempt: what it leaves outside its group is stopped at once.
+        env = self.environments.for_attempt(dict(os.environ), job_id=job.id, run=0)
         env.update(
             QUEUED_JOB_STATE=job.state,
             QUEUED_JOB_EXIT_CODE="" if job.exit_code is None else str(job.exit_code),
@@ -127,6 +137,7 @@ class Callbacks:
             if process.returncode is None:  # cancelled: the daemon is stopping
                 process.reap()
             self.guardian.unregister(process.pid)
+            self.look_for_orphans()  # what it started outside its group, as after a job
         if process.returncode != 0:
             tail = bytes(stderr[-STDERR_KEPT:]).decode(errors="replace").strip()
             log.warning(

@@ -157,7 +157,9 @@ class Runner:
 
             db = Database(store, on_finished=finished)
             self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
-            self.callbacks = Callbacks(db, settings, guardian, JobEnvironments(instance))
+            self.callbacks = Callbacks(
+                db, settings, guardian, JobEnvironments(instance), self.supervisor.look_for_orphans
+            )
             self.supervisor.set_queues(store.queues())
             self.daemon = Daemon(
                 db,

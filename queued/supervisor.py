@@ -168,6 +168,11 @@ class Supervisor:
             self._change.set()
         return changed
 
+    def look_for_orphans(self) -> None:
+        """Adopt, and stop, what another process of the daemon's left outside
+        its group (an on-finish command): see `Escapes`."""
+        self._escapes.look()
+
     def paused_ids(self) -> set[int]:
         return {job_id for job_id, attempt in self.running.items() if attempt.paused}
 

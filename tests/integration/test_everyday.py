@@ -410,3 +410,16 @@ async def test_a_graceful_shutdown_says_it_waits_for_paused_jobs(
         f"shutting down once the running jobs finish (job {job_id} paused:"
         " `queuectl resume --all`, or `queuectl shutdown --now`)"
     )
+
+
+async def test_what_an_on_finish_starts_outside_its_group_is_stopped(
+    daemon: DaemonHandle, client: AsyncClient, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    await client.ok(p.SetConfig(key="on-finish", value=f"setsid sleep 4848 & echo $! >> {pids}; sleep 0.3"))
+    await client.wait(await client.add("true"))
+    [pid] = await lines_of(pids, 1)
+    with trio.fail_after(10):
+        while os.path.exists(f"/proc/{pid}") and process_state(int(pid)) != "Z":
+            await trio.sleep(0.02)
+    await client.ok(p.SetConfig(key="on-finish", value="none"))
