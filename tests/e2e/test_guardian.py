@@ -112,6 +112,16 @@ def test_jobs_left_by_a_daemon_killed_with_its_guardian_are_stopped_before_a_res
         daemon.ok("cancel", str(job))
     finally:
         daemon.stop()
+        # Whatever a failed assertion above left running must not outlive the test:
+        # each job shell leads its own group; the escaped sleep has a name of ours.
+        for leader in pids.read_text().split() if pids.exists() else []:
+            try:
+                os.killpg(int(leader), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in all_pids():
+            if cmdline(pid) == ["sleep", f"4747.{os.getpid()}"]:
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_second_daemon_names_the_live_holder(daemon: Daemon, tmp_path: Path) -> None:
