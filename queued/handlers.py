@@ -16,6 +16,7 @@ import trio
 from . import __version__, config, descriptors, lifecycle
 from . import protocol as p
 from .database import Database
+from .handlers_changes import HANDLERS as CHANGES
 from .store import Refused, Store
 from .supervisor import Supervisor
 
@@ -108,6 +109,12 @@ class Daemon:
     @property
     def settings(self) -> lifecycle.Settings:
         return self.supervisor.settings
+
+    async def queues_changed(self) -> list[p.QueueInfo]:
+        """After a change of queues committed: the supervisor learns them anew."""
+        queues = await self.db.run(Store.queues)
+        self.supervisor.set_queues(queues)
+        return queues
 
     async def handle(self, request: p.Request) -> p.Response:
         handler = _HANDLERS.get(type(request))
@@ -315,21 +322,15 @@ async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
     return p.Ok(message=f"concurrency is now {r.concurrency}{note}")
 
 
-async def _queues_changed(d: Daemon) -> list[p.QueueInfo]:
-    queues = await d.db.run(Store.queues)
-    d.supervisor.set_queues(queues)
-    return queues
-
-
 async def _queue_add(d: Daemon, r: p.AddQueue) -> p.Response:
     await d.db.run(Store.add_queue, r.name, r.concurrency, d.clock())
-    await _queues_changed(d)
+    await d.queues_changed()
     return p.Ok(message=f"queue {r.name} added")
 
 
 async def _queue_rm(d: Daemon, r: p.RemoveQueue) -> p.Response:
     await d.db.run(Store.remove_queue, r.name)
-    await _queues_changed(d)
+    await d.queues_changed()
     return p.Ok(message=f"queue {r.name} removed")
 
 
@@ -339,7 +340,7 @@ async def _queue_ls(d: Daemon, r: p.ListQueues) -> p.Response:
 
 async def _queue_pause(d: Daemon, r: p.PauseQueue) -> p.Response:
     await d.db.run(Store.set_paused, r.name, r.paused)
-    await _queues_changed(d)
+    await d.queues_changed()
     message = f"queue {r.name} {'paused' if r.paused else 'resumed'}"
     if r.jobs or not r.paused:  # resuming a queue resumes its paused jobs
         changed = d.supervisor.pause_jobs(d.supervisor.running_in(r.name), paused=r.paused)
@@ -424,9 +425,5 @@ _HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
     p.SetConfig: _config_set,
     p.CleanJobs: _clean,
     p.Shutdown: _shutdown,
+    **CHANGES,  # requests that change jobs already added
 }
-
-# Requests that change jobs already added, in a module of their own (it imports this one).
-from .handlers_changes import HANDLERS as _CHANGES  # noqa: E402
-
-_HANDLERS.update(_CHANGES)

@@ -6,12 +6,14 @@ the queues that `pause --all` pauses)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
 from . import protocol as p
-from .handlers import Daemon, _queues_changed
 from .store import Refused, Store
+
+if TYPE_CHECKING:  # handlers.py imports this module: a type, not an import cycle
+    from .handlers import Daemon
 
 
 async def _hold(d: Daemon, r: p.HoldJobs) -> p.Response:
@@ -66,7 +68,7 @@ async def _pause(d: Daemon, r: p.PauseJobs) -> p.Response:
     ids = await _running(d, r.ids, verb)
     if r.all:
         await d.db.run(Store.set_all_paused, r.paused)
-        await _queues_changed(d)
+        await d.queues_changed()
         ids = d.supervisor.running_in()
     return p.Changed(ids=d.supervisor.pause_jobs(ids, paused=r.paused))
 
