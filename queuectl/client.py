@@ -465,7 +465,7 @@ def _checked_frame(request: p.Request) -> bytes:
             "a job's --cwd or --env holds bytes that are not UTF-8: add such jobs one at a time",
         ) from None
     try:
-        p.decode_request(memoryview(frame)[p.HEADER_SIZE :])
+        p.decode_request(memoryview(frame)[p.HEADER_SIZE :], type(request))
     except p.ProtocolError as exc:
         raise InvalidRequest(exc.code, exc.message) from None
     return frame

@@ -603,13 +603,14 @@ class FrameBuffer:
         return len(self._buffer)
 
 
-def decode_request(body: bytes) -> Request:
+def decode_request(body: bytes, kind: object = AnyRequest) -> Request:
     """A request from a frame body. Msgpack that does not fit the schema raises
     ProtocolError("bad_request") naming the field, which can be answered; bytes
     that are not msgpack at all raise UndecodableFrame, and the caller closes
-    the connection."""
+    the connection. `kind` narrows the schema to one request type (a client
+    checking what it is about to send compiles only that one's)."""
     try:
-        return _decoder(AnyRequest).decode(body)
+        return _decoder(kind).decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError("bad_request", explain(exc)) from None
     except msgspec.DecodeError as exc:
