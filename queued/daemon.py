@@ -7,6 +7,7 @@ guardian watches."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -18,14 +19,14 @@ from pathlib import Path
 
 import trio
 
-from . import descriptors, lifecycle, schema, signals
+from . import descriptors, handlers, lifecycle, schema, signals
 from .callbacks import Callbacks
 from .config import SETTINGS_KEYS, Sources, daemon_values
 from .config import effective_settings as config_settings
 from .data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
 from .database import Database
 from .guardian_link import GuardianLink
-from .handlers import Daemon, Watchers
+from .handler_context import Daemon, Watchers
 from .process import JobEnvironments
 from .server import AccessPolicy, Server, bind_unix
 from .store import Store
@@ -172,7 +173,7 @@ class Runner:
                 sources=config.sources,
             )
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
-            server = self.server = Server(self.daemon.handle, access)
+            server = self.server = Server(functools.partial(handlers.handle, self.daemon), access)
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self._supervise)

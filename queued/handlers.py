@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,117 +14,22 @@ import trio
 
 from . import __version__, config, descriptors, lifecycle
 from . import protocol as p
-from .database import Database
+from .handler_context import Daemon, Waiter
 from .handlers_changes import HANDLERS as CHANGES
 from .store import Refused, Store
-from .supervisor import Supervisor
 
 
-class Waiter:
-    """One `wait` request: the ids it still waits for."""
-
-    def __init__(self, ids: list[int]) -> None:
-        self.remaining = set(ids)
-        self.done = trio.Event()
-
-    def finished(self, job_id: int) -> None:
-        self.remaining.discard(job_id)
-        if not self.remaining:
-            self.done.set()
-
-
-class Watchers:
-    """Tells `wait` requests which of their jobs finished, so that a waiter on
-    100,000 jobs costs a set removal per finish, not a query."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[int, set[Waiter]] = {}
-
-    def notify(self, finished: list[int]) -> None:
-        for job_id in finished:
-            for waiter in self._waiters.pop(job_id, ()):
-                waiter.finished(job_id)
-
-    def watch(self, waiter: Waiter) -> None:
-        for job_id in waiter.remaining:
-            self._waiters.setdefault(job_id, set()).add(waiter)
-
-    def watched(self) -> int:
-        """How many jobs some `wait` waits for."""
-        return len(self._waiters)
-
-    def unwatch(self, waiter: Waiter) -> None:
-        for job_id in waiter.remaining:
-            waiters = self._waiters.get(job_id)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    del self._waiters[job_id]
-
-
-class Daemon:
-    """What a handler may touch: the database, the supervisor, and daemon facts."""
-
-    def __init__(
-        self,
-        db: Database,
-        supervisor: Supervisor,
-        watchers: Watchers,
-        *,
-        data_dir: str,
-        socket_path: str,
-        request_shutdown: Callable[[str], None],
-        clock: Callable[[], float] = time.time,
-        defaults: lifecycle.Settings | None = None,
-        sources: config.Sources | None = None,
-    ) -> None:
-        self.db = db
-        self.supervisor = supervisor
-        self.watchers = watchers
-        self.data_dir = data_dir
-        self.socket_path = socket_path
-        self.request_shutdown = request_shutdown
-        self.clock = clock
-        self.started_at = clock()
-        # What the settings are made of (queued.config): `config set` changes a
-        # source and the settings are worked out again by the one rule.
-        self.defaults = defaults if defaults is not None else msgspec.structs.replace(supervisor.settings)
-        self.sources = sources if sources is not None else config.Sources()
-        self.config_problem: str | None = None  # why the last reload was refused
-
-    def problems(self) -> list[str]:
-        """What is wrong with the daemon itself, for `status` (empty when all is well)."""
-        return [problem for problem in (self.db.lost, self.config_problem) if problem]
-
-    def reconfigure(self) -> None:
-        """Apply the settings the sources now give (after `config set`, or a reload)."""
-        settings = config.effective_settings(self.defaults, self.sources)
-        for name in settings.__struct_fields__:
-            if name != "concurrency":
-                setattr(self.supervisor.settings, name, getattr(settings, name))
-        if settings.concurrency != self.supervisor.settings.concurrency:
-            self.supervisor.set_concurrency(settings.concurrency)
-
-    @property
-    def settings(self) -> lifecycle.Settings:
-        return self.supervisor.settings
-
-    async def queues_changed(self) -> list[p.QueueInfo]:
-        """After a change of queues committed: the supervisor learns them anew."""
-        queues = await self.db.run(Store.queues)
-        self.supervisor.set_queues(queues)
-        return queues
-
-    async def handle(self, request: p.Request) -> p.Response:
-        handler = _HANDLERS.get(type(request))
-        if handler is None:
-            return p.Error(code="bad_request", message=f"unexpected request {type(request).__name__}")
-        try:
-            return await handler(self, request)
-        except Refused as exc:
-            return p.Error(code=exc.code, message=exc.message)
-        except ValueError as exc:
-            return p.Error(code="invalid", message=str(exc))
+async def handle(d: Daemon, request: p.Request) -> p.Response:
+    """The response to one decoded request (the server's handler, bound to `d`)."""
+    handler = _HANDLERS.get(type(request))
+    if handler is None:
+        return p.Error(code="bad_request", message=f"unexpected request {type(request).__name__}")
+    try:
+        return await handler(d, request)
+    except Refused as exc:
+        return p.Error(code=exc.code, message=exc.message)
+    except ValueError as exc:
+        return p.Error(code="invalid", message=str(exc))
 
 
 async def _add(d: Daemon, r: p.AddJobs) -> p.Response:

@@ -6,14 +6,12 @@ the queues that `pause --all` pauses)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import lifecycle
 from . import protocol as p
+from .handler_context import Daemon
 from .store import Refused, Store
-
-if TYPE_CHECKING:  # handlers.py imports this module: a type, not an import cycle
-    from .handlers import Daemon
 
 
 async def _hold(d: Daemon, r: p.HoldJobs) -> p.Response:
