@@ -16,7 +16,7 @@ import pytest
 from .conftest import Daemon, tool
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = sorted((ROOT / "systemd").glob("*/queued.*"))
+UNITS = sorted(p for p in (ROOT / "systemd").glob("*/queued.*") if p.suffix in (".service", ".socket"))
 EXEC_PATHS = ("/usr/local/bin/queued", "%h/.local/bin/queued")
 
 

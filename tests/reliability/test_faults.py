@@ -72,6 +72,7 @@ def test_a_job_filling_the_disk_costs_its_own_output_only(tmp_path: Path) -> Non
         assert "Traceback" not in daemon.log.read_text()
 
 
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) is not installed")
 def test_too_few_descriptors_for_the_slots_delays_jobs_and_fails_none(tmp_path: Path) -> None:
     """The issue's reproduction: `ulimit -n 40; queued --concurrency 30` and 30 jobs."""
     daemon = Daemon(tmp_path, "--concurrency", "30").start(wrap=("prlimit", "--nofile=40:40", "--"))
@@ -93,6 +94,7 @@ def test_too_few_descriptors_for_the_slots_delays_jobs_and_fails_none(tmp_path: 
         daemon.stop()
 
 
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) is not installed")
 def test_many_clients_and_slots_under_a_low_descriptor_limit(tmp_path: Path) -> None:
     """Connections beyond the limit wait in the backlog while those connected
     are served; jobs wait for descriptors; all is well once they are free."""

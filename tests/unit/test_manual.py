@@ -10,7 +10,7 @@ import click
 
 from queued import config
 
-MAN = Path(__file__).resolve().parents[2] / "man"
+MAN = Path(__file__).resolve().parents[2] / "systemd" / "man"
 
 
 def words(page: str) -> set[str]:
