@@ -19,6 +19,7 @@ from queued import protocol as p
 from queued import supervisor
 from queued.daemon import Runner
 from tests.faults import TARGETS, inject
+from tests.reliability.test_survival import integrity
 
 from .conftest import AsyncClient, make_config
 
@@ -31,14 +32,6 @@ JOBS = [
 ROUNDS = 8  # of the jobs above: 32 jobs a run
 # How many calls of each kind a run makes at least: the sweep's range.
 CALLS = {"write": 32, "open": 64, "pipe": 64, "posix_spawn": 32, "pidfd_open": 32, "log_open": 32}
-
-
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
 
 
 async def run_with_fault(root: Path, target: str, nth: int, error: int) -> None:
