@@ -19,14 +19,14 @@ from pathlib import Path
 
 import trio
 
-from . import descriptors, handlers, lifecycle, schema, signals
+from . import descriptors, handlers, handlers_changes, lifecycle, schema, signals
 from .callbacks import Callbacks
 from .config import SETTINGS_KEYS, Sources, daemon_values
 from .config import effective_settings as config_settings
 from .data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
 from .database import Database
 from .guardian_link import GuardianLink
-from .handler_context import Daemon, Watchers
+from .handler_context import Daemon, Watchers, dispatch
 from .process import JobEnvironments
 from .server import AccessPolicy, Server, bind_unix
 from .store import Store
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 ANSWER_GRACE_SECONDS = 0.5
 CALLBACK_GRACE_SECONDS = 5.0
 STATUS_INTERVAL_SECONDS = 1.0  # at most one STATUS= datagram per interval
+# Every request type, answered by one of the two handler modules side by side.
+REQUEST_HANDLERS = {**handlers.HANDLERS, **handlers_changes.HANDLERS}
 
 
 @dataclass
@@ -173,7 +175,7 @@ class Runner:
                 sources=config.sources,
             )
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
-            server = self.server = Server(functools.partial(handlers.handle, self.daemon), access)
+            server = self.server = Server(functools.partial(dispatch, REQUEST_HANDLERS, self.daemon), access)
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self._supervise)

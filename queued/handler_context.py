@@ -5,7 +5,8 @@ handler modules take it; neither imports the other for it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import trio
@@ -13,7 +14,7 @@ import trio
 from . import config, lifecycle
 from . import protocol as p
 from .database import Database
-from .store import Store
+from .store import Refused, Store
 from .supervisor import Supervisor
 
 
@@ -111,3 +112,20 @@ class Daemon:
         queues = await self.db.run(Store.queues)
         self.supervisor.set_queues(queues)
         return queues
+
+
+Handler = Callable[[Daemon, Any], Awaitable[p.Response]]
+
+
+async def dispatch(handlers: dict[type, Handler], d: Daemon, request: p.Request) -> p.Response:
+    """The response to one decoded request, from the handler its type names
+    (the server's handler, with `handlers` and `d` bound by the daemon)."""
+    handler = handlers.get(type(request))
+    if handler is None:
+        return p.Error(code="bad_request", message=f"unexpected request {type(request).__name__}")
+    try:
+        return await handler(d, request)
+    except Refused as exc:
+        return p.Error(code=exc.code, message=exc.message)
+    except ValueError as exc:
+        return p.Error(code="invalid", message=str(exc))

@@ -6,30 +6,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 import trio
 
 from . import __version__, config, descriptors, lifecycle
 from . import protocol as p
-from .handler_context import Daemon, Waiter
-from .handlers_changes import HANDLERS as CHANGES
-from .store import Refused, Store
-
-
-async def handle(d: Daemon, request: p.Request) -> p.Response:
-    """The response to one decoded request (the server's handler, bound to `d`)."""
-    handler = _HANDLERS.get(type(request))
-    if handler is None:
-        return p.Error(code="bad_request", message=f"unexpected request {type(request).__name__}")
-    try:
-        return await handler(d, request)
-    except Refused as exc:
-        return p.Error(code=exc.code, message=exc.message)
-    except ValueError as exc:
-        return p.Error(code="invalid", message=str(exc))
+from .handler_context import Daemon, Handler, Waiter
+from .store import Store
 
 
 async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
@@ -309,7 +293,8 @@ def _unlink(paths: list[str]) -> None:
             pass
 
 
-_HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
+# The requests that change jobs already added are in handlers_changes.py.
+HANDLERS: dict[type, Handler] = {
     p.AddJobs: _add,
     p.GetJob: _get,
     p.ListJobs: _list,
@@ -329,5 +314,4 @@ _HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
     p.SetConfig: _config_set,
     p.CleanJobs: _clean,
     p.Shutdown: _shutdown,
-    **CHANGES,  # requests that change jobs already added
 }

@@ -5,12 +5,9 @@ the queues that `pause --all` pauses)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from . import lifecycle
 from . import protocol as p
-from .handler_context import Daemon
+from .handler_context import Daemon, Handler
 from .store import Refused, Store
 
 
@@ -77,7 +74,7 @@ async def _signal(d: Daemon, r: p.SignalJobs) -> p.Response:
     return p.Changed(ids=ids)
 
 
-HANDLERS: dict[type, Callable[[Daemon, Any], Awaitable[p.Response]]] = {
+HANDLERS: dict[type, Handler] = {
     p.HoldJobs: _hold,
     p.ReleaseJobs: _release,
     p.EditJob: _edit,
