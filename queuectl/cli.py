@@ -15,7 +15,8 @@ import click
 
 from queued import __version__
 from queued.durations import parse_duration
-from queued.protocol import MAX_RETRIES, MAX_SECONDS, STATES, TERMINAL_STATES, JobSpec
+from queued.lifecycle import STATES, TERMINAL_STATES
+from queued.protocol import MAX_RETRIES, MAX_SECONDS, JobSpec
 
 from .client import Client, DaemonError, DaemonUnreachable, InvalidRequest, PartlyDone, QueuectlError
 from .completion import JobIdType, QueueNameType
@@ -184,7 +185,7 @@ class AddCommand(click.Command):
     (its config): only --help asks, so adding a job costs no extra round trip."""
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from queued.lifecycle import Settings, format_config_value, settings_as_config
+        from queued.settings import Settings, format_config_value, settings_as_config
 
         note = "[...]: queued's current settings (`queuectl config set` changes them)."
         daemon = ctx.find_object(Client) or Client()

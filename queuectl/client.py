@@ -283,7 +283,7 @@ class Client:
         return ids
 
     def _add(self, specs: list[p.JobSpec], cwd: str, env: dict[str, str]) -> list[int]:
-        from queued.lifecycle import check_spec
+        from queued.validation import check_spec
 
         for index, spec in enumerate(specs):
             try:

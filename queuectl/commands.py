@@ -183,7 +183,7 @@ def config_get(key: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(values)
         return
-    from queued.lifecycle import format_config_value
+    from queued.settings import format_config_value
 
     width = max(map(len, values))
     for name, value in values.items():
@@ -204,7 +204,7 @@ def config_set(key: str, value: str) -> None:
     Example:
       queuectl config set timeout 2h
     """
-    from queued.lifecycle import parse_config_value
+    from queued.settings import parse_config_value
 
     try:
         parse_config_value(key, value)  # the daemon's own check: a mistake is a usage error

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from queued.protocol import TERMINAL_STATES
+from queued.lifecycle import TERMINAL_STATES
 
 from .client import Client, DaemonError
 

@@ -6,7 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from queued.protocol import TERMINAL_STATES, Job, Waited
+from queued.lifecycle import TERMINAL_STATES
+from queued.protocol import Job, Waited
 
 from .client import Client
 

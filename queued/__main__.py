@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, lifecycle, paths
+from queued.settings import Settings
+
+from . import __version__, paths
 from . import config as config_rules
 from .logs import configure_logging
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         config = DaemonConfig(
             data_dir=data_dir.expanduser().absolute(),
             socket_path=socket_path.expanduser().absolute(),
-            settings=lifecycle.Settings(concurrency=os.cpu_count() or 1),
+            settings=Settings(concurrency=os.cpu_count() or 1),
             sources=sources,
             allow_group=allow_group,
             config_file=(config_path or paths.default_config_file()).expanduser().absolute(),

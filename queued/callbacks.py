@@ -28,9 +28,9 @@ import trio
 
 from .database import Database
 from .guardian_link import GuardianLink
-from .lifecycle import Settings
 from .process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from .protocol import Job
+from .settings import Settings
 from .store import Store
 
 log = logging.getLogger(__name__)

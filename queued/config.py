@@ -6,7 +6,7 @@ first source that names a key decides it; every source's values are checked
 all the same, so a typo in the file is reported even while the environment
 masks it.
 
-Two kinds of keys: the job settings (`lifecycle.CONFIG_KEYS`: max-retries,
+Two kinds of keys: the job settings (`CONFIG_KEYS`: max-retries,
 timeout, …), which `config set` changes at run time, and the daemon's own
 (socket, data-dir, log-level, allow-group), fixed at start: the database that
 holds `config set` lives in the data dir, so those cannot come from it.
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import lifecycle
+from queued.settings import CONFIG_KEYS, Settings, parse_config_value, settings_with
 
-SETTINGS_KEYS = tuple(lifecycle.CONFIG_KEYS)
+SETTINGS_KEYS = tuple(CONFIG_KEYS)
 DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group")
 KEYS = (*SETTINGS_KEYS, *DAEMON_KEYS)
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -113,7 +113,7 @@ def _file_name(path: str | None) -> str:
     return f"config file {path}" if path else "the config file"
 
 
-def effective_settings(defaults: lifecycle.Settings, sources: Sources) -> lifecycle.Settings:
+def effective_settings(defaults: Settings, sources: Sources) -> Settings:
     """The job settings: for each key the strongest source's value, else the default.
     ValueError naming the key and its source for any value that does not parse."""
     chosen: dict[str, object] = {}
@@ -121,12 +121,12 @@ def effective_settings(defaults: lifecycle.Settings, sources: Sources) -> lifecy
         layers = sources.layers(key)
         for source, value in layers:
             try:
-                lifecycle.parse_config_value(key, str(value))
+                parse_config_value(key, str(value))
             except ValueError as exc:
                 raise ValueError(f"{exc} (from {sources.describe(key, source)})") from None
         if layers:
             chosen[key] = layers[0][1]
-    return lifecycle.settings_with(defaults, chosen)
+    return settings_with(defaults, chosen)
 
 
 @dataclass(frozen=True)

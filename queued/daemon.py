@@ -19,6 +19,8 @@ from pathlib import Path
 
 import trio
 
+from queued.settings import Settings, parse_config_value
+
 from . import descriptors, handlers, handlers_changes, lifecycle, schema, signals
 from .callbacks import Callbacks
 from .config import SETTINGS_KEYS, Sources, daemon_values
@@ -45,7 +47,7 @@ REQUEST_HANDLERS = {**handlers.HANDLERS, **handlers_changes.HANDLERS}
 class DaemonConfig:
     data_dir: Path
     socket_path: Path
-    settings: lifecycle.Settings  # the defaults, before any source
+    settings: Settings  # the defaults, before any source
     # Flags, environment and config file, ranked by queued.config; the store's
     # `config set` values join them once it is open.
     sources: Sources = field(default_factory=Sources)
@@ -74,7 +76,7 @@ def recover(store: Store, backoff_max: float, now: float) -> int:
     return len(interrupted)
 
 
-def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> lifecycle.Settings:
+def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> Settings:
     """Flags and environment > `config set` (`persisted`) > config file > defaults:
     queued.config's one rule, with the store's values joining the sources. A
     stored value out of range (an older queued saved any number) is left out,
@@ -84,7 +86,7 @@ def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> lifec
         if key not in SETTINGS_KEYS:
             continue
         try:
-            lifecycle.parse_config_value(key, value)
+            parse_config_value(key, value)
         except ValueError as exc:
             log.warning(
                 "ignoring the saved setting %s = %s: %s (`queuectl config set` replaces it)", key, value, exc

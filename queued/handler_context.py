@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import trio
 
-from . import config, lifecycle
+from . import config
 from . import protocol as p
 from .database import Database
 from .store import Refused, Store
@@ -73,7 +73,7 @@ class Daemon:
         socket_path: str,
         request_shutdown: Callable[[str], None],
         clock: Callable[[], float] = time.time,
-        defaults: lifecycle.Settings | None = None,
+        defaults: settings.Settings | None = None,
         sources: config.Sources | None = None,
     ) -> None:
         self.db = db
@@ -104,7 +104,7 @@ class Daemon:
             self.supervisor.set_concurrency(settings.concurrency)
 
     @property
-    def settings(self) -> lifecycle.Settings:
+    def settings(self) -> settings.Settings:
         return self.supervisor.settings
 
     async def queues_changed(self) -> list[p.QueueInfo]:

@@ -10,6 +10,9 @@ import os
 import msgspec
 import trio
 
+from queued import validation
+from queued.settings import config_key, format_config_value, parse_config_value, settings_as_config
+
 from . import __version__, config, descriptors, lifecycle
 from . import protocol as p
 from .handler_context import Daemon, Handler, Waiter
@@ -24,13 +27,13 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
     env = p.joined_environment(r.env, r.env_bytes)
     cwd = r.cwd if r.cwd_bytes is None else os.fsdecode(r.cwd_bytes)
     try:
-        lifecycle.check_environment(env)
+        validation.check_environment(env)
     except ValueError as exc:
         return p.Error(code="invalid", message=str(exc))
     jobs = []
     for index, spec in enumerate(r.jobs):
         try:
-            jobs.append(lifecycle.new_job(spec, cwd=cwd, env=env, settings=d.settings, now=now))
+            jobs.append(validation.new_job(spec, cwd=cwd, env=env, settings=d.settings, now=now))
         except ValueError as exc:
             prefix = f"job {index + 1} of {len(r.jobs)}: " if len(r.jobs) > 1 else ""
             return p.Error(code="invalid", message=f"{prefix}{exc}")
@@ -242,26 +245,26 @@ def _jobs(ids: list[int]) -> str:
 
 
 async def _config_get(d: Daemon, r: p.GetConfig) -> p.Response:
-    values = lifecycle.settings_as_config(d.settings)
+    values = settings_as_config(d.settings)
     if r.key is not None:
-        key = lifecycle.config_key(r.key)
+        key = config_key(r.key)
         values = {key: values[key]}
     return p.ConfigValues(values=values)
 
 
 async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
-    key = lifecycle.config_key(r.key)
-    field, value = lifecycle.parse_config_value(key, r.value)
+    key = config_key(r.key)
+    field, value = parse_config_value(key, r.value)
     if field == "concurrency":
         _check_descriptors(int(value))  # type: ignore[arg-type]
     await d.db.run(Store.set_config, key, r.value.strip())
     d.sources.persisted[key] = r.value.strip()
     d.reconfigure()
-    message = f"{key} = {lifecycle.format_config_value(key, value)}"
+    message = f"{key} = {format_config_value(key, value)}"
     origin = d.sources.origin(key)
     if origin in (config.FLAG, config.ENVIRONMENT):
         # Flags and environment rank above `config set`: saved, but not in force.
-        in_force = lifecycle.format_config_value(key, getattr(d.settings, field))
+        in_force = format_config_value(key, getattr(d.settings, field))
         message += f" saved; {d.sources.describe(key, origin)} keeps it at {in_force} while this queued runs"
     return p.Ok(message=message)
 

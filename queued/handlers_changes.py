@@ -5,6 +5,8 @@ the queues that `pause --all` pauses)."""
 
 from __future__ import annotations
 
+from queued import validation
+
 from . import lifecycle
 from . import protocol as p
 from .handler_context import Daemon, Handler
@@ -23,7 +25,7 @@ async def _release(d: Daemon, r: p.ReleaseJobs) -> p.Response:
 
 async def _edit(d: Daemon, r: p.EditJob) -> p.Response:
     now = d.clock()
-    await d.db.run(Store.edit, r.id, lifecycle.job_changes(r.changes, now=now), now)
+    await d.db.run(Store.edit, r.id, validation.job_changes(r.changes, now=now), now)
     d.supervisor.wake()
     return p.Changed(ids=[r.id])
 
@@ -32,7 +34,7 @@ async def _restart(d: Daemon, r: p.RestartJob) -> p.Response:
     if not d.supervisor.accepting:
         return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
     now = d.clock()
-    job_id = await d.db.run(Store.restart, r.id, lifecycle.job_changes(r.changes, now=now), r.hold, now)
+    job_id = await d.db.run(Store.restart, r.id, validation.job_changes(r.changes, now=now), r.hold, now)
     d.supervisor.wake()
     return p.Added(ids=[job_id])
 

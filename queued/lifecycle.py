@@ -1,18 +1,27 @@
-"""The job lifecycle: every rule about states, retries and readiness, and nothing else.
+"""The job lifecycle: every rule that decides a job's state, and nothing else.
 
-Theory of operation (after h11's _state.py): everything that decides a job's
-state lives in this module, and this module knows nothing about who calls it.
-It does no I/O and reads no clock: `now` is always passed in. The store and the
-supervisor ask it what happens next and record the answer; they never set a
-state of their own.
+Theory of operation (after h11's _state.py): the state names, the events
+that move a job between them (`TRANSITIONS`), the named sets of states that
+every other module, SQL included, is built from, and what a state change does
+to the jobs that wait for this one (`CASCADES`, state-triggered, as h11 keeps
+its STATE_TRIGGERED_TRANSITIONS beside the event table) all live here. It
+does no I/O and reads no clock: `now` is always passed in. The store and the
+supervisor ask it what happens next and record the answer; they never decide
+a state of their own.
 
+    (new) ──add──> pending          (new) ──add held──> held
     pending ──claim──> running ──succeed──> completed
     failed  ──claim──┘    │
                           ├─ fail (retries left) ──> failed   (waits until run_at)
                           └─ exhaust (none left) ──> dead     (the dead-letter queue)
     pending / held / failed / running ──cancel──> canceled
     completed / dead / canceled ──retry──> pending   (attempts reset)
-    pending / failed ──hold──> held ──release──> pending   (`add --hold` starts held)
+    pending / failed ──hold──> held ──release──> pending
+    running ──unclaim──> pending     (its attempt could not start)
+
+    A dependency entering dead or canceled cancels every dependent that has
+    not started, and theirs in turn; entering or leaving completed makes them
+    count their unmet dependencies again.
 
 A `failed` job is claimed directly once its run_at is reached; that is the same
 as the "failed -> pending -> running" path without a write in between.
@@ -23,14 +32,30 @@ from __future__ import annotations
 import enum
 import signal as signals
 from collections.abc import Iterable, Mapping
+from typing import Final, Literal
 
 from msgspec import Struct
 
-from .durations import format_duration, format_duration_exact, format_size_exact, parse_duration, parse_size
-from .protocol import MAX_CONCURRENCY, MAX_RETRIES, TERMINAL_STATES, JobChanges, JobSpec, JobState, readable
+from queued.durations import format_duration
+
+JobState = Literal["pending", "held", "running", "completed", "failed", "dead", "canceled"]
+PENDING: Final = "pending"
+HELD: Final = "held"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+DEAD: Final = "dead"
+CANCELED: Final = "canceled"
+STATES: tuple[JobState, ...] = (PENDING, HELD, RUNNING, COMPLETED, FAILED, DEAD, CANCELED)
+TerminalState = Literal["completed", "dead", "canceled"]
+
+NEW: Final = "new"  # before a job is stored: the state its ADD events leave
+Origin = Literal["new"]
 
 
 class Event(enum.Enum):
+    ADD = "add"
+    ADD_HELD = "add-held"  # `add --hold`
     CLAIM = "claim"
     SUCCEED = "succeed"
     FAIL = "fail"
@@ -42,33 +67,47 @@ class Event(enum.Enum):
     UNCLAIM = "unclaim"  # its attempt could not start (no descriptor free): it waits again
 
 
-TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
-    ("pending", Event.CLAIM): "running",
-    ("failed", Event.CLAIM): "running",
-    ("running", Event.SUCCEED): "completed",
-    ("running", Event.FAIL): "failed",
-    ("running", Event.EXHAUST): "dead",
-    ("pending", Event.CANCEL): "canceled",
-    ("failed", Event.CANCEL): "canceled",
-    ("running", Event.CANCEL): "canceled",
-    ("running", Event.UNCLAIM): "pending",
-    ("completed", Event.RETRY): "pending",
-    ("dead", Event.RETRY): "pending",
-    ("canceled", Event.RETRY): "pending",
-    ("pending", Event.HOLD): "held",
-    ("failed", Event.HOLD): "held",
-    ("held", Event.RELEASE): "pending",
-    ("held", Event.CANCEL): "canceled",
+TRANSITIONS: dict[tuple[JobState | Origin, Event], JobState] = {
+    (NEW, Event.ADD): PENDING,
+    (NEW, Event.ADD_HELD): HELD,
+    (PENDING, Event.CLAIM): RUNNING,
+    (FAILED, Event.CLAIM): RUNNING,
+    (RUNNING, Event.SUCCEED): COMPLETED,
+    (RUNNING, Event.FAIL): FAILED,
+    (RUNNING, Event.EXHAUST): DEAD,
+    (PENDING, Event.CANCEL): CANCELED,
+    (FAILED, Event.CANCEL): CANCELED,
+    (RUNNING, Event.CANCEL): CANCELED,
+    (HELD, Event.CANCEL): CANCELED,
+    (RUNNING, Event.UNCLAIM): PENDING,
+    (COMPLETED, Event.RETRY): PENDING,
+    (DEAD, Event.RETRY): PENDING,
+    (CANCELED, Event.RETRY): PENDING,
+    (PENDING, Event.HOLD): HELD,
+    (FAILED, Event.HOLD): HELD,
+    (HELD, Event.RELEASE): PENDING,
 }
 
-WAITING_STATES: frozenset[str] = frozenset({"pending", "failed"})
-"""States from which a job may be claimed once it is due and its dependencies completed."""
-UNSTARTED_STATES: tuple[str, ...] = ("pending", "held")
-"""States of a job that waits for its dependencies: when one completes, fails for
-good or is retried, these dependents are recounted (or canceled)."""
-EDITABLE_STATES: tuple[str, ...] = ("pending", "held", "failed")
-"""States in which a job may be edited: it has no process, and is not finished."""
-UNFINISHED_STATES: tuple[str, ...] = ("pending", "held", "running", "failed")
+
+def states_that_can(event: Event) -> tuple[JobState, ...]:
+    """The states `event` applies to, in STATES order."""
+    return tuple(state for state in STATES if (state, event) in TRANSITIONS)
+
+
+# The named sets. Tuples in STATES order, so that SQL built from them is stable.
+TERMINAL_STATES: tuple[JobState, ...] = (COMPLETED, DEAD, CANCELED)
+"""Finished: nothing happens to such a job unless a user retries it."""
+UNFINISHED_STATES: tuple[JobState, ...] = tuple(s for s in STATES if s not in TERMINAL_STATES)
+WAITING_STATES: tuple[JobState, ...] = states_that_can(Event.CLAIM)
+"""Claimable once due and every dependency completed."""
+UNSTARTED_STATES: tuple[JobState, ...] = (PENDING, HELD)
+"""Where a job waits for its dependencies: what the dependents cascade touches."""
+EDITABLE_STATES: tuple[JobState, ...] = tuple(s for s in UNFINISHED_STATES if s != RUNNING)
+"""Unfinished with no process: may be edited, and still waits to run."""
+ENDED_BADLY_STATES: tuple[JobState, ...] = (DEAD, CANCELED)
+"""Finished without completing."""
+
+CANCELED_BY_USER = "canceled by user"
 
 
 class InvalidTransition(ValueError):
@@ -78,7 +117,7 @@ class InvalidTransition(ValueError):
         self.event = event
 
 
-def next_state(state: JobState, event: Event) -> JobState:
+def next_state(state: JobState | Origin, event: Event) -> JobState:
     """The state `event` leads to from `state`, or InvalidTransition."""
     try:
         return TRANSITIONS[(state, event)]
@@ -94,297 +133,57 @@ def is_terminal(state: str) -> bool:
     return state in TERMINAL_STATES
 
 
-# ----------------------------------------------------------------------------
-# Settings the rules depend on
+def initial_state(*, hold: bool) -> JobState:
+    """The state a new job is stored in."""
+    return next_state(NEW, Event.ADD_HELD if hold else Event.ADD)
 
 
-class Settings(Struct, kw_only=True):
-    """Defaults for new jobs and limits for the supervisor; persisted with
-    `config set`. Durations are seconds, sizes bytes."""
-
-    max_retries: int = 3
-    backoff_base: float = 2.0
-    backoff_max: float = 3600.0
-    timeout: float | None = None
-    concurrency: int = 1
-    log_max_size: int = 10 * 1024 * 1024
-    kill_grace: float = 10.0
-    on_finish: str | None = None  # a shell command run when a job ends (see callbacks.py)
-
-
-MAX_SECONDS = 10 * 365 * 86400  # the protocol's limit on every duration
-MAX_LOG_SIZE = 1024**4
-
-
-def _parse_whole(text: str, low: int, high: int) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError(f"{text.strip()!r} is not a whole number") from None
-    if not low <= value <= high:
-        raise ValueError(f"must be from {low:,} to {high:,}, got {value:,}")
-    return value
-
-
-def _parse_count(text: str) -> int:
-    return _parse_whole(text, 0, MAX_RETRIES)
-
-
-def _parse_slots(text: str) -> int:
-    """Global slots: 0 stops claiming (running jobs go on), like pausing every queue."""
-    return _parse_whole(text, 0, MAX_CONCURRENCY)
-
-
-def _parse_base(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text.strip()!r} is not a number") from None
-    if not 1 <= value <= 3600:  # also refuses nan
-        raise ValueError(f"must be from 1 to 3600, got {text.strip()}")
-    return value
-
-
-def _parse_seconds(text: str) -> float:
-    value = parse_duration(text)
-    if value > MAX_SECONDS:
-        raise ValueError(f"{text.strip()!r} is longer than the 10-year limit")
-    return value
-
-
-def _parse_optional_duration(text: str) -> float | None:
-    """A duration, where none, off or zero mean "no limit"."""
-    if text.strip().lower() in ("", "none", "off"):
-        return None
-    return _parse_seconds(text) or None
-
-
-def _parse_positive_duration(text: str) -> float:
-    value = _parse_seconds(text)
-    if value <= 0:
-        raise ValueError(f"must be more than 0, got {text.strip()!r}")
-    return value
-
-
-def _parse_optional_command(text: str) -> str | None:
-    """A shell command, where none, off or nothing mean "no command"."""
-    text = text.strip()
-    if text.lower() in ("", "none", "off"):
-        return None
-    check_command(text)
-    return text
-
-
-def _parse_log_size(text: str) -> int:
-    value = parse_size(text)
-    if not 1024 <= value <= MAX_LOG_SIZE:
-        raise ValueError(f"must be from 1k to 1T, got {text.strip()!r}")
-    return value
-
-
-# key as users write it -> (Settings field, parser of the user's text)
-CONFIG_KEYS = {
-    "max-retries": ("max_retries", _parse_count),
-    "backoff-base": ("backoff_base", _parse_base),
-    "backoff-max": ("backoff_max", _parse_positive_duration),
-    "timeout": ("timeout", _parse_optional_duration),
-    "concurrency": ("concurrency", _parse_slots),
-    "log-max-size": ("log_max_size", _parse_log_size),
-    "kill-grace": ("kill_grace", _parse_positive_duration),
-    "on-finish": ("on_finish", _parse_optional_command),
+_DONE = {
+    Event.CANCEL: "canceled",
+    Event.RETRY: "retried",
+    Event.HOLD: "held",
+    Event.RELEASE: "released",
 }
 
 
-def config_key(key: str) -> str:
-    """The canonical spelling of a config key (dashes), or ValueError."""
-    canonical = key.strip().lower().replace("_", "-")
-    if canonical not in CONFIG_KEYS:
-        raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
-    return canonical
-
-
-def parse_config_value(key: str, text: str) -> tuple[str, int | float | str | None]:
-    """(Settings field, value) for a user's `config set KEY VALUE`, or ValueError."""
-    canonical = config_key(key)
-    field, parse = CONFIG_KEYS[canonical]
-    try:
-        return field, parse(str(text))
-    except ValueError as exc:
-        raise ValueError(f"invalid value for {canonical}: {exc}") from None
-
-
-def format_config_value(key: str, value: object) -> str:
-    """A setting in the form `config set` takes and `config get` shows: 1h, 10M, none."""
-    if value is None:
-        return "none"
-    if key in ("timeout", "backoff-max", "kill-grace"):
-        return format_duration_exact(float(value))  # type: ignore[arg-type]
-    if key == "log-max-size":
-        return format_size_exact(int(value))  # type: ignore[call-overload]
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def settings_with(settings: Settings, values: Mapping[str, object]) -> Settings:
-    """A copy of `settings` with user-facing `values` (key -> text or number) applied."""
-    fields = {}
-    for key, raw in values.items():
-        field, value = parse_config_value(key, str(raw))
-        fields[field] = value
-    return Settings(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, **fields})
-
-
-def settings_as_config(settings: Settings) -> dict[str, int | float | str | None]:
-    return {key: getattr(settings, field) for key, (field, _) in CONFIG_KEYS.items()}
+def refusal(job_id: int, state: str, event: Event) -> str:
+    """Why `event` was refused for a job in `state`, naming the states it applies to."""
+    allowed = states_that_can(event)
+    listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+    return f"job {job_id} is {state}: only {listed} jobs can be {_DONE.get(event, event.value)}"
 
 
 # ----------------------------------------------------------------------------
-# New jobs
+# What a state change does to the jobs that wait for this one
 
 
-class NewJob(Struct, kw_only=True):
-    """A validated job ready to be stored."""
-
-    command: str
-    queue: str
-    priority: int
-    max_retries: int
-    backoff_base: float
-    timeout: float | None
-    run_at: float
-    depends_on: list[int]
-    label: str | None
-    cwd: str
-    env: Mapping[str, str]
-    hold: bool = False
+class Cascade(enum.Enum):
+    CANCEL = "cancel"  # unstarted dependents are canceled, and theirs in turn
+    RECOUNT = "recount"  # unstarted dependents count their unmet dependencies again
 
 
-# Linux's MAX_ARG_STRLEN: one argument or one environment string (NAME=value)
-# is at most 32 pages, counting its terminating NUL.
-MAX_ARG_BYTES = 32 * 4096 - 1
+# State-triggered, beside the event table: entering (or leaving) a state.
+_ON_ENTER: dict[JobState, Cascade] = {
+    DEAD: Cascade.CANCEL,
+    CANCELED: Cascade.CANCEL,
+    COMPLETED: Cascade.RECOUNT,
+}
+_ON_LEAVE: dict[JobState, Cascade] = {COMPLETED: Cascade.RECOUNT}  # retried: its dependents wait again
 
 
-def _arg_bytes(text: str) -> int:
-    """Bytes `text` takes in an exec; only long texts are encoded to count them."""
-    if len(text) * 4 <= MAX_ARG_BYTES:
-        return len(text)
-    return len(text.encode("utf-8", "surrogateescape"))
+def cascade(old: JobState | Origin, new: JobState) -> Cascade | None:
+    """What moving a job from `old` to `new` does to its unstarted dependents."""
+    if old == new:
+        return None
+    return _ON_ENTER.get(new) or _ON_LEAVE.get(old)  # type: ignore[arg-type]
 
 
-def check_environment(env: Mapping[str, str]) -> None:
-    """ValueError naming the first variable execve would refuse."""
-    for key, value in env.items():
-        if not key or "=" in key or "\0" in key:
-            raise ValueError(f"invalid environment variable name {key!r}")
-        if "\0" in value:
-            raise ValueError(f"environment variable {readable(key)} contains a NUL byte")
-        size = _arg_bytes(key) + 1 + _arg_bytes(value)
-        if size > MAX_ARG_BYTES:
-            raise ValueError(
-                f"environment variable {readable(key)} is {size:,} bytes; Linux passes at most "
-                f"{MAX_ARG_BYTES:,} bytes per variable (MAX_ARG_STRLEN)"
-            )
+CASCADES: dict[tuple[JobState | Origin, JobState], Cascade] = {
+    (old, new): rule for (old, _), new in TRANSITIONS.items() if (rule := cascade(old, new)) is not None
+}
+"""Every transition of the table that touches dependents, and how."""
 
-
-def check_command(command: str) -> None:
-    """ValueError if `command` could never run."""
-    if not command.strip():
-        raise ValueError("command is empty")
-    if "\0" in command:
-        raise ValueError("command contains a NUL byte")
-    size = _arg_bytes(command)
-    if size > MAX_ARG_BYTES:
-        raise ValueError(
-            f"command is {size:,} bytes; Linux runs at most {MAX_ARG_BYTES:,} bytes as one "
-            "argument (MAX_ARG_STRLEN, 128 KiB): put it in a script and add the script"
-        )
-
-
-def check_label(label: str | None) -> None:
-    if label is not None and "\0" in label:
-        raise ValueError("label contains a NUL byte")
-
-
-def check_path(name: str, path: str) -> None:
-    """ValueError unless `path` is an absolute path the kernel could accept."""
-    if "\0" in path:
-        raise ValueError(f"{name} contains a NUL byte")
-    if not path.startswith("/"):
-        raise ValueError(f"{name} must be an absolute path, got {readable(path)!r}")
-
-
-def check_spec(spec: JobSpec) -> None:
-    """ValueError, in the user's words, for a job that could never run as
-    given. Only what needs no daemon state: the client runs it too, so that a
-    user's mistake is a usage error before anything is sent."""
-    check_command(spec.command)
-    check_label(spec.label)
-    if spec.delay is not None and spec.run_at is not None:
-        raise ValueError("give either a delay or a run_at time, not both")
-    if spec.cwd is not None:
-        check_path("cwd", spec.cwd)
-    check_environment(spec.env)
-
-
-def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
-    """Fill `spec`'s gaps from the request and the settings; ValueError names what
-    is wrong. The request's `env` is the caller's to check, once per request."""
-    check_spec(spec)
-    job_cwd = cwd if spec.cwd is None else spec.cwd
-    if spec.cwd is None:
-        check_path("the working directory", cwd)
-    # Shared, not copied, when the job adds nothing: a bulk add of 100,000 jobs
-    # then stores (and hashes) one environment, not 100,000 equal ones.
-    merged_env = {**env, **spec.env} if spec.env else env
-    run_at = now
-    if spec.delay is not None:
-        run_at = now + spec.delay
-    elif spec.run_at is not None:
-        run_at = max(spec.run_at, now)
-    return NewJob(
-        command=spec.command,
-        queue=spec.queue,
-        priority=spec.priority,
-        max_retries=settings.max_retries if spec.max_retries is None else spec.max_retries,
-        backoff_base=settings.backoff_base if spec.backoff_base is None else spec.backoff_base,
-        timeout=settings.timeout if spec.timeout is None else spec.timeout,
-        run_at=run_at,
-        depends_on=sorted(set(spec.after)),
-        label=spec.label,
-        cwd=job_cwd,
-        env=merged_env,
-        hold=spec.hold,
-    )
-
-
-def initial_state(job: NewJob) -> JobState:
-    """A new job waits to be claimed, or is held until released."""
-    return next_state("pending", Event.HOLD) if job.hold else "pending"
-
-
-def job_changes(changes: JobChanges, *, now: float) -> dict[str, object]:
-    """The job fields (store columns) that `changes` sets, validated; ValueError names what is wrong."""
-    fields: dict[str, object] = {}
-    if changes.command is not None:
-        check_command(changes.command)
-        fields["command"] = changes.command
-    if changes.delay is not None and changes.run_at is not None:
-        raise ValueError("give either a delay or a run_at time, not both")
-    if changes.timeout is not None and changes.no_timeout:
-        raise ValueError("give either a timeout or no timeout, not both")
-    for name in ("queue", "priority", "max_retries", "backoff_base", "timeout"):
-        value = getattr(changes, name)
-        if value is not None:
-            fields[name] = value
-    if changes.no_timeout:
-        fields["timeout"] = None
-    if changes.label is not None:
-        check_label(changes.label)
-        fields["label"] = changes.label or None
-    if changes.delay is not None:
-        fields["run_at"] = now + changes.delay
-    elif changes.run_at is not None:
-        fields["run_at"] = max(changes.run_at, now)
-    return fields
+DEPENDENT_CANCEL_EVENT = Event.CANCEL  # what a cascade CANCEL applies to each dependent
 
 
 # ----------------------------------------------------------------------------
@@ -422,11 +221,25 @@ def after_attempt(
     """The job's fate once attempt number `attempts` (1-based) ended. A failure
     that is not `retryable` uses up the retries at once."""
     if succeeded:
-        return Outcome(Event.SUCCEED, "completed", None)
+        return Outcome(Event.SUCCEED, COMPLETED, None)
     if retryable and attempts <= max_retries:
         delay = backoff_delay(attempts, backoff_base, backoff_max)
-        return Outcome(Event.FAIL, "failed", now + delay)
-    return Outcome(Event.EXHAUST, "dead", None)
+        return Outcome(Event.FAIL, FAILED, now + delay)
+    return Outcome(Event.EXHAUST, DEAD, None)
+
+
+def attempt_counts(*, job_state: JobState | None, latest_run: int | None, run: int) -> bool:
+    """Whether the end of attempt `run` decides its job's fate. It does not
+    when the job moved on without it, canceled or removed while it ran, or
+    retried and started again (an older attempt ending late): then only the
+    attempt's own record changes."""
+    return job_state == RUNNING and latest_run == run
+
+
+def after_unclaim(job_state: JobState | None) -> Event | None:
+    """A claim undone (its attempt never started): the job waits again, unless
+    it was canceled or removed meanwhile."""
+    return Event.UNCLAIM if job_state is not None and can(job_state, Event.UNCLAIM) else None
 
 
 class Exit(Struct, frozen=True):
@@ -473,6 +286,7 @@ def internal_failure(reason: str) -> Exit:
 
 
 INTERRUPTED = Exit(False, None, None, "interrupted: the daemon stopped while the job ran")
+"""What an attempt gets that a daemon left running when it died (see recovery)."""
 
 
 # ----------------------------------------------------------------------------
@@ -489,9 +303,14 @@ def dependency_verdict(states: Mapping[int, str]) -> DependencyVerdict:
     """Whether a job whose dependencies are in `states` can run, must wait, or never will."""
     for dep_id in sorted(states):
         state = states[dep_id]
-        if state in ("dead", "canceled"):
+        if state in ENDED_BADLY_STATES:
             return DependencyVerdict(False, dep_id, state)
-    return DependencyVerdict(all(s == "completed" for s in states.values()))
+    return DependencyVerdict(all(s == COMPLETED for s in states.values()))
+
+
+def unmet_count(states: Mapping[int, str]) -> int:
+    """How many of a job's dependencies (their states) have not completed."""
+    return sum(1 for state in states.values() if state != COMPLETED)
 
 
 def dependency_cancel_reason(dep_id: int, dep_state: str) -> str:

@@ -8,7 +8,8 @@ in order. A frame is a 4-byte big-endian body length followed by a msgpack body
 
 The Structs below are the schema: msgspec validates every field on decode, so a
 handler never sees a wrong type or an out-of-range number. Both sides import
-this module, so it must stay light: msgspec and the standard library only.
+this module, so it must stay light: msgspec, the standard library and the
+pure `lifecycle` (whose state names the wire carries) only.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+# The state names are lifecycle's; the wire carries them.
+from queued.lifecycle import JobState, TerminalState
+
 PROTOCOL_VERSION = 1
 HEADER_SIZE = 4
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
-JobState = Literal["pending", "held", "running", "completed", "failed", "dead", "canceled"]
-STATES: tuple[JobState, ...] = ("pending", "held", "running", "completed", "failed", "dead", "canceled")
-TERMINAL_STATES: frozenset[str] = frozenset({"completed", "dead", "canceled"})
-TerminalState = Literal["completed", "dead", "canceled"]
 
 ErrorCode = Literal[
     "bad_request",  # the frame decoded but is not a valid request

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import lifecycle
+from queued.settings import Settings, settings_as_config
+
 from .durations import format_duration
 
 if TYPE_CHECKING:
@@ -76,9 +77,9 @@ def _shown(key: str, value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def in_force(settings: lifecycle.Settings, log_level: str) -> dict[str, object]:
+def in_force(settings: Settings, log_level: str) -> dict[str, object]:
     """What a reload may change, as `config get` names it, plus the log level."""
-    return {**lifecycle.settings_as_config(settings), "log-level": log_level}
+    return {**settings_as_config(settings), "log-level": log_level}
 
 
 def state_report(

@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import msgspec
 
 from . import lifecycle
-from .lifecycle import Event, NewJob
-from .protocol import STATES, Job, JobState, QueueInfo, Run, is_utf8, readable
+from .lifecycle import STATES, Event, JobState
+from .protocol import Job, QueueInfo, Run, is_utf8, readable
 from .store_attempts import ADDS, READ, AttemptRecords, Refused, effect
 from .store_changes import JobChanging
+from .validation import NewJob
 
 __all__ = ["Refused", "Store"]
 
@@ -117,7 +118,7 @@ class Store(AttemptRecords, JobChanging):
             env_id = env_ids.get(id(job.env))
             if env_id is None:
                 env_id = env_ids[id(job.env)] = self._env_id(job.env)
-            state: JobState = lifecycle.initial_state(job)
+            state: JobState = lifecycle.initial_state(hold=job.hold)
             unmet = 0
             if job.depends_on:
                 flush()  # a dependency may be a job of this very request

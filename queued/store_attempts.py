@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from . import lifecycle
-from .lifecycle import Event, Exit
-from .protocol import ErrorCode, JobState
+from .lifecycle import Event, Exit, JobState
+from .protocol import ErrorCode
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,8 +17,9 @@ from typing import Any
 import msgspec
 
 from . import lifecycle
-from .lifecycle import Event, NewJob
+from .lifecycle import Event
 from .store_attempts import ADDS, Refused, effect
+from .validation import NewJob
 
 
 class JobChanging:
@@ -54,7 +55,7 @@ class JobChanging:
         return sorted(states)
 
     def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> None:
-        """Change a job that has not started yet; `fields` come from `lifecycle.job_changes`."""
+        """Change a job that has not started yet; `fields` come from `validation.job_changes`."""
         row = self.conn.execute("SELECT state, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")

@@ -48,10 +48,11 @@ from .attempt import Attempt
 from .database import Call, Database, StorageError
 from .escapes import Escapes
 from .guardian_link import GuardianLink
-from .lifecycle import Exit, Settings
+from .lifecycle import Exit
 from .log_folders import LogFolders, LogsUnusable
 from .process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from .protocol import QueueInfo, Slot
+from .settings import Settings
 from .store import Store
 from .store_attempts import Claimed
 from .young_attempts import YoungAttempts

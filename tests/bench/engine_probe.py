@@ -26,9 +26,10 @@ import trio
 from benches import b1_c
 from harness import compile_c, median
 
-from queued import lifecycle, schema
+from queued import lifecycle, schema, validation
 from queued.database import Database
 from queued.protocol import JobSpec
+from queued.settings import Settings
 from queued.store import Store
 from queued.store_attempts import Claimed
 
@@ -57,7 +58,7 @@ def due_jobs(data: Path, jobs: int) -> tuple[Store, list[Claimed]]:
     store = Store(schema.connect(data / "queue.db"))
     now = time.time()
     store.ensure_queue("default", now)
-    spec = lifecycle.new_job(JobSpec(command="true"), cwd="/", env={}, settings=lifecycle.Settings(), now=now)
+    spec = validation.new_job(JobSpec(command="true"), cwd="/", env={}, settings=Settings(), now=now)
     store.add_jobs([spec] * jobs, now)
     store.conn.execute("BEGIN IMMEDIATE")
     ahead: list[Claimed] = []

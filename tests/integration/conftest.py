@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from queued import lifecycle
 from queued import protocol as p
 from queued.daemon import DaemonConfig, Runner
 
@@ -87,7 +86,7 @@ def make_config(tmp_path: Path, **settings: object) -> DaemonConfig:
     return DaemonConfig(
         data_dir=tmp_path / "data",
         socket_path=tmp_path / "run" / "queued.sock",
-        settings=lifecycle.Settings(**base),  # type: ignore[arg-type]
+        settings=settings.Settings(**base),  # type: ignore[arg-type]
     )
 
 

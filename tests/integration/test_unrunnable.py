@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from queued import lifecycle
+from queued import lifecycle, validation
 from queued import protocol as p
 
 from .conftest import AsyncClient, DaemonHandle
@@ -58,7 +58,7 @@ async def test_a_job_that_cannot_be_spawned_fails_and_the_daemon_goes_on(
 async def test_an_argument_list_too_long_is_dead_at_once(client: AsyncClient) -> None:
     """Each variable is under the kernel's one-string limit, together they are
     over its limit for all of them (ARG_MAX): E2BIG cannot change on its own."""
-    size = lifecycle.MAX_ARG_BYTES - 16
+    size = validation.MAX_ARG_BYTES - 16
     count = os.sysconf("SC_ARG_MAX") // size + 2
     env = {f"BIG{n}": "v" * size for n in range(count)}
     job_id = await client.add("true", env=env, max_retries=3)

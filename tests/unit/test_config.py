@@ -7,9 +7,10 @@ import itertools
 
 import pytest
 
-from queued import config, lifecycle
+from queued import config
+from queued.settings import CONFIG_KEYS, Settings
 
-DEFAULTS = lifecycle.Settings(concurrency=4)
+DEFAULTS = Settings(concurrency=4)
 
 # key -> a distinct valid value per source (as each source gives it), and the
 # value the daemon then uses.
@@ -76,7 +77,7 @@ STRONGEST_FIRST = ("flag", "environment", "config set", "file")
 
 def test_every_key_is_in_the_table() -> None:
     assert set(VALUES) == set(config.KEYS)
-    assert set(config.SETTINGS_KEYS) == set(lifecycle.CONFIG_KEYS)
+    assert set(config.SETTINGS_KEYS) == set(CONFIG_KEYS)
 
 
 def _cases():  # type: ignore[no-untyped-def]
@@ -99,7 +100,7 @@ def test_the_strongest_source_present_decides(key: str, present: tuple[str, ...]
     winner = present[0] if present else "default"
     assert sources.origin(key) == winner
     if key in config.SETTINGS_KEYS:
-        field = lifecycle.CONFIG_KEYS[key][0]
+        field = CONFIG_KEYS[key][0]
         expected = VALUES[key][winner][1] if present else getattr(DEFAULTS, field)
         assert getattr(config.effective_settings(DEFAULTS, sources), field) == expected
     else:

@@ -7,24 +7,29 @@ import signal
 
 import pytest
 
-from queued import lifecycle
+from queued import lifecycle, validation
 from queued.lifecycle import (
+    STATES,
     Event,
     InvalidTransition,
-    Settings,
     after_attempt,
     backoff_delay,
     can,
     classify_exit,
-    config_key,
     dependency_verdict,
-    new_job,
     next_state,
+)
+from queued.protocol import JobChanges, JobSpec
+from queued.settings import (
+    CONFIG_KEYS,
+    Settings,
+    config_key,
+    format_config_value,
     parse_config_value,
     settings_as_config,
     settings_with,
 )
-from queued.protocol import STATES, JobChanges, JobSpec
+from queued.validation import new_job
 
 # ----------------------------------------------------------------------------
 # The transition table, drawn the way DESIGN.md draws it (rows: state, columns:
@@ -32,14 +37,15 @@ from queued.protocol import STATES, JobChanges, JobSpec
 # must be a deliberate change here too.
 
 EXPECTED_TABLE = """
-             claim     succeed    fail     exhaust   cancel    retry     hold   release  unclaim
-pending      running   .          .        .         canceled  .         held   .        .
-held         .         .          .        .         canceled  .         .      pending  .
-running      .         completed  failed   dead      canceled  .         .      .        pending
-completed    .         .          .        .         .         pending   .      .        .
-failed       running   .          .        .         canceled  .         held   .        .
-dead         .         .          .        .         .         pending   .      .        .
-canceled     .         .          .        .         .         pending   .      .        .
+          add      add-held  claim     succeed    fail     exhaust   cancel    retry     hold   release  unclaim
+new       pending  held      .         .          .        .         .         .         .      .        .
+pending   .        .         running   .          .        .         canceled  .         held   .        .
+held      .        .         .         .          .        .         canceled  .         .      pending  .
+running   .        .         .         completed  failed   dead      canceled  .         .      .        pending
+completed .        .         .         .          .        .         .         pending   .      .        .
+failed    .        .         running   .          .        .         canceled  .         held   .        .
+dead      .        .         .         .          .        .         .         pending   .      .        .
+canceled  .        .         .         .          .        .         .         pending   .      .        .
 """
 
 
@@ -58,7 +64,7 @@ EXPECTED = _expected()
 
 
 def test_expected_table_covers_every_state_and_event() -> None:
-    assert {state for state, _ in EXPECTED} == set(STATES)
+    assert {state for state, _ in EXPECTED} == {*STATES, lifecycle.NEW}
     assert {event for _, event in EXPECTED} == set(Event)
 
 
@@ -85,6 +91,88 @@ def test_transitions_table_has_nothing_beyond_the_expected_table() -> None:
 def test_invalid_transition_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="a completed job cannot cancel"):
         next_state("completed", Event.CANCEL)
+
+
+# ----------------------------------------------------------------------------
+# The dependents cascade, drawn the same way: what each transition of the table
+# does to the unstarted jobs that wait for this one.
+
+EXPECTED_CASCADES = {
+    ("running", "completed"): "recount",  # its dependents may run
+    ("running", "dead"): "cancel",
+    ("pending", "canceled"): "cancel",
+    ("held", "canceled"): "cancel",
+    ("failed", "canceled"): "cancel",
+    ("running", "canceled"): "cancel",
+    ("completed", "pending"): "recount",  # retried: its dependents wait again
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "new"), sorted(lifecycle.TRANSITIONS.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
+)
+def test_every_transition_has_its_cascade_rule(key: tuple[str, Event], new: str) -> None:
+    old, _ = key
+    rule = lifecycle.cascade(old, new)  # type: ignore[arg-type]
+    expected = EXPECTED_CASCADES.get((old, new))
+    assert (rule.value if rule else None) == expected
+    assert lifecycle.CASCADES.get((old, new)) == rule  # type: ignore[arg-type]
+
+
+def test_cascades_table_has_nothing_beyond_the_expected_one() -> None:
+    assert {k: v.value for k, v in lifecycle.CASCADES.items()} == EXPECTED_CASCADES
+
+
+def test_a_cascade_cancel_applies_to_every_unstarted_state() -> None:
+    for state in lifecycle.UNSTARTED_STATES:
+        assert next_state(state, lifecycle.DEPENDENT_CANCEL_EVENT) == "canceled"
+
+
+def test_the_named_sets() -> None:
+    assert lifecycle.WAITING_STATES == ("pending", "failed")
+    assert lifecycle.UNFINISHED_STATES == ("pending", "held", "running", "failed")
+    assert lifecycle.EDITABLE_STATES == ("pending", "held", "failed")
+    assert lifecycle.UNSTARTED_STATES == ("pending", "held")
+    assert set(lifecycle.TERMINAL_STATES) | set(lifecycle.UNFINISHED_STATES) == set(STATES)
+    assert set(lifecycle.ENDED_BADLY_STATES) < set(lifecycle.TERMINAL_STATES)
+
+
+def test_initial_state_is_an_event_of_the_table() -> None:
+    assert lifecycle.initial_state(hold=False) == "pending"
+    assert lifecycle.initial_state(hold=True) == "held"
+
+
+@pytest.mark.parametrize(
+    ("state", "latest", "run", "counts"),
+    [
+        ("running", 3, 3, True),
+        ("running", 4, 3, False),  # retried and started again: an older attempt ends late
+        ("canceled", 3, 3, False),  # canceled while it ran
+        ("pending", 3, 3, False),
+        (None, None, 3, False),  # removed while it ran
+    ],
+)
+def test_a_stale_attempt_changes_only_its_own_record(state, latest, run, counts) -> None:
+    assert lifecycle.attempt_counts(job_state=state, latest_run=latest, run=run) is counts
+
+
+@pytest.mark.parametrize("state", [*STATES, None])
+def test_an_undone_claim_makes_a_running_job_wait_again(state: str | None) -> None:
+    expected = Event.UNCLAIM if state == "running" else None
+    assert lifecycle.after_unclaim(state) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("event", "text"),
+    [
+        (Event.CANCEL, "job 7 is dead: only pending, held, running or failed jobs can be canceled"),
+        (Event.RETRY, "job 7 is dead: only completed, dead or canceled jobs can be retried"),
+        (Event.HOLD, "job 7 is dead: only pending or failed jobs can be held"),
+        (Event.RELEASE, "job 7 is dead: only held jobs can be released"),
+    ],
+)
+def test_refusals_name_the_states_the_event_applies_to(event: Event, text: str) -> None:
+    assert lifecycle.refusal(7, "dead", event) == text
 
 
 def test_terminal_states() -> None:
@@ -359,7 +447,7 @@ def test_new_job_bad_env(bad_env: dict[str, str]) -> None:
         _new(JobSpec(command="x", env=bad_env))
     # A request's shared environment is checked once per request, not per job.
     with pytest.raises(ValueError, match="environment variable"):
-        lifecycle.check_environment(bad_env)
+        validation.check_environment(bad_env)
 
 
 @pytest.mark.parametrize(
@@ -381,14 +469,14 @@ def test_new_job_nul_anywhere_is_refused(spec: JobSpec, words: str) -> None:
 
 def test_command_longer_than_one_exec_argument_is_refused() -> None:
     """Issue #11: MAX_ARG_STRLEN (128 KiB with the NUL) is the most one argument can be."""
-    _new(JobSpec(command="x" * lifecycle.MAX_ARG_BYTES))
+    _new(JobSpec(command="x" * validation.MAX_ARG_BYTES))
     with pytest.raises(ValueError, match=r"command is 131,072 bytes; .*131,071 .*MAX_ARG_STRLEN"):
-        _new(JobSpec(command="x" * (lifecycle.MAX_ARG_BYTES + 1)))
+        _new(JobSpec(command="x" * (validation.MAX_ARG_BYTES + 1)))
     # Counted in bytes, not characters: 43,691 three-byte characters are 131,073 bytes.
     with pytest.raises(ValueError, match="131,073 bytes"):
         _new(JobSpec(command="€" * 43_691))
     with pytest.raises(ValueError, match="environment variable BIG is 131,072 bytes"):
-        _new(JobSpec(command="true", env={"BIG": "v" * (lifecycle.MAX_ARG_BYTES - 3)}))
+        _new(JobSpec(command="true", env={"BIG": "v" * (validation.MAX_ARG_BYTES - 3)}))
 
 
 def test_jobs_that_add_nothing_share_the_request_environment() -> None:
@@ -516,7 +604,7 @@ def test_settings_with_refuses_bad_value() -> None:
 
 def test_settings_as_config_uses_user_keys() -> None:
     config = settings_as_config(Settings())
-    assert set(config) == set(lifecycle.CONFIG_KEYS)
+    assert set(config) == set(CONFIG_KEYS)
     assert config["max-retries"] == 3
     assert config["timeout"] is None
     assert config["concurrency"] == 1
@@ -534,7 +622,7 @@ def test_settings_as_config_uses_user_keys() -> None:
 )
 def test_settings_round_trip_through_config(settings: Settings) -> None:
     assert settings_with(Settings(max_retries=99), settings_as_config(settings)) == settings
-    shown = {k: lifecycle.format_config_value(k, v) for k, v in settings_as_config(settings).items()}
+    shown = {k: format_config_value(k, v) for k, v in settings_as_config(settings).items()}
     assert settings_with(Settings(max_retries=99), shown) == settings
 
 
@@ -556,7 +644,7 @@ def test_settings_round_trip_through_config(settings: Settings) -> None:
     ],
 )
 def test_config_values_are_shown_as_a_user_types_them(key: str, typed: str, shown: str) -> None:
-    assert lifecycle.format_config_value(key, parse_config_value(key, typed)[1]) == shown
+    assert format_config_value(key, parse_config_value(key, typed)[1]) == shown
 
 
 # ----------------------------------------------------------------------------
@@ -606,9 +694,10 @@ def test_unknown_ids() -> None:
 
 def test_a_held_new_job_starts_held() -> None:
     settings = Settings()
-    held = lifecycle.new_job(JobSpec(command="x", hold=True), cwd="/", env={}, settings=settings, now=0)
-    plain = lifecycle.new_job(JobSpec(command="x"), cwd="/", env={}, settings=settings, now=0)
-    assert (lifecycle.initial_state(held), lifecycle.initial_state(plain)) == ("held", "pending")
+    held = validation.new_job(JobSpec(command="x", hold=True), cwd="/", env={}, settings=settings, now=0)
+    plain = validation.new_job(JobSpec(command="x"), cwd="/", env={}, settings=settings, now=0)
+    states = (lifecycle.initial_state(hold=held.hold), lifecycle.initial_state(hold=plain.hold))
+    assert states == ("held", "pending")
 
 
 def test_editable_states_are_those_without_a_process_that_are_not_finished() -> None:
@@ -620,16 +709,16 @@ def test_editable_states_are_those_without_a_process_that_are_not_finished() -> 
 
 def test_job_changes_become_fields() -> None:
     changes = JobChanges(command="make", queue="q", priority=-1, max_retries=0, backoff_base=3, timeout=9)
-    assert lifecycle.job_changes(changes, now=100) == {
+    assert validation.job_changes(changes, now=100) == {
         "command": "make", "queue": "q", "priority": -1, "max_retries": 0, "backoff_base": 3, "timeout": 9,
     }  # fmt: skip
-    assert lifecycle.job_changes(JobChanges(), now=100) == {}
-    assert lifecycle.job_changes(JobChanges(no_timeout=True, label=""), now=100) == {
+    assert validation.job_changes(JobChanges(), now=100) == {}
+    assert validation.job_changes(JobChanges(no_timeout=True, label=""), now=100) == {
         "timeout": None,
         "label": None,
     }
-    assert lifecycle.job_changes(JobChanges(delay=5), now=100) == {"run_at": 105}
-    assert lifecycle.job_changes(JobChanges(run_at=50), now=100) == {"run_at": 100}  # past: now
+    assert validation.job_changes(JobChanges(delay=5), now=100) == {"run_at": 105}
+    assert validation.job_changes(JobChanges(run_at=50), now=100) == {"run_at": 100}  # past: now
 
 
 @pytest.mark.parametrize(
@@ -643,14 +732,14 @@ def test_job_changes_become_fields() -> None:
 )
 def test_job_changes_refused(changes: JobChanges, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        lifecycle.job_changes(changes, now=0)
+        validation.job_changes(changes, now=0)
 
 
 def test_on_finish_is_a_command_or_none() -> None:
-    assert lifecycle.parse_config_value("on-finish", "  ./notify.sh  ") == ("on_finish", "./notify.sh")
+    assert parse_config_value("on-finish", "  ./notify.sh  ") == ("on_finish", "./notify.sh")
     for off in ("none", "off", "", " "):
-        assert lifecycle.parse_config_value("on_finish", off) == ("on_finish", None)
+        assert parse_config_value("on_finish", off) == ("on_finish", None)
     with pytest.raises(ValueError, match="invalid value for on-finish: command contains a NUL byte"):
-        lifecycle.parse_config_value("on-finish", "a\0b")
+        parse_config_value("on-finish", "a\0b")
     assert Settings().on_finish is None
-    assert lifecycle.settings_as_config(Settings(on_finish="x"))["on-finish"] == "x"
+    assert settings_as_config(Settings(on_finish="x"))["on-finish"] == "x"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from queued import signals
-from queued.lifecycle import Settings
+from queued.settings import Settings
 
 
 def test_changes_name_each_key_with_old_and_new_values() -> None:

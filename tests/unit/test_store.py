@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from queued import lifecycle, schema
-from queued.lifecycle import Settings, classify_exit
-from queued.protocol import STATES, JobSpec
+from queued import lifecycle, schema, validation
+from queued.lifecycle import STATES, classify_exit
+from queued.protocol import JobSpec
+from queued.settings import Settings
 from queued.store import Refused, Store
 from queued.store_attempts import Claimed
 
@@ -23,8 +24,8 @@ FAIL = classify_exit(1)
 BACKOFF_MAX = 3600.0
 
 
-def new(command: str = "true", *, now: float = T0, **spec: object) -> lifecycle.NewJob:
-    return lifecycle.new_job(
+def new(command: str = "true", *, now: float = T0, **spec: object) -> validation.NewJob:
+    return validation.new_job(
         JobSpec(command=command, **spec),  # type: ignore[arg-type]
         cwd="/tmp",
         env={"HOME": "/root"},
@@ -828,7 +829,7 @@ def test_a_cwd_and_environment_that_are_not_utf8_come_back_exactly(store: Store)
     """Issue #17 item 9: stored as the bytes they are, restored into the same str
     (os.fsdecode's surrogates), which posix_spawn turns back into those bytes."""
     cwd, value = os.fsdecode(b"/tmp/d\xe9"), os.fsdecode(b"caf\xe9")
-    job_new = lifecycle.new_job(
+    job_new = validation.new_job(
         JobSpec(command="true"), cwd=cwd, env={"X": value, "PLAIN": "1"}, settings=Settings(), now=T0
     )
     [job_id] = store.add_jobs([job_new], T0)

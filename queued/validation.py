@@ -1,0 +1,158 @@
+"""What makes a job runnable as given: a request's job checked and completed
+from the settings (`new_job`), and an edit's fields checked (`job_changes`).
+ValueError, in the user's words, for anything that could never run. Pure:
+`now` is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from msgspec import Struct
+
+from queued.protocol import JobChanges, JobSpec, readable
+
+if TYPE_CHECKING:
+    from queued.settings import Settings
+
+class NewJob(Struct, kw_only=True):
+    """A validated job ready to be stored."""
+
+    command: str
+    queue: str
+    priority: int
+    max_retries: int
+    backoff_base: float
+    timeout: float | None
+    run_at: float
+    depends_on: list[int]
+    label: str | None
+    cwd: str
+    env: Mapping[str, str]
+    hold: bool = False
+
+
+# Linux's MAX_ARG_STRLEN: one argument or one environment string (NAME=value)
+# is at most 32 pages, counting its terminating NUL.
+MAX_ARG_BYTES = 32 * 4096 - 1
+
+
+def _arg_bytes(text: str) -> int:
+    """Bytes `text` takes in an exec; only long texts are encoded to count them."""
+    if len(text) * 4 <= MAX_ARG_BYTES:
+        return len(text)
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """ValueError naming the first variable execve would refuse."""
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {readable(key)} contains a NUL byte")
+        size = _arg_bytes(key) + 1 + _arg_bytes(value)
+        if size > MAX_ARG_BYTES:
+            raise ValueError(
+                f"environment variable {readable(key)} is {size:,} bytes; Linux passes at most "
+                f"{MAX_ARG_BYTES:,} bytes per variable (MAX_ARG_STRLEN)"
+            )
+
+
+def check_command(command: str) -> None:
+    """ValueError if `command` could never run."""
+    if not command.strip():
+        raise ValueError("command is empty")
+    if "\0" in command:
+        raise ValueError("command contains a NUL byte")
+    size = _arg_bytes(command)
+    if size > MAX_ARG_BYTES:
+        raise ValueError(
+            f"command is {size:,} bytes; Linux runs at most {MAX_ARG_BYTES:,} bytes as one "
+            "argument (MAX_ARG_STRLEN, 128 KiB): put it in a script and add the script"
+        )
+
+
+def check_label(label: str | None) -> None:
+    if label is not None and "\0" in label:
+        raise ValueError("label contains a NUL byte")
+
+
+def check_path(name: str, path: str) -> None:
+    """ValueError unless `path` is an absolute path the kernel could accept."""
+    if "\0" in path:
+        raise ValueError(f"{name} contains a NUL byte")
+    if not path.startswith("/"):
+        raise ValueError(f"{name} must be an absolute path, got {readable(path)!r}")
+
+
+def check_spec(spec: JobSpec) -> None:
+    """ValueError, in the user's words, for a job that could never run as
+    given. Only what needs no daemon state: the client runs it too, so that a
+    user's mistake is a usage error before anything is sent."""
+    check_command(spec.command)
+    check_label(spec.label)
+    if spec.delay is not None and spec.run_at is not None:
+        raise ValueError("give either a delay or a run_at time, not both")
+    if spec.cwd is not None:
+        check_path("cwd", spec.cwd)
+    check_environment(spec.env)
+
+
+def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
+    """Fill `spec`'s gaps from the request and the settings; ValueError names what
+    is wrong. The request's `env` is the caller's to check, once per request."""
+    check_spec(spec)
+    job_cwd = cwd if spec.cwd is None else spec.cwd
+    if spec.cwd is None:
+        check_path("the working directory", cwd)
+    # Shared, not copied, when the job adds nothing: a bulk add of 100,000 jobs
+    # then stores (and hashes) one environment, not 100,000 equal ones.
+    merged_env = {**env, **spec.env} if spec.env else env
+    run_at = now
+    if spec.delay is not None:
+        run_at = now + spec.delay
+    elif spec.run_at is not None:
+        run_at = max(spec.run_at, now)
+    return NewJob(
+        command=spec.command,
+        queue=spec.queue,
+        priority=spec.priority,
+        max_retries=settings.max_retries if spec.max_retries is None else spec.max_retries,
+        backoff_base=settings.backoff_base if spec.backoff_base is None else spec.backoff_base,
+        timeout=settings.timeout if spec.timeout is None else spec.timeout,
+        run_at=run_at,
+        depends_on=sorted(set(spec.after)),
+        label=spec.label,
+        cwd=job_cwd,
+        env=merged_env,
+        hold=spec.hold,
+    )
+
+
+def job_changes(changes: JobChanges, *, now: float) -> dict[str, object]:
+    """The job fields (store columns) that `changes` sets, validated; ValueError names what is wrong."""
+    fields: dict[str, object] = {}
+    if changes.command is not None:
+        check_command(changes.command)
+        fields["command"] = changes.command
+    if changes.delay is not None and changes.run_at is not None:
+        raise ValueError("give either a delay or a run_at time, not both")
+    if changes.timeout is not None and changes.no_timeout:
+        raise ValueError("give either a timeout or no timeout, not both")
+    for name in ("queue", "priority", "max_retries", "backoff_base", "timeout"):
+        value = getattr(changes, name)
+        if value is not None:
+            fields[name] = value
+    if changes.no_timeout:
+        fields["timeout"] = None
+    if changes.label is not None:
+        check_label(changes.label)
+        fields["label"] = changes.label or None
+    if changes.delay is not None:
+        fields["run_at"] = now + changes.delay
+    elif changes.run_at is not None:
+        fields["run_at"] = max(changes.run_at, now)
+    return fields
+
+
