@@ -7,11 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from queued import __version__, paths
+from queued import config as config_rules
+from queued.logs import configure_logging
 from queued.settings import Settings
-
-from . import __version__, paths
-from . import config as config_rules
-from .logs import configure_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config_file(path: Path | None) -> dict[str, object]:
-    from .signals import read_config_file
+    from queued.signals import read_config_file
 
     try:
         return read_config_file(path or paths.default_config_file(), required=path is not None)
@@ -87,12 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     import trio
 
     keep_inherited_descriptors_from_jobs()
-    from .descriptors import raise_limit
+    from queued.processes.descriptors import raise_limit
 
     raise_limit()
 
-    from .daemon import DaemonConfig, Runner, StartupError
-    from .server import SocketInUse
+    from queued.daemon import DaemonConfig, Runner, StartupError
+    from queued.server.connections import SocketInUse
 
     args = parse_args(argv)
     from_env = os.environ.get("QUEUED_CONFIG")

@@ -19,21 +19,23 @@ from pathlib import Path
 
 import trio
 
+from queued import lifecycle, signals
+from queued.config import SETTINGS_KEYS, Sources, daemon_values
+from queued.config import effective_settings as config_settings
+from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
+from queued.processes import descriptors
+from queued.processes.callbacks import Callbacks
+from queued.processes.guardian_link import GuardianLink
+from queued.processes.job_process import JobEnvironments
+from queued.processes.supervisor import Supervisor, fault_text
+from queued.server import handlers, handlers_changes
+from queued.server.connections import AccessPolicy, Server, bind_unix
+from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
-
-from . import descriptors, handlers, handlers_changes, lifecycle, schema, signals
-from .callbacks import Callbacks
-from .config import SETTINGS_KEYS, Sources, daemon_values
-from .config import effective_settings as config_settings
-from .data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
-from .database import Database
-from .guardian_link import GuardianLink
-from .handler_context import Daemon, Watchers, dispatch
-from .process import JobEnvironments
-from .server import AccessPolicy, Server, bind_unix
-from .store import Store
-from .supervisor import Supervisor, fault_text
-from .systemd import Notifier, inherited_listener
+from queued.store.sqlite import schema
+from queued.store.sqlite.engine import Store
+from queued.store.writer import Database
+from queued.systemd import Notifier, inherited_listener
 
 log = logging.getLogger(__name__)
 ANSWER_GRACE_SECONDS = 0.5

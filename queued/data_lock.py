@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .guardian import kill_marked
+from queued.processes.guardian import kill_marked
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 5.0

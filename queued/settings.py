@@ -150,5 +150,3 @@ def settings_with(settings: Settings, values: Mapping[str, object]) -> Settings:
 
 def settings_as_config(settings: Settings) -> dict[str, int | float | str | None]:
     return {key: getattr(settings, field) for key, (field, _) in CONFIG_KEYS.items()}
-
-

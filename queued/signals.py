@@ -29,12 +29,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from queued.durations import format_duration
 from queued.settings import Settings, settings_as_config
 
-from .durations import format_duration
-
 if TYPE_CHECKING:
-    from .attempt import Attempt
+    from queued.processes.attempt import Attempt
 
 # The daemon's own keys that a reload cannot change (its socket, data dir and
 # admitted group are fixed at start; log-level is reloaded).

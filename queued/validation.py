@@ -15,6 +15,7 @@ from queued.protocol import JobChanges, JobSpec, readable
 if TYPE_CHECKING:
     from queued.settings import Settings
 
+
 class NewJob(Struct, kw_only=True):
     """A validated job ready to be stored."""
 
@@ -154,5 +155,3 @@ def job_changes(changes: JobChanges, *, now: float) -> dict[str, object]:
     elif changes.run_at is not None:
         fields["run_at"] = max(changes.run_at, now)
     return fields
-
-

@@ -1,7 +1,7 @@
-"""Fault injection: chosen calls, as `queued.process` makes them, fail on cue.
+"""Fault injection: chosen calls, as `queued.processes.job_process` makes them, fail on cue.
 
 `inject(target, nth, errno, times=1)` makes the `nth` call of `os.<target>`
-(or of the log file's open, target "log_open") inside queued.process, and the
+(or of the log file's open, target "log_open") inside queued.processes.job_process, and the
 `times - 1` after it, raise OSError with that errno; every other call goes
 through. Only that module sees the faults:
 the test's own I/O, trio's and SQLite's are untouched.
@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from queued import process
+from queued.processes import job_process
 
 TARGETS = ("write", "open", "pipe", "posix_spawn", "pidfd_open", "log_open")
 
@@ -61,15 +61,15 @@ def inject(target: str, nth: int, error: int, times: int = 1) -> Iterator[Fault]
     assert target in TARGETS, target
     fault = Fault(target, nth, error, times)
     if target == "log_open":
-        real_open_log = process._open_log
-        process._open_log = fault.wrap(real_open_log)  # type: ignore[assignment]
+        real_open_log = job_process._open_log
+        job_process._open_log = fault.wrap(real_open_log)  # type: ignore[assignment]
         try:
             yield fault
         finally:
-            process._open_log = real_open_log  # type: ignore[assignment]
+            job_process._open_log = real_open_log  # type: ignore[assignment]
     else:
-        process.os = _FaultyOs(fault)  # type: ignore[assignment]
+        job_process.os = _FaultyOs(fault)  # type: ignore[assignment]
         try:
             yield fault
         finally:
-            process.os = os
+            job_process.os = os

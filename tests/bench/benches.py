@@ -26,8 +26,8 @@ from harness import (
     run_ns,
 )
 
-from queued import schema
 from queued.protocol import JobSpec
+from queued.store.sqlite import schema
 
 MB = 1e6
 

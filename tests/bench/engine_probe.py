@@ -26,12 +26,13 @@ import trio
 from benches import b1_c
 from harness import compile_c, median
 
-from queued import lifecycle, schema, validation
-from queued.database import Database
+from queued import lifecycle, validation
 from queued.protocol import JobSpec
 from queued.settings import Settings
-from queued.store import Store
-from queued.store_attempts import Claimed
+from queued.store.sqlite import schema
+from queued.store.sqlite.attempts import Claimed
+from queued.store.sqlite.engine import Store
+from queued.store.writer import Database
 
 AHEAD = 34  # tokens fed ahead, as the supervisor reads 2 slots + 32 ahead
 

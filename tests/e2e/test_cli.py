@@ -148,7 +148,14 @@ def test_add_imports_no_daemon_module(daemon: Daemon) -> None:
     result = subprocess.run([sys.executable, "-c", script], env=daemon.env, capture_output=True, text=True)
     modules = set(result.stdout.split())
     assert "queuectl.cli" in modules and "queued.protocol" in modules
-    heavy = {"trio", "sqlite3", "queued.daemon", "queued.store", "queued.supervisor", "queuectl.commands"}
+    heavy = {
+        "trio",
+        "sqlite3",
+        "queued.daemon",
+        "queued.store",
+        "queued.processes.supervisor",
+        "queuectl.commands",
+    }
     assert not heavy & modules
 
 

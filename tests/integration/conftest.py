@@ -11,6 +11,7 @@ import trio
 
 from queued import protocol as p
 from queued.daemon import DaemonConfig, Runner
+from queued.settings import Settings
 
 
 class AsyncClient:
@@ -86,7 +87,7 @@ def make_config(tmp_path: Path, **settings: object) -> DaemonConfig:
     return DaemonConfig(
         data_dir=tmp_path / "data",
         socket_path=tmp_path / "run" / "queued.sock",
-        settings=settings.Settings(**base),  # type: ignore[arg-type]
+        settings=Settings(**base),  # type: ignore[arg-type]
     )
 
 

@@ -363,7 +363,7 @@ async def test_a_failing_on_finish_is_logged_and_the_job_unaffected(
 async def test_a_hanging_on_finish_is_stopped_at_its_timeout(
     daemon: DaemonHandle, client: AsyncClient, tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    monkeypatch.setattr("queued.callbacks.TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr("queued.processes.callbacks.TIMEOUT_SECONDS", 0.3)
     pids = tmp_path / "pids"
     await client.ok(p.SetConfig(key="on-finish", value=f"sleep 60 & echo $! >> {pids}; wait"))
     job_id = await client.add("true")

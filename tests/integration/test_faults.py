@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queued import protocol as p
-from queued import supervisor
 from queued.daemon import Runner
+from queued.processes import supervisor
 from tests.faults import TARGETS, inject
 from tests.reliability.test_survival import integrity
 

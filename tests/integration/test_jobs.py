@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from queued import protocol as p
-from queued.store import Store
-from queued.store_attempts import SUPERVISOR, effect
+from queued.store.sqlite.attempts import SUPERVISOR, effect
+from queued.store.sqlite.engine import Store
 
 from .conftest import AsyncClient, DaemonHandle
 

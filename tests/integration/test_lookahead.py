@@ -10,8 +10,8 @@ from pathlib import Path
 import trio
 
 from queued import protocol as p
-from queued.store import Refused, Store
-from queued.store_attempts import READ, SUPERVISOR, effect
+from queued.store.sqlite.attempts import READ, SUPERVISOR, effect
+from queued.store.sqlite.engine import Refused, Store
 
 from .conftest import AsyncClient, DaemonHandle
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from queued import lifecycle, validation
 from queued import protocol as p
+from queued import validation
 
 from .conftest import AsyncClient, DaemonHandle
 from .test_bad_input import snapshot
@@ -45,7 +45,7 @@ async def test_a_job_that_cannot_be_spawned_fails_and_the_daemon_goes_on(
 ) -> None:
     """A NUL byte in a stored cwd (as an older queued accepted) made the spawn
     raise ValueError, which killed the daemon at every start."""
-    monkeypatch.setattr(lifecycle, "check_spec", lambda spec: None)
+    monkeypatch.setattr(validation, "check_spec", lambda spec: None)
     bad = await client.add("true", cwd="/tmp\0x", max_retries=3)
     monkeypatch.undo()
     [job] = await client.wait(bad)

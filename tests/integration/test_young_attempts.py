@@ -11,11 +11,11 @@ import pytest
 import trio
 
 from queued import protocol as p
-from queued import young_attempts
-from queued.attempt import Attempt
-from queued.process import JobProcess
-from queued.store_attempts import Claimed
-from queued.young_attempts import QUICK_EXIT_SECONDS, YoungAttempts
+from queued.processes import young_attempts
+from queued.processes.attempt import Attempt
+from queued.processes.job_process import JobProcess
+from queued.processes.young_attempts import QUICK_EXIT_SECONDS, YoungAttempts
+from queued.store.sqlite.attempts import Claimed
 
 from .conftest import AsyncClient
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from queued import schema
-from queued.store import Store
+from queued.store.sqlite import schema
+from queued.store.sqlite.engine import Store
 
 T0 = 1_700_000_000.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from queued.process import CappedLog
+from queued.processes.job_process import CappedLog
 from tests.faults import inject
 
 

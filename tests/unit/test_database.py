@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from queued import database, schema
-from queued.database import Database, StorageError
 from queued.lifecycle import classify_exit
-from queued.store import Refused, Store
-from queued.store_attempts import SUPERVISOR, Claimed, effect
+from queued.store import writer
+from queued.store.sqlite import schema
+from queued.store.sqlite.attempts import SUPERVISOR, Claimed, effect
+from queued.store.sqlite.engine import Refused, Store
+from queued.store.writer import Database, StorageError
 
 from .test_store import T0, new
 
@@ -176,7 +177,7 @@ async def two_due(db: Database, batches: list[list[str]]) -> list[Claimed]:
 async def test_records_alone_wait_for_company_and_commit_together(
     db: Database, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(database, "LINGER_SECONDS", 0.3)
+    monkeypatch.setattr(writer, "LINGER_SECONDS", 0.3)
     first, second = two_due
     started = trio.current_time()
     one = db.record(Store.start, first, T0)
@@ -191,7 +192,7 @@ async def test_records_alone_wait_for_company_and_commit_together(
 async def test_any_other_call_ends_the_wait_at_once(
     db: Database, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(database, "LINGER_SECONDS", 60)
+    monkeypatch.setattr(writer, "LINGER_SECONDS", 60)
     record = db.record(Store.start, two_due[0], T0)
     await trio.sleep(0.05)
     with trio.fail_after(10):  # not the minute the record alone would wait

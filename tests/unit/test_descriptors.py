@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from queued import descriptors
+from queued.processes import descriptors
 
 
 def test_a_concurrency_the_limit_carries_draws_no_word() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from queued import paths
 from queued.paths import socket_dir_risk
-from queued.server import SocketInUse, prepare_socket_dir
+from queued.server.connections import SocketInUse, prepare_socket_dir
 
 ME, ROOT, OTHER = 1000, 0, 1001
 DIR = stat.S_IFDIR

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from queued import lifecycle, schema, validation
+from queued import lifecycle, validation
 from queued.lifecycle import STATES, classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
-from queued.store import Refused, Store
-from queued.store_attempts import Claimed
+from queued.store.sqlite import schema
+from queued.store.sqlite.attempts import Claimed
+from queued.store.sqlite.engine import Refused, Store
 
 from .conftest import T0
 

@@ -14,11 +14,11 @@ from functools import partial
 
 import trio
 
-from . import lifecycle
-from .database import Call
-from .lifecycle import Exit
-from .process import CappedLog, JobProcess
-from .store_attempts import Claimed
+from queued import lifecycle
+from queued.lifecycle import Exit
+from queued.processes.job_process import CappedLog, JobProcess
+from queued.store.sqlite.attempts import Claimed
+from queued.store.writer import Call
 
 # After the leader exits, output still buffered in the pipes is drained for at
 # most this long: a process that escaped the group may hold a pipe open forever.

@@ -18,12 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from . import lifecycle
-from .lifecycle import STATES, Event, JobState
-from .protocol import Job, QueueInfo, Run, is_utf8, readable
-from .store_attempts import ADDS, READ, AttemptRecords, Refused, effect
-from .store_changes import JobChanging
-from .validation import NewJob
+from queued import lifecycle
+from queued.lifecycle import STATES, Event, JobState
+from queued.protocol import Job, QueueInfo, Run, is_utf8, readable
+from queued.store.sqlite.attempts import ADDS, READ, AttemptRecords, Refused, effect
+from queued.store.sqlite.changes import JobChanging
+from queued.validation import NewJob
 
 __all__ = ["Refused", "Store"]
 

@@ -1,7 +1,7 @@
 """The guardian: one small process per daemon that kills the daemon's jobs when
 the daemon dies, however it dies (kill -9 included).
 
-Theory of operation: the daemon starts `python -m queued.guardian TOKEN` with
+Theory of operation: the daemon starts `python -m queued.processes.guardian TOKEN` with
 the read end of a pipe as stdin and keeps the write end. For every job it
 writes "+PGID" after the spawn and "-PGID" after the reap. When the daemon
 dies, the kernel closes the write end; the guardian reads EOF, SIGKILLs every

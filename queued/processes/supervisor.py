@@ -43,19 +43,19 @@ from pathlib import Path
 
 import trio
 
-from . import lifecycle
-from .attempt import Attempt
-from .database import Call, Database, StorageError
-from .escapes import Escapes
-from .guardian_link import GuardianLink
-from .lifecycle import Exit
-from .log_folders import LogFolders, LogsUnusable
-from .process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
-from .protocol import QueueInfo, Slot
-from .settings import Settings
-from .store import Store
-from .store_attempts import Claimed
-from .young_attempts import YoungAttempts
+from queued import lifecycle
+from queued.lifecycle import Exit
+from queued.processes.attempt import Attempt
+from queued.processes.escapes import Escapes
+from queued.processes.guardian_link import GuardianLink
+from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
+from queued.processes.log_folders import LogFolders, LogsUnusable
+from queued.processes.young_attempts import YoungAttempts
+from queued.protocol import QueueInfo, Slot
+from queued.settings import Settings
+from queued.store.sqlite.attempts import Claimed
+from queued.store.sqlite.engine import Store
+from queued.store.writer import Call, Database, StorageError
 
 # Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
 # enough that the read stays cheap.

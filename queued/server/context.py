@@ -11,11 +11,12 @@ from typing import Any
 import msgspec
 import trio
 
-from . import config
-from . import protocol as p
-from .database import Database
-from .store import Refused, Store
-from .supervisor import Supervisor
+from queued import config
+from queued import protocol as p
+from queued.processes.supervisor import Supervisor
+from queued.settings import Settings
+from queued.store.sqlite.engine import Refused, Store
+from queued.store.writer import Database
 
 
 class Waiter:
@@ -73,7 +74,7 @@ class Daemon:
         socket_path: str,
         request_shutdown: Callable[[str], None],
         clock: Callable[[], float] = time.time,
-        defaults: settings.Settings | None = None,
+        defaults: Settings | None = None,
         sources: config.Sources | None = None,
     ) -> None:
         self.db = db
@@ -104,7 +105,7 @@ class Daemon:
             self.supervisor.set_concurrency(settings.concurrency)
 
     @property
-    def settings(self) -> settings.Settings:
+    def settings(self) -> Settings:
         return self.supervisor.settings
 
     async def queues_changed(self) -> list[p.QueueInfo]:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import trio
 
-from . import __version__, paths
-from . import protocol as p
-from .database import StorageError
+from queued import __version__, paths
+from queued import protocol as p
+from queued.store.writer import StorageError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[p.Request], Awaitable[p.Response]]

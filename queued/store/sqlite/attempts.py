@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from . import lifecycle
-from .lifecycle import Event, Exit, JobState
-from .protocol import ErrorCode
+from queued import lifecycle
+from queued.lifecycle import Event, Exit, JobState
+from queued.protocol import ErrorCode
 
 F = TypeVar("F", bound=Callable[..., Any])
 

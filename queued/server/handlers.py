@@ -10,13 +10,12 @@ import os
 import msgspec
 import trio
 
-from queued import validation
+from queued import __version__, config, lifecycle, validation
+from queued import protocol as p
+from queued.processes import descriptors
+from queued.server.context import Daemon, Handler, Waiter
 from queued.settings import config_key, format_config_value, parse_config_value, settings_as_config
-
-from . import __version__, config, descriptors, lifecycle
-from . import protocol as p
-from .handler_context import Daemon, Handler, Waiter
-from .store import Store
+from queued.store.sqlite.engine import Store
 
 
 async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
@@ -270,7 +269,7 @@ async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
 
 
 async def _clean(d: Daemon, r: p.CleanJobs) -> p.Response:
-    states = list(r.states) or sorted(p.TERMINAL_STATES)
+    states = list(r.states) or list(lifecycle.TERMINAL_STATES)
     cutoff = d.clock() - r.older_than if r.older_than is not None else None
     count, paths = await d.db.run(Store.clean, states, cutoff)
     _unlink(paths)

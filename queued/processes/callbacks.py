@@ -26,12 +26,12 @@ from collections.abc import Callable
 
 import trio
 
-from .database import Database
-from .guardian_link import GuardianLink
-from .process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
-from .protocol import Job
-from .settings import Settings
-from .store import Store
+from queued.processes.guardian_link import GuardianLink
+from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
+from queued.protocol import Job
+from queued.settings import Settings
+from queued.store.sqlite.engine import Store
+from queued.store.writer import Database
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 60.0

@@ -5,12 +5,10 @@ the queues that `pause --all` pauses)."""
 
 from __future__ import annotations
 
-from queued import validation
-
-from . import lifecycle
-from . import protocol as p
-from .handler_context import Daemon, Handler
-from .store import Refused, Store
+from queued import lifecycle, validation
+from queued import protocol as p
+from queued.server.context import Daemon, Handler
+from queued.store.sqlite.engine import Refused, Store
 
 
 async def _hold(d: Daemon, r: p.HoldJobs) -> p.Response:

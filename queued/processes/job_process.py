@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import trio
 
-from .escapes import LEADERS
-from .guardian import INSTANCE_VAR
-from .protocol import readable
+from queued.processes.escapes import LEADERS
+from queued.processes.guardian import INSTANCE_VAR
+from queued.protocol import readable
 
 SHELL = "/bin/sh"
 # A spawn that fails with these is the daemon's shortage, not the job's fault.

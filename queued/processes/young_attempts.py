@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import trio
 
-from .attempt import Attempt
+from queued.processes.attempt import Attempt
 
 QUICK_EXIT_SECONDS = 0.05
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from . import lifecycle
-from .lifecycle import Event
-from .store_attempts import ADDS, Refused, effect
-from .validation import NewJob
+from queued import lifecycle
+from queued.lifecycle import Event
+from queued.store.sqlite.attempts import ADDS, Refused, effect
+from queued.validation import NewJob
 
 
 class JobChanging:

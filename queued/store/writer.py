@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 import trio
 
-from .schema import FileWatch
-from .store import Refused, Store
-from .store_attempts import ADDS, READ, SUPERVISOR
+from queued.store.sqlite.attempts import ADDS, READ, SUPERVISOR
+from queued.store.sqlite.engine import Refused, Store
+from queued.store.sqlite.schema import FileWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import trio
 
-from .escapes import OWNED
-from .guardian import INSTANCE_VAR
+from queued.processes.escapes import OWNED
+from queued.processes.guardian import INSTANCE_VAR
 
 log = logging.getLogger(__name__)
 STALL_SECONDS = 2.0
@@ -67,7 +67,7 @@ class GuardianLink:
             initial = b"".join(b"+%d\n" % pgid for pgid in self.groups)
             written = _write(write_end, initial)
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "queued.guardian", self.token],
+                [sys.executable, "-m", "queued.processes.guardian", self.token],
                 stdin=read_end,
                 pass_fds=self.keep_fds,
                 start_new_session=True,

@@ -1,0 +1,1 @@
+"""The process side: the supervisor and what runs, watches and guards job processes."""

@@ -1,0 +1,1 @@
+"""The socket side: connections, framing and the request handlers."""

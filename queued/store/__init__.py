@@ -1,0 +1,1 @@
+"""The store: what the daemon keeps, behind one interface."""
