@@ -1,6 +1,7 @@
 """queuectl's commands that change jobs already added: hold and release, edit
 and restart, pause, resume and kill (what pueue's stash, enqueue, edit,
-restart, pause, start and kill do). Imported only when one of them runs."""
+restart, pause, start and kill do). Imported only when one of them runs
+(queuectl.cli adds `registry`'s commands to its own)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,10 @@ import msgspec
 
 from queued.protocol import JobChanges
 
-from .cli import COUNT, DURATION, JOB_ID, QUEUE, Moment, _ids, cli, client
-from .completion import JobIdType
+from .context import client, ids_text
+from .options import COUNT, DURATION, EDITABLE_JOB, HELD_JOB, HOLDABLE_JOB, JOB_ID, QUEUE, RUNNING_JOB, Moment
 
-WAITING_JOB = JobIdType(("pending", "failed"))
-HELD_JOB = JobIdType(("held",))
-EDITABLE_JOB = JobIdType(("pending", "held", "failed"))
-RUNNING_JOB = JobIdType(("running",))
+registry = click.Group()  # this module's commands; queuectl.cli adds them to its own group
 
 
 class SignalType(click.ParamType):
@@ -96,8 +94,8 @@ def _changes(opts: dict[str, Any]) -> JobChanges:
     )
 
 
-@cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=WAITING_JOB)
+@registry.command()
+@click.argument("job_ids", nargs=-1, required=True, type=HOLDABLE_JOB)
 def hold(job_ids: tuple[int, ...]) -> None:
     """Keep pending or failed jobs from starting until `queuectl release` (pueue stash).
 
@@ -105,10 +103,10 @@ def hold(job_ids: tuple[int, ...]) -> None:
     Example:
       queuectl hold 7 8 && queuectl release 7
     """
-    click.echo(f"holding {_ids(client().hold(*job_ids))}")
+    click.echo(f"holding {ids_text(client().hold(*job_ids))}")
 
 
-@cli.command()
+@registry.command()
 @click.argument("job_ids", nargs=-1, required=True, type=HELD_JOB)
 def release(job_ids: tuple[int, ...]) -> None:
     """Let held jobs run (pueue enqueue); each waits for its time and dependencies as before.
@@ -117,10 +115,10 @@ def release(job_ids: tuple[int, ...]) -> None:
     Example:
       queuectl add --hold -- ./deploy.sh && queuectl release last
     """
-    click.echo(f"released {_ids(client().release(*job_ids))}")
+    click.echo(f"released {ids_text(client().release(*job_ids))}")
 
 
-@cli.command()
+@registry.command()
 @click.argument("job_id", type=EDITABLE_JOB)
 @change_options
 def edit(job_id: int, **opts: Any) -> None:
@@ -161,7 +159,7 @@ def _edit_command(job_id: int) -> str | None:
     return edited.strip("\n")
 
 
-@cli.command()
+@registry.command()
 @click.argument("job_id", type=JOB_ID)
 @change_options
 @click.option("--hold", is_flag=True, help="Hold the copy until `queuectl release`.")
@@ -193,12 +191,12 @@ def _pause_or_resume(job_ids: tuple[int, ...], every: bool, paused: bool) -> Non
         ids = client().resume_jobs(*job_ids, every=every)
     verb = "paused" if paused else "resumed"
     if every:
-        click.echo(f"every queue {verb}" + (f", and {_ids(ids)}" if ids else ""))
+        click.echo(f"every queue {verb}" + (f", and {ids_text(ids)}" if ids else ""))
     else:
-        click.echo(f"{verb} {_ids(ids)}" if ids else f"nothing to do: already {verb}")
+        click.echo(f"{verb} {ids_text(ids)}" if ids else f"nothing to do: already {verb}")
 
 
-@cli.command()
+@registry.command()
 @click.argument("job_ids", nargs=-1, type=RUNNING_JOB)
 @click.option("-a", "--all", "every", is_flag=True, help="Every running job, and every queue.")
 def pause(job_ids: tuple[int, ...], every: bool) -> None:
@@ -213,7 +211,7 @@ def pause(job_ids: tuple[int, ...], every: bool) -> None:
     _pause_or_resume(job_ids, every, paused=True)
 
 
-@cli.command()
+@registry.command()
 @click.argument("job_ids", nargs=-1, type=RUNNING_JOB)
 @click.option("-a", "--all", "every", is_flag=True, help="Every paused job, and every queue.")
 def resume(job_ids: tuple[int, ...], every: bool) -> None:
@@ -226,7 +224,7 @@ def resume(job_ids: tuple[int, ...], every: bool) -> None:
     _pause_or_resume(job_ids, every, paused=False)
 
 
-@cli.command()
+@registry.command()
 @click.argument("job_ids", nargs=-1, required=True, type=RUNNING_JOB)
 @click.option(
     "-s", "--signal", "sig", type=SignalType(), default="TERM", show_default=True, help="Name or number."
@@ -248,4 +246,4 @@ def kill(job_ids: tuple[int, ...], sig: int) -> None:
         name = signal.Signals(sig).name
     except ValueError:
         name = f"signal {sig}"
-    click.echo(f"sent {name} to {_ids(ids)}")
+    click.echo(f"sent {name} to {ids_text(ids)}")

@@ -14,65 +14,29 @@ from typing import Any, NoReturn
 import click
 
 from queued import __version__
-from queued.durations import parse_duration
-from queued.lifecycle import STATES, TERMINAL_STATES
-from queued.protocol import MAX_RETRIES, MAX_SECONDS, JobSpec
+from queued.lifecycle import COMPLETED, DEAD, TERMINAL_STATES
+from queued.protocol import JobSpec
 
 from .client import Client, DaemonError, DaemonUnreachable, InvalidRequest, PartlyDone, QueuectlError
-from .completion import JobIdType, QueueNameType
+from .context import client, emit_json, ids_text
+from .options import (
+    CANCELABLE_JOB,
+    COUNT,
+    COUNT_FROM_1,
+    DEAD_JOB,
+    DURATION,
+    FINISHED_JOB,
+    FINISHED_STATE,
+    JOB_ID,
+    QUEUE,
+    RETRYABLE_JOB,
+    STATE,
+    Moment,
+    json_option,
+)
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 124
 FOLLOW_INTERVAL = 0.2  # seconds between reads when following a log
-
-
-class Duration(click.ParamType):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds > MAX_SECONDS:
-            self.fail(f"{value!r} is longer than 10 years, the longest queued keeps", param, ctx)
-        return seconds
-
-
-class Moment(click.ParamType):
-    name = "time"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        from .jobfile import parse_time
-
-        try:
-            return parse_time(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
-POSITIVE_DURATION = DURATION
-COUNT = click.IntRange(min=0, max=MAX_RETRIES)
-COUNT_FROM_1 = click.IntRange(min=1, max=MAX_RETRIES + 1)
-STATE = click.Choice(STATES)
-JOB_ID = JobIdType()
-UNFINISHED_JOB = JobIdType(("pending", "held", "running", "failed"))
-FINISHED_JOB = JobIdType(sorted(TERMINAL_STATES))
-DEAD_JOB = JobIdType(("dead",))
-QUEUE = QueueNameType()
-
-
-def client() -> Client:
-    return click.get_current_context().find_object(Client)  # type: ignore[return-value]
-
-
-def emit_json(value: Any) -> None:
-    """Indented JSON of plain values or protocol Structs."""
-    import msgspec
-
-    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
 def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
@@ -81,35 +45,36 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
     sys.exit(code)
 
 
-def json_option(f: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
-
-
 class Commands(click.Group):
     """queuectl's commands. Those about the daemon itself (status, workers,
     queue, config, shutdown, completion) live in `queuectl.commands`, those
-    that change jobs already added in `queuectl.changing`, imported only when
-    one of them runs or the whole list is wanted."""
+    that change jobs already added in `queuectl.changing`: each gathers its
+    own in a `registry` group, added here only when one of them runs or the
+    whole list is wanted, so that `queuectl add` never imports them."""
+
+    lazy_loaded = False
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and _load_daemon_commands():
+        if command is None and self._load_lazy_commands():
             command = super().get_command(ctx, cmd_name)
         return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        _load_daemon_commands()
+        self._load_lazy_commands()
         return super().list_commands(ctx)
 
+    def _load_lazy_commands(self) -> bool:
+        """Add the commands of queuectl.commands and queuectl.changing; False if they were already."""
+        if self.lazy_loaded:
+            return False
+        self.lazy_loaded = True
+        from . import changing, commands
 
-def _load_daemon_commands() -> bool:
-    """Import queuectl.commands and queuectl.changing (they register on `cli`);
-    False if they were already."""
-    if "queuectl.commands" in sys.modules:
-        return False
-    from . import changing, commands  # noqa: F401
-
-    return True
+        for module in (commands, changing):
+            for name, command in module.registry.commands.items():
+                self.add_command(command, name)
+        return True
 
 
 @click.group(
@@ -492,7 +457,7 @@ def wait(job_ids: tuple[int, ...], every: bool, timeout: float | None, as_json: 
         emit_json([output.job_json(job) for job in result.jobs])
     else:
         for job in result.jobs:
-            if job.state != "completed":
+            if job.state != COMPLETED:
                 reason = f": {job.error}" if job.error else ""
                 click.echo(f"job {job.id} {job.state}{reason}", err=True)
     if result.timed_out:
@@ -501,7 +466,7 @@ def wait(job_ids: tuple[int, ...], every: bool, timeout: float | None, as_json: 
             f"{len(result.jobs)} jobs finished",
             EXIT_TIMEOUT,
         )
-    if any(job.state != "completed" for job in result.jobs):
+    if any(job.state != COMPLETED for job in result.jobs):
         sys.exit(EXIT_REFUSED)
 
 
@@ -509,9 +474,9 @@ def wait(job_ids: tuple[int, ...], every: bool, timeout: float | None, as_json: 
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=UNFINISHED_JOB)
+@click.argument("job_ids", nargs=-1, required=True, type=CANCELABLE_JOB)
 def cancel(job_ids: tuple[int, ...]) -> None:
-    """Cancel pending, failed or running jobs (a running one's process group is stopped).
+    """Cancel pending, held, failed or running jobs (a running one's process group is stopped).
 
     \b
     Example:
@@ -521,11 +486,11 @@ def cancel(job_ids: tuple[int, ...]) -> None:
         ids = client().cancel(*job_ids)
     except PartlyDone as exc:  # the others were canceled all the same
         if exc.done:
-            click.echo(f"canceled {_ids(exc.done)}")
+            click.echo(f"canceled {ids_text(exc.done)}")
         for job_id in sorted(exc.refused):
             click.echo(f"queuectl: {exc.refused[job_id]}", err=True)
         sys.exit(EXIT_REFUSED)
-    click.echo(f"canceled {_ids(ids)}")
+    click.echo(f"canceled {ids_text(ids)}")
 
 
 @cli.command()
@@ -538,11 +503,11 @@ def rm(job_ids: tuple[int, ...]) -> None:
       queuectl rm 7
     """
     ids = client().remove(*job_ids)
-    click.echo(f"removed {_ids(ids)}")
+    click.echo(f"removed {ids_text(ids)}")
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, type=FINISHED_JOB)
+@click.argument("job_ids", nargs=-1, required=True, type=RETRYABLE_JOB)
 def retry(job_ids: tuple[int, ...]) -> None:
     """Run completed, dead or canceled jobs again, attempts reset.
 
@@ -551,11 +516,7 @@ def retry(job_ids: tuple[int, ...]) -> None:
       queuectl retry 7
     """
     ids = client().retry(*job_ids)
-    click.echo(f"retrying {_ids(ids)}")
-
-
-def _ids(ids: list[int]) -> str:
-    return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
+    click.echo(f"retrying {ids_text(ids)}")
 
 
 @cli.group()
@@ -578,7 +539,7 @@ def dlq_ls(limit: int | None, as_json: bool) -> None:
     Example:
       queuectl dlq ls --json
     """
-    _print_jobs(client().list(states=["dead"], limit=limit), as_json)
+    _print_jobs(client().list(states=[DEAD], limit=limit), as_json)
 
 
 @dlq.command("retry")
@@ -594,7 +555,7 @@ def dlq_retry(job_ids: tuple[int, ...], every: bool) -> None:
     if not job_ids and not every:
         raise click.UsageError("name the jobs to retry, or --all")
     ids = client().retry(*job_ids, all_dead=every)
-    click.echo(f"retrying {_ids(ids)}" if ids else "no dead jobs")
+    click.echo(f"retrying {ids_text(ids)}" if ids else "no dead jobs")
 
 
 @dlq.command("purge")
@@ -605,7 +566,7 @@ def dlq_purge() -> None:
     Example:
       queuectl dlq purge
     """
-    count = client().clean(states=["dead"])
+    count = client().clean(states=[DEAD])
     click.echo(f"purged {count} dead job{'s' * (count != 1)}")
 
 
@@ -615,7 +576,7 @@ def dlq_purge() -> None:
     "-s",
     "--state",
     "states",
-    type=click.Choice(sorted(TERMINAL_STATES)),
+    type=FINISHED_STATE,
     multiple=True,
     help="Only this state (repeatable) [completed, dead, canceled].",
 )

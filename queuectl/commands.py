@@ -1,4 +1,6 @@
-"""queuectl's commands about the daemon itself: status, workers, queues, config, shutdown."""
+"""queuectl's commands about the daemon itself: status, workers, queues, config,
+shutdown, completion. Imported only when one of them runs (queuectl.cli adds
+`registry`'s commands to its own)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ import time
 
 import click
 
-from .cli import QUEUE, cli, client, emit_json, json_option
 from .completion import SHELLS, completion_script
+from .context import client, emit_json
+from .options import QUEUE, json_option
+
+registry = click.Group()  # this module's commands; queuectl.cli adds them to its own group
 
 
-@cli.command()
+@registry.command()
 @json_option
 def status(as_json: bool) -> None:
     """Counts by state, slots in use, queues, daemon version and uptime.
@@ -28,7 +33,7 @@ def status(as_json: bool) -> None:
         click.echo(output.status_block(result, now=time.time()))
 
 
-@cli.group()
+@registry.group()
 def workers() -> None:
     """The job slots.
 
@@ -71,7 +76,7 @@ def workers_scale(count: int) -> None:
     click.echo(client().request(ScaleWorkers(concurrency=count), Ok).message)
 
 
-@cli.group()
+@registry.group()
 def queue() -> None:
     """Named queues, each with its own concurrency limit.
 
@@ -157,7 +162,7 @@ def queue_resume(name: str) -> None:
     click.echo(client().resume(name))
 
 
-@cli.group()
+@registry.group()
 def config() -> None:
     """Persisted defaults: max-retries, backoff-base, backoff-max, timeout, concurrency,
     log-max-size, kill-grace, on-finish (a command run as each job ends).
@@ -213,7 +218,7 @@ def config_set(key: str, value: str) -> None:
     click.echo(client().config_set(key, value))
 
 
-@cli.command()
+@registry.command()
 @click.option(
     "--graceful", "mode", flag_value="graceful", default=True, help="Let running jobs finish first (default)."
 )
@@ -228,7 +233,7 @@ def shutdown(mode: str) -> None:
     click.echo(client().shutdown(mode))
 
 
-@cli.command()
+@registry.command()
 @click.argument("shell", type=click.Choice(SHELLS))
 def completion(shell: str) -> None:
     """Print the shell completion script (job ids and queue names come from the daemon).
@@ -238,4 +243,4 @@ def completion(shell: str) -> None:
       source <(queuectl completion bash)     # or put it in ~/.bashrc
       queuectl completion fish > ~/.config/fish/completions/queuectl.fish
     """
-    click.echo(completion_script(cli, shell))
+    click.echo(completion_script(click.get_current_context().find_root().command, shell))

@@ -13,17 +13,30 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from queued.durations import format_duration, format_duration_exact
+from queued.lifecycle import (
+    CANCELED,
+    COMPLETED,
+    DEAD,
+    EDITABLE_STATES,
+    FAILED,
+    HELD,
+    PENDING,
+    RUNNING,
+    TERMINAL_STATES,
+    UNFINISHED_STATES,
+)
 from queued.protocol import Job, JobDetail, QueueInfo, Run, Status, Workers
 
 _STATE_COLOURS = {
-    "pending": "cyan",
-    "held": "white",
-    "running": "blue",
-    "completed": "green",
-    "failed": "yellow",
-    "dead": "red",
-    "canceled": "magenta",
+    PENDING: "cyan",
+    HELD: "white",
+    RUNNING: "blue",
+    COMPLETED: "green",
+    FAILED: "yellow",
+    DEAD: "red",
+    CANCELED: "magenta",
 }
+_BOLD_STATES = (FAILED, DEAD)  # a failure to look at: awaiting its retry, or out of them
 _TIME_FIELDS = ("run_at", "created_at", "updated_at", "started_at", "ended_at")
 
 
@@ -51,7 +64,7 @@ def paint(text: str, state: str, colour: bool) -> str:
         return text
     import click
 
-    return click.style(text, fg=_STATE_COLOURS[state], bold=state in ("dead", "failed"))
+    return click.style(text, fg=_STATE_COLOURS[state], bold=state in _BOLD_STATES)
 
 
 def relative(when: float | None, now: float) -> str:
@@ -148,7 +161,7 @@ def state_text(job: Job) -> str:
 
 def _when(job: Job, now: float) -> str:
     """When a job runs next (a waiting one: what it waits for), or last changed."""
-    if job.state in ("pending", "held", "failed"):
+    if job.state in EDITABLE_STATES:  # it has not started: when it runs is ahead
         if job.waiting_on:
             return "after " + ",".join(map(str, job.waiting_on))
         return relative(job.run_at, now)
@@ -248,7 +261,7 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         f"  created:     {absolute(job.created_at)} ({relative(job.created_at, now)})",
         f"  updated:     {absolute(job.updated_at)} ({relative(job.updated_at, now)})",
     ]
-    if job.state in ("pending", "held", "failed"):
+    if job.state in EDITABLE_STATES:  # it has not started: when it runs is ahead
         lines.append(f"  runs at:     {absolute(job.run_at)} ({relative(job.run_at, now)})")
     if detail.runs:
         rows = []
@@ -309,7 +322,7 @@ def status_json(status: Status) -> dict[str, Any]:
     return data
 
 
-_COUNTED_STATES = ("pending", "held", "running", "failed", "completed", "dead", "canceled")
+_COUNTED_STATES = UNFINISHED_STATES + TERMINAL_STATES  # the unfinished first, then the finished
 
 
 def status_block(status: Status, *, now: float) -> str:

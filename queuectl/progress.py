@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from queued.lifecycle import TERMINAL_STATES
+from queued.lifecycle import ENDED_BADLY_STATES, FAILED, RUNNING, TERMINAL_STATES, UNFINISHED_STATES
 from queued.protocol import Job, Waited
 
 from .client import Client
@@ -18,10 +18,10 @@ def progress_line(jobs: Sequence[Job]) -> str:
     """`3/10 done, 2 running, 5 waiting (1 to retry), 1 failed`: every job is in
     one of done, running and waiting; `failed` are the done that did not complete."""
     done = sum(job.state in TERMINAL_STATES for job in jobs)
-    running = sum(job.state == "running" for job in jobs)
-    retrying = sum(job.state == "failed" for job in jobs)
+    running = sum(job.state == RUNNING for job in jobs)
+    retrying = sum(job.state == FAILED for job in jobs)
     waiting = len(jobs) - done - running
-    failed = sum(job.state in TERMINAL_STATES and job.state != "completed" for job in jobs)
+    failed = sum(job.state in ENDED_BADLY_STATES for job in jobs)
     to_retry = f" ({retrying} to retry)" if retrying else ""
     return f"{done}/{len(jobs)} done, {running} running, {waiting} waiting{to_retry}, {failed} failed"
 
@@ -29,7 +29,7 @@ def progress_line(jobs: Sequence[Job]) -> str:
 def wait_with_progress(client: Client, ids: Sequence[int], timeout: float | None, out: TextIO) -> Waited:
     """Like Client.wait, redrawing the progress line every half second."""
     if not ids:  # "every unfinished job", fixed now so that the total stays put
-        ids = [job.id for job in client.list(states=("pending", "held", "running", "failed"))]
+        ids = [job.id for job in client.list(states=UNFINISHED_STATES)]
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:

@@ -4,6 +4,8 @@ files, `enqueue` JSON, and exit code 2 for anything malformed."""
 from __future__ import annotations
 
 import io
+import re
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from queuectl.cli import cli
+from queuectl.completion import JobIdType
 from queuectl.jobfile import JobFileError, parse_time, spec_from_json, specs_from_lines
+from queued import lifecycle
+from queued.lifecycle import Event
 from queued.protocol import JobSpec
 
 DEFAULTS = JobSpec(command="-")
@@ -311,3 +316,48 @@ def test_every_help_has_an_example(path: tuple[str, ...]) -> None:
     assert result.exit_code == 0
     assert "queuectl " in result.output.split("Example", 1)[-1], result.output
     assert "Example" in result.output
+
+
+# -- the states a command takes: lifecycle's, and its help says them ------------------------------
+
+_STATE_ARGUMENTS = {
+    ("cancel",): lifecycle.states_that_can(Event.CANCEL),
+    ("hold",): lifecycle.states_that_can(Event.HOLD),
+    ("release",): lifecycle.states_that_can(Event.RELEASE),
+    ("retry",): lifecycle.states_that_can(Event.RETRY),
+    ("dlq", "retry"): (lifecycle.DEAD,),
+    ("edit",): lifecycle.EDITABLE_STATES,
+    ("rm",): lifecycle.TERMINAL_STATES,
+    ("pause",): (lifecycle.RUNNING,),
+    ("kill",): (lifecycle.RUNNING,),
+}
+
+
+def _command(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.get_command(click.Context(command), name)  # type: ignore[assignment]
+    return command
+
+
+@pytest.mark.parametrize("path", list(_STATE_ARGUMENTS), ids=" ".join)
+def test_job_ids_complete_to_the_states_the_daemon_accepts(path: tuple[str, ...]) -> None:
+    [argument] = [p for p in _command(path).params if isinstance(p.type, JobIdType)]
+    assert set(argument.type.states) == set(_STATE_ARGUMENTS[path])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", [("cancel",), ("hold",), ("release",), ("retry",), ("edit",)], ids=" ".join)
+def test_help_names_every_state_the_command_takes(path: tuple[str, ...]) -> None:
+    """`Cancel pending, failed or running jobs` left held ones out, which cancel takes too."""
+    summary = _command(path).help.split("\n")[0]  # type: ignore[union-attr]
+    named = {state for state in lifecycle.STATES if re.search(rf"\b{state}\b", summary)}
+    assert named == set(_STATE_ARGUMENTS[path]), summary
+
+
+def test_the_lazy_commands_import_nothing_above_them() -> None:
+    """queuectl.commands and queuectl.changing stand below queuectl.cli (no circle):
+    importing them imports no queuectl.cli."""
+    script = "import sys, queuectl.commands, queuectl.changing\nprint('queuectl.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
