@@ -32,9 +32,9 @@ from queued.server import handlers, handlers_changes
 from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
-from queued.store.sqlite import schema
-from queued.store.sqlite.engine import Store
-from queued.store.writer import Database
+from queued.store import Changes, Store
+from queued.store.sqlite import DatabaseUnusable, SqliteStore
+from queued.store.writer import Kind, Writer
 from queued.systemd import Notifier, inherited_listener
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,17 @@ def prepare_data_dir(data_dir: Path) -> None:
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
 
 
-def recover(store: Store, backoff_max: float, now: float) -> int:
+def recover(db: Writer, backoff_max: float, now: float) -> int:
     """Record attempts cut short by the previous daemon's death as interrupted."""
-    interrupted = store.interrupted()
-    store.conn.execute("BEGIN IMMEDIATE")
-    for job in interrupted:
-        state = store.finish(job, lifecycle.INTERRUPTED, backoff_max, now)
+    recovered = db.run_now(Kind.RECORD, Store.recover, backoff_max, now)
+    for attempt in recovered:
         log.warning(
-            "job %d was running when queued stopped: attempt %d interrupted, now %s", job.id, job.run, state
+            "job %d was running when queued stopped: attempt %d interrupted, now %s",
+            attempt.job_id,
+            attempt.run,
+            attempt.state,
         )
-    store.ensure_queue("default", now)
-    store.conn.execute("COMMIT")
-    return len(interrupted)
+    return len(recovered)
 
 
 def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> Settings:
@@ -133,15 +132,19 @@ class Runner:
     async def _run_locked(self, lock_fd: int, task_status: trio.TaskStatus[Runner]) -> None:
         config = self.config
         try:
-            conn = schema.connect(config.data_dir / "queue.db")
-        except schema.DatabaseUnusable as exc:
+            engine = SqliteStore.open(config.data_dir / "queue.db")
+        except DatabaseUnusable as exc:
             raise StartupError(str(exc)) from None
-        store = Store(conn)
+        db = Writer(engine, on_commit=self._committed)
         try:
-            settings = effective_settings(config, store.config())
+            settings = effective_settings(config, db.run_now(Kind.READ, Store.config))
+            recover(db, settings.backoff_max, time.time())
         except ValueError as exc:
+            engine.close()
             raise StartupError(f"bad configuration: {exc}") from None
-        recover(store, settings.backoff_max, time.time())
+        except BaseException:
+            engine.close()
+            raise
         instance = secrets.token_hex(8)
         stop_previous_instance(config.data_dir, instance)
         guardian = GuardianLink(instance, keep_fds=(lock_fd,), on_started=self._guardian_started(lock_fd))
@@ -156,18 +159,12 @@ class Runner:
             guardian.close()
             raise
         try:
-            watchers = Watchers()
-
-            def finished(ids: list[int]) -> None:
-                watchers.notify(ids)
-                self.callbacks.notify(ids)
-
-            db = Database(store, on_finished=finished)
+            self.watchers = watchers = Watchers()
             self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
             self.callbacks = Callbacks(
                 db, settings, guardian, JobEnvironments(instance), self.supervisor.look_for_orphans
             )
-            self.supervisor.set_queues(store.queues())
+            self.supervisor.set_queues(db.run_now(Kind.READ, Store.queues))
             self.daemon = Daemon(
                 db,
                 self.supervisor,
@@ -219,15 +216,18 @@ class Runner:
                 except OSError:
                     pass
             guardian.close()
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except Exception as exc:
-                log.warning("final checkpoint not done (%s): the next start replays the WAL", exc)
-            try:
-                conn.close()
-            except Exception as exc:
-                log.warning("database not closed cleanly (%s): the next start replays the WAL", exc)
+            engine.close()
             log.info("queued stopped")
+
+    def _committed(self, changes: Changes) -> None:
+        """The writer's one subscriber: what a commit changed, told to whoever
+        must learn of it (waiters and on-finish commands of finished jobs; the
+        supervisor, when a job became claimable that may outrank its read-ahead)."""
+        if changes.finished:
+            self.watchers.notify(changes.finished)
+            self.callbacks.notify(changes.finished)
+        if changes.reordered:
+            self.supervisor.wake()
 
     def _guardian_started(self, lock_fd: int) -> Callable[[int], None]:
         def started(pid: int) -> None:
@@ -250,15 +250,16 @@ class Runner:
             await self.supervisor.abort()
             self.request_shutdown("now")
 
-    async def _report_status(self, db: Database) -> None:
+    async def _report_status(self, db: Writer) -> None:
         """READY=1 once serving, then STATUS= after changes, at most once a second."""
         first = True
         while True:
             change = self.supervisor.next_change()
-            counts = await db.run(Store.counts)
+            counts = await db.read(Store.counts)
             status = (
-                f"{len(self.supervisor.running)} running, {counts['pending'] + counts['failed']} "
-                f"waiting, {counts['completed']} completed, {counts['dead']} dead"
+                f"{len(self.supervisor.running)} running, "
+                f"{sum(counts[state] for state in lifecycle.WAITING_STATES)} waiting, "
+                f"{counts[lifecycle.COMPLETED]} completed, {counts[lifecycle.DEAD]} dead"
             )
             if first:
                 self.notifier.ready(status)
@@ -326,7 +327,7 @@ class Runner:
     async def log_state(self) -> None:
         """Log the daemon's state (SIGUSR1)."""
         d = self.daemon
-        counts = await d.db.run(Store.counts)
+        counts = await d.db.read(Store.counts)
         for line in signals.state_report(
             now=trio.current_time(),
             clock_now=time.time(),

@@ -146,9 +146,13 @@ _DONE = {
 }
 
 
+# The order a refusal lists states in: the waiting ones, the running, the finished.
+_SPOKEN_ORDER: tuple[JobState, ...] = (PENDING, HELD, FAILED, RUNNING, COMPLETED, DEAD, CANCELED)
+
+
 def refusal(job_id: int, state: str, event: Event) -> str:
     """Why `event` was refused for a job in `state`, naming the states it applies to."""
-    allowed = states_that_can(event)
+    allowed = sorted(states_that_can(event), key=_SPOKEN_ORDER.index)
     listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
     return f"job {job_id} is {state}: only {listed} jobs can be {_DONE.get(event, event.value)}"
 

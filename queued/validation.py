@@ -6,14 +6,19 @@ ValueError, in the user's words, for anything that could never run. Pure:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from msgspec import Struct
 
 from queued.protocol import JobChanges, JobSpec, readable
 
-if TYPE_CHECKING:
-    from queued.settings import Settings
+
+class JobDefaults(Protocol):
+    """What a new job takes from the settings where its request is silent."""
+
+    max_retries: int
+    backoff_base: float
+    timeout: float | None
 
 
 class NewJob(Struct, kw_only=True):
@@ -100,7 +105,7 @@ def check_spec(spec: JobSpec) -> None:
     check_environment(spec.env)
 
 
-def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: Settings, now: float) -> NewJob:
+def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: JobDefaults, now: float) -> NewJob:
     """Fill `spec`'s gaps from the request and the settings; ValueError names what
     is wrong. The request's `env` is the caller's to check, once per request."""
     check_spec(spec)

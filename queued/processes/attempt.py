@@ -17,7 +17,7 @@ import trio
 from queued import lifecycle
 from queued.lifecycle import Exit
 from queued.processes.job_process import CappedLog, JobProcess
-from queued.store.sqlite.attempts import Claimed
+from queued.store import Claimed
 from queued.store.writer import Call
 
 # After the leader exits, output still buffered in the pipes is drained for at

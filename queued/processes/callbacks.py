@@ -30,8 +30,8 @@ from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from queued.protocol import Job
 from queued.settings import Settings
-from queued.store.sqlite.engine import Store
-from queued.store.writer import Database
+from queued.store import Store
+from queued.store.writer import Writer
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 60.0
@@ -44,7 +44,7 @@ READ_GRACE_SECONDS = 1.0  # for a pipe an escaped process still holds
 class Callbacks:
     def __init__(
         self,
-        db: Database,
+        db: Writer,
         settings: Settings,
         guardian: GuardianLink,
         environments: JobEnvironments,
@@ -87,7 +87,7 @@ class Callbacks:
                 command = self.settings.on_finish
                 if command is None:  # unset meanwhile
                     continue
-                for job in await self.db.run(Store.jobs_by_id, ids):
+                for job in await self.db.read(Store.jobs_by_id, ids):
                     slot = object()  # borrowed here, given back by the callback's task
                     await self._limiter.acquire_on_behalf_of(slot)
                     self._running += 1

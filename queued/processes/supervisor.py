@@ -14,8 +14,8 @@ Starting from memory: the loop reads the next due jobs ahead (`Store.lookahead`)
 and starts them one by one as slots free up, queueing each start's record
 (`Store.start`) behind the process instead of waiting for a commit before
 it. The jobs read ahead stay valid while no call that could make one of them
-unclaimable has been queued since the read (`Database.epoch`), and no job that
-could outrank them has appeared (`Database.additions`, a due time reached).
+unclaimable has been queued since the read (`Writer.epoch`), and no job that
+could outrank them has appeared (`Writer.additions`, a due time reached).
 Records run in the order they are queued, so a start is on disk before its
 attempt's end, and before any later request sees the job. A crash before the
 start's commit leaves the job pending: it runs again, as a job running at the
@@ -53,9 +53,8 @@ from queued.processes.log_folders import LogFolders, LogsUnusable
 from queued.processes.young_attempts import YoungAttempts
 from queued.protocol import QueueInfo, Slot
 from queued.settings import Settings
-from queued.store.sqlite.attempts import Claimed
-from queued.store.sqlite.engine import Store
-from queued.store.writer import Call, Database, StorageError
+from queued.store import Claimed, StorageError, Store
+from queued.store.writer import Call, Writer
 
 # Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
 # enough that the read stays cheap.
@@ -74,7 +73,7 @@ log = logging.getLogger(__name__)
 class Supervisor:
     def __init__(
         self,
-        db: Database,
+        db: Writer,
         settings: Settings,
         logs_dir: Path,
         guardian: GuardianLink,
@@ -109,7 +108,6 @@ class Supervisor:
         self._starting = False  # in _start_ahead (a failed spawn ends at once)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self._escapes = Escapes(instance, running=self._running_keys, grace=lambda: self.settings.kill_grace)
-        db.on_reordered = self.wake
 
     # -- commands from the handlers ---------------------------------------------
 
@@ -269,7 +267,7 @@ class Supervisor:
     async def _next_timer(self) -> float:
         """When the store's next job is due in a queue that has room."""
         open_queues = [name for name, n in self._queue_room().items() if n > 0]
-        due = await self.db.run(Store.next_due, self.clock(), open_queues)
+        due = await self.db.read(Store.next_due, self.clock(), open_queues)
         return self._deadline(math.inf if due is None else due)
 
     def _deadline(self, when: float) -> float:
@@ -294,7 +292,7 @@ class Supervisor:
         marks = (self.db.epoch, self.db.additions)
         queues = [name for name, queue in self.queues.items() if not queue.paused]
         limit = self.settings.concurrency + AHEAD_EXTRA
-        ahead = await self.db.run(
+        ahead = await self.db.read(
             Store.lookahead,
             now=now,
             horizon=now + AHEAD_SECONDS,
@@ -360,7 +358,7 @@ class Supervisor:
         if free <= 0 or not any(room.values()):
             return 0
         busy = list(self.running)
-        claimed = await self.db.run(Store.claim, now=now, slots=free, queue_room=room, busy=busy)
+        claimed = await self.db.record_now(Store.claim, now=now, slots=free, queue_room=room, busy=busy)
         for started, job in enumerate(claimed):
             if not self._start(job, now, committed=True):
                 for unstarted in claimed[started:]:  # no descriptor free: they wait again

@@ -21,7 +21,7 @@ import trio
 
 from queued import __version__, paths
 from queued import protocol as p
-from queued.store.writer import StorageError
+from queued.store import StorageError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[p.Request], Awaitable[p.Response]]

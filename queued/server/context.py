@@ -15,8 +15,8 @@ from queued import config
 from queued import protocol as p
 from queued.processes.supervisor import Supervisor
 from queued.settings import Settings
-from queued.store.sqlite.engine import Refused, Store
-from queued.store.writer import Database
+from queued.store import Refused, Store
+from queued.store.writer import Writer
 
 
 class Waiter:
@@ -66,7 +66,7 @@ class Daemon:
 
     def __init__(
         self,
-        db: Database,
+        db: Writer,
         supervisor: Supervisor,
         watchers: Watchers,
         *,
@@ -110,7 +110,7 @@ class Daemon:
 
     async def queues_changed(self) -> list[p.QueueInfo]:
         """After a change of queues committed: the supervisor learns them anew."""
-        queues = await self.db.run(Store.queues)
+        queues = await self.db.read(Store.queues)
         self.supervisor.set_queues(queues)
         return queues
 

@@ -1,5 +1,5 @@
 """Request handlers: one function per request type, from a decoded request to a
-response. Mutations go through `Database.run` (so they are answered after the
+response. Mutations go through `Writer.run` (so they are answered after the
 commit) and then tell the supervisor what changed."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from queued import protocol as p
 from queued.processes import descriptors
 from queued.server.context import Daemon, Handler, Waiter
 from queued.settings import config_key, format_config_value, parse_config_value, settings_as_config
-from queued.store.sqlite.engine import Store
+from queued.store import Store
 
 
 async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
@@ -36,13 +36,13 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
         except ValueError as exc:
             prefix = f"job {index + 1} of {len(r.jobs)}: " if len(r.jobs) > 1 else ""
             return p.Error(code="invalid", message=f"{prefix}{exc}")
-    ids = await d.db.run(Store.add_jobs, jobs, now)
+    ids = await d.db.add(Store.add_jobs, jobs, now)
     d.supervisor.wake()
     return p.Added(ids=ids)
 
 
 async def _get(d: Daemon, r: p.GetJob) -> p.Response:
-    job, runs, env = await d.db.run(Store.get_job, r.id)
+    job, runs, env = await d.db.read(Store.get_job, r.id)
     [job] = _with_paused(d, [job])
     return p.JobDetail(job=job, runs=[_with_live_facts(d, r.id, run) for run in runs], env=env)
 
@@ -54,7 +54,9 @@ def _with_paused(d: Daemon, jobs: list[p.Job]) -> list[p.Job]:
     if not paused:
         return jobs
     return [
-        msgspec.structs.replace(job, paused=True) if job.id in paused and job.state == "running" else job
+        msgspec.structs.replace(job, paused=True)
+        if job.id in paused and job.state == lifecycle.RUNNING
+        else job
         for job in jobs
     ]
 
@@ -71,7 +73,7 @@ def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
 
 
 async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
-    jobs = await d.db.run(
+    jobs = await d.db.read(
         Store.list_jobs, states=r.states, queue=r.queue, label=r.label, ids=r.ids, limit=r.limit
     )
     return p.JobList(jobs=_with_paused(d, jobs))
@@ -79,14 +81,14 @@ async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
 
 async def _cancel(d: Daemon, r: p.CancelJobs) -> p.Response:
     """Cancels what can be canceled; says why each other job was not."""
-    running, canceled, refused = await d.db.run(Store.cancel_what_can, r.ids, d.clock())
+    running, canceled, refused = await d.db.write(Store.cancel_what_can, r.ids, d.clock())
     d.supervisor.stop_jobs(running, "cancel")
     d.supervisor.wake()
     return p.Changed(ids=canceled, refused=refused)
 
 
 async def _remove(d: Daemon, r: p.RemoveJobs) -> p.Response:
-    paths = await d.db.run(Store.remove, r.ids)
+    paths = await d.db.write(Store.remove, r.ids)
     _unlink(paths)
     return p.Changed(ids=sorted(set(r.ids)))
 
@@ -94,17 +96,17 @@ async def _remove(d: Daemon, r: p.RemoveJobs) -> p.Response:
 async def _retry(d: Daemon, r: p.RetryJobs) -> p.Response:
     if not r.ids and not r.all_dead:
         return p.Error(code="invalid", message="name the jobs to retry")
-    ids = await d.db.run(Store.retry, r.ids, r.all_dead, d.clock())
+    ids = await d.db.add(Store.retry, r.ids, r.all_dead, d.clock())
     d.supervisor.wake()
     return p.Changed(ids=ids)
 
 
 async def _wait(d: Daemon, r: p.WaitJobs) -> p.Response:
-    ids = sorted(set(r.ids)) or await d.db.run(Store.unfinished_ids)
+    ids = sorted(set(r.ids)) or await d.db.read(Store.unfinished_ids)
     waiter = Waiter(ids)
     d.watchers.watch(waiter)  # before reading, so that no finish slips between
     try:
-        states = await d.db.run(Store.states, ids)
+        states = await d.db.read(Store.states, ids)
         missing = lifecycle.unknown_ids(ids, states)
         if missing:
             return p.Error(code="not_found", message=f"no job {missing[0]}")
@@ -116,14 +118,14 @@ async def _wait(d: Daemon, r: p.WaitJobs) -> p.Response:
             with trio.move_on_after(r.timeout if r.timeout is not None else math.inf) as scope:
                 await waiter.done.wait()
             timed_out = scope.cancelled_caught
-        jobs = _with_paused(d, await d.db.run(Store.jobs_by_id, ids))
+        jobs = _with_paused(d, await d.db.read(Store.jobs_by_id, ids))
         return p.Waited(jobs=jobs, timed_out=timed_out)
     finally:
         d.watchers.unwatch(waiter)
 
 
 async def _read_log(d: Daemon, r: p.ReadLog) -> p.Response:
-    job, runs, _ = await d.db.run(Store.get_job, r.id)
+    job, runs, _ = await d.db.read(Store.get_job, r.id)
     runs = [_with_live_facts(d, r.id, run) for run in runs]
     if not runs:
         return p.Error(code="not_found", message=f"job {r.id} has not run yet")
@@ -166,8 +168,8 @@ def _read_range(path: str, offset: int, limit: int) -> tuple[bytes, int]:
 
 
 async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
-    counts = await d.db.run(Store.counts)
-    queues = await d.db.run(Store.queues)
+    counts = await d.db.read(Store.counts)
+    queues = await d.db.read(Store.queues)
     return p.Status(
         version=__version__,
         pid=os.getpid(),
@@ -198,7 +200,7 @@ async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
     """`config set concurrency N` that also wins, for this run, over a flag or
     variable: the user asked the running daemon. 0 stops claiming."""
     _check_descriptors(r.concurrency)
-    await d.db.run(Store.set_config, "concurrency", str(r.concurrency))
+    await d.db.write(Store.set_config, "concurrency", str(r.concurrency))
     d.sources.persisted["concurrency"] = str(r.concurrency)
     origin = d.sources.origin("concurrency")
     note = ""
@@ -213,23 +215,23 @@ async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
 
 
 async def _queue_add(d: Daemon, r: p.AddQueue) -> p.Response:
-    await d.db.run(Store.add_queue, r.name, r.concurrency, d.clock())
+    await d.db.add(Store.add_queue, r.name, r.concurrency, d.clock())
     await d.queues_changed()
     return p.Ok(message=f"queue {r.name} added")
 
 
 async def _queue_rm(d: Daemon, r: p.RemoveQueue) -> p.Response:
-    await d.db.run(Store.remove_queue, r.name)
+    await d.db.write(Store.remove_queue, r.name)
     await d.queues_changed()
     return p.Ok(message=f"queue {r.name} removed")
 
 
 async def _queue_ls(d: Daemon, r: p.ListQueues) -> p.Response:
-    return p.Queues(queues=await d.db.run(Store.queues))
+    return p.Queues(queues=await d.db.read(Store.queues))
 
 
 async def _queue_pause(d: Daemon, r: p.PauseQueue) -> p.Response:
-    await d.db.run(Store.set_paused, r.name, r.paused)
+    await d.db.write(Store.set_paused, r.name, r.paused)
     await d.queues_changed()
     message = f"queue {r.name} {'paused' if r.paused else 'resumed'}"
     if r.jobs or not r.paused:  # resuming a queue resumes its paused jobs
@@ -256,7 +258,7 @@ async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
     field, value = parse_config_value(key, r.value)
     if field == "concurrency":
         _check_descriptors(int(value))  # type: ignore[arg-type]
-    await d.db.run(Store.set_config, key, r.value.strip())
+    await d.db.write(Store.set_config, key, r.value.strip())
     d.sources.persisted[key] = r.value.strip()
     d.reconfigure()
     message = f"{key} = {format_config_value(key, value)}"
@@ -271,7 +273,7 @@ async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
 async def _clean(d: Daemon, r: p.CleanJobs) -> p.Response:
     states = list(r.states) or list(lifecycle.TERMINAL_STATES)
     cutoff = d.clock() - r.older_than if r.older_than is not None else None
-    count, paths = await d.db.run(Store.clean, states, cutoff)
+    count, paths = await d.db.write(Store.clean, states, cutoff)
     _unlink(paths)
     return p.Cleaned(count=count)
 

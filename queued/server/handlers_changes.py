@@ -8,22 +8,22 @@ from __future__ import annotations
 from queued import lifecycle, validation
 from queued import protocol as p
 from queued.server.context import Daemon, Handler
-from queued.store.sqlite.engine import Refused, Store
+from queued.store import Refused, Store
 
 
 async def _hold(d: Daemon, r: p.HoldJobs) -> p.Response:
-    return p.Changed(ids=await d.db.run(Store.hold, r.ids, d.clock()))
+    return p.Changed(ids=await d.db.write(Store.hold, r.ids, d.clock()))
 
 
 async def _release(d: Daemon, r: p.ReleaseJobs) -> p.Response:
-    ids = await d.db.run(Store.release, r.ids, d.clock())
+    ids = await d.db.add(Store.release, r.ids, d.clock())
     d.supervisor.wake()
     return p.Changed(ids=ids)
 
 
 async def _edit(d: Daemon, r: p.EditJob) -> p.Response:
     now = d.clock()
-    await d.db.run(Store.edit, r.id, validation.job_changes(r.changes, now=now), now)
+    await d.db.write(Store.edit, r.id, validation.job_changes(r.changes, now=now), now)
     d.supervisor.wake()
     return p.Changed(ids=[r.id])
 
@@ -32,7 +32,7 @@ async def _restart(d: Daemon, r: p.RestartJob) -> p.Response:
     if not d.supervisor.accepting:
         return p.Error(code="shutting_down", message="queued is shutting down and accepts no new jobs")
     now = d.clock()
-    job_id = await d.db.run(Store.restart, r.id, validation.job_changes(r.changes, now=now), r.hold, now)
+    job_id = await d.db.add(Store.restart, r.id, validation.job_changes(r.changes, now=now), r.hold, now)
     d.supervisor.wake()
     return p.Added(ids=[job_id])
 
@@ -40,17 +40,19 @@ async def _restart(d: Daemon, r: p.RestartJob) -> p.Response:
 async def _running(d: Daemon, ids: list[int], doing: str) -> list[int]:
     """`ids`, refused unless every one is running (a rejected request changes nothing)."""
     ids = sorted(set(ids))
-    states = await d.db.run(Store.states, ids)
+    states = await d.db.read(Store.states, ids)
     missing = lifecycle.unknown_ids(ids, states)
     if missing:
         raise Refused("not_found", f"no job {missing[0]}")
     for job_id in ids:
         state = states[job_id]
-        if state != "running" or job_id not in d.supervisor.running:  # e.g. canceled, in its grace
+        if state != lifecycle.RUNNING or job_id not in d.supervisor.running:  # e.g. canceled, in its grace
             hint = (
-                f"; `queuectl hold {job_id}` keeps it from starting" if state in ("pending", "failed") else ""
+                f"; `queuectl hold {job_id}` keeps it from starting"
+                if lifecycle.can(state, lifecycle.Event.HOLD)
+                else ""
             )
-            if state == "running":  # its process is gone, its end not yet recorded
+            if state == lifecycle.RUNNING:  # its process is gone, its end not yet recorded
                 state = "ending"
             raise Refused("invalid", f"job {job_id} is {state}: only running jobs can be {doing}{hint}")
     return ids
@@ -62,7 +64,7 @@ async def _pause(d: Daemon, r: p.PauseJobs) -> p.Response:
     verb = "paused" if r.paused else "resumed"
     ids = await _running(d, r.ids, verb)
     if r.all:
-        await d.db.run(Store.set_all_paused, r.paused)
+        await d.db.write(Store.set_all_paused, r.paused)
         await d.queues_changed()
         ids = d.supervisor.running_in()
     return p.Changed(ids=d.supervisor.pause_jobs(ids, paused=r.paused))

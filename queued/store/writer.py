@@ -1,18 +1,30 @@
-"""The one path to the database: a writer task that group-commits.
+"""The one path to the store: a writer task that group-commits.
 
-Theory of operation: callers `await db.run(fn, *args)`, where fn is a `Store`
-method (or any callable taking the Store first). Calls queue on a channel; the
-writer task takes every call waiting, runs them in one `BEGIN IMMEDIATE ...
-COMMIT` on a worker thread (each in its own savepoint, so one refusal does not
-undo the others), and only then wakes the callers. With synchronous=FULL an
-answer therefore always follows a durable commit, and the fsync is shared by
-everything that arrived while the previous one was in flight.
+Theory of operation: every call names a method of the store contract
+(`Store.cancel`; the engine's own method of that name runs) and says, by the
+entry point it takes, what it may do:
 
-The supervisor reads due jobs ahead and starts them from memory (see
-`Supervisor`). For that it must know when a call was queued that could make a
-job it holds unclaimable: `epoch` counts such calls, `additions` those that
-only add claimable work, both counted when the call is queued, which is before
-it runs. Store methods say which they are with `store_attempts.effect`.
+- `read`: changes nothing;
+- `write`: may change anything, including making a claimable job unclaimable
+  (cancel, pause, edit): the supervisor's read-ahead is stale from then on;
+- `add`: only adds claimable work (add, retry, release): the read-ahead stays
+  valid but may be outranked;
+- `record` / `record_now`: the supervisor's own records (an attempt's start
+  and end, a claim), whose effects it tracks itself.
+
+Calls queue in order; the writer task takes every call waiting, runs them in
+one transaction on a worker thread (each change in its own savepoint, so one
+refusal does not undo the others) and only then wakes the callers. An answer
+therefore always follows a durable commit, and the fsync is shared by
+everything that arrived while the previous one was in flight. Each mutation
+returns what it changed (`Changes`); the writer merges them per batch and
+hands them, after the commit, to its one subscriber (wired in daemon.py).
+
+The supervisor reads due jobs ahead and starts them from memory. For that it
+must know when a call was queued that could make a job it holds unclaimable:
+`epoch` counts `write` calls, `additions` the `add` calls (and the commits
+that reordered the claimable jobs by themselves), both counted when the call
+is queued, which is before it runs.
 
 An attempt's start and end are records nobody waits on at once (`record`). A
 batch made only of them waits up to LINGER_SECONDS for company, so that a
@@ -23,20 +35,29 @@ held back by it.
 
 from __future__ import annotations
 
+import enum
 import logging
-import sqlite3
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
-from queued.store.sqlite.attempts import ADDS, READ, SUPERVISOR
-from queued.store.sqlite.engine import Refused, Store
-from queued.store.sqlite.schema import FileWatch
+from queued.store.contract import (
+    NOTHING,
+    BatchLost,
+    Changes,
+    Engine,
+    Refused,
+    StorageError,
+    Store,
+    StoreLost,
+    Written,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 MAX_BATCH = 512
 # How long a batch of records alone waits for more calls before it commits.
 # Measured on 2 cores draining `true` jobs: 5 ms cut commits per job from ~0.25
@@ -44,23 +65,36 @@ MAX_BATCH = 512
 LINGER_SECONDS = 0.005
 
 
-class StorageError(Exception):
-    """The commit failed (disk full, I/O error): none of the batch was kept."""
+class Kind(enum.Enum):
+    """What a call may do (see the module's docstring)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADD = "add"
+    RECORD = "record"
 
 
-class StoreLost(sqlite3.DatabaseError):
-    """The database file was deleted or replaced under the open connection."""
+# Reads and the supervisor's records refuse before they write: no savepoint.
+_GUARDED = (Kind.WRITE, Kind.ADD)
 
 
 class Call:
-    __slots__ = ("args", "done", "effect", "error", "fn", "kwargs", "on_done", "result", "urgent")
+    __slots__ = ("args", "done", "error", "fn", "kind", "kwargs", "method", "on_done", "result", "urgent")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, urgent: bool = True
+        self,
+        kind: Kind,
+        fn: Callable[..., Any],
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        urgent: bool = True,
     ) -> None:
-        self.fn = fn
-        self.urgent = urgent  # False for a record that may wait for company (see Database.record)
-        self.effect: str | None = getattr(fn, "effect", None)  # see store_attempts.effect
+        self.kind = kind
+        self.fn = fn  # as the caller named it
+        self.method = method  # what runs
+        self.urgent = urgent  # False for a record that may wait for company (see Writer.record)
         self.args = args
         self.kwargs = kwargs
         self.done = trio.Event()
@@ -78,40 +112,88 @@ class Call:
         return self.result
 
 
-class Database:
-    def __init__(self, store: Store, on_finished: Callable[[list[int]], None] | None = None) -> None:
-        self.store = store
-        self._on_finished = on_finished
+class Writer:
+    def __init__(self, engine: Engine, on_commit: Callable[[Changes], None] | None = None) -> None:
+        self.engine = engine
+        self._on_commit = on_commit
         self._pending: deque[Call] = deque()  # queued calls, in order
         self._urgent = 0  # how many of them are not records
         self._arrival: trio.Event | None = None  # set when the idle writer has work
         self._hurry: trio.Event | None = None  # set when a lingering batch must go
-        self.epoch = 0  # calls queued that may make a claimable job unclaimable
-        self.additions = 0  # calls queued (or batches committed) that may add claimable jobs
-        # Called after a commit that made jobs claimable by itself (see Store.reordered).
-        self.on_reordered: Callable[[], None] | None = None
-        self._files = FileWatch(store.conn)
-        # Why every change is refused from now on (the database file is gone), or None.
+        self.epoch = 0  # `write` calls queued: each may make a claimable job unclaimable
+        self.additions = 0  # `add` calls queued, and commits that reordered claimable jobs
+        # Why every change is refused from now on (the store is gone), or None.
         self.lost: str | None = None
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn(store, *args, **kwargs) in the next transaction; return once it committed."""
-        result: T = await self.submit(fn, *args, **kwargs).outcome()
+    # -- entry points -----------------------------------------------------------
+
+    async def read(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a read in the next transaction; its result."""
+        result: T = await self.queue(Kind.READ, fn, *args, **kwargs).outcome()
         return result
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
-        """Queue fn(store, *args, **kwargs) for the next transaction without waiting for it."""
-        return self._queue(Call(fn, args, kwargs))
+    async def write(
+        self, fn: Callable[Concatenate[Store, P], Written[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a change in the next transaction; its answer once it committed."""
+        result: T = await self.queue(Kind.WRITE, fn, *args, **kwargs).outcome()
+        return result
 
-    def record(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
-        """Queue a record nobody waits on at once (an attempt's start or end):
-        its transaction may wait up to LINGER_SECONDS for other calls to join."""
-        return self._queue(Call(fn, args, kwargs, urgent=False))
+    async def add(
+        self, fn: Callable[Concatenate[Store, P], Written[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a change that only adds claimable work; its answer once it committed."""
+        result: T = await self.queue(Kind.ADD, fn, *args, **kwargs).outcome()
+        return result
+
+    def record(
+        self, fn: Callable[Concatenate[Store, P], Written[Any]], *args: P.args, **kwargs: P.kwargs
+    ) -> Call:
+        """Queue a record of the supervisor's nobody waits on at once (an
+        attempt's start or end): its transaction may wait up to LINGER_SECONDS
+        for other calls to join."""
+        return self._queue(self._call(Kind.RECORD, fn, args, kwargs, urgent=False))
+
+    async def record_now(
+        self, fn: Callable[Concatenate[Store, P], Written[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A change of the supervisor's own (a claim), committed without lingering."""
+        result: T = await self.queue(Kind.RECORD, fn, *args, **kwargs).outcome()
+        return result
+
+    def queue(self, kind: Kind, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+        """Queue a call for the next transaction without waiting for it."""
+        return self._queue(self._call(kind, fn, args, kwargs))
+
+    def run_now(self, kind: Kind, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """At start, before `serve`: one call in a transaction of its own, in
+        this thread (reading the saved settings, recovering what a dead daemon
+        left)."""
+        call = self._call(kind, fn, args, kwargs)
+        self._commit([call])
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _call(
+        self,
+        kind: Kind,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        urgent: bool = True,
+    ) -> Call:
+        # A method of the contract runs as the engine's own; any other callable
+        # (a test's) is given the engine first.
+        name = getattr(fn, "__name__", "")
+        if getattr(Store, name, None) is fn:
+            return Call(kind, fn, getattr(self.engine, name), args, kwargs, urgent=urgent)
+        return Call(kind, fn, fn, (self.engine, *args), kwargs, urgent=urgent)
 
     def _queue(self, call: Call) -> Call:
-        if call.effect == ADDS:
+        if call.kind is Kind.ADD:
             self.additions += 1
-        elif call.effect not in (READ, SUPERVISOR):
+        elif call.kind is Kind.WRITE:
             self.epoch += 1
         self._pending.append(call)
         if call.urgent:
@@ -121,6 +203,8 @@ class Database:
         if self._arrival is not None:
             self._arrival.set()
         return call
+
+    # -- the writer task --------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -141,107 +225,63 @@ class Database:
                 self._hurry = None
             batch = self._take_batch()
             # Never abandon the thread: a transaction must not be cut half-way.
-            finished = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
-            if self.store.reordered:
+            changes = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
+            if changes.reordered:
                 self.additions += 1
-                if self.on_reordered is not None:
-                    self.on_reordered()
             for call in batch:
                 call.done.set()
                 if call.on_done is not None:
                     call.on_done(call)
-            if finished and self._on_finished is not None:
-                self._on_finished(finished)
+            if changes and self._on_commit is not None:
+                self._on_commit(changes)
 
     def _take_batch(self) -> list[Call]:
         batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
         self._urgent -= sum(call.urgent for call in batch)
         return batch
 
-    def _commit(self, batch: list[Call]) -> list[int]:
-        conn = self.store.conn
-        self.store.finished = []
-        self.store.reordered = False
-        changes = conn.total_changes
+    def _commit(self, batch: list[Call]) -> Changes:
+        """Run `batch` in one transaction (on the worker thread); what it changed."""
+        engine = self.engine
+        changes = Changes()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            engine.begin()
             for call in batch:
-                self._run_call(call)
-            if conn.total_changes != changes:
-                self._check_files()
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+                self._run_call(call, changes)
+            engine.commit()
+        except BatchLost as exc:
             return self._fail_all(batch, exc)
-        return self.store.finished
+        return changes
 
-    def _run_call(self, call: Call) -> None:
-        """Run one call inside the batch's transaction. Raises sqlite3.Error when
-        the whole batch must fail (its transaction is gone or cannot be kept)."""
-        conn = self.store.conn
-        if self.lost is not None and call.effect != READ:
+    def _run_call(self, call: Call, changes: Changes) -> None:
+        """Run one call inside the batch's transaction; BatchLost when the whole
+        batch must fail."""
+        if self.lost is not None and call.kind is not Kind.READ:
             call.error = StorageError(self.lost)  # reads still work: `status` says why
             return
-        # Reads and the supervisor's records refuse before they write (see
-        # store_attempts.effect): they need no savepoint of their own.
-        guarded = call.effect not in (READ, SUPERVISOR)
-        if guarded:
-            conn.execute("SAVEPOINT call")
-        error: sqlite3.Error = sqlite3.DatabaseError("the transaction was rolled back")
         try:
-            call.result = call.fn(self.store, *call.args, **call.kwargs)
-        except Refused as exc:
+            result = self.engine.call(call.method, call.args, call.kwargs, guarded=call.kind in _GUARDED)
+        except (Refused, StorageError) as exc:
             call.error = exc
-        except sqlite3.Error as exc:
-            if not guarded:
-                raise
-            call.error = StorageError(_describe(exc))
-            error = exc
-        except Exception as exc:
-            log.exception("database call %s failed", getattr(call.fn, "__name__", call.fn))
-            if not guarded:
-                raise sqlite3.DatabaseError(f"internal error: {exc}") from exc
-            call.error = exc
-            error = sqlite3.DatabaseError(f"internal error: {exc}")
-        if not guarded:
             return
-        if not conn.in_transaction:
-            # SQLite rolled the whole transaction back (SQLITE_FULL, an I/O
-            # error): the calls before this one lost their writes too.
-            raise error
-        if call.error is not None:
-            conn.execute("ROLLBACK TO call")
-            self.store.forget_caches()
-        conn.execute("RELEASE call")
+        except BatchLost:
+            raise
+        except Exception as exc:
+            log.exception("store call %s failed", getattr(call.fn, "__name__", call.fn))
+            call.error = exc
+            return
+        if isinstance(result, Written):
+            call.result = result.value
+            if result.changes is not NOTHING:
+                changes.merge(result.changes)
+        else:
+            call.result = result
 
-    def _check_files(self) -> None:
-        """Before a commit that writes: the database file and its WAL must still be
-        the ones the connection has open. Deleted or replaced under us, a commit
-        would go into a file nobody will ever read again; from then on every
-        change is refused (see `lost`)."""
-        reason = self._files.lost()
-        if reason is not None:
-            self.lost = f"{reason} while queued was running: it refuses every change; restart queued"
-            raise StoreLost(self.lost)
-
-    def _fail_all(self, batch: list[Call], exc: sqlite3.Error) -> list[int]:
-        log.error("commit failed: %s", exc)
-        if self.store.conn.in_transaction:
-            try:
-                self.store.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("rollback failed")
-        error = StorageError(_describe(exc))
+    def _fail_all(self, batch: list[Call], exc: BatchLost) -> Changes:
+        if isinstance(exc, StoreLost) and self.lost is None:
+            self.lost = str(exc.error)
+        log.error("commit failed: %s", exc.error)
+        self.engine.abort()
         for call in batch:
-            call.result, call.error = None, error
-        # The store's caches may name rows that were rolled back.
-        self.store.forget_caches()
-        return []
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    text = str(exc)
-    if isinstance(exc, StoreLost):
-        return text
-    if "full" in text:
-        return "the database disk is full; free some space and try again"
-    return f"database error: {text}"
+            call.result, call.error = None, exc.error
+        return Changes()

@@ -5,7 +5,7 @@
 drained as a queued attempt is, the next one started at once, with no Python
 and no GIL anywhere on that path. The trio thread only takes the reported ends
 in batches and feeds more tokens; with `records` it also queues each
-attempt's start and end through queued's own `Database` and `Store` (the
+attempt's start and end through queued's own `Writer` and `Store` (the
 daemon's statements, 5 ms group commits, synchronous=FULL), as the supervisor
 does. Interleaved with the C loop; prints each rate and its ratio to it.
 
@@ -29,10 +29,9 @@ from harness import compile_c, median
 from queued import lifecycle, validation
 from queued.protocol import JobSpec
 from queued.settings import Settings
-from queued.store.sqlite import schema
-from queued.store.sqlite.attempts import Claimed
-from queued.store.sqlite.engine import Store
-from queued.store.writer import Database
+from queued.store import Claimed, Store
+from queued.store.sqlite import SqliteStore
+from queued.store.writer import Kind, Writer
 
 AHEAD = 34  # tokens fed ahead, as the supervisor reads 2 slots + 32 ahead
 
@@ -54,24 +53,23 @@ def build(out_dir: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(lib))
 
 
-def due_jobs(data: Path, jobs: int) -> tuple[Store, list[Claimed]]:
+def due_jobs(data: Path, jobs: int) -> tuple[Writer, list[Claimed]]:
     """A store with `jobs` due jobs of `true`, read as the supervisor reads them."""
-    store = Store(schema.connect(data / "queue.db"))
+    db = Writer(SqliteStore.open(data / "queue.db"))
     now = time.time()
-    store.ensure_queue("default", now)
+    db.run_now(Kind.RECORD, Store.recover, 60.0, now)
     spec = validation.new_job(JobSpec(command="true"), cwd="/", env={}, settings=Settings(), now=now)
-    store.add_jobs([spec] * jobs, now)
-    store.conn.execute("BEGIN IMMEDIATE")
+    db.run_now(Kind.ADD, Store.add_jobs, [spec] * jobs, now)
     ahead: list[Claimed] = []
     while len(ahead) < jobs:
         busy = [job.id for job in ahead]
-        ahead += store.lookahead(now=now, horizon=now, queues=["default"], busy=busy, limit=1000).jobs
-    store.conn.execute("COMMIT")
-    return store, ahead
+        ahead += db.run_now(
+            Kind.READ, Store.lookahead, now=now, horizon=now, queues=["default"], busy=busy, limit=1000
+        ).jobs
+    return db, ahead
 
 
-async def drain(lib: ctypes.CDLL, store: Store, ahead: list[Claimed], records: bool) -> float:
-    db = Database(store)
+async def drain(lib: ctypes.CDLL, db: Writer, ahead: list[Claimed], records: bool) -> float:
     reported = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     ends = (End * 256)()
     fed = done = 0
@@ -104,7 +102,7 @@ async def drain(lib: ctypes.CDLL, store: Store, ahead: list[Claimed], records: b
                 feed(n)
                 done += n
         elapsed = time.monotonic() - t0
-        await db.run(Store.counts)  # the last records committed
+        await db.read(Store.counts)  # the last records committed
         nursery.cancel_scope.cancel()
     return elapsed
 
@@ -125,8 +123,8 @@ def main() -> None:
         jobs, records = int(sys.argv[2]), sys.argv[3] == "records"
         with tempfile.TemporaryDirectory(prefix="qprobe-") as tmp:
             lib = build(Path(tmp))
-            store, ahead = due_jobs(Path(tmp), jobs)
-            print(jobs / trio.run(drain, lib, store, ahead, records))
+            db, ahead = due_jobs(Path(tmp), jobs)
+            print(jobs / trio.run(drain, lib, db, ahead, records))
             sys.stdout.flush()
             os._exit(0)  # the engine's thread never returns
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 5000

@@ -10,8 +10,8 @@ from pathlib import Path
 import trio
 
 from queued import protocol as p
-from queued.store.sqlite.attempts import READ, SUPERVISOR, effect
-from queued.store.sqlite.engine import Refused, Store
+from queued.store import Refused, Store
+from queued.store.sqlite import SqliteStore
 
 from .conftest import AsyncClient, DaemonHandle
 
@@ -33,15 +33,14 @@ async def read_ahead(daemon: DaemonHandle) -> list[int]:
 
 def count_reads(monkeypatch) -> list[float]:  # type: ignore[no-untyped-def]
     """The `now` of every read ahead the supervisor makes from here on."""
-    real_lookahead = Store.lookahead
+    real_lookahead = SqliteStore.lookahead
     reads: list[float] = []
 
-    @effect(READ)
     def lookahead_counted(store: Store, **kwargs):  # type: ignore[no-untyped-def]
         reads.append(kwargs["now"])
         return real_lookahead(store, **kwargs)
 
-    monkeypatch.setattr(Store, "lookahead", lookahead_counted)
+    monkeypatch.setattr(SqliteStore, "lookahead", lookahead_counted)
     return reads
 
 
@@ -121,16 +120,15 @@ async def test_a_start_the_store_refuses_is_stopped_and_the_job_runs_later(
 ) -> None:
     out = tmp_path / "ran"
     refused: list[int] = []
-    real_start = Store.start
+    real_start = SqliteStore.start
 
-    @effect(SUPERVISOR)
-    def start_refusing_once(store: Store, job, now: float) -> None:
+    def start_refusing_once(store: Store, job, now: float):  # type: ignore[no-untyped-def]
         if not refused:
             refused.append(job.id)
             raise Refused("invalid", "refused by the test")
-        real_start(store, job, now)
+        return real_start(store, job, now)
 
-    monkeypatch.setattr(Store, "start", start_refusing_once)
+    monkeypatch.setattr(SqliteStore, "start", start_refusing_once)
     job_id = await client.add(f"{appends(out, 'start')}; sleep 0.5; {appends(out, 'end')}")
     [job] = await client.wait(job_id)  # after the hold that follows a refusal
     assert refused == [job_id]
@@ -144,23 +142,21 @@ async def test_a_read_made_stale_in_flight_falls_back_to_a_committed_claim(
     daemon: DaemonHandle, client: AsyncClient, monkeypatch
 ) -> None:
     db = daemon.runner.supervisor.db
-    real_lookahead, real_claim = Store.lookahead, Store.claim
+    real_lookahead, real_claim = SqliteStore.lookahead, SqliteStore.claim
     claims: list[list[int]] = []
 
-    @effect(READ)
     def lookahead_raced(store: Store, **kwargs):
         ahead = real_lookahead(store, **kwargs)
         db.epoch += 1  # as if a cancel had been queued while this read ran
         return ahead
 
-    @effect(SUPERVISOR)
     def claim_counted(store: Store, **kwargs):
         claimed = real_claim(store, **kwargs)
-        claims.append([job.id for job in claimed])
+        claims.append([job.id for job in claimed.value])
         return claimed
 
-    monkeypatch.setattr(Store, "lookahead", lookahead_raced)
-    monkeypatch.setattr(Store, "claim", claim_counted)
+    monkeypatch.setattr(SqliteStore, "lookahead", lookahead_raced)
+    monkeypatch.setattr(SqliteStore, "claim", claim_counted)
     job_id = await client.add("true")
     [job] = await client.wait(job_id)
     assert job.state == "completed" and [job_id] in claims

@@ -15,7 +15,7 @@ from queued.processes import young_attempts
 from queued.processes.attempt import Attempt
 from queued.processes.job_process import JobProcess
 from queued.processes.young_attempts import QUICK_EXIT_SECONDS, YoungAttempts
-from queued.store.sqlite.attempts import Claimed
+from queued.store import Claimed
 
 from .conftest import AsyncClient
 

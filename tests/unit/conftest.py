@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from queued.store.sqlite import schema
-from queued.store.sqlite.engine import Store
+from queued.store.sqlite import SqliteStore
+from tests.store_harness import Direct
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    conn = schema.connect(tmp_path / "q.db")
-    store = Store(conn)
-    store.ensure_queue("default", T0)
+def store(tmp_path: Path) -> Iterator[Direct]:
+    engine = SqliteStore.open(tmp_path / "q.db")
+    store = Direct(engine)
+    store.recover(3600.0, T0)  # as a daemon's start does: the default queue exists
     yield store
-    conn.close()
+    engine.conn.close()

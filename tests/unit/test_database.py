@@ -10,149 +10,169 @@ import pytest
 import trio
 
 from queued.lifecycle import classify_exit
-from queued.store import writer
-from queued.store.sqlite import schema
-from queued.store.sqlite.attempts import SUPERVISOR, Claimed, effect
-from queued.store.sqlite.engine import Refused, Store
-from queued.store.writer import Database, StorageError
+from queued.store import Changes, Claimed, Refused, StorageError, Store, writer
+from queued.store.sqlite import SqliteStore
+from queued.store.writer import Kind, Writer
 
 from .test_store import T0, new
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    conn = schema.connect(tmp_path / "q.db")
-    store = Store(conn)
-    store.ensure_queue("default", T0)
-    database = Database(store)
+def committed() -> list[Changes]:
+    """What each commit changed, as the writer's one subscriber is told."""
+    return []
+
+
+@pytest.fixture
+async def db(tmp_path: Path, committed: list[Changes]) -> AsyncIterator[Writer]:
+    engine = SqliteStore.open(tmp_path / "q.db")
+    database = Writer(engine, on_commit=committed.append)
+    database.run_now(Kind.RECORD, Store.recover, 3600.0, T0)
     async with trio.open_nursery() as nursery:
         await nursery.start(database.serve)
         yield database
         nursery.cancel_scope.cancel()
-    conn.close()
+    engine.conn.close()
 
 
-async def test_reads_and_the_supervisors_records_change_no_mark(db: Database) -> None:
-    [job_id] = await db.run(Store.add_jobs, [new()], T0)
+async def test_reads_and_the_supervisors_records_change_no_mark(db: Writer) -> None:
+    [job_id] = await db.add(Store.add_jobs, [new()], T0)
     marks = (db.epoch, db.additions)
-    await db.run(Store.list_jobs, limit=5)
-    await db.run(Store.counts)
-    ahead = await db.run(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
-    await db.run(Store.start, ahead.jobs[0], T0)
+    await db.read(Store.list_jobs, limit=5)
+    await db.read(Store.counts)
+    ahead = await db.read(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
+    await db.record_now(Store.start, ahead.jobs[0], T0)
     assert (db.epoch, db.additions) == marks
-    assert (await db.run(Store.states, [job_id]))[job_id] == "running"
+    assert (await db.read(Store.states, [job_id]))[job_id] == "running"
 
 
-async def test_additions_and_removals_are_counted_when_queued(db: Database) -> None:
+async def test_additions_and_removals_are_counted_when_queued(db: Writer) -> None:
     epoch, additions = db.epoch, db.additions
-    call = db.submit(Store.add_jobs, [new()], T0)
+    call = db.queue(Kind.ADD, Store.add_jobs, [new()], T0)
     assert db.additions == additions + 1  # before it ran
     [job_id] = await call.outcome()
-    db.submit(Store.cancel, [job_id], T0)
+    db.queue(Kind.WRITE, Store.cancel, [job_id], T0)
     assert db.epoch == epoch + 1
-    await db.run(Store.set_paused, "default", True)
+    await db.write(Store.set_paused, "default", True)
     assert db.epoch == epoch + 2
 
 
-async def test_a_finish_that_releases_a_dependent_counts_as_an_addition(db: Database) -> None:
-    woken = []
-    db.on_reordered = lambda: woken.append(True)
-    [dep] = await db.run(Store.add_jobs, [new()], T0)
-    await db.run(Store.add_jobs, [new(after=[dep])], T0)
-    [job] = await db.run(Store.claim, now=T0, slots=1, queue_room={"default": 1})
+async def test_a_finish_that_releases_a_dependent_counts_as_an_addition(
+    db: Writer, committed: list[Changes]
+) -> None:
+    [dep] = await db.add(Store.add_jobs, [new()], T0)
+    [dependent] = await db.add(Store.add_jobs, [new(after=[dep])], T0)
+    [job] = await db.record_now(Store.claim, now=T0, slots=1, queue_room={"default": 1})
     additions = db.additions
-    await db.run(Store.finish, job, classify_exit(0), 60, T0)
-    assert db.additions == additions + 1 and woken == [True]
+    committed.clear()
+    await db.record_now(Store.finish, job, classify_exit(0), 60, T0)
+    assert db.additions == additions + 1
+    [changes] = committed  # told once, after the commit
+    assert (changes.finished, changes.released, changes.reordered) == ([dep], [dependent], True)
 
 
-async def test_an_error_reaches_the_calls_owner_without_waiting(db: Database) -> None:
+async def test_the_subscriber_hears_of_a_batch_once_and_of_nothing_refused(
+    db: Writer, committed: list[Changes]
+) -> None:
+    a, b = await db.add(Store.add_jobs, [new(), new()], T0)
+    committed.clear()
+    first = db.queue(Kind.WRITE, Store.cancel, [a], T0)
+    refused = db.queue(Kind.WRITE, Store.cancel, [b, 99], T0)  # no job 99: nothing of it is kept
+    second = db.queue(Kind.WRITE, Store.cancel, [b], T0)
+    await first.outcome(), await second.outcome()
+    with pytest.raises(Refused):
+        await refused.outcome()
+    [changes] = committed
+    assert changes.finished == [a, b]
+    await db.read(Store.counts)
+    assert len(committed) == 1  # a batch that changed nothing others must learn of is not told
+
+
+async def test_an_error_reaches_the_calls_owner_without_waiting(db: Writer) -> None:
     def broken(store: Store) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     seen: list[BaseException | None] = []
-    call = db.submit(broken)
+    call = db.queue(Kind.WRITE, broken)
     call.on_done = lambda done: seen.append(done.error)
     with pytest.raises(StorageError, match="disk is full"):
         await call.outcome()
     assert len(seen) == 1 and isinstance(seen[0], StorageError)
 
 
-async def test_an_error_in_a_call_without_savepoint_fails_its_whole_batch(db: Database) -> None:
-    @effect(SUPERVISOR)
+async def test_an_error_in_a_call_without_savepoint_fails_its_whole_batch(db: Writer) -> None:
     def record_then_fail(store: Store) -> None:
         store.conn.execute("UPDATE queues SET paused = 1")
         raise sqlite3.OperationalError("disk I/O error")
 
-    added = db.submit(Store.add_jobs, [new()], T0)
-    failing = db.submit(record_then_fail)
+    added = db.queue(Kind.ADD, Store.add_jobs, [new()], T0)
+    failing = db.queue(Kind.RECORD, record_then_fail)
     for call in (added, failing):
         with pytest.raises(StorageError, match="disk I/O error"):
             await call.outcome()
-    assert await db.run(Store.counts) == dict.fromkeys(await db.run(Store.counts), 0)
-    assert [q.paused for q in await db.run(Store.queues)] == [False]
+    assert await db.read(Store.counts) == dict.fromkeys(await db.read(Store.counts), 0)
+    assert [q.paused for q in await db.read(Store.queues)] == [False]
 
 
-async def test_a_refusal_in_a_guarded_call_undoes_only_that_call(db: Database) -> None:
-    [kept] = await db.run(Store.add_jobs, [new()], T0)
-    refused = db.submit(Store.add_jobs, [new(), new(queue="nowhere")], T0)
-    after = db.submit(Store.add_jobs, [new()], T0)
+async def test_a_refusal_in_a_guarded_call_undoes_only_that_call(db: Writer) -> None:
+    [kept] = await db.add(Store.add_jobs, [new()], T0)
+    refused = db.queue(Kind.ADD, Store.add_jobs, [new(), new(queue="nowhere")], T0)
+    after = db.queue(Kind.ADD, Store.add_jobs, [new()], T0)
     with pytest.raises(Refused, match="unknown queue"):
         await refused.outcome()
     [later] = await after.outcome()
-    assert sorted(await db.run(Store.states, range(1, 10))) == [kept, later]
+    assert sorted(await db.read(Store.states, range(1, 10))) == [kept, later]
 
 
 async def test_a_disk_full_that_rolls_back_the_whole_batch_fails_it_and_the_writer_goes_on(
-    db: Database,
+    db: Writer,
 ) -> None:
     """SQLITE_FULL in the middle of a bulk add rolls the whole transaction back,
     savepoints and all: every call of the batch is refused, and the next works."""
-    db.store.conn.execute("PRAGMA max_page_count = 60")  # a full disk, in pages
-    small = db.submit(Store.add_jobs, [new()], T0)
-    bulk = db.submit(Store.add_jobs, [new("x" * 50) for _ in range(20_000)], T0)
+    db.engine.conn.execute("PRAGMA max_page_count = 60")  # a full disk, in pages
+    small = db.queue(Kind.ADD, Store.add_jobs, [new()], T0)
+    bulk = db.queue(Kind.ADD, Store.add_jobs, [new("x" * 50) for _ in range(20_000)], T0)
     for call in (small, bulk):
         with pytest.raises(StorageError, match="disk is full"):
             await call.outcome()
-    assert await db.run(Store.counts) == dict.fromkeys(await db.run(Store.counts), 0)
-    [job_id] = await db.run(Store.add_jobs, [new()], T0)  # the writer still serves
-    assert await db.run(Store.states, [job_id]) == {job_id: "pending"}
+    assert await db.read(Store.counts) == dict.fromkeys(await db.read(Store.counts), 0)
+    [job_id] = await db.add(Store.add_jobs, [new()], T0)  # the writer still serves
+    assert await db.read(Store.states, [job_id]) == {job_id: "pending"}
 
 
 async def test_a_database_file_deleted_under_the_writer_refuses_every_change_but_reads(
-    db: Database, tmp_path: Path
+    db: Writer, tmp_path: Path
 ) -> None:
-    [kept] = await db.run(Store.add_jobs, [new()], T0)
+    [kept] = await db.add(Store.add_jobs, [new()], T0)
     for path in tmp_path.glob("q.db*"):
         path.unlink()
     with pytest.raises(StorageError, match=r"q\.db was deleted .* restart queued"):
-        await db.run(Store.add_jobs, [new()], T0)
+        await db.add(Store.add_jobs, [new()], T0)
     assert db.lost is not None and "q.db was deleted" in db.lost
     with pytest.raises(StorageError, match="restart queued"):
-        await db.run(Store.cancel, [kept], T0)
-    assert await db.run(Store.states, [kept]) == {kept: "pending"}  # reads still answer
+        await db.write(Store.cancel, [kept], T0)
+    assert await db.read(Store.states, [kept]) == {kept: "pending"}  # reads still answer
 
 
-async def test_a_database_file_replaced_under_the_writer_refuses_changes(
-    db: Database, tmp_path: Path
-) -> None:
-    await db.run(Store.add_jobs, [new()], T0)
+async def test_a_database_file_replaced_under_the_writer_refuses_changes(db: Writer, tmp_path: Path) -> None:
+    await db.add(Store.add_jobs, [new()], T0)
     (tmp_path / "other").write_bytes((tmp_path / "q.db").read_bytes())
     (tmp_path / "other").rename(tmp_path / "q.db")
     with pytest.raises(StorageError, match="was replaced by another file"):
-        await db.run(Store.add_jobs, [new()], T0)
+        await db.add(Store.add_jobs, [new()], T0)
 
 
-async def test_reads_alone_never_look_at_the_files(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_reads_alone_never_look_at_the_files(db: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
     checks: list[bool] = []
-    monkeypatch.setattr(db._files, "lost", lambda: checks.append(True))
-    await db.run(Store.counts)
+    monkeypatch.setattr(db.engine._files, "lost", lambda: checks.append(True))
+    await db.read(Store.counts)
     assert checks == []
-    await db.run(Store.add_jobs, [new()], T0)
+    await db.add(Store.add_jobs, [new()], T0)
     assert checks == [True]
 
 
 @pytest.fixture
-def batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def batches(db: Writer, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The names of the calls in each transaction the writer commits."""
     seen: list[list[str]] = []
     commit = db._commit
@@ -166,16 +186,16 @@ def batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 
 @pytest.fixture
-async def two_due(db: Database, batches: list[list[str]]) -> list[Claimed]:
+async def two_due(db: Writer, batches: list[list[str]]) -> list[Claimed]:
     """Two due jobs read ahead; the transactions that made them are forgotten."""
-    await db.run(Store.add_jobs, [new(), new()], T0)
-    ahead = await db.run(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
+    await db.add(Store.add_jobs, [new(), new()], T0)
+    ahead = await db.read(Store.lookahead, now=T0, horizon=T0, queues=["default"], busy=[], limit=5)
     batches.clear()
     return ahead.jobs
 
 
 async def test_records_alone_wait_for_company_and_commit_together(
-    db: Database, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
+    db: Writer, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer, "LINGER_SECONDS", 0.3)
     first, second = two_due
@@ -190,21 +210,21 @@ async def test_records_alone_wait_for_company_and_commit_together(
 
 
 async def test_any_other_call_ends_the_wait_at_once(
-    db: Database, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
+    db: Writer, batches: list[list[str]], two_due: list[Claimed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer, "LINGER_SECONDS", 60)
     record = db.record(Store.start, two_due[0], T0)
     await trio.sleep(0.05)
     with trio.fail_after(10):  # not the minute the record alone would wait
-        counts = await db.run(Store.counts)
+        counts = await db.read(Store.counts)
     assert record.done.is_set() and counts["running"] == 1  # the read saw the record before it
     assert batches == [["start", "counts"]]
 
 
-async def test_on_done_is_told_after_the_commit_in_queue_order(db: Database, two_due: list[Claimed]) -> None:
+async def test_on_done_is_told_after_the_commit_in_queue_order(db: Writer, two_due: list[Claimed]) -> None:
     told: list[str] = []
     first, second = two_due
-    await db.run(Store.cancel, [first.id], T0)
+    await db.write(Store.cancel, [first.id], T0)
     refused = db.record(Store.start, first, T0)  # canceled since the read
     refused.on_done = lambda call: told.append(f"error {type(call.error).__name__}")
     kept = db.record(Store.start, second, T0)

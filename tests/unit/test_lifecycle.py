@@ -165,7 +165,7 @@ def test_an_undone_claim_makes_a_running_job_wait_again(state: str | None) -> No
 @pytest.mark.parametrize(
     ("event", "text"),
     [
-        (Event.CANCEL, "job 7 is dead: only pending, held, running or failed jobs can be canceled"),
+        (Event.CANCEL, "job 7 is dead: only pending, held, failed or running jobs can be canceled"),
         (Event.RETRY, "job 7 is dead: only completed, dead or canceled jobs can be retried"),
         (Event.HOLD, "job 7 is dead: only pending or failed jobs can be held"),
         (Event.RELEASE, "job 7 is dead: only held jobs can be released"),

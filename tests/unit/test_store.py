@@ -13,9 +13,9 @@ from queued import lifecycle, validation
 from queued.lifecycle import STATES, classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
-from queued.store.sqlite import schema
-from queued.store.sqlite.attempts import Claimed
-from queued.store.sqlite.engine import Refused, Store
+from queued.store import Claimed, Recovered, Refused, Store
+from queued.store.sqlite import SqliteStore, schema
+from tests.store_harness import Direct
 
 from .conftest import T0
 
@@ -121,17 +121,18 @@ def test_after_unknown_id_refused(store: Store) -> None:
     assert [j.id for j in store.list_jobs()] == [existing]
 
 
-def test_refused_batch_keeps_nothing_inside_a_savepoint(store: Store) -> None:
-    # As database.py runs each call: a refusal rolls the whole call back.
+def test_a_refused_call_keeps_nothing_inside_its_batch(store: Store) -> None:
+    # As the writer runs each change: a refusal rolls the whole call back, and
+    # the batch's other calls are kept.
     before = table_snapshot(store)
-    store.conn.execute("BEGIN")
-    store.conn.execute("SAVEPOINT call")
-    with pytest.raises(Refused):
+    with store.transaction(), pytest.raises(Refused):
         store.add_jobs([new("ok"), new(queue="missing")], T0)
-    store.conn.execute("ROLLBACK TO call")
-    store.conn.execute("RELEASE call")
-    store.conn.execute("COMMIT")
     assert table_snapshot(store) == before
+    with store.transaction():
+        [kept] = store.add_jobs([new("kept")], T0)
+        with pytest.raises(Refused):
+            store.add_jobs([new("ok"), new(queue="missing")], T0)
+    assert [job.id for job in store.list_jobs()] == [kept]
 
 
 @pytest.mark.parametrize("dead_state", ["dead", "canceled"])
@@ -319,9 +320,9 @@ def test_finish_records_pid_and_logs(store: Store) -> None:
 def test_completion_of_dependency_makes_dependent_claimable(store: Store) -> None:
     a = add(store)
     b = add(store, after=[a])
-    assert [c.id for c in claim(store)] == [a]
+    [running_a] = claim(store)
+    assert running_a.id == a
     assert claim(store) == []
-    [running_a] = store.interrupted()
     assert store.finish(running_a, OK, BACKOFF_MAX, T0) == "completed"
     assert claim_one(store, b).id == b
 
@@ -375,12 +376,11 @@ def test_a_chain_of_100000_dependents_is_canceled_without_recursion(store: Store
     recursion limit at ~1,000. The chain is built with one bulk add."""
     a = add(store, max_retries=0)
     chain = [new(after=[a + n]) for n in range(100_000)]  # ids are consecutive within one add
-    store.conn.execute("BEGIN")  # as the daemon's writer does: one commit, not 100,000
-    ids = store.add_jobs(chain, T0)
-    assert ids == list(range(a + 1, a + 100_001))
-    store.finished.clear()
-    assert run_to(store, a, FAIL) == "dead"
-    store.conn.execute("COMMIT")
+    with store.transaction():  # as the daemon's writer does: one commit, not 100,000
+        ids = store.add_jobs(chain, T0)
+        assert ids == list(range(a + 1, a + 100_001))
+        store.finished.clear()
+        assert run_to(store, a, FAIL) == "dead"
     assert store.counts()["canceled"] == 100_000
     assert job(store, ids[-1]).error == f"canceled: dependency {ids[-2]} is canceled"
     assert len(store.finished) == 100_001
@@ -492,8 +492,9 @@ def test_retry_dependency_and_dependent_together(store: Store) -> None:
         store.retry([b], False, T0)
     assert info.value.code == "invalid" and str(a) in info.value.message
     assert store.retry([b, a], False, T0 + 1) == [a, b]
-    assert [c.id for c in claim(store, T0 + 1)] == [a]  # b waits for a again
-    assert store.finish(store.interrupted()[0], OK, BACKOFF_MAX, T0 + 2) == "completed"
+    [running_a] = claim(store, T0 + 1)
+    assert running_a.id == a  # b waits for a again
+    assert store.finish(running_a, OK, BACKOFF_MAX, T0 + 2) == "completed"
     assert claim_one(store, b, T0 + 2).id == b
 
 
@@ -638,21 +639,19 @@ def test_next_due_sees_failed_jobs(store: Store) -> None:
     assert store.next_due(T0, ["default"]) == T0 + 2
 
 
-def test_interrupted_lists_running_jobs(store: Store) -> None:
+def test_recover_records_what_a_dead_daemon_left_running_as_interrupted(store: Store) -> None:
     a = add(store, max_retries=1)
     run_to(store, a, FAIL)
     b = add(store)
     add(store, delay=100.0)
     claimed = {c.id: c for c in claim(store, T0 + 2)}
     assert set(claimed) == {a, b}
-    found = {c.id: c for c in store.interrupted()}
-    assert set(found) == {a, b}
-    assert (found[a].run, found[a].attempts) == (2, 2)
-    assert (found[b].run, found[b].attempts) == (1, 1)
-    # Finishing them as interrupted follows the retry policy.
-    assert store.finish(found[a], lifecycle.INTERRUPTED, BACKOFF_MAX, T0 + 3) == "dead"
-    assert store.finish(found[b], lifecycle.INTERRUPTED, BACKOFF_MAX, T0 + 3) == "failed"
-    assert store.interrupted() == []
+    # Each attempt is finished as interrupted, under the job's retry policy.
+    assert store.recover(BACKOFF_MAX, T0 + 3) == [Recovered(a, 2, "dead"), Recovered(b, 1, "failed")]
+    assert store.finished == [a]
+    _, runs, _ = store.get_job(a)
+    assert runs[-1].error == lifecycle.INTERRUPTED.error
+    assert store.recover(BACKOFF_MAX, T0 + 4) == []
 
 
 # ----------------------------------------------------------------------------
@@ -699,8 +698,8 @@ def test_config_persists(store: Store) -> None:
 
 def _make_database(path: Path, jobs: int = 0) -> None:
     conn = schema.connect(path)
-    store = Store(conn)
-    store.ensure_queue("default", T0)
+    store = Direct(SqliteStore(conn))
+    store.recover(BACKOFF_MAX, T0)
     if jobs:
         store.add_jobs([new("x" * 200) for _ in range(jobs)], T0)
     conn.close()
@@ -722,7 +721,7 @@ def test_new_database_is_private(tmp_path: Path) -> None:
     try:
         path = tmp_path / "q.db"
         conn = schema.connect(path)
-        Store(conn).ensure_queue("default", T0)  # writes: the -wal file exists now
+        Direct(SqliteStore(conn)).recover(BACKOFF_MAX, T0)  # writes: the -wal file exists now
         for name in ("q.db", "q.db-wal", "q.db-shm"):
             file = tmp_path / name
             if file.exists():
@@ -745,7 +744,7 @@ def test_reopen_keeps_jobs(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     _make_database(path, jobs=3)
     conn = schema.connect(path)
-    assert Store(conn).counts()["pending"] == 3
+    assert SqliteStore(conn).counts()["pending"] == 3
     conn.close()
 
 
@@ -853,5 +852,5 @@ def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
     columns = [row[1] for row in conn.execute("PRAGMA table_info(attempts)")]
     assert columns[-1] == "log_incomplete"
-    assert Store(conn).counts()["pending"] == 2
+    assert SqliteStore(conn).counts()["pending"] == 2
     conn.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from queued.store.sqlite.engine import Refused, Store
+from queued.store import Refused, Store
 
 from .test_store import BACKOFF_MAX, FAIL, OK, T0, add, claim, state, table_snapshot
 

@@ -1,12 +1,7 @@
-"""The store's side of changing waiting jobs: hold, release, edit, and restart
-(a copy of any job). A mixin of `Store`, which provides `conn`, `_require`,
-`_set_state`, `_environment` and `add_jobs`; like the rest of the store, it
-asks `lifecycle` what each change means and never decides a state itself.
-
-Hold and edit are left unmarked (see `store_attempts.effect`): they may make a
-job the supervisor has read ahead unclaimable, or change what it would run, so
-queueing one makes the supervisor read again before it starts anything.
-"""
+"""What users change about jobs: cancel, retry, hold, release, edit, and
+restart (a copy of any job). Each asks lifecycle what the change means
+(`Jobs.require` refuses what the table does not allow) and records it through
+`Transitions`, which carries out the dependents cascade."""
 
 from __future__ import annotations
 
@@ -17,44 +12,100 @@ from typing import Any
 import msgspec
 
 from queued import lifecycle
-from queued.lifecycle import Event
-from queued.store.sqlite.attempts import ADDS, Refused, effect
+from queued.lifecycle import Event, JobState
+from queued.store.contract import Changes, Refused, Written
+from queued.store.sqlite.environments import Environments
+from queued.store.sqlite.jobs import Jobs, unknown_queue
+from queued.store.sqlite.transitions import Transitions
 from queued.validation import NewJob
 
 
-class JobChanging:
-    conn: sqlite3.Connection
-    reordered: bool
+class JobChanges:
+    def __init__(
+        self, conn: sqlite3.Connection, jobs: Jobs, environments: Environments, transitions: Transitions
+    ) -> None:
+        self.conn = conn
+        self.jobs = jobs
+        self.environments = environments
+        self.transitions = transitions
 
-    def _require(self, ids: Sequence[int], event: Event) -> dict[int, str]:
-        raise NotImplementedError  # provided by Store
+    def _apply(self, ids: Sequence[int], event: Event, now: float, **columns: object) -> Written[list[int]]:
+        """`event` for every one of `ids` (Refused unless each allows it); the ids, sorted."""
+        return self._move(self.jobs.require(ids, event), event, now, **columns)
 
-    def _set_state(self, job_id: int, old: str, event: Event, now: float, **columns: object) -> None:
-        raise NotImplementedError  # provided by Store
+    def _move(
+        self, states: Mapping[int, JobState], event: Event, now: float, **columns: object
+    ) -> Written[list[int]]:
+        changes = Changes()
+        for job_id in sorted(states):
+            self.transitions.move(job_id, states[job_id], event, now, changes, **columns)
+        return Written(sorted(states), changes)
 
-    def _environment(self, env_id: int) -> dict[str, str]:
-        raise NotImplementedError  # provided by Store
+    def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Cancel jobs; returns those that were running (their processes must be stopped)."""
+        states = self.jobs.require(ids, Event.CANCEL)
+        written = self._move(states, Event.CANCEL, now, error=lifecycle.CANCELED_BY_USER)
+        return Written(
+            [job_id for job_id, state in states.items() if state == lifecycle.RUNNING], written.changes
+        )
 
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[int]:
-        raise NotImplementedError  # provided by Store
+    def cancel_what_can(
+        self, ids: Sequence[int], now: float
+    ) -> Written[tuple[list[int], list[int], dict[int, str]]]:
+        """Cancel those of `ids` that can be: (the running ones, whose processes
+        must be stopped; every one canceled; why each other one was not)."""
+        states = self.jobs.states(ids)
+        refused = {job_id: f"no job {job_id}" for job_id in lifecycle.unknown_ids(ids, states)}
+        for job_id, state in states.items():
+            if not lifecycle.can(state, Event.CANCEL):
+                refused[job_id] = lifecycle.refusal(job_id, state, Event.CANCEL)
+        cancelable = sorted(job_id for job_id in states if job_id not in refused)
+        if not cancelable:
+            return Written(([], [], refused))
+        written = self.cancel(cancelable, now)
+        return Written((written.value, cancelable, refused), written.changes)
 
-    def hold(self, ids: Sequence[int], now: float) -> list[int]:
+    def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
+        ids = list(ids)
+        if all_dead:
+            ids += [r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE state = ?", (lifecycle.DEAD,))]
+        ids = sorted(set(ids))
+        states = self.jobs.require(ids, Event.RETRY)
+        changes = Changes()
+        for job_id in ids:  # ascending: a dependency is retried before its dependents
+            deps = self.jobs.dependencies(job_id)
+            verdict = lifecycle.dependency_verdict(deps)
+            if verdict.blocker is not None:
+                raise Refused(
+                    "invalid",
+                    f"job {job_id} depends on job {verdict.blocker}, which is "
+                    f"{verdict.blocker_state}: retry that one too",
+                )
+            self.transitions.move(
+                job_id,
+                states[job_id],
+                Event.RETRY,
+                now,
+                changes,
+                attempts=0,
+                exit_code=None,
+                error=None,
+                run_at=now,
+                unmet=lifecycle.unmet_count(deps),
+            )
+        return Written(ids, changes)
+
+    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:
         """Keep waiting jobs from being claimed until they are released."""
-        states = self._require(ids, Event.HOLD)
-        for job_id in sorted(states):
-            self._set_state(job_id, states[job_id], Event.HOLD, now)
-        return sorted(states)
+        return self._apply(ids, Event.HOLD, now)
 
-    @effect(ADDS)
-    def release(self, ids: Sequence[int], now: float) -> list[int]:
+    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]:
         """Held jobs wait to be claimed again, at their own run_at (now, if it passed)."""
-        states = self._require(ids, Event.RELEASE)
-        for job_id in sorted(states):
-            self._set_state(job_id, states[job_id], Event.RELEASE, now)
-        self.reordered = True  # a released job may outrank those read ahead
-        return sorted(states)
+        written = self._apply(ids, Event.RELEASE, now)
+        written.changes.reordered = True  # a released job may outrank those read ahead
+        return written
 
-    def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> None:
+    def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
         """Change a job that has not started yet; `fields` come from `validation.job_changes`."""
         row = self.conn.execute("SELECT state, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -70,7 +121,8 @@ class JobChanging:
             raise Refused("invalid", "nothing to change")
         new_queue = fields.get("queue", queue)
         if new_queue != queue:
-            self._require_queue_for(new_queue)
+            if not self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (new_queue,)).fetchone():
+                raise unknown_queue(new_queue)
             # The counts table follows state changes by trigger; a move between queues is ours.
             self.conn.execute("UPDATE counts SET n = n - 1 WHERE queue = ? AND state = ?", (queue, state))
             self.conn.execute(
@@ -80,9 +132,9 @@ class JobChanging:
         self.conn.execute(
             f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?", (*fields.values(), now, job_id)
         )
+        return Written(None)
 
-    @effect(ADDS)
-    def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> int:
+    def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
         """Add a copy of any job, with `fields` changed: same command, queue,
         settings, label, cwd and environment; no dependencies; due now."""
         row = self.conn.execute(
@@ -92,22 +144,20 @@ class JobChanging:
         ).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
+        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id = row
         copy = NewJob(
-            command=row[0],
-            queue=row[1],
-            priority=row[2],
-            label=row[3],
-            max_retries=row[4],
-            backoff_base=row[5],
-            timeout=row[6],
-            cwd=row[7],
-            env=self._environment(row[8]),
+            command=command,
+            queue=queue,
+            priority=priority,
+            label=label,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            timeout=timeout,
+            cwd=cwd,
+            env=self.environments.get(env_id),
             run_at=now,
             depends_on=[],
             hold=hold,
         )
-        return self.add_jobs([msgspec.structs.replace(copy, **fields)], now)[0]
-
-    def _require_queue_for(self, name: str) -> None:
-        if not self.conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone():
-            raise Refused("not_found", f"unknown queue {name!r} (create it with `queuectl queue add {name}`)")
+        written = self.jobs.add([msgspec.structs.replace(copy, **fields)], now)
+        return Written(written.value[0], written.changes)

@@ -10,9 +10,12 @@ import os
 import sqlite3
 from pathlib import Path
 
+from queued.store.sqlite.rows import TERMINAL, WAITING
+
 SCHEMA_VERSION = 2
 
-SCHEMA = """
+# State sets are lifecycle's (the same text as ever: a database made before reads alike).
+SCHEMA = f"""
 CREATE TABLE queues (
     name        TEXT PRIMARY KEY,
     concurrency INTEGER,
@@ -80,13 +83,13 @@ CREATE TABLE counts (
 
 -- The next job to claim: lowest priority, then run_at, then id.
 CREATE INDEX jobs_ready ON jobs(priority, run_at, id)
-    WHERE state IN ('pending', 'failed') AND unmet = 0;
+    WHERE state IN ({WAITING}) AND unmet = 0;
 -- The earliest timer to sleep until.
-CREATE INDEX jobs_due ON jobs(run_at) WHERE state IN ('pending', 'failed') AND unmet = 0;
+CREATE INDEX jobs_due ON jobs(run_at) WHERE state IN ({WAITING}) AND unmet = 0;
 CREATE INDEX jobs_by_state ON jobs(state, id);
 CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
-CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ('completed', 'dead', 'canceled');
+CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
 
 CREATE TRIGGER count_update AFTER UPDATE OF state ON jobs WHEN old.state != new.state BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;

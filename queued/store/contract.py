@@ -1,0 +1,307 @@
+"""The store contract: exactly what the supervisor and the handlers may ask of
+a store, and the values that cross it. An engine (SQLite today) implements
+`Store` and `Transactions`; nothing above the store package reads an engine.
+
+Rules every engine keeps:
+
+- Every method runs inside a transaction the writer (`writer.py`) opened, on
+  the writer's one thread; `now` is always passed in.
+- A method that refuses raises `Refused` and leaves nothing of its own behind
+  (the writer runs each change in a savepoint). Methods the writer runs
+  without a savepoint (reads and the supervisor's records, see `Writer`) must
+  refuse before they write.
+- Decisions are `lifecycle`'s: the store asks it what a change means and
+  records the answer.
+- A mutation returns `Written(value, changes)`: its answer, and what it did
+  that others must learn of (`Changes`), which the writer merges per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+
+from queued.lifecycle import Exit, JobState
+from queued.protocol import ErrorCode, Job, QueueInfo, Run
+from queued.validation import NewJob
+
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """A request the store will not carry out; nothing it did is kept."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+class StorageError(Exception):
+    """The storage failed (disk full, I/O error): what the call did is not kept."""
+
+
+class BatchLost(Exception):
+    """Raised by an engine to the writer: the whole transaction is gone (or
+    cannot be kept), so every call of the batch fails with `error`."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class StoreLost(BatchLost):
+    """The store itself is gone (its file deleted or replaced under us): from
+    now on every change is refused."""
+
+
+class Claimed(msgspec.Struct, kw_only=True):
+    """A job taken for an attempt: what the supervisor needs to run it."""
+
+    id: int
+    run: int  # run number across the job's life (names the attempt's logs)
+    attempts: int  # attempts in the current round, for the retry policy
+    command: str
+    queue: str
+    cwd: str | bytes  # bytes: a path that is not UTF-8, as stored
+    env: dict[str, str]
+    timeout: float | None
+    max_retries: int
+    backoff_base: float
+    has_dependents: bool = False  # its success may release jobs waiting for it
+    priority: int = 0
+    run_at: float = 0.0
+
+    @property
+    def claim_key(self) -> tuple[int, float, int]:
+        """Jobs due together are claimed in this order."""
+        return (self.priority, self.run_at, self.id)
+
+
+class Ahead(msgspec.Struct):
+    """Waiting jobs read without taking them (see `Store.lookahead`)."""
+
+    jobs: list[Claimed]  # due now, in claim order
+    complete: bool  # every job due now in the queues asked about is in `jobs`
+    upcoming: list[Claimed]  # due later, by run_at: every one due before `until`
+    until: float | None  # the earliest run_at not read (None: no other waiting job)
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    """An attempt a dead daemon left running, recorded as interrupted."""
+
+    job_id: int
+    run: int
+    state: JobState | None
+
+
+class Changes:
+    """What a mutation did that others must learn of; the writer merges those
+    of a batch and hands them to its one subscriber after the commit."""
+
+    __slots__ = ("finished", "released", "reordered")
+
+    def __init__(self) -> None:
+        self.finished: list[int] = []  # reached a terminal state: waiters, on-finish commands
+        self.released: list[int] = []  # dependents whose last dependency completed
+        # A job became claimable that may outrank those the supervisor read
+        # ahead (a released dependent, a failed attempt's retry time).
+        self.reordered = False
+
+    def merge(self, other: Changes) -> None:
+        self.finished += other.finished
+        self.released += other.released
+        self.reordered = self.reordered or other.reordered
+
+    def __bool__(self) -> bool:
+        return bool(self.finished or self.released or self.reordered)
+
+    def __repr__(self) -> str:
+        return f"Changes(finished={self.finished}, released={self.released}, reordered={self.reordered})"
+
+
+class Written(Generic[T]):
+    """A mutation's answer and what it changed."""
+
+    __slots__ = ("changes", "value")
+
+    def __init__(self, value: T, changes: Changes | None = None) -> None:
+        self.value = value
+        self.changes = NOTHING if changes is None else changes
+
+
+NOTHING = Changes()  # shared by mutations that change nothing others must learn of: never merged into
+
+
+class Store(Protocol):
+    """What the supervisor and the handlers may ask of a store."""
+
+    # -- jobs: reads ----------------------------------------------------------
+    def states(self, ids: Sequence[int]) -> dict[int, JobState]:
+        """The state of each of `ids` that exists."""
+        ...
+
+    def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
+        """The jobs of `ids` that exist, by id."""
+        ...
+
+    def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
+        """A job, its attempts and its environment (printable); Refused if unknown."""
+        ...
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        queue: str | None = None,
+        label: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs matching every filter given, by id; with `limit`, the newest ones."""
+        ...
+
+    def unfinished_ids(self) -> list[int]: ...
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state named."""
+        ...
+
+    # -- jobs: changes --------------------------------------------------------
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+        """Store new jobs (a dependency may be a job of the same call); their ids, in order."""
+        ...
+
+    def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Cancel jobs (Refused unless every one can be); the ids of those that
+        were running, whose processes must be stopped."""
+        ...
+
+    def cancel_what_can(
+        self, ids: Sequence[int], now: float
+    ) -> Written[tuple[list[int], list[int], dict[int, str]]]:
+        """Cancel those of `ids` that can be: (were running, canceled, why each other one was not)."""
+        ...
+
+    def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
+        """Finished jobs wait again, attempts reset; the ids retried."""
+        ...
+
+    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]: ...
+
+    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]: ...
+
+    def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
+        """Change a job that has not started; `fields` from `validation.job_changes`."""
+        ...
+
+    def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
+        """Add a copy of any job with `fields` changed; the copy's id."""
+        ...
+
+    def remove(self, ids: Sequence[int]) -> Written[list[str]]:
+        """Delete finished jobs; the log paths they named, for the caller to unlink."""
+        ...
+
+    def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
+        """Delete jobs in `states` (last changed before `older_than`): (how many, their log paths)."""
+        ...
+
+    # -- queues and settings --------------------------------------------------
+    def queues(self) -> list[QueueInfo]: ...
+
+    def add_queue(self, name: str, concurrency: int | None, now: float) -> Written[None]: ...
+
+    def remove_queue(self, name: str) -> Written[None]: ...
+
+    def set_paused(self, name: str, paused: bool) -> Written[None]: ...
+
+    def set_all_paused(self, paused: bool) -> Written[None]: ...
+
+    def config(self) -> dict[str, str]:
+        """The settings saved by `config set`, as the user wrote them."""
+        ...
+
+    def set_config(self, key: str, value: str) -> Written[None]: ...
+
+    # -- the supervisor's side ------------------------------------------------
+    def lookahead(
+        self, *, now: float, horizon: float, queues: Sequence[str], busy: Sequence[int], limit: int
+    ) -> Ahead:
+        """Waiting jobs of `queues`, without taking them: the first `limit` due
+        now in claim order, and up to `limit` more due by `horizon`."""
+        ...
+
+    def next_due(self, now: float, queues: Sequence[str]) -> float | None:
+        """The earliest future run_at among waiting jobs of `queues`."""
+        ...
+
+    def start(self, job: Claimed, now: float) -> Written[None]:
+        """Record that `job`, read by `lookahead`, started its attempt; Refused
+        (having written nothing) if it is no longer what was read."""
+        ...
+
+    def claim(
+        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+    ) -> Written[list[Claimed]]:
+        """Take up to `slots` due jobs, best first, from queues with room left."""
+        ...
+
+    def unclaim(self, job: Claimed, now: float) -> Written[None]:
+        """Undo the claim of `job`, whose attempt could not start."""
+        ...
+
+    def finish(
+        self,
+        claimed: Claimed,
+        exit: Exit,
+        backoff_max: float,
+        now: float,
+        *,
+        pid: int | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        log_incomplete: str | None = None,
+    ) -> Written[JobState | None]:
+        """Record the end of an attempt and move its job on as lifecycle says;
+        the job's state after it, or None if the job was removed meanwhile."""
+        ...
+
+    def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        """At start: record the attempts a dead daemon left running as
+        interrupted, and make sure the default queue exists."""
+        ...
+
+
+class Transactions(Protocol):
+    """The engine's side of the writer's transactions (see `writer.py`)."""
+
+    def begin(self) -> None:
+        """Open the batch's transaction."""
+        ...
+
+    def call(
+        self, method: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, guarded: bool
+    ) -> T:
+        """Run one call of the batch. `guarded`: in a savepoint of its own, so
+        that a refusal or an error (raised) leaves nothing of it. Raises
+        BatchLost when the transaction itself is gone."""
+        ...
+
+    def commit(self) -> None:
+        """Make the batch durable; BatchLost (or StoreLost) if it cannot be."""
+        ...
+
+    def abort(self) -> None:
+        """Roll back whatever the batch did; forget what may name rolled-back rows."""
+        ...
+
+    def close(self) -> None:
+        """At shutdown, after the writer stopped."""
+        ...
+
+
+class Engine(Store, Transactions, Protocol):
+    """A store engine: the contract, and the transactions the writer runs it in."""

@@ -1,0 +1,139 @@
+"""Rows to Structs, in one place: the column lists each query selects and the
+Struct each row becomes. A column added here is added everywhere."""
+
+from __future__ import annotations
+
+from queued import lifecycle
+from queued.protocol import Job, Run, readable
+from queued.store.contract import Claimed
+
+
+def sql_states(states: tuple[str, ...]) -> str:
+    """A set of lifecycle's states as an SQL list: `'pending', 'failed'`."""
+    return ", ".join(f"'{state}'" for state in states)
+
+
+WAITING = sql_states(lifecycle.WAITING_STATES)
+UNSTARTED = sql_states(lifecycle.UNSTARTED_STATES)
+UNFINISHED = sql_states(lifecycle.UNFINISHED_STATES)
+TERMINAL = sql_states(lifecycle.TERMINAL_STATES)
+
+JOB_COLUMNS = (
+    "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
+    " timeout, exit_code, run_at, created_at, updated_at, cwd, error"
+)
+INSERT_JOB = (
+    "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
+    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def job(
+    row: tuple, depends_on: list[int], unmet: list[int], latest: tuple[float | None, float | None]
+) -> Job:
+    """A Job from a row of JOB_COLUMNS, with what a reader asks next."""
+    (job_id, command, state, queue, priority, label, attempts, max_retries, backoff_base) = row[:9]
+    (timeout, exit_code, run_at, created_at, updated_at, cwd, error) = row[9:16]
+    return Job(
+        id=job_id,
+        command=command,
+        state=state,
+        queue=queue,
+        priority=priority,
+        label=label,
+        attempts=attempts,
+        max_retries=max_retries,
+        backoff_base=backoff_base,
+        timeout=timeout,
+        exit_code=exit_code,
+        run_at=run_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        cwd=cwd if isinstance(cwd, str) else readable(cwd),
+        error=error,
+        depends_on=depends_on,
+        waiting_on=unmet if state in lifecycle.EDITABLE_STATES else [],
+        started_at=latest[0],
+        ended_at=latest[1],
+    )
+
+
+RUN_COLUMNS = (
+    "attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, log_incomplete"
+)
+
+
+def run(row: tuple) -> Run:
+    """A Run from a row of RUN_COLUMNS."""
+    attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, incomplete = row
+    return Run(
+        attempt=attempt,
+        pid=pid,
+        started_at=started_at,
+        ended_at=ended_at,
+        exit_code=exit_code,
+        signal=signal,
+        error=error,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        log_incomplete=incomplete,
+    )
+
+
+# A waiting job as the supervisor reads it: its env is the environments
+# table's row (env_id), looked up by the caller's cache.
+WAITING_COLUMNS = (
+    "id, attempts, command, queue, cwd, env_id, timeout, max_retries, backoff_base,"
+    " (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = jobs.id),"
+    " EXISTS (SELECT 1 FROM dependencies WHERE depends_on = jobs.id), priority, run_at"
+)
+
+
+def waiting(row: tuple, env: dict[str, str]) -> Claimed:
+    """A Claimed from a row of WAITING_COLUMNS (`env` is its env_id's environment)."""
+    job_id, attempts, command, queue, cwd, _, timeout, max_retries, backoff_base = row[:9]
+    next_run, has_dependents, priority, run_at = row[9:13]
+    return Claimed(
+        id=job_id,
+        run=next_run,
+        attempts=attempts + 1,
+        command=command,
+        queue=queue,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        max_retries=max_retries,
+        backoff_base=backoff_base,
+        has_dependents=bool(has_dependents),
+        priority=priority,
+        run_at=run_at,
+    )
+
+
+# An attempt a dead daemon left running, with its job.
+INTERRUPTED_COLUMNS = (
+    "j.id, a.attempt, j.attempts, j.command, j.queue, j.cwd, j.timeout, j.max_retries, j.backoff_base"
+)
+
+
+def interrupted(row: tuple) -> Claimed:
+    """A Claimed from a row of INTERRUPTED_COLUMNS, to be finished as interrupted."""
+    job_id, run_number, attempts, command, queue, cwd, timeout, max_retries, backoff_base = row
+    return Claimed(
+        id=job_id,
+        run=run_number,
+        attempts=attempts,
+        command=command,
+        queue=queue,
+        cwd=cwd,
+        env={},
+        timeout=timeout,
+        max_retries=max_retries,
+        backoff_base=backoff_base,
+    )
+
+
+def chunks(ids: list[int], size: int = 900) -> list[list[int]]:
+    """Pieces small enough for SQLite's limit on bound parameters."""
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
