@@ -45,6 +45,7 @@ import trio
 
 from queued import lifecycle
 from queued.lifecycle import Exit
+from queued.processes import descriptors
 from queued.processes.attempt import Attempt
 from queued.processes.escapes import Escapes
 from queued.processes.guardian_link import GuardianLink
@@ -180,6 +181,22 @@ class Supervisor:
         return sorted(
             job_id for job_id, a in self.running.items() if queue is None or a.claimed.queue == queue
         )
+
+    def is_running(self, job_id: int) -> bool:
+        """Whether `job_id` has an attempt whose end is not recorded yet."""
+        return job_id in self.running
+
+    def live_run(self, job_id: int, run: int) -> tuple[int | None, str, str]:
+        """(pid, stdout path, stderr path) of attempt `run` while it runs: the
+        store learns them when it ends. The pid is None unless it runs now."""
+        out, err = self.log_folders.paths(job_id, run)
+        attempt = self.running.get(job_id)
+        pid = attempt.pid if attempt is not None and attempt.claimed.run == run else None
+        return pid, str(out), str(err)
+
+    def descriptor_shortfall(self, concurrency: int) -> str | None:
+        """Why the descriptor limit cannot carry `concurrency` attempts, or None."""
+        return descriptors.shortfall(concurrency, descriptors.current_limit())
 
     def _stop(self, attempt: Attempt, reason: str) -> None:
         attempt.stop(reason)

@@ -1,19 +1,20 @@
-"""What a request handler may touch: the database, the supervisor, the
-daemon's facts and settings, and the `wait`ers to tell when jobs finish. Both
-handler modules take it; neither imports the other for it."""
+"""What a request handler may touch: the store (through the writer), the
+process side (through `Supervision`, what the supervisor offers the socket
+side), the daemon's facts and settings, and the `wait`ers to tell when jobs
+finish. Both handler modules take it; neither imports the other for it, and
+nothing here imports the process side: daemon.py hands the supervisor in."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
 from queued import config
 from queued import protocol as p
-from queued.processes.supervisor import Supervisor
 from queued.settings import Settings
 from queued.store import Refused, Store
 from queued.store.writer import Writer
@@ -61,13 +62,52 @@ class Watchers:
                     del self._waiters[job_id]
 
 
+class Supervision(Protocol):
+    """What the handlers may ask of the process side, and nothing more."""
+
+    settings: Settings  # in force; `reconfigure` updates it in place
+
+    @property
+    def accepting(self) -> bool:
+        """False once a shutdown began: nothing new starts."""
+        ...
+
+    def wake(self) -> None:
+        """Something claimable may have changed: look again."""
+        ...
+
+    def set_queues(self, queues: list[p.QueueInfo]) -> None: ...
+
+    def set_concurrency(self, concurrency: int) -> None: ...
+
+    def slots(self) -> list[p.Slot]: ...
+
+    def running_in(self, queue: str | None = None) -> list[int]: ...
+
+    def is_running(self, job_id: int) -> bool: ...
+
+    def paused_ids(self) -> set[int]: ...
+
+    def live_run(self, job_id: int, run: int) -> tuple[int | None, str, str]: ...
+
+    def stop_jobs(self, ids: list[int], reason: str) -> None: ...
+
+    def pause_jobs(self, ids: list[int], *, paused: bool) -> list[int]: ...
+
+    def signal_jobs(self, ids: list[int], sig: int) -> None: ...
+
+    def descriptor_shortfall(self, concurrency: int) -> str | None: ...
+
+    def next_change(self) -> trio.Event: ...
+
+
 class Daemon:
     """What a handler may touch: the database, the supervisor, and daemon facts."""
 
     def __init__(
         self,
         db: Writer,
-        supervisor: Supervisor,
+        supervisor: Supervision,
         watchers: Watchers,
         *,
         data_dir: str,

@@ -12,7 +12,6 @@ import trio
 
 from queued import __version__, config, lifecycle, validation
 from queued import protocol as p
-from queued.processes import descriptors
 from queued.server.context import Daemon, Handler, Waiter
 from queued.settings import config_key, format_config_value, parse_config_value, settings_as_config
 from queued.store import Store
@@ -66,10 +65,8 @@ def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
     store learns the pid and log paths when the attempt ends)."""
     if run.stdout_path is not None:
         return run
-    out, err = d.supervisor.log_folders.paths(job_id, run.attempt)
-    attempt = d.supervisor.running.get(job_id)
-    pid = attempt.pid if attempt is not None and attempt.claimed.run == run.attempt else run.pid
-    return msgspec.structs.replace(run, pid=pid, stdout_path=str(out), stderr_path=str(err))
+    pid, out, err = d.supervisor.live_run(job_id, run.attempt)
+    return msgspec.structs.replace(run, pid=run.pid if pid is None else pid, stdout_path=out, stderr_path=err)
 
 
 async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
@@ -175,7 +172,7 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         pid=os.getpid(),
         started_at=d.started_at,
         counts=counts,
-        running=len(d.supervisor.running),
+        running=len(d.supervisor.running_in()),
         concurrency=d.settings.concurrency,
         accepting=d.supervisor.accepting,
         queues=queues,
@@ -189,9 +186,9 @@ async def _workers(d: Daemon, r: p.ListWorkers) -> p.Response:
     return p.Workers(concurrency=d.settings.concurrency, slots=d.supervisor.slots())
 
 
-def _check_descriptors(concurrency: int) -> None:
+def _check_descriptors(d: Daemon, concurrency: int) -> None:
     """A concurrency the descriptor limit cannot carry is refused (ValueError)."""
-    why = descriptors.shortfall(concurrency, descriptors.current_limit())
+    why = d.supervisor.descriptor_shortfall(concurrency)
     if why is not None:
         raise ValueError(why)
 
@@ -199,7 +196,7 @@ def _check_descriptors(concurrency: int) -> None:
 async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
     """`config set concurrency N` that also wins, for this run, over a flag or
     variable: the user asked the running daemon. 0 stops claiming."""
-    _check_descriptors(r.concurrency)
+    _check_descriptors(d, r.concurrency)
     await d.db.write(Store.set_config, "concurrency", str(r.concurrency))
     d.sources.persisted["concurrency"] = str(r.concurrency)
     origin = d.sources.origin("concurrency")
@@ -257,7 +254,7 @@ async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
     key = config_key(r.key)
     field, value = parse_config_value(key, r.value)
     if field == "concurrency":
-        _check_descriptors(int(value))  # type: ignore[arg-type]
+        _check_descriptors(d, int(value))  # type: ignore[arg-type]
     await d.db.write(Store.set_config, key, r.value.strip())
     d.sources.persisted[key] = r.value.strip()
     d.reconfigure()

@@ -46,7 +46,7 @@ async def _running(d: Daemon, ids: list[int], doing: str) -> list[int]:
         raise Refused("not_found", f"no job {missing[0]}")
     for job_id in ids:
         state = states[job_id]
-        if state != lifecycle.RUNNING or job_id not in d.supervisor.running:  # e.g. canceled, in its grace
+        if state != lifecycle.RUNNING or not d.supervisor.is_running(job_id):  # e.g. canceled, in its grace
             hint = (
                 f"; `queuectl hold {job_id}` keeps it from starting"
                 if lifecycle.can(state, lifecycle.Event.HOLD)
