@@ -289,6 +289,11 @@ def internal_failure(reason: str) -> Exit:
     return Exit(False, None, None, f"internal error: {reason}")
 
 
+def canceled_exit(returncode: int) -> Exit:
+    """How an attempt stopped by a cancel ended (its job is canceled already)."""
+    return Exit(False, None, -returncode if returncode < 0 else None, CANCELED_BY_USER)
+
+
 INTERRUPTED = Exit(False, None, None, "interrupted: the daemon stopped while the job ran")
 """What an attempt gets that a daemon left running when it died (see recovery)."""
 

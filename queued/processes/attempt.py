@@ -198,7 +198,7 @@ class Attempt:
 
     def _outcome(self, returncode: int, *, timed_out: bool) -> Exit:
         if self.stop_reason == "cancel":
-            return Exit(False, None, -returncode if returncode < 0 else None, "canceled by user")
+            return lifecycle.canceled_exit(returncode)
         if self.stop_reason == "interrupt":
             return lifecycle.INTERRUPTED
         if timed_out:
