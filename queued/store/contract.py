@@ -14,6 +14,23 @@ Rules every engine keeps:
   records the answer.
 - A mutation returns `Written(value, changes)`: its answer, and what it did
   that others must learn of (`Changes`), which the writer merges per batch.
+- Every state change goes through `lifecycle.next_state` and then carries out
+  `lifecycle.cascade(old, new)` on the job's dependents that have not started
+  (`lifecycle.UNSTARTED_STATES`): CANCEL moves each of them, and theirs in
+  turn, by `lifecycle.DEPENDENT_CANCEL_EVENT`, with the error
+  `lifecycle.dependency_cancel_reason(blocker, its state)` naming the lowest
+  dependency that doomed it; RECOUNT sets each one's count of dependencies not
+  completed. A job entering a terminal state is reported in
+  `Changes.finished` (cascaded ones too); a recount that touched any job sets
+  `Changes.reordered`, and those left with nothing to wait for are reported in
+  `Changes.released`; a failed attempt's retry time and `release` set
+  `reordered` too.
+- A job is claimable when its state is in `lifecycle.WAITING_STATES`, its
+  run_at has come and every dependency completed; claim order is
+  `Claimed.claim_key` (priority, then run_at, then id).
+- Errors: `Refused(code, message)` for what the user must change (codes of
+  `protocol.ErrorCode`; the messages are the user's to read: the SQLite
+  engine's wording is the reference), `StorageError` for a failing store.
 """
 
 from __future__ import annotations
@@ -171,7 +188,11 @@ class Store(Protocol):
 
     # -- jobs: changes --------------------------------------------------------
     def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
-        """Store new jobs (a dependency may be a job of the same call); their ids, in order."""
+        """Store new jobs in `lifecycle.initial_state`; their ids, in order and
+        consecutive for jobs without dependencies. A dependency may be a job of
+        the same call. Refused: an unknown queue or dependency ("not_found"),
+        a dependency that can never complete ("invalid",
+        `lifecycle.dependency_refusal`)."""
         ...
 
     def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
@@ -186,12 +207,19 @@ class Store(Protocol):
         ...
 
     def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
-        """Finished jobs wait again, attempts reset; the ids retried."""
+        """Finished jobs (and every dead one, with `all_dead`) wait again, due
+        now, attempts, exit code and error reset, in ascending id order; the
+        ids retried. Refused if one of them depends on a job that can never
+        complete and is not retried before it."""
         ...
 
-    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]: ...
+    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Keep waiting jobs from being claimed; the ids, sorted."""
+        ...
 
-    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]: ...
+    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Held jobs wait again at their own run_at; the ids, sorted (reordered)."""
+        ...
 
     def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
         """Change a job that has not started; `fields` from `validation.job_changes`."""
@@ -230,8 +258,12 @@ class Store(Protocol):
     def lookahead(
         self, *, now: float, horizon: float, queues: Sequence[str], busy: Sequence[int], limit: int
     ) -> Ahead:
-        """Waiting jobs of `queues`, without taking them: the first `limit` due
-        now in claim order, and up to `limit` more due by `horizon`."""
+        """Claimable jobs of `queues` but `busy`, without taking them: the
+        first `limit` due by `now` in claim order (`complete` when that is all
+        of them), and those due after `now` up to `horizon` by run_at, cut
+        before the first one past `limit` with every job due at that same
+        instant (`until`: that instant, or else the earliest run_at after
+        `horizon`, None when there is none)."""
         ...
 
     def next_due(self, now: float, queues: Sequence[str]) -> float | None:
@@ -239,18 +271,24 @@ class Store(Protocol):
         ...
 
     def start(self, job: Claimed, now: float) -> Written[None]:
-        """Record that `job`, read by `lookahead`, started its attempt; Refused
-        (having written nothing) if it is no longer what was read."""
+        """Record that `job`, read by `lookahead`, started attempt `job.run`:
+        the job is claimed (`lifecycle` CLAIM, attempts = `job.attempts`) and
+        the attempt row made. Refused, having written nothing, if the job is no
+        longer claimable as it was read (another attempt recorded, a state or
+        attempt count changed, a dependency waiting again)."""
         ...
 
     def claim(
         self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
     ) -> Written[list[Claimed]]:
-        """Take up to `slots` due jobs, best first, from queues with room left."""
+        """Take (as `start` does) up to `slots` due jobs, best first, at most
+        `queue_room[q]` of each queue q (queues not named have no room), none
+        of `busy`."""
         ...
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
-        """Undo the claim of `job`, whose attempt could not start."""
+        """Undo the committed claim of `job`, whose attempt could not start:
+        its attempt row goes, and the job moves by `lifecycle.after_unclaim`."""
         ...
 
     def finish(
@@ -265,8 +303,10 @@ class Store(Protocol):
         stderr: str | None = None,
         log_incomplete: str | None = None,
     ) -> Written[JobState | None]:
-        """Record the end of an attempt and move its job on as lifecycle says;
-        the job's state after it, or None if the job was removed meanwhile."""
+        """Record the end of attempt `claimed.run` (its pid and log paths are
+        known only now) and, if `lifecycle.attempt_counts`, move its job on as
+        `lifecycle.after_attempt` says; the job's state after it, or None if the
+        job was removed meanwhile."""
         ...
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
