@@ -76,6 +76,8 @@ class Kind(enum.Enum):
 
 # Reads and the supervisor's records refuse before they write: no savepoint.
 _GUARDED = (Kind.WRITE, Kind.ADD)
+# The contract's methods by the function a caller names (`Store.cancel`).
+_CONTRACT = {fn: name for name, fn in vars(Store).items() if callable(fn) and not name.startswith("_")}
 
 
 class Call:
@@ -185,10 +187,10 @@ class Writer:
     ) -> Call:
         # A method of the contract runs as the engine's own; any other callable
         # (a test's) is given the engine first.
-        name = getattr(fn, "__name__", "")
-        if getattr(Store, name, None) is fn:
-            return Call(kind, fn, getattr(self.engine, name), args, kwargs, urgent=urgent)
-        return Call(kind, fn, fn, (self.engine, *args), kwargs, urgent=urgent)
+        name = _CONTRACT.get(fn)
+        if name is None:
+            return Call(kind, fn, fn, (self.engine, *args), kwargs, urgent=urgent)
+        return Call(kind, fn, getattr(self.engine, name), args, kwargs, urgent=urgent)
 
     def _queue(self, call: Call) -> Call:
         if call.kind is Kind.ADD:

@@ -40,16 +40,24 @@ class Transitions:
     def _recount_dependents(self, job_id: int, changes: Changes) -> None:
         """Recount the unfinished dependencies of `job_id`'s unstarted dependents.
         A count, not a decrement: a dependency may complete, be retried and complete again."""
-        recounted = self.conn.execute(
+        # No RETURNING: most jobs have no dependents, and a plain UPDATE that
+        # touches nothing is the cheapest way to learn it.
+        if self.conn.execute(
             "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
             f" ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != '{lifecycle.COMPLETED}')"
             f" WHERE state IN ({UNSTARTED})"
-            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?) RETURNING id, unmet",
+            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
             (job_id,),
-        ).fetchall()
-        if recounted:
+        ).rowcount:
             changes.reordered = True
-            changes.released += [dependent for dependent, unmet in recounted if unmet == 0]
+            changes.released += [
+                dependent
+                for (dependent,) in self.conn.execute(
+                    "SELECT id FROM jobs WHERE unmet = 0 AND state IN"
+                    f" ({UNSTARTED}) AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
+                    (job_id,),
+                )
+            ]
 
     def _cancel_dependents(self, job_id: int, state: JobState, now: float, changes: Changes) -> None:
         """Cancel every unstarted job that depends on `job_id`, directly or
