@@ -83,7 +83,7 @@ async def test_after_a_job_that_will_never_complete_is_refused(client: AsyncClie
 async def test_a_chain_of_dependents_longer_than_the_recursion_limit(client: AsyncClient) -> None:
     """Issue #17 item 7: the cascade recursed per link; at ~1,000 links the
     failing job stayed `running` and the daemon could not restart. (The unit
-    test in test_store.py takes a chain of 100,000.)"""
+    test in test_store_contract.py takes a chain of 100,000.)"""
     root = await client.add("false", max_retries=0, delay=0.3)
     links = 2_500
     response = await client.ok(

@@ -1,4 +1,4 @@
-"""A store on a temporary database, for the tests that drive it directly."""
+"""The store under test, on every engine of tests/engines.py."""
 
 from __future__ import annotations
 
@@ -7,16 +7,36 @@ from pathlib import Path
 
 import pytest
 
-from queued.store.sqlite import SqliteStore
-from tests.store_harness import Direct
+from queued.store.contract import Changes, Engine
+from tests.engines import ENGINES
+from tests.store_harness import T0, Direct
 
-T0 = 1_700_000_000.0
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "engines(*names): run the test only on these store engines")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `engine` (or `store`, or the writer's `db`) runs once
+    per engine, or on those its `engines` mark names."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    only = metafunc.definition.get_closest_marker("engines")
+    names = [name for name in ENGINES if only is None or name in only.args]
+    metafunc.parametrize("engine", names, indirect=True)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Direct]:
-    engine = SqliteStore.open(tmp_path / "q.db")
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh, empty store of one engine (never recovered: see `store`)."""
+    with ENGINES[request.param](tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def store(engine: Engine) -> Direct:
+    """The contract driven directly, after a daemon's start (the default queue exists)."""
     store = Direct(engine)
-    store.recover(3600.0, T0)  # as a daemon's start does: the default queue exists
-    yield store
-    engine.conn.close()
+    store.recover(3600.0, T0)
+    store.changes = Changes()  # what the test's own calls change, from here
+    return store

@@ -10,11 +10,14 @@ import pytest
 import trio
 
 from queued.lifecycle import classify_exit
-from queued.store import Changes, Claimed, Refused, StorageError, Store, writer
-from queued.store.sqlite import SqliteStore
+from queued.store import Changes, Claimed, Engine, Refused, StorageError, Store, writer
 from queued.store.writer import Kind, Writer
+from tests.store_harness import T0, new
 
-from .test_store import T0, new
+# Every test runs on each engine of tests/engines.py (the `engine` fixture),
+# but those marked `sqlite`: they break SQLite on purpose (a full disk in
+# pages, raw SQL, its file deleted or replaced under it).
+sqlite_only = pytest.mark.engines("sqlite")
 
 
 @pytest.fixture
@@ -24,15 +27,13 @@ def committed() -> list[Changes]:
 
 
 @pytest.fixture
-async def db(tmp_path: Path, committed: list[Changes]) -> AsyncIterator[Writer]:
-    engine = SqliteStore.open(tmp_path / "q.db")
+async def db(engine: Engine, committed: list[Changes]) -> AsyncIterator[Writer]:
     database = Writer(engine, on_commit=committed.append)
     database.run_now(Kind.RECORD, Store.recover, 3600.0, T0)
     async with trio.open_nursery() as nursery:
         await nursery.start(database.serve)
         yield database
         nursery.cancel_scope.cancel()
-    engine.conn.close()
 
 
 async def test_reads_and_the_supervisors_records_change_no_mark(db: Writer) -> None:
@@ -88,6 +89,7 @@ async def test_the_subscriber_hears_of_a_batch_once_and_of_nothing_refused(
     assert len(committed) == 1  # a batch that changed nothing others must learn of is not told
 
 
+@sqlite_only
 async def test_an_error_reaches_the_calls_owner_without_waiting(db: Writer) -> None:
     def broken(store: Store) -> None:
         raise sqlite3.OperationalError("database or disk is full")
@@ -100,6 +102,24 @@ async def test_an_error_reaches_the_calls_owner_without_waiting(db: Writer) -> N
     assert len(seen) == 1 and isinstance(seen[0], StorageError)
 
 
+async def test_a_storage_error_reaches_the_calls_owner_and_the_batch_goes_on(db: Writer) -> None:
+    """On any engine: a call whose storage failed is told so; the calls beside it are not."""
+
+    def failing(store: Store) -> None:
+        raise StorageError("the database disk is full; free some space and try again")
+
+    kept = db.queue(Kind.ADD, Store.add_jobs, [new()], T0)
+    failed = db.queue(Kind.WRITE, failing)
+    seen: list[BaseException | None] = []
+    failed.on_done = lambda done: seen.append(done.error)
+    with pytest.raises(StorageError, match="disk is full"):
+        await failed.outcome()
+    [job_id] = await kept.outcome()
+    assert len(seen) == 1 and isinstance(seen[0], StorageError)
+    assert await db.read(Store.states, [job_id]) == {job_id: "pending"}
+
+
+@sqlite_only
 async def test_an_error_in_a_call_without_savepoint_fails_its_whole_batch(db: Writer) -> None:
     def record_then_fail(store: Store) -> None:
         store.conn.execute("UPDATE queues SET paused = 1")
@@ -124,6 +144,7 @@ async def test_a_refusal_in_a_guarded_call_undoes_only_that_call(db: Writer) -> 
     assert sorted(await db.read(Store.states, range(1, 10))) == [kept, later]
 
 
+@sqlite_only
 async def test_a_disk_full_that_rolls_back_the_whole_batch_fails_it_and_the_writer_goes_on(
     db: Writer,
 ) -> None:
@@ -140,6 +161,7 @@ async def test_a_disk_full_that_rolls_back_the_whole_batch_fails_it_and_the_writ
     assert await db.read(Store.states, [job_id]) == {job_id: "pending"}
 
 
+@sqlite_only
 async def test_a_database_file_deleted_under_the_writer_refuses_every_change_but_reads(
     db: Writer, tmp_path: Path
 ) -> None:
@@ -154,6 +176,7 @@ async def test_a_database_file_deleted_under_the_writer_refuses_every_change_but
     assert await db.read(Store.states, [kept]) == {kept: "pending"}  # reads still answer
 
 
+@sqlite_only
 async def test_a_database_file_replaced_under_the_writer_refuses_changes(db: Writer, tmp_path: Path) -> None:
     await db.add(Store.add_jobs, [new()], T0)
     (tmp_path / "other").write_bytes((tmp_path / "q.db").read_bytes())
@@ -162,6 +185,7 @@ async def test_a_database_file_replaced_under_the_writer_refuses_changes(db: Wri
         await db.add(Store.add_jobs, [new()], T0)
 
 
+@sqlite_only
 async def test_reads_alone_never_look_at_the_files(db: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
     checks: list[bool] = []
     monkeypatch.setattr(db.engine._files, "lost", lambda: checks.append(True))

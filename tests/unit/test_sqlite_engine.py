@@ -1,0 +1,272 @@
+"""The SQLite engine's own: its tables (the counts table, savepoints that
+leave every row as it was, how odd bytes are stored) and its file (opening,
+refusing, migrating). What any engine must do is in test_store_contract.py,
+which runs on SQLite too."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from queued.store import Refused
+from queued.store.sqlite import SqliteStore, schema
+from tests.store_harness import BACKOFF_MAX, OK, T0, Direct, add, claim, claim_one, new
+
+from .test_store_contract import (
+    REFUSALS,
+    _change_since_the_read,
+    ahead,
+    build_world,
+    counts_history,
+    not_utf8_job,
+)
+
+pytestmark = pytest.mark.engines("sqlite")
+
+Store = Direct
+
+
+def table_snapshot(store: Store) -> dict[str, list[tuple]]:
+    return {
+        name: store.conn.execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall()
+        for name in ("jobs", "attempts", "dependencies", "counts", "queues", "environments", "config")
+    } | {"sequence": store.conn.execute("SELECT * FROM sqlite_sequence").fetchall()}
+
+
+# ----------------------------------------------------------------------------
+# Refusals and reads, row by row
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refusal_leaves_every_table_as_it_was(store: Store, case: str) -> None:
+    """The contract's test sees what get_job and list_jobs show; this one every
+    row, the environments and the id sequence included (a savepoint rolled
+    back, or a record that refused before it wrote)."""
+    _, refused_call = REFUSALS[case]
+    world = build_world(store)
+    before = table_snapshot(store)
+    with store.transaction(), pytest.raises(Refused):
+        refused_call(store, world)
+    assert table_snapshot(store) == before
+
+
+def test_a_refused_call_keeps_nothing_inside_its_batch(store: Store) -> None:
+    before = table_snapshot(store)
+    with store.transaction(), pytest.raises(Refused):
+        store.add_jobs([new("ok"), new(queue="missing")], T0)
+    assert table_snapshot(store) == before
+    with store.transaction():
+        [kept] = store.add_jobs([new("kept")], T0)
+        with pytest.raises(Refused):
+            store.add_jobs([new("ok"), new(queue="missing")], T0)
+    assert [row[0] for row in store.conn.execute("SELECT id FROM jobs")] == [kept]
+
+
+@pytest.mark.parametrize(
+    "change", ["cancel", "claimed", "remove", "hold", "ran and failed", "dependency retried"]
+)
+def test_start_refused_writes_no_row(store: Store, change: str) -> None:
+    dep = add(store)
+    store.finish(claim_one(store, dep), OK, BACKOFF_MAX, T0)
+    job_id = add(store, after=[dep], max_retries=3, backoff_base=1.0)
+    [job] = ahead(store).jobs
+    _change_since_the_read(store, change, job_id, dep)
+    before = table_snapshot(store)
+    with store.transaction(), pytest.raises(Refused):
+        store.start(job, T0)
+    assert table_snapshot(store) == before
+
+
+def test_reads_write_nothing(store: Store) -> None:
+    build_world(store)
+    changes = store.conn.total_changes
+    store.list_jobs()
+    store.jobs_by_id([1, 2, 3])
+    store.get_job(1)
+    store.states([1, 2])
+    store.unfinished_ids()
+    store.counts()
+    store.queues()
+    store.config()
+    store.next_due(T0, ["default", "busy"])
+    ahead(store, now=T0 + 1000, horizon=T0 + 2000, queues=("default", "busy", "done"))
+    assert store.conn.total_changes == changes
+
+
+def test_a_start_and_its_unclaim_leave_the_tables_as_they_were(store: Store) -> None:
+    job_id = add(store)
+    before = table_snapshot(store)
+    [job] = claim(store)
+    assert store.conn.execute(
+        "SELECT attempt, started_at FROM attempts WHERE job_id = ?", (job_id,)
+    ).fetchall() == [(1, T0)]
+    store.unclaim(job, T0 + 1)
+    after = table_snapshot(store)
+    assert after["attempts"] == before["attempts"] == []
+    assert [row for row in after["counts"] if row[2]] == before["counts"]
+
+
+def test_removing_a_job_deletes_its_attempts(store: Store) -> None:
+    job_id = add(store)
+    store.finish(claim_one(store, job_id), OK, BACKOFF_MAX, T0, pid=1, stdout="/l/out", stderr="/l/err")
+    store.remove([job_id])
+    assert store.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+    assert store.conn.execute("SELECT count(*) FROM dependencies").fetchone()[0] == 0
+
+
+# ----------------------------------------------------------------------------
+# The counts table
+
+
+def test_the_counts_table_follows_every_change(store: Store) -> None:
+    """Kept by triggers and by the store's own updates: per queue and state,
+    as many as the jobs table holds, at every step."""
+    for step in counts_history(store, {}):
+        per_queue = {(q, s): n for q, s, n in store.conn.execute("SELECT queue, state, n FROM counts") if n}
+        manual = store.conn.execute(
+            "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"
+        ).fetchall()
+        assert per_queue == {(q, s): n for q, s, n in manual}, step
+    assert sum(store.counts().values()) == store.conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
+# ----------------------------------------------------------------------------
+# Bytes that are not UTF-8
+
+
+def test_a_cwd_and_environment_that_are_not_utf8_are_stored_as_bytes(store: Store) -> None:
+    """Issue #17 item 9: a BLOB cwd and an environment of byte pairs, read back
+    (past the engine's cache) into the very same str."""
+    job_new, value = not_utf8_job()
+    [job_id] = store.add_jobs([job_new], T0)
+    assert store.conn.execute("SELECT cwd FROM jobs WHERE id = ?", (job_id,)).fetchone() == (b"/tmp/d\xe9",)
+    store.forget_caches()
+    [claimed] = claim(store)
+    assert claimed.cwd == b"/tmp/d\xe9"  # os.chdir takes it as it is
+    assert claimed.env == {"X": value, "PLAIN": "1"}
+    stored, _, env = store.get_job(job_id)
+    assert (stored.cwd, env["X"]) == ("/tmp/d\\xe9", "caf\\xe9")  # readable, for show
+
+
+# ----------------------------------------------------------------------------
+# Opening the database
+
+
+def _make_database(path: Path, jobs: int = 0) -> None:
+    conn = schema.connect(path)
+    store = Direct(SqliteStore(conn))
+    store.recover(BACKOFF_MAX, T0)
+    if jobs:
+        store.add_jobs([new("x" * 200) for _ in range(jobs)], T0)
+    conn.close()
+
+
+def _assert_refused(path: Path, *needles: str) -> None:
+    before = path.read_bytes()
+    with pytest.raises(schema.DatabaseUnusable) as info:
+        schema.connect(path)
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message
+    assert path.read_bytes() == before
+
+
+def test_new_database_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "q.db"
+        conn = schema.connect(path)
+        Direct(SqliteStore(conn)).recover(BACKOFF_MAX, T0)  # writes: the -wal file exists now
+        for name in ("q.db", "q.db-wal", "q.db-shm"):
+            file = tmp_path / name
+            if file.exists():
+                assert file.stat().st_mode & 0o777 == 0o600, name
+        assert (tmp_path / "q.db-wal").exists()
+        conn.close()
+    finally:
+        os.umask(old)
+
+
+def test_new_database_has_schema_and_wal(tmp_path: Path) -> None:
+    conn = schema.connect(tmp_path / "q.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    conn.close()
+
+
+def test_reopen_keeps_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=3)
+    conn = schema.connect(path)
+    assert SqliteStore(conn).counts()["pending"] == 3
+    conn.close()
+
+
+def test_garbage_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    path.write_bytes(os.urandom(8192))
+    _assert_refused(path)
+
+
+def test_text_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    path.write_text("this is not a database\n" * 100)
+    _assert_refused(path)
+
+
+@pytest.mark.parametrize("keep", ["first page", "half", "all but the last page", "header"])
+def test_truncated_database_refused(tmp_path: Path, keep: str) -> None:
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=300)
+    data = path.read_bytes()
+    page = 4096
+    pages = len(data) // page
+    assert pages >= 8
+    size = {
+        "first page": page,
+        "half": pages // 2 * page,
+        "all but the last page": (pages - 1) * page,
+        "header": 100,
+    }[keep]
+    path.write_bytes(data[:size])
+    _assert_refused(path)
+
+
+def test_newer_schema_version_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    _assert_refused(path, f"version {schema.SCHEMA_VERSION + 1}")
+
+
+def test_foreign_sqlite_database_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, data BLOB)")
+    conn.execute("INSERT INTO photos (data) VALUES (x'00')")
+    conn.commit()
+    conn.close()
+    _assert_refused(path, "not one of queued's")
+
+
+def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path: Path) -> None:
+    """A database written by the previous queued is migrated in place, its rows kept."""
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    conn = sqlite3.connect(path)
+    conn.executescript("ALTER TABLE attempts DROP COLUMN log_incomplete; PRAGMA user_version = 1;")
+    conn.close()
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(attempts)")]
+    assert columns[-1] == "log_incomplete"
+    assert SqliteStore(conn).counts()["pending"] == 2
+    conn.close()

@@ -1,0 +1,1338 @@
+"""The store contract (`queued.store.contract.Store`), driven directly through
+`tests/store_harness.Direct` on every engine of tests/engines.py: what any
+engine must do, seen only through the contract. What one engine does inside
+(SQLite's tables, files, savepoints) is tested beside it, in
+test_sqlite_engine.py."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from queued import lifecycle, validation
+from queued.lifecycle import STATES, classify_exit
+from queued.protocol import JobSpec
+from queued.settings import Settings
+from queued.store import Changes, Recovered, Refused
+from queued.store.contract import Engine
+from tests.store_harness import (
+    BACKOFF_MAX,
+    FAIL,
+    OK,
+    T0,
+    Direct,
+    add,
+    claim,
+    claim_one,
+    job,
+    new,
+    observable,
+    run_to,
+    state,
+)
+
+Store = Direct  # what the tests are given: the contract, answering plainly
+
+
+def ahead(
+    store: Store,
+    now: float = T0,
+    queues: tuple[str, ...] = ("default",),
+    limit: int = 100,
+    busy=(),
+    horizon: float | None = None,
+):
+    return store.lookahead(
+        now=now,
+        horizon=now if horizon is None else horizon,
+        queues=list(queues),
+        busy=list(busy),
+        limit=limit,
+    )
+
+
+def told(changes: Changes) -> tuple[list[int], list[int], bool]:
+    """What a mutation told, finished and released in id order."""
+    return sorted(changes.finished), sorted(changes.released), changes.reordered
+
+
+NOTHING_TOLD: tuple[list[int], list[int], bool] = ([], [], False)
+
+
+# ----------------------------------------------------------------------------
+# Adding
+
+
+def test_add_jobs_returns_increasing_ids(store: Store) -> None:
+    first = store.add_jobs([new("a"), new("b"), new("c")], T0)
+    second = store.add_jobs([new("d")], T0)
+    assert first == sorted(first) and len(set(first)) == 3
+    assert second[0] > first[-1]
+    assert [job(store, i).command for i in first + second] == ["a", "b", "c", "d"]
+
+
+def test_the_ids_of_one_add_are_consecutive(store: Store) -> None:
+    """Jobs with and without dependencies, in one add: their ids follow each
+    other in the order given, so that a job may name one added before it in
+    the same add (as the 100,000-job chain below does)."""
+    dep = add(store)
+    mixed = [new("p1"), new("d1", after=[dep]), new("p2"), new("p3"), new("d2", after=[dep]), new("p4")]
+    ids = store.add_jobs(mixed, T0)
+    assert ids == list(range(ids[0], ids[0] + len(mixed)))
+    assert [job(store, i).command for i in ids] == ["p1", "d1", "p2", "p3", "d2", "p4"]
+    assert store.add_jobs([new() for _ in range(300)], T0) == list(range(ids[-1] + 1, ids[-1] + 301))
+
+
+def test_a_dependency_may_be_a_job_of_the_same_add(store: Store) -> None:
+    a = add(store, delay=100.0)
+    first, second, third, plain = store.add_jobs(
+        [new("first"), new("second", after=[a + 1]), new("third", after=[a + 1, a + 2]), new("plain")], T0
+    )
+    assert (first, second, third, plain) == (a + 1, a + 2, a + 3, a + 4)
+    assert (job(store, second).depends_on, job(store, second).waiting_on) == ([first], [first])
+    assert job(store, third).depends_on == [first, second]
+    claimed = claim(store)
+    assert [c.id for c in claimed] == [first, plain]
+    running_first = claimed[0]
+    _, changes = store.changes_of("finish", running_first, OK, BACKOFF_MAX, T0)
+    assert changes.released == [second]
+    running_second = claim_one(store, second)
+    _, changes = store.changes_of("finish", running_second, OK, BACKOFF_MAX, T0)
+    assert changes.released == [third]
+    assert claim_one(store, third).id == third
+
+
+def test_a_dependency_on_a_later_job_of_the_same_add_is_refused(store: Store) -> None:
+    a = add(store)
+    before = observable(store)
+    with pytest.raises(Refused) as info:
+        store.add_jobs([new("early", after=[a + 2]), new("late")], T0)
+    assert info.value.code == "not_found" and str(a + 2) in info.value.message
+    assert observable(store) == before
+
+
+def test_ids_keep_growing_after_the_newest_is_removed(store: Store) -> None:
+    job_id = add(store)
+    store.cancel([job_id], T0)
+    store.remove([job_id])
+    assert add(store) > job_id
+
+
+def test_added_job_fields(store: Store) -> None:
+    job_id = add(store, "echo hi", priority=4, label="l", max_retries=1, timeout=9.0, delay=30.0)
+    stored, runs, env = store.get_job(job_id)
+    assert stored.state == "pending"
+    assert (stored.command, stored.priority, stored.label) == ("echo hi", 4, "l")
+    assert (stored.max_retries, stored.timeout, stored.attempts) == (1, 9.0, 0)
+    assert stored.run_at == T0 + 30
+    assert stored.created_at == stored.updated_at == T0
+    assert stored.cwd == "/tmp"
+    assert runs == []
+    assert env == {"HOME": "/root"}
+
+
+def test_unknown_queue_refused(store: Store) -> None:
+    with pytest.raises(Refused) as info:
+        store.add_jobs([new(queue="nope")], T0)
+    assert info.value.code == "not_found"
+    assert "nope" in info.value.message
+    assert store.list_jobs() == []
+
+
+def test_after_unknown_id_refused(store: Store) -> None:
+    existing = add(store)
+    with pytest.raises(Refused) as info:
+        store.add_jobs([new(after=[existing, 99])], T0)
+    assert info.value.code == "not_found"
+    assert "99" in info.value.message
+    assert [j.id for j in store.list_jobs()] == [existing]
+
+
+def test_a_refused_call_keeps_nothing_inside_its_batch(store: Store) -> None:
+    # As the writer runs each change: a refusal rolls the whole call back, and
+    # the batch's other calls are kept. (Was: a snapshot of SQLite's tables;
+    # now what the contract shows. The tables: test_sqlite_engine.py.)
+    before = observable(store)
+    with store.transaction(), pytest.raises(Refused):
+        store.add_jobs([new("ok"), new(queue="missing")], T0)
+    assert observable(store) == before
+    with store.transaction():
+        [kept] = store.add_jobs([new("kept")], T0)
+        with pytest.raises(Refused):
+            store.add_jobs([new("ok"), new(queue="missing")], T0)
+    assert [job.id for job in store.list_jobs()] == [kept]
+
+
+@pytest.mark.parametrize("dead_state", ["dead", "canceled"])
+def test_after_a_dead_or_canceled_job_is_refused(store: Store, dead_state: str) -> None:
+    """Issue #11: such a job could never run; it was made and canceled at once."""
+    dep = add(store, max_retries=0)
+    if dead_state == "dead":
+        assert run_to(store, dep, FAIL) == "dead"
+    else:
+        store.cancel([dep], T0)
+    before = observable(store)
+    with pytest.raises(Refused) as refused:
+        add(store, after=[dep])
+    assert refused.value.code == "invalid"
+    assert refused.value.message.startswith(
+        f"--after {dep}: job {dep} is {dead_state}, so this job could never run"
+    )
+    assert observable(store) == before
+
+
+def test_after_completed_dependency_is_ready(store: Store) -> None:
+    dep = add(store)
+    run_to(store, dep, OK)
+    dependent = add(store, after=[dep])
+    assert claim_one(store, dependent).id == dependent
+
+
+# ----------------------------------------------------------------------------
+# Claiming
+
+
+def test_claim_order_priority_then_run_at_then_id(store: Store) -> None:
+    j1 = add(store, "j1", delay=10.0)
+    j2 = add(store, "j2", delay=5.0)
+    j3 = add(store, "j3", priority=-1, delay=20.0)
+    j4 = add(store, "j4", delay=5.0)
+    j5 = add(store, "j5", priority=1)
+    j6 = add(store, "j6", priority=-1, delay=20.0)
+    order = [c.id for c in claim(store, T0 + 100)]
+    assert order == [j3, j6, j2, j4, j1, j5]
+
+
+def test_claim_one_at_a_time_follows_the_same_order(store: Store) -> None:
+    low = add(store, priority=5)
+    high = add(store, priority=-5)
+    mid = add(store)
+    order = [c.id for _ in range(3) for c in claim(store, T0, slots=1)]
+    assert order == [high, mid, low]
+    assert claim(store, T0, slots=1) == []
+
+
+def test_claim_respects_run_at(store: Store) -> None:
+    job_id = add(store, delay=10.0)
+    assert claim(store, T0 + 9.999) == []
+    assert state(store, job_id) == "pending"
+    claimed = claim_one(store, job_id, T0 + 10.0)  # run_at <= now
+    assert (claimed.run, claimed.attempts) == (1, 1)
+    stored, runs, _ = store.get_job(job_id)
+    assert stored.state == "running" and stored.attempts == 1
+    assert [(r.attempt, r.started_at, r.ended_at) for r in runs] == [(1, T0 + 10.0, None)]
+
+
+def test_claimed_record(store: Store) -> None:
+    job_id = add(store, "echo $X", env={"X": "1"}, timeout=5.0, max_retries=2, backoff_base=3.0)
+    claimed = claim_one(store, job_id)
+    assert claimed.command == "echo $X"
+    assert claimed.queue == "default"
+    assert claimed.cwd == "/tmp"
+    assert claimed.env == {"HOME": "/root", "X": "1"}
+    assert (claimed.timeout, claimed.max_retries, claimed.backoff_base) == (5.0, 2, 3.0)
+
+
+def test_claim_respects_slots(store: Store) -> None:
+    ids = [add(store) for _ in range(5)]
+    assert [c.id for c in claim(store, slots=2)] == ids[:2]
+    assert claim(store, slots=0) == []
+    assert [c.id for c in claim(store, slots=10)] == ids[2:]
+
+
+def test_claim_respects_queue_room_and_paused_queues(store: Store) -> None:
+    for name in ("a", "b", "paused"):
+        store.add_queue(name, None, T0)
+    ids = {name: [add(store, queue=name) for _ in range(3)] for name in ("default", "a", "b", "paused")}
+    # The supervisor leaves paused queues out of queue_room, and gives full ones 0.
+    claimed = claim(store, slots=100, room={"default": 0, "a": 1, "b": 2})
+    by_queue = Counter(c.queue for c in claimed)
+    assert by_queue == {"a": 1, "b": 2}
+    assert [c.id for c in claimed if c.queue == "a"] == ids["a"][:1]
+    assert [c.id for c in claimed if c.queue == "b"] == ids["b"][:2]
+    assert all(state(store, i) == "pending" for i in ids["paused"] + ids["default"])
+    assert claim(store, slots=100, room={}) == []
+
+
+def test_claim_fills_other_queues_when_the_best_jobs_are_in_a_full_one(store: Store) -> None:
+    store.add_queue("a", None, T0)
+    store.add_queue("b", None, T0)
+    a_ids = [add(store, queue="a", priority=-10) for _ in range(3)]
+    b_ids = [add(store, queue="b") for _ in range(3)]
+    claimed = claim(store, slots=3, room={"a": 1, "b": 3})
+    assert [c.id for c in claimed] == [a_ids[0], b_ids[0], b_ids[1]]
+
+
+def test_claim_leaves_busy_jobs_waiting(store: Store) -> None:
+    """`busy`: jobs that still have a process from an earlier attempt (a cancel
+    in its kill grace, then a retry) wait for it to be gone."""
+    first, second, third = (add(store, priority=p) for p in (-1, 0, 1))
+    claimed = store.claim(now=T0, slots=2, queue_room={"default": 5}, busy=[first])
+    assert [c.id for c in claimed] == [second, third]
+    assert state(store, first) == "pending"
+    assert store.claim(now=T0, slots=5, queue_room={"default": 5}, busy=[first]) == []
+    assert [c.id for c in store.claim(now=T0, slots=5, queue_room={"default": 5})] == [first]
+
+
+def test_claim_counts_what_it_takes_against_each_queues_room(store: Store) -> None:
+    store.add_queue("a", None, T0)
+    a_ids = [add(store, queue="a", priority=-1) for _ in range(4)]
+    plain = [add(store) for _ in range(4)]
+    claimed = store.claim(now=T0, slots=5, queue_room={"a": 2, "default": 2})
+    assert [c.id for c in claimed] == [*a_ids[:2], *plain[:2]]
+    claimed = store.claim(now=T0, slots=5, queue_room={"a": 0, "default": 1})
+    assert [c.id for c in claimed] == [plain[2]]
+
+
+def test_claim_skips_jobs_with_unmet_dependencies(store: Store) -> None:
+    dep = add(store, delay=100.0)
+    dependent = add(store, after=[dep])
+    assert claim(store, T0) == []
+    assert state(store, dependent) == "pending"
+
+
+# ----------------------------------------------------------------------------
+# Finishing attempts
+
+
+def test_finish_success_completes(store: Store) -> None:
+    job_id = add(store)
+    claimed = claim_one(store, job_id)
+    assert store.finish(claimed, OK, BACKOFF_MAX, T0 + 3) == "completed"
+    stored, runs, _ = store.get_job(job_id)
+    assert stored.state == "completed"
+    assert stored.exit_code == 0 and stored.error is None
+    assert stored.updated_at == T0 + 3
+    assert [(r.ended_at, r.exit_code, r.signal, r.error) for r in runs] == [(T0 + 3, 0, None, None)]
+    assert store.finished == [job_id]
+
+
+def test_finish_failure_waits_for_backoff(store: Store) -> None:
+    job_id = add(store, max_retries=3)
+    claimed = claim_one(store, job_id)
+    assert store.finish(claimed, FAIL, BACKOFF_MAX, T0 + 1) == "failed"
+    stored = job(store, job_id)
+    assert stored.state == "failed"
+    assert stored.run_at == T0 + 1 + 2  # backoff before retry 1: 2 ** 1
+    assert stored.exit_code == 1 and stored.error == "exited with status 1"
+    assert store.finished == []
+    # Not due before its run_at, claimed directly from failed once it is.
+    assert claim(store, T0 + 2.9) == []
+    claimed = claim_one(store, job_id, T0 + 3)
+    assert (claimed.run, claimed.attempts) == (2, 2)
+    assert store.finish(claimed, FAIL, BACKOFF_MAX, T0 + 4) == "failed"
+    assert job(store, job_id).run_at == T0 + 4 + 4  # 2 ** 2
+
+
+def test_finish_backoff_is_capped(store: Store) -> None:
+    job_id = add(store, max_retries=3, backoff_base=100.0)
+    assert store.finish(claim_one(store, job_id), FAIL, 30.0, T0) == "failed"
+    assert job(store, job_id).run_at == T0 + 30
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 3])
+def test_finish_exhausted_goes_dead(store: Store, max_retries: int) -> None:
+    job_id = add(store, max_retries=max_retries)
+    now = T0
+    states = []
+    for _ in range(max_retries + 1):
+        now = job(store, job_id).run_at
+        states.append(run_to(store, job_id, FAIL, now))
+    assert states == ["failed"] * max_retries + ["dead"]
+    stored, runs, _ = store.get_job(job_id)
+    assert stored.state == "dead" and stored.attempts == max_retries + 1
+    assert [r.attempt for r in runs] == list(range(1, max_retries + 2))
+    assert store.finished == [job_id]
+    assert claim(store, now + 10**6) == []
+
+
+def test_finish_signal_records_signal(store: Store) -> None:
+    job_id = add(store, max_retries=0)
+    assert run_to(store, job_id, classify_exit(-9)) == "dead"
+    stored, [run], _ = store.get_job(job_id)
+    assert (run.exit_code, run.signal) == (None, 9)
+    assert stored.error is not None and "SIGKILL" in stored.error
+
+
+def test_finish_records_pid_and_logs(store: Store) -> None:
+    job_id = add(store)
+    claimed = claim_one(store, job_id)
+    store.finish(claimed, OK, BACKOFF_MAX, T0, pid=4242, stdout="/logs/1.out", stderr="/logs/1.err")
+    [run] = store.get_job(job_id)[1]
+    assert (run.pid, run.stdout_path, run.stderr_path) == (4242, "/logs/1.out", "/logs/1.err")
+
+
+def test_finish_records_what_the_logs_miss(store: Store) -> None:
+    job_id = add(store)
+    missed = "stdout: 1,234 bytes lost: No space left on device"
+    store.finish(claim_one(store, job_id), OK, BACKOFF_MAX, T0, log_incomplete=missed)
+    [run] = store.get_job(job_id)[1]
+    assert run.log_incomplete == missed
+
+
+# ----------------------------------------------------------------------------
+# Dependencies
+
+
+def test_completion_of_dependency_makes_dependent_claimable(store: Store) -> None:
+    a = add(store)
+    b = add(store, after=[a])
+    [running_a] = claim(store)
+    assert running_a.id == a
+    assert claim(store) == []
+    assert store.finish(running_a, OK, BACKOFF_MAX, T0) == "completed"
+    assert claim_one(store, b).id == b
+
+
+def test_dependent_waits_for_every_dependency(store: Store) -> None:
+    a = add(store)
+    b = add(store)
+    c = add(store, after=[a, b])
+    first, second = claim(store, slots=2)
+    assert store.finish(first, OK, BACKOFF_MAX, T0) == "completed"
+    assert claim(store) == []
+    assert state(store, c) == "pending"
+    assert store.finish(second, OK, BACKOFF_MAX, T0) == "completed"
+    assert claim_one(store, c).id == c
+
+
+def test_failed_attempt_of_dependency_keeps_dependent_waiting(store: Store) -> None:
+    a = add(store, max_retries=1)
+    b = add(store, after=[a])
+    assert run_to(store, a, FAIL) == "failed"
+    assert state(store, b) == "pending"
+    assert run_to(store, a, OK, T0 + 2) == "completed"
+    assert claim_one(store, b, T0 + 2).id == b
+
+
+def test_dead_dependency_cancels_dependents_transitively(store: Store) -> None:
+    a = add(store, max_retries=0)
+    b = add(store, after=[a])
+    c = add(store, after=[b])
+    other = add(store, delay=1000.0)
+    assert run_to(store, a, FAIL) == "dead"
+    jb, jc = job(store, b), job(store, c)
+    assert (jb.state, jc.state) == ("canceled", "canceled")
+    assert jb.error == f"canceled: dependency {a} is dead"
+    assert jc.error == f"canceled: dependency {b} is canceled"
+    assert state(store, other) == "pending"
+    assert sorted(store.finished) == sorted([a, b, c])
+
+
+def test_cancel_cancels_dependents_transitively(store: Store) -> None:
+    a = add(store, delay=100.0)
+    b = add(store, after=[a])
+    c = add(store, after=[b])
+    store.cancel([a], T0)
+    assert [state(store, i) for i in (a, b, c)] == ["canceled"] * 3
+    assert job(store, b).error is not None and str(a) in (job(store, b).error or "")
+
+
+def test_a_chain_of_100000_dependents_is_canceled_without_recursion(store: Store) -> None:
+    """Issue #17 item 7: the cascade recursed once per link and hit Python's
+    recursion limit at ~1,000. The chain is built with one bulk add."""
+    a = add(store, max_retries=0)
+    chain = [new(after=[a + n]) for n in range(100_000)]  # ids are consecutive within one add
+    with store.transaction():  # as the daemon's writer does: one commit, not 100,000
+        ids = store.add_jobs(chain, T0)
+        assert ids == list(range(a + 1, a + 100_001))
+        store.finished.clear()
+        assert run_to(store, a, FAIL) == "dead"
+    assert store.counts()["canceled"] == 100_000
+    assert job(store, ids[-1]).error == f"canceled: dependency {ids[-2]} is canceled"
+    assert len(store.finished) == 100_001
+
+
+def counted(store: Store) -> dict[str, int]:
+    """Jobs per state, counted one by one from the jobs the store lists."""
+    totals = dict.fromkeys(STATES, 0)
+    for listed in store.list_jobs():
+        totals[listed.state] += 1
+    return totals
+
+
+def test_cascade_through_a_diamond_names_the_lowest_blocker_once(store: Store) -> None:
+    a = add(store, delay=100.0)
+    b = add(store, after=[a])
+    c = add(store, after=[a])
+    d = add(store, after=[b, c])
+    held = add(store, after=[d], hold=True)
+    store.finished.clear()
+    store.cancel([a], T0)
+    assert [state(store, i) for i in (b, c, d, held)] == ["canceled"] * 4
+    assert job(store, d).error == f"canceled: dependency {b} is canceled"
+    assert sorted(store.finished) == [a, b, c, d, held]
+    # Was: against a count of SQLite's jobs table; now the jobs the store lists.
+    assert store.counts() == counted(store) and store.counts()["canceled"] == 5
+
+
+# ----------------------------------------------------------------------------
+# Cancel, retry, remove, clean
+
+
+def test_cancel_pending_running_and_failed(store: Store) -> None:
+    failed = add(store, max_retries=5)
+    assert run_to(store, failed, FAIL) == "failed"
+    pending = add(store, delay=100.0)
+    running = add(store)
+    claimed = claim_one(store, running)
+    stopped = store.cancel([pending, running, failed], T0 + 1)
+    assert stopped == [running]
+    for job_id in (pending, running, failed):
+        stored = job(store, job_id)
+        assert stored.state == "canceled"
+        assert stored.error == "canceled by user"
+        assert stored.updated_at == T0 + 1
+    # The process ends after the cancel: the job stays canceled.
+    assert store.finish(claimed, OK, BACKOFF_MAX, T0 + 2) == "canceled"
+    assert state(store, running) == "canceled"
+    assert store.get_job(running)[1][-1].ended_at == T0 + 2
+
+
+@pytest.mark.parametrize("finished_state", ["completed", "dead", "canceled"])
+def test_cancel_of_finished_job_refused_and_nothing_changes(store: Store, finished_state: str) -> None:
+    target = add(store, max_retries=0)
+    if finished_state == "canceled":
+        store.cancel([target], T0)
+    else:
+        run_to(store, target, OK if finished_state == "completed" else FAIL)
+    pending = add(store, delay=100.0)
+    before = observable(store)
+    with pytest.raises(Refused) as info:
+        store.cancel([pending, target], T0 + 5)
+    assert info.value.code == "invalid"
+    assert str(target) in info.value.message and finished_state in info.value.message
+    assert observable(store) == before
+
+
+def test_cancel_unknown_id(store: Store) -> None:
+    job_id = add(store)
+    with pytest.raises(Refused) as info:
+        store.cancel([job_id, 404], T0)
+    assert info.value.code == "not_found"
+    assert state(store, job_id) == "pending"
+
+
+def test_cancel_what_can_cancels_those_it_can_and_says_why_not_the_others(store: Store) -> None:
+    done = add(store)
+    run_to(store, done, OK)
+    running = add(store)
+    claim_one(store, running)
+    pending = add(store, delay=100.0)
+    stopped, canceled, refused = store.cancel_what_can([pending, running, done, 404], T0 + 1)
+    assert (stopped, canceled) == ([running], sorted([pending, running]))
+    assert sorted(refused) == [done, 404]
+    assert refused[404] == "no job 404" and "completed" in refused[done]
+    assert [state(store, i) for i in (pending, running, done)] == ["canceled", "canceled", "completed"]
+    assert store.cancel_what_can([done], T0 + 2) == ([], [], {done: refused[done]})
+
+
+def test_retry_dead_resets_and_runs_again(store: Store) -> None:
+    job_id = add(store, max_retries=1)
+    run_to(store, job_id, FAIL)
+    assert run_to(store, job_id, FAIL, T0 + 2) == "dead"
+    assert store.retry([job_id], False, T0 + 50) == [job_id]
+    stored = job(store, job_id)
+    assert stored.state == "pending"
+    assert stored.attempts == 0
+    assert stored.exit_code is None and stored.error is None
+    assert stored.run_at == T0 + 50
+    claimed = claim_one(store, job_id, T0 + 50)
+    assert claimed.attempts == 1  # the retry policy starts over
+    assert claimed.run == 3  # but log names keep counting
+    assert store.finish(claimed, FAIL, BACKOFF_MAX, T0 + 51) == "failed"
+
+
+def test_retry_all_dead(store: Store) -> None:
+    dead = []
+    for _ in range(2):
+        dead.append(add(store, max_retries=0))
+        run_to(store, dead[-1], FAIL)
+    done = add(store)
+    run_to(store, done, OK)
+    assert store.retry([], True, T0) == dead
+    assert [state(store, i) for i in dead] == ["pending", "pending"]
+    assert state(store, done) == "completed"
+
+
+def test_retry_of_unfinished_job_refused(store: Store) -> None:
+    job_id = add(store)
+    with pytest.raises(Refused) as info:
+        store.retry([job_id], False, T0)
+    assert info.value.code == "invalid"
+    assert state(store, job_id) == "pending"
+
+
+def test_retry_dependency_and_dependent_together(store: Store) -> None:
+    a = add(store, max_retries=0)
+    b = add(store, after=[a])
+    run_to(store, a, FAIL)
+    assert state(store, b) == "canceled"
+    with pytest.raises(Refused) as info:
+        store.retry([b], False, T0)
+    assert info.value.code == "invalid" and str(a) in info.value.message
+    assert store.retry([b, a], False, T0 + 1) == [a, b]
+    [running_a] = claim(store, T0 + 1)
+    assert running_a.id == a  # b waits for a again
+    assert store.finish(running_a, OK, BACKOFF_MAX, T0 + 2) == "completed"
+    assert claim_one(store, b, T0 + 2).id == b
+
+
+def test_a_retried_dependency_makes_its_dependents_wait_again(store: Store) -> None:
+    a = add(store)
+    run_to(store, a, OK)
+    b = add(store, after=[a], delay=10.0)
+    assert job(store, b).waiting_on == []
+    store.retry([a], False, T0 + 1)
+    assert job(store, b).waiting_on == [a]
+    [again] = claim(store, T0 + 20)
+    assert again.id == a  # b waits for the new run of a
+    store.finish(again, OK, BACKOFF_MAX, T0 + 21)
+    assert claim_one(store, b, T0 + 21).id == b
+
+
+def test_hold_and_release(store: Store) -> None:
+    job_id = add(store, delay=5.0)
+    assert store.hold([job_id], T0) == [job_id]
+    assert state(store, job_id) == "held"
+    assert claim(store, T0 + 10) == [] and ahead(store, now=T0 + 10).jobs == []
+    assert store.release([job_id], T0 + 10) == [job_id]
+    assert state(store, job_id) == "pending"
+    assert claim_one(store, job_id, T0 + 10).run_at == T0 + 5  # its own run_at, passed
+
+
+def test_edit_changes_a_job_that_has_not_started(store: Store) -> None:
+    store.add_queue("other", None, T0)
+    job_id = add(store, "old", delay=100.0)
+    store.edit(job_id, {"command": "new", "priority": 3, "queue": "other"}, T0 + 1)
+    edited = job(store, job_id)
+    assert (edited.command, edited.priority, edited.queue, edited.updated_at) == ("new", 3, "other", T0 + 1)
+    assert [(q.name, q.pending) for q in store.queues()] == [("default", 0), ("other", 1)]
+
+
+def test_restart_adds_a_copy_with_the_changes_asked(store: Store) -> None:
+    original = add(store, "cmd", env={"X": "1"}, priority=2, label="l", max_retries=0)
+    run_to(store, original, FAIL)
+    copy = store.restart(original, {"priority": 7}, False, T0 + 5)
+    assert copy > original
+    was, now_ = job(store, original), job(store, copy)
+    assert (now_.command, now_.label, now_.priority, now_.state) == ("cmd", "l", 7, "pending")
+    assert (now_.run_at, now_.depends_on, was.state) == (T0 + 5, [], "dead")
+    assert store.get_job(copy)[2] == store.get_job(original)[2]
+    held = store.restart(original, {}, True, T0 + 5)
+    assert state(store, held) == "held"
+
+
+def test_remove_running_refused(store: Store) -> None:
+    job_id = add(store)
+    claim_one(store, job_id)
+    with pytest.raises(Refused) as info:
+        store.remove([job_id])
+    assert info.value.code == "invalid"
+    assert state(store, job_id) == "running"
+
+
+def test_remove_pending_refused_and_unknown_not_found(store: Store) -> None:
+    job_id = add(store)
+    with pytest.raises(Refused) as info:
+        store.remove([job_id])
+    assert info.value.code == "invalid"
+    with pytest.raises(Refused) as info:
+        store.remove([12345])
+    assert info.value.code == "not_found"
+
+
+def test_an_attempt_ending_after_its_job_was_removed_says_so(store: Store) -> None:
+    """`rm` in a canceled job's kill grace: the end finds no job, and says so
+    (None) for the supervisor to delete the attempt's logs, which no row names."""
+    job_id = add(store)
+    claimed = claim_one(store, job_id)
+    store.cancel([job_id], T0)
+    assert store.remove([job_id]) == []
+    assert store.finish(claimed, OK, BACKOFF_MAX, T0 + 1, stdout="/logs/1.out", stderr="/logs/1.err") is None
+
+
+def test_remove_finished_returns_log_paths(store: Store) -> None:
+    job_id = add(store)
+    claimed = claim_one(store, job_id)
+    store.finish(claimed, OK, BACKOFF_MAX, T0, pid=1, stdout="/l/out", stderr="/l/err")
+    assert sorted(store.remove([job_id])) == ["/l/err", "/l/out"]
+    assert store.states([job_id]) == {}
+    # (Its attempts' rows go with it: SQLite's, in test_sqlite_engine.py.)
+    with pytest.raises(Refused):
+        store.get_job(job_id)
+
+
+def test_clean_by_state_and_age(store: Store) -> None:
+    old_done = add(store)
+    run_to(store, old_done, OK, T0)
+    old_dead = add(store, max_retries=0, now=T0)
+    run_to(store, old_dead, FAIL, T0)
+    new_done = add(store, now=T0 + 100)
+    run_to(store, new_done, OK, T0 + 100)
+    pending = add(store, now=T0 + 100)
+
+    count, _ = store.clean(["completed"], older_than=T0 + 50)
+    assert count == 1
+    assert set(store.states([old_done, old_dead, new_done, pending])) == {old_dead, new_done, pending}
+
+    count, _ = store.clean(["completed", "dead", "canceled"], older_than=None)
+    assert count == 2
+    assert set(store.states([old_dead, new_done, pending])) == {pending}
+
+
+def test_clean_returns_log_paths(store: Store) -> None:
+    job_id = add(store)
+    claimed = claim_one(store, job_id)
+    store.finish(claimed, OK, BACKOFF_MAX, T0, pid=1, stdout="/l/out", stderr="/l/err")
+    count, paths = store.clean(["completed"], None)
+    assert count == 1 and sorted(paths) == ["/l/err", "/l/out"]
+
+
+# ----------------------------------------------------------------------------
+# Reading jobs
+
+
+def test_list_jobs_filters_and_keeps_the_newest(store: Store) -> None:
+    store.add_queue("other", None, T0)
+    a = add(store, label="x")
+    b = add(store, queue="other", label="x")
+    c = add(store, hold=True)
+    assert [j.id for j in store.list_jobs()] == [a, b, c]
+    assert [j.id for j in store.list_jobs(states=["held"])] == [c]
+    assert [j.id for j in store.list_jobs(queue="other")] == [b]
+    assert [j.id for j in store.list_jobs(label="x")] == [a, b]
+    assert [j.id for j in store.list_jobs(ids=[c, a, 404])] == [a, c]
+    assert [j.id for j in store.list_jobs(limit=2)] == [b, c]
+    assert [j.id for j in store.list_jobs(states=["pending"], label="x", queue="default")] == [a]
+    assert [j.id for j in store.jobs_by_id([c, 404, a])] == [a, c]
+    assert store.unfinished_ids() == [a, b, c]
+
+
+# ----------------------------------------------------------------------------
+# Counts, timers, interrupted jobs
+
+
+def counts_history(store: Store, ids: dict[str, int]) -> Iterator[str]:
+    """Jobs through every kind of change, pausing (yielding) where the counts
+    are checked; the ids the checks need, in `ids`."""
+    store.add_queue("other", 2, T0)
+    yield "empty"
+    added = store.add_jobs(
+        [new(max_retries=1) for _ in range(8)] + [new(queue="other") for _ in range(3)], T0
+    )
+    yield "added"
+    claimed = claim(store, slots=6)
+    store.finish(claimed[0], OK, BACKOFF_MAX, T0)
+    store.finish(claimed[1], FAIL, BACKOFF_MAX, T0)
+    store.finish(claimed[2], classify_exit(-9), BACKOFF_MAX, T0)
+    yield "finished"
+    ids["canceled_dependent"] = add(store, after=[added[-1]])
+    store.cancel([claimed[3].id, added[-1]], T0)
+    ids["dependent"] = add(store, after=[claimed[0].id])
+    yield "canceled"
+    now = T0 + 10
+    for again in claim(store, now, slots=100):
+        store.finish(again, FAIL, BACKOFF_MAX, now)
+    yield "failed again"
+    store.retry([claimed[3].id], False, now)
+    store.remove([claimed[0].id])
+    store.clean(["canceled", "dead"], None)
+    yield "retried and removed"
+    held = store.add_jobs([new(hold=True), new(queue="other", hold=True)], now)
+    store.hold([claimed[3].id], now)
+    store.edit(held[0], {"queue": "other"}, now)
+    store.edit(claimed[3].id, {"queue": "other", "priority": 4}, now)
+    yield "held and edited"
+    store.release([held[1]], now)
+    store.restart(held[0], {}, False, now)
+    yield "released and restarted"
+
+
+def test_counts_match_a_manual_count(store: Store) -> None:
+    # Was: against SQLite's jobs table; now against the jobs the store lists
+    # (the counts table itself: test_sqlite_engine.py).
+    ids: dict[str, int] = {}
+    for step in counts_history(store, ids):
+        assert store.counts() == counted(store), step
+        # Per-queue numbers in queues() agree with the jobs listed per queue.
+        for queue in store.queues():
+            listed = Counter(j.state for j in store.list_jobs(queue=queue.name))
+            assert (queue.running, queue.pending, queue.held, queue.failed) == (
+                listed["running"],
+                listed["pending"],
+                listed["held"],
+                listed["failed"],
+            ), (step, queue.name)
+    assert list(store.counts()) == list(STATES)
+    assert sum(store.counts().values()) == len(store.list_jobs())
+    assert state(store, ids["dependent"]) in ("failed", "dead")
+    assert store.states([ids["canceled_dependent"]]) == {}
+
+
+def test_next_due_returns_earliest_future_run_at(store: Store) -> None:
+    store.add_queue("other", None, T0)
+    assert store.next_due(T0, ["default"]) is None
+    add(store)  # due now: not in the future
+    add(store, delay=50.0)
+    add(store, delay=20.0)
+    add(store, delay=5.0, queue="other")
+    blocker = add(store, delay=100.0)
+    add(store, after=[blocker], delay=1.0)  # waits for a dependency, not a timer
+    assert store.next_due(T0, ["default"]) == T0 + 20
+    assert store.next_due(T0, ["default", "other"]) == T0 + 5
+    assert store.next_due(T0 + 20, ["default"]) == T0 + 50
+    assert store.next_due(T0 + 100, ["default"]) is None
+    assert store.next_due(T0, []) is None
+
+
+def test_next_due_sees_failed_jobs(store: Store) -> None:
+    job_id = add(store, max_retries=2)
+    run_to(store, job_id, FAIL, T0)
+    assert store.next_due(T0, ["default"]) == T0 + 2
+
+
+def test_recover_records_what_a_dead_daemon_left_running_as_interrupted(store: Store) -> None:
+    a = add(store, max_retries=1)
+    run_to(store, a, FAIL)
+    b = add(store)
+    add(store, delay=100.0)
+    claimed = {c.id: c for c in claim(store, T0 + 2)}
+    assert set(claimed) == {a, b}
+    # Each attempt is finished as interrupted, under the job's retry policy.
+    assert store.recover(BACKOFF_MAX, T0 + 3) == [Recovered(a, 2, "dead"), Recovered(b, 1, "failed")]
+    assert store.finished == [a]
+    _, runs, _ = store.get_job(a)
+    assert runs[-1].error == lifecycle.INTERRUPTED.error
+    assert store.recover(BACKOFF_MAX, T0 + 4) == []
+
+
+def test_recover_tells_what_it_finished_and_reordered(store: Store) -> None:
+    dead_soon = add(store, max_retries=0)
+    dependent = add(store, after=[dead_soon])
+    retried = add(store, max_retries=2)
+    claim(store)
+    recovered, changes = store.changes_of("recover", BACKOFF_MAX, T0 + 3)
+    assert recovered == [Recovered(dead_soon, 1, "dead"), Recovered(retried, 1, "failed")]
+    assert told(changes) == ([dead_soon, dependent], [], True)  # the retry is due at its backoff
+    [run] = store.get_job(retried)[1]
+    assert (run.ended_at, run.error) == (T0 + 3, lifecycle.INTERRUPTED.error)
+    assert job(store, retried).run_at == T0 + 3 + 2
+    assert state(store, dependent) == "canceled"
+
+
+def test_recover_makes_the_default_queue_and_keeps_it_as_it_is(engine: Engine) -> None:
+    store = Direct(engine)
+    assert store.recover(BACKOFF_MAX, T0) == []
+    assert [(q.name, q.concurrency, q.paused) for q in store.queues()] == [("default", None, False)]
+    store.set_paused("default", True)
+    job_id = add(store)
+    assert store.recover(BACKOFF_MAX, T0 + 1) == []
+    assert [(q.name, q.paused, q.pending) for q in store.queues()] == [("default", True, 1)]
+    assert state(store, job_id) == "pending"
+
+
+# ----------------------------------------------------------------------------
+# Queues and config
+
+
+def test_queue_management(store: Store) -> None:
+    store.add_queue("gpu", 1, T0)
+    with pytest.raises(Refused) as info:
+        store.add_queue("gpu", 2, T0)
+    assert info.value.code == "invalid"
+    store.set_paused("gpu", True)
+    assert [(q.name, q.concurrency, q.paused) for q in store.queues()] == [
+        ("default", None, False),
+        ("gpu", 1, True),
+    ]
+    with pytest.raises(Refused) as info:
+        store.set_paused("nope", True)
+    assert info.value.code == "not_found"
+    with pytest.raises(Refused):
+        store.remove_queue("default")
+    job_id = add(store, queue="gpu")
+    with pytest.raises(Refused):
+        store.remove_queue("gpu")
+    store.cancel([job_id], T0)
+    with pytest.raises(Refused):
+        store.remove_queue("gpu")  # still holds a finished job
+    store.remove([job_id])
+    store.remove_queue("gpu")
+    assert [q.name for q in store.queues()] == ["default"]
+
+
+def test_pause_and_resume_every_queue(store: Store) -> None:
+    store.add_queue("b", None, T0)
+    store.set_all_paused(True)
+    assert [q.paused for q in store.queues()] == [True, True]
+    store.set_all_paused(False)
+    assert [q.paused for q in store.queues()] == [False, False]
+
+
+def test_config_persists(store: Store) -> None:
+    assert store.config() == {}
+    store.set_config("timeout", "5m")
+    store.set_config("timeout", "10m")
+    store.set_config("max-retries", "1")
+    assert store.config() == {"timeout": "10m", "max-retries": "1"}
+
+
+# ----------------------------------------------------------------------------
+# Reading due jobs ahead (`lookahead`) and recording their starts (`start`)
+
+
+def test_lookahead_reads_in_claim_order_and_takes_nothing(store: Store) -> None:
+    low = add(store, priority=5)
+    first = add(store, priority=-1)
+    later = add(store, delay=10)
+    plain = add(store)
+    before = observable(store)
+    read = ahead(store)
+    assert [j.id for j in read.jobs] == [first, plain, low]
+    assert read.complete and read.upcoming == [] and read.until == T0 + 10
+    assert observable(store) == before  # was: SQLite's tables
+    assert [c.id for c in claim(store)] == [first, plain, low]  # the same order a claim takes
+    assert state(store, later) == "pending"
+
+
+def test_lookahead_limit_busy_and_queues(store: Store) -> None:
+    store.add_queue("other", None, T0)
+    ids = [add(store) for _ in range(4)]
+    elsewhere = add(store, queue="other")
+    read = ahead(store, limit=2, busy=[ids[0]])
+    assert [j.id for j in read.jobs] == ids[1:3] and not read.complete
+    assert [j.id for j in ahead(store, queues=("other",)).jobs] == [elsewhere]
+    assert ahead(store, queues=()).jobs == []
+
+
+def test_lookahead_reads_the_jobs_due_by_the_horizon_in_time_order(store: Store) -> None:
+    soon_low = add(store, delay=2, priority=5)
+    sooner = add(store, delay=1)
+    beyond = add(store, delay=30)
+    add(store, delay=3, after=[beyond])  # waits for a dependency: never upcoming
+    read = ahead(store, horizon=T0 + 10)
+    assert read.jobs == [] and read.complete
+    assert [(j.id, j.run_at, j.priority) for j in read.upcoming] == [
+        (sooner, T0 + 1, 0),
+        (soon_low, T0 + 2, 5),
+    ]
+    assert read.until == T0 + 30
+    assert ahead(store, horizon=T0 + 60).until is None
+
+
+def test_lookahead_cuts_the_upcoming_at_the_first_job_left_out(store: Store) -> None:
+    first = add(store, delay=1)
+    add(store, delay=2)
+    add(store, delay=2)  # the limit falls between these two: both wait for the next read
+    read = ahead(store, horizon=T0 + 10, limit=2)
+    assert [j.id for j in read.upcoming] == [first] and read.until == T0 + 2
+
+
+def test_lookahead_reads_what_a_claim_would_take(store: Store) -> None:
+    job_id = add(store, "echo $X", env={"X": "1"}, timeout=5.0, max_retries=2, backoff_base=3.0, priority=-2)
+    dep = add(store, delay=100.0)
+    add(store, after=[dep])
+    [read] = ahead(store).jobs
+    assert read.has_dependents is False
+    [claimed] = claim(store)
+    assert read == claimed
+    assert [c.has_dependents for c in ahead(store, now=T0 + 100).jobs] == [True]
+    assert job_id == claimed.id
+
+
+def test_start_records_the_attempt_the_read_promised(store: Store) -> None:
+    job_id = add(store, "echo $X", env={"X": "1"})
+    [job_] = ahead(store).jobs
+    assert (job_.run, job_.attempts, job_.env["X"]) == (1, 1, "1")
+    store.start(job_, T0 + 1)
+    assert state(store, job_id) == "running"
+    # Was: SQLite's attempts table; now the runs get_job reads from it.
+    assert [(r.attempt, r.started_at) for r in store.get_job(job_id)[1]] == [(1, T0 + 1)]
+    assert store.finish(job_, OK, BACKOFF_MAX, T0 + 2) == "completed"
+
+
+def test_a_retry_is_read_with_its_next_run_number(store: Store) -> None:
+    job_id = add(store, max_retries=1, backoff_base=1)
+    [first] = claim(store)
+    assert store.finish(first, FAIL, BACKOFF_MAX, T0) == "failed"
+    [again] = ahead(store, now=T0 + 100).jobs
+    assert (again.id, again.run, again.attempts) == (job_id, 2, 2)
+    store.start(again, T0 + 100)
+    assert state(store, job_id) == "running"
+
+
+def _change_since_the_read(store: Store, change: str, job_id: int, dep: int) -> None:
+    if change == "cancel":
+        store.cancel([job_id], T0)
+    elif change == "claimed":
+        claim(store)
+    elif change == "remove":
+        store.cancel([job_id], T0)
+        store.remove([job_id])
+    elif change == "hold":
+        store.hold([job_id], T0)
+    elif change == "ran and failed":
+        [again] = claim(store)
+        store.finish(again, FAIL, BACKOFF_MAX, T0)
+    elif change == "dependency retried":
+        store.retry([dep], False, T0)  # an `add` for the writer: the read-ahead is not made stale by it
+
+
+@pytest.mark.parametrize(
+    "change", ["cancel", "claimed", "remove", "hold", "ran and failed", "dependency retried"]
+)
+def test_start_refuses_a_job_that_changed_since_the_read(store: Store, change: str) -> None:
+    dep = add(store)
+    run_to(store, dep, OK)
+    job_id = add(store, after=[dep], max_retries=3, backoff_base=1.0)
+    [job_] = ahead(store).jobs
+    _change_since_the_read(store, change, job_id, dep)
+    before = observable(store)
+    with pytest.raises(Refused, match=f"job {job_id} changed"):
+        store.start(job_, T0)
+    assert observable(store) == before  # was: SQLite's tables (still checked there)
+
+
+def test_start_refused_inside_a_batch_writes_nothing_of_its_own(store: Store) -> None:
+    """The writer runs the supervisor's records without a savepoint: `start`
+    must refuse before it writes, or the batch would commit half of it."""
+    job_id = add(store)
+    [job_] = ahead(store).jobs
+    store.cancel([job_id], T0)
+    before = observable(store)
+    with store.transaction():
+        store.set_config("marker", "kept")
+        with pytest.raises(Refused):
+            store.start(job_, T0 + 1)
+    assert observable(store) == {**before, "config": {"marker": "kept"}}
+
+
+def test_finishes_that_make_jobs_claimable_say_so(store: Store) -> None:
+    dep = add(store)
+    dependent = add(store, after=[dep])
+    [job_] = claim(store)
+    store.reordered = False
+    assert store.finish(job_, OK, BACKOFF_MAX, T0) == "completed"
+    assert store.reordered and state(store, dependent) == "pending"
+    retried = add(store, max_retries=1)
+    [job_] = [c for c in claim(store) if c.id == retried]
+    store.reordered = False
+    assert store.finish(job_, FAIL, BACKOFF_MAX, T0) == "failed"
+    assert store.reordered
+
+
+# ----------------------------------------------------------------------------
+# Undoing a claim (`unclaim`)
+
+
+def test_unclaim_undoes_a_claim_whose_attempt_could_not_start(store: Store) -> None:
+    """No descriptor was free for the spawn: the job waits again as it was,
+    counts and all, and the next claim takes the same attempt."""
+    job_id = add(store)
+    counts, queues = store.counts(), store.queues()
+    [job_] = claim(store)
+    store.unclaim(job_, T0 + 1)
+    # Was: SQLite's attempts and counts tables; now what get_job, counts and queues show.
+    assert store.get_job(job_id)[1] == []
+    assert (store.counts(), store.queues()) == (counts, queues)
+    assert state(store, job_id) == "pending"
+    [again] = claim(store)
+    assert (again.id, again.run, again.attempts) == (job_.id, job_.run, job_.attempts)
+
+
+def test_unclaim_of_a_retry_keeps_its_earlier_attempts(store: Store) -> None:
+    job_id = add(store, max_retries=2, backoff_base=1)
+    [first] = claim(store)
+    store.finish(first, FAIL, BACKOFF_MAX, T0)
+    [second] = claim(store, now=T0 + 100)
+    store.unclaim(second, T0 + 100)
+    assert [run.attempt for run in store.get_job(job_id)[1]] == [1]  # was: SQLite's attempts table
+    [again] = claim(store, now=T0 + 100)
+    assert (again.id, again.run, again.attempts) == (job_id, 2, 2)
+
+
+def test_unclaim_of_a_job_canceled_meanwhile_leaves_it_canceled(store: Store) -> None:
+    job_id = add(store)
+    [job_] = claim(store)
+    store.cancel([job_id], T0)
+    store.unclaim(job_, T0 + 1)
+    assert state(store, job_id) == "canceled"
+    assert store.get_job(job_id)[1] == []  # was: SQLite's attempts table
+
+
+def test_unclaim_of_a_job_removed_meanwhile_changes_nothing(store: Store) -> None:
+    job_id = add(store)
+    other = add(store, delay=10.0)
+    [job_] = claim(store)
+    store.cancel([job_id], T0)
+    store.remove([job_id])
+    before = observable(store)
+    _, changes = store.changes_of("unclaim", job_, T0 + 1)
+    assert told(changes) == NOTHING_TOLD
+    assert observable(store) == before and store.unfinished_ids() == [other]
+
+
+# ----------------------------------------------------------------------------
+# What each change tells (`Written.changes`, merged by the writer per batch)
+
+
+def test_changes_that_finish_nothing_release_nothing_and_reorder_nothing_say_so(store: Store) -> None:
+    done = add(store)
+    run_to(store, done, OK)
+    lone = add(store)
+    run_to(store, lone, OK)
+    [pending] = store.add_jobs([new(delay=100.0)], T0)
+    calls: list[tuple[str, tuple[Any, ...]]] = [
+        ("add_jobs", ([new(), new(after=[done]), new(hold=True)], T0)),
+        ("hold", ([pending], T0)),
+        ("edit", (pending, {"priority": 3}, T0)),
+        ("restart", (done, {}, False, T0)),
+        ("retry", ([lone], False, T0)),  # a completed job without dependents
+        ("add_queue", ("q", None, T0)),
+        ("set_paused", ("q", True)),
+        ("set_all_paused", (False,)),
+        ("set_config", ("timeout", "5m")),
+        ("remove_queue", ("q",)),
+    ]
+    for name, args in calls:
+        _, changes = store.changes_of(name, *args)
+        assert told(changes) == NOTHING_TOLD, name
+    for name, kwargs in [
+        ("lookahead", {"now": T0, "horizon": T0, "queues": ["default"], "busy": [], "limit": 5}),
+        ("claim", {"now": T0, "slots": 1, "queue_room": {"default": 1}}),
+    ]:
+        _, changes = store.changes_of(name, **kwargs)
+        assert told(changes) == NOTHING_TOLD, name
+    [claimed] = store.claim(now=T0, slots=1, queue_room={"default": 1})
+    _, changes = store.changes_of("unclaim", claimed, T0)
+    assert told(changes) == NOTHING_TOLD
+    _, changes = store.changes_of("start", ahead(store).jobs[0], T0)
+    assert told(changes) == NOTHING_TOLD
+    _, changes = store.changes_of("remove", [done])
+    assert told(changes) == NOTHING_TOLD
+    store.cancel([claimed.id], T0)
+    _, changes = store.changes_of("clean", ["canceled"], None)
+    assert told(changes) == NOTHING_TOLD
+
+
+def test_cancel_tells_the_jobs_it_finished_and_their_dependents(store: Store) -> None:
+    a = add(store, delay=100.0)
+    b = add(store, after=[a])
+    c = add(store, after=[b])
+    running = add(store)
+    claim_one(store, running)
+    stopped, changes = store.changes_of("cancel", [running, a], T0)
+    assert stopped == [running]
+    assert told(changes) == ([a, b, c, running], [], False)
+    d = add(store, delay=100.0)
+    e = add(store, after=[d])
+    (_, canceled, _), changes = store.changes_of("cancel_what_can", [d, a], T0)
+    assert canceled == [d]
+    assert told(changes) == ([d, e], [], False)
+
+
+def test_a_completed_attempt_tells_its_job_finished_and_the_dependents_it_released(store: Store) -> None:
+    a = add(store)
+    b = add(store)
+    only_a = add(store, after=[a])
+    both = add(store, after=[a, b])
+    first, second = claim(store, slots=2)
+    _, changes = store.changes_of("finish", first, OK, BACKOFF_MAX, T0)
+    assert told(changes) == ([a], [only_a], True)
+    _, changes = store.changes_of("finish", second, OK, BACKOFF_MAX, T0)
+    assert told(changes) == ([b], [both], True)
+    [next_best] = claim(store, slots=1)
+    assert next_best.id == only_a
+    _, changes = store.changes_of("finish", next_best, OK, BACKOFF_MAX, T0 + 1)
+    assert told(changes) == ([only_a], [], False)  # no dependents: nothing to recount
+
+
+def test_a_failed_attempt_tells_its_retry_time_and_a_dead_one_its_cascade(store: Store) -> None:
+    retried = add(store, max_retries=1)
+    dependent = add(store, after=[retried])
+    _, changes = store.changes_of("finish", claim_one(store, retried), FAIL, BACKOFF_MAX, T0)
+    assert told(changes) == ([], [], True)  # due again at T0 + 2, maybe before what was read ahead
+    _, changes = store.changes_of("finish", claim_one(store, retried, T0 + 2), FAIL, BACKOFF_MAX, T0 + 2)
+    assert told(changes) == ([retried, dependent], [], False)
+
+
+def test_an_attempt_that_no_longer_decides_its_job_tells_nothing(store: Store) -> None:
+    job_id = add(store)
+    old = claim_one(store, job_id)
+    store.cancel([job_id], T0 + 1)
+    _, changes = store.changes_of("finish", old, OK, BACKOFF_MAX, T0 + 2)  # canceled already: told then
+    assert told(changes) == NOTHING_TOLD
+    store.retry([job_id], False, T0 + 3)
+    claim_one(store, job_id, T0 + 3)
+    _, changes = store.changes_of("finish", old, FAIL, BACKOFF_MAX, T0 + 4)  # a stale attempt
+    assert told(changes) == NOTHING_TOLD
+
+
+def test_release_says_the_claimable_jobs_may_be_reordered(store: Store) -> None:
+    job_id = add(store, hold=True)
+    _, changes = store.changes_of("release", [job_id], T0)
+    assert told(changes) == ([], [], True)
+
+
+def test_a_dependency_retried_and_completed_again_releases_its_dependents_again(store: Store) -> None:
+    a = add(store)
+    run_to(store, a, OK)
+    dependent = add(store, after=[a], delay=100.0)
+    _, changes = store.changes_of("retry", [a], False, T0 + 1)  # its dependents wait again: none is released
+    assert (changes.finished, changes.released) == ([], [])
+    _, changes = store.changes_of("finish", claim_one(store, a, T0 + 1), OK, BACKOFF_MAX, T0 + 2)
+    assert told(changes) == ([a], [dependent], True)
+
+
+def test_what_each_call_of_a_batch_tells_is_merged(store: Store) -> None:
+    a = add(store)
+    b = add(store, delay=100.0)
+    dependent = add(store, after=[a])
+    held = add(store, hold=True)
+    store.changes = Changes()
+    with store.transaction():
+        run_to(store, a, OK)
+        store.cancel([b], T0)
+        store.release([held], T0)
+    assert told(store.changes) == ([a, b], [dependent], True)
+
+
+# ----------------------------------------------------------------------------
+# A refusal keeps nothing, whichever method refuses
+
+
+def build_world(store: Store) -> dict[str, Any]:
+    """Jobs in every state, queues in every situation, for the refusals below."""
+    store.add_queue("spare", None, T0)
+    store.add_queue("busy", None, T0)
+    store.add_queue("done", None, T0)
+    w: dict[str, Any] = {}
+    w["completed"] = add(store)
+    run_to(store, w["completed"], OK)
+    w["canceled"] = add(store, delay=100.0)
+    store.cancel([w["canceled"]], T0)
+    w["dead"] = add(store, max_retries=0)
+    w["doomed"] = add(store, after=[w["dead"]])  # canceled when "dead" dies
+    run_to(store, w["dead"], FAIL)
+    w["failed"] = add(store, max_retries=5)
+    run_to(store, w["failed"], FAIL)
+    w["running"] = add(store)
+    [w["stale"]] = ahead(store).jobs  # read ahead, then claimed: no longer what was read
+    claim_one(store, w["running"])
+    w["pending"] = add(store, delay=100.0, env={"K": "v"})
+    w["held"] = add(store, hold=True)
+    w["waiting"] = add(store, after=[w["pending"]])
+    add(store, queue="busy", delay=100.0)
+    [finished_elsewhere] = store.add_jobs([new(queue="done")], T0)
+    store.finish(store.claim(now=T0, slots=1, queue_room={"done": 1})[0], OK, BACKOFF_MAX, T0, stdout="/l/o")
+    w["finished_elsewhere"] = finished_elsewhere
+    store.set_config("timeout", "5m")
+    return w
+
+
+REFUSALS: dict[str, tuple[str, Callable[[Store, dict[str, Any]], object]]] = {
+    "add: unknown queue": ("not_found", lambda s, w: s.add_jobs([new("ok"), new(queue="missing")], T0)),
+    "add: unknown dependency": ("not_found", lambda s, w: s.add_jobs([new("ok"), new(after=[999])], T0)),
+    "add: dead dependency": ("invalid", lambda s, w: s.add_jobs([new("ok"), new(after=[w["dead"]])], T0)),
+    "add: canceled dependency": ("invalid", lambda s, w: s.add_jobs([new(after=[w["canceled"]])], T0)),
+    "cancel: completed": ("invalid", lambda s, w: s.cancel([w["pending"], w["completed"]], T0 + 9)),
+    "cancel: dead": ("invalid", lambda s, w: s.cancel([w["failed"], w["dead"]], T0 + 9)),
+    "cancel: canceled": ("invalid", lambda s, w: s.cancel([w["running"], w["canceled"]], T0 + 9)),
+    "cancel: unknown": ("not_found", lambda s, w: s.cancel([w["pending"], 404], T0 + 9)),
+    "retry: unfinished": ("invalid", lambda s, w: s.retry([w["canceled"], w["pending"]], False, T0 + 9)),
+    # The canceled job is retried first, then its dependent refused: both undone.
+    "retry: dependency dead": ("invalid", lambda s, w: s.retry([w["canceled"], w["doomed"]], False, T0 + 9)),
+    "retry: unknown": ("not_found", lambda s, w: s.retry([w["dead"], 404], False, T0 + 9)),
+    "hold: running": ("invalid", lambda s, w: s.hold([w["pending"], w["running"]], T0 + 9)),
+    "release: not held": ("invalid", lambda s, w: s.release([w["held"], w["pending"]], T0 + 9)),
+    "edit: running": ("invalid", lambda s, w: s.edit(w["running"], {"priority": 1}, T0 + 9)),
+    "edit: unknown": ("not_found", lambda s, w: s.edit(404, {"priority": 1}, T0 + 9)),
+    "edit: nothing to change": ("invalid", lambda s, w: s.edit(w["pending"], {}, T0 + 9)),
+    "edit: unknown queue": ("not_found", lambda s, w: s.edit(w["pending"], {"queue": "missing"}, T0 + 9)),
+    "restart: unknown": ("not_found", lambda s, w: s.restart(404, {}, False, T0 + 9)),
+    "remove: running": ("invalid", lambda s, w: s.remove([w["completed"], w["running"]])),
+    "remove: unfinished": ("invalid", lambda s, w: s.remove([w["completed"], w["pending"]])),
+    "remove: unknown": ("not_found", lambda s, w: s.remove([w["completed"], 404])),
+    "add_queue: exists": ("invalid", lambda s, w: s.add_queue("spare", 3, T0 + 9)),
+    "remove_queue: default": ("invalid", lambda s, w: s.remove_queue("default")),
+    "remove_queue: unknown": ("not_found", lambda s, w: s.remove_queue("missing")),
+    "remove_queue: unfinished jobs": ("invalid", lambda s, w: s.remove_queue("busy")),
+    "remove_queue: finished jobs": ("invalid", lambda s, w: s.remove_queue("done")),
+    "set_paused: unknown": ("not_found", lambda s, w: s.set_paused("missing", True)),
+    "get_job: unknown": ("not_found", lambda s, w: s.get_job(404)),
+    "start: changed since read": ("invalid", lambda s, w: s.start(w["stale"], T0 + 9)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refusal_keeps_nothing_and_the_batch_goes_on(store: Store, case: str) -> None:
+    code, refused_call = REFUSALS[case]
+    world = build_world(store)
+    before = observable(store)
+    store.changes = Changes()
+    with store.transaction():
+        store.set_config("marker", case)  # an earlier call of the same batch: kept
+        with pytest.raises(Refused) as info:
+            refused_call(store, world)
+    assert info.value.code == code
+    assert info.value.message  # a reason in the user's words
+    assert told(store.changes) == NOTHING_TOLD  # nobody hears of it
+    assert observable(store) == {**before, "config": {**before["config"], "marker": case}}
+
+
+# ----------------------------------------------------------------------------
+# Bugs found once, fixed since: kept as regression tests
+
+
+def test_dependency_completing_twice_does_not_release_dependent_early(store: Store) -> None:
+    a = add(store)
+    c = add(store, delay=1000.0)
+    b = add(store, after=[a, c])
+    assert run_to(store, a, OK) == "completed"
+    store.retry([a], False, T0 + 1)
+    assert run_to(store, a, OK, T0 + 1) == "completed"
+    assert state(store, c) == "pending"
+    # b must wait for c (the bug: it is claimed here, with c still pending).
+    assert b not in [cl.id for cl in claim(store, T0 + 2)]
+
+
+def test_finish_of_a_stale_attempt_does_not_move_the_job(store: Store) -> None:
+    job_id = add(store)
+    old = claim_one(store, job_id)
+    store.cancel([job_id], T0 + 1)  # its process takes a while to die
+    store.retry([job_id], False, T0 + 2)
+    new_ = claim_one(store, job_id, T0 + 2)
+    assert new_.run == old.run + 1
+    store.finish(old, classify_exit(-15), BACKOFF_MAX, T0 + 3)  # the old process finally exits
+    assert state(store, job_id) == "running"  # the new attempt is still running
+
+
+def not_utf8_job() -> tuple[validation.NewJob, str]:
+    """A job whose cwd and environment are not UTF-8 (os.fsdecode's surrogates)."""
+    cwd, value = os.fsdecode(b"/tmp/d\xe9"), os.fsdecode(b"caf\xe9")
+    job_new = validation.new_job(
+        JobSpec(command="true"), cwd=cwd, env={"X": value, "PLAIN": "1"}, settings=Settings(), now=T0
+    )
+    return job_new, value
+
+
+def test_a_cwd_and_environment_that_are_not_utf8_come_back_exactly(store: Store) -> None:
+    """Issue #17 item 9: kept as the bytes they are, restored into the same str
+    (os.fsdecode's surrogates), which posix_spawn turns back into those bytes.
+    (How SQLite stores them, read back past its cache: test_sqlite_engine.py.)"""
+    job_new, value = not_utf8_job()
+    [job_id] = store.add_jobs([job_new], T0)
+    [read] = ahead(store).jobs
+    [claimed] = claim(store)
+    assert claimed.cwd == read.cwd == b"/tmp/d\xe9"  # os.chdir takes it as it is
+    assert claimed.env == read.env == {"X": value, "PLAIN": "1"}
+    stored, _, env = store.get_job(job_id)
+    assert (stored.cwd, env["X"]) == ("/tmp/d\\xe9", "caf\\xe9")  # readable, for show
+    copy = store.restart(job_id, {}, False, T0)
+    assert [(c.cwd, c.env) for c in claim(store)] == [(b"/tmp/d\xe9", {"X": value, "PLAIN": "1"})]
+    assert copy > job_id
