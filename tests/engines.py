@@ -2,36 +2,50 @@
 
 Every test that takes the `engine` fixture (tests/unit/conftest.py), directly
 or through `store` or the writer's `db`, runs once per engine named here. A
-new engine is one entry in `ENGINES`: its name and a factory that opens a
-fresh, empty store of it for one test and closes it after (skipping, with a
-reason, when the engine cannot run here, e.g. no server to talk to).
+new engine is one entry in `ENGINES`: its name and a factory that, given the
+test's fixture request (for `tmp_path`, or a server fixture that skips where
+the engine cannot run), opens a fresh, empty store of it and closes it after.
 
 A test that only one engine can run (it reads that engine's insides) says so
 with `@pytest.mark.engines("sqlite")`; a module of them, with `pytestmark`.
+QUEUED_TEST_ENGINES=sqlite (names, comma-separated) runs only those engines.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
+
+import pytest
 
 from queued.store.contract import Engine
 from queued.store.sqlite import SqliteStore
 
 
 @contextmanager
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+def sqlite_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """A database file of its own in the test's directory (q.db)."""
-    engine = SqliteStore.open(tmp_path / "q.db")
+    engine = SqliteStore.open(request.getfixturevalue("tmp_path") / "q.db")
     try:
         yield engine
     finally:
         engine.conn.close()
 
 
-EngineFactory = Callable[[Path], AbstractContextManager[Engine]]
+EngineFactory = Callable[[pytest.FixtureRequest], AbstractContextManager[Engine]]
 
 ENGINES: dict[str, EngineFactory] = {
     "sqlite": sqlite_engine,
 }
+
+
+def chosen() -> list[str]:
+    """The engines to run: all of them, or those QUEUED_TEST_ENGINES names."""
+    asked = [name.strip() for name in os.environ.get("QUEUED_TEST_ENGINES", "").split(",") if name.strip()]
+    unknown = [name for name in asked if name not in ENGINES]
+    if unknown:
+        raise pytest.UsageError(
+            f"QUEUED_TEST_ENGINES names no engine {unknown[0]!r} (known: {', '.join(ENGINES)})"
+        )
+    return asked or list(ENGINES)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from queued.store.contract import Changes, Engine
-from tests.engines import ENGINES
+from tests.engines import ENGINES, chosen
 from tests.store_harness import T0, Direct
 
 
@@ -22,14 +21,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" not in metafunc.fixturenames:
         return
     only = metafunc.definition.get_closest_marker("engines")
-    names = [name for name in ENGINES if only is None or name in only.args]
+    names = [name for name in chosen() if only is None or name in only.args]
     metafunc.parametrize("engine", names, indirect=True)
 
 
 @pytest.fixture
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """A fresh, empty store of one engine (never recovered: see `store`)."""
-    with ENGINES[request.param](tmp_path) as opened:
+    with ENGINES[request.param](request) as opened:
         yield opened
 
 
