@@ -25,9 +25,10 @@ from queued.config import effective_settings as config_settings
 from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
 from queued.processes import descriptors
 from queued.processes.callbacks import Callbacks
+from queued.processes.ends import fault_text
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments
-from queued.processes.supervisor import Supervisor, fault_text
+from queued.processes.supervisor import Supervisor
 from queued.server import handlers, handlers_changes
 from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
@@ -106,16 +107,18 @@ class Runner:
         self.shutdown_mode: str | None = None
         self.failure: str | None = None  # why the daemon stopped itself, if it did
         self._shutdown = trio.Event()
+        self._shutdown_now = trio.Event()  # running jobs are interrupted (see Supervisor.drain)
         self.notifier = Notifier()
 
     def request_shutdown(self, mode: str) -> None:
-        first = self.shutdown_mode is None
-        if first or mode == "now":
+        """Stop the daemon, at any time (before it runs too): gracefully, or
+        "now" (its running jobs interrupted, also after a graceful request)."""
+        if self.shutdown_mode is None or mode == "now":
             self.shutdown_mode = mode
         log.info("shutdown requested (%s)", mode)
         self._shutdown.set()
-        if not first and mode == "now":
-            self.supervisor.stop_jobs(list(self.supervisor.running), "interrupt")
+        if mode == "now":
+            self._shutdown_now.set()
 
     async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -200,7 +203,7 @@ class Runner:
                 task_status.started(self)
                 await self._shutdown.wait()
                 self.notifier.stopping()
-                await self.supervisor.drain(interrupt=self.shutdown_mode == "now")
+                await self.supervisor.drain(interrupt=self._shutdown_now)
                 # The last jobs' on-finish commands get a moment to run.
                 with trio.move_on_after(CALLBACK_GRACE_SECONDS):
                     await self.callbacks.idle()

@@ -1,44 +1,37 @@
 """The supervisor: claims due jobs into free slots and sees each attempt through.
 
-Theory of operation: one loop task owns the slots. It starts as many due jobs
-as there is room for (globally and per queue), then sleeps until something
-could change the answer: `wake()` (a new job, an exit, a queue or concurrency
-change) or the earliest future run_at. Nothing polls; an idle daemon sleeps in
-the kernel. Young attempts are watched together (`YoungAttempts`: most jobs of
-a busy queue end within milliseconds); one that lives longer, or is to be
-stopped, gets a task of its own in the loop's nursery (`Attempt.watch`). Each
-end is recorded without deciding anything here: `Store.finish` asks
-`lifecycle`.
+Theory of operation: one loop owns the slots. It starts as many due jobs as
+there is room for (`queue_room`), then sleeps until something could change
+the answer: `wake()` (a new job, an exit, a queue or concurrency change) or
+the earliest future run_at. Nothing polls; an idle daemon sleeps in the
+kernel. Young attempts are watched together (`YoungAttempts`: most jobs of a
+busy queue end within milliseconds); any other step towards an end (a grown
+attempt's watch, an output drain, a spawn that failed) runs in a task of the
+loop's nursery. Every end, whatever led to it, reaches `_end` once, which
+frees the slot, starts the next job in it, and hands the end to `Ends`.
 
-Starting from memory: the loop reads the next due jobs ahead (`Store.lookahead`)
-and starts them one by one as slots free up, queueing each start's record
-(`Store.start`) behind the process instead of waiting for a commit before
-it. The jobs read ahead stay valid while no call that could make one of them
-unclaimable has been queued since the read (`Writer.epoch`), and no job that
-could outrank them has appeared (`Writer.additions`, a due time reached).
-Records run in the order they are queued, so a start is on disk before its
-attempt's end, and before any later request sees the job. A crash before the
-start's commit leaves the job pending: it runs again, as a job running at the
-crash does.
+Starting from memory: the loop reads the next due jobs ahead (`ReadAhead`)
+and starts them as slots free up, queueing each start's record behind its
+process instead of waiting for a commit before it. Records run in the order
+they are queued, so a start is on disk before its attempt's end, and before
+any later request sees the job. A crash before the start's commit leaves the
+job pending: it runs again, as a job running at the crash does.
 
 Faults around one attempt are that attempt's: an unexpected error while
 starting, watching or ending it ends it as failed with the error's text
-(retried under its policy) and is logged once, with its traceback. The checks
-sit at the few entry points (`_start`, `_exited_young`, the tasks of grown and
-draining attempts), so they cost nothing per job. A spawn that finds no free
-descriptor starts nothing: the job stays due and is tried again when an
-attempt ends (or after HOLD_SECONDS).
+(`fault_outcome`). A spawn that finds no free descriptor starts nothing: the
+job stays due (`StartHold`). Claiming stops by cancellation (`stop_claiming`):
+the loop's claims are cancelled where they wait; attempts still end.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -47,14 +40,20 @@ from queued import lifecycle
 from queued.lifecycle import Exit
 from queued.processes import descriptors
 from queued.processes.attempt import Attempt
+from queued.processes.ends import Ends, abandon, fault_outcome
 from queued.processes.escapes import Escapes
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from queued.processes.log_folders import LogFolders, LogsUnusable
+from queued.processes.queue_room import queue_room
+from queued.processes.read_ahead import ReadAhead
+from queued.processes.running import RunningAttempts
+from queued.processes.start_hold import StartHold
+from queued.processes.store_calls import StoreCalls
 from queued.processes.young_attempts import YoungAttempts
 from queued.protocol import QueueInfo, Slot
 from queued.settings import Settings
-from queued.store import Claimed, StorageError, Store
+from queued.store import Claimed, StorageError
 from queued.store.writer import Call, Writer
 
 # Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
@@ -63,10 +62,8 @@ AHEAD_EXTRA = 32
 # Jobs due within this are read ahead too, so that their timers start them
 # from memory rather than after a read queued behind whatever commits.
 AHEAD_SECONDS = 1.0
-# After a start's record was refused, claiming waits this long.
+# After a start's record or a read was refused, or no descriptor was free, claiming waits this long.
 HOLD_SECONDS = 1.0
-# A want of descriptors that lasts is logged at most this often.
-SHORTAGE_LOG_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -85,32 +82,32 @@ class Supervisor:
         self.settings = settings
         self.log_folders = LogFolders(logs_dir)
         self.guardian = guardian
-        self.instance = instance
         self.clock = clock
-        self.running: dict[int, Attempt] = {}
         self.queues: dict[str, QueueInfo] = {}
-        self.accepting = True
+        self.read_ahead = ReadAhead()
+        self.claiming_stopped = trio.Event()  # set once nothing more will start
+        self._claiming = trio.CancelScope()  # the loop's claims; cancelled by stop_claiming
+        self._claims_ended = trio.Event()  # the loop left its claims (what one took is settled)
         self._wake = trio.Event()
-        self._drained = trio.Event()
         self._change = trio.Event()
+        self._drained = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._recording = 0  # attempts ended but not yet committed
+        self._store = StoreCalls(db)
+        self._hold = StartHold()
+        self._ends = Ends(self._store, settings, guardian, self.log_folders, clock, self._check_drained)
         self._environments = JobEnvironments(instance)
-        # Due jobs read ahead, in claim order, and what they are valid for.
-        self._ahead: deque[Claimed] = deque()
-        self._ahead_complete = False  # no due job beyond those in _ahead
-        self._upcoming: list[Claimed] = []  # due later, by run_at (kept only when complete)
-        self._ahead_until = -math.inf  # clock time of the first run_at not read: read again then
-        self._ahead_marks = (-1, -1)  # (epoch, additions) of the read
-        self._hold_until = -math.inf
-        self._descriptor_hold = False  # the hold lasts until an attempt ends
-        self._shortage_told = -math.inf  # when the want of descriptors was last logged
-        self._shortage_held = 0  # starts it deferred since
-        self._starting = False  # in _start_ahead (a failed spawn ends at once)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
-        self._escapes = Escapes(instance, running=self._running_keys, grace=lambda: self.settings.kill_grace)
+        self.attempts = RunningAttempts(self._young)
+        self.running = self.attempts.by_job
+        self._escapes = Escapes(
+            instance, running=self.attempts.unreaped, grace=lambda: self.settings.kill_grace
+        )
 
     # -- commands from the handlers ---------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return not self.claiming_stopped.is_set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -124,7 +121,7 @@ class Supervisor:
 
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
-        self._forget_ahead()
+        self.read_ahead.forget()
         self.wake()
 
     def set_concurrency(self, concurrency: int) -> None:
@@ -132,55 +129,26 @@ class Supervisor:
         self.wake()
 
     def stop_jobs(self, ids: list[int], reason: str) -> None:
-        for job_id in ids:
-            attempt = self.running.get(job_id)
-            if attempt is not None:
-                self._stop(attempt, reason)
+        self.attempts.stop_jobs(ids, reason)
 
     def signal_jobs(self, ids: list[int], sig: int) -> None:
-        """Send `sig` to running jobs' process groups (SIGSTOP and SIGCONT pause
-        and resume them: see `pause_jobs`)."""
-        for job_id in ids:
-            attempt = self.running.get(job_id)
-            if attempt is not None:
-                if sig in (signal.SIGSTOP, signal.SIGCONT):
-                    self.pause_jobs([job_id], paused=sig == signal.SIGSTOP)
-                else:
-                    attempt.signal(sig)
+        if self.attempts.signal_jobs(ids, sig):
+            self._change.set()
 
     def pause_jobs(self, ids: list[int], *, paused: bool) -> list[int]:
-        """Stop (SIGSTOP) or continue (SIGCONT) running jobs' process groups;
-        the ids of those that changed. A paused job keeps its slot, and its
-        timeout waits with it. A young attempt is handed to a task of its own,
-        which keeps the timeout."""
-        changed = []
-        for job_id in ids:
-            attempt = self.running.get(job_id)
-            if attempt is None or attempt.process is None or attempt.paused == paused:
-                continue
-            if paused:
-                self._young.let_go(attempt)
-                attempt.pause()
-            else:
-                attempt.resume()
-            changed.append(job_id)
+        changed = self.attempts.pause_jobs(ids, paused=paused)
         if changed:
             self._change.set()
         return changed
 
-    def look_for_orphans(self) -> None:
-        """Adopt, and stop, what another process of the daemon's left outside
-        its group (an on-finish command): see `Escapes`."""
-        self._escapes.look()
-
     def paused_ids(self) -> set[int]:
-        return {job_id for job_id, attempt in self.running.items() if attempt.paused}
+        return self.attempts.paused_ids()
 
     def running_in(self, queue: str | None = None) -> list[int]:
-        """The running jobs (of `queue`, if given)."""
-        return sorted(
-            job_id for job_id, a in self.running.items() if queue is None or a.claimed.queue == queue
-        )
+        return self.attempts.running_in(queue)
+
+    def slots(self) -> list[Slot]:
+        return self.attempts.slots()
 
     def is_running(self, job_id: int) -> bool:
         """Whether `job_id` has an attempt whose end is not recorded yet."""
@@ -198,94 +166,89 @@ class Supervisor:
         """Why the descriptor limit cannot carry `concurrency` attempts, or None."""
         return descriptors.shortfall(concurrency, descriptors.current_limit())
 
-    def _stop(self, attempt: Attempt, reason: str) -> None:
-        attempt.stop(reason)
-        self._young.let_go(attempt)  # its own task stops it
+    def look_for_orphans(self) -> None:
+        """Adopt, and stop, what another process of the daemon's left outside
+        its group (an on-finish command): see `Escapes`."""
+        self._escapes.look()
 
     def stop_claiming(self) -> None:
-        self.accepting = False
+        """Start nothing more: the loop's claims are cancelled where they wait."""
+        self._claiming.cancel()
+        self.claiming_stopped.set()
+        self.read_ahead.forget()
         self._check_drained()
-        self.wake()
 
-    async def drain(self, *, interrupt: bool) -> None:
-        """Stop claiming and wait until no attempt runs; with `interrupt`, stop them."""
+    async def drain(self, interrupt: trio.Event) -> None:
+        """Stop claiming and return once no attempt runs or awaits its record;
+        once `interrupt` is set (already, or meanwhile), stop the running ones."""
         self.stop_claiming()
-        if interrupt:
-            self.stop_jobs(list(self.running), "interrupt")
-        await self._drained.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._interrupt_when, interrupt)
+            await self._claims_ended.wait()
+            await self._drained.wait()
+            nursery.cancel_scope.cancel()
 
-    def slots(self) -> list[Slot]:
-        return [
-            Slot(
-                job_id=a.claimed.id,
-                attempt=a.claimed.run,
-                queue=a.claimed.queue,
-                pid=a.pid,
-                started_at=a.started_at,
-                command=a.claimed.command,
-                paused=a.paused,
-            )
-            for a in sorted(self.running.values(), key=lambda a: a.claimed.id)
-        ]
+    async def _interrupt_when(self, interrupt: trio.Event) -> None:
+        await interrupt.wait()
+        self.stop_jobs(list(self.running), "interrupt")
+
+    def _check_drained(self) -> None:
+        if self.claiming_stopped.is_set() and not self.running and not self._ends.recording:
+            self._drained.set()
 
     # -- the loop -------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self._ends.nursery = nursery
             await nursery.start(self._young.run)
             await nursery.start(self._escapes.run)
             task_status.started()
-            while True:
-                self._wake = trio.Event()
-                deadline = math.inf
-                if self.accepting:
+            with self._claiming:
+                while True:
+                    self._wake = trio.Event()
                     deadline = await self._claim_due()
-                with trio.move_on_at(deadline):
-                    await self._wake.wait()
+                    with trio.move_on_at(deadline):
+                        await self._wake.wait()
+            # Claiming stopped; the attempts still running end in the nursery's tasks.
+            self._claims_ended.set()
 
     async def _claim_due(self) -> float:
         """Start every job that is due and has room; return when to look again."""
-        while self.accepting:  # a drain may begin while we wait for the store
-            if self.db.lost is not None:
+        while True:
+            if self._store.lost is not None:
                 return math.inf  # no start could be recorded: the database file is gone
             if not self.guardian.ready:
                 return math.inf  # nothing starts unguarded; a new guardian wakes us
             now = self.clock()
-            if now < self._hold_until:
-                return self._deadline(self._hold_until)
-            room = self._queue_room()
+            if self._hold.holds(now):
+                return self._deadline(self._hold.until)
+            room = self._room()
             if not any(room.values()):
                 return math.inf  # an exit, a resume or more concurrency will wake us
-            if not self._ahead_valid(now):
+            if not self.read_ahead.valid_for(now, self._store.marks):
                 try:
-                    fresh = await self._look_ahead(now)
-                    if not fresh:  # something that can unclaim jobs came in meanwhile
+                    if not await self._look_ahead(now):  # something that can unclaim jobs came in meanwhile
                         await self._claim_committed()
                         continue
                 except StorageError as exc:
                     log.error("cannot claim jobs: %s; retrying in %.0f s", exc, HOLD_SECONDS)
-                    self._hold_until = self.clock() + HOLD_SECONDS
+                    self._hold.hold(self.clock() + HOLD_SECONDS)
                     continue
                 now = self.clock()
-                room = self._queue_room()
-            if self._start_ahead(now, room) or self.clock() < self._hold_until:
+                room = self._room()
+            if self._start_ahead(now, room) or self._hold.holds(self.clock()):
                 continue
-            if self._ahead and not self._ahead_complete:
+            if self.read_ahead.more_may_be_due():
                 # Those read ahead all wait for full queues, and others may be
                 # due beyond them: look in the store, then sleep until its next
                 # timer (any other change wakes us, and we read again).
                 if await self._claim_committed():
                     continue
-                return await self._next_timer()
-            return self._next_wake()
-        return math.inf
-
-    async def _next_timer(self) -> float:
-        """When the store's next job is due in a queue that has room."""
-        open_queues = [name for name, n in self._queue_room().items() if n > 0]
-        due = await self.db.read(Store.next_due, self.clock(), open_queues)
-        return self._deadline(math.inf if due is None else due)
+                open_queues = [name for name, n in self._room().items() if n > 0]
+                due = await self._store.next_due(self.clock(), open_queues)
+                return self._deadline(math.inf if due is None else due)
+            return self._deadline(self.read_ahead.next_look())
 
     def _deadline(self, when: float) -> float:
         """A clock time as a trio deadline."""
@@ -293,113 +256,58 @@ class Supervisor:
             return math.inf
         return trio.current_time() + max(0.0, when - self.clock())
 
-    def _forget_ahead(self) -> None:
-        """Drop what was read ahead: the next look reads the store again."""
-        self._ahead.clear()
-        self._upcoming = []
-        self._ahead_until = -math.inf
-
-    def _ahead_valid(self, now: float) -> bool:
-        if not self._ahead and not self._ahead_complete:
-            return False
-        return now < self._ahead_until and self._ahead_marks == (self.db.epoch, self.db.additions)
+    def _room(self) -> dict[str, int]:
+        free = self.settings.concurrency - len(self.running)
+        return queue_room(free, self.queues.values(), self.attempts.per_queue)
 
     async def _look_ahead(self, now: float) -> bool:
         """Read the next due jobs; False if they may be stale already."""
-        marks = (self.db.epoch, self.db.additions)
-        queues = [name for name, queue in self.queues.items() if not queue.paused]
-        limit = self.settings.concurrency + AHEAD_EXTRA
-        ahead = await self.db.read(
-            Store.lookahead,
+        read_at = self._store.marks
+        ahead = await self._store.lookahead(
             now=now,
             horizon=now + AHEAD_SECONDS,
-            queues=queues,
+            queues=[name for name, queue in self.queues.items() if not queue.paused],
             busy=list(self.running),
-            limit=limit,
+            limit=self.settings.concurrency + AHEAD_EXTRA,
         )
-        if self.db.epoch != marks[0] or not self.accepting:
-            self._forget_ahead()
-            return False
-        self._ahead = deque(ahead.jobs)
-        self._ahead_complete = ahead.complete
-        self._ahead_until = math.inf if ahead.until is None else ahead.until
-        self._upcoming = ahead.upcoming
-        if not ahead.complete and self._upcoming:
-            # Due jobs beyond those read may outrank the upcoming ones once they
-            # are due: read again then instead.
-            self._ahead_until = self._upcoming[0].run_at
-            self._upcoming = []
-        self._ahead_marks = marks
-        return True
+        return self.read_ahead.load(ahead, read_at, self._store.marks)
 
     def _start_ahead(self, now: float, room: dict[str, int]) -> int:
         """Start jobs read ahead while there is room; how many started."""
-        if self._upcoming and self._upcoming[0].run_at <= now:
-            due = [job for job in self._upcoming if job.run_at <= now]
-            self._upcoming = self._upcoming[len(due) :]
-            self._ahead = deque(sorted([*self._ahead, *due], key=lambda job: job.claim_key))
-        started = 0
-        waiting: list[Claimed] = []  # for a full queue: they keep their place
-        free = self.settings.concurrency - len(self.running)
-        self._starting = True
-        try:
-            while self._ahead and free > 0 and self.accepting and self.guardian.ready:
-                job = self._ahead.popleft()
-                if room.get(job.queue, 0) <= 0:
-                    waiting.append(job)
-                    continue
-                if not self._start(job, now, committed=False):
-                    waiting.append(job)  # no descriptor free: it keeps its place
-                    break
-                room[job.queue] -= 1
-                free -= 1
-                started += 1
-        finally:
-            self._starting = False
-        self._ahead.extendleft(reversed(waiting))
-        return started
-
-    def _next_wake(self) -> float:
-        """When the jobs read ahead next need a look: the next upcoming job, or
-        the first job not read."""
-        upcoming = self._upcoming[0].run_at if self._upcoming else math.inf
-        return self._deadline(min(upcoming, self._ahead_until))
+        jobs = self.read_ahead.take(now, room, self.settings.concurrency - len(self.running))
+        for started, job in enumerate(jobs):
+            if not self.guardian.ready or not self._start(job, now, committed=False):
+                self.read_ahead.give_back(jobs[started:])  # no descriptor (or guardian): they wait
+                return started
+        return len(jobs)
 
     async def _claim_committed(self) -> int:
         """Claim with a committed transaction before starting anything: always
         right, at the price of a commit between an exit and the next start."""
-        self._forget_ahead()
+        self.read_ahead.forget()
         now = self.clock()
-        room = self._queue_room()
+        room = self._room()
         free = self.settings.concurrency - len(self.running)
         if free <= 0 or not any(room.values()):
             return 0
-        busy = list(self.running)
-        claimed = await self.db.record_now(Store.claim, now=now, slots=free, queue_room=room, busy=busy)
-        for started, job in enumerate(claimed):
-            if not self._start(job, now, committed=True):
-                for unstarted in claimed[started:]:  # no descriptor free: they wait again
-                    self.db.record(Store.unclaim, unstarted, now)
-                self._forget_ahead()
-                return started
-        return len(claimed)
-
-    def _queue_room(self) -> dict[str, int]:
-        busy: dict[str, int] = {}
-        for attempt in self.running.values():
-            busy[attempt.claimed.queue] = busy.get(attempt.claimed.queue, 0) + 1
-        free = max(0, self.settings.concurrency - len(self.running))
-        room = {}
-        for name, queue in self.queues.items():
-            if not queue.paused:
-                limit = free if queue.concurrency is None else queue.concurrency - busy.get(name, 0)
-                room[name] = max(0, min(free, limit))
-        return room
+        with trio.CancelScope(shield=True):  # once claimed, a job starts or waits again
+            claimed = await self._store.claim(now=now, slots=free, queue_room=room, busy=list(self.running))
+            started = 0
+            while started < len(claimed) and not self.claiming_stopped.is_set():
+                if not self._start(claimed[started], now, committed=True):
+                    break  # no descriptor free
+                started += 1
+            if started < len(claimed):
+                self.read_ahead.forget()
+                unclaims = [self._store.unclaim(job, now) for job in claimed[started:]]
+                await unclaims[-1].done.wait()  # on disk before a shutdown can end the writer
+        return started
 
     def _start(self, claimed: Claimed, now: float, *, committed: bool) -> bool:
         """Spawn the attempt's process and, unless its claim committed already,
         queue its start's record behind it. False when no descriptor was free:
-        then nothing started and nothing was recorded."""
+        then nothing started and nothing was recorded. A spawn that failed is
+        handed on as an end, never ended here."""
         failure: Exit | None = None
         process: JobProcess | None = None
         try:
@@ -407,167 +315,32 @@ class Supervisor:
             env = self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run)
             process = JobProcess(claimed.command, cwd=claimed.cwd, env=env)
         except OutOfDescriptors as exc:
-            self._hold_for_descriptors(claimed, str(exc))
+            now = self.clock()
+            self._hold.for_descriptors(claimed.id, str(exc), len(self.running), now, now + HOLD_SECONDS)
+            self.wake()
             return False
         except SpawnError as exc:
             failure = lifecycle.spawn_failure(str(exc), lasting=exc.lasting)
         except LogsUnusable as exc:
             failure = lifecycle.spawn_failure(str(exc))
         except Exception as exc:
-            failure = self._fault(claimed, exc)
-        record = None if committed else self.db.record(Store.start, claimed, now)
+            failure = fault_outcome(claimed, exc)
+        record = None if committed else self._store.start(claimed, now)
         attempt = Attempt(claimed, now, self.log_folders.paths(claimed.id, claimed.run), record)
-        self.running[claimed.id] = attempt
+        self.attempts.add(attempt)
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
             record.on_done = lambda call: self._start_recorded(attempt, call)
         if process is None:
-            self._ended(attempt, failure or lifecycle.spawn_failure("unknown"))
+            self._follow(attempt, partial(_already, failure or lifecycle.spawn_failure("unknown")))
             return True
         try:
             attempt.spawned(process, self.settings.log_max_size)
             self.guardian.register(process.pid)
             self._young.add(attempt)
         except Exception as exc:
-            self._ended(attempt, self._abandon(attempt, exc))
+            self._follow(attempt, partial(_already, self._abandon(attempt, exc)))
         return True
-
-    def _hold_for_descriptors(self, job: Claimed, reason: str) -> None:
-        """No descriptor free for a spawn: claiming waits for an attempt to end
-        (its descriptors free up), or HOLD_SECONDS (a client's may)."""
-        self._shortage_held += 1
-        if self.clock() - self._shortage_told >= SHORTAGE_LOG_SECONDS:
-            log.warning(
-                "job %d not started: %s (%d attempts running; %d starts deferred so far); "
-                "jobs stay due and start once descriptors are free (see the descriptor limit in README)",
-                job.id,
-                reason,
-                len(self.running),
-                self._shortage_held,
-            )
-            self._shortage_told = self.clock()
-        self._descriptor_hold = True
-        self._hold_until = self.clock() + HOLD_SECONDS
-        self.wake()
-
-    def _abandon(self, attempt: Attempt, exc: BaseException) -> Exit:
-        """A fault in handling a started attempt: it fails (see `_fault`), its
-        group is killed and its leader collected, whatever state the fault left
-        them in, and what it left outside its group is stopped."""
-        outcome = self._fault(attempt.claimed, exc)
-        attempt.abandon()
-        try:
-            self._reaped(attempt)
-        except Exception:
-            log.exception("job %d: what it left outside its group was not stopped", attempt.claimed.id)
-        return outcome
-
-    def _fault(self, job: Claimed, exc: BaseException) -> Exit:
-        """An unexpected error in handling one attempt: logged once, with its
-        traceback; the attempt ends as failed with the error's text."""
-        text = fault_text(exc)
-        log.error("job %d attempt %d: %s; the attempt ends as failed", job.id, job.run, text, exc_info=exc)
-        return lifecycle.internal_failure(text)
-
-    def _check_drained(self) -> None:
-        if not self.accepting and not self.running and not self._recording:
-            self._drained.set()
-
-    # -- one attempt ------------------------------------------------------------
-
-    def _exited_young(self, attempt: Attempt) -> None:
-        try:
-            if not attempt.reap_young(self._reaped):
-                # An escaped process holds a pipe: drain it a while in a task.
-                assert self._nursery is not None
-                self._nursery.start_soon(self._finish_draining, attempt)
-                return
-            outcome = attempt.young_outcome()
-        except Exception as exc:
-            outcome = self._abandon(attempt, exc)
-        self._ended(attempt, outcome)
-
-    async def _finish_draining(self, attempt: Attempt) -> None:
-        try:
-            outcome = await attempt.drain()
-        except Exception as exc:
-            outcome = self._abandon(attempt, exc)
-        self._ended(attempt, outcome)
-
-    def _grown(self, attempt: Attempt) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(self._watch_grown, attempt)
-
-    async def _watch_grown(self, attempt: Attempt) -> None:
-        try:
-            with self._escapes.long_attempt():
-                outcome = await attempt.watch(
-                    grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
-                )
-        except Exception as exc:
-            outcome = self._abandon(attempt, exc)
-        self._ended(attempt, outcome)
-
-    def _reaped(self, attempt: Attempt) -> None:
-        """Its leader is reaped: what it left outside its group is stopped."""
-        self._escapes.ended(attempt.claimed.id, attempt.claimed.run)
-
-    def _signal_escapees(self, attempt: Attempt, sig: int) -> None:
-        if attempt.pid is not None:
-            self._escapes.signal_attempt(attempt.claimed.id, attempt.claimed.run, attempt.pid, sig)
-
-    def _running_keys(self) -> set[tuple[int, int]]:
-        """The attempts whose leaders are not reaped yet."""
-        return {
-            (a.claimed.id, a.claimed.run)
-            for a in self.running.values()
-            if a.process is not None and a.process.returncode is None
-        }
-
-    def _ended(self, attempt: Attempt, outcome: Exit) -> None:
-        """The attempt's process is gone: free its slot and record its end."""
-        job = attempt.claimed
-        if attempt.process is not None:
-            try:
-                self.guardian.unregister(attempt.process.pid)
-            except OSError as exc:  # its group is dead already: at worst the guardian kills nothing
-                log.error("job %d: the guardian was not told of its end: %s", job.id, exc)
-            if attempt.logs and (attempt.logs[0].lost or attempt.logs[1].lost):
-                self.log_folders.forget(job.id)
-        del self.running[job.id]
-        if self._descriptor_hold:  # its descriptors are free now
-            self._descriptor_hold = False
-            self._hold_until = -math.inf
-        self._recording += 1
-        # Queued before the read that the free slot leads to, so that the read
-        # sees what this end released.
-        finish = self._submit_finish(attempt, outcome)
-        finish.on_done = lambda call: self._recorded(attempt, outcome, call)
-        if (job.has_dependents and outcome.succeeded) or attempt.stop_reason is not None:
-            # Jobs it released, or (stopped) its own job, retried while its
-            # process lived: the reads ahead left that one out as busy.
-            self._forget_ahead()
-        if self._start_in_freed_slot():
-            self._change.set()
-        else:
-            self.wake()
-
-    def _start_in_freed_slot(self) -> bool:
-        """Start the next job read ahead into the slot an end just freed, without
-        a round of the loop; False when the loop must look (nothing valid read
-        ahead, slots still free, or a start under way: a failed spawn ends there)."""
-        now = self.clock()
-        if (
-            self._starting
-            or not self.accepting
-            or not self.guardian.ready
-            or now < self._hold_until
-            or self.db.lost is not None  # no start could be recorded
-            or not self._ahead_valid(now)
-        ):
-            return False
-        self._start_ahead(now, self._queue_room())
-        return len(self.running) >= self.settings.concurrency
 
     def _start_recorded(self, attempt: Attempt, start: Call) -> None:
         """If the store refused an attempt's start (a failing disk, a job that
@@ -577,63 +350,95 @@ class Supervisor:
         if start.error is None:
             return
         log.error("job %d: its start was not recorded (%s); stopped", attempt.claimed.id, start.error)
-        self._stop(attempt, "unrecorded")
-        self._forget_ahead()
-        self._hold_until = self.clock() + HOLD_SECONDS
+        self.attempts.stop(attempt, "unrecorded")
+        self.read_ahead.forget()
+        self._hold.hold(self.clock() + HOLD_SECONDS)
         self.wake()
 
-    def _submit_finish(self, attempt: Attempt, outcome: Exit) -> Call:
-        job, (out, err) = attempt.claimed, attempt.log_paths
-        backoff_max, now = self.settings.backoff_max, self.clock()
-        return self.db.record(
-            Store.finish,
-            job,
-            outcome,
-            backoff_max,
-            now,
-            pid=attempt.pid,
-            stdout=out,
-            stderr=err,
-            log_incomplete=attempt.log_incomplete(),
-        )
+    # -- one attempt: every end reaches _end, once --------------------------------
 
-    def _recorded(self, attempt: Attempt, outcome: Exit, finish: Call) -> None:
-        """The end's record committed, or failed: a failing disk only delays it,
-        never drops it. (After a refused start there is nothing to store.)"""
-        refused = attempt.record is not None and attempt.record.error is not None
-        if (
-            isinstance(finish.error, StorageError)
-            and not refused
-            and self.db.lost is None
-            and self._nursery is not None
-        ):
-            self._nursery.start_soon(self._record_again, attempt, outcome, finish.error)
-            return
-        job = attempt.claimed
-        if finish.error is not None and not refused:
-            log.error("job %d attempt %d: its end was not recorded: %s", job.id, job.run, finish.error)
-        elif finish.error is None and finish.result is None:
-            # Removed (`rm`, `clean`) while its process lived: no row names its logs.
-            log.debug("job %d attempt %d ended after its job was removed", job.id, job.run)
-            _unlink(attempt.log_paths)
-        elif finish.error is None and not refused:
-            # Every attempt at debug level; failures at info, where people look.
-            level = logging.DEBUG if outcome.succeeded else logging.INFO
-            said = outcome.error or "exit 0"
-            log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, said, finish.result)
-        self._recording -= 1
-        self._check_drained()
-
-    async def _record_again(self, attempt: Attempt, outcome: Exit, error: StorageError) -> None:
-        while True:
-            log.error("cannot record the end of job %d: %s; retrying in 1 s", attempt.claimed.id, error)
-            await trio.sleep(1)
-            finish = self._submit_finish(attempt, outcome)
-            await finish.done.wait()
-            if not isinstance(finish.error, StorageError) or self.db.lost is not None:
-                self._recorded(attempt, outcome, finish)
+    def _exited_young(self, attempt: Attempt) -> None:
+        """Its leader exited while young (told by `YoungAttempts`)."""
+        try:
+            if not attempt.reap_young(self._reaped):
+                self._follow(attempt, attempt.drain)  # an escaped process holds a pipe: drain it a while
                 return
-            error = finish.error
+            outcome = attempt.young_outcome()
+        except Exception as exc:
+            outcome = self._abandon(attempt, exc)
+        self._end(attempt, outcome)
+
+    def _grown(self, attempt: Attempt) -> None:
+        """It lives on (or is to be stopped): a task of its own watches it."""
+        self._follow(attempt, partial(self._watch, attempt))
+
+    async def _watch(self, attempt: Attempt) -> Exit:
+        with self._escapes.long_attempt():
+            return await attempt.watch(
+                grace=self.settings.kill_grace, reaped=self._reaped, signal_escapees=self._signal_escapees
+            )
+
+    def _follow(self, attempt: Attempt, outcome: Callable[[], Awaitable[Exit]]) -> None:
+        """See the attempt to its end in a task of the loop's nursery."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._see_through, attempt, outcome)
+
+    async def _see_through(self, attempt: Attempt, outcome: Callable[[], Awaitable[Exit]]) -> None:
+        try:
+            ended = await outcome()
+        except Exception as exc:
+            ended = self._abandon(attempt, exc)
+        self._end(attempt, ended)
+
+    def _end(self, attempt: Attempt, outcome: Exit) -> None:
+        """The attempt's process is gone: free its slot, record its end, and
+        start the next job read ahead in the slot."""
+        job = attempt.claimed
+        self.attempts.remove(attempt)
+        self._hold.attempt_ended()  # its descriptors are free now
+        # Queued before the read that the free slot leads to, so that the read
+        # sees what this end released.
+        self._ends.record(attempt, outcome)
+        if (job.has_dependents and outcome.succeeded) or attempt.stop_reason is not None:
+            # Jobs it released, or (stopped) its own job, retried while its
+            # process lived: the reads ahead left that one out as busy.
+            self.read_ahead.forget()
+        if self._start_in_freed_slot():
+            self._change.set()
+        else:
+            self.wake()
+
+    def _start_in_freed_slot(self) -> bool:
+        """Start the next job read ahead into the slot an end just freed, without
+        a round of the loop; False when the loop must look (nothing valid read
+        ahead, or slots still free)."""
+        now = self.clock()
+        if (
+            self.claiming_stopped.is_set()
+            or not self.guardian.ready
+            or self._hold.holds(now)
+            or self._store.lost is not None  # no start could be recorded
+            or not self.read_ahead.valid_for(now, self._store.marks)
+        ):
+            return False
+        self._start_ahead(now, self._room())
+        return len(self.running) >= self.settings.concurrency
+
+    def _abandon(self, attempt: Attempt, exc: BaseException) -> Exit:
+        """A fault in handling a started attempt: it fails (`fault_outcome`),
+        its group is killed and its leader collected, whatever state the fault
+        left them in, and what it left outside its group is stopped."""
+        outcome = fault_outcome(attempt.claimed, exc)
+        abandon(attempt, self._reaped)
+        return outcome
+
+    def _reaped(self, attempt: Attempt) -> None:
+        """Its leader is reaped: what it left outside its group is stopped."""
+        self._escapes.ended(attempt.claimed.id, attempt.claimed.run)
+
+    def _signal_escapees(self, attempt: Attempt, sig: int) -> None:
+        if attempt.pid is not None:
+            self._escapes.signal_attempt(attempt.claimed.id, attempt.claimed.run, attempt.pid, sig)
 
     # -- when the supervisor itself fails ----------------------------------------
 
@@ -641,8 +446,9 @@ class Supervisor:
         """After the loop failed (a broken invariant): claim nothing more, stop
         every running job in order (SIGTERM to its group, SIGKILL after the
         grace period) and record each as interrupted."""
-        self.accepting = False
-        self._nursery = None
+        self.stop_claiming()
+        self._claims_ended.set()  # the loop is gone
+        self._nursery = self._ends.nursery = None
         attempts = list(self.running.values())
         live = [a.process for a in attempts if a.process is not None and a.process.returncode is None]
         for process in live:
@@ -652,26 +458,12 @@ class Supervisor:
             for process in live:
                 await process.wait_exit()
         for attempt in attempts:
-            attempt.abandon()
-            try:
-                self._reaped(attempt)
-            except Exception:
-                log.exception("job %d: what it left outside its group was not stopped", attempt.claimed.id)
+            abandon(attempt, self._reaped)
             if self.running.get(attempt.claimed.id) is attempt:
-                self._ended(attempt, lifecycle.INTERRUPTED)
+                self._end(attempt, lifecycle.INTERRUPTED)
         self._check_drained()
 
 
-def _unlink(paths: tuple[str, str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def fault_text(exc: BaseException) -> str:
-    """An unexpected error in a few words: its first leaf, named."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
+async def _already(outcome: Exit) -> Exit:
+    """An end known at once (a spawn that failed), seen through as every other."""
+    return outcome

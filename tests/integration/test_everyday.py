@@ -122,7 +122,7 @@ async def test_an_edit_of_a_job_due_soon_is_what_its_timer_starts(
     out = tmp_path / "ran"
     job_id = await client.add(appends(out, "old"), delay=0.4)
     with trio.fail_after(5):  # read ahead, waiting for its timer
-        while job_id not in [job.id for job in daemon.runner.supervisor._upcoming]:
+        while job_id not in [job.id for job in daemon.runner.supervisor.read_ahead.upcoming_jobs()]:
             await trio.sleep(0.01)
     await client.ok(p.EditJob(id=job_id, changes=p.JobChanges(command=appends(out, "new"))))
     await client.wait(job_id)

@@ -106,10 +106,10 @@ async def test_a_broken_supervisor_stops_the_jobs_in_order_and_says_why(
             while not pidfile.exists() or not pidfile.read_text().strip():
                 await trio.sleep(0.02)
 
-        def broken(self: supervisor.Supervisor) -> dict[str, int]:
+        def broken(*args: object) -> dict[str, int]:
             raise RuntimeError("an invariant broke")
 
-        monkeypatch.setattr(supervisor.Supervisor, "_queue_room", broken)
+        monkeypatch.setattr(supervisor, "queue_room", broken)
         await client.add("true")  # wakes the loop, which fails
     assert runner.failure == "its supervisor failed: RuntimeError: an invariant broke"
     assert termed.exists()  # SIGTERM first, as a stop in order does

@@ -4,16 +4,19 @@ the read, never ahead of one that outranks it, never without its record."""
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import trio
 
 from queued import protocol as p
+from queued.daemon import Runner
 from queued.store import Refused, Store
 from queued.store.sqlite import SqliteStore
 
-from .conftest import AsyncClient, DaemonHandle
+from .conftest import AsyncClient, DaemonHandle, make_config
 
 
 async def add_all(client: AsyncClient, *specs: p.JobSpec) -> list[int]:
@@ -24,11 +27,11 @@ async def add_all(client: AsyncClient, *specs: p.JobSpec) -> list[int]:
 
 async def read_ahead(daemon: DaemonHandle) -> list[int]:
     """The ids the supervisor holds, once it holds some."""
-    supervisor = daemon.runner.supervisor
+    read = daemon.runner.supervisor.read_ahead
     with trio.fail_after(5):
-        while not supervisor._ahead:
+        while not read.due_jobs():
             await trio.sleep(0.01)
-    return [job.id for job in supervisor._ahead]
+    return [job.id for job in read.due_jobs()]
 
 
 def count_reads(monkeypatch) -> list[float]:  # type: ignore[no-untyped-def]
@@ -206,9 +209,9 @@ async def test_timers_start_their_jobs_from_memory_in_claim_order(
 async def test_a_failed_spawn_does_not_start_jobs_beyond_the_slots(
     client: AsyncClient, daemon: DaemonHandle
 ) -> None:
-    # A spawn that fails ends its attempt at once, inside the start that read
-    # it ahead: that end must not start the next jobs from within, or the
-    # outer start would fill slots it no longer has.
+    # A spawn that fails is an end known at once: ended inside the start that
+    # read it ahead, it would start the next jobs from within, and the outer
+    # start would fill slots it no longer has. It is handed on as an end.
     await client.ok(p.PauseQueue(name="default"))  # so that one read takes them all
     response = await client.ok(
         p.AddJobs(jobs=[p.JobSpec(command="true", max_retries=0)], cwd="/nonexistent/queued-test", env={})
@@ -224,3 +227,41 @@ async def test_a_failed_spawn_does_not_start_jobs_beyond_the_slots(
     assert most == 2
     [failed] = await client.wait(*response.ids)
     assert failed.state == "dead" and failed.error.startswith("could not start: working directory")
+
+
+async def test_a_claim_in_flight_when_claiming_stops_starts_nothing(tmp_path: Path, monkeypatch) -> None:
+    """A shutdown that comes while a committed claim is being made: the job
+    claimed waits again, its claim undone on disk, instead of starting as the
+    daemon stops (before, it started and its attempt was cut short: one of
+    its tries spent)."""
+    config = make_config(tmp_path)
+    real_lookahead, real_claim = SqliteStore.lookahead, SqliteStore.claim
+    claiming = threading.Event()
+    runner: Runner | None = None
+
+    def lookahead_raced(store: Store, **kwargs):
+        ahead = real_lookahead(store, **kwargs)
+        assert runner is not None
+        runner.supervisor.db.epoch += 1  # as if a cancel had been queued while this read ran
+        return ahead
+
+    def claim_slowly(store: Store, **kwargs):
+        claiming.set()
+        time.sleep(0.3)
+        return real_claim(store, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "lookahead", lookahead_raced)
+    monkeypatch.setattr(SqliteStore, "claim", claim_slowly)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            runner = await nursery.start(Runner(config).run)
+            client = await AsyncClient.connect(config.socket_path)
+            job_id = await client.add("sleep 60")
+            await trio.to_thread.run_sync(claiming.wait)
+            runner.request_shutdown("now")
+            await client.aclose()
+    conn = sqlite3.connect(config.data_dir / "queue.db")
+    state = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    attempts = conn.execute("SELECT count(*) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
+    conn.close()
+    assert (state, attempts) == ("pending", 0)

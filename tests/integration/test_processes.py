@@ -187,6 +187,35 @@ async def test_graceful_shutdown_lets_running_jobs_finish(tmp_path: Path) -> Non
         runner.request_shutdown("now")
 
 
+async def test_a_shutdown_asked_before_the_daemon_runs_is_kept(tmp_path: Path) -> None:
+    # Asking twice (graceful, then now) before the supervisor existed raised AttributeError.
+    runner = Runner(make_config(tmp_path))
+    runner.request_shutdown("graceful")
+    runner.request_shutdown("now")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+    assert runner.shutdown_mode == "now"
+
+
+async def test_now_after_a_graceful_shutdown_interrupts_the_running_jobs(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            runner: Runner = await nursery.start(Runner(config).run)
+            client = await AsyncClient.connect(config.socket_path)
+            job_id = await client.add("sleep 60")
+            while job_id not in runner.supervisor.running:
+                await trio.sleep(0.02)
+            pid = runner.supervisor.running[job_id].pid
+            runner.request_shutdown("graceful")
+            await runner.supervisor.claiming_stopped.wait()
+            assert alive(pid)  # type: ignore[arg-type]
+            runner.request_shutdown("now")
+            await client.aclose()
+    assert pid is not None and not alive(pid)
+
+
 async def test_sigterm_is_graceful(daemon: DaemonHandle, client: AsyncClient) -> None:
     job_id = await client.add("sleep 0.5")
     results: list[p.Job] = []
@@ -201,6 +230,5 @@ async def test_sigterm_is_graceful(daemon: DaemonHandle, client: AsyncClient) ->
                 await trio.sleep(0.02)
         os.kill(os.getpid(), signal.SIGTERM)
         with trio.fail_after(5):
-            while daemon.runner.supervisor.accepting:
-                await trio.sleep(0.01)
+            await daemon.runner.supervisor.claiming_stopped.wait()
     assert [job.state for job in results] == ["completed"]

@@ -1,0 +1,76 @@
+"""Every call the process side makes to the store, in one place: what the
+supervisor reads (the jobs due next, the next due time), claims, and records
+(an attempt's start and end, an unclaim). Records are queued without waiting
+(`Writer.record`): they commit in the order they were queued, so a start is
+on disk before its attempt's end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from queued.lifecycle import Exit
+from queued.processes.read_ahead import Marks
+from queued.store import Ahead, Claimed, Store
+from queued.store.writer import Call, Writer
+
+
+class StoreCalls:
+    __slots__ = ("db",)
+
+    def __init__(self, db: Writer) -> None:
+        self.db = db
+
+    @property
+    def marks(self) -> Marks:
+        """What the read-ahead is valid for (see `ReadAhead`)."""
+        return (self.db.epoch, self.db.additions)
+
+    @property
+    def lost(self) -> str | None:
+        """Why no change can be recorded any more (the database file is gone), or None."""
+        return self.db.lost
+
+    async def lookahead(
+        self, *, now: float, horizon: float, queues: list[str], busy: list[int], limit: int
+    ) -> Ahead:
+        return await self.db.read(
+            Store.lookahead, now=now, horizon=horizon, queues=queues, busy=busy, limit=limit
+        )
+
+    async def next_due(self, now: float, queues: Sequence[str]) -> float | None:
+        return await self.db.read(Store.next_due, now, queues)
+
+    async def claim(
+        self, *, now: float, slots: int, queue_room: dict[str, int], busy: list[int]
+    ) -> list[Claimed]:
+        return await self.db.record_now(Store.claim, now=now, slots=slots, queue_room=queue_room, busy=busy)
+
+    def unclaim(self, job: Claimed, now: float) -> Call:
+        return self.db.record(Store.unclaim, job, now)
+
+    def start(self, job: Claimed, now: float) -> Call:
+        return self.db.record(Store.start, job, now)
+
+    def finish(
+        self,
+        job: Claimed,
+        outcome: Exit,
+        backoff_max: float,
+        now: float,
+        *,
+        pid: int | None,
+        stdout: str,
+        stderr: str,
+        log_incomplete: str | None,
+    ) -> Call:
+        return self.db.record(
+            Store.finish,
+            job,
+            outcome,
+            backoff_max,
+            now,
+            pid=pid,
+            stdout=stdout,
+            stderr=stderr,
+            log_incomplete=log_incomplete,
+        )
