@@ -7,6 +7,7 @@ test_sqlite_engine.py."""
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from queued import lifecycle, validation
 from queued.lifecycle import STATES, classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
-from queued.store import Changes, Recovered, Refused
+from queued.store import Changes, Claimed, Recovered, Refused
 from queued.store.contract import Engine
 from tests.store_harness import (
     BACKOFF_MAX,
@@ -593,6 +594,18 @@ def test_a_retried_dependency_makes_its_dependents_wait_again(store: Store) -> N
     assert again.id == a  # b waits for the new run of a
     store.finish(again, OK, BACKOFF_MAX, T0 + 21)
     assert claim_one(store, b, T0 + 21).id == b
+
+
+def test_a_completed_dependency_removed_since_is_waited_for_no_more(store: Store) -> None:
+    """`rm` of a dependency that completed: its dependent runs (it waits for
+    nothing), and says so; it once said "waiting for" the removed job."""
+    a = add(store)
+    run_to(store, a, OK)
+    b = add(store, after=[a], delay=50.0)
+    store.remove([a])
+    assert (job(store, b).depends_on, job(store, b).waiting_on) == ([a], [])
+    assert [j.waiting_on for j in store.list_jobs(ids=[b])] == [[]]
+    assert claim_one(store, b, T0 + 50).id == b
 
 
 def test_hold_and_release(store: Store) -> None:
@@ -1336,3 +1349,130 @@ def test_a_cwd_and_environment_that_are_not_utf8_come_back_exactly(store: Store)
     copy = store.restart(job_id, {}, False, T0)
     assert [(c.cwd, c.env) for c in claim(store)] == [(b"/tmp/d\xe9", {"X": value, "PLAIN": "1"})]
     assert copy > job_id
+
+
+# ----------------------------------------------------------------------------
+# A random history, checked after every call
+
+
+def check_invariants(store: Store, now: float, paused: set[str]) -> None:
+    """What must hold after any call, seen through the contract alone."""
+    jobs = {j.id: j for j in store.list_jobs()}
+    states = {job_id: j.state for job_id, j in jobs.items()}
+    assert store.counts() == counted(store)
+    for queue in store.queues():
+        listed = Counter(j.state for j in jobs.values() if j.queue == queue.name)
+        assert (queue.running, queue.pending, queue.held, queue.failed) == (
+            listed["running"],
+            listed["pending"],
+            listed["held"],
+            listed["failed"],
+        )
+    assert store.unfinished_ids() == [i for i, s in states.items() if s in lifecycle.UNFINISHED_STATES]
+    for j in jobs.values():
+        if j.state in lifecycle.UNSTARTED_STATES:
+            # What it waits for: its dependencies that exist and have not completed;
+            # none of them can never complete (the cascade canceled it then).
+            assert j.waiting_on == [d for d in j.depends_on if states.get(d, "completed") != "completed"], j
+            assert not [d for d in j.depends_on if states.get(d) in lifecycle.ENDED_BADLY_STATES], j
+        elif j.state not in lifecycle.EDITABLE_STATES:
+            assert j.waiting_on == []
+        runs = store.get_job(j.id)[1]
+        if j.state == "running":
+            assert runs and runs[-1].ended_at is None, j
+    open_queues = [q.name for q in store.queues() if q.name not in paused]
+    due = [
+        j.id
+        for j in jobs.values()
+        if j.state in lifecycle.WAITING_STATES
+        and j.run_at <= now
+        and not j.waiting_on
+        and j.queue in open_queues
+    ]
+    read = ahead(store, now=now, queues=tuple(open_queues), limit=1000)
+    assert sorted(c.id for c in read.jobs) == due and read.complete
+    assert [c.claim_key for c in read.jobs] == sorted(c.claim_key for c in read.jobs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_random_history_keeps_every_rule(store: Store, seed: int) -> None:
+    """Adds, claims, starts, ends, cancels, retries, holds, edits, removals and
+    restarts of the daemon in a random order (the same each run): after each,
+    the invariants hold, and a refused call changed nothing."""
+    rng = random.Random(seed)
+    store.add_queue("other", None, T0)
+    now = T0
+    running: dict[int, Claimed] = {}  # attempts whose process still runs, as the supervisor knows them
+    paused: set[str] = set()
+
+    def some(ids: list[int], most: int = 3) -> list[int]:
+        return rng.sample(ids, min(len(ids), rng.randint(1, most))) if ids else [404]
+
+    for _ in range(150):
+        ids = [j.id for j in store.list_jobs()]
+        terminal = [j.id for j in store.list_jobs(states=list(lifecycle.TERMINAL_STATES))]
+        action = rng.choice(
+            ["add", "add", "claim", "finish", "finish", "cancel", "retry", "hold", "release", "edit",
+             "remove", "start", "unclaim", "time", "pause", "recover"]
+        )  # fmt: skip
+        before = observable(store)
+        try:
+            if action == "add":
+                specs = [
+                    new(
+                        after=rng.sample(ids, min(len(ids), rng.randint(0, 2))),
+                        hold=rng.random() < 0.1,
+                        delay=rng.choice([None, 0.0, 5.0, 30.0]),
+                        priority=rng.randint(-2, 2),
+                        queue=rng.choice(["default", "other"]),
+                        max_retries=rng.randint(0, 2),
+                        now=now,
+                    )
+                    for _ in range(rng.randint(1, 3))
+                ]
+                store.add_jobs(specs, now)
+            elif action == "claim":
+                room = {q: rng.randint(0, 3) for q in ("default", "other") if q not in paused}
+                for claimed in store.claim(
+                    now=now, slots=rng.randint(1, 4), queue_room=room, busy=list(running)
+                ):
+                    running[claimed.id] = claimed
+            elif action == "start":
+                read = ahead(store, now=now, queues=("default", "other"), busy=list(running)).jobs
+                if read:
+                    store.start(read[0], now)
+                    running[read[0].id] = read[0]
+            elif action == "finish" and running:
+                claimed = running.pop(rng.choice(list(running)))
+                exit = rng.choice([OK, OK, FAIL, classify_exit(-9)])
+                store.finish(claimed, exit, BACKOFF_MAX, now)
+            elif action == "unclaim" and running:
+                claimed = running.pop(rng.choice(list(running)))
+                if state(store, claimed.id) == "running":
+                    store.unclaim(claimed, now)
+                else:
+                    running[claimed.id] = claimed  # canceled meanwhile: its process still ends
+            elif action == "cancel":
+                store.cancel_what_can(some(ids), now) if rng.random() < 0.5 else store.cancel(some(ids), now)
+            elif action == "retry":
+                store.retry(some(terminal), rng.random() < 0.1, now)
+            elif action == "hold":
+                store.hold(some(ids), now)
+            elif action == "release":
+                store.release(some(ids), now)
+            elif action == "edit":
+                store.edit(some(ids, 1)[0], {"priority": rng.randint(-2, 2)}, now)
+            elif action == "remove":
+                store.remove(some(terminal)) if rng.random() < 0.8 else store.clean(["completed"], now - 10)
+            elif action == "time":
+                now += rng.choice([1.0, 5.0, 30.0])
+            elif action == "pause":
+                queue = rng.choice(["default", "other"])
+                paused ^= {queue}
+                store.set_paused(queue, queue in paused)
+            elif action == "recover":  # the daemon died: what ran is interrupted
+                store.recover(BACKOFF_MAX, now)
+                running.clear()
+        except Refused:
+            assert observable(store) == before, action
+        check_invariants(store, now, paused)

@@ -116,7 +116,7 @@ class Jobs:
                 chunk,
             ):
                 deps.setdefault(job_id, []).append(dep)
-                if dep_state != lifecycle.COMPLETED:
+                if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
                     unmet.setdefault(job_id, []).append(dep)
             for job_id, started_at, ended_at in self.conn.execute(
                 "SELECT a.job_id, a.started_at, a.ended_at FROM attempts a"
