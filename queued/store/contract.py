@@ -165,7 +165,9 @@ class Store(Protocol):
         ...
 
     def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
-        """A job, its attempts and its environment (printable); Refused if unknown."""
+        """A job, its attempts and its environment (printable); Refused if unknown.
+        A job's `waiting_on` lists its dependencies not completed (or removed)
+        while it is in `lifecycle.UNSTARTED_STATES`, else nothing."""
         ...
 
     def list_jobs(
@@ -188,8 +190,9 @@ class Store(Protocol):
 
     # -- jobs: changes --------------------------------------------------------
     def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
-        """Store new jobs in `lifecycle.initial_state`; their ids, in order and
-        consecutive for jobs without dependencies. A dependency may be a job of
+        """Store new jobs in `lifecycle.initial_state`; their ids, in order,
+        consecutive for every job of one call, with dependencies or without
+        (one writer at a time: no other add interleaves). A dependency may be a job of
         the same call. Refused: an unknown queue or dependency ("not_found"),
         a dependency that can never complete ("invalid",
         `lifecycle.dependency_refusal`)."""
@@ -197,7 +200,7 @@ class Store(Protocol):
 
     def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
         """Cancel jobs (Refused unless every one can be); the ids of those that
-        were running, whose processes must be stopped."""
+        were running, whose processes must be stopped, ascending."""
         ...
 
     def cancel_what_can(
@@ -311,7 +314,8 @@ class Store(Protocol):
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
         """At start: record the attempts a dead daemon left running as
-        interrupted, and make sure the default queue exists."""
+        interrupted (`lifecycle.INTERRUPTED`), by job id, and make sure the
+        default queue exists."""
         ...
 
 

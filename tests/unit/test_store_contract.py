@@ -596,6 +596,20 @@ def test_a_retried_dependency_makes_its_dependents_wait_again(store: Store) -> N
     assert claim_one(store, b, T0 + 21).id == b
 
 
+def test_a_failed_job_whose_dependency_is_retried_does_not_say_it_waits(store: Store) -> None:
+    """It ran once its dependency completed; a retry of that dependency since
+    does not hold it back (only unstarted jobs are recounted), so it must not
+    show the dependency as waited for."""
+    a = add(store)
+    run_to(store, a, OK)
+    b = add(store, after=[a], max_retries=3)
+    run_to(store, b, FAIL)
+    assert state(store, b) == "failed"
+    store.retry([a], False, T0 + 1)
+    assert job(store, b).waiting_on == []
+    assert b in [c.id for c in claim(store, T0 + 100)]
+
+
 def test_a_completed_dependency_removed_since_is_waited_for_no_more(store: Store) -> None:
     """`rm` of a dependency that completed: its dependent runs (it waits for
     nothing), and says so; it once said "waiting for" the removed job."""

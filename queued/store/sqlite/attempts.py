@@ -209,7 +209,7 @@ class Attempts:
             for row in self.conn.execute(
                 f"SELECT {rows.INTERRUPTED_COLUMNS} FROM jobs j JOIN attempts a ON a.job_id = j.id"
                 f" WHERE j.state = '{lifecycle.RUNNING}' AND a.attempt = (SELECT max(attempt) FROM attempts"
-                " WHERE job_id = j.id)"
+                " WHERE job_id = j.id) ORDER BY j.id"
             ).fetchall()
         ]
         changes = Changes()

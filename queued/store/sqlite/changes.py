@@ -45,9 +45,8 @@ class JobChanges:
         """Cancel jobs; returns those that were running (their processes must be stopped)."""
         states = self.jobs.require(ids, Event.CANCEL)
         written = self._move(states, Event.CANCEL, now, error=lifecycle.CANCELED_BY_USER)
-        return Written(
-            [job_id for job_id, state in states.items() if state == lifecycle.RUNNING], written.changes
-        )
+        running = sorted(job_id for job_id, state in states.items() if state == lifecycle.RUNNING)
+        return Written(running, written.changes)
 
     def cancel_what_can(
         self, ids: Sequence[int], now: float

@@ -53,7 +53,9 @@ def job(
         cwd=cwd if isinstance(cwd, str) else readable(cwd),
         error=error,
         depends_on=depends_on,
-        waiting_on=unmet if state in lifecycle.EDITABLE_STATES else [],
+        # Only a job that has not started waits for its dependencies: a failed
+        # one ran once they completed, and a dependency retried since does not hold it back.
+        waiting_on=unmet if state in lifecycle.UNSTARTED_STATES else [],
         started_at=latest[0],
         ended_at=latest[1],
     )
