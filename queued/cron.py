@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
-from datetime import datetime, timedelta
+from datetime import MAXYEAR, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from msgspec import Struct
 
 from queued.durations import format_duration_exact, parse_duration
-from queued.protocol import MAX_SECONDS
+from queued.protocol import MAX_MOMENT, MAX_SECONDS
 
 
 class CronSchedule(Struct, frozen=True, kw_only=True):
@@ -134,8 +133,8 @@ def parse_schedule(text: str, *, anchor: float) -> Schedule:
     expression = " ".join(text.split())
     if not expression:
         raise ValueError(f"empty schedule: use {_FORM}")
-    if expression.lower().startswith("@every"):
-        rest = expression[len("@every") :].strip()
+    keyword, _, rest = expression.partition(" ")
+    if keyword.lower() == "@every":
         if not rest:
             raise ValueError("@every needs a duration, e.g. '@every 10m'")
         return parse_every(rest, anchor=anchor)
@@ -295,9 +294,11 @@ def _first_match(schedule: CronSchedule, start: datetime) -> datetime:
     if moment < start:
         moment += timedelta(minutes=1)
     last_year = start.year + _SEARCH_YEARS
-    while moment.year <= last_year:
+    while moment.year <= last_year:  # (datetime's OverflowError past 9999 ends the search too)
         if moment.month not in schedule.months:
             later = [month for month in schedule.months if month > moment.month]
+            if moment.year == MAXYEAR and not later:
+                raise OverflowError("past the year 9999")
             moment = datetime(moment.year + (not later), later[0] if later else schedule.months[0], 1)
             continue
         if not _day_matches(schedule, moment):
@@ -342,15 +343,27 @@ def _gap_end(before: float, after: float, zone: ZoneInfo) -> float:
 
 def next_firing(schedule: Schedule, after: float, tz: str) -> float:
     """The first firing strictly after `after` (seconds since the epoch), in
-    zone `tz` (ignored by intervals). The daylight-saving rule is the module's."""
+    zone `tz` (ignored by intervals). The daylight-saving rule is the module's.
+    ValueError when there is none before the end of the year 9999."""
+    if not 0 <= after <= MAX_MOMENT:  # also refuses nan
+        raise ValueError(f"time {after!r} is out of range: 1970 to 9999")
     if isinstance(schedule, IntervalSchedule):
         count = max(1, math.floor((after - schedule.anchor) / schedule.seconds) + 1)
         firing = schedule.anchor + count * schedule.seconds
         while firing <= after:  # float rounding
             count += 1
             firing = schedule.anchor + count * schedule.seconds
-        return firing
-    zone = check_zone(tz)
+    else:
+        try:
+            firing = _next_cron_firing(schedule, after, check_zone(tz))
+        except OverflowError:
+            firing = math.inf
+    if firing > MAX_MOMENT:
+        raise ValueError(f"schedule {schedule.expression!r} does not fire again before the year 10000")
+    return firing
+
+
+def _next_cron_firing(schedule: CronSchedule, after: float, zone: ZoneInfo) -> float:
     every_hour = len(schedule.hours) == 24
     now = datetime.fromtimestamp(after, zone)
     wall = now.replace(tzinfo=None, second=0, microsecond=0)
@@ -371,7 +384,12 @@ def next_firing(schedule: Schedule, after: float, tz: str) -> float:
         for option in options:
             if after < option < best:
                 best = option
-        candidate = _first_match(schedule, candidate + timedelta(minutes=1))
+        try:
+            candidate = _first_match(schedule, candidate + timedelta(minutes=1))
+        except OverflowError:
+            if best == math.inf:
+                raise
+            return best  # no later wall time before the year 10000
 
 
 class Missed(Struct, frozen=True, kw_only=True):
@@ -410,16 +428,35 @@ def firings_missed(
 
 def _latest_firings(schedule: Schedule, last: float, now: float, tz: str, keep: int) -> tuple[float, ...]:
     """The latest `keep` firings in (last, now], found by looking back over a
-    window that grows fourfold: the work is about the firings kept, not all
-    those missed over a long stop."""
-    window = 60.0 * keep
-    while True:
-        start = max(last, now - window)
-        found: deque[float] = deque(maxlen=keep)
-        firing = next_firing(schedule, start, tz)
+    window that grows fourfold, then narrows by halves when it holds too many:
+    each look enumerates at most 4 * keep firings, however long the stop."""
+    limit = 4 * keep
+
+    def look(window: float) -> tuple[list[float], bool]:
+        """The firings in the window before `now`, and whether there were more than `limit`."""
+        found: list[float] = []
+        firing = next_firing(schedule, max(last, now - window), tz)
         while firing <= now:
+            if len(found) == limit:
+                return found, True
             found.append(firing)
             firing = next_firing(schedule, firing, tz)
-        if len(found) == keep or start == last:
-            return tuple(found)
-        window *= 4
+        return found, False
+
+    too_few, window = 0.0, 60.0 * keep
+    while True:
+        found, too_many = look(window)
+        if not too_many and (len(found) >= keep or now - window <= last):
+            return tuple(found[-keep:])
+        if too_many:
+            break
+        too_few, window = window, window * 4
+    # Between too_few and window lies a window holding keep to limit firings:
+    # firings are at least a second apart, so halving to half a second finds it.
+    while window - too_few > 0.5:
+        middle = (too_few + window) / 2
+        found, too_many = look(middle)
+        if not too_many and len(found) >= keep:
+            return tuple(found[-keep:])
+        too_few, window = (too_few, middle) if too_many else (middle, window)
+    return tuple(look(too_few)[0])  # not reached: the latest firings, if fewer

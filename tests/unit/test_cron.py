@@ -145,6 +145,7 @@ def test_expression_is_kept_as_written_with_spaces_collapsed() -> None:
         ("-1 * * * *", "minute field '-1'"),
         ("@reboot", "@reboot is not a schedule queued runs"),
         ("@fortnightly", "unknown schedule '@fortnightly'"),
+        ("@everyday", "unknown schedule '@everyday'"),
         ("@every", "@every needs a duration"),
         ("@every soon", "invalid interval 'soon'"),
         ("@every 0s", "it must be from 1s to 10 years"),
@@ -448,6 +449,19 @@ def test_a_year_down_with_a_one_second_interval_is_no_burst() -> None:
     assert missed.upcoming == 365 * 86400.0 + 1
 
 
+def test_the_latest_firings_after_a_dense_burst_long_ago() -> None:
+    schedule = cron("* * * 1 *")  # every minute of January
+    missed = firings_missed(
+        schedule, at("2025-12-01T00:00", "UTC"), at("2026-05-01T00:00", "UTC"), "UTC", "all"
+    )
+    assert [wall(t, "UTC")[:16] for t in missed.run] == [
+        f"2026-01-31T23:{minute}" for minute in range(50, 60)
+    ]
+    assert missed.dropped
+    one = firings_missed(schedule, at("2025-12-01T00:00", "UTC"), at("2026-05-01T00:00", "UTC"), "UTC", "one")
+    assert one.run == missed.run[-1:]
+
+
 def test_sparse_firings_after_a_long_stop() -> None:
     schedule = cron("0 0 29 2 *")
     missed = firings_missed(
@@ -571,3 +585,30 @@ def test_rule_around_every_change(tz: str, expression: str) -> None:
         while (instant := next_firing(schedule, instant, tz)) <= end:
             firings.append(instant)
         assert firings == reference_firings(schedule, tz, start, end), wall(change, tz)
+
+
+def test_times_out_of_range_and_the_end_of_time() -> None:
+    for bad in (math.nan, math.inf, -1.0, 1e20):
+        with pytest.raises(ValueError, match="is out of range: 1970 to 9999"):
+            next_firing(cron("@daily"), bad, "UTC")
+    last_leap_day = at("9996-02-29T00:00", "UTC")
+    assert next_firing(cron("0 0 29 2 *"), last_leap_day - 1, "UTC") == last_leap_day
+    for schedule in (cron("0 0 29 2 *"), parse_every("1d", anchor=0.0)):
+        with pytest.raises(ValueError, match="does not fire again before the year 10000"):
+            next_firing(schedule, at("9999-12-31T12:00", "UTC"), "Pacific/Kiritimati")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.lists(st.sampled_from("0123456789*/,-@ abcdejmnorstuwLW#?"), max_size=30).map("".join),
+    )
+)
+def test_any_text_parses_or_is_refused_in_one_line(text: str) -> None:
+    try:
+        schedule = parse_schedule(text, anchor=0.0)
+    except ValueError as error:
+        assert "\n" not in str(error)
+        return
+    assert next_firing(schedule, at("2026-01-01T00:00", "UTC"), "Europe/Berlin") > 0
