@@ -47,7 +47,7 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
 
 class Commands(click.Group):
     """queuectl's commands. Those about the daemon itself (status, workers,
-    queue, config, shutdown, completion) live in `queuectl.commands`, those
+    queue, config, shutdown, completion, web) live in `queuectl.commands`, those
     that change jobs already added in `queuectl.changing`: each gathers its
     own in a `registry` group, added here only when one of them runs or the
     whole list is wanted, so that `queuectl add` never imports them."""

@@ -1,5 +1,5 @@
 """queuectl's commands about the daemon itself: status, workers, queues, config,
-shutdown, completion. Imported only when one of them runs (queuectl.cli adds
+shutdown, completion, web. Imported only when one of them runs (queuectl.cli adds
 `registry`'s commands to its own)."""
 
 from __future__ import annotations
@@ -244,3 +244,59 @@ def completion(shell: str) -> None:
       queuectl completion fish > ~/.config/fish/completions/queuectl.fish
     """
     click.echo(completion_script(click.get_current_context().find_root().command, shell))
+
+
+@registry.group()
+def web() -> None:
+    """The web page (`queued --http HOST:PORT`).
+
+    \b
+    Example:
+      queuectl web token
+    """
+
+
+@web.command("token")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="The daemon's data dir (default: ask the daemon)."
+)
+@click.option("--url", "as_url", is_flag=True, help="Print the page's address with the token, to open once.")
+def web_token(data_dir: str | None, as_url: bool) -> None:
+    """The token that allows actions on the web page, created if missing.
+
+    It is 32 random bytes in `web-token` (mode 0600) in the data dir; the
+    page sends it as `Authorization: Bearer`. A daemon serving the page on
+    an address other than loopback needs it before it starts, and then for
+    reads as well.
+
+    \b
+    Example:
+      queuectl web token --url
+    """
+    from pathlib import Path
+
+    from queued.paths import default_data_dir
+    from queued.web.security import ensure_token
+
+    from .client import DaemonUnreachable
+
+    url = None
+    if data_dir is None:
+        try:
+            status = client().status()
+            data_dir, url = status.data_dir, status.web
+        except DaemonUnreachable:
+            data_dir = str(default_data_dir())
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        raise click.ClickException(f"no data dir {directory}: start queued once, or name it with --data-dir")
+    try:
+        token = ensure_token(directory)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_url:
+        if url is None:
+            raise click.ClickException("the daemon serves no web page: start it with --http HOST:PORT")
+        click.echo(f"{url}#token={token}")
+    else:
+        click.echo(token)

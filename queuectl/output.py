@@ -340,6 +340,7 @@ def status_block(status: Status, *, now: float) -> str:
         f"  jobs:    {state_line}",
         f"  socket:  {status.socket}",
         f"  data:    {status.data_dir}",
+        *([f"  web:     {status.web}"] if status.web else []),
         "",
         queue_table(status.queues),
     ]

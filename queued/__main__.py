@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also admit members of this group (env QUEUED_ALLOW_GROUP): for a system daemon "
         "whose socket is group-accessible",
     )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the web page, JSON API and /metrics there (env QUEUED_HTTP; off by default; "
+        "port 0 picks a free one; a non-loopback address needs `queuectl web token` first)",
+    )
+    parser.add_argument(
+        "--http-names",
+        metavar="NAMES",
+        help="host names the web page answers besides IP addresses and localhost, comma separated "
+        "(env QUEUED_HTTP_NAMES): the name of a reverse proxy in front of it",
+    )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
     return parser
 
@@ -105,12 +117,18 @@ def main(argv: list[str] | None = None) -> None:
                 "concurrency": args.concurrency,
                 "log-level": args.log_level,
                 "allow-group": args.allow_group,
+                "http": args.http,
+                "http-names": args.http_names,
             },
             environ=os.environ,
             file=file_values,
             file_path=str(config_path or paths.default_config_file()) if file_values else None,
         )
         chosen = config_rules.daemon_values(sources)
+        if chosen.http is not None:  # checked before the data dir is locked
+            from queued.web.security import parse_bind
+
+            parse_bind(chosen.http)
     except ValueError as exc:
         print(f"queued: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -129,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             allow_group=allow_group,
             config_file=(config_path or paths.default_config_file()).expanduser().absolute(),
             config_file_required=config_path is not None,
+            http=chosen.http,
+            http_names=chosen.http_names,
         )
         config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
         runner = Runner(config)

@@ -8,7 +8,7 @@ masks it.
 
 Two kinds of keys: the job settings (`CONFIG_KEYS`: max-retries,
 timeout, …), which `config set` changes at run time, and the daemon's own
-(socket, data-dir, log-level, allow-group), fixed at start: the database that
+(socket, data-dir, log-level, allow-group, http, http-names), fixed at start: the database that
 holds `config set` lives in the data dir, so those cannot come from it.
 
 Pure functions: the caller reads flags, environment, file and database and
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from queued.settings import CONFIG_KEYS, Settings, parse_config_value, settings_with
 
 SETTINGS_KEYS = tuple(CONFIG_KEYS)
-DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group")
+DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group", "http", "http-names")
 KEYS = (*SETTINGS_KEYS, *DAEMON_KEYS)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The sources, strongest first.
@@ -138,15 +138,17 @@ class DaemonValues:
     data_dir: str | None
     log_level: str
     allow_group: str | None
+    http: str | None = None  # the web page's HOST:PORT (off: None)
+    http_names: str | None = None  # names its Host header may carry besides addresses
 
 
 def daemon_values(sources: Sources) -> DaemonValues:
-    """socket, data-dir, log-level and allow-group by the same rule (no `config set`)."""
+    """The daemon's own keys by the same rule (no `config set`)."""
     values: dict[str, str | None] = {}
     for key in DAEMON_KEYS:
         layers = sources.layers(key)
         for source, value in layers:
-            if not isinstance(value, str) or (key != "allow-group" and not value.strip()):
+            if not isinstance(value, str) or (key not in ("allow-group", "http-names") and not value.strip()):
                 raise ValueError(f"invalid value for {key}: {value!r} (from {sources.describe(key, source)})")
             if key == "log-level" and value.lower() not in LOG_LEVELS:
                 raise ValueError(
@@ -159,4 +161,6 @@ def daemon_values(sources: Sources) -> DaemonValues:
         data_dir=values["data-dir"],
         log_level=(values["log-level"] or "info").lower(),
         allow_group=values["allow-group"] or None,
+        http=values["http"],
+        http_names=values["http-names"] or None,
     )

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -58,6 +59,9 @@ class DaemonConfig:
     # What SIGHUP reads again (see signals.py), and whether it must exist.
     config_file: Path | None = None
     config_file_required: bool = False
+    # The web page's HOST:PORT (queued.web, imported only then) and its extra host names.
+    http: str | None = None
+    http_names: str | None = None
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -151,7 +155,9 @@ class Runner:
         instance = secrets.token_hex(8)
         stop_previous_instance(config.data_dir, instance)
         guardian = GuardianLink(instance, keep_fds=(lock_fd,), on_started=self._guardian_started(lock_fd))
+        web = None
         try:
+            web = self._prepare_web()
             inherited = inherited_listener()
             if inherited is not None:
                 sock = trio.socket.from_stdlib_socket(inherited)
@@ -159,6 +165,8 @@ class Runner:
             else:
                 sock = bind_unix(config.socket_path)
         except Exception:
+            if web is not None:
+                web.close()
             guardian.close()
             raise
         try:
@@ -186,6 +194,10 @@ class Runner:
                 await nursery.start(self.callbacks.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))
+                if web is not None:
+                    await nursery.start(
+                        web.serve, self.daemon, REQUEST_HANDLERS, dispatch, config.data_dir / "queue.db"
+                    )
                 nursery.start_soon(self._signals, nursery)
                 if self.notifier.enabled:
                     nursery.start_soon(self._report_status, db)
@@ -213,6 +225,8 @@ class Runner:
                 nursery.cancel_scope.cancel()
         finally:
             sock.close()
+            if web is not None:
+                web.close()
             if inherited is None:  # a socket systemd made is systemd's to remove
                 try:
                     config.socket_path.unlink(missing_ok=True)
@@ -231,6 +245,17 @@ class Runner:
             self.callbacks.notify(changes.finished)
         if changes.reordered:
             self.supervisor.wake()
+
+    def _prepare_web(self) -> Any:
+        """The web page's server, bound, when --http asks for one (StartupError if it cannot be)."""
+        if self.config.http is None:
+            return None
+        from queued.web.server import WebServer, WebStartError
+
+        try:
+            return WebServer.prepare(self.config.http, self.config.http_names, self.config.data_dir)
+        except WebStartError as exc:
+            raise StartupError(str(exc)) from None
 
     def _guardian_started(self, lock_fd: int) -> Callable[[int], None]:
         def started(pid: int) -> None:

@@ -218,14 +218,21 @@ class GetJob(Request, tag="get"):
     id: JobId
 
 
-class ListJobs(Request, tag="list"):
-    """The newest `limit` jobs matching every filter, returned in id order."""
+class ListJobs(Request, tag="list", omit_defaults=True):
+    """The newest `limit` jobs matching every filter, returned in id order.
+    `before` pages back by id (the next page starts below the smallest id
+    shown), `command` matches part of the command, `created_after` and
+    `created_before` bound when the job was added."""
 
     states: list[JobState] = []
     queue: QueueName | None = None
     label: Label | None = None
     ids: list[JobId] = []
     limit: Count | None = None
+    before: JobId | None = None
+    command: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    created_after: Moment | None = None
+    created_before: Moment | None = None
 
 
 class CancelJobs(Request, tag="cancel"):
@@ -451,6 +458,8 @@ class Status(Response, tag="status"):
     queues: list[QueueInfo]
     data_dir: str
     socket: str
+    # The web page's address when `queued --http` serves one.
+    web: str | None = None
     # Sentences about what is wrong with the daemon itself (its database file
     # deleted under it, ...): empty while all is well.
     problems: list[str] = []

@@ -130,6 +130,7 @@ class Daemon:
         self.defaults = defaults if defaults is not None else msgspec.structs.replace(supervisor.settings)
         self.sources = sources if sources is not None else config.Sources()
         self.config_problem: str | None = None  # why the last reload was refused
+        self.web_url: str | None = None  # the web page's address, once it serves one
 
     def problems(self) -> list[str]:
         """What is wrong with the daemon itself, for `status` (empty when all is well)."""

@@ -71,7 +71,16 @@ def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
 
 async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
     jobs = await d.db.read(
-        Store.list_jobs, states=r.states, queue=r.queue, label=r.label, ids=r.ids, limit=r.limit
+        Store.list_jobs,
+        states=r.states,
+        queue=r.queue,
+        label=r.label,
+        ids=r.ids,
+        limit=r.limit,
+        before=r.before,
+        command=r.command,
+        created_after=r.created_after,
+        created_before=r.created_before,
     )
     return p.JobList(jobs=_with_paused(d, jobs))
 
@@ -178,6 +187,7 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         queues=queues,
         data_dir=d.data_dir,
         socket=d.socket_path,
+        web=d.web_url,
         problems=d.problems(),
     )
 

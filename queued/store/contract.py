@@ -178,8 +178,15 @@ class Store(Protocol):
         label: str | None = None,
         ids: Sequence[int] = (),
         limit: int | None = None,
+        before: int | None = None,
+        command: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Job]:
-        """Jobs matching every filter given, by id; with `limit`, the newest ones."""
+        """Jobs matching every filter given, by id; with `limit`, the newest
+        ones. `before`: ids below it only (the next page back); `command`:
+        commands containing it; `created_after`/`created_before`: added in
+        [after, before)."""
         ...
 
     def unfinished_ids(self) -> list[int]: ...
