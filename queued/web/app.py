@@ -179,6 +179,9 @@ class WebApp:
             return await self._action(request, path.removeprefix("/api/actions/"), receive)
         if method not in ("GET", "HEAD"):
             raise Refusal(405, f"{method} is not allowed here")
+        if path == "/favicon.ico":
+            body, kind = self.static["favicon.svg"]
+            return 200, kind, body, []
         if path == "/robots.txt":
             return 200, "text/plain; charset=utf-8", security.ROBOTS_TXT, []
         if path == "/healthz":
