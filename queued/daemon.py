@@ -113,6 +113,7 @@ class Runner:
         self._shutdown = trio.Event()
         self._shutdown_now = trio.Event()  # running jobs are interrupted (see Supervisor.drain)
         self.notifier = Notifier()
+        self.web: Any = None  # queued.web.server.WebServer when --http is given
 
     def request_shutdown(self, mode: str) -> None:
         """Stop the daemon, at any time (before it runs too): gracefully, or
@@ -157,7 +158,7 @@ class Runner:
         guardian = GuardianLink(instance, keep_fds=(lock_fd,), on_started=self._guardian_started(lock_fd))
         web = None
         try:
-            web = self._prepare_web()
+            web = self.web = self._prepare_web()
             inherited = inherited_listener()
             if inherited is not None:
                 sock = trio.socket.from_stdlib_socket(inherited)

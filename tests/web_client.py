@@ -30,8 +30,10 @@ def _request(
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
     given = {k.lower() for k in (headers or {})}
+    lines = [f"{method} {path} HTTP/1.1", "Connection: close"]
+    if "host" not in given:
+        lines.append(f"Host: {parts.netloc}")
     for key, value in (headers or {}).items():
         lines.append(f"{key}: {value}")
     if body is not None and "content-length" not in given:

@@ -94,7 +94,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._store = StoreCalls(db)
         self._hold = StartHold()
-        self._ends = Ends(self._store, settings, guardian, self.log_folders, clock, self._check_drained)
+        self._ends = Ends(self._store, settings, guardian, self.log_folders, clock, self._end_recorded)
         self._environments = JobEnvironments(instance)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self.attempts = RunningAttempts(self._young)
@@ -191,6 +191,12 @@ class Supervisor:
     async def _interrupt_when(self, interrupt: trio.Event) -> None:
         await interrupt.wait()
         self.stop_jobs(list(self.running), "interrupt")
+
+    def _end_recorded(self) -> None:
+        """An end's record committed (or failed for good): readers of the store
+        (the web page) see it now, and a drain may be complete."""
+        self._change.set()
+        self._check_drained()
 
     def _check_drained(self) -> None:
         if self.claiming_stopped.is_set() and not self.running and not self._ends.recording:
@@ -328,6 +334,8 @@ class Supervisor:
         record = None if committed else self._store.start(claimed, now)
         attempt = Attempt(claimed, now, self.log_folders.paths(claimed.id, claimed.run), record)
         self.attempts.add(attempt)
+        if record is None:  # its claim committed the start: news for those watching (the web page)
+            self._change.set()
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
             record.on_done = lambda call: self._start_recorded(attempt, call)
@@ -347,6 +355,7 @@ class Supervisor:
         changed since it was read), the process stops and the job, if still
         due, is read again after a pause that keeps a refusing disk (or a bug)
         from turning this into a spawn loop."""
+        self._change.set()  # the start is in the store now: readers (the web page) see it
         if start.error is None:
             return
         log.error("job %d: its start was not recorded (%s); stopped", attempt.claimed.id, start.error)

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import msgspec
 import trio
 
-from queued import __version__
+from queued import __version__, lifecycle
 from queued import protocol as p
 from queued.store.sqlite import reports
 from queued.web import charts, requests, security
@@ -395,15 +395,25 @@ class WebApp:
             self.live.unwatch()
 
     async def _output(self, job_id: int, query: dict[str, list[str]], send: Send) -> None:
-        """The attempt's output as it is written, then an `end` event."""
+        """The attempt's output as it is written, then an `end` event (once
+        the job started, for one that has not yet)."""
         try:
-            first = await self.ask(_log_request(job_id, query, limit=OUTPUT_CHUNK))
+            wanted = _log_request(job_id, query, limit=OUTPUT_CHUNK)
+            while True:
+                change = self.supervisor.next_change()
+                detail = await self.ask(p.GetJob(id=job_id))
+                assert isinstance(detail, p.JobDetail)
+                started = [r.attempt for r in detail.runs]
+                if (wanted.attempt in started if wanted.attempt else started) or lifecycle.is_terminal(
+                    detail.job.state
+                ):
+                    break
+                await change.wait()
+            first = await self.ask(wanted)
         except (Refusal, requests.BadRequest) as exc:
             await send(_event("failed", _json.encode({"error": str(exc)})))
             return
         assert isinstance(first, p.LogChunk)
-        detail = await self.ask(p.GetJob(id=job_id))
-        assert isinstance(detail, p.JobDetail)
         stream = (query.get("stream") or ["stdout"])[-1]
         [run] = [r for r in detail.runs if r.attempt == first.attempt] or [None]
         path = None if run is None else run.stdout_path if stream == "stdout" else run.stderr_path
