@@ -1,0 +1,129 @@
+"""The web page of the real `queued --http`, driven with the real `queuectl`
+and plain HTTP: the address it reports, the start-up refusals, /metrics
+against `queuectl status`, and nothing of it loaded without --http."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import Daemon
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def web_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, "--http", "127.0.0.1:0").start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def web_url(d: Daemon) -> str:
+    return json.loads(d.ok("status", "--json"))["web"]
+
+
+def test_the_page_reports_its_address(web_daemon: Daemon) -> None:
+    url = web_url(web_daemon)
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
+    assert f"web:     {url}" in web_daemon.ok("status")
+    assert f"web page at {url}" in web_daemon.log.read_text()
+    status, body = fetch(url + "healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok", "problems": []})
+    token = web_daemon.ok("web", "token").strip()
+    assert len(token) >= 43 and (web_daemon.data_dir / "web-token").stat().st_mode & 0o777 == 0o600
+    assert web_daemon.ok("web", "token", "--url").strip() == f"{url}#token={token}"
+
+
+def test_metrics_match_queuectl_status(web_daemon: Daemon) -> None:
+    done = web_daemon.add("true")
+    failed = web_daemon.add("--max-retries", "0", "exit 4")
+    web_daemon.ctl("wait", str(done), str(failed))
+    web_daemon.add("--hold", "--queue", "default", "sleep 1")
+    status = json.loads(web_daemon.ok("status", "--json"))
+    code, text = fetch(web_url(web_daemon) + "metrics")
+    assert code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    for state, n in status["counts"].items():
+        assert samples[("queued_jobs", (("queue", "default"), ("state", state)))] == n, state
+    assert samples[("queued_slots", ())] == status["concurrency"] == 2
+    assert samples[("queued_attempts_ended_total", (("outcome", "completed"), ("queue", "default")))] == 1
+    assert samples[("queued_attempts_ended_total", (("outcome", "failed"), ("queue", "default")))] == 1
+    assert samples[("queued_queue_depth", (("queue", "default"),))] == 0
+    assert samples[("process_resident_memory_bytes", ())] > 0  # the daemon's own process
+
+
+def test_a_non_loopback_address_needs_a_token_first(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, "--http", "0.0.0.0:0")
+    d.start(wait=False)
+    assert d.process is not None and d.process.wait(timeout=20) == 1
+    said = d.log.read_text()
+    assert "not a loopback address" in said and "queuectl web token" in said
+    assert not (d.data_dir / "web-token").exists()
+    token = d.ok("web", "token", "--data-dir", str(d.data_dir)).strip()
+    d.start()
+    try:
+        url = web_url(d).replace("0.0.0.0", "127.0.0.1")
+        assert fetch(url + "api/status")[0] == 401  # every read needs it off loopback
+        assert fetch(url + "api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert fetch(url + "healthz")[0] == 200 and fetch(url + "static/app.js")[0] == 200
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:99999", "[::1]80"])
+def test_a_bad_address_is_refused_before_anything_starts(tmp_path: Path, address: str) -> None:
+    d = Daemon(tmp_path, "--http", address)
+    d.start(wait=False)
+    assert d.process is not None and d.process.wait(timeout=20) == 1
+    assert "web address" in d.log.read_text()
+    assert not d.data_dir.exists()  # refused before the data dir was touched
+
+
+def test_an_address_in_use_is_refused_with_a_reason(web_daemon: Daemon, tmp_path: Path) -> None:
+    port = web_url(web_daemon).rsplit(":", 1)[1].rstrip("/")
+    other = Daemon(tmp_path / "other", "--http", f"127.0.0.1:{port}")
+    other.start(wait=False)
+    assert other.process is not None and other.process.wait(timeout=20) == 1
+    assert "cannot serve the web page" in other.log.read_text()
+    assert not other.socket.exists()  # nothing left behind
+
+
+def test_the_environment_variable_turns_it_on(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.env["QUEUED_HTTP"] = "127.0.0.1:0"
+    d.start()
+    try:
+        assert web_url(d).startswith("http://127.0.0.1:")
+    finally:
+        d.stop()
+
+
+def test_without_http_nothing_of_the_page_is_loaded() -> None:
+    code = (
+        "import sys, queued.__main__, queued.daemon; "
+        "print([m for m in sys.modules if m.startswith(('queued.web', 'hypercorn', 'prometheus_client'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
