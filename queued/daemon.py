@@ -37,7 +37,7 @@ from queued.settings import Settings, parse_config_value
 from queued.store import Changes, Store
 from queued.store.sqlite import DatabaseUnusable, SqliteStore
 from queued.store.writer import Kind, Writer
-from queued.systemd import Notifier, inherited_listener
+from queued.systemd import Notifier, inherited_listener, inherited_web_listener
 
 log = logging.getLogger(__name__)
 ANSWER_GRACE_SECONDS = 0.5
@@ -248,13 +248,17 @@ class Runner:
             self.supervisor.wake()
 
     def _prepare_web(self) -> Any:
-        """The web page's server, bound, when --http asks for one (StartupError if it cannot be)."""
-        if self.config.http is None:
+        """The web page's server, bound, when --http asks for one or systemd
+        passed a second socket for it (StartupError if it cannot be)."""
+        inherited = inherited_web_listener()
+        if self.config.http is None and inherited is None:
             return None
         from queued.web.server import WebServer, WebStartError
 
         try:
-            return WebServer.prepare(self.config.http, self.config.http_names, self.config.data_dir)
+            return WebServer.prepare(
+                self.config.http, self.config.http_names, self.config.data_dir, inherited=inherited
+            )
         except WebStartError as exc:
             raise StartupError(str(exc)) from None
 

@@ -65,8 +65,8 @@ def inherited_listener(environ: dict[str, str] | None = None) -> socket.socket |
     count = int(env.get("LISTEN_FDS", "0") or 0)
     if count < 1:
         return None
-    if count > 1:
-        log.warning("systemd passed %d sockets; serving the first only", count)
+    if count > 2:
+        log.warning("systemd passed %d sockets; serving the first two only", count)
     fd = LISTEN_FDS_START
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
         raise ValueError(f"fd {fd} from systemd is not a socket")
@@ -74,4 +74,22 @@ def inherited_listener(environ: dict[str, str] | None = None) -> socket.socket |
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         raise ValueError("the socket from systemd must be a Unix stream socket (ListenStream=PATH)")
     os.set_inheritable(fd, False)  # jobs must not inherit the daemon's socket
+    return sock
+
+
+def inherited_web_listener(environ: dict[str, str] | None = None) -> socket.socket | None:
+    """The second socket systemd passed us, if any: a TCP one for the web page
+    (a second ListenStream=127.0.0.1:8080 in the socket unit)."""
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()) or int(env.get("LISTEN_FDS", "0") or 0) < 2:
+        return None
+    fd = LISTEN_FDS_START + 1
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        raise ValueError(f"fd {fd} from systemd is not a socket")
+    sock = socket.socket(fileno=fd)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        raise ValueError(
+            "the second socket from systemd must be a TCP one for the web page (ListenStream=HOST:PORT)"
+        )
+    os.set_inheritable(fd, False)  # jobs must not inherit it
     return sock

@@ -44,11 +44,18 @@ class WebServer:
 
     @classmethod
     def prepare(
-        cls, address: str, names: str | None, data_dir: Path, inherited: socket.socket | None = None
+        cls, address: str | None, names: str | None, data_dir: Path, inherited: socket.socket | None = None
     ) -> WebServer:
-        """Check the address and the token, and bind (or take systemd's socket)."""
+        """Check the address and the token, and bind (or take systemd's socket,
+        whose own address then decides, whatever `address` says)."""
         try:
-            bind = security.parse_bind(address)
+            if inherited is not None:
+                host, port = inherited.getsockname()[:2]
+                bind = security.BindAddress(host, port)
+                address = f"{bind.url_host}:{port}"
+            else:
+                assert address is not None
+                bind = security.parse_bind(address)
             loopback = security.is_loopback(bind.host)
             token = security.ensure_token(data_dir) if loopback else security.read_token(data_dir)
         except ValueError as exc:

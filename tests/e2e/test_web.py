@@ -5,8 +5,13 @@ against `queuectl status`, and nothing of it loaded without --http."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, tool
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -127,3 +132,41 @@ def test_without_http_nothing_of_the_page_is_loaded() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-socket-activate"), reason="needs systemd-socket-activate")
+def test_systemd_can_pass_a_second_socket_for_the_page(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.socket.parent.mkdir(mode=0o700)
+    with socket.socket() as probe:  # a free port for the activator to listen on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    activator = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "-l",
+            str(d.socket),
+            "-l",
+            f"127.0.0.1:{port}",
+            tool("queued"),
+            "--data-dir",
+            str(d.data_dir),
+        ],
+        env=d.env,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not d.socket.exists():
+            assert time.monotonic() < deadline and activator.poll() is None
+            time.sleep(0.05)
+        assert d.ctl("status").returncode == 0  # this connection starts queued, with the page
+        assert web_url(d) == f"http://127.0.0.1:{port}/"
+        assert fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        d.ok("shutdown")
+        activator.wait(timeout=15)
+    finally:
+        if activator.poll() is None:
+            os.killpg(activator.pid, signal.SIGKILL)
+            activator.wait()
