@@ -107,8 +107,11 @@ class Daemon:
     """A real `queued` under `root` (data dir and socket), started and stopped
     the way a user would. `wrap` prefixes the command (e.g. py-spy record --)."""
 
-    def __init__(self, root: Path, *, concurrency: int = 2, wrap: Sequence[str] = ()) -> None:
+    def __init__(
+        self, root: Path, *, concurrency: int = 2, wrap: Sequence[str] = (), extra: Sequence[str] = ()
+    ) -> None:
         self.root = root
+        self.extra = list(extra)  # more flags (the web bench's --http)
         self.data = root / "data"
         self.socket = root / "queued.sock"
         self.concurrency = concurrency
@@ -131,6 +134,7 @@ class Daemon:
             str(self.concurrency),
             "--log-level",
             "warning",
+            *self.extra,
         ]
         t0 = time.monotonic()
         with open(self._log, "ab") as log:
