@@ -70,8 +70,21 @@ VALUES: dict[str, dict[str, tuple[object, object]]] = {
         "file": ("error", "error"),
     },
     "allow-group": {"flag": ("wheel", "wheel"), "environment": ("adm", "adm"), "file": ("staff", "staff")},
+    "http": {
+        "flag": ("127.0.0.1:8080", "127.0.0.1:8080"),
+        "environment": (":9000", ":9000"),
+        "file": ("[::1]:80", "[::1]:80"),
+    },
+    "http-names": {"flag": ("a.example", "a.example"), "environment": ("b", "b"), "file": ("c, d", "c, d")},
 }
-DAEMON_DEFAULTS = {"socket": None, "data-dir": None, "log-level": "info", "allow-group": None}
+DAEMON_DEFAULTS = {
+    "socket": None,
+    "data-dir": None,
+    "log-level": "info",
+    "allow-group": None,
+    "http": None,
+    "http-names": None,
+}
 STRONGEST_FIRST = ("flag", "environment", "config set", "file")
 
 
@@ -122,6 +135,8 @@ def test_every_key_has_a_variable() -> None:
         "QUEUED_DATA_DIR",
         "QUEUED_LOG_LEVEL",
         "QUEUED_ALLOW_GROUP",
+        "QUEUED_HTTP",
+        "QUEUED_HTTP_NAMES",
     ]
 
 
