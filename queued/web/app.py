@@ -234,11 +234,11 @@ class WebApp:
                     {"token": given is not None and security.token_matches(given, self.token)}
                 )
             if path == "/api/jobs":
-                listed = await self.ask(requests.list_request(query))
+                wanted = requests.list_request(query)
+                listed = await self.ask(wanted)
                 assert isinstance(listed, p.JobList)
                 jobs = sorted(listed.jobs, key=lambda job: -job.id)
-                limit = requests.list_request(query).limit or requests.PAGE_SIZE
-                more = len(jobs) == limit
+                more = len(jobs) == wanted.limit
                 return _json.encode({"jobs": jobs, "next_before": jobs[-1].id if more and jobs else None})
             if path == "/api/jobs/count":
                 count = await self.reader.read(reports.count_jobs, **requests.filters(query))
@@ -385,9 +385,8 @@ class WebApp:
             self.streams -= 1
 
     async def _events(self, send: Send) -> None:
-        self.live.watch()
+        seen = self.live.watch()
         try:
-            seen = 0
             while True:
                 seen, snapshot = await self.live.next(seen)
                 await send(_event("snapshot", snapshot))

@@ -48,16 +48,24 @@ class Live:
         self.snapshot: bytes = b"{}"
         self._published = trio.Event()
         self._watched = trio.Event()
+        self._returned = trio.Event()  # set when viewers come back to a stale snapshot
+        self.stale = True  # no one watched since the snapshot was read: changes were missed
         self.viewers = 0
 
-    def watch(self) -> None:
+    def watch(self) -> int:
+        """A new viewer; returns the version it has seen (the current one if stale)."""
         self.viewers += 1
         self._watched.set()
+        if self.stale:
+            self._returned.set()
+            return self.version
+        return 0
 
     def unwatch(self) -> None:
         self.viewers -= 1
         if self.viewers == 0:
             self._watched = trio.Event()
+            self.stale = True
 
     async def next(self, seen: int) -> tuple[int, bytes]:
         """The first snapshot newer than version `seen`."""
@@ -69,14 +77,23 @@ class Live:
         while True:
             await self._watched.wait()
             change = self._next_change()
+            self._returned = trio.Event()
             facts = await self._read()
             self.version += 1
             facts["version"] = self.version
             self.snapshot = msgspec.json.encode(facts)
+            self.stale = self.viewers == 0
             published, self._published = self._published, trio.Event()
             published.set()
             await trio.sleep(MIN_INTERVAL)
-            await change.wait()
+            async with trio.open_nursery() as either:  # a change, or viewers back to a stale one
+                for event in (change, self._returned):
+                    either.start_soon(_set_then_cancel, event, either.cancel_scope)
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 class Histogram:

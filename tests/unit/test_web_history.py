@@ -97,3 +97,51 @@ def test_metrics_parse_back() -> None:
     assert samples[("queued_dispatch_delay_seconds_count", ())] == 2
     assert samples[("queued_run_time_seconds_sum", ())] == 4
     assert "process_cpu_seconds" in families
+
+
+async def test_live_reads_once_per_change_for_all_viewers_and_nothing_unwatched(
+    autojump_clock: object,
+) -> None:
+    import trio
+
+    from queued.web.live import MIN_INTERVAL, Live
+
+    reads = 0
+    change = trio.Event()
+
+    def next_change() -> trio.Event:
+        nonlocal change
+        if change.is_set():
+            change = trio.Event()
+        return change
+
+    async def read() -> dict[str, int]:
+        nonlocal reads
+        reads += 1
+        return {"reads": reads}
+
+    live = Live(next_change, read)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(live.run)
+        await trio.sleep(10)
+        assert reads == 0  # no one watches: no read
+        first, second = live.watch(), live.watch()
+        version, snapshot = await live.next(first)
+        assert (await live.next(second)) == (version, snapshot) and reads == 1  # one read for both
+        for _ in range(5):  # a burst of changes within MIN_INTERVAL
+            change.set()
+            await trio.sleep(MIN_INTERVAL / 10)
+        newer, _ = await live.next(version)
+        await trio.sleep(10)
+        assert reads == 2 and newer == version + 1  # coalesced into one update
+        live.unwatch()
+        live.unwatch()
+        change.set()
+        await trio.sleep(10)
+        assert reads == 2  # no one watches: the change is not read
+        before = reads
+        returning = live.watch()  # the snapshot is stale: a fresh one comes at once
+        assert returning == live.version
+        await live.next(returning)
+        assert reads == before + 1
+        nursery.cancel_scope.cancel()

@@ -246,9 +246,13 @@ function jobView(id) {
   const root = el("div", { id: "job" });
   main.replaceChildren(root);
   let following = null; // {attempt, controller}
+  let shown = null; // what the page shows, to draw it again only when it changed
   async function refresh() {
     const detail = await api("/api/jobs/" + id);
     const job = detail.job;
+    const key = JSON.stringify([job.state, job.updated_at, job.paused, detail.runs.map((r) => [r.ended_at, r.pid]), detail.dependents]);
+    if (key === shown) return;
+    shown = key;
     const links = (ids) => ids.length ? ids.map((d) => [el("a", { href: "/job/" + d }, d), " "]) : "none";
     const facts = el("dl", { class: "facts", id: "job-facts" },
       el("dt", {}, "state"), el("dd", { id: "job-state" }, stateBadge(job.state, job.paused), job.error ? " " + job.error : ""),
