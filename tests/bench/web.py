@@ -123,6 +123,12 @@ def w2_latency(root: Path, jobs: int, requests: int) -> dict[str, float]:
                 raise RuntimeError(f"W2: {path} did not answer 50 jobs")
             figures[f"{name}_p50_ms"] = percentile(times, 50) * 1e3
             figures[f"{name}_p99_ms"] = percentile(times, 99) * 1e3
+        # The charts and /metrics read the attempts of the last day (a scan of
+        # the attempts table the first time, then only what ended since).
+        for name, path in (("metrics_first", "/metrics"), ("chart_day", "/charts/throughput.svg?range=day")):
+            t0 = time.perf_counter()
+            get(base + path)
+            figures[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
         return figures
     finally:
         daemon.stop()

@@ -185,3 +185,31 @@ def _accept(browser: Any) -> bool:
         return True
     except NoAlertPresentException:
         return False
+
+
+def _streams(url: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "queued_web_streams":
+            return family.samples[0].value
+    raise AssertionError("no queued_web_streams in /metrics")
+
+
+def test_live_updates_stop_while_the_tab_is_hidden(web: tuple[Daemon, str], browser: Any) -> None:
+    _, url = web
+    browser.get(url)
+    until(lambda: _streams(url) == 1, what="the page's live stream")
+    hide = "Object.defineProperty(document, 'hidden', {value: %s, configurable: true});"
+    browser.execute_script(hide % "true" + "document.dispatchEvent(new Event('visibilitychange'))")
+    until(lambda: _streams(url) == 0, what="the stream to close")
+    assert "paused" in browser.find_element(By.ID, "live").text
+    browser.execute_script(hide % "false" + "document.dispatchEvent(new Event('visibilitychange'))")
+    until(lambda: _streams(url) == 1, what="the stream to open again")
+    browser.get(url + "?live=0")
+    until(lambda: browser.find_element(By.ID, "live").text == "live updates off")
+    until(lambda: _streams(url) == 0, what="no stream with ?live=0")
