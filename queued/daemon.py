@@ -197,7 +197,12 @@ class Runner:
                 await nursery.start(server.serve, trio.SocketListener(sock))
                 if web is not None:
                     await nursery.start(
-                        web.serve, self.daemon, REQUEST_HANDLERS, dispatch, config.data_dir / "queue.db"
+                        web.serve,
+                        self.daemon,
+                        REQUEST_HANDLERS,
+                        dispatch,
+                        config.data_dir / "queue.db",
+                        self.supervisor.next_change,
                     )
                 nursery.start_soon(self._signals, nursery)
                 if self.notifier.enabled:

@@ -99,7 +99,7 @@ class WebApp:
         self,
         *,
         dispatch: Dispatch,
-        supervisor: Any,
+        next_change: Callable[[], trio.Event],
         reader: ReadConnection,
         bind: security.BindAddress,
         names: frozenset[str],
@@ -109,7 +109,7 @@ class WebApp:
         max_streams: int = MAX_STREAMS,
     ) -> None:
         self.dispatch = dispatch
-        self.supervisor = supervisor
+        self.next_change = next_change  # the supervisor's change event (see live.Live)
         self.reader = reader
         self.bind = bind
         self.names = names
@@ -120,7 +120,7 @@ class WebApp:
         self.max_streams = max_streams
         self.streams = 0
         self.changes_seen = 0  # see count_changes
-        self.live = Live(supervisor.next_change, self.read_facts)
+        self.live = Live(next_change, self.read_facts)
         self.history = History(started_at)
         self.static = load_static()
 
@@ -269,7 +269,7 @@ class WebApp:
         """Count the supervisor's changes (at most two a second): the history
         reads the store again only after one."""
         while True:
-            await self.supervisor.next_change().wait()
+            await self.next_change().wait()
             self.changes_seen += 1
             await trio.sleep(0.5)
 
@@ -399,7 +399,7 @@ class WebApp:
         try:
             wanted = _log_request(job_id, query, limit=OUTPUT_CHUNK)
             while True:
-                change = self.supervisor.next_change()
+                change = self.next_change()
                 detail = await self.ask(p.GetJob(id=job_id))
                 assert isinstance(detail, p.JobDetail)
                 started = [r.attempt for r in detail.runs]
@@ -426,7 +426,7 @@ class WebApp:
                     await send(_event("end", _json.encode(_log_json(chunk, decoder.decode(b"", final=True)))))
                     return
                 if len(chunk.data) < OUTPUT_CHUNK:
-                    change = self.supervisor.next_change()
+                    change = self.next_change()
                     async with trio.open_nursery() as either:
                         either.start_soon(_then_cancel, watch.wait, either.cancel_scope)
                         either.start_soon(_then_cancel, change.wait, either.cancel_scope)

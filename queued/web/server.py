@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ class WebServer:
         handlers: dict[type, Any],
         dispatch: Any,
         db_path: Path,
+        next_change: Callable[[], trio.Event],
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -105,7 +107,7 @@ class WebServer:
             web_daemon = WebDaemon(daemon, WebDatabase(daemon.db, reader))
             self.app = app = WebApp(
                 dispatch=functools.partial(dispatch, handlers, web_daemon),
-                supervisor=daemon.supervisor,
+                next_change=next_change,
                 reader=reader,
                 bind=self.bind,
                 names=self.names,
