@@ -13,85 +13,30 @@ The live streams (Server-Sent Events) share one snapshot per change
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from importlib import resources
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import msgspec
 import trio
 
-from queued import __version__, lifecycle
+from queued import __version__
 from queued import protocol as p
 from queued.store.sqlite import reports
-from queued.web import charts, requests, security
-from queued.web.file_watch import FileWatch
+from queued.web import charts, http, requests, security, streams
+from queued.web.http import Dispatch, Receive, Refusal, Request, Send, load_static
 from queued.web.live import History, Live
 from queued.web.reader import ReadConnection
 
 log = logging.getLogger(__name__)
 MAX_STREAMS = 32
-MAX_BODY = 64 * 1024
 REQUEST_SECONDS = 30.0
-OUTPUT_CHUNK = 64 * 1024
-OUTPUT_INTERVAL = 0.1  # at most ten output events a second per stream
-STATIC_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-}
 PAGES = re.compile(r"^/(?:|jobs|job/\d+)$")
 JOB_PATH = re.compile(r"^/api/jobs/(\d{1,19})(/log|/output)?$")
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Dispatch = Callable[[p.Request], Awaitable[p.Response]]
-_json = msgspec.json.Encoder()
-
-
-class Refusal(Exception):
-    """An answer other than 200, with its reason."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-    @classmethod
-    def of(cls, scope: dict[str, Any]) -> Request:
-        headers: dict[str, str] = {}
-        for name, value in scope.get("headers", []):
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers and key != "host" else text
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=False)
-        return cls(scope["method"], scope["path"], query, headers)
-
-
-def load_static() -> dict[str, tuple[bytes, str]]:
-    """The page's files (package data), by name."""
-    found = {}
-    for entry in resources.files("queued.web").joinpath("static").iterdir():
-        suffix = "." + entry.name.rpartition(".")[2]
-        if entry.is_file() and suffix in STATIC_TYPES:
-            found[entry.name] = (entry.read_bytes(), STATIC_TYPES[suffix])
-    return found
+_json = http.encoder
 
 
 class WebApp:
@@ -128,7 +73,7 @@ class WebApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await http.lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -152,7 +97,7 @@ class WebApp:
             log.exception("web: %s %s failed", request.method, request.path)
             status, content_type, extra = 500, "application/json", []
             body = _json.encode({"error": "internal error: the daemon logged the details"})
-        await _respond(send, status, content_type, body, extra)
+        await http.respond(send, status, content_type, body, extra)
 
     def _check_host(self, request: Request) -> None:
         if not security.host_allowed(request.headers.get("host"), self.bind, self.names):
@@ -249,15 +194,15 @@ class WebApp:
                 return _json.encode(await self.ask(p.ListWorkers()))
             match = JOB_PATH.match(path)
             if match and match[2] is None:
-                job_id = _job_id(match[1])
+                job_id = http.job_id(match[1])
                 detail = await self.ask(p.GetJob(id=job_id))
                 assert isinstance(detail, p.JobDetail)
                 dependents = await self.reader.read(reports.dependents, job_id)
                 return _json.encode(requests.job_detail(detail, dependents))
             if match and match[2] == "/log":
-                chunk = await self.ask(_log_request(int(match[1]), query, limit=1024 * 1024))
+                chunk = await self.ask(http.log_request(int(match[1]), query, limit=1024 * 1024))
                 assert isinstance(chunk, p.LogChunk)
-                return _json.encode(_log_json(chunk, chunk.data.decode("utf-8", "replace")))
+                return _json.encode(http.log_json(chunk, chunk.data.decode("utf-8", "replace")))
         except requests.BadRequest as exc:
             raise Refusal(400, str(exc)) from None
         raise Refusal(404, f"nothing at {path}")
@@ -307,6 +252,34 @@ class WebApp:
         )
         return metrics.exposition(facts)
 
+    # -- streams --------------------------------------------------------------
+
+    async def _stream(self, request: Request, receive: Receive, send: Send) -> None:
+        if request.method != "GET":
+            raise Refusal(405, f"{request.method} is not allowed here")
+        self._check_reader(request)
+        if self.streams >= self.max_streams:
+            raise Refusal(
+                503, f"{self.max_streams} live streams are open already: close a page or use ?live=0"
+            )
+        if request.path == "/api/events":
+
+            async def body(send: Send) -> None:
+                await streams.snapshots(self.live, send)
+        else:
+            match = JOB_PATH.match(request.path)
+            assert match is not None
+            job_id = http.job_id(match[1])
+
+            async def body(send: Send) -> None:
+                await streams.output(self.ask, self.next_change, job_id, request.query, send)
+
+        self.streams += 1
+        try:
+            await streams.serve(receive, send, body)
+        finally:
+            self.streams -= 1
+
     # -- actions --------------------------------------------------------------
 
     async def _action(
@@ -323,7 +296,7 @@ class WebApp:
         if refusal is not None:
             raise Refusal(403, refusal)
         self._check_token(request)
-        body = await _read_body(receive)
+        body = await http.read_body(receive)
         try:
             data = json.loads(body or b"{}")
         except ValueError:
@@ -349,194 +322,7 @@ class WebApp:
         log.info("web: %s by the web page: %s", name, _short(response))
         return 200, "application/json", _json.encode(response), []
 
-    # -- streams --------------------------------------------------------------
-
-    async def _stream(self, request: Request, receive: Receive, send: Send) -> None:
-        if request.method != "GET":
-            raise Refusal(405, f"{request.method} is not allowed here")
-        self._check_reader(request)
-        if self.streams >= self.max_streams:
-            raise Refusal(
-                503, f"{self.max_streams} live streams are open already: close a page or use ?live=0"
-            )
-        self.streams += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": _headers(
-                            "text/event-stream; charset=utf-8",
-                            [(b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")],
-                        ),
-                    }
-                )
-                if request.path == "/api/events":
-                    await self._events(send)
-                else:
-                    match = JOB_PATH.match(request.path)
-                    assert match is not None
-                    await self._output(_job_id(match[1]), request.query, send)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                nursery.cancel_scope.cancel()
-        finally:
-            self.streams -= 1
-
-    async def _events(self, send: Send) -> None:
-        seen = self.live.watch()
-        try:
-            while True:
-                seen, snapshot = await self.live.next(seen)
-                await send(_event("snapshot", snapshot))
-        finally:
-            self.live.unwatch()
-
-    async def _output(self, job_id: int, query: dict[str, list[str]], send: Send) -> None:
-        """The attempt's output as it is written, then an `end` event (once
-        the job started, for one that has not yet)."""
-        try:
-            wanted = _log_request(job_id, query, limit=OUTPUT_CHUNK)
-            while True:
-                change = self.next_change()
-                detail = await self.ask(p.GetJob(id=job_id))
-                assert isinstance(detail, p.JobDetail)
-                started = [r.attempt for r in detail.runs]
-                if (wanted.attempt in started if wanted.attempt else started) or lifecycle.is_terminal(
-                    detail.job.state
-                ):
-                    break
-                await change.wait()
-            first = await self.ask(wanted)
-        except (Refusal, requests.BadRequest) as exc:
-            await send(_event("failed", _json.encode({"error": str(exc)})))
-            return
-        assert isinstance(first, p.LogChunk)
-        stream = (query.get("stream") or ["stdout"])[-1]
-        [run] = [r for r in detail.runs if r.attempt == first.attempt] or [None]
-        path = None if run is None else run.stdout_path if stream == "stdout" else run.stderr_path
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        chunk = first
-        with FileWatch(path) if path else _NoWatch() as watch:
-            while True:
-                if chunk.data:
-                    await send(_event("output", _json.encode(_log_json(chunk, decoder.decode(chunk.data)))))
-                if not chunk.running and len(chunk.data) < OUTPUT_CHUNK:
-                    await send(_event("end", _json.encode(_log_json(chunk, decoder.decode(b"", final=True)))))
-                    return
-                if len(chunk.data) < OUTPUT_CHUNK:
-                    change = self.next_change()
-                    async with trio.open_nursery() as either:
-                        either.start_soon(_then_cancel, watch.wait, either.cancel_scope)
-                        either.start_soon(_then_cancel, change.wait, either.cancel_scope)
-                    await trio.sleep(OUTPUT_INTERVAL)
-                request = p.ReadLog(
-                    id=job_id, attempt=chunk.attempt, stream=stream, offset=chunk.offset, limit=OUTPUT_CHUNK
-                )
-                chunk = await self.ask(request)  # type: ignore[assignment]
-
-
-class _NoWatch:
-    async def wait(self) -> None:
-        await trio.sleep(0.25)
-
-    def __enter__(self) -> _NoWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
-    await wait()
-    scope.cancel()
-
-
-async def _until_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
-def _job_id(text: str) -> int:
-    job_id = int(text)
-    if not 1 <= job_id <= p.MAX_JOB_ID:
-        raise Refusal(404, f"no job {text}")
-    return job_id
-
-
-def _log_request(job_id: int, query: dict[str, list[str]], *, limit: int) -> p.ReadLog:
-    fields: dict[str, Any] = {"id": job_id, "limit": limit}
-    for key in ("attempt", "offset"):
-        value = (query.get(key) or [""])[-1]
-        if value:
-            if not value.isdigit():
-                raise requests.BadRequest(f"{key} must be a whole number")
-            fields[key] = int(value)
-    stream = (query.get("stream") or ["stdout"])[-1]
-    fields["stream"] = stream
-    try:
-        return msgspec.convert(fields, p.ReadLog)
-    except msgspec.ValidationError as exc:
-        raise requests.BadRequest(p.explain(exc)) from None
-
-
-def _log_json(chunk: p.LogChunk, text: str) -> dict[str, Any]:
-    return {
-        "attempt": chunk.attempt,
-        "text": text,
-        "offset": chunk.offset,
-        "size": chunk.size,
-        "running": chunk.running,
-        "job_state": chunk.job_state,
-    }
-
 
 def _short(response: p.Response) -> str:
     text = msgspec.json.encode(response).decode()
     return text if len(text) < 200 else text[:197] + "..."
-
-
-def _event(name: str, data: bytes) -> dict[str, Any]:
-    return {
-        "type": "http.response.body",
-        "body": b"event: " + name.encode() + b"\ndata: " + data + b"\n\n",
-        "more_body": True,
-    }
-
-
-def _headers(content_type: str, extra: list[Any]) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", content_type.encode()), *security.SECURITY_HEADERS, *extra]
-
-
-async def _respond(send: Send, status: int, content_type: str, body: bytes, extra: list[Any]) -> None:
-    headers = _headers(content_type, extra)
-    if not any(name == b"cache-control" for name, _ in extra):
-        headers.append((b"cache-control", b"no-store"))
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Refusal(400, "the client went away")
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise Refusal(413, f"the body is over {MAX_BODY // 1024} KiB")
-        if not message.get("more_body"):
-            return bytes(body)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
