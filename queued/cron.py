@@ -270,6 +270,26 @@ def check_zone(name: str) -> ZoneInfo:
         ) from None
 
 
+def local_zone_name(tz_variable: str | None, localtime_link: str | None) -> str:
+    """The daemon's local zone, the default of `--tz`, as an IANA name: $TZ
+    when it names one (":Europe/Berlin" too), else the zone /etc/localtime
+    links to (its readlink, ".../zoneinfo/Europe/Berlin"), else UTC. A POSIX
+    rule in $TZ ("CET-1CEST,M3.5.0,M10.5.0/3") names no zone and is passed over."""
+    candidates = [(tz_variable or "").removeprefix(":")]
+    if localtime_link and "zoneinfo/" in localtime_link:
+        candidates.append(
+            localtime_link.rsplit("zoneinfo/", 1)[1].removeprefix("posix/").removeprefix("right/")
+        )
+    for name in candidates:
+        if name and not name.startswith("/"):
+            try:
+                check_zone(name)
+            except ValueError:
+                continue
+            return name
+    return "UTC"
+
+
 def matches(schedule: CronSchedule, wall: datetime) -> bool:
     """Whether the wall-clock minute `wall` (naive or aware) is one the expression names."""
     return (

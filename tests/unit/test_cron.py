@@ -19,6 +19,7 @@ from queued.cron import (
     IntervalSchedule,
     check_zone,
     firings_missed,
+    local_zone_name,
     matches,
     next_firing,
     parse_every,
@@ -189,6 +190,23 @@ def test_unknown_zone() -> None:
     for bad in ("", "../etc/passwd", "/etc/localtime"):
         with pytest.raises(ValueError, match="unknown time zone"):
             next_firing(cron("@daily"), 0.0, bad)
+
+
+@pytest.mark.parametrize(
+    ("tz_variable", "link", "zone"),
+    [
+        ("Europe/Berlin", "/usr/share/zoneinfo/America/New_York", "Europe/Berlin"),
+        (":Asia/Tokyo", None, "Asia/Tokyo"),
+        (None, "/usr/share/zoneinfo/America/New_York", "America/New_York"),
+        ("", "../usr/share/zoneinfo/posix/Europe/Paris", "Europe/Paris"),
+        ("CET-1CEST,M3.5.0,M10.5.0/3", "/usr/share/zoneinfo/Etc/UTC", "Etc/UTC"),
+        ("Nowhere/Atlantis", "/etc/some-file", "UTC"),
+        ("/etc/localtime", None, "UTC"),
+        (None, None, "UTC"),
+    ],
+)
+def test_local_zone_name(tz_variable, link, zone) -> None:
+    assert local_zone_name(tz_variable, link) == zone
 
 
 # --- next firing: ordinary days ------------------------------------------
