@@ -45,6 +45,7 @@ class WebApp:
         *,
         dispatch: Dispatch,
         next_change: Callable[[], trio.Event],
+        writer: Any,
         reader: ReadConnection,
         bind: security.BindAddress,
         names: frozenset[str],
@@ -55,6 +56,7 @@ class WebApp:
     ) -> None:
         self.dispatch = dispatch
         self.next_change = next_change  # the supervisor's change event (see live.Live)
+        self.writer = writer  # the store's writer: its commit count and time, for /metrics
         self.reader = reader
         self.bind = bind
         self.names = names
@@ -249,6 +251,8 @@ class WebApp:
             history=self.history,
             streams=self.streams,
             reads=self.reader.reads,
+            commits=self.writer.commits,
+            commit_seconds=self.writer.commit_seconds,
         )
         return metrics.exposition(facts)
 

@@ -41,6 +41,8 @@ class Facts:
     history: History
     streams: int = 0
     reads: int = 0
+    commits: int = 0
+    commit_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -109,6 +111,14 @@ class FactsCollector:
         run_time = HistogramMetricFamily("queued_run_time_seconds", "How long attempts ran")
         run_time.add_metric([], h.run_time.buckets(), h.run_time.total)
         yield run_time
+        commits = CounterMetricFamily("queued_store_commits", "Transactions the store's writer committed")
+        commits.add_metric([], f.commits)
+        yield commits
+        commit_time = CounterMetricFamily(
+            "queued_store_commit_seconds", "Seconds the writer's COMMITs took (the fsync), in all"
+        )
+        commit_time.add_metric([], f.commit_seconds)
+        yield commit_time
         streams = GaugeMetricFamily("queued_web_streams", "Live streams the web page holds open")
         streams.add_metric([], f.streams)
         yield streams

@@ -108,6 +108,7 @@ class WebServer:
             self.app = app = WebApp(
                 dispatch=functools.partial(dispatch, handlers, web_daemon),
                 next_change=next_change,
+                writer=daemon.db,
                 reader=reader,
                 bind=self.bind,
                 names=self.names,

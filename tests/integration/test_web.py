@@ -246,3 +246,5 @@ async def test_metrics_match_status(web: Web) -> None:
         assert samples[("queued_jobs", (("queue", "default"), ("state", state)))] == n
     assert samples[("queued_slots", ())] == status.concurrency
     assert samples[("queued_attempts_ended_total", (("outcome", "failed"), ("queue", "default")))] == 1
+    assert samples[("queued_store_commits_total", ())] >= 3  # the add, the start, the end at least
+    assert 0 < samples[("queued_store_commit_seconds_total", ())] < 60
