@@ -1,0 +1,245 @@
+"""The supervisor's side of the store (PostgreSQL): reading due jobs ahead and recording
+their starts, claiming due jobs outright, the next timer, recording how
+attempts ended, and finding the attempts a dead daemon left."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import Connection
+
+from queued import lifecycle
+from queued.lifecycle import Event, Exit, JobState
+from queued.store.contract import NOTHING, Ahead, Changes, Claimed, Recovered, Refused, Written
+from queued.store.postgres.jobs import Environments, with_path
+from queued.store.postgres.transitions import Transitions
+from queued.store.sqlite import rows
+from queued.store.sqlite.rows import WAITING
+
+_SELECT_WAITING = (
+    f"SELECT {rows.WAITING_COLUMNS}"
+    f" FROM jobs WHERE state IN ({WAITING}) AND unmet = 0 AND {{window}}"
+    " AND queue = ANY(%s::text[]) AND id <> ALL(%s::bigint[]) ORDER BY {order} LIMIT %s"
+)
+_DUE = {"window": "run_at <= %s", "order": "priority, run_at, id"}
+_UPCOMING = {"window": "run_at > %s AND run_at <= %s", "order": "run_at, id"}
+CWD = 4  # the cwd's place in rows.WAITING_COLUMNS and rows.INTERRUPTED_COLUMNS
+
+# What a claim makes of a waiting job (either waiting state): one UPDATE for all.
+_CLAIMED = lifecycle.next_state(lifecycle.WAITING_STATES[0], Event.CLAIM)
+assert all(lifecycle.next_state(state, Event.CLAIM) == _CLAIMED for state in lifecycle.WAITING_STATES)
+
+# Take the best due jobs, up to each queue's room and `slots` in all, in one
+# statement: rows other nodes are taking are skipped, not waited for. The
+# attempt's row goes in with the claim, so the claim commits before anything
+# starts: two nodes never start the same attempt. Each queue locks at most
+# `slots` candidates; those beyond the best `slots` of all queues stay locked
+# (not taken) until the claim commits, and another node's claim skips them.
+_CLAIM = f"""
+WITH room(queue, n) AS (SELECT * FROM unnest(%(queues)s::text[], %(rooms)s::int[])),
+picked AS (
+    SELECT j.id, j.priority, j.run_at FROM room CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM jobs
+        WHERE state IN ({WAITING}) AND unmet = 0 AND run_at <= %(now)s AND queue = room.queue
+            AND id <> ALL(%(busy)s::bigint[])
+        ORDER BY priority, run_at, id LIMIT least(room.n, %(slots)s) FOR UPDATE SKIP LOCKED) j
+    ORDER BY j.priority, j.run_at, j.id LIMIT %(slots)s),
+taken AS (
+    UPDATE jobs SET state = '{_CLAIMED}', attempts = jobs.attempts + 1, updated_at = %(now)s
+    FROM picked WHERE jobs.id = picked.id
+    RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
+        jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at),
+runs AS (
+    INSERT INTO attempts (job_id, attempt, started_at)
+    SELECT id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id), %(now)s
+    FROM taken RETURNING job_id, attempt)
+SELECT taken.id, taken.attempts - 1, command, queue, cwd, env_id, timeout, max_retries, backoff_base,
+    runs.attempt, EXISTS (SELECT 1 FROM dependencies WHERE depends_on = taken.id), priority, run_at
+FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.id
+"""
+
+
+class Attempts:
+    def __init__(self, conn: Connection, environments: Environments, transitions: Transitions) -> None:
+        self.conn = conn
+        self.environments = environments
+        self.transitions = transitions
+
+    def _waiting(
+        self,
+        kind: dict[str, str],
+        window: tuple[float, ...],
+        queues: Sequence[str],
+        busy: Sequence[int],
+        limit: int,
+    ) -> list[Claimed]:
+        query = _SELECT_WAITING.format(**kind)
+        environment = self.environments.get
+        return [
+            rows.waiting(with_path(row, CWD), environment(row[5]))
+            for row in self.conn.execute(query, (*window, list(queues), list(busy), limit)).fetchall()
+        ]
+
+    def lookahead(
+        self, *, now: float, horizon: float, queues: Sequence[str], busy: Sequence[int], limit: int
+    ) -> Ahead:
+        """Waiting jobs of `queues`, without taking them: the first `limit` due
+        now in claim order, and up to `limit` more due by `horizon`. The
+        supervisor starts them one by one from memory (recording each start
+        with `start`) for as long as nothing could have changed them."""
+        if not queues:
+            return Ahead([], complete=True, upcoming=[], until=None)
+        jobs = self._waiting(_DUE, (now,), queues, busy, limit)
+        upcoming = self._waiting(_UPCOMING, (now, horizon), queues, busy, limit + 1)
+        if len(upcoming) > limit:
+            # Cut at the first one left out, with any due at the same instant.
+            until: float | None = upcoming[limit].run_at
+            upcoming = [job for job in upcoming if job.run_at < upcoming[limit].run_at]
+        else:
+            until = self.next_due(horizon, queues)
+        return Ahead(jobs, complete=len(jobs) < limit, upcoming=upcoming, until=until)
+
+    def next_due(self, now: float, queues: Sequence[str]) -> float | None:
+        """The earliest future run_at among waiting jobs of `queues`."""
+        if not queues:
+            return None
+        row = self.conn.execute(
+            f"SELECT run_at FROM jobs WHERE state IN ({WAITING})"
+            " AND unmet = 0 AND run_at > %s AND queue = ANY(%s::text[]) ORDER BY run_at LIMIT 1",
+            (now, list(queues)),
+        ).fetchone()
+        return row[0] if row else None
+
+    def start(self, job: Claimed, now: float) -> Written[None]:
+        """Record that `job`, read by `lookahead`, started its attempt. Refused if
+        it is no longer what was read (then nothing here changed)."""
+        changed = self.conn.execute(
+            "UPDATE jobs SET state = %s, attempts = %s, updated_at = %s WHERE id = %s"
+            f" AND state IN ({WAITING}) AND unmet = 0 AND attempts = %s"
+            " AND NOT EXISTS (SELECT 1 FROM attempts WHERE job_id = %s AND attempt >= %s)",
+            (_CLAIMED, job.attempts, now, job.id, job.attempts - 1, job.id, job.run),
+        ).rowcount
+        if not changed:
+            raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
+        self.conn.execute(
+            "INSERT INTO attempts (job_id, attempt, started_at) VALUES (%s, %s, %s)", (job.id, job.run, now)
+        )
+        return Written(None)
+
+    def claim(
+        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+    ) -> Written[list[Claimed]]:
+        """Take up to `slots` due jobs, best first, from queues with room left.
+        `queue_room` maps every claimable queue to its free slots; `busy` jobs
+        still have a process from an earlier attempt (a cancel in its grace
+        period, then a retry) and wait for it to be gone."""
+        room = {queue: n for queue, n in queue_room.items() if n > 0}
+        if slots <= 0 or not room:
+            return Written([])
+        environment = self.environments.get
+        found = self.conn.execute(
+            _CLAIM,
+            {
+                "queues": list(room),
+                "rooms": list(room.values()),
+                "now": now,
+                "busy": list(busy),
+                "slots": slots,
+            },
+        ).fetchall()
+        claimed = [rows.waiting(with_path(row, CWD), environment(row[5])) for row in found]
+        return Written(claimed)
+
+    def unclaim(self, job: Claimed, now: float) -> Written[None]:
+        """Undo the committed claim of `job`, whose attempt could not start for
+        want of descriptors: the attempt is forgotten and the job waits again
+        (unless it was canceled meanwhile)."""
+        self.conn.execute(
+            "DELETE FROM attempts WHERE job_id = %s AND attempt = %s AND ended_at IS NULL", (job.id, job.run)
+        )
+        row = self.conn.execute("SELECT state FROM jobs WHERE id = %s", (job.id,)).fetchone()
+        event = lifecycle.after_unclaim(row[0] if row else None)
+        if event is None:
+            return Written(None)
+        changes = Changes()
+        self.transitions.move(job.id, row[0], event, now, changes, attempts=job.attempts - 1)
+        return Written(None, changes)
+
+    def finish(
+        self,
+        claimed: Claimed,
+        exit: Exit,
+        backoff_max: float,
+        now: float,
+        *,
+        pid: int | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        log_incomplete: str | None = None,
+    ) -> Written[JobState | None]:
+        """Record the end of an attempt (with its pid and log paths, which the
+        supervisor keeps in memory while it runs, and what its logs miss) and
+        move the job on as lifecycle says; its new state, or None if the job
+        was removed while it ran (then its log files are the caller's to
+        delete: no row names them)."""
+        self.conn.execute(
+            "UPDATE attempts SET ended_at = %s, exit_code = %s, signal = %s, error = %s,"
+            " pid = coalesce(%s, pid), stdout_path = coalesce(%s, stdout_path),"
+            " stderr_path = coalesce(%s, stderr_path), log_incomplete = %s"
+            " WHERE job_id = %s AND attempt = %s",
+            (
+                now,
+                exit.exit_code,
+                exit.signal,
+                exit.error,
+                pid,
+                stdout,
+                stderr,
+                log_incomplete,
+                claimed.id,
+                claimed.run,
+            ),
+        )
+        row = self.conn.execute(
+            "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"
+            " FROM jobs WHERE id = %s",
+            (claimed.id,),
+        ).fetchone()
+        state, attempts, latest_run = row if row else (None, None, None)
+        if not lifecycle.attempt_counts(job_state=state, latest_run=latest_run, run=claimed.run):
+            return Written(state, NOTHING)
+        outcome = lifecycle.after_attempt(
+            succeeded=exit.succeeded,
+            attempts=attempts,
+            max_retries=claimed.max_retries,
+            backoff_base=claimed.backoff_base,
+            backoff_max=backoff_max,
+            now=now,
+            retryable=exit.retryable,
+        )
+        changes = Changes()
+        extra: dict[str, object] = {"exit_code": exit.exit_code, "error": exit.error}
+        if outcome.run_at is not None:
+            extra["run_at"] = outcome.run_at
+            changes.reordered = True  # its retry may outrank what was read ahead
+        self.transitions.move(claimed.id, state, outcome.event, now, changes, **extra)
+        return Written(outcome.state, changes)
+
+    def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        """Record the attempts a dead daemon left running as interrupted
+        (lifecycle.INTERRUPTED: retried under the job's policy)."""
+        left = [
+            rows.interrupted(with_path(row, CWD + 1))
+            for row in self.conn.execute(
+                f"SELECT {rows.INTERRUPTED_COLUMNS} FROM jobs j JOIN attempts a ON a.job_id = j.id"
+                f" WHERE j.state = '{lifecycle.RUNNING}' AND a.attempt = (SELECT max(attempt) FROM attempts"
+                " WHERE job_id = j.id)"
+            ).fetchall()
+        ]
+        changes = Changes()
+        recovered = []
+        for job in left:
+            written = self.finish(job, lifecycle.INTERRUPTED, backoff_max, now)
+            changes.merge(written.changes)
+            recovered.append(Recovered(job.id, job.run, written.value))
+        return Written(recovered, changes)

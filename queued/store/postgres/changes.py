@@ -1,0 +1,160 @@
+"""What users change about jobs (PostgreSQL): cancel, retry, hold, release, edit, and
+restart (a copy of any job). Each asks lifecycle what the change means
+(`Jobs.require` refuses what the table does not allow) and records it through
+`Transitions`, which carries out the dependents cascade."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from psycopg import Connection
+
+from queued import lifecycle
+from queued.lifecycle import Event, JobState
+from queued.store.contract import Changes, Refused, Written
+from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read, unknown_queue
+from queued.store.postgres.transitions import Transitions
+from queued.validation import NewJob
+
+
+class JobChanges:
+    def __init__(
+        self, conn: Connection, jobs: Jobs, environments: Environments, transitions: Transitions
+    ) -> None:
+        self.conn = conn
+        self.jobs = jobs
+        self.environments = environments
+        self.transitions = transitions
+
+    def _apply(self, ids: Sequence[int], event: Event, now: float, **columns: object) -> Written[list[int]]:
+        """`event` for every one of `ids` (Refused unless each allows it); the ids, sorted."""
+        return self._move(self.jobs.require(ids, event), event, now, **columns)
+
+    def _move(
+        self, states: Mapping[int, JobState], event: Event, now: float, **columns: object
+    ) -> Written[list[int]]:
+        changes = Changes()
+        for job_id in sorted(states):
+            self.transitions.move(job_id, states[job_id], event, now, changes, **columns)
+        return Written(sorted(states), changes)
+
+    def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Cancel jobs; returns those that were running (their processes must be stopped)."""
+        states = self.jobs.require(ids, Event.CANCEL)
+        written = self._move(states, Event.CANCEL, now, error=lifecycle.CANCELED_BY_USER)
+        return Written(
+            [job_id for job_id, state in states.items() if state == lifecycle.RUNNING], written.changes
+        )
+
+    def cancel_what_can(
+        self, ids: Sequence[int], now: float
+    ) -> Written[tuple[list[int], list[int], dict[int, str]]]:
+        """Cancel those of `ids` that can be: (the running ones, whose processes
+        must be stopped; every one canceled; why each other one was not)."""
+        states = self.jobs.states(ids)
+        refused = {job_id: f"no job {job_id}" for job_id in lifecycle.unknown_ids(ids, states)}
+        for job_id, state in states.items():
+            if not lifecycle.can(state, Event.CANCEL):
+                refused[job_id] = lifecycle.refusal(job_id, state, Event.CANCEL)
+        cancelable = sorted(job_id for job_id in states if job_id not in refused)
+        if not cancelable:
+            return Written(([], [], refused))
+        written = self.cancel(cancelable, now)
+        return Written((written.value, cancelable, refused), written.changes)
+
+    def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
+        ids = list(ids)
+        if all_dead:
+            ids += [
+                r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE state = %s", (lifecycle.DEAD,))
+            ]
+        ids = sorted(set(ids))
+        states = self.jobs.require(ids, Event.RETRY)
+        changes = Changes()
+        for job_id in ids:  # ascending: a dependency is retried before its dependents
+            deps = self.jobs.dependencies(job_id)
+            verdict = lifecycle.dependency_verdict(deps)
+            if verdict.blocker is not None:
+                raise Refused(
+                    "invalid",
+                    f"job {job_id} depends on job {verdict.blocker}, which is "
+                    f"{verdict.blocker_state}: retry that one too",
+                )
+            self.transitions.move(
+                job_id,
+                states[job_id],
+                Event.RETRY,
+                now,
+                changes,
+                attempts=0,
+                exit_code=None,
+                error=None,
+                run_at=now,
+                unmet=lifecycle.unmet_count(deps),
+            )
+        return Written(ids, changes)
+
+    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Keep waiting jobs from being claimed until they are released."""
+        return self._apply(ids, Event.HOLD, now)
+
+    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        """Held jobs wait to be claimed again, at their own run_at (now, if it passed)."""
+        written = self._apply(ids, Event.RELEASE, now)
+        written.changes.reordered = True  # a released job may outrank those read ahead
+        return written
+
+    def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
+        """Change a job that has not started yet; `fields` come from `validation.job_changes`."""
+        row = self.conn.execute("SELECT state, queue FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        if row is None:
+            raise Refused("not_found", f"no job {job_id}")
+        state, queue = row
+        if state not in lifecycle.EDITABLE_STATES:
+            raise Refused(
+                "invalid",
+                f"job {job_id} is {state}: only a job that has not started (pending, held, or failed"
+                f" and waiting for its retry) can be edited; `queuectl restart {job_id}` adds a changed copy",
+            )
+        if not fields:
+            raise Refused("invalid", "nothing to change")
+        new_queue = fields.get("queue", queue)
+        if (
+            new_queue != queue
+            and not self.conn.execute("SELECT 1 FROM queues WHERE name = %s", (new_queue,)).fetchone()
+        ):
+            raise unknown_queue(new_queue)
+        sets = ", ".join(f"{name} = %s" for name in fields)
+        values = [path_bytes(v) if name == "cwd" else v for name, v in fields.items()]
+        self.conn.execute(f"UPDATE jobs SET {sets}, updated_at = %s WHERE id = %s", (*values, now, job_id))
+        return Written(None)
+
+    def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
+        """Add a copy of any job, with `fields` changed: same command, queue,
+        settings, label, cwd and environment; no dependencies; due now."""
+        row = self.conn.execute(
+            "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id"
+            " FROM jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            raise Refused("not_found", f"no job {job_id}")
+        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id = row
+        copy = NewJob(
+            command=command,
+            queue=queue,
+            priority=priority,
+            label=label,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            timeout=timeout,
+            cwd=path_read(cwd),
+            env=self.environments.get(env_id),
+            run_at=now,
+            depends_on=[],
+            hold=hold,
+        )
+        written = self.jobs.add([msgspec.structs.replace(copy, **fields)], now)
+        return Written(written.value[0], written.changes)

@@ -1,0 +1,306 @@
+"""The PostgreSQL engine: the store contract over one connection, composed of
+parts as the SQLite engine is (jobs, user changes, attempts, queues), and the
+writer's transactions (one BEGIN ... COMMIT per batch, a savepoint per
+guarded call).
+
+psycopg's async API runs only under asyncio: this is a synchronous
+connection, only ever used from the writer's thread (see
+`queued/store/writer.py`), exactly as the SQLite engine's. A connection found
+broken is replaced at the next batch's begin; until the database answers
+again, every batch fails with a StorageError saying it is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import Connection
+
+from queued.lifecycle import Exit, JobState
+from queued.protocol import Job, QueueInfo, Run
+from queued.store.contract import (
+    Ahead,
+    BatchLost,
+    Claimed,
+    Recovered,
+    Refused,
+    StorageError,
+    Written,
+)
+from queued.store.postgres import schema
+from queued.store.postgres.attempts import Attempts
+from queued.store.postgres.changes import JobChanges
+from queued.store.postgres.jobs import Environments, Jobs
+from queued.store.postgres.queues import Queues
+from queued.store.postgres.transitions import Transitions
+from queued.validation import NewJob
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PostgresStore:
+    """The store contract (`queued.store.Store`) and the writer's transactions
+    (`queued.store.contract.Transactions`) on one PostgreSQL connection."""
+
+    def __init__(self, conn: Connection, url: str) -> None:
+        self.url = url
+        self.where = schema.where(url)
+        self._compose(conn)
+
+    def _compose(self, conn: Connection) -> None:
+        self.conn = conn
+        self._environments = Environments(conn)
+        transitions = Transitions(conn)
+        self._jobs = Jobs(conn, self._environments)
+        self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
+        self._attempts = Attempts(conn, self._environments, transitions)
+        self._queues = Queues(conn)
+
+    @classmethod
+    def open(cls, url: str) -> PostgresStore:
+        """The store in the database of `url`, its schema created or migrated;
+        schema.DatabaseUnusable says why when it cannot be used."""
+        return cls(schema.connect(url), url)
+
+    # -- jobs -------------------------------------------------------------------
+
+    def states(self, ids: Iterable[int]) -> dict[int, JobState]:
+        return self._jobs.states(ids)
+
+    def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
+        return self._jobs.jobs_by_id(ids)
+
+    def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
+        return self._jobs.get_job(job_id)
+
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        queue: str | None = None,
+        label: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int | None = None,
+    ) -> list[Job]:
+        return self._jobs.list_jobs(states=states, queue=queue, label=label, ids=ids, limit=limit)
+
+    def unfinished_ids(self) -> list[int]:
+        return self._jobs.unfinished_ids()
+
+    def counts(self) -> dict[str, int]:
+        return self._queues.counts()
+
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+        return self._jobs.add(jobs, now)
+
+    def remove(self, ids: Sequence[int]) -> Written[list[str]]:
+        return self._jobs.remove(ids)
+
+    def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
+        return self._jobs.clean(states, older_than)
+
+    # -- what users change ------------------------------------------------------
+
+    def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        return self._changes.cancel(ids, now)
+
+    def cancel_what_can(
+        self, ids: Sequence[int], now: float
+    ) -> Written[tuple[list[int], list[int], dict[int, str]]]:
+        return self._changes.cancel_what_can(ids, now)
+
+    def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
+        return self._changes.retry(ids, all_dead, now)
+
+    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        return self._changes.hold(ids, now)
+
+    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]:
+        return self._changes.release(ids, now)
+
+    def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
+        return self._changes.edit(job_id, fields, now)
+
+    def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
+        return self._changes.restart(job_id, fields, hold, now)
+
+    # -- queues and settings ----------------------------------------------------
+
+    def queues(self) -> list[QueueInfo]:
+        return self._queues.queues()
+
+    def add_queue(self, name: str, concurrency: int | None, now: float) -> Written[None]:
+        return self._queues.add_queue(name, concurrency, now)
+
+    def remove_queue(self, name: str) -> Written[None]:
+        return self._queues.remove_queue(name)
+
+    def set_paused(self, name: str, paused: bool) -> Written[None]:
+        return self._queues.set_paused(name, paused)
+
+    def set_all_paused(self, paused: bool) -> Written[None]:
+        return self._queues.set_all_paused(paused)
+
+    def config(self) -> dict[str, str]:
+        return self._queues.config()
+
+    def set_config(self, key: str, value: str) -> Written[None]:
+        return self._queues.set_config(key, value)
+
+    # -- the supervisor's side --------------------------------------------------
+
+    def lookahead(
+        self, *, now: float, horizon: float, queues: Sequence[str], busy: Sequence[int], limit: int
+    ) -> Ahead:
+        return self._attempts.lookahead(now=now, horizon=horizon, queues=queues, busy=busy, limit=limit)
+
+    def next_due(self, now: float, queues: Sequence[str]) -> float | None:
+        return self._attempts.next_due(now, queues)
+
+    def start(self, job: Claimed, now: float) -> Written[None]:
+        return self._attempts.start(job, now)
+
+    def claim(
+        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+    ) -> Written[list[Claimed]]:
+        return self._attempts.claim(now=now, slots=slots, queue_room=queue_room, busy=busy)
+
+    def unclaim(self, job: Claimed, now: float) -> Written[None]:
+        return self._attempts.unclaim(job, now)
+
+    def finish(
+        self,
+        claimed: Claimed,
+        exit: Exit,
+        backoff_max: float,
+        now: float,
+        *,
+        pid: int | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        log_incomplete: str | None = None,
+    ) -> Written[JobState | None]:
+        return self._attempts.finish(
+            claimed,
+            exit,
+            backoff_max,
+            now,
+            pid=pid,
+            stdout=stdout,
+            stderr=stderr,
+            log_incomplete=log_incomplete,
+        )
+
+    def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        self._queues.ensure_default(now)
+        return self._attempts.recover(backoff_max, now)
+
+    # -- the writer's transactions ----------------------------------------------
+
+    def forget_caches(self) -> None:
+        """Drop what may name rows a rollback removed."""
+        self._environments.forget()
+
+    def _lost(self, exc: BaseException) -> BatchLost:
+        """The batch is gone: the connection broke, or the database failed it."""
+        return BatchLost(StorageError(self.describe(exc)))
+
+    def describe(self, exc: BaseException) -> str:
+        if isinstance(exc, psycopg.OperationalError) or self.conn.closed or self.conn.broken:
+            return f"the job store at {self.where} is unreachable ({schema.first_line(exc)}); retrying"
+        if isinstance(exc, psycopg.errors.DiskFull):
+            return f"the job store at {self.where} is full; free some space and try again"
+        return f"database error: {schema.first_line(exc)}"
+
+    def _reconnect(self) -> None:
+        """Replace a broken connection (the database restarted, the network
+        was cut); BatchLost while the database cannot be reached."""
+        log.warning("the connection to the job store at %s was lost; reconnecting", self.where)
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        try:
+            conn = schema.connect(self.url)
+        except schema.DatabaseUnusable as exc:
+            raise BatchLost(StorageError(f"{exc}; retrying")) from None
+        self._compose(conn)
+        log.info("reconnected to the job store at %s", self.where)
+
+    def begin(self) -> None:
+        if self.conn.closed or self.conn.broken:
+            self._reconnect()
+        try:
+            self.conn.execute("BEGIN")
+        except psycopg.Error as exc:
+            raise self._lost(exc) from exc
+
+    def call(
+        self, method: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, guarded: bool
+    ) -> T:
+        if not guarded:
+            # Refuses before it writes (see the contract); an error after a
+            # write cannot be undone alone: the batch fails.
+            try:
+                return method(*args, **kwargs)
+            except Refused:
+                raise
+            except psycopg.Error as exc:
+                raise self._lost(exc) from exc
+            except Exception as exc:
+                log.exception("store call %s failed", getattr(method, "__name__", method))
+                raise BatchLost(StorageError(f"database error: internal error: {exc}")) from exc
+        conn = self.conn
+        try:
+            conn.execute("SAVEPOINT call")
+        except psycopg.Error as exc:
+            raise self._lost(exc) from exc
+        try:
+            result = method(*args, **kwargs)
+        except BaseException as exc:
+            self._undo_call(exc)
+            if isinstance(exc, psycopg.Error):
+                raise StorageError(self.describe(exc)) from exc
+            raise
+        try:
+            conn.execute("RELEASE SAVEPOINT call")
+        except psycopg.Error as exc:
+            raise self._lost(exc) from exc
+        return result
+
+    def _undo_call(self, exc: BaseException) -> None:
+        """Roll back one guarded call; BatchLost if the transaction itself is
+        gone (the connection broke): the calls before it lost their writes too."""
+        if self.conn.closed or self.conn.broken or isinstance(exc, psycopg.OperationalError):
+            raise self._lost(exc) from exc
+        try:
+            self.conn.execute("ROLLBACK TO SAVEPOINT call")
+            self.conn.execute("RELEASE SAVEPOINT call")
+        except psycopg.Error as undo:
+            raise self._lost(undo) from exc
+        self.forget_caches()
+
+    def commit(self) -> None:
+        """A failed COMMIT has an unknown outcome: the callers are told it failed."""
+        try:
+            self.conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise self._lost(exc) from exc
+
+    def abort(self) -> None:
+        if not (self.conn.closed or self.conn.broken):
+            try:
+                self.conn.execute("ROLLBACK")
+            except psycopg.Error:
+                log.exception("rollback failed")
+        self.forget_caches()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception as exc:
+            log.warning("the connection to the job store was not closed cleanly (%s)", exc)

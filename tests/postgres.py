@@ -1,0 +1,169 @@
+"""A throwaway PostgreSQL server for the tests: one cluster per session in a
+temp dir, a fresh database per test.
+
+initdb, pg_ctl and postgres refuse to run as root, and CI runs as root: then
+the cluster belongs to `nobody` and its tools run under setpriv. The server
+listens on a Unix socket in its own dir and on 127.0.0.1 at a free port;
+fsync is off (a crash of the test machine loses nothing we keep).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_UNPRIVILEGED = "nobody"
+
+
+def binaries() -> Path | None:
+    """The dir of initdb/pg_ctl/postgres: on PATH, else Debian's newest
+    /usr/lib/postgresql/*/bin; None where PostgreSQL is not installed."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl") and shutil.which("postgres"):
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: [int(x) for x in Path(p).parent.name.split(".")]
+    )
+    for candidate in reversed(candidates):
+        if all((Path(candidate) / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
+            return Path(candidate)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresServer:
+    """A cluster in `root`, run as an unprivileged user when we are root."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        # Short: the socket's path must fit in sun_path (108 bytes).
+        self.root = Path(tempfile.mkdtemp(prefix="qpg"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._names = itertools.count(1)
+        self._wrap: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, _UNPRIVILEGED)
+            self._wrap = ["setpriv", f"--reuid={_UNPRIVILEGED}", "--regid=nogroup", "--clear-groups"]
+            # The unprivileged user may not read the root's cwd: run from our dir.
+
+    def _run(self, tool: str, *args: str) -> None:
+        result = subprocess.run(
+            [*self._wrap, str(self.bin_dir / tool), *args],
+            cwd=self.root,
+            env={**os.environ, "LC_ALL": "C", "HOME": str(self.root)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            log = self.root / "log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr}{result.stdout}\n{tail}")
+
+    def start(self) -> None:
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        options = (
+            f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """Start the stopped cluster again (same port, same data)."""
+        options = f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", options, "start")
+
+    def close(self) -> None:
+        try:
+            self.stop("immediate")
+        except (RuntimeError, subprocess.SubprocessError):
+            pass  # not running
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        """A libpq URL reaching `database` through the Unix socket."""
+        return f"postgresql://postgres@/{database}?host={self.root}&port={self.port}"
+
+    def tcp_url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A fresh, empty database; its name."""
+        import psycopg
+
+        name = f"test_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+
+def server_or_skip(request: pytest.FixtureRequest) -> PostgresServer:
+    """The session's server (started at first use), or a skip saying why not."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install -e '.[postgres]'")
+    server = request.getfixturevalue("_postgres_session")
+    if isinstance(server, str):
+        pytest.skip(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def _postgres_session() -> Iterator[PostgresServer | str]:
+    bin_dir = binaries()
+    if bin_dir is None:
+        yield "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin)"
+        return
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        yield "PostgreSQL refuses to run as root and setpriv (util-linux) is missing"
+        return
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
+    """The session's throwaway PostgreSQL server (skips where it cannot run)."""
+    return server_or_skip(request)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh database of its own for this test."""
+    return postgres_server.url(postgres_server.create_database())

@@ -1,0 +1,164 @@
+"""What only the PostgreSQL engine does: its schema under an advisory lock,
+claims that skip rows another node holds, its errors mapped to the contract's,
+reconnecting after the server went away, and URLs shown without a password.
+The behaviour both engines share is the contract suite's."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+pytest.importorskip("psycopg")
+
+import psycopg
+
+from queued import lifecycle, validation
+from queued.lifecycle import classify_exit
+from queued.protocol import JobSpec
+from queued.settings import Settings
+from queued.store import StorageError
+from queued.store.contract import BatchLost
+from queued.store.postgres import DatabaseUnusable, PostgresStore, schema
+from tests.postgres import PostgresServer
+from tests.store_harness import Direct
+
+T0 = 1_700_000_000.0
+ROOM = {"default": 1000}
+
+
+def new(command: str = "true", **spec: object) -> validation.NewJob:
+    return validation.new_job(
+        JobSpec(command=command, **spec),  # type: ignore[arg-type]
+        cwd="/tmp",
+        env={"HOME": "/root"},
+        settings=Settings(),
+        now=T0,
+    )
+
+
+@pytest.fixture
+def store(postgres_url: str):
+    engine = PostgresStore.open(postgres_url)
+    direct = Direct(engine)
+    direct.recover(3600.0, T0)
+    yield direct
+    engine.close()
+
+
+def test_schema_is_created_once_with_a_version_row(postgres_url: str) -> None:
+    opened = []
+
+    def open_one() -> None:
+        opened.append(PostgresStore.open(postgres_url))
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened) == 4  # none failed on a table another one created meanwhile
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT version FROM queued.schema_version").fetchall() == [
+            (schema.SCHEMA_VERSION,)
+        ]
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'queued'")}
+        assert {"jobs", "attempts", "dependencies", "queues", "environments", "config"} <= tables
+        # The public schema is left alone: a database shared with other applications keeps its own.
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    for engine in opened:
+        engine.close()
+
+
+def test_a_newer_schema_is_refused_naming_the_store(postgres_url: str) -> None:
+    PostgresStore.open(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("UPDATE queued.schema_version SET version = %s", (schema.SCHEMA_VERSION + 1,))
+    with pytest.raises(DatabaseUnusable, match="newer than this queued understands"):
+        PostgresStore.open(postgres_url)
+
+
+def test_tables_not_ours_are_refused(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("CREATE SCHEMA queued; CREATE TABLE queued.jobs (id int)")
+    with pytest.raises(DatabaseUnusable, match="not queued's"):
+        PostgresStore.open(postgres_url)
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(postgres_server: PostgresServer) -> None:
+    url = "postgresql://someone:s3cret@127.0.0.1:1/nothing?connect_timeout=2"
+    with pytest.raises(DatabaseUnusable) as caught:
+        PostgresStore.open(url)
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert "127.0.0.1:1/nothing" in message
+    assert "\n" not in message
+
+
+def test_redact_hides_passwords() -> None:
+    assert schema.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert schema.redact("postgresql://h/db?password=pw&sslmode=require") == (
+        "postgresql://h/db?password=***&sslmode=require"
+    )
+    assert schema.redact("host=h password=pw dbname=q") == "host=h password=*** dbname=q"
+    assert schema.redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_two_nodes_never_claim_the_same_job(postgres_url: str, store: Direct) -> None:
+    """A row one node's open claim holds is skipped by the other, not waited for."""
+    store.add_jobs([new(f"echo {n}") for n in range(4)], T0)
+    other = Direct(PostgresStore.open(postgres_url))
+    try:
+        with store.transaction():
+            first = store.claim(now=T0, slots=3, queue_room=ROOM)
+            second = other.claim(now=T0, slots=3, queue_room=ROOM)  # while the first is uncommitted
+        assert len(first) == 3
+        assert len(second) == 1
+        assert not {c.id for c in first} & {c.id for c in second}
+        assert [c.run for c in first + second] == [1, 1, 1, 1]
+    finally:
+        other.engine.close()
+
+
+def test_claim_keeps_to_each_queues_room(store: Direct) -> None:
+    store.add_queue("gpu", 1, T0)
+    ids = store.add_jobs([new("a", queue="gpu"), new("b", queue="gpu"), new("c"), new("d")], T0)
+    claimed = store.claim(now=T0, slots=10, queue_room={"gpu": 1, "default": 1})
+    assert [c.id for c in claimed] == [ids[0], ids[2]]
+    claimed = store.claim(now=T0, slots=1, queue_room={"gpu": 1, "default": 5})
+    assert [c.id for c in claimed] == [ids[1]]
+
+
+def test_a_cwd_that_is_not_utf8_comes_back_as_it_went_in(store: Direct) -> None:
+    odd = "/tmp/caf\udce9"  # os.fsdecode of b"/tmp/caf\xe9"
+    [job_id] = store.add_jobs(
+        [validation.new_job(JobSpec(command="pwd"), cwd=odd, env={}, settings=Settings(), now=T0)], T0
+    )
+    [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+    assert claimed.id == job_id
+    assert claimed.cwd == b"/tmp/caf\xe9"
+    assert store.get_job(job_id)[0].cwd.startswith("/tmp/caf")
+
+
+def test_a_database_error_in_a_guarded_call_keeps_the_rest_of_the_batch(store: Direct) -> None:
+    def broken(engine: PostgresStore) -> None:
+        engine.conn.execute("SELECT * FROM no_such_table")
+
+    with store.transaction():
+        [kept] = store.add_jobs([new()], T0)
+        with pytest.raises(StorageError, match="no_such_table"):
+            store.engine.call(broken, (store.engine,), {}, guarded=True)
+        assert store.states([kept]) == {kept: lifecycle.PENDING}
+    assert store.states([kept]) == {kept: lifecycle.PENDING}
+
+
+def test_a_lost_connection_fails_the_batch_and_the_next_one_reconnects(store: Direct) -> None:
+    [job_id] = store.add_jobs([new()], T0)
+    with psycopg.connect(store.engine.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store.engine.conn.info.backend_pid,))
+    with pytest.raises(BatchLost) as caught:
+        store.add_jobs([new()], T0)
+    assert "unreachable" in str(caught.value.error)
+    assert store.states([job_id]) == {job_id: lifecycle.PENDING}  # a new connection
+    [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+    assert store.finish(claimed, classify_exit(0), 3600.0, T0) == lifecycle.COMPLETED
