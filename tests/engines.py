@@ -33,10 +33,24 @@ def sqlite_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         engine.conn.close()
 
 
+@contextmanager
+def postgres_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A fresh database of its own on the session's throwaway PostgreSQL
+    (tests/postgres.py), which skips, saying why, where it cannot run."""
+    from queued.store.postgres import PostgresStore
+
+    engine = PostgresStore.open(request.getfixturevalue("postgres_url"))
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 EngineFactory = Callable[[pytest.FixtureRequest], AbstractContextManager[Engine]]
 
 ENGINES: dict[str, EngineFactory] = {
     "sqlite": sqlite_engine,
+    "postgresql": postgres_engine,
 }
 
 

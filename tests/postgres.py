@@ -55,6 +55,8 @@ class PostgresServer:
         self.data = self.root / "data"
         self.port = _free_port()
         self._names = itertools.count(1)
+        self._template: str | None = None  # a database holding queued's schema, to copy
+        self._shared: str | None = None  # the one emptied for each test (see clean_database)
         self._wrap: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.root, _UNPRIVILEGED)
@@ -118,14 +120,48 @@ class PostgresServer:
     def tcp_url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A fresh, empty database; its name."""
+    def create_database(self, *, with_schema: bool = False) -> str:
+        """A fresh database (empty, or holding queued's schema and nothing
+        else: a copy of a template made once, far cheaper than creating the
+        schema again for every test); its name."""
         import psycopg
 
         name = f"test_{next(self._names)}"
+        template = "template0"
+        if with_schema:
+            template = self._schema_template()
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return name
+
+    def clean_database(self) -> str:
+        """The session's database holding queued's schema, emptied (tables
+        truncated, ids restarted): ~20 ms where creating a database takes
+        ~0.3 s. A fresh copy instead if a leftover connection holds a lock."""
+        import psycopg
+
+        if self._shared is None:
+            self._shared = self.create_database(with_schema=True)
+            return self._shared
+        try:
+            with psycopg.connect(self.url(self._shared), autocommit=True) as conn:
+                conn.execute("SET lock_timeout = '2s'")
+                conn.execute(
+                    "TRUNCATE queued.jobs, queued.attempts, queued.dependencies, queued.environments,"
+                    " queued.queues, queued.config RESTART IDENTITY CASCADE"
+                )
+        except psycopg.errors.LockNotAvailable:
+            self._shared = self.create_database(with_schema=True)
+        return self._shared
+
+    def _schema_template(self) -> str:
+        if self._template is None:
+            from queued.store.postgres import PostgresStore
+
+            name = self.create_database()
+            PostgresStore.open(self.url(name)).close()
+            self._template = name
+        return self._template
 
 
 def server_or_skip(request: pytest.FixtureRequest) -> PostgresServer:
@@ -165,5 +201,12 @@ def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
-    """The URL of a fresh database of its own for this test."""
+    """The URL of a database holding queued's schema (as a first start makes
+    it) and nothing else, for this test alone."""
+    return postgres_server.url(postgres_server.clean_database())
+
+
+@pytest.fixture
+def postgres_empty_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database of its own for this test."""
     return postgres_server.url(postgres_server.create_database())

@@ -46,11 +46,11 @@ def store(postgres_url: str):
     engine.close()
 
 
-def test_schema_is_created_once_with_a_version_row(postgres_url: str) -> None:
+def test_schema_is_created_once_with_a_version_row(postgres_empty_url: str) -> None:
     opened = []
 
     def open_one() -> None:
-        opened.append(PostgresStore.open(postgres_url))
+        opened.append(PostgresStore.open(postgres_empty_url))
 
     threads = [threading.Thread(target=open_one) for _ in range(4)]
     for thread in threads:
@@ -58,7 +58,7 @@ def test_schema_is_created_once_with_a_version_row(postgres_url: str) -> None:
     for thread in threads:
         thread.join()
     assert len(opened) == 4  # none failed on a table another one created meanwhile
-    with psycopg.connect(postgres_url) as conn:
+    with psycopg.connect(postgres_empty_url) as conn:
         assert conn.execute("SELECT version FROM queued.schema_version").fetchall() == [
             (schema.SCHEMA_VERSION,)
         ]
@@ -70,19 +70,19 @@ def test_schema_is_created_once_with_a_version_row(postgres_url: str) -> None:
         engine.close()
 
 
-def test_a_newer_schema_is_refused_naming_the_store(postgres_url: str) -> None:
-    PostgresStore.open(postgres_url).close()
-    with psycopg.connect(postgres_url) as conn:
+def test_a_newer_schema_is_refused_naming_the_store(postgres_empty_url: str) -> None:
+    PostgresStore.open(postgres_empty_url).close()
+    with psycopg.connect(postgres_empty_url) as conn:
         conn.execute("UPDATE queued.schema_version SET version = %s", (schema.SCHEMA_VERSION + 1,))
     with pytest.raises(DatabaseUnusable, match="newer than this queued understands"):
-        PostgresStore.open(postgres_url)
+        PostgresStore.open(postgres_empty_url)
 
 
-def test_tables_not_ours_are_refused(postgres_url: str) -> None:
-    with psycopg.connect(postgres_url) as conn:
+def test_tables_not_ours_are_refused(postgres_empty_url: str) -> None:
+    with psycopg.connect(postgres_empty_url) as conn:
         conn.execute("CREATE SCHEMA queued; CREATE TABLE queued.jobs (id int)")
     with pytest.raises(DatabaseUnusable, match="not queued's"):
-        PostgresStore.open(postgres_url)
+        PostgresStore.open(postgres_empty_url)
 
 
 def test_an_unreachable_server_is_one_line_without_the_password(postgres_server: PostgresServer) -> None:
