@@ -56,8 +56,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="host names the web page answers besides IP addresses and localhost, comma separated "
         "(env QUEUED_HTTP_NAMES): the name of a reverse proxy in front of it",
     )
+    parser.add_argument(
+        "--store",
+        help="where jobs are kept (env QUEUED_STORE): a postgresql:// URL (libpq's variables, .pgpass "
+        "and sslmode apply) makes this daemon use that database; default: SQLite in the data dir. "
+        "`queued migrate --store URL` creates or upgrades its schema without starting a daemon",
+    )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
     return parser
+
+
+def migrate(argv: list[str]) -> None:
+    """`queued migrate`: create or upgrade the store's schema, then exit."""
+    parser = argparse.ArgumentParser(
+        prog="queued migrate",
+        description="Create or upgrade the job store's schema without starting a daemon "
+        "(a daemon does it at start too). Example: queued migrate --store postgresql://db.example/queue",
+    )
+    parser.add_argument(
+        "--store", help="a postgresql:// URL (env QUEUED_STORE; default: SQLite in the data dir)"
+    )
+    parser.add_argument("--data-dir", help="for SQLite: the data dir (env QUEUED_DATA_DIR)")
+    args = parser.parse_args(argv)
+    from queued.store import engines
+
+    spec = args.store or os.environ.get("QUEUED_STORE") or None
+    data_dir = Path(args.data_dir) if args.data_dir else paths.default_data_dir()
+    if not engines.is_postgres(spec):
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        version = engines.migrate(spec, data_dir)
+    except engines.StoreUnusable as exc:
+        print(f"queued: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"the job store at {engines.describe(spec, data_dir)} is at schema version {version}")
 
 
 def load_config_file(path: Path | None) -> dict[str, object]:
@@ -95,6 +127,10 @@ def keep_inherited_descriptors_from_jobs() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["migrate"]:
+        migrate(argv[1:])
+        return
     import trio
 
     keep_inherited_descriptors_from_jobs()
@@ -119,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                 "allow-group": args.allow_group,
                 "http": args.http,
                 "http-names": args.http_names,
+                "store": args.store,
             },
             environ=os.environ,
             file=file_values,
@@ -145,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             settings=Settings(concurrency=os.cpu_count() or 1),
             sources=sources,
             allow_group=allow_group,
+            store=chosen.store,
             config_file=(config_path or paths.default_config_file()).expanduser().absolute(),
             config_file_required=config_path is not None,
             http=chosen.http,

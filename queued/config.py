@@ -8,8 +8,9 @@ masks it.
 
 Two kinds of keys: the job settings (`CONFIG_KEYS`: max-retries,
 timeout, …), which `config set` changes at run time, and the daemon's own
-(socket, data-dir, log-level, allow-group, http, http-names), fixed at start: the database that
-holds `config set` lives in the data dir, so those cannot come from it.
+(socket, data-dir, log-level, allow-group, http, http-names, store), fixed at
+start: the database that holds `config set` is the store, so those cannot come
+from it.
 
 Pure functions: the caller reads flags, environment, file and database and
 passes them in (the daemon at start, and again on a reload).
@@ -21,9 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from queued.settings import CONFIG_KEYS, Settings, parse_config_value, settings_with
+from queued.store.engines import check_spec as check_store
+from queued.store.engines import redact as redact_store
 
 SETTINGS_KEYS = tuple(CONFIG_KEYS)
-DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group", "http", "http-names")
+DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group", "http", "http-names", "store")
 KEYS = (*SETTINGS_KEYS, *DAEMON_KEYS)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The sources, strongest first.
@@ -140,6 +143,7 @@ class DaemonValues:
     allow_group: str | None
     http: str | None = None  # the web page's HOST:PORT (off: None)
     http_names: str | None = None  # names its Host header may carry besides addresses
+    store: str | None = None  # None: SQLite in the data dir (see queued.store.engines)
 
 
 def daemon_values(sources: Sources) -> DaemonValues:
@@ -149,7 +153,13 @@ def daemon_values(sources: Sources) -> DaemonValues:
         layers = sources.layers(key)
         for source, value in layers:
             if not isinstance(value, str) or (key not in ("allow-group", "http-names") and not value.strip()):
-                raise ValueError(f"invalid value for {key}: {value!r} (from {sources.describe(key, source)})")
+                shown = redact_store(str(value)) if key == "store" else value
+                raise ValueError(f"invalid value for {key}: {shown!r} (from {sources.describe(key, source)})")
+            if key == "store":
+                try:
+                    check_store(value)
+                except ValueError as exc:
+                    raise ValueError(f"{exc} (from {sources.describe(key, source)})") from None
             if key == "log-level" and value.lower() not in LOG_LEVELS:
                 raise ValueError(
                     f"invalid value for log-level: {value!r}, use {', '.join(LOG_LEVELS)} "
@@ -163,4 +173,5 @@ def daemon_values(sources: Sources) -> DaemonValues:
         allow_group=values["allow-group"] or None,
         http=values["http"],
         http_names=values["http-names"] or None,
+        store=values["store"] or None,
     )

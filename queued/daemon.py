@@ -35,7 +35,8 @@ from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
 from queued.store import Changes, Store
-from queued.store.sqlite import DatabaseUnusable, SqliteStore
+from queued.store.engines import StoreUnusable, open_store
+from queued.store.engines import describe as describe_store
 from queued.store.writer import Kind, Writer
 from queued.systemd import Notifier, inherited_listener, inherited_web_listener
 
@@ -56,6 +57,7 @@ class DaemonConfig:
     # `config set` values join them once it is open.
     sources: Sources = field(default_factory=Sources)
     allow_group: int | None = None  # gid whose members may connect too
+    store: str | None = None  # a postgresql:// URL; None: SQLite in the data dir
     # What SIGHUP reads again (see signals.py), and whether it must exist.
     config_file: Path | None = None
     config_file_required: bool = False
@@ -140,8 +142,8 @@ class Runner:
     async def _run_locked(self, lock_fd: int, task_status: trio.TaskStatus[Runner]) -> None:
         config = self.config
         try:
-            engine = SqliteStore.open(config.data_dir / "queue.db")
-        except DatabaseUnusable as exc:
+            engine = open_store(config.store, config.data_dir)
+        except StoreUnusable as exc:
             raise StartupError(str(exc)) from None
         db = Writer(engine, on_commit=self._committed)
         try:
@@ -210,9 +212,10 @@ class Runner:
                 if self.notifier.watchdog_interval:
                     nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
                 log.info(
-                    "queued serving %s (data %s, concurrency %d)",
+                    "queued serving %s (data %s, store %s, concurrency %d)",
                     config.socket_path,
                     config.data_dir,
+                    describe_store(config.store, config.data_dir),
                     settings.concurrency,
                 )
                 shortfall = descriptors.shortfall(settings.concurrency, descriptors.current_limit())

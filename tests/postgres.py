@@ -4,7 +4,8 @@ temp dir, a fresh database per test.
 initdb, pg_ctl and postgres refuse to run as root, and CI runs as root: then
 the cluster belongs to `nobody` and its tools run under setpriv. The server
 listens on a Unix socket in its own dir and on 127.0.0.1 at a free port;
-fsync is off (a crash of the test machine loses nothing we keep).
+fsync is off (a crash of the test machine loses nothing we keep). The
+server is the test run's own child and gets SIGQUIT when the run dies.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +61,7 @@ class PostgresServer:
         self._template: str | None = None  # a database holding queued's schema, to copy
         self._shared: str | None = None  # the one emptied for each test (see clean_database)
         self._wrap: list[str] = []
+        self.process: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             shutil.chown(self.root, _UNPRIVILEGED)
             self._wrap = ["setpriv", f"--reuid={_UNPRIVILEGED}", "--regid=nogroup", "--clear-groups"]
@@ -92,25 +96,57 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
-        options = (
-            f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", options, "start")
+        self.restart()
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start the server (again: same port, same data) as our child, which
+        dies with us: a test run killed half-way leaves no server behind."""
+        options = [
+            *("-k", str(self.root), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1"),
+            *("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
+            *("-c", "max_connections=200"),
+        ]
+        death = ["setpriv", "--pdeathsig", "SIGQUIT"] if not self._wrap and shutil.which("setpriv") else []
+        wrap = [*self._wrap, "--pdeathsig", "SIGQUIT"] if self._wrap else death
+        with open(self.root / "log", "ab") as log:
+            self.process = subprocess.Popen(
+                [*wrap, str(self.bin_dir / "postgres"), "-D", str(self.data), *options],
+                cwd=self.root,
+                env={**os.environ, "LC_ALL": "C", "HOME": str(self.root)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while not (self.root / f".s.PGSQL.{self.port}").exists() or not self._accepting():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop("immediate")
+                raise RuntimeError(f"postgres did not start: {(self.root / 'log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def _accepting(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url(), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     def stop(self, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def restart(self) -> None:
-        """Start the stopped cluster again (same port, same data)."""
-        options = f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", options, "start")
+        """Stop the server: `fast` (SIGINT) or `immediate` (SIGQUIT, as a crash)."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGQUIT if mode == "immediate" else signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     def close(self) -> None:
-        try:
-            self.stop("immediate")
-        except (RuntimeError, subprocess.SubprocessError):
-            pass  # not running
+        self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:

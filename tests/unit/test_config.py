@@ -76,6 +76,11 @@ VALUES: dict[str, dict[str, tuple[object, object]]] = {
         "file": ("[::1]:80", "[::1]:80"),
     },
     "http-names": {"flag": ("a.example", "a.example"), "environment": ("b", "b"), "file": ("c, d", "c, d")},
+    "store": {
+        "flag": ("postgresql://a/q", "postgresql://a/q"),
+        "environment": ("postgresql://b/q", "postgresql://b/q"),
+        "file": ("sqlite", "sqlite"),
+    },
 }
 DAEMON_DEFAULTS = {
     "socket": None,
@@ -84,6 +89,7 @@ DAEMON_DEFAULTS = {
     "allow-group": None,
     "http": None,
     "http-names": None,
+    "store": None,
 }
 STRONGEST_FIRST = ("flag", "environment", "config set", "file")
 
@@ -137,7 +143,15 @@ def test_every_key_has_a_variable() -> None:
         "QUEUED_ALLOW_GROUP",
         "QUEUED_HTTP",
         "QUEUED_HTTP_NAMES",
+        "QUEUED_STORE",
     ]
+
+
+def test_a_store_no_engine_takes_is_refused_by_source_without_its_password() -> None:
+    sources = config.Sources.read(flags={}, environ={"QUEUED_STORE": "mysql://u:pw@h/q"}, file={})
+    with pytest.raises(ValueError, match="QUEUED_STORE") as caught:
+        config.daemon_values(sources)
+    assert "pw" not in str(caught.value) and "give a postgresql:// URL" in str(caught.value)
 
 
 def test_the_file_may_spell_keys_with_underscores() -> None:

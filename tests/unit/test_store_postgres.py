@@ -95,15 +95,6 @@ def test_an_unreachable_server_is_one_line_without_the_password(postgres_server:
     assert "\n" not in message
 
 
-def test_redact_hides_passwords() -> None:
-    assert schema.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
-    assert schema.redact("postgresql://h/db?password=pw&sslmode=require") == (
-        "postgresql://h/db?password=***&sslmode=require"
-    )
-    assert schema.redact("host=h password=pw dbname=q") == "host=h password=*** dbname=q"
-    assert schema.redact("postgresql://u@h/db") == "postgresql://u@h/db"
-
-
 def test_two_nodes_never_claim_the_same_job(postgres_url: str, store: Direct) -> None:
     """A row one node's open claim holds is skipped by the other, not waited for."""
     store.add_jobs([new(f"echo {n}") for n in range(4)], T0)

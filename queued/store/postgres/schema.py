@@ -9,7 +9,6 @@ written by a newer queued is refused with a message naming it.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -120,12 +119,6 @@ def where(url: str) -> str:
     port = info.get("port")
     database = info.get("dbname") or info.get("user") or ""
     return f"{host}{':' + str(port) if port else ''}/{database}"
-
-
-def redact(url: str) -> str:
-    """`url` with any password replaced by ***, safe to log or show."""
-    url = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
 
 
 def connect(url: str) -> Connection:

@@ -1,0 +1,63 @@
+"""Choosing the store's engine: the one place, its checks, its words."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from queued.store import engines
+from queued.store.engines import StoreUnusable, check_spec, describe, open_store
+from queued.store.sqlite import SqliteStore
+
+
+def test_no_store_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    for spec in (None, "", "sqlite"):
+        engine = open_store(spec, tmp_path)
+        assert isinstance(engine, SqliteStore)
+        engine.close()
+    assert (tmp_path / "queue.db").exists()
+
+
+def test_a_store_no_engine_takes_is_refused_saying_what_would_do() -> None:
+    with pytest.raises(ValueError, match="give a postgresql:// URL"):
+        check_spec("mysql://db/q")
+    with pytest.raises(StoreUnusable, match="give a postgresql:// URL"):
+        open_store("/var/lib/queue.db", Path("/nonexistent"))
+    check_spec("postgresql://u@h/q")
+    check_spec("postgres://h/q")
+    check_spec("host=db dbname=q")
+
+
+def test_describe_never_shows_a_password() -> None:
+    assert describe("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert describe("postgresql://h/db?password=pw&sslmode=require") == (
+        "postgresql://h/db?password=***&sslmode=require"
+    )
+    assert describe("host=h password=pw dbname=q") == "host=h password=*** dbname=q"
+    assert describe("host=h password='p w' dbname=q") == "host=h password=*** dbname=q"
+    assert describe("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert describe(None, Path("/d")) == "/d/queue.db"
+
+
+def test_a_daemon_on_sqlite_imports_no_psycopg(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from queued.store.engines import open_store;"
+        f"open_store(None, Path({str(tmp_path)!r})).close();"
+        "import queued.daemon, queued.__main__;"
+        "print(sorted(m for m in sys.modules if m.startswith(('psycopg', 'queued.store.postgres'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_an_unreachable_postgres_is_one_line_without_the_password() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(StoreUnusable) as caught:
+        open_store("postgresql://someone:s3cret@127.0.0.1:1/nothing?connect_timeout=2", Path("/nonexistent"))
+    message = str(caught.value)
+    assert "s3cret" not in message and "\n" not in message
+    assert message.startswith("cannot connect to the job store at 127.0.0.1:1/nothing")
+    assert engines.SQLITE_FILE not in message
