@@ -35,7 +35,7 @@ def check_spec(spec: str | None) -> None:
     if spec is None or spec.strip() in ("", "sqlite") or is_postgres(spec):
         return
     raise ValueError(
-        f"invalid value for store: {describe(spec)!r}: give a postgresql:// URL, "
+        f"invalid value for store: {redact(spec)!r}: give a postgresql:// URL, "
         "or leave it out for SQLite in the data dir"
     )
 
@@ -44,7 +44,12 @@ def describe(spec: str | None, data_dir: Path | None = None) -> str:
     """The store as logs and messages may name it: never a password."""
     if not is_postgres(spec):
         return str(data_dir / SQLITE_FILE) if data_dir is not None else "SQLite in the data dir"
-    text = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", spec or "")
+    return redact(spec or "")
+
+
+def redact(text: str) -> str:
+    """`text` with any password in it (URL or key=value form) replaced by ***."""
+    text = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", text)
     return re.sub(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", text)
 
 

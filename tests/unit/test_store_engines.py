@@ -22,8 +22,9 @@ def test_no_store_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
 
 
 def test_a_store_no_engine_takes_is_refused_saying_what_would_do() -> None:
-    with pytest.raises(ValueError, match="give a postgresql:// URL"):
-        check_spec("mysql://db/q")
+    with pytest.raises(ValueError, match="give a postgresql:// URL") as caught:
+        check_spec("mysql://u:pw@db/q")
+    assert "'mysql://u:***@db/q'" in str(caught.value)
     with pytest.raises(StoreUnusable, match="give a postgresql:// URL"):
         open_store("/var/lib/queue.db", Path("/nonexistent"))
     check_spec("postgresql://u@h/q")
