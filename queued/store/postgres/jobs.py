@@ -210,7 +210,7 @@ class Jobs:
                 (ids,),
             ):
                 deps.setdefault(job_id, []).append(dep)
-                if dep_state != lifecycle.COMPLETED:
+                if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
                     unmet.setdefault(job_id, []).append(dep)
             for job_id, started_at, ended_at in self.conn.execute(
                 "SELECT DISTINCT ON (job_id) job_id, started_at, ended_at FROM attempts"
