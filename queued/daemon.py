@@ -35,7 +35,7 @@ from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
 from queued.store import Changes, Store
-from queued.store.engines import StoreUnusable, open_store
+from queued.store.engines import StoreUnusable, is_postgres, open_store
 from queued.store.engines import describe as describe_store
 from queued.store.writer import Kind, Writer
 from queued.systemd import Notifier, inherited_listener, inherited_web_listener
@@ -141,6 +141,11 @@ class Runner:
 
     async def _run_locked(self, lock_fd: int, task_status: trio.TaskStatus[Runner]) -> None:
         config = self.config
+        if is_postgres(config.store) and (config.http is not None or inherited_web_listener() is not None):
+            # The page reads the SQLite file on a connection of its own (queued.web.reader).
+            raise StartupError(
+                "the web page (--http) needs the SQLite store for now: leave out --http or --store"
+            )
         try:
             engine = open_store(config.store, config.data_dir)
         except StoreUnusable as exc:

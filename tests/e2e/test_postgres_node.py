@@ -105,6 +105,20 @@ def test_a_wrong_store_is_one_line_at_start(tmp_path: Path, postgres_server: Pos
     assert "no_such_database" in line
 
 
+def test_the_web_page_is_refused_with_a_postgres_store_for_now(tmp_path: Path, postgres_url: str) -> None:
+    flags = ["--data-dir", str(tmp_path / "d"), "--socket", str(tmp_path / "s"), "--store", postgres_url]
+    result = subprocess.run(
+        [tool("queued"), *flags, "--http", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "queued: the web page (--http) needs the SQLite store for now: leave out --http or --store"
+    )
+
+
 def test_migrate_creates_the_schema_without_starting_a_node(tmp_path: Path, postgres_empty_url: str) -> None:
     import psycopg
 
