@@ -43,11 +43,13 @@ def b1_ours(root: Path, jobs: int, wrap: tuple[str, ...] = ()) -> dict[str, floa
     request's send to the wait's return."""
     with Daemon(root, wrap=wrap) as daemon, daemon.client(timeout=None) as client:
         client.pause("default")
-        client.add_many([JobSpec(command="true")] * jobs)
+        ids = client.add_many([JobSpec(command="true")] * jobs)
         cpu0 = cpu_seconds(daemon.pid)
         t0 = time.time()
         client.resume("default")
-        waited = client.wait()
+        # By its ids: a `wait` for every unfinished job, sent after the resume,
+        # would miss the first jobs when they end before it is read.
+        waited = client.wait(*ids)
         t1 = time.time()
         cpu = cpu_seconds(daemon.pid) - cpu0
         states = {job.state for job in waited.jobs}
