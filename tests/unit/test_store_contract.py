@@ -144,6 +144,23 @@ def test_unknown_queue_refused(store: Store) -> None:
     assert store.list_jobs() == []
 
 
+def test_list_jobs_pages_back_and_filters_by_command_and_creation_time(store: Store) -> None:
+    first = add(store, "make all", now=T0)
+    second = add(store, "echo 50%_done", now=T0 + 10)
+    third = add(store, "make test", now=T0 + 20)
+    assert [j.id for j in store.list_jobs(before=third)] == [first, second]
+    assert [j.id for j in store.list_jobs(before=third, limit=1)] == [second]
+    assert [j.id for j in store.list_jobs(command="make")] == [first, third]
+    assert [j.id for j in store.list_jobs(command="50%_")] == [second]  # no pattern: the text itself
+    assert [j.id for j in store.list_jobs(command="50%x")] == []
+    assert [j.id for j in store.list_jobs(created_after=T0 + 10)] == [second, third]
+    assert [j.id for j in store.list_jobs(created_before=T0 + 10)] == [first]
+    assert [j.id for j in store.list_jobs(created_after=T0, created_before=T0 + 20, command="e")] == [
+        first,
+        second,
+    ]
+
+
 def test_after_unknown_id_refused(store: Store) -> None:
     existing = add(store)
     with pytest.raises(Refused) as info:

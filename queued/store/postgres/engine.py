@@ -85,8 +85,22 @@ class PostgresStore:
         label: str | None = None,
         ids: Sequence[int] = (),
         limit: int | None = None,
+        before: int | None = None,
+        command: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Job]:
-        return self._jobs.list_jobs(states=states, queue=queue, label=label, ids=ids, limit=limit)
+        return self._jobs.list_jobs(
+            states=states,
+            queue=queue,
+            label=label,
+            ids=ids,
+            limit=limit,
+            before=before,
+            command=command,
+            created_after=created_after,
+            created_before=created_before,
+        )
 
     def unfinished_ids(self) -> list[int]:
         return self._jobs.unfinished_ids()

@@ -170,9 +170,25 @@ class Jobs:
         label: str | None = None,
         ids: Sequence[int] = (),
         limit: int | None = None,
+        before: int | None = None,
+        command: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Job]:
         where: list[str] = []
         args: list[object] = []
+        if before is not None:
+            where.append("id < %s")
+            args.append(before)
+        if command is not None:
+            where.append("strpos(command, %s) > 0")
+            args.append(command)
+        if created_after is not None:
+            where.append("created_at >= %s")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at < %s")
+            args.append(created_before)
         if states:
             where.append("state = ANY(%s::text[])")
             args.append(list(states))
