@@ -238,8 +238,7 @@ class Supervisor:
                         await self._claim_committed()
                         continue
                 except StorageError as exc:
-                    log.error("cannot claim jobs: %s; retrying in %.0f s", exc, HOLD_SECONDS)
-                    self._hold.hold(self.clock() + HOLD_SECONDS)
+                    self._cannot_claim(exc)
                     continue
                 now = self.clock()
                 room = self._room()
@@ -249,12 +248,22 @@ class Supervisor:
                 # Those read ahead all wait for full queues, and others may be
                 # due beyond them: look in the store, then sleep until its next
                 # timer (any other change wakes us, and we read again).
-                if await self._claim_committed():
+                try:
+                    if await self._claim_committed():
+                        continue
+                    open_queues = [name for name, n in self._room().items() if n > 0]
+                    due = await self._store.next_due(self.clock(), open_queues)
+                except StorageError as exc:
+                    self._cannot_claim(exc)
                     continue
-                open_queues = [name for name, n in self._room().items() if n > 0]
-                due = await self._store.next_due(self.clock(), open_queues)
                 return self._deadline(math.inf if due is None else due)
             return self._deadline(self.read_ahead.next_look())
+
+    def _cannot_claim(self, exc: StorageError) -> None:
+        """A failing store (a full disk) holds claiming back a while; it never
+        stops the supervisor, and the running jobs go on."""
+        log.error("cannot claim jobs: %s; retrying in %.0f s", exc, HOLD_SECONDS)
+        self._hold.hold(self.clock() + HOLD_SECONDS)
 
     def _deadline(self, when: float) -> float:
         """A clock time as a trio deadline."""

@@ -246,9 +246,17 @@ async def test_a_claim_in_flight_when_claiming_stops_starts_nothing(tmp_path: Pa
         return ahead
 
     def claim_slowly(store: Store, **kwargs):
-        claiming.set()
-        time.sleep(0.3)
-        return real_claim(store, **kwargs)
+        # A claim that took the job is held until the shutdown reached the
+        # supervisor (a fixed sleep lost that race on a loaded machine, and an
+        # empty claim at start set the signal before the job existed).
+        claimed = real_claim(store, **kwargs)
+        if claimed.value:
+            claiming.set()
+            deadline = time.monotonic() + 5
+            assert runner is not None
+            while not runner.supervisor.claiming_stopped.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return claimed
 
     monkeypatch.setattr(SqliteStore, "lookahead", lookahead_raced)
     monkeypatch.setattr(SqliteStore, "claim", claim_slowly)
@@ -256,7 +264,12 @@ async def test_a_claim_in_flight_when_claiming_stops_starts_nothing(tmp_path: Pa
         async with trio.open_nursery() as nursery:
             runner = await nursery.start(Runner(config).run)
             client = await AsyncClient.connect(config.socket_path)
+            # Added to a paused queue and resumed: the claim that takes it then
+            # comes in a batch of its own, after the add's answer (in the add's
+            # own batch, the held claim would hold back the answer too).
+            await client.ok(p.PauseQueue(name="default"))
             job_id = await client.add("sleep 60")
+            await client.ok(p.PauseQueue(name="default", paused=False))
             await trio.to_thread.run_sync(claiming.wait)
             runner.request_shutdown("now")
             await client.aclose()
@@ -265,3 +278,34 @@ async def test_a_claim_in_flight_when_claiming_stops_starts_nothing(tmp_path: Pa
     attempts = conn.execute("SELECT count(*) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
     conn.close()
     assert (state, attempts) == ("pending", 0)
+
+
+async def test_a_store_failing_in_a_committed_claim_holds_claiming_back_and_nothing_stops(
+    daemon: DaemonHandle, client: AsyncClient, monkeypatch
+) -> None:
+    """Jobs read ahead all wait for a full queue, so the loop claims from the
+    store: a full disk there holds claiming back a second; the supervisor (and
+    every running job) goes on, and the job runs once the disk has room."""
+    real_claim = SqliteStore.claim
+    refusals: list[bool] = []
+
+    def claim_on_a_full_disk(store: Store, **kwargs):  # type: ignore[no-untyped-def]
+        if not refusals:
+            refusals.append(True)
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_claim(store, **kwargs)
+
+    await client.ok(p.AddQueue(name="serial", concurrency=1))
+    await client.ok(p.PauseQueue(name="serial"))
+    await add_all(client, *(p.JobSpec(command="sleep 30", queue="serial") for _ in range(60)))
+    await client.ok(p.PauseQueue(name="serial", paused=False))
+    monkeypatch.setattr(SqliteStore, "claim", claim_on_a_full_disk)
+    [other] = await add_all(client, p.JobSpec(command="true"))
+    with trio.fail_after(10):
+        # No request meanwhile: a failing commit fails every call of its batch.
+        while not refusals:
+            await trio.sleep(0.01)
+        [job] = await client.wait(other)
+    assert refusals and job.state == "completed"
+    status = await client.ok(p.GetStatus())
+    assert status.accepting and status.running == 1  # the serial job still runs
