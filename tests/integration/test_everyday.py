@@ -216,9 +216,13 @@ async def test_pause_stops_the_group_and_resume_continues_it(
 ) -> None:
     job_id = await client.add("sleep 30 & wait")
     leader = await running(daemon, job_id)
+    children_file = Path(f"/proc/{leader}/task/{leader}/children")
+    with trio.fail_after(10):  # the shell may be paused before it started `sleep` on a busy machine
+        while not children_file.read_text().split():
+            await trio.sleep(0.01)
+    children = [int(pid) for pid in children_file.read_text().split()]
     assert await client.ok(p.PauseJobs(ids=[job_id])) == p.Changed(ids=[job_id])
     await until_stopped(leader)
-    children = [int(pid) for pid in Path(f"/proc/{leader}/task/{leader}/children").read_text().split()]
     await until_stopped(children[0])  # the whole group, not just the shell
     assert (await client.job(job_id)).job.paused
     listed = await client.ok(p.ListJobs(ids=[job_id]))
