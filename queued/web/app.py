@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from queued.web.reader import ReadConnection
 log = logging.getLogger(__name__)
 MAX_STREAMS = 32
 REQUEST_SECONDS = 30.0
+# Reads and actions a second, in all (the page's own files, /healthz and
+# robots.txt are not counted): beyond it, 429 with Retry-After.
+API_RATE, API_BURST = 100.0, 50.0
 PAGES = re.compile(r"^/(?:|jobs|job/\d+)$")
 JOB_PATH = re.compile(r"^/api/jobs/(\d{1,19})(/log|/output)?$")
 _json = http.encoder
@@ -66,6 +70,7 @@ class WebApp:
         self.reads_need_token = not security.is_loopback(bind.host)
         self.max_streams = max_streams
         self.streams = 0
+        self.rate_limit = security.RateLimit(API_RATE, API_BURST)
         self.changes_seen = 0  # see count_changes
         self.live = Live(next_change, self.read_facts)
         self.history = History(started_at)
@@ -87,11 +92,14 @@ class WebApp:
             ):
                 await self._stream(request, receive, send)
                 return
+            self._pace(request)
             with trio.fail_after(REQUEST_SECONDS):
                 status, content_type, body, extra = await self._answer(request, receive)
         except Refusal as refusal:
             status, content_type, extra = refusal.status, "application/json", []
             body = _json.encode({"error": refusal.message, **refusal.extra})
+            if "retry_after" in refusal.extra:
+                extra = [(b"retry-after", str(math.ceil(refusal.extra["retry_after"])).encode())]
         except trio.TooSlowError:
             status, content_type, extra = 503, "application/json", []
             body = _json.encode({"error": f"no answer within {REQUEST_SECONDS:g} seconds"})
@@ -108,6 +116,14 @@ class WebApp:
                 f"this server does not answer for host {request.headers.get('host', '(none)')!r}; "
                 "add the name to http-names if it is yours",
             )
+
+    def _pace(self, request: Request) -> None:
+        """Refuse (429) a read or action beyond the web's share of the daemon's thread."""
+        if not request.path.startswith(("/api/", "/metrics", "/charts/")):
+            return
+        wait = self.rate_limit.take(time.monotonic())
+        if wait > 0:
+            raise Refusal(429, "too many requests to the web page: try again in a moment", retry_after=wait)
 
     def _check_reader(self, request: Request) -> None:
         if self.reads_need_token:

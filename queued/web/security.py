@@ -207,3 +207,25 @@ def ensure_token(data_dir: Path) -> str:
     finally:
         os.close(fd)
     return token
+
+
+class RateLimit:
+    """A token bucket: `rate` requests a second, bursts of `burst`. The web
+    answers in the daemon's own thread, so its reads are paced to keep the
+    daemon's timers and dispatch on time under any load of requests."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at: float | None = None
+
+    def take(self, now: float) -> float:
+        """0 if a request may go now, else the seconds until one may."""
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -164,14 +165,19 @@ class Load:
     def __init__(self, base: str, clients: int) -> None:
         self.stop = threading.Event()
         self.count = 0
+        self.refused = 0
         self.threads = [threading.Thread(target=self._ask, args=(base,), daemon=True) for _ in range(clients)]
         for thread in self.threads:
             thread.start()
 
     def _ask(self, base: str) -> None:
         while not self.stop.is_set():
-            get(base + "/api/jobs")
-            self.count += 1
+            try:
+                get(base + "/api/jobs")
+                self.count += 1
+            except urllib.error.HTTPError as error:  # 429: the web's share is used up
+                error.close()
+                self.refused += 1
 
     def close(self) -> None:
         self.stop.set()
@@ -193,6 +199,7 @@ def w6_lateness(root: Path, stamp: Path, delays: list[float], load: bool) -> lis
         finally:
             if pressure is not None:
                 pressure.close()
+                print(f"  W6 load: {pressure.count} answered, {pressure.refused} refused (429)")
     lateness = []
     for i, job_id in enumerate(ids):
         started = float((stamps / str(i)).read_text())

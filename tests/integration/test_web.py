@@ -248,3 +248,13 @@ async def test_metrics_match_status(web: Web) -> None:
     assert samples[("queued_attempts_ended_total", (("outcome", "failed"), ("queue", "default")))] == 1
     assert samples[("queued_store_commits_total", ())] >= 3  # the add, the start, the end at least
     assert 0 < samples[("queued_store_commit_seconds_total", ())] < 60
+
+
+async def test_reads_beyond_the_web_s_share_are_429(web: Web) -> None:
+    web.app.rate_limit = security.RateLimit(rate=1, burst=2)
+    assert (await get(web.url + "/api/status")).status == 200
+    assert (await get(web.url + "/api/status")).status == 200
+    refused = await get(web.url + "/api/status")
+    assert refused.status == 429 and int(refused.headers["retry-after"]) >= 1
+    assert (await get(web.url + "/healthz")).status == 200  # probes and the page's files are not paced
+    assert (await get(web.url + "/static/app.js")).status == 200

@@ -135,3 +135,12 @@ def test_headers_forbid_inline_code_and_framing() -> None:
     assert headers[b"x-content-type-options"] == b"nosniff"
     assert headers[b"referrer-policy"] == b"no-referrer"
     assert s.ROBOTS_TXT == b"User-agent: *\nDisallow: /\n"
+
+
+def test_the_rate_limit_allows_bursts_then_paces() -> None:
+    limit = s.RateLimit(rate=10, burst=3)
+    assert [limit.take(100.0) for _ in range(3)] == [0, 0, 0]
+    assert limit.take(100.0) == pytest.approx(0.1)  # the fourth waits for a token
+    assert limit.take(100.11) == 0  # one came back
+    assert limit.take(105.0) == 0 and limit.take(105.0) == 0 and limit.take(105.0) == 0
+    assert limit.take(105.0) > 0  # never more than the burst saved up
