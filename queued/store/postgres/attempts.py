@@ -12,9 +12,9 @@ from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
 from queued.store.contract import NOTHING, Ahead, Changes, Claimed, Recovered, Refused, Written
 from queued.store.postgres.jobs import Environments, with_path
-from queued.store.postgres.transitions import Transitions
 from queued.store.sqlite import rows
 from queued.store.sqlite.rows import WAITING
+from queued.store.transitions import Transitions
 
 _SELECT_WAITING = (
     f"SELECT {rows.WAITING_COLUMNS}"

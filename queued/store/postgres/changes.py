@@ -15,7 +15,7 @@ from queued import lifecycle
 from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
 from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read, unknown_queue
-from queued.store.postgres.transitions import Transitions
+from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
 

@@ -35,7 +35,8 @@ from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
 from queued.store.postgres.jobs import Environments, Jobs
 from queued.store.postgres.queues import Queues
-from queued.store.postgres.transitions import Transitions
+from queued.store.postgres.transitions import PostgresTransitionSql
+from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class PostgresStore:
     def _compose(self, conn: Connection) -> None:
         self.conn = conn
         self._environments = Environments(conn)
-        transitions = Transitions(conn)
+        transitions = Transitions(PostgresTransitionSql(conn))
         self._jobs = Jobs(conn, self._environments)
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
         self._attempts = Attempts(conn, self._environments, transitions)

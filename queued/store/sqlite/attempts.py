@@ -13,7 +13,7 @@ from queued.store.contract import NOTHING, Ahead, Changes, Claimed, Recovered, R
 from queued.store.sqlite import rows
 from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.rows import WAITING
-from queued.store.sqlite.transitions import Transitions
+from queued.store.transitions import Transitions
 
 _SELECT_WAITING = (
     f"SELECT {rows.WAITING_COLUMNS}"

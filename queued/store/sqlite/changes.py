@@ -16,7 +16,7 @@ from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
 from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.jobs import Jobs, unknown_queue
-from queued.store.sqlite.transitions import Transitions
+from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
 

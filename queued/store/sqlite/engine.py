@@ -32,7 +32,8 @@ from queued.store.sqlite.changes import JobChanges
 from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.jobs import Jobs
 from queued.store.sqlite.queues import Queues
-from queued.store.sqlite.transitions import Transitions
+from queued.store.sqlite.transitions import SqliteTransitionSql
+from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class SqliteStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._environments = Environments(conn)
-        transitions = Transitions(conn)
+        transitions = Transitions(SqliteTransitionSql(conn))
         self._jobs = Jobs(conn, self._environments)
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
         self._attempts = Attempts(conn, self._environments, transitions)

@@ -1,70 +1,49 @@
-"""Recording what lifecycle answers: a job's new state, and what that state
-change does to the jobs that wait for it (lifecycle.CASCADES). Nothing here
-decides: the next state comes from `lifecycle.next_state`, the rule for the
-dependents from `lifecycle.cascade`."""
+"""The statements of a state change in SQLite (`queued.store.transitions`
+decides nothing either: it records what lifecycle answers)."""
 
 from __future__ import annotations
 
 import sqlite3
 
 from queued import lifecycle
-from queued.lifecycle import Cascade, Event, JobState
-from queued.store.contract import Changes
+from queued.lifecycle import JobState
 from queued.store.sqlite.rows import UNSTARTED
 
+_DEPENDENTS = "SELECT job_id FROM dependencies WHERE depends_on = ?"
 
-class Transitions:
+
+class SqliteTransitionSql:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def move(
-        self, job_id: int, old: JobState, event: Event, now: float, changes: Changes, **columns: object
-    ) -> JobState:
-        """Move job `job_id` from `old` by `event`, setting `columns` too, and
-        carry out the cascade the change triggers; its new state."""
-        new = lifecycle.next_state(old, event)
+    def set_state(self, job_id: int, state: JobState, now: float, columns: dict[str, object]) -> None:
         sets = "".join(f", {name} = ?" for name in columns)
         self.conn.execute(
             f"UPDATE jobs SET state = ?, updated_at = ?{sets} WHERE id = ?",
-            (new, now, *columns.values(), job_id),
+            (state, now, *columns.values(), job_id),
         )
-        if lifecycle.is_terminal(new):
-            changes.finished.append(job_id)
-        rule = lifecycle.cascade(old, new)
-        if rule is Cascade.CANCEL:
-            self._cancel_dependents(job_id, new, now, changes)
-        elif rule is Cascade.RECOUNT:
-            self._recount_dependents(job_id, changes)
-        return new
 
-    def _recount_dependents(self, job_id: int, changes: Changes) -> None:
-        """Recount the unfinished dependencies of `job_id`'s unstarted dependents.
-        A count, not a decrement: a dependency may complete, be retried and complete again."""
-        # No RETURNING: most jobs have no dependents, and a plain UPDATE that
-        # touches nothing is the cheapest way to learn it.
-        if self.conn.execute(
+    def recount_dependents(self, job_id: int) -> tuple[bool, list[int]]:
+        # A count, not a decrement: a dependency may complete, be retried and
+        # complete again. No RETURNING: most jobs have no dependents, and a
+        # plain UPDATE that touches nothing is the cheapest way to learn it.
+        if not self.conn.execute(
             "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
             f" ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != '{lifecycle.COMPLETED}')"
-            f" WHERE state IN ({UNSTARTED})"
-            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
+            f" WHERE state IN ({UNSTARTED}) AND id IN ({_DEPENDENTS})",
             (job_id,),
         ).rowcount:
-            changes.reordered = True
-            changes.released += [
-                dependent
-                for (dependent,) in self.conn.execute(
-                    "SELECT id FROM jobs WHERE unmet = 0 AND state IN"
-                    f" ({UNSTARTED}) AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?)",
-                    (job_id,),
-                )
-            ]
+            return False, []
+        released = self.conn.execute(
+            f"SELECT id FROM jobs WHERE unmet = 0 AND state IN ({UNSTARTED}) AND id IN ({_DEPENDENTS})",
+            (job_id,),
+        )
+        return True, [dependent for (dependent,) in released]
 
-    def _cancel_dependents(self, job_id: int, state: JobState, now: float, changes: Changes) -> None:
-        """Cancel every unstarted job that depends on `job_id`, directly or
-        through others, in one pass: a recursive query, not a recursion per
-        link, so a chain of any length costs one statement and no stack. Each
-        names the dependency that doomed it (the lowest, when several did)."""
-        rows = self.conn.execute(
+    def doomed_dependents(self, job_id: int) -> list[tuple[int, int, JobState]]:
+        # A recursive query, not a recursion per link: a chain of any length
+        # costs one statement and no stack.
+        return self.conn.execute(
             "WITH RECURSIVE doomed(id, blocker) AS ("
             " SELECT d.job_id, d.depends_on FROM dependencies d JOIN jobs j ON j.id = d.job_id"
             f" WHERE d.depends_on = ? AND j.state IN ({UNSTARTED})"
@@ -75,20 +54,9 @@ class Transitions:
             " GROUP BY doomed.id ORDER BY doomed.id",
             (job_id,),
         ).fetchall()
-        event = lifecycle.DEPENDENT_CANCEL_EVENT
+
+    def set_states(self, moves: list[tuple[int, JobState, str]], now: float) -> None:
         self.conn.executemany(
             "UPDATE jobs SET state = ?, updated_at = ?, error = ? WHERE id = ?",
-            [
-                (
-                    lifecycle.next_state(dependent_state, event),
-                    now,
-                    # A dependent doomed through another names that one, canceled too.
-                    lifecycle.dependency_cancel_reason(
-                        blocker, state if blocker == job_id else lifecycle.next_state(dependent_state, event)
-                    ),
-                    dependent,
-                )
-                for dependent, blocker, dependent_state in rows
-            ],
+            [(state, now, error, job_id) for job_id, state, error in moves],
         )
-        changes.finished += [dependent for dependent, _, _ in rows]
