@@ -199,6 +199,8 @@ class Runner:
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self._supervise)
+                if self.supervisor.output is not None:
+                    await nursery.start(self.supervisor.output.run)
                 await nursery.start(self.callbacks.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))

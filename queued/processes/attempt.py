@@ -17,6 +17,7 @@ import trio
 from queued import lifecycle
 from queued.lifecycle import Exit
 from queued.processes.job_process import CappedLog, JobProcess
+from queued.processes.output_copies import OutputCopies, StreamCopy
 from queued.store import Claimed
 from queued.store.writer import Call
 
@@ -41,6 +42,7 @@ class Attempt:
         self.record = record  # its start's queued record (None once claimed by a commit)
         self.process: JobProcess | None = None
         self.logs: list[CappedLog] = []
+        self.copies: tuple[StreamCopy, ...] = ()  # its streams' copies in the store, if it keeps output
         self.scope = trio.CancelScope()
         self.stop_reason: str | None = None  # "cancel", "interrupt" or "unrecorded"
         # Paused (its group stopped) since this trio time; its timeout does not
@@ -55,14 +57,18 @@ class Attempt:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def spawned(self, process: JobProcess, log_cap: int) -> None:
-        """Its process started: its output goes into its log paths, at most `log_cap` bytes each."""
+    def spawned(self, process: JobProcess, log_cap: int, copies: OutputCopies | None = None) -> None:
+        """Its process started: its output goes into its log paths, at most
+        `log_cap` bytes each, and into the store too when it keeps output (`copies`)."""
         out, err = self.log_paths
         self.process = process
         report = self._output_lost
+        copy_out = copy_err = None
+        if copies is not None:
+            self.copies = copy_out, copy_err = copies.streams(self.claimed.id, self.claimed.run)
         self.logs = [
-            CappedLog(process.stdout, out, log_cap, report),
-            CappedLog(process.stderr, err, log_cap, report),
+            CappedLog(process.stdout, out, log_cap, report, copy_out),
+            CappedLog(process.stderr, err, log_cap, report, copy_err),
         ]
 
     def _output_lost(self, capped: CappedLog, exc: OSError) -> None:

@@ -16,6 +16,7 @@ from queued.lifecycle import Exit
 from queued.processes.attempt import Attempt
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.log_folders import LogFolders
+from queued.processes.output_copies import OutputCopies
 from queued.processes.store_calls import StoreCalls
 from queued.settings import Settings
 from queued.store import Claimed, StorageError
@@ -33,12 +34,14 @@ class Ends:
         log_folders: LogFolders,
         clock: Callable[[], float],
         on_recorded: Callable[[], None],
+        output: OutputCopies | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.guardian = guardian
         self.log_folders = log_folders
         self.clock = clock
+        self.output = output  # attempts' output copied into the store, when it keeps output
         self._on_recorded = on_recorded  # told after each end's record committed, or failed for good
         self.recording = 0  # ends queued but not yet committed
         self.nursery: trio.Nursery | None = None  # where a record is tried again (None: it is not)
@@ -58,6 +61,8 @@ class Ends:
         finish.on_done = lambda call: self._recorded(attempt, outcome, call)
 
     def _queue(self, attempt: Attempt, outcome: Exit) -> Call:
+        if attempt.copies and self.output is not None:
+            self.output.send(attempt.copies)  # its last output commits with its end, or before
         out, err = attempt.log_paths
         return self.store.finish(
             attempt.claimed,
@@ -82,6 +87,8 @@ class Ends:
             self.nursery.start_soon(self._record_again, attempt, outcome, finish.error)
             return
         job = attempt.claimed
+        if attempt.copies and self.output is not None:
+            self.output.forget(job.id, job.run)
         if finish.error is not None and not refused:
             log.error("job %d attempt %d: its end was not recorded: %s", job.id, job.run, finish.error)
         elif finish.error is None and finish.result is None:

@@ -21,6 +21,7 @@ import errno
 import os
 import signal
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -228,6 +229,12 @@ def _open_log(path: str) -> int:
 LossReport = Callable[["CappedLog", OSError], None]
 
 
+class OutputCopy(Protocol):
+    """Where a log's kept bytes are copied as well (the store's copy, see output_copies.py)."""
+
+    def write(self, data: bytes) -> None: ...
+
+
 class CappedLog:
     """One output stream of an attempt, kept up to `cap` bytes in `path`. The
     rest is read and dropped so the job never blocks on a full pipe, and a
@@ -237,9 +244,20 @@ class CappedLog:
     What the disk refuses (see the module's doc) is dropped and counted in
     `lost`, and the job's output keeps being read. Every write tries again;
     the first that succeeds puts a marker line where the gap is, then the
-    output. `on_loss` is told of each refusal (the attempt reports the first)."""
+    output. `on_loss` is told of each refusal (the attempt reports the first).
 
-    def __init__(self, read_fd: int, path: str, cap: int, on_loss: LossReport | None = None) -> None:
+    `copy`, when given, gets every byte kept under the cap and the truncation
+    marker, as the file does; not the marker of a gap the disk made, since
+    the copy lost nothing."""
+
+    def __init__(
+        self,
+        read_fd: int,
+        path: str,
+        cap: int,
+        on_loss: LossReport | None = None,
+        copy: OutputCopy | None = None,
+    ) -> None:
         self.read_fd = read_fd
         self.path = path
         self.cap = cap
@@ -249,6 +267,7 @@ class CappedLog:
         self._gap = 0  # lost since the last byte that reached the file
         self._gap_reason = ""
         self._on_loss = on_loss
+        self._copy = copy
         self._out = -1
 
     def write(self, data: bytes) -> None:
@@ -258,6 +277,8 @@ class CappedLog:
             return
         self.written += kept  # lost bytes count too: the cap bounds the file either way
         chunk = data if kept == len(data) else data[:kept]
+        if self._copy is not None:
+            self._copy.write(chunk)  # the store's copy has what the disk refuses too
         done = 0
         try:
             if self._out < 0:
@@ -314,15 +335,19 @@ class CappedLog:
             return  # closed already
         _close_all((self.read_fd,))
         self.read_fd = -1
-        if self._gap or self.dropped:
+        cut = b""
+        if self.dropped:
+            cut = f"\n[queued: output truncated at {self.cap} bytes; {self.dropped} more dropped]\n".encode()
+            if self._copy is not None:
+                self._copy.write(cut)
+        if self._gap or cut:
             try:  # the last chance to say what is missing
                 if self._out < 0:
                     self._out = _open_log(self.path)
                 if self._gap:
                     self._mark_gap()
-                if self.dropped:
-                    cut = f"\n[queued: output truncated at {self.cap} bytes; {self.dropped} more dropped]\n"
-                    os.write(self._out, cut.encode())
+                if cut:
+                    os.write(self._out, cut)
             except OSError:
                 pass  # the record says the log is incomplete
         if self._out >= 0:

@@ -45,6 +45,7 @@ from queued.processes.escapes import Escapes
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from queued.processes.log_folders import LogFolders, LogsUnusable
+from queued.processes.output_copies import OutputCopies
 from queued.processes.queue_room import queue_room
 from queued.processes.read_ahead import ReadAhead
 from queued.processes.running import RunningAttempts
@@ -94,7 +95,11 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._store = StoreCalls(db)
         self._hold = StartHold()
-        self._ends = Ends(self._store, settings, guardian, self.log_folders, clock, self._end_recorded)
+        # Attempts' output goes into the store too when it keeps output (PostgreSQL): any node shows it.
+        self.output = OutputCopies(db) if db.engine.keeps_output else None
+        self._ends = Ends(
+            self._store, settings, guardian, self.log_folders, clock, self._end_recorded, self.output
+        )
         self._environments = JobEnvironments(instance)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self.attempts = RunningAttempts(self._young)
@@ -352,7 +357,7 @@ class Supervisor:
             self._follow(attempt, partial(_already, failure or lifecycle.spawn_failure("unknown")))
             return True
         try:
-            attempt.spawned(process, self.settings.log_max_size)
+            attempt.spawned(process, self.settings.log_max_size, self.output)
             self.guardian.register(process.pid)
             self._young.add(attempt)
         except Exception as exc:

@@ -149,7 +149,14 @@ async def _read_log(d: Daemon, r: p.ReadLog) -> p.Response:
     path = run.stdout_path if r.stream == "stdout" else run.stderr_path
     running = run.ended_at is None
     data, size = b"", 0
+    if d.db.engine.keeps_output:
+        data, size = await d.db.read(Store.read_output, r.id, run.attempt, r.stream, r.offset, r.limit)
+        if size or running:
+            path = None
     if path:
+        # The log file: the only copy with a SQLite store; with a store that
+        # keeps output, that of an attempt that kept none there (one run
+        # before the store kept output), on the node that ran it.
         data, size = await trio.to_thread.run_sync(_read_range, path, r.offset, r.limit)
     return p.LogChunk(
         attempt=run.attempt,

@@ -36,7 +36,7 @@ Rules every engine keeps:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -45,6 +45,7 @@ from queued.protocol import ErrorCode, Job, QueueInfo, Run
 from queued.validation import NewJob
 
 T = TypeVar("T")
+OutputStream = Literal["stdout", "stderr"]
 
 
 class Refused(Exception):
@@ -106,6 +107,17 @@ class Ahead(msgspec.Struct):
     until: float | None  # the earliest run_at not read (None: no other waiting job)
 
 
+class OutputChunk(msgspec.Struct, frozen=True):
+    """Bytes of one stream of a running attempt, for an engine that keeps
+    output (`Store.keeps_output`): `data` begins at byte `at` of the stream."""
+
+    job_id: int
+    attempt: int
+    stream: OutputStream
+    at: int
+    data: bytes
+
+
 class Recovered(msgspec.Struct, frozen=True):
     """An attempt a dead daemon left running, recorded as interrupted."""
 
@@ -154,6 +166,12 @@ NOTHING = Changes()  # shared by mutations that change nothing others must learn
 
 class Store(Protocol):
     """What the supervisor and the handlers may ask of a store."""
+
+    # Whether attempts' output is kept in the store (`append_output`,
+    # `read_output`), so that any node of a shared store can show it. False:
+    # it is only in the log files of the host that ran the attempt (the
+    # paths its attempt row names), and those two methods refuse.
+    keeps_output: ClassVar[bool]
 
     # -- jobs: reads ----------------------------------------------------------
     def states(self, ids: Sequence[int]) -> dict[int, JobState]:
@@ -245,6 +263,29 @@ class Store(Protocol):
 
     def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
         """Delete jobs in `states` (last changed before `older_than`): (how many, their log paths)."""
+        ...
+
+    # -- attempts' output (engines that keep it) -----------------------------
+    def append_output(self, chunks: Sequence[OutputChunk]) -> Written[None]:
+        """Keep chunks of attempts' output, as the supervisor's record (it
+        refuses before it writes). Each chunk continues its stream (`at` is
+        the number of bytes of the stream before it); one already kept (the
+        same job, attempt, stream and `at`: a record tried again) is not kept
+        twice, and one whose attempt no longer exists (its job removed) is
+        dropped. An engine may split a chunk to store it. A removed job's
+        output goes with it (`remove`, `clean`). Refused ("invalid") by an
+        engine without `keeps_output`."""
+        ...
+
+    def read_output(
+        self, job_id: int, attempt: int, stream: OutputStream, offset: int, limit: int
+    ) -> tuple[bytes, int]:
+        """Up to `limit` bytes of an attempt's stream from byte `offset`, and
+        the stream's size (where its last chunk kept ends). The bytes read
+        are contiguous: a read stops at a gap (a chunk tried again after a
+        failing store may arrive after the one that follows it). (b"", size)
+        past the end; (b"", 0) for an attempt that kept nothing or does not
+        exist. Refused ("invalid") by an engine without `keeps_output`."""
         ...
 
     # -- queues and settings --------------------------------------------------

@@ -19,7 +19,7 @@ from queued.lifecycle import STATES, classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
 from queued.store import Changes, Claimed, Recovered, Refused
-from queued.store.contract import Engine
+from queued.store.contract import Engine, OutputChunk
 from tests.store_harness import (
     BACKOFF_MAX,
     FAIL,
@@ -1507,3 +1507,107 @@ def test_a_random_history_keeps_every_rule(store: Store, seed: int) -> None:
         except Refused:
             assert observable(store) == before, action
         check_invariants(store, now, paused)
+
+
+# ----------------------------------------------------------------------------
+# Attempts' output (engines that keep it: `keeps_output`)
+
+
+def _keeps_output(store: Store) -> None:
+    if not store.keeps_output:
+        pytest.skip("this engine keeps no output (the log files hold it)")
+
+
+def _chunk(claimed: Claimed, at: int, data: bytes, stream: str = "stdout") -> OutputChunk:
+    return OutputChunk(job_id=claimed.id, attempt=claimed.run, stream=stream, at=at, data=data)  # type: ignore[arg-type]
+
+
+def test_an_engine_without_output_refuses_to_keep_or_read_it(store: Store) -> None:
+    if store.keeps_output:
+        pytest.skip("this engine keeps output")
+    running = claim_one(store, add(store))
+    with pytest.raises(Refused, match="log files"):
+        store.append_output([_chunk(running, 0, b"x")])
+    with pytest.raises(Refused, match="log files"):
+        store.read_output(running.id, running.run, "stdout", 0, 100)
+
+
+def test_output_is_read_back_by_stream_and_attempt(store: Store) -> None:
+    _keeps_output(store)
+    job_id = add(store, max_retries=1)
+    first = claim_one(store, job_id)
+    store.append_output([_chunk(first, 0, b"one\n"), _chunk(first, 0, b"err\n", "stderr")])
+    store.append_output([_chunk(first, 4, b"two\n")])
+    assert store.read_output(job_id, first.run, "stdout", 0, 100) == (b"one\ntwo\n", 8)
+    assert store.read_output(job_id, first.run, "stderr", 0, 100) == (b"err\n", 4)
+    assert store.read_output(job_id, first.run, "stdout", 3, 3) == (b"\ntw", 8)
+    assert store.read_output(job_id, first.run, "stdout", 8, 100) == (b"", 8)  # at the end
+    assert store.read_output(job_id, first.run, "stdout", 10**12, 100) == (b"", 8)  # far past it
+    store.finish(first, FAIL, BACKOFF_MAX, T0)
+    second = claim_one(store, job_id, T0 + 2 * BACKOFF_MAX)  # its retry is due
+    assert store.read_output(job_id, second.run, "stdout", 0, 100) == (b"", 0)  # its own, empty
+    store.append_output([_chunk(second, 0, b"again\n")])
+    assert store.read_output(job_id, second.run, "stdout", 0, 100) == (b"again\n", 6)
+    assert store.read_output(job_id, first.run, "stdout", 0, 100) == (b"one\ntwo\n", 8)
+    assert store.read_output(job_id + 1, 1, "stdout", 0, 100) == (b"", 0)  # no such job
+
+
+def test_big_output_reads_back_whole_from_any_offset(store: Store) -> None:
+    """Chunks larger than an engine's pieces, read in slices that begin and
+    end anywhere, give back exactly the bytes kept."""
+    _keeps_output(store)
+    running = claim_one(store, add(store))
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) for _ in range(300_000))
+    at = 0
+    with store.transaction():
+        for size in (1, 70_000, 150_000, 3, 79_996):
+            store.append_output([_chunk(running, at, data[at : at + size])])
+            at += size
+    assert at == len(data)
+    for offset, limit in (
+        (0, 10**6),
+        (1, 65_536),
+        (65_535, 2),
+        (69_999, 100_000),
+        (299_999, 5),
+        (123_457, 99_999),
+    ):
+        assert store.read_output(running.id, running.run, "stdout", offset, limit) == (
+            data[offset : offset + limit],
+            len(data),
+        )
+
+
+def test_a_chunk_kept_twice_is_kept_once_and_a_gap_stops_a_read(store: Store) -> None:
+    """A record tried again after a failing commit may repeat a chunk, or
+    arrive after the chunk that follows it."""
+    _keeps_output(store)
+    running = claim_one(store, add(store))
+    store.append_output([_chunk(running, 0, b"abc")])
+    store.append_output([_chunk(running, 0, b"abc")])
+    store.append_output([_chunk(running, 6, b"ghi")])  # 3..6 not kept yet
+    assert store.read_output(running.id, running.run, "stdout", 0, 100) == (b"abc", 9)
+    assert store.read_output(running.id, running.run, "stdout", 3, 100) == (b"", 9)
+    store.append_output([_chunk(running, 3, b"def")])
+    assert store.read_output(running.id, running.run, "stdout", 0, 100) == (b"abcdefghi", 9)
+
+
+def test_output_goes_with_its_job_and_of_a_removed_one_is_dropped(store: Store) -> None:
+    _keeps_output(store)
+    removed, cleaned, kept = (add(store, f"job {n}") for n in range(3))
+    runs = {c.id: c for c in claim(store)}
+    store.append_output([_chunk(runs[job_id], 0, b"out %d" % job_id) for job_id in runs])
+    for job_id in (removed, cleaned):
+        store.finish(runs[job_id], OK, BACKOFF_MAX, T0)
+    store.finish(runs[kept], FAIL, BACKOFF_MAX, T0)  # dead: not cleaned below
+    store.remove([removed])
+    store.clean(["completed"], T0 + 1)
+    assert store.read_output(removed, 1, "stdout", 0, 100) == (b"", 0)
+    assert store.read_output(cleaned, 1, "stdout", 0, 100) == (b"", 0)
+    assert store.read_output(kept, 1, "stdout", 0, 100) == (b"out %d" % kept, len(b"out %d" % kept))
+    # A late chunk of an attempt whose job is gone is dropped, and the rest of the call kept.
+    late = claim_one(store, add(store))
+    store.append_output([_chunk(runs[removed], 9, b"late"), _chunk(late, 0, b"kept")])
+    assert store.read_output(removed, 1, "stdout", 0, 100) == (b"", 0)
+    assert store.read_output(late.id, late.run, "stdout", 0, 100) == (b"kept", 4)

@@ -17,7 +17,7 @@ from queued import lifecycle, validation
 from queued.lifecycle import classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
-from queued.store import StorageError
+from queued.store import OutputChunk, StorageError
 from queued.store.contract import BatchLost
 from queued.store.postgres import DatabaseUnusable, PostgresStore, schema
 from tests.postgres import PostgresServer
@@ -153,3 +153,34 @@ def test_a_lost_connection_fails_the_batch_and_the_next_one_reconnects(store: Di
     assert store.states([job_id]) == {job_id: lifecycle.PENDING}  # a new connection
     [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
     assert store.finish(claimed, classify_exit(0), 3600.0, T0) == lifecycle.COMPLETED
+
+
+def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres_empty_url: str) -> None:
+    """A database of the queued before output was kept (attempt rows naming
+    files only) opens migrated: its jobs and attempts as they were, no output
+    kept for them (`logs` reads their files), and new output kept."""
+    engine = PostgresStore.open(postgres_empty_url)
+    store = Direct(engine)
+    store.recover(3600.0, T0)
+    [old] = store.add_jobs([new("echo old")], T0)
+    [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+    store.finish(claimed, classify_exit(0), 3600.0, T0, stdout="/logs/0/1.1.out", stderr="/logs/0/1.1.err")
+    engine.close()
+    with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute("DROP TABLE queued.output_chunks")
+        conn.execute("UPDATE queued.schema_version SET version = 1")
+    engine = PostgresStore.open(postgres_empty_url)
+    try:
+        store = Direct(engine)
+        assert engine.conn.execute("SELECT version FROM schema_version").fetchone() == (
+            schema.SCHEMA_VERSION,
+        )
+        job, runs, _ = store.get_job(old)
+        assert (job.state, runs[0].stdout_path) == ("completed", "/logs/0/1.1.out")
+        assert store.read_output(old, 1, "stdout", 0, 100) == (b"", 0)
+        [job_id] = store.add_jobs([new("echo new")], T0)
+        [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+        store.append_output([OutputChunk(job_id=job_id, attempt=1, stream="stdout", at=0, data=b"new\n")])
+        assert store.read_output(job_id, 1, "stdout", 0, 100) == (b"new\n", 4)
+    finally:
+        engine.close()

@@ -25,6 +25,8 @@ from queued.store.contract import (
     Ahead,
     BatchLost,
     Claimed,
+    OutputChunk,
+    OutputStream,
     Recovered,
     Refused,
     StorageError,
@@ -34,6 +36,7 @@ from queued.store.postgres import schema
 from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
 from queued.store.postgres.jobs import Environments, Jobs
+from queued.store.postgres.output import Output
 from queued.store.postgres.queues import Queues
 from queued.store.postgres.transitions import PostgresTransitionSql
 from queued.store.transitions import Transitions
@@ -46,6 +49,9 @@ T = TypeVar("T")
 class PostgresStore:
     """The store contract (`queued.store.Store`) and the writer's transactions
     (`queued.store.contract.Transactions`) on one PostgreSQL connection."""
+
+    # Nodes share the database, not their disks: every node shows every attempt's output.
+    keeps_output = True
 
     def __init__(self, conn: Connection, url: str) -> None:
         self.url = url
@@ -60,6 +66,7 @@ class PostgresStore:
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
         self._attempts = Attempts(conn, self._environments, transitions)
         self._queues = Queues(conn)
+        self._output = Output(conn)
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -165,6 +172,16 @@ class PostgresStore:
 
     def set_config(self, key: str, value: str) -> Written[None]:
         return self._queues.set_config(key, value)
+
+    # -- attempts' output ----------------------------------------------------------
+
+    def append_output(self, chunks: Sequence[OutputChunk]) -> Written[None]:
+        return self._output.append(chunks)
+
+    def read_output(
+        self, job_id: int, attempt: int, stream: OutputStream, offset: int, limit: int
+    ) -> tuple[bytes, int]:
+        return self._output.read(job_id, attempt, stream, offset, limit)
 
     # -- the supervisor's side --------------------------------------------------
 

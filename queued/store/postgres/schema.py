@@ -19,10 +19,25 @@ from queued.store.sqlite.rows import TERMINAL, WAITING
 if TYPE_CHECKING:
     from psycopg import Connection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NAMESPACE = "queued"
 # pg_advisory_xact_lock's key for creating and migrating the schema ("queued" in ASCII).
 SCHEMA_LOCK = 0x717565756564
+
+# Attempts' output (version 2), so that any node shows any attempt's: each
+# stream (1 stdout, 2 stderr) in pieces of at most output.PIECE bytes, each
+# keyed by the byte of the stream where it begins.
+OUTPUT_CHUNKS = """
+CREATE TABLE output_chunks (
+    job_id  BIGINT NOT NULL,
+    attempt INTEGER NOT NULL,
+    stream  SMALLINT NOT NULL,
+    at      BIGINT NOT NULL,
+    data    BYTEA NOT NULL,
+    PRIMARY KEY (job_id, attempt, stream, at),
+    FOREIGN KEY (job_id, attempt) REFERENCES attempts(job_id, attempt) ON DELETE CASCADE
+);
+"""
 
 # State sets are lifecycle's. `cwd` is bytes: a path need not be UTF-8 (read
 # back as str when it is). Job counts are read with GROUP BY, not kept by a
@@ -95,11 +110,13 @@ CREATE INDEX jobs_by_state ON jobs(state, id);
 CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
 CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
-"""
+{OUTPUT_CHUNKS}"""
 
 # What brings a database of version N (the key) to version N + 1, run in the
 # transaction that opens it, under the advisory lock.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    1: OUTPUT_CHUNKS,  # attempts' output kept in the database (before: only in the node's files)
+}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
 

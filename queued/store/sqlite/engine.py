@@ -20,6 +20,8 @@ from queued.store.contract import (
     Ahead,
     BatchLost,
     Claimed,
+    OutputChunk,
+    OutputStream,
     Recovered,
     Refused,
     StorageError,
@@ -38,11 +40,16 @@ from queued.validation import NewJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+OUTPUT_IN_FILES = "this store keeps no output: an attempt's output is in the log files its row names"
 
 
 class SqliteStore:
     """The store contract (`queued.store.Store`) and the writer's transactions
     (`queued.store.contract.Transactions`) on one SQLite connection."""
+
+    # One host: attempts' output is in the log files its attempt rows name,
+    # written by the supervisor, not in the database.
+    keeps_output = False
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -159,6 +166,16 @@ class SqliteStore:
 
     def set_config(self, key: str, value: str) -> Written[None]:
         return self._queues.set_config(key, value)
+
+    # -- attempts' output ----------------------------------------------------------
+
+    def append_output(self, chunks: Sequence[OutputChunk]) -> Written[None]:
+        raise Refused("invalid", OUTPUT_IN_FILES)
+
+    def read_output(
+        self, job_id: int, attempt: int, stream: OutputStream, offset: int, limit: int
+    ) -> tuple[bytes, int]:
+        raise Refused("invalid", OUTPUT_IN_FILES)
 
     # -- the supervisor's side --------------------------------------------------
 
