@@ -387,10 +387,14 @@ class Client:
         stream: str = "stdout",
         offset: int = 0,
         limit: int = 1024 * 1024,
+        wait: float = 0.0,
     ) -> p.LogChunk:
-        """Up to `limit` bytes of an attempt's output (default: the latest attempt) from `offset`."""
-        request = p.ReadLog(id=job_id, attempt=attempt, stream=stream, offset=offset, limit=limit)  # type: ignore[arg-type]
-        return self.request(request, p.LogChunk)
+        """Up to `limit` bytes of an attempt's output (default: the latest attempt) from `offset`.
+        `wait`: when nothing is there past `offset` yet and the attempt runs, the
+        daemon answers once its output grew or it ended (or after `wait` seconds)."""
+        request = p.ReadLog(id=job_id, attempt=attempt, stream=stream, offset=offset, limit=limit, wait=wait)  # type: ignore[arg-type]
+        timeout = self.timeout if self.timeout is None else self.timeout + wait  # its wait is no silence
+        return self.request(request, p.LogChunk, timeout=timeout)
 
     # -- the daemon -------------------------------------------------------------------
 

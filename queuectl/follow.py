@@ -50,6 +50,30 @@ def _drain(
             return offset, chunk.running, chunk.job_state
 
 
+# How long one waiting read lasts at most when nothing happens: the daemon
+# answers as soon as the attempt's output grows or it ends, where it can tell.
+FOLLOW_WAIT = 1.0
+
+
+def _wait_for_output(
+    client: Client, job_id: int, attempt: int, stream: str, offset: int, streams: Sequence[str]
+) -> int | None:
+    """Wait for the attempt's output to grow (or its end) with a waiting read
+    of `stream`, printing what it brings; the stream's new offset, or None
+    when the daemon is older than waiting reads."""
+    try:
+        chunk = client.read_log(job_id, attempt=attempt, stream=stream, offset=offset, wait=FOLLOW_WAIT)
+    except DaemonError as exc:
+        if exc.code == "bad_request" and "'wait'" in exc.message:
+            return None  # a daemon older than `wait`
+        raise
+    if chunk.data:
+        out = _target(stream, streams)
+        out.write(chunk.data)
+        out.flush()
+    return chunk.offset
+
+
 def _latest_attempt(client: Client, job_id: int) -> int | None:
     runs = client.get(job_id).runs
     return runs[-1].attempt if runs else None
@@ -108,6 +132,7 @@ def print_logs(
     offsets = dict.fromkeys(streams, 0)
     if tail is not None:
         offsets = {stream: tail_offset(client, job_id, current, stream, tail) for stream in streams}
+    waits = True  # the daemon answers waiting reads (one older than them does not)
     while True:
         running, state = False, ""
         for stream in streams:
@@ -118,7 +143,15 @@ def print_logs(
         if not follow or (attempt is not None and not running):
             return
         if running:
-            time.sleep(interval)
+            first = streams[0]
+            offset = (
+                _wait_for_output(client, job_id, current, first, offsets[first], streams) if waits else None
+            )
+            if offset is None:
+                waits = False
+                time.sleep(interval)
+            else:
+                offsets[first] = offset
             continue
         # This attempt is over. A later one may have started (and even ended) meanwhile.
         latest = _latest_attempt(client, job_id)

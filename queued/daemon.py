@@ -194,6 +194,7 @@ class Runner:
                 defaults=config.settings,
                 sources=config.sources,
             )
+            self.supervisor.output_news = self.daemon.output_news.told
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
             server = self.server = Server(functools.partial(dispatch, REQUEST_HANDLERS, self.daemon), access)
             async with trio.open_nursery() as nursery:

@@ -258,12 +258,16 @@ class WaitJobs(Request, tag="wait"):
     timeout: Seconds | None = None
 
 
-class ReadLog(Request, tag="log"):
+# Defaults are left out: a daemon older than `wait` answers every read that does not wait.
+class ReadLog(Request, tag="log", omit_defaults=True):
     id: JobId
     attempt: Annotated[int, Meta(ge=1)] | None = None
     stream: Literal["stdout", "stderr"] = "stdout"
     offset: Annotated[int, Meta(ge=0)] = 0
     limit: Annotated[int, Meta(ge=1, le=8 * 1024 * 1024)] = 1024 * 1024
+    # Seconds to wait, when nothing past `offset` is there yet and the attempt
+    # runs, for its output to grow or its end, before answering (`logs -f`).
+    wait: Annotated[float, Meta(ge=0, le=60)] = 0.0
 
 
 class GetStatus(Request, tag="status"):

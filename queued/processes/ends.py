@@ -33,7 +33,7 @@ class Ends:
         guardian: GuardianLink,
         log_folders: LogFolders,
         clock: Callable[[], float],
-        on_recorded: Callable[[], None],
+        on_recorded: Callable[[int], None],
         output: OutputCopies | None = None,
     ) -> None:
         self.store = store
@@ -42,7 +42,7 @@ class Ends:
         self.log_folders = log_folders
         self.clock = clock
         self.output = output  # attempts' output copied into the store, when it keeps output
-        self._on_recorded = on_recorded  # told after each end's record committed, or failed for good
+        self._on_recorded = on_recorded  # told the job after each end's record committed, or failed for good
         self.recording = 0  # ends queued but not yet committed
         self.nursery: trio.Nursery | None = None  # where a record is tried again (None: it is not)
 
@@ -101,7 +101,7 @@ class Ends:
             said = outcome.error or "exit 0"
             log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, said, finish.result)
         self.recording -= 1
-        self._on_recorded()
+        self._on_recorded(job.id)
 
     async def _record_again(self, attempt: Attempt, outcome: Exit, error: StorageError) -> None:
         while True:

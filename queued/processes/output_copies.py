@@ -22,7 +22,7 @@ each try of that end's record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -74,8 +74,9 @@ class StreamCopy:
 
 
 class OutputCopies:
-    def __init__(self, db: Writer) -> None:
+    def __init__(self, db: Writer, kept: Callable[[Iterable[int]], None] | None = None) -> None:
         self.db = db
+        self._kept = kept  # told the jobs whose output a record committed
         self._waiting: dict[StreamCopy, None] = {}  # streams with bytes waiting, in arrival order
         self._waiting_bytes = 0
         self._again: dict[tuple[int, int], list[OutputChunk]] = {}  # by attempt: chunks a failed record held
@@ -127,9 +128,11 @@ class OutputCopies:
 
     def _sent(self, call: Call) -> None:
         error = call.error
-        if error is None:
-            return
         chunks: list[OutputChunk] = call.args[0]
+        if error is None:
+            if self._kept is not None:
+                self._kept({chunk.job_id for chunk in chunks})
+            return
         if isinstance(error, StorageError) and self.db.lost is None:
             for chunk in chunks:
                 self._again.setdefault((chunk.job_id, chunk.attempt), []).append(chunk)

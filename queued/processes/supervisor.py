@@ -30,7 +30,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -96,7 +96,10 @@ class Supervisor:
         self._store = StoreCalls(db)
         self._hold = StartHold()
         # Attempts' output goes into the store too when it keeps output (PostgreSQL): any node shows it.
-        self.output = OutputCopies(db) if db.engine.keeps_output else None
+        self.output = OutputCopies(db, self._tell_output_news) if db.engine.keeps_output else None
+        # Told the jobs whose output in the store grew or whose attempt's end
+        # committed (the handlers' OutputNews, wired by daemon.py).
+        self.output_news: Callable[[Iterable[int]], None] | None = None
         self._ends = Ends(
             self._store, settings, guardian, self.log_folders, clock, self._end_recorded, self.output
         )
@@ -197,11 +200,16 @@ class Supervisor:
         await interrupt.wait()
         self.stop_jobs(list(self.running), "interrupt")
 
-    def _end_recorded(self) -> None:
+    def _end_recorded(self, job_id: int) -> None:
         """An end's record committed (or failed for good): readers of the store
-        (the web page) see it now, and a drain may be complete."""
+        (the web page, `logs -f`) see it now, and a drain may be complete."""
         self._change.set()
+        self._tell_output_news((job_id,))
         self._check_drained()
+
+    def _tell_output_news(self, job_ids: Iterable[int]) -> None:
+        if self.output_news is not None:
+            self.output_news(job_ids)
 
     def _check_drained(self) -> None:
         if self.claiming_stopped.is_set() and not self.running and not self._ends.recording:

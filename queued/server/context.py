@@ -7,7 +7,8 @@ nothing here imports the process side: daemon.py hands the supervisor in."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import msgspec
@@ -60,6 +61,45 @@ class Watchers:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[job_id]
+
+
+class OutputNews:
+    """Wakes `logs -f` readers waiting on a job (`ReadLog.wait`) when its
+    output grew in the store or an attempt of it ended: told by this node's
+    supervisor for its own attempts, and, once `remote` is set, by a listener
+    for other nodes' (their NOTIFY). Without such news (the log files of a
+    SQLite store, or other nodes' output without a listener), a waiting reader
+    looks again at a steady pace instead (`pace`)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, tuple[trio.Event, int]] = {}  # by job: its event, and how many wait on it
+        self.remote = False  # set when other nodes' news arrive (a LISTEN connection)
+
+    def told(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            entry = self._waiting.pop(job_id, None)
+            if entry is not None:
+                entry[0].set()
+
+    @contextmanager
+    def watch(self, job_id: int) -> Iterator[trio.Event]:
+        """An event set at the job's next news; watched before reading, so that none slips in between."""
+        event, count = self._waiting.get(job_id, (None, 0))
+        if event is None:
+            event = trio.Event()
+        self._waiting[job_id] = (event, count + 1)
+        try:
+            yield event
+        finally:
+            entry = self._waiting.get(job_id)
+            if entry is not None and entry[0] is event:
+                if entry[1] > 1:
+                    self._waiting[job_id] = (event, entry[1] - 1)
+                else:
+                    del self._waiting[job_id]
+
+    def watched(self) -> int:
+        return len(self._waiting)
 
 
 class Supervision(Protocol):
@@ -120,6 +160,7 @@ class Daemon:
         self.db = db
         self.supervisor = supervisor
         self.watchers = watchers
+        self.output_news = OutputNews()  # for `logs -f` (see handlers._read_log)
         self.data_dir = data_dir
         self.socket_path = socket_path
         self.request_shutdown = request_shutdown

@@ -130,7 +130,37 @@ async def _wait(d: Daemon, r: p.WaitJobs) -> p.Response:
         d.watchers.unwatch(waiter)
 
 
+# A reader waiting for output (`ReadLog.wait`) is woken by news of the job
+# (`OutputNews`) where there is any; where there is none, it looks again this
+# often: log files (SQLite) are read again as clients polled them before, and
+# other nodes' output in the store at a few reads a second, until a listener
+# brings their news.
+FILES_PACE = 0.2
+STORE_PACE = 0.5
+
+
 async def _read_log(d: Daemon, r: p.ReadLog) -> p.Response:
+    """A slice of an attempt's output; with `wait`, when there is nothing past
+    `offset` yet and the attempt runs, after news of the job (or `wait`
+    seconds): whatever the slice holds then."""
+    if not r.wait:
+        return await _log_chunk(d, r)
+    with d.output_news.watch(r.id) as news:
+        chunk = await _log_chunk(d, r)
+        if not isinstance(chunk, p.LogChunk) or chunk.data or not chunk.running:
+            return chunk
+        if not d.db.engine.keeps_output:
+            pace = FILES_PACE
+        elif d.output_news.remote or d.supervisor.is_running(r.id):
+            pace = math.inf  # every change of it is news
+        else:
+            pace = STORE_PACE
+        with trio.move_on_after(min(r.wait, pace)):
+            await news.wait()
+    return await _log_chunk(d, r)
+
+
+async def _log_chunk(d: Daemon, r: p.ReadLog) -> p.Response:
     job, runs, _ = await d.db.read(Store.get_job, r.id)
     runs = [_with_live_facts(d, r.id, run) for run in runs]
     if not runs:

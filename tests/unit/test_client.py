@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from queuectl import Client, DaemonError, DaemonUnreachable, PartlyDone, QueuectlError
@@ -334,6 +335,74 @@ def test_cli_logs_follow_across_retries(serve, monkeypatch, capsys) -> None:
     assert code == 0
     assert out == "stdout 1\nstdout 2\n"
     assert err == "stderr 1\n--- attempt 2 ---\nstderr 2\n"
+
+
+class GrowingLog:
+    """A daemon whose job runs with "a\n" written; a waiting read (`wait`) is
+    answered once "b\n" followed and the attempt ended. `waits`: False for a
+    daemon older than waiting reads (it refuses the field)."""
+
+    def __init__(self, waits: bool = True) -> None:
+        self.waits = waits
+        self.ended = False
+        self.waiting_reads: list[p.ReadLog] = []
+
+    def __call__(self, request: p.Request) -> p.Response | None:
+        run = p.Run(
+            attempt=1, pid=1, started_at=1.0, ended_at=2.0 if self.ended else None, exit_code=None,
+            signal=None, error=None, stdout_path=None, stderr_path=None,
+        )  # fmt: skip
+        state = "completed" if self.ended else "running"
+        if isinstance(request, p.GetJob):
+            return p.JobDetail(job=msgspec.structs.replace(JOB, state=state), runs=[run], env={})
+        if isinstance(request, p.ReadLog):
+            if request.wait:
+                if not self.waits:
+                    return p.Error(code="bad_request", message="unknown field 'wait'")
+                self.waiting_reads.append(request)
+                self.ended = True
+                state = "completed"
+            elif not self.waits and self.ended is False and request.offset == 2:
+                self.ended = True  # the old way: it ends between two polls
+            text = (b"a\nb\n" if self.ended else b"a\n") if request.stream == "stdout" else b""
+            data = text[request.offset :]
+            return p.LogChunk(
+                attempt=1,
+                data=data,
+                offset=request.offset + len(data),
+                size=len(text),
+                running=not self.ended,
+                job_state=state,
+            )
+        return None
+
+
+def test_cli_logs_follow_waits_in_the_daemon_not_in_sleeps(serve, monkeypatch, capsys) -> None:
+    """While the attempt runs and has written nothing new, `logs -f` asks the
+    daemon to answer when there is something (a waiting read), never polls."""
+    log = GrowingLog()
+    daemon = serve(log)
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError("logs -f slept between reads")
+
+    monkeypatch.setattr("queuectl.follow.time.sleep", no_sleep)
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "logs", "-f", "1")
+    assert (code, out, err) == (0, "a\nb\n", "")
+    [waiting] = log.waiting_reads
+    assert (waiting.stream, waiting.offset, waiting.wait) == ("stdout", 2, 1.0)
+    assert all(r.wait == 0 for r in daemon.of_type(p.ReadLog) if r is not waiting)
+
+
+def test_cli_logs_follow_polls_a_daemon_older_than_waiting_reads(serve, monkeypatch, capsys) -> None:
+    log = GrowingLog(waits=False)
+    daemon = serve(log)
+    slept: list[float] = []
+    monkeypatch.setattr("queuectl.follow.time.sleep", slept.append)
+    code, out, err = run_cli(monkeypatch, capsys, "--socket", str(daemon.path), "logs", "-f", "1")
+    assert (code, out, err) == (0, "a\nb\n", "")
+    assert slept == [0.2]  # it polled, as before
+    assert len([r for r in daemon.of_type(p.ReadLog) if r.wait]) == 1  # asked once, then never again
 
 
 def test_garbage_from_the_daemon_is_a_queuectl_error(serve) -> None:
