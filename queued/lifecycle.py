@@ -106,6 +106,13 @@ EDITABLE_STATES: tuple[JobState, ...] = tuple(s for s in UNFINISHED_STATES if s 
 """Unfinished with no process: may be edited, and still waits to run."""
 ENDED_BADLY_STATES: tuple[JobState, ...] = (DEAD, CANCELED)
 """Finished without completing."""
+UNIQUE_STATES: tuple[JobState, ...] = UNFINISHED_STATES
+"""A job in these states holds its unique key: an add with the key returns it
+(the stores enforce it with a partial unique index over these states)."""
+UNIQUE_WINDOW_STATES: tuple[JobState, ...] = (COMPLETED,)
+"""Finished jobs that hold their key within an add's `unique_for` window. Only
+a completed job did the work the window protects; a dead or canceled one did
+not, and a new add is the way to try again (as River's unique jobs do)."""
 
 CANCELED_BY_USER = "canceled by user"
 
@@ -188,6 +195,35 @@ CASCADES: dict[tuple[JobState | Origin, JobState], Cascade] = {
 """Every transition of the table that touches dependents, and how."""
 
 DEPENDENT_CANCEL_EVENT = Event.CANCEL  # what a cascade CANCEL applies to each dependent
+
+
+# ----------------------------------------------------------------------------
+# Unique keys
+
+
+def unique_window_start(now: float, unique_for: float | None) -> float | None:
+    """The earliest finish (a job's last change) that still holds its key for
+    an add with `unique_for`; None: only unfinished jobs hold it. A job that
+    ended exactly `unique_for` ago no longer does ("less than the window ago")."""
+    if not unique_for:
+        return None
+    return now - unique_for
+
+
+def holds_key(state: JobState, updated_at: float, window_start: float | None) -> bool:
+    """Whether a job with a key (in `state`, last changed at `updated_at`) is
+    the one an add of that key returns, given the add's window."""
+    if state in UNIQUE_STATES:
+        return True
+    return window_start is not None and state in UNIQUE_WINDOW_STATES and updated_at > window_start
+
+
+def unique_refusal(job_id: int, doing: str, key: str, holder: int, holder_state: str) -> str:
+    """Why `doing` (retry, restart) job `job_id` was refused: its key is held."""
+    return (
+        f"cannot {doing} job {job_id}: its unique key {key!r} is held by job {holder} ({holder_state});"
+        f" wait for that one or cancel it"
+    )
 
 
 # ----------------------------------------------------------------------------

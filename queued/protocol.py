@@ -61,6 +61,8 @@ Timeout = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
 Moment = Annotated[float, Meta(ge=0, le=MAX_MOMENT)]
 Signal = Annotated[int, Meta(ge=1, le=64)]
 Label = Annotated[str, Meta(max_length=256)]
+MAX_UNIQUE_KEY = 200  # characters: a key is a name, not a document
+UniqueKey = Annotated[str, Meta(min_length=1, max_length=MAX_UNIQUE_KEY)]
 Path = Annotated[str, Meta(min_length=1, max_length=4096)]
 Environment = dict[str, str]
 
@@ -96,6 +98,11 @@ class JobSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     cwd: Path | None = None
     env: Environment = {}
     hold: bool = False  # held until released (`queuectl release`)
+    # While a job with this key is unfinished, an add with it returns that job
+    # (`Added.existing`); `unique_for` extends that to a job with the key that
+    # completed less than this many seconds ago (see lifecycle.UNIQUE_WINDOW_STATES).
+    unique_key: UniqueKey | None = None
+    unique_for: Seconds | None = None
 
 
 class JobChanges(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -141,6 +148,7 @@ class Job(Struct, kw_only=True):
     # The latest attempt's start and end (None: never started, still running).
     started_at: float | None = None
     ended_at: float | None = None
+    unique_key: str | None = None  # `add --unique KEY`
 
 
 class Run(Struct, kw_only=True):
@@ -418,8 +426,12 @@ class Ok(Response, tag="ok"):
     message: str = ""
 
 
-class Added(Response, tag="added"):
+class Added(Response, tag="added", omit_defaults=True):
+    """The ids of the jobs asked for, in order. `existing`, when any job of a
+    unique key was already there: one flag per id, True for a job found, not added."""
+
     ids: list[int]
+    existing: list[bool] = []
 
 
 class JobDetail(Response, tag="job"):

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from msgspec import Struct
 
-from queued.protocol import JobChanges, JobSpec, readable
+from queued.protocol import MAX_UNIQUE_KEY, JobChanges, JobSpec, is_utf8, readable
 
 
 class JobDefaults(Protocol):
@@ -36,6 +36,8 @@ class NewJob(Struct, kw_only=True):
     cwd: str
     env: Mapping[str, str]
     hold: bool = False
+    unique_key: str | None = None
+    unique_for: float | None = None  # seconds: see lifecycle.unique_window_start
 
 
 # Linux's MAX_ARG_STRLEN: one argument or one environment string (NAME=value)
@@ -84,6 +86,20 @@ def check_label(label: str | None) -> None:
         raise ValueError("label contains a NUL byte")
 
 
+def check_unique_key(key: str | None) -> None:
+    """ValueError unless `key` is a name a user can read back on one line."""
+    if key is None:
+        return
+    if not key.strip():
+        raise ValueError("the unique key is empty")
+    if len(key) > MAX_UNIQUE_KEY:
+        raise ValueError(f"the unique key is {len(key):,} characters; at most {MAX_UNIQUE_KEY} are kept")
+    if not is_utf8(key):
+        raise ValueError(f"the unique key {readable(key)!r} holds bytes that are not UTF-8")
+    if not key.isprintable():
+        raise ValueError(f"the unique key {readable(key)!r} holds a control character: use printable text")
+
+
 def check_path(name: str, path: str) -> None:
     """ValueError unless `path` is an absolute path the kernel could accept."""
     if "\0" in path:
@@ -98,6 +114,9 @@ def check_spec(spec: JobSpec) -> None:
     user's mistake is a usage error before anything is sent."""
     check_command(spec.command)
     check_label(spec.label)
+    check_unique_key(spec.unique_key)
+    if spec.unique_for is not None and spec.unique_key is None:
+        raise ValueError("a unique-for window needs a unique key (--unique KEY)")
     if spec.delay is not None and spec.run_at is not None:
         raise ValueError("give either a delay or a run_at time, not both")
     if spec.cwd is not None:
@@ -133,6 +152,8 @@ def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: JobDef
         cwd=job_cwd,
         env=merged_env,
         hold=spec.hold,
+        unique_key=spec.unique_key,
+        unique_for=spec.unique_for,
     )
 
 

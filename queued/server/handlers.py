@@ -37,7 +37,7 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
             return p.Error(code="invalid", message=f"{prefix}{exc}")
     ids = await d.db.add(Store.add_jobs, jobs, now)
     d.supervisor.wake()
-    return p.Added(ids=ids)
+    return p.Added(ids=list(ids), existing=ids.existing if any(ids.existing) else [])
 
 
 async def _get(d: Daemon, r: p.GetJob) -> p.Response:

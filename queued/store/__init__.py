@@ -7,6 +7,7 @@ embedded default. Nothing outside this package reads an engine's insides.
 """
 
 from queued.store.contract import (
+    AddedIds,
     Ahead,
     Changes,
     Claimed,
@@ -20,6 +21,7 @@ from queued.store.contract import (
 )
 
 __all__ = [
+    "AddedIds",
     "Ahead",
     "Changes",
     "Claimed",

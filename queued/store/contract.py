@@ -151,6 +151,18 @@ class Changes:
         return f"Changes(finished={self.finished}, released={self.released}, reordered={self.reordered})"
 
 
+class AddedIds(list[int]):
+    """`Store.add_jobs`' answer: an id per job asked for, in order, with
+    `existing[i]` True where job i's unique key was held by a job already
+    there (whose id it is) and nothing was added for it."""
+
+    __slots__ = ("existing",)
+
+    def __init__(self, ids: Sequence[int] = (), existing: Sequence[bool] | None = None) -> None:
+        super().__init__(ids)
+        self.existing: list[bool] = [False] * len(self) if existing is None else list(existing)
+
+
 class Written(Generic[T]):
     """A mutation's answer and what it changed."""
 
@@ -214,13 +226,29 @@ class Store(Protocol):
         ...
 
     # -- jobs: changes --------------------------------------------------------
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs in `lifecycle.initial_state`; their ids, in order,
-        consecutive for every job of one call, with dependencies or without
-        (one writer at a time: no other add interleaves). A dependency may be a job of
-        the same call. Refused: an unknown queue or dependency ("not_found"),
-        a dependency that can never complete ("invalid",
-        `lifecycle.dependency_refusal`)."""
+        consecutive for every job of one call that is added, with dependencies
+        or without (one writer at a time: no other add interleaves). A
+        dependency may be a job of the same call. Refused: an unknown queue or
+        dependency ("not_found"), a dependency that can never complete
+        ("invalid", `lifecycle.dependency_refusal`).
+
+        Unique keys: a job with a `unique_key` held by a job already stored
+        (`lifecycle.holds_key`: one in `UNIQUE_STATES`, or with the job's
+        `unique_for`, the last one in `UNIQUE_WINDOW_STATES` that changed
+        after `lifecycle.unique_window_start`) is not added: its place in the
+        answer is the holder's id, flagged in `existing`, and nothing else of
+        it (dependencies, options) is applied. A key given twice in one call
+        is held by the first of them from then on. At most one job per key is
+        ever in `UNIQUE_STATES`, however many adders race, on every engine: a
+        partial unique index over those states keeps a second one out (a
+        violation is an error, never a second job). Finding the holder and
+        adding are one atomic step: SQLite has one writer; PostgreSQL's
+        nodes take a transaction-scoped advisory lock per key (in key order)
+        before they look, and so does `retry` (the one event that brings a
+        finished job back into `UNIQUE_STATES`); a job that finishes
+        meanwhile is seen either unfinished or finished, as of the look."""
         ...
 
     def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
@@ -238,7 +266,9 @@ class Store(Protocol):
         """Finished jobs (and every dead one, with `all_dead`) wait again, due
         now, attempts, exit code and error reset, in ascending id order; the
         ids retried. Refused if one of them depends on a job that can never
-        complete and is not retried before it."""
+        complete and is not retried before it, or if its unique key is held
+        by another unfinished job (one retried before it included:
+        `lifecycle.unique_refusal`)."""
         ...
 
     def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:
@@ -250,11 +280,14 @@ class Store(Protocol):
         ...
 
     def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
-        """Change a job that has not started; `fields` from `validation.job_changes`."""
+        """Change a job that has not started; `fields` from `validation.job_changes`
+        (never its unique key: those who were given its id for that key keep it)."""
         ...
 
     def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
-        """Add a copy of any job with `fields` changed; the copy's id."""
+        """Add a copy of any job with `fields` changed; the copy's id. The copy
+        keeps the unique key: Refused (`lifecycle.unique_refusal`) while
+        another unfinished job (the original included) holds it."""
         ...
 
     def remove(self, ids: Sequence[int]) -> Written[list[str]]:

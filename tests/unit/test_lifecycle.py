@@ -743,3 +743,59 @@ def test_on_finish_is_a_command_or_none() -> None:
         parse_config_value("on-finish", "a\0b")
     assert Settings().on_finish is None
     assert settings_as_config(Settings(on_finish="x"))["on-finish"] == "x"
+
+
+# ----------------------------------------------------------------------------
+# Unique keys
+
+
+def test_every_unfinished_job_holds_its_key_and_only_a_completed_one_a_window() -> None:
+    assert lifecycle.UNIQUE_STATES == lifecycle.UNFINISHED_STATES
+    window = lifecycle.unique_window_start(NOW, 3600.0)
+    assert window == NOW - 3600
+    for state in lifecycle.UNFINISHED_STATES:
+        assert lifecycle.holds_key(state, NOW - 10**6, None)  # however old
+    assert lifecycle.holds_key("completed", NOW - 3599, window)
+    assert not lifecycle.holds_key("completed", NOW - 3600, window)  # exactly the window ago: free
+    assert not lifecycle.holds_key("completed", NOW - 1, None)  # no window: free at once
+    for state in ("dead", "canceled"):  # they did not do the work: a new add tries again
+        assert not lifecycle.holds_key(state, NOW - 1, window)
+
+
+@pytest.mark.parametrize("unique_for", [None, 0.0])
+def test_no_window_or_an_empty_one_holds_only_unfinished_jobs(unique_for: float | None) -> None:
+    assert lifecycle.unique_window_start(NOW, unique_for) is None
+
+
+def test_the_refusal_names_the_key_and_its_holder() -> None:
+    assert lifecycle.unique_refusal(3, "retry", "nightly", 9, "running") == (
+        "cannot retry job 3: its unique key 'nightly' is held by job 9 (running); wait for that one or cancel it"
+    )
+
+
+def test_new_job_keeps_its_unique_key_and_window() -> None:
+    job = _new(JobSpec(command="x", unique_key="build main", unique_for=60.0))
+    assert (job.unique_key, job.unique_for) == ("build main", 60.0)
+    assert (_new(JobSpec(command="x")).unique_key, _new(JobSpec(command="x")).unique_for) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (JobSpec(command="x", unique_key="   "), "the unique key is empty"),
+        (JobSpec(command="x", unique_key="a\nb"), "holds a control character"),
+        (JobSpec(command="x", unique_key="a\tb"), "holds a control character"),
+        (JobSpec(command="x", unique_key="a\x1b[31m"), "holds a control character"),
+        (JobSpec(command="x", unique_key="caf\udce9"), "holds bytes that are not UTF-8"),
+        (JobSpec(command="x", unique_key="k" * 201), "the unique key is 201 characters; at most 200"),
+        (JobSpec(command="x", unique_for=60.0), "a unique-for window needs a unique key (--unique KEY)"),
+    ],
+)
+def test_a_bad_unique_key_is_refused_in_one_line(spec: JobSpec, words: str) -> None:
+    with pytest.raises(ValueError) as info:
+        validation.check_spec(spec)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_printable_key_of_any_script_is_kept() -> None:
+    validation.check_spec(JobSpec(command="x", unique_key="rapport mensuel · 2026-11 ✓"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from queued.store import Refused
-from queued.store.sqlite import SqliteStore, schema
+from queued.store.sqlite import SqliteStore, rows, schema
 from tests.store_harness import BACKOFF_MAX, OK, T0, Direct, add, claim, claim_one, new
 
 from .test_store_contract import (
@@ -261,12 +261,62 @@ def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path:
     """A database written by the previous queued is migrated in place, its rows kept."""
     path = tmp_path / "q.db"
     _make_database(path, jobs=2)
+    _as_version_2(path)
     conn = sqlite3.connect(path)
     conn.executescript("ALTER TABLE attempts DROP COLUMN log_incomplete; PRAGMA user_version = 1;")
     conn.close()
     conn = schema.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     columns = [row[1] for row in conn.execute("PRAGMA table_info(attempts)")]
     assert columns[-1] == "log_incomplete"
     assert SqliteStore(conn).counts()["pending"] == 2
+    conn.close()
+
+
+def _as_version_2(path: Path) -> None:
+    """Take a database back to what version 2 wrote: no unique keys."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP INDEX jobs_unique; DROP INDEX jobs_by_unique_key;"
+        " ALTER TABLE jobs DROP COLUMN unique_key; PRAGMA user_version = 2;"
+    )
+    conn.close()
+
+
+def test_a_version_2_database_gains_unique_keys_and_their_index(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    _as_version_2(path)
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
+    assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")][-1] == "unique_key"
+    store = Direct(SqliteStore(conn))
+    assert [j.unique_key for j in store.list_jobs()] == [None, None]
+    [first] = store.add_jobs([new(unique_key="k")], T0)
+    assert store.add_jobs([new(unique_key="k")], T0) == [first]
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # the index, not only the add's look
+        conn.execute("UPDATE jobs SET unique_key = 'k' WHERE id = 1")
+    conn.close()
+
+
+def test_the_unique_index_admits_one_unfinished_job_per_key(tmp_path: Path) -> None:
+    """The invariant is the database's, whatever code writes the rows; the
+    lookups of an add use the indexes."""
+    conn = schema.connect(tmp_path / "q.db")
+    store = Direct(SqliteStore(conn))
+    store.recover(BACKOFF_MAX, T0)
+    [a, b] = store.add_jobs([new(unique_key="k"), new()], T0)
+    conn.execute("UPDATE jobs SET state = 'completed' WHERE id = ?", (a,))
+    conn.execute("UPDATE jobs SET unique_key = 'k' WHERE id = ?", (b,))  # a finished one holds nothing
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute("UPDATE jobs SET state = 'pending' WHERE id = ?", (a,))
+    holder = f"SELECT id, state FROM jobs WHERE unique_key = ? AND state IN ({rows.UNIQUE})"
+    window = (
+        f"SELECT id, state FROM jobs WHERE unique_key = ? AND state IN ({rows.UNIQUE_WINDOW})"
+        " AND updated_at > ? ORDER BY updated_at DESC, id DESC LIMIT 1"
+    )
+    [[*_, plan]] = conn.execute(f"EXPLAIN QUERY PLAN {holder}", ("k",)).fetchall()
+    assert plan == "SEARCH jobs USING INDEX jobs_unique (unique_key=?)"
+    [[*_, plan]] = conn.execute(f"EXPLAIN QUERY PLAN {window}", ("k", T0)).fetchall()
+    assert plan == "SEARCH jobs USING INDEX jobs_by_unique_key (unique_key=? AND updated_at>?)"
     conn.close()

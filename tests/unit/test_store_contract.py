@@ -738,6 +738,177 @@ def test_clean_returns_log_paths(store: Store) -> None:
 
 
 # ----------------------------------------------------------------------------
+# Unique keys
+
+
+def test_an_add_of_a_held_key_returns_the_unfinished_job_in_each_unfinished_state(store: Store) -> None:
+    first = add(store, "build", unique_key="nightly")
+    assert store.add_jobs([new("other", unique_key="nightly")], T0).existing == [True]
+    assert store.add_jobs([new("other", unique_key="nightly")], T0) == [first]
+    store.hold([first], T0)
+    assert store.add_jobs([new(unique_key="nightly")], T0) == [first]
+    store.release([first], T0)
+    claimed = claim_one(store, first)
+    assert store.add_jobs([new(unique_key="nightly")], T0) == [first]
+    store.retry([], False, T0)  # nothing: a no-op keeps the key where it is
+    assert store.finish(claimed, FAIL, BACKOFF_MAX, T0) == "failed"
+    assert store.add_jobs([new(unique_key="nightly")], T0) == [first]
+    listed = store.list_jobs()
+    assert [(j.id, j.command, j.unique_key) for j in listed] == [(first, "build", "nightly")]
+    assert job(store, first).unique_key == "nightly"
+    assert store.counts()["failed"] == 1 and sum(store.counts().values()) == 1
+
+
+def test_a_finished_job_frees_its_key_unless_the_add_gives_a_window(store: Store) -> None:
+    first = add(store, unique_key="k")
+    run_to(store, first, OK, T0 + 10)  # completed at T0 + 10
+    hour = 3600.0
+    at_edge = T0 + 10 + hour
+    [within] = store.add_jobs([new(unique_key="k", unique_for=hour, now=at_edge - 1)], at_edge - 1)
+    assert within == first
+    [second] = store.add_jobs([new(unique_key="k", unique_for=hour, now=at_edge)], at_edge)
+    assert second > first  # ended exactly the window ago: no longer held
+    [third] = store.add_jobs([new(unique_key="other", now=T0 + 20)], T0 + 20)
+    assert third > second
+    # Without a window a completed job holds nothing, even a second after it ended.
+    run_to(store, third, OK, T0 + 30)
+    assert store.add_jobs([new(unique_key="other", now=T0 + 31)], T0 + 31) != [third]
+
+
+def test_the_window_returns_the_unfinished_job_first_then_the_last_completed(store: Store) -> None:
+    a = add(store, unique_key="k")
+    run_to(store, a, OK, T0 + 1)
+    b = add(store, unique_key="k", now=T0 + 2)
+    run_to(store, b, OK, T0 + 3)
+    assert store.add_jobs([new(unique_key="k", unique_for=60, now=T0 + 4)], T0 + 4) == [b]
+    c = add(store, unique_key="k", now=T0 + 5)  # no window: b does not hold it
+    assert c not in (a, b)
+    assert store.add_jobs([new(unique_key="k", unique_for=60, now=T0 + 6)], T0 + 6) == [c]
+
+
+@pytest.mark.parametrize("ending", ["dead", "canceled"])
+def test_a_job_that_did_not_complete_holds_no_window(store: Store, ending: str) -> None:
+    """Only a completed job did the work a window protects (lifecycle.UNIQUE_WINDOW_STATES)."""
+    first = add(store, unique_key="k", max_retries=0)
+    if ending == "dead":
+        run_to(store, first, FAIL, T0 + 1)
+    else:
+        store.cancel([first], T0 + 1)
+    assert state(store, first) == ending
+    [again] = store.add_jobs([new(unique_key="k", unique_for=3600, now=T0 + 2)], T0 + 2)
+    assert again != first and state(store, again) == "pending"
+
+
+def test_one_add_of_new_and_existing_jobs_answers_each_in_order(store: Store) -> None:
+    held = add(store, "old", unique_key="a")
+    answer = store.add_jobs(
+        [
+            new("one", unique_key="a"),
+            new("two"),
+            new("three", unique_key="b"),
+            new("four", unique_key="b", unique_for=60),
+            new("five", after=[held]),
+        ],
+        T0,
+    )
+    assert answer.existing == [True, False, False, True, False]
+    assert answer[0] == held and answer[3] == answer[2]
+    two, three, five = answer[1], answer[2], answer[4]
+    assert [two, three, five] == list(range(two, two + 3))  # the new ones: consecutive
+    assert [job(store, i).command for i in (two, three, five)] == ["two", "three", "five"]
+    assert job(store, five).depends_on == [held]
+    assert store.counts()["pending"] == 4
+
+
+def test_an_add_that_finds_its_key_applies_nothing_of_its_own(store: Store) -> None:
+    store.add_queue("other", None, T0)
+    first = add(store, "cmd", unique_key="k", priority=1)
+    assert store.add_jobs([new("else", unique_key="k", queue="other", priority=9, hold=True)], T0) == [first]
+    kept = job(store, first)
+    assert (kept.command, kept.queue, kept.priority, kept.state) == ("cmd", "default", 1, "pending")
+    assert [(q.name, q.pending, q.held) for q in store.queues()] == [("default", 1, 0), ("other", 0, 0)]
+
+
+def test_jobs_may_depend_on_a_unique_job_found_or_added(store: Store) -> None:
+    build = add(store, unique_key="build")
+    [found] = store.add_jobs([new(unique_key="build")], T0)
+    after = add(store, after=[found])
+    assert found == build and job(store, after).waiting_on == [build]
+    run_to(store, build, OK, T0)
+    assert job(store, after).waiting_on == []
+    assert claim_one(store, after).id == after
+
+
+def test_a_cascade_cancel_frees_a_dependents_key(store: Store) -> None:
+    base = add(store, max_retries=0)
+    dependent = add(store, after=[base], unique_key="k")
+    run_to(store, base, FAIL)
+    assert state(store, dependent) == "canceled"
+    assert store.add_jobs([new(unique_key="k")], T0) != [dependent]
+
+
+def test_retry_of_a_job_whose_key_another_holds_is_refused(store: Store) -> None:
+    old = add(store, unique_key="k")
+    run_to(store, old, OK)
+    newer = add(store, unique_key="k")
+    before = observable(store)
+    with pytest.raises(Refused) as info:
+        store.retry([old], False, T0 + 1)
+    assert info.value.code == "invalid"
+    assert info.value.message == (
+        f"cannot retry job {old}: its unique key 'k' is held by job {newer} (pending); "
+        "wait for that one or cancel it"
+    )
+    assert observable(store) == before
+    store.cancel([newer], T0 + 2)
+    assert store.retry([old], False, T0 + 3) == [old]
+    assert store.add_jobs([new(unique_key="k")], T0 + 3) == [old]
+
+
+def test_retry_of_two_finished_jobs_of_one_key_is_refused(store: Store) -> None:
+    a = add(store, unique_key="k", max_retries=0)
+    run_to(store, a, FAIL)
+    b = add(store, unique_key="k", max_retries=0)
+    run_to(store, b, FAIL)
+    before = observable(store)
+    with pytest.raises(Refused, match=f"cannot retry job {b}: its unique key 'k' is held by job {a}"):
+        store.retry([], True, T0 + 1)
+    assert observable(store) == before
+    assert store.retry([b], False, T0 + 1) == [b]
+
+
+def test_restart_keeps_the_key_and_is_refused_while_it_is_held(store: Store) -> None:
+    first = add(store, "cmd", unique_key="k")
+    before = observable(store)
+    with pytest.raises(Refused) as info:
+        store.restart(first, {}, False, T0 + 1)
+    assert info.value.message.startswith(
+        f"cannot restart job {first}: its unique key 'k' is held by job {first}"
+    )
+    assert observable(store) == before
+    run_to(store, first, OK)
+    copy = store.restart(first, {"priority": 2}, True, T0 + 2)
+    assert (job(store, copy).unique_key, state(store, copy)) == ("k", "held")
+    assert store.add_jobs([new(unique_key="k")], T0 + 3) == [copy]
+
+
+def test_edit_leaves_the_key_as_it_is(store: Store) -> None:
+    first = add(store, unique_key="k")
+    store.edit(first, {"command": "changed", "label": "l"}, T0 + 1)
+    assert job(store, first).unique_key == "k"
+    assert store.add_jobs([new(unique_key="k")], T0 + 2) == [first]
+
+
+def test_remove_and_clean_free_nothing_held(store: Store) -> None:
+    """A finished job's key was free already; removing it changes no answer."""
+    first = add(store, unique_key="k")
+    run_to(store, first, OK)
+    assert store.add_jobs([new(unique_key="k", unique_for=60)], T0 + 1) == [first]
+    store.remove([first])
+    assert store.add_jobs([new(unique_key="k", unique_for=60)], T0 + 1) != [first]
+
+
+# ----------------------------------------------------------------------------
 # Reading jobs
 
 
@@ -1400,6 +1571,10 @@ def check_invariants(store: Store, now: float, paused: set[str]) -> None:
             listed["failed"],
         )
     assert store.unfinished_ids() == [i for i, s in states.items() if s in lifecycle.UNFINISHED_STATES]
+    holders = Counter(
+        j.unique_key for j in jobs.values() if j.unique_key and j.state in lifecycle.UNIQUE_STATES
+    )
+    assert not [key for key, n in holders.items() if n > 1], holders
     for j in jobs.values():
         if j.state in lifecycle.UNSTARTED_STATES:
             # What it waits for: its dependencies that exist and have not completed;
@@ -1457,6 +1632,7 @@ def test_a_random_history_keeps_every_rule(store: Store, seed: int) -> None:
                         priority=rng.randint(-2, 2),
                         queue=rng.choice(["default", "other"]),
                         max_retries=rng.randint(0, 2),
+                        unique_key=rng.choice([None, None, "k1", "k2"]),
                         now=now,
                     )
                     for _ in range(rng.randint(1, 3))
@@ -1479,7 +1655,7 @@ def test_a_random_history_keeps_every_rule(store: Store, seed: int) -> None:
                 store.finish(claimed, exit, BACKOFF_MAX, now)
             elif action == "unclaim" and running:
                 claimed = running.pop(rng.choice(list(running)))
-                if state(store, claimed.id) == "running":
+                if store.states([claimed.id]).get(claimed.id) == "running":  # canceled and removed: gone
                     store.unclaim(claimed, now)
                 else:
                     running[claimed.id] = claimed  # canceled meanwhile: its process still ends

@@ -6,6 +6,7 @@ The behaviour both engines share is the contract suite's."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -167,6 +168,7 @@ def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres
     store.finish(claimed, classify_exit(0), 3600.0, T0, stdout="/logs/0/1.1.out", stderr="/logs/0/1.1.err")
     engine.close()
     with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute(WITHOUT_UNIQUE_KEYS)
         conn.execute("DROP TABLE queued.output_chunks")
         conn.execute("UPDATE queued.schema_version SET version = 1")
     engine = PostgresStore.open(postgres_empty_url)
@@ -184,3 +186,88 @@ def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres
         assert store.read_output(job_id, 1, "stdout", 0, 100) == (b"new\n", 4)
     finally:
         engine.close()
+
+
+# What schema version 3 added: unique keys.
+WITHOUT_UNIQUE_KEYS = (
+    "DROP INDEX queued.jobs_unique; DROP INDEX queued.jobs_by_unique_key;"
+    " ALTER TABLE queued.jobs DROP COLUMN unique_key"
+)
+
+
+def test_a_version_2_store_gains_unique_keys_and_their_index(postgres_empty_url: str) -> None:
+    """A database the previous queued wrote opens, its jobs kept, with unique keys."""
+    engine = PostgresStore.open(postgres_empty_url)
+    Direct(engine).recover(3600.0, T0)
+    Direct(engine).add_jobs([new("a"), new("b")], T0)
+    engine.close()
+    with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+        conn.execute(f"{WITHOUT_UNIQUE_KEYS}; UPDATE queued.schema_version SET version = 2")
+    store = Direct(PostgresStore.open(postgres_empty_url))
+    try:
+        assert schema.SCHEMA_VERSION == 3
+        assert [(j.command, j.unique_key) for j in store.list_jobs()] == [("a", None), ("b", None)]
+        [first] = store.add_jobs([new(unique_key="k")], T0)
+        assert store.add_jobs([new(unique_key="k")], T0) == [first]
+        with pytest.raises(psycopg.errors.UniqueViolation):  # the index, not only the add's look
+            store.engine.conn.execute("UPDATE jobs SET unique_key = 'k' WHERE id = 1")
+        with psycopg.connect(postgres_empty_url) as conn:
+            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (3,)
+    finally:
+        store.engine.close()
+
+
+def test_fifty_nodes_adding_one_key_at_once_add_one_job(postgres_url: str, store: Direct) -> None:
+    """Fifty connections (as fifty nodes' writers), released together, each
+    add the key in a batch of its own: one job, and every one is given its id."""
+    adders = 50
+    engines = [PostgresStore.open(postgres_url) for _ in range(adders)]
+    start = threading.Barrier(adders)
+    answers: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+
+    def add_one(engine: PostgresStore, n: int) -> None:
+        try:
+            start.wait()
+            window = 3600.0 if n % 2 else None
+            answer = Direct(engine).add_jobs([new(f"echo {n}", unique_key="deploy", unique_for=window)], T0)
+            answers.append((answer[0], answer.existing[0]))
+        except BaseException as exc:  # the test fails on it below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add_one, args=(engine, n)) for n, engine in enumerate(engines)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for engine in engines:
+            engine.close()
+    assert not errors, errors
+    assert len(answers) == adders
+    assert len({job_id for job_id, _ in answers}) == 1
+    assert sorted(existing for _, existing in answers) == [False] + [True] * (adders - 1)
+    assert [j.unique_key for j in store.list_jobs()] == ["deploy"]
+
+
+def test_a_retry_and_an_add_of_one_key_on_two_nodes_take_turns(postgres_url: str, store: Direct) -> None:
+    """The add waits for the retry's transaction (the key's lock) and then finds the retried job."""
+    [old] = store.add_jobs([new(unique_key="k")], T0)
+    [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+    store.finish(claimed, classify_exit(0), 3600.0, T0)
+    other = Direct(PostgresStore.open(postgres_url))
+    answers: list[Any] = []
+    try:
+        with store.transaction():
+            assert store.retry([old], False, T0 + 1) == [old]
+            adder = threading.Thread(
+                target=lambda: answers.append(other.add_jobs([new(unique_key="k")], T0 + 1))
+            )
+            adder.start()
+            adder.join(0.3)
+            assert adder.is_alive()  # waits for the key: the retry has not committed
+        adder.join(30)
+        assert answers == [[old]] and answers[0].existing == [True]
+    finally:
+        other.engine.close()

@@ -22,6 +22,7 @@ from psycopg import Connection
 from queued.lifecycle import Exit, JobState
 from queued.protocol import Job, QueueInfo, Run
 from queued.store.contract import (
+    AddedIds,
     Ahead,
     BatchLost,
     Claimed,
@@ -116,7 +117,7 @@ class PostgresStore:
     def counts(self) -> dict[str, int]:
         return self._queues.counts()
 
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         return self._jobs.add(jobs, now)
 
     def remove(self, ids: Sequence[int]) -> Written[list[str]]:

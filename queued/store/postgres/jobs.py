@@ -12,7 +12,8 @@ from psycopg import Connection
 from queued import lifecycle
 from queued.lifecycle import JobState
 from queued.protocol import Job, Run, readable
-from queued.store.contract import Refused, Written
+from queued.store.contract import AddedIds, Refused, Written
+from queued.store.postgres.unique import UniqueKeys
 from queued.store.sqlite import rows
 from queued.store.sqlite.environments import blob, from_blob, stored_path
 from queued.store.sqlite.rows import UNFINISHED
@@ -42,6 +43,7 @@ _COLUMN_TYPES = [
     "bytea",
     "bigint",
     "int",
+    "text",
     "text",
 ]
 INSERT_JOBS = (
@@ -121,6 +123,7 @@ class Jobs:
     def __init__(self, conn: Connection, environments: Environments) -> None:
         self.conn = conn
         self.environments = environments
+        self.unique = UniqueKeys(conn)
 
     # -- reads ------------------------------------------------------------------
 
@@ -258,17 +261,24 @@ class Jobs:
 
     # -- changes ----------------------------------------------------------------
 
-    def add(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+    def add(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs; their ids, in order. The ids are taken from the
         sequence first, so that a dependency on a job of the same request is
         checked in memory and every row goes in with one pipelined executemany:
-        a bulk add (a chain of 100,000 dependents included) is a bulk insert."""
+        a bulk add (a chain of 100,000 dependents included) is a bulk insert.
+        Unique keys are locked and looked up before (see `UniqueKeys.found`)."""
         if not jobs:
-            return Written([])
+            return Written(AddedIds())
         queues = {row[0] for row in self.conn.execute("SELECT name FROM queues")}
         for job in jobs:
             if job.queue not in queues:
                 raise unknown_queue(job.queue)
+        found = self.unique.found(jobs, now)
+        if found:
+            everything = jobs
+            jobs = [job for index, job in enumerate(jobs) if index not in found]
+            if not jobs:
+                return Written(AddedIds([found[i] for i in range(len(everything))], [True] * len(everything)))
         ids = sorted(
             row[0]
             for row in self.conn.execute(
@@ -321,6 +331,7 @@ class Jobs:
                     env_id,
                     unmet,
                     None,
+                    job.unique_key,
                 )
             )
         if len(new_rows) == 1:
@@ -333,7 +344,14 @@ class Jobs:
                 " SELECT * FROM unnest(%s::bigint[], %s::bigint[])",
                 [list(column) for column in zip(*links, strict=True)],
             )
-        return Written(ids)
+        if not found:
+            return Written(AddedIds(ids))
+        added = iter(ids)
+        answer = [found.get(index) if index in found else next(added) for index in range(len(everything))]
+        for index, holder in found.items():
+            if holder < 0:  # a key given earlier in this call: that job's new id
+                answer[index] = answer[-1 - holder]
+        return Written(AddedIds(answer, [index in found for index in range(len(everything))]))
 
     def remove(self, ids: Sequence[int]) -> Written[list[str]]:
         """Delete finished jobs; returns their log paths for the caller to unlink."""

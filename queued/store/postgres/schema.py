@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from queued.store.sqlite.rows import TERMINAL, WAITING
+from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 
 if TYPE_CHECKING:
     from psycopg import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 NAMESPACE = "queued"
 # pg_advisory_xact_lock's key for creating and migrating the schema ("queued" in ASCII).
 SCHEMA_LOCK = 0x717565756564
@@ -37,6 +37,14 @@ CREATE TABLE output_chunks (
     PRIMARY KEY (job_id, attempt, stream, at),
     FOREIGN KEY (job_id, attempt) REFERENCES attempts(job_id, attempt) ON DELETE CASCADE
 );
+"""
+
+# At most one unfinished job per unique key, whichever node adds it (see
+# Jobs.add for the lock that makes looking and adding one step); the other
+# index finds the job of a key that completed within an add's --unique-for.
+UNIQUE_INDEXES = f"""
+CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state IN ({UNIQUE});
+CREATE INDEX jobs_by_unique_key ON jobs(unique_key, updated_at) WHERE unique_key IS NOT NULL;
 """
 
 # State sets are lifecycle's. `cwd` is bytes: a path need not be UTF-8 (read
@@ -74,7 +82,8 @@ CREATE TABLE jobs (
     cwd          BYTEA NOT NULL,
     env_id       BIGINT NOT NULL REFERENCES environments(id),
     unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
-    error        TEXT
+    error        TEXT,
+    unique_key   TEXT  -- `add --unique KEY`
 );
 CREATE TABLE dependencies (
     job_id     BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -110,12 +119,14 @@ CREATE INDEX jobs_by_state ON jobs(state, id);
 CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
 CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
-{OUTPUT_CHUNKS}"""
+{OUTPUT_CHUNKS}
+{UNIQUE_INDEXES}"""
 
 # What brings a database of version N (the key) to version N + 1, run in the
 # transaction that opens it, under the advisory lock.
 MIGRATIONS: dict[int, str] = {
     1: OUTPUT_CHUNKS,  # attempts' output kept in the database (before: only in the node's files)
+    2: f"ALTER TABLE jobs ADD COLUMN unique_key TEXT; {UNIQUE_INDEXES}",
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 

@@ -70,6 +70,7 @@ class JobChanges:
             ids += [r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE state = ?", (lifecycle.DEAD,))]
         ids = sorted(set(ids))
         states = self.jobs.require(ids, Event.RETRY)
+        keys = self.jobs.unique_keys(ids)  # held by nobody else, or the retry is refused
         changes = Changes()
         for job_id in ids:  # ascending: a dependency is retried before its dependents
             deps = self.jobs.dependencies(job_id)
@@ -80,6 +81,11 @@ class JobChanges:
                     f"job {job_id} depends on job {verdict.blocker}, which is "
                     f"{verdict.blocker_state}: retry that one too",
                 )
+            key = keys.get(job_id)
+            if key is not None:
+                holder = self.jobs.key_holder(key, None)
+                if holder is not None:
+                    raise Refused("invalid", lifecycle.unique_refusal(job_id, "retry", key, *holder))
             self.transitions.move(
                 job_id,
                 states[job_id],
@@ -135,15 +141,15 @@ class JobChanges:
 
     def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
         """Add a copy of any job, with `fields` changed: same command, queue,
-        settings, label, cwd and environment; no dependencies; due now."""
+        settings, label, cwd, environment and unique key; no dependencies; due now."""
         row = self.conn.execute(
-            "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id"
-            " FROM jobs WHERE id = ?",
+            "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id,"
+            " unique_key FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
-        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id = row
+        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key = row
         copy = NewJob(
             command=command,
             queue=queue,
@@ -157,6 +163,11 @@ class JobChanges:
             run_at=now,
             depends_on=[],
             hold=hold,
+            unique_key=key,
         )
         written = self.jobs.add([msgspec.structs.replace(copy, **fields)], now)
+        if written.value.existing[0]:  # the copy's key is held: no second job of it
+            holder = written.value[0]
+            state = self.jobs.states([holder])[holder]
+            raise Refused("invalid", lifecycle.unique_refusal(job_id, "restart", key or "", holder, state))
         return Written(written.value[0], written.changes)

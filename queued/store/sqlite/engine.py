@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from queued.lifecycle import Exit, JobState
 from queued.protocol import Job, QueueInfo, Run
 from queued.store.contract import (
+    AddedIds,
     Ahead,
     BatchLost,
     Claimed,
@@ -110,7 +111,7 @@ class SqliteStore:
     def counts(self) -> dict[str, int]:
         return self._queues.counts()
 
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         return self._jobs.add(jobs, now)
 
     def remove(self, ids: Sequence[int]) -> Written[list[str]]:

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Sequence
 from queued import lifecycle
 from queued.lifecycle import JobState
 from queued.protocol import Job, Run, readable
-from queued.store.contract import Refused, Written
+from queued.store.contract import AddedIds, Refused, Written
 from queued.store.sqlite import rows
 from queued.store.sqlite.environments import Environments, stored_path
-from queued.store.sqlite.rows import UNFINISHED, chunks
+from queued.store.sqlite.rows import UNFINISHED, UNIQUE, UNIQUE_WINDOW, chunks
 from queued.validation import NewJob
 
 
@@ -158,13 +158,42 @@ class Jobs:
             r[0] for r in self.conn.execute("SELECT depends_on FROM dependencies WHERE job_id = ?", (job_id,))
         )
 
+    def key_holder(self, key: str, window_start: float | None) -> tuple[int, JobState] | None:
+        """The job an add of `key` returns (`lifecycle.holds_key`): the unfinished
+        one, else, with a window, the one that completed last within it."""
+        row = self.conn.execute(
+            f"SELECT id, state FROM jobs WHERE unique_key = ? AND state IN ({UNIQUE})", (key,)
+        ).fetchone()
+        if row is None and window_start is not None:
+            row = self.conn.execute(
+                f"SELECT id, state FROM jobs WHERE unique_key = ? AND state IN ({UNIQUE_WINDOW})"
+                " AND updated_at > ? ORDER BY updated_at DESC, id DESC LIMIT 1",
+                (key, window_start),
+            ).fetchone()
+        return row
+
+    def unique_keys(self, ids: Sequence[int]) -> dict[int, str]:
+        """The unique key of each of `ids` that has one."""
+        found: dict[int, str] = {}
+        for chunk in chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self.conn.execute(
+                    f"SELECT id, unique_key FROM jobs WHERE id IN ({marks}) AND unique_key IS NOT NULL", chunk
+                )
+            )
+        return found
+
     # -- changes ----------------------------------------------------------------
 
-    def add(self, jobs: Sequence[NewJob], now: float) -> Written[list[int]]:
+    def add(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs; their ids, in order. Jobs without dependencies go in
-        with one executemany per run of them: a bulk add is a bulk insert."""
+        with one executemany per run of them: a bulk add is a bulk insert. A
+        unique key is looked up and inserted under the one writer's
+        transaction, so nothing comes between (the partial unique index
+        jobs_unique would refuse a second unfinished job of the key anyway)."""
         queues = {row[0] for row in self.conn.execute("SELECT name FROM queues")}
-        ids: list[int] = []
+        ids = AddedIds()
         env_ids: dict[int, int] = {}  # id(env) -> row: the jobs of one request share their env
         added: dict[tuple[str, str], int] = {}  # (queue, state) -> jobs, for the counts table
         plain: list[tuple] = []  # rows waiting for one executemany
@@ -175,11 +204,19 @@ class Jobs:
                 # One writer inside one transaction: AUTOINCREMENT ids are consecutive.
                 last = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()[0]
                 ids.extend(range(last - len(plain) + 1, last + 1))
+                ids.existing.extend([False] * len(plain))
                 plain.clear()
 
         for job in jobs:
             if job.queue not in queues:
                 raise unknown_queue(job.queue)
+            if job.unique_key is not None:
+                flush()  # the key may be one of this request's
+                holder = self.key_holder(job.unique_key, lifecycle.unique_window_start(now, job.unique_for))
+                if holder is not None:
+                    ids.append(holder[0])
+                    ids.existing.append(True)
+                    continue
             env_id = env_ids.get(id(job.env))
             if env_id is None:
                 env_id = env_ids[id(job.env)] = self.environments.store(job.env)
@@ -213,6 +250,7 @@ class Jobs:
                 env_id,
                 unmet,
                 None,
+                job.unique_key,
             )
             added[(job.queue, state)] = added.get((job.queue, state), 0) + 1
             if not job.depends_on:
@@ -225,6 +263,7 @@ class Jobs:
                 [(job_id, dep) for dep in job.depends_on],
             )
             ids.append(job_id)
+            ids.existing.append(False)
         flush()
         self.conn.executemany(
             "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",

@@ -17,15 +17,17 @@ WAITING = sql_states(lifecycle.WAITING_STATES)
 UNSTARTED = sql_states(lifecycle.UNSTARTED_STATES)
 UNFINISHED = sql_states(lifecycle.UNFINISHED_STATES)
 TERMINAL = sql_states(lifecycle.TERMINAL_STATES)
+UNIQUE = sql_states(lifecycle.UNIQUE_STATES)
+UNIQUE_WINDOW = sql_states(lifecycle.UNIQUE_WINDOW_STATES)
 
 JOB_COLUMNS = (
     "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
-    " timeout, exit_code, run_at, created_at, updated_at, cwd, error"
+    " timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key"
 )
 INSERT_JOB = (
     "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
-    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error, unique_key)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -34,7 +36,7 @@ def job(
 ) -> Job:
     """A Job from a row of JOB_COLUMNS, with what a reader asks next."""
     (job_id, command, state, queue, priority, label, attempts, max_retries, backoff_base) = row[:9]
-    (timeout, exit_code, run_at, created_at, updated_at, cwd, error) = row[9:16]
+    (timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key) = row[9:17]
     return Job(
         id=job_id,
         command=command,
@@ -58,6 +60,7 @@ def job(
         waiting_on=unmet if state in lifecycle.UNSTARTED_STATES else [],
         started_at=latest[0],
         ended_at=latest[1],
+        unique_key=unique_key,
     )
 
 

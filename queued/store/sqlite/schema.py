@@ -10,9 +10,17 @@ import os
 import sqlite3
 from pathlib import Path
 
-from queued.store.sqlite.rows import TERMINAL, WAITING
+from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# At most one unfinished job per unique key, whoever adds it: the index, not a
+# read before the write, is what keeps a second one out. The other index finds
+# the job of a key that completed within an add's --unique-for window.
+UNIQUE_INDEXES = f"""
+CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state IN ({UNIQUE});
+CREATE INDEX jobs_by_unique_key ON jobs(unique_key, updated_at) WHERE unique_key IS NOT NULL;
+"""
 
 # State sets are lifecycle's (the same text as ever: a database made before reads alike).
 SCHEMA = f"""
@@ -46,7 +54,8 @@ CREATE TABLE jobs (
     cwd          TEXT NOT NULL,
     env_id       INTEGER NOT NULL REFERENCES environments(id),
     unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
-    error        TEXT
+    error        TEXT,
+    unique_key   TEXT  -- `add --unique KEY`
 );
 CREATE TABLE dependencies (
     job_id     INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -90,7 +99,7 @@ CREATE INDEX jobs_by_state ON jobs(state, id);
 CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
 CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
-
+{UNIQUE_INDEXES}
 CREATE TRIGGER count_update AFTER UPDATE OF state ON jobs WHEN old.state != new.state BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
     INSERT INTO counts VALUES (new.queue, new.state, 1)
@@ -106,6 +115,7 @@ END;
 # transaction with the new user_version, at the first start of a newer queued.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE attempts ADD COLUMN log_incomplete TEXT;",
+    2: f"ALTER TABLE jobs ADD COLUMN unique_key TEXT; {UNIQUE_INDEXES}",
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
