@@ -14,6 +14,7 @@ from queued import __version__
 from queued.protocol import Job, JobDetail, JobSpec, LogChunk, QueueInfo, Run, Slot, Status, Waited, Workers
 
 from .client import (
+    AddedJob,
     Client,
     DaemonError,
     DaemonUnreachable,
@@ -25,6 +26,7 @@ from .client import (
 )
 
 __all__ = [
+    "AddedJob",
     "Client",
     "DaemonError",
     "DaemonUnreachable",

@@ -31,6 +31,7 @@ from .options import (
     QUEUE,
     RETRYABLE_JOB,
     STATE,
+    UNIQUE_KEY,
     Moment,
     json_option,
 )
@@ -142,6 +143,8 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
         cwd=cwd,
         env=env,
         hold=opts["hold"],
+        unique_key=opts["unique"],
+        unique_for=opts["unique_for"],
     )
 
 
@@ -193,9 +196,19 @@ class AddCommand(click.Command):
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")
 @click.option("--from", "source", type=click.File("r"), help="One command or JSON job per line; - is stdin.")
 @click.option("--hold", is_flag=True, help="Do not run it until `queuectl release ID`.")
+@click.option(
+    "-u",
+    "--unique",
+    type=UNIQUE_KEY,
+    help="While a job with this key is unfinished, give its id instead of adding another.",
+)
+@click.option(
+    "--unique-for", type=DURATION, help="With --unique: a job of the key completed this recently counts too."
+)
 @click.option("--quiet", is_flag=True, help="Print the id alone.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id": N, "existing": false} per job.')
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None:
+def add(command: tuple[str, ...], source: Any, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Add a job: a shell command, run with /bin/sh -c in this directory and environment.
 
     \b
@@ -206,13 +219,16 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None
       queuectl add "make -C ~/src test > /tmp/test.log"
       queuectl add --max-retries 5 --timeout 2h -- ./backup.sh /srv
       queuectl add --from jobs.txt
+      queuectl add --unique nightly-backup --unique-for 20h -- ./backup.sh /srv
     """
     if opts["timeout"] is not None and opts["timeout"] <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--timeout")
+    if opts["unique_for"] is not None and opts["unique"] is None:
+        raise click.UsageError("--unique-for needs --unique KEY")
     if source is not None:
         if command:
             raise click.UsageError("give either --from or a command, not both")
-        _add_from(source, quiet, _spec_defaults(opts))
+        _add_from(source, quiet, as_json, _spec_defaults(opts))
         return
     if not command:
         raise click.UsageError("missing the command to run (queuectl add -- CMD...)")
@@ -225,11 +241,39 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, **opts: Any) -> None
     if not text.strip():
         raise click.UsageError("the command is empty")
     spec = _spec_defaults(opts, text)
-    [job_id] = client().add_many([spec])
-    click.echo(job_id if quiet else f"added job {job_id}")
+    _print_added(client().add_jobs([spec]), [spec], quiet, as_json)
 
 
-def _add_from(source: Any, quiet: bool, defaults: JobSpec) -> None:
+def _print_added(added: list[Any], specs: list[JobSpec], quiet: bool, as_json: bool) -> None:
+    """The ids of an add, in order: a job found by its unique key says so."""
+    if as_json:
+        import msgspec
+
+        for job in added:
+            click.echo(msgspec.json.encode({"id": job.id, "existing": job.existing}).decode())
+    elif quiet:
+        click.echo("\n".join(str(job.id) for job in added))
+    elif len(added) == 1:
+        [job], [spec] = added, specs
+        if job.existing:
+            click.echo(f"existing job {job.id} (unique key {spec.unique_key!r})")
+        else:
+            click.echo(f"added job {job.id}")
+    else:
+        new = [job.id for job in added if not job.existing]
+        found = [job.id for job in added if job.existing]
+        parts = []
+        if len(new) > 1:
+            parts.append(f"added {len(new)} jobs ({new[0]}-{new[-1]})")
+        elif new:
+            parts.append(f"added job {new[0]}")
+        if found:
+            kept = ", ".join(map(str, dict.fromkeys(found)))
+            parts.append(f"{len(found)} found by unique key ({kept})")
+        click.echo("; ".join(parts))
+
+
+def _add_from(source: Any, quiet: bool, as_json: bool, defaults: JobSpec) -> None:
     from .jobfile import JobFileError, specs_from_lines
 
     try:
@@ -238,17 +282,14 @@ def _add_from(source: Any, quiet: bool, defaults: JobSpec) -> None:
         raise click.UsageError(str(exc)) from None
     if not specs:
         raise click.UsageError("no jobs in the input")
-    ids = client().add_many(specs)
-    if quiet:
-        click.echo("\n".join(map(str, ids)))
-    else:
-        click.echo(f"added {len(ids)} jobs ({ids[0]}-{ids[-1]})" if len(ids) > 1 else f"added job {ids[0]}")
+    _print_added(client().add_jobs(specs), specs, quiet, as_json)
 
 
 @cli.command()
 @click.argument("job_json", metavar="JSON")
 @click.option("--quiet", is_flag=True, help="Print the id alone.")
-def enqueue(job_json: str, quiet: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"id": N, "existing": false}.')
+def enqueue(job_json: str, quiet: bool, as_json: bool) -> None:
     """Add a job described by a JSON object (the seeds' form).
 
     \b
@@ -261,8 +302,7 @@ def enqueue(job_json: str, quiet: bool) -> None:
         spec = spec_from_json(job_json, JobSpec(command="-"))
     except ValueError as exc:
         raise click.UsageError(f"invalid job: {exc}") from None
-    [job_id] = client().add_many([spec])
-    click.echo(job_id if quiet else f"added job {job_id}")
+    _print_added(client().add_jobs([spec]), [spec], quiet, as_json)
 
 
 # -- reading jobs ------------------------------------------------------------------------
@@ -280,7 +320,7 @@ def enqueue(job_json: str, quiet: bool) -> None:
     metavar="A,B,...",
     callback=lambda ctx, param, value: _columns(value),
     help="The table's columns, from id, state, queue, priority, tries, exit, when, started, ended, "
-    "duration, label, command [id,state,queue,priority,tries,exit,when,label,command].",
+    "duration, label, key, command [id,state,queue,priority,tries,exit,when,label,command].",
 )
 @json_option
 def list_jobs(

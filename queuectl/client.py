@@ -17,7 +17,7 @@ import socket as stdsocket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
@@ -97,6 +97,14 @@ class NoAnswer(QueuectlError):
     """The daemon did not answer within the Client's timeout."""
 
     code = "timeout"
+
+
+class AddedJob(NamedTuple):
+    """One job of `Client.add_jobs`: its id, and whether it was there already
+    (its unique key was held by that job) rather than added."""
+
+    id: int
+    existing: bool
 
 
 class Client:
@@ -240,9 +248,14 @@ class Client:
         label: str | None = None,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> int:
         """Enqueue one shell command; returns its id once the job is durably stored.
-        It runs in `cwd` (default: ours) with our environment plus `env`."""
+        It runs in `cwd` (default: ours) with our environment plus `env`.
+        With `unique_key`, while a job with that key is unfinished (or, with
+        `unique_for` seconds, completed less than that long ago) its id is
+        returned instead and nothing is added (`add_jobs` tells which)."""
         spec = p.JobSpec(
             command=command,
             queue=queue,
@@ -256,6 +269,8 @@ class Client:
             label=label,
             cwd=cwd,
             env=dict(env or {}),
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
         return self.add_many([spec])[0]
 
@@ -268,21 +283,34 @@ class Client:
         batch: int = BATCH,
     ) -> list[int]:
         """Enqueue many jobs, `batch` per request; each request is all-or-nothing.
-        Every job gets our environment (or `env`) under its own `env` entries."""
+        Every job gets our environment (or `env`) under its own `env` entries.
+        The ids, in order (a job whose unique key was held: the holder's)."""
+        return [added.id for added in self.add_jobs(specs, cwd=cwd, env=env, batch=batch)]
+
+    def add_jobs(
+        self,
+        specs: Iterable[p.JobSpec],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        batch: int = BATCH,
+    ) -> list[AddedJob]:
+        """As `add_many`, saying of each job whether it was added or found:
+        `existing` is True where its `unique_key` was held by the job of `id`."""
         base_cwd = cwd or os.getcwd()
         base_env = dict(os.environ if env is None else env)
-        ids: list[int] = []
+        added: list[AddedJob] = []
         chunk: list[p.JobSpec] = []
         for spec in specs:
             chunk.append(spec)
             if len(chunk) >= batch:
-                ids += self._add(chunk, base_cwd, base_env)
+                added += self._add(chunk, base_cwd, base_env)
                 chunk = []
         if chunk:
-            ids += self._add(chunk, base_cwd, base_env)
-        return ids
+            added += self._add(chunk, base_cwd, base_env)
+        return added
 
-    def _add(self, specs: list[p.JobSpec], cwd: str, env: dict[str, str]) -> list[int]:
+    def _add(self, specs: list[p.JobSpec], cwd: str, env: dict[str, str]) -> list[AddedJob]:
         from queued.validation import check_spec
 
         for index, spec in enumerate(specs):
@@ -303,7 +331,9 @@ class Client:
         text_cwd, cwd_bytes = p.split_path(cwd)
         text_env, env_bytes = p.split_environment(env)
         request = p.AddJobs(jobs=specs, cwd=text_cwd, env=text_env, env_bytes=env_bytes, cwd_bytes=cwd_bytes)
-        return self.request(request, p.Added).ids
+        answer = self.request(request, p.Added)
+        existing = answer.existing or [False] * len(answer.ids)
+        return [AddedJob(job_id, found) for job_id, found in zip(answer.ids, existing, strict=True)]
 
     def get(self, job_id: int) -> p.JobDetail:
         """One job with its attempts (`runs`) and environment."""

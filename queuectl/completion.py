@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from queued.lifecycle import TERMINAL_STATES
+
 SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_QUEUECTL_COMPLETE"
 MAX_ITEMS = 200
@@ -72,6 +74,36 @@ class QueueNameType(click.ParamType):
         except Exception:
             return []
         return [CompletionItem(q.name) for q in queues if q.name.startswith(incomplete)]
+
+
+class UniqueKeyType(click.ParamType):
+    """A unique key (`add --unique`); completes to the keys of the newest jobs
+    that have one, the unfinished ones first (those an add would find)."""
+
+    name = "key"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from queued.validation import check_unique_key
+
+        try:
+            check_unique_key(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        try:
+            with _client(ctx) as client:
+                jobs = client.list(limit=MAX_ITEMS)
+        except Exception:
+            return []
+        keys: dict[str, str] = {}
+        for job in sorted(reversed(jobs), key=lambda job: job.state in TERMINAL_STATES):
+            if job.unique_key and job.unique_key.startswith(incomplete):
+                keys.setdefault(job.unique_key, f"job {job.id}, {job.state}")
+        return [CompletionItem(key, help=where) for key, where in keys.items()]
 
 
 def latest_job_id(ctx: click.Context | None) -> int:

@@ -1,8 +1,9 @@
 """Reading jobs written by people: `add --from` lines and `enqueue` JSON.
 
 A line is either a shell command, or a JSON object with the fields of `add`'s
-options (`{"command": "./x.sh", "max_retries": 5, "timeout": "10m"}`). Options
-given on the command line are the defaults every line starts from.
+options (`{"command": "./x.sh", "max_retries": 5, "timeout": "10m"}`; `--unique`
+is "unique_key", `--unique-for` "unique_for"). Options given on the command
+line are the defaults every line starts from.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class JobLine(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     cwd: str | None = None
     env: dict[str, str] | None = None
     id: str | int | None = None  # the seeds' job name: kept as the label
+    unique_key: str | None = None
+    unique_for: Number | str | None = None
 
 
 class JobFileError(ValueError):
@@ -84,7 +87,7 @@ def spec_from_json(text: str, defaults: JobSpec) -> JobSpec:
     at = fields.pop("at", None)
     if at is not None:
         fields["run_at"] = at
-    for key in ("timeout", "delay"):
+    for key in ("timeout", "delay", "unique_for"):
         if key in fields:
             fields[key] = _seconds(fields[key])
     if isinstance(fields.get("run_at"), str):

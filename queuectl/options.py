@@ -23,7 +23,7 @@ from queued.lifecycle import (
 )
 from queued.protocol import MAX_RETRIES, MAX_SECONDS
 
-from .completion import JobIdType, QueueNameType
+from .completion import JobIdType, QueueNameType, UniqueKeyType
 
 
 class Duration(click.ParamType):
@@ -59,6 +59,7 @@ COUNT_FROM_1 = click.IntRange(min=1, max=MAX_RETRIES + 1)
 STATE = click.Choice(STATES)
 FINISHED_STATE = click.Choice(sorted(TERMINAL_STATES))
 QUEUE = QueueNameType()
+UNIQUE_KEY = UniqueKeyType()
 
 JOB_ID = JobIdType()
 FINISHED_JOB = JobIdType(TERMINAL_STATES)

@@ -187,6 +187,7 @@ JOB_COLUMNS: dict[str, tuple[str, Callable[[Job, float], str]]] = {
     "ended": ("ENDED", lambda job, now: relative(job.ended_at, now)),
     "duration": ("DURATION", _duration),
     "label": ("LABEL", lambda job, now: job.label or ""),
+    "key": ("KEY", lambda job, now: job.unique_key or ""),
     "command": ("COMMAND", lambda job, now: job.command),
 }
 DEFAULT_JOB_COLUMNS = ("id", "state", "queue", "priority", "tries", "exit", "when", "label", "command")
@@ -253,6 +254,7 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         f"  command:     {_indented(job.command, indent)}",
         f"  queue:       {job.queue} (priority {job.priority})",
         f"  label:       {job.label or '-'}",
+        *([f"  unique key:  {job.unique_key}"] if job.unique_key else []),
         f"  attempts:    {attempts} (backoff base {job.backoff_base:g}, timeout {timeout})",
         f"  exit code:   {'-' if job.exit_code is None else job.exit_code}",
         f"  error:       {_indented(job.error or '-', indent)}",

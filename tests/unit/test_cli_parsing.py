@@ -45,11 +45,13 @@ def added(monkeypatch: pytest.MonkeyPatch, invoke):
     """Runs `queuectl add ...` and returns the JobSpecs it would have sent."""
     sent: list[JobSpec] = []
 
-    def add_many(self, specs):  # type: ignore[no-untyped-def]
-        sent.extend(specs)
-        return list(range(1, len(sent) + 1))
+    def add_jobs(self, specs):  # type: ignore[no-untyped-def]
+        from queuectl import AddedJob
 
-    monkeypatch.setattr("queuectl.client.Client.add_many", add_many)
+        sent.extend(specs)
+        return [AddedJob(n, False) for n in range(1, len(sent) + 1)][-len(specs) :]
+
+    monkeypatch.setattr("queuectl.client.Client.add_jobs", add_jobs)
 
     def run(*args: str) -> JobSpec:
         result = invoke("add", *args)
@@ -108,6 +110,35 @@ def test_options_before_the_command_are_queuectls(added) -> None:
     spec = added("-l", "nightly", "-e", "A=1", "--max-retries", "2", "grep", "-q", "-e", "x", "f")
     assert spec.command == "grep -q -e x f"
     assert (spec.label, spec.env, spec.max_retries) == ("nightly", {"A": "1"}, 2)
+
+
+def test_unique_options_reach_the_spec(added) -> None:
+    spec = added("--unique", "deploy main", "--unique-for", "2h", "./deploy.sh")
+    assert (spec.command, spec.unique_key, spec.unique_for) == ("./deploy.sh", "deploy main", 7200.0)
+    assert (added("-u", "k", "true").unique_key, added("true").unique_key) == ("k", None)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--unique-for", "1h", "true"], "--unique-for needs --unique KEY"),
+        (["--unique", "a\tb", "true"], "holds a control character"),
+        (["--unique", "", "true"], "the unique key is empty"),
+        (["--unique", "x" * 300, "true"], "the unique key is 300 characters; at most 200 are kept"),
+        (["--unique", "k", "--unique-for", "later", "true"], "--unique-for"),
+    ],
+)
+def test_bad_unique_options_are_a_one_line_usage_error(invoke, args: list[str], words: str) -> None:
+    result = invoke("add", *args)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+def test_a_job_line_may_name_its_unique_key_and_window() -> None:
+    [spec] = specs_from_lines(['{"command": "x", "unique_key": "k", "unique_for": "30m"}'], DEFAULTS)
+    assert (spec.unique_key, spec.unique_for) == ("k", 1800.0)
+    with pytest.raises(JobFileError, match=r"line 1: .*unique_key"):
+        specs_from_lines(['{"command": "x", "unique_key": ""}'], DEFAULTS)
 
 
 @pytest.mark.parametrize("args", [[], ["dlq"], ["config"], ["workers"], ["queue"]])

@@ -225,6 +225,39 @@ def test_add_many_sends_batches(serve) -> None:
     assert [len(r.jobs) for r in daemon.of_type(p.AddJobs)] == [10, 10, 5]
 
 
+def test_add_jobs_says_which_jobs_were_found_by_their_unique_key(serve) -> None:
+    def added(request: p.Request) -> p.Response | None:
+        if isinstance(request, p.AddJobs):
+            found = [spec.unique_key == "held" for spec in request.jobs]
+            return p.Added(ids=[5 if f else 10 + i for i, f in enumerate(found)], existing=found)
+        return None
+
+    daemon = serve(added)
+    specs = [p.JobSpec(command="a", unique_key="held"), p.JobSpec(command="b"), p.JobSpec(command="c")]
+    with Client(daemon.path) as client:
+        assert client.add_jobs(specs) == [(5, True), (11, False), (12, False)]
+        assert client.add_jobs([p.JobSpec(command="d")])[0].existing is False
+        assert client.add("e", unique_key="held", unique_for=60.0) == 5
+    spec = daemon.of_type(p.AddJobs)[-1].jobs[0]
+    assert (spec.unique_key, spec.unique_for) == ("held", 60.0)
+
+
+def test_an_old_daemons_added_without_existing_means_every_job_is_new(serve) -> None:
+    daemon = serve(lambda r: p.Added(ids=[3, 4]) if isinstance(r, p.AddJobs) else None)
+    with Client(daemon.path) as client:
+        assert client.add_jobs([p.JobSpec(command="a"), p.JobSpec(command="b")]) == [(3, False), (4, False)]
+
+
+def test_cli_add_unique_prints_the_existing_id_as_asked(serve, monkeypatch, capsys) -> None:
+    daemon = serve(lambda r: p.Added(ids=[5], existing=[True]) if isinstance(r, p.AddJobs) else None)
+    sock = str(daemon.path)
+    cli = ("--socket", sock, "add", "--unique", "nightly")
+    assert run_cli(monkeypatch, capsys, *cli, "true")[:2] == (0, "existing job 5 (unique key 'nightly')\n")
+    assert run_cli(monkeypatch, capsys, *cli, "--quiet", "true")[:2] == (0, "5\n")
+    assert run_cli(monkeypatch, capsys, *cli, "--json", "true")[:2] == (0, '{"id":5,"existing":true}\n')
+    assert [r.jobs[0].unique_key for r in daemon.of_type(p.AddJobs)] == ["nightly"] * 3
+
+
 def test_wait_outlasts_the_client_timeout(serve) -> None:
     def slow(request: p.Request) -> p.Response | None:
         if isinstance(request, p.WaitJobs):
