@@ -220,6 +220,11 @@ def holds_key(state: JobState, updated_at: float, window_start: float | None) ->
 
 def unique_refusal(job_id: int, doing: str, key: str, holder: int, holder_state: str) -> str:
     """Why `doing` (retry, restart) job `job_id` was refused: its key is held."""
+    if holder == job_id:  # a restart of the unfinished job itself
+        return (
+            f"cannot {doing} job {job_id}: it holds its unique key {key!r} while {holder_state};"
+            " wait for it or cancel it"
+        )
     return (
         f"cannot {doing} job {job_id}: its unique key {key!r} is held by job {holder} ({holder_state});"
         f" wait for that one or cancel it"

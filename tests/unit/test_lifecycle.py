@@ -771,6 +771,9 @@ def test_the_refusal_names_the_key_and_its_holder() -> None:
     assert lifecycle.unique_refusal(3, "retry", "nightly", 9, "running") == (
         "cannot retry job 3: its unique key 'nightly' is held by job 9 (running); wait for that one or cancel it"
     )
+    assert lifecycle.unique_refusal(3, "restart", "k", 3, "running") == (
+        "cannot restart job 3: it holds its unique key 'k' while running; wait for it or cancel it"
+    )
 
 
 def test_new_job_keeps_its_unique_key_and_window() -> None:
