@@ -236,7 +236,9 @@ def test_huge_output_is_capped_and_memory_stays_flat(tmp_path: Path) -> None:
 def fill(path: Path) -> Path:
     """A file that takes every free byte of `path`'s file system."""
     filler = path / "filler"
-    with open(filler, "wb") as f, pytest.raises(OSError):
+    # Unbuffered: a buffered file keeps what the full disk refused and fails
+    # again on close, after the refusal was caught (how much depends on the room left).
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
         while True:
             f.write(b"\0" * 65536)
             f.flush()
