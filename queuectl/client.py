@@ -444,6 +444,11 @@ class Client:
         """Create a named queue, optionally with its own concurrency limit."""
         self.request(p.AddQueue(name=name, concurrency=concurrency), p.Ok)
 
+    def queue_set(self, name: str, concurrency: int | None) -> str:
+        """Change a queue's concurrency limit (None: no limit but the global one);
+        returns the daemon's confirmation."""
+        return self.request(p.SetQueueConcurrency(name=name, concurrency=concurrency), p.Ok).message
+
     def queue_remove(self, name: str) -> None:
         """Delete an empty named queue."""
         self.request(p.RemoveQueue(name=name), p.Ok)

@@ -136,6 +136,48 @@ def queue_ls(as_json: bool) -> None:
         click.echo(output.queue_table(queues))
 
 
+NO_LIMIT = ("none", "unlimited")
+
+
+class QueueLimitType(click.ParamType):
+    """A queue's concurrency: 1 to 4096, or none/unlimited for no limit of its own."""
+
+    name = "N|none"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value).strip().lower()
+        if text in NO_LIMIT:
+            return "none"
+        if text.isdigit() and 1 <= int(text) <= 4096:
+            return int(text)
+        self.fail(f"{value!r} is not a limit: use 1 to 4096, or none for no limit of its own", param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list:  # type: ignore[type-arg]
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(word) for word in NO_LIMIT if word.startswith(incomplete.lower())]
+
+
+@queue.command("set")
+@click.argument("name", type=QUEUE)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=QueueLimitType(),
+    required=True,
+    help="At most this many of its jobs at once (1-4096); none or unlimited: no limit but the global one.",
+)
+def queue_set(name: str, concurrency: int | str) -> None:
+    """Change a queue's concurrency limit now (persisted; running jobs are not stopped).
+
+    \b
+    Examples:
+      queuectl queue set gpu --concurrency 2
+      queuectl queue set gpu --concurrency none     # no limit but the global one
+    """
+    click.echo(client().queue_set(name, None if concurrency == "none" else int(concurrency)))
+
+
 @queue.command("pause")
 @click.argument("name", type=QUEUE)
 @click.option("--jobs", is_flag=True, help="Pause its running jobs too (SIGSTOP).")

@@ -303,6 +303,15 @@ class ListQueues(Request, tag="queue_ls"):
     pass
 
 
+class SetQueueConcurrency(Request, tag="queue_set"):
+    """Change a queue's limit of jobs running at once; None: no limit but the
+    global one. Running jobs go on; a lower limit starts no more until they
+    are under it."""
+
+    name: QueueName
+    concurrency: Annotated[int, Meta(ge=1, le=4096)] | None
+
+
 class PauseQueue(Request, tag="queue_pause"):
     """Stop (or resume) claiming from a queue; with `jobs`, its running jobs are
     paused too. Resuming a queue resumes its paused jobs."""
@@ -390,6 +399,7 @@ AnyRequest = (
     | RemoveQueue
     | ListQueues
     | PauseQueue
+    | SetQueueConcurrency
     | HoldJobs
     | ReleaseJobs
     | EditJob

@@ -285,6 +285,19 @@ async def _queue_pause(d: Daemon, r: p.PauseQueue) -> p.Response:
     return p.Ok(message=message)
 
 
+async def _queue_set(d: Daemon, r: p.SetQueueConcurrency) -> p.Response:
+    """A queue's limit, committed, then the supervisor's queue list: it claims
+    by the new limit at once (a lower one stops nothing that runs)."""
+    await d.db.write(Store.set_queue_concurrency, r.name, r.concurrency)
+    queues = {q.name: q for q in await d.queues_changed()}
+    limit = "no limit but the global one" if r.concurrency is None else f"at most {r.concurrency} at once"
+    message = f"queue {r.name}: {limit}"
+    running = queues[r.name].running if r.name in queues else 0
+    if r.concurrency is not None and running > r.concurrency:
+        message += f" ({running} running go on; none starts while {r.concurrency} or more run)"
+    return p.Ok(message=message)
+
+
 def _jobs(ids: list[int]) -> str:
     return ("job " if len(ids) == 1 else "jobs ") + ", ".join(map(str, ids))
 
@@ -358,6 +371,7 @@ HANDLERS: dict[type, Handler] = {
     p.RemoveQueue: _queue_rm,
     p.ListQueues: _queue_ls,
     p.PauseQueue: _queue_pause,
+    p.SetQueueConcurrency: _queue_set,
     p.GetConfig: _config_get,
     p.SetConfig: _config_set,
     p.CleanJobs: _clean,

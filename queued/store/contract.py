@@ -330,6 +330,13 @@ class Store(Protocol):
 
     def set_paused(self, name: str, paused: bool) -> Written[None]: ...
 
+    def set_queue_concurrency(self, name: str, concurrency: int | None) -> Written[None]:
+        """Set queue `name`'s limit of attempts running at once (None: none but
+        the global one), for every claim from the commit on; running attempts
+        are left alone. Refused: an unknown queue ("not_found"), a limit below 1
+        ("invalid")."""
+        ...
+
     def set_all_paused(self, paused: bool) -> Written[None]: ...
 
     def config(self) -> dict[str, str]:

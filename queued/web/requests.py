@@ -154,6 +154,12 @@ def action_request(name: str, body: Mapping[str, Any], ids: list[int] | None) ->
             return msgspec.convert(
                 {"name": body.get("queue"), "paused": body.get("paused", True)}, p.PauseQueue
             )
+        if name == "queue-concurrency":
+            if "concurrency" not in body:
+                raise BadRequest("name the queue's concurrency: a number from 1, or null for no limit")
+            return msgspec.convert(
+                {"name": body.get("queue"), "concurrency": body["concurrency"]}, p.SetQueueConcurrency
+            )
         if name == "scale":
             return msgspec.convert({"concurrency": body.get("concurrency")}, p.ScaleWorkers)
     except msgspec.ValidationError as exc:
@@ -161,7 +167,7 @@ def action_request(name: str, body: Mapping[str, Any], ids: list[int] | None) ->
     raise BadRequest(f"unknown action {name!r}: use {', '.join(ACTIONS)}")
 
 
-ACTIONS = ("cancel", "retry", "purge-dead", "queue-pause", "scale")
+ACTIONS = ("cancel", "retry", "purge-dead", "queue-pause", "queue-concurrency", "scale")
 ACTIONS_BY_FILTER = ("cancel", "retry")
 
 

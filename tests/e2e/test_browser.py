@@ -179,6 +179,37 @@ def test_an_action_needs_the_token_and_cancels_the_whole_group(web: tuple[Daemon
     shot(browser, "canceled")
 
 
+def test_a_queue_s_limit_is_changed_from_the_overview(web: tuple[Daemon, str], browser: Any) -> None:
+    d, url = web
+    d.ok("queue", "add", "gpu", "--concurrency", "1")
+
+    def limit() -> int | None:
+        return {q["name"]: q for q in json.loads(d.ok("queue", "ls", "--json"))}["gpu"]["concurrency"]
+
+    row = '#queues tr[data-queue="gpu"]'
+    browser.get(url + "?live=0")
+    cell = until(lambda: browser.find_element(By.CSS_SELECTOR, row + " td:nth-child(2)"), what="the queue")
+    assert cell.text == "1" and not browser.find_elements(By.CSS_SELECTOR, row + " input")  # read-only
+    token = d.ok("web", "token").strip()
+    browser.get(url + f"#token={token}")  # live: the field must survive the snapshots while typed in
+    field = until(lambda: browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit"), what="the field")
+    field.clear()
+    field.send_keys("3")
+    browser.find_element(By.CSS_SELECTOR, row + " button.queue-set").click()
+    until(lambda: limit() == 3, what="the new limit")
+    until(lambda: "at most 3 at once" in browser.find_element(By.ID, "message").text, what="the answer")
+    field = browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit")
+    field.clear()
+    field.send_keys("0\n")  # Enter sets; 0 is refused, and changes nothing
+    until(lambda: "at least 1" in browser.find_element(By.ID, "message").text, what="the refusal")
+    assert limit() == 3
+    field = browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit")
+    field.clear()  # empty: no limit but the global one
+    browser.find_element(By.CSS_SELECTOR, row + " button.queue-set").click()
+    until(lambda: limit() is None, what="the limit cleared")
+    shot(browser, "queue-limit")
+
+
 def _accept(browser: Any) -> bool:
     try:
         browser.switch_to.alert.accept()

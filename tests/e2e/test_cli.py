@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,37 @@ def test_ls_filters_and_table(daemon: Daemon) -> None:
     table = daemon.ok("ls")
     assert "STATE" in table.splitlines()[0].upper() and "completed" in table and "dead" in table
     assert daemon.ctl("ls", "--state", "sleeping").returncode == 2
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_queue_s_limit_changes_while_it_runs(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.ok("queue", "add", "gpu", "--concurrency", "1")
+    gate = tmp_path / "gate"
+    ids = [daemon.add("--queue", "gpu", f"while [ ! -e {gate} ]; do sleep 0.05; done") for _ in range(3)]
+
+    def running() -> int:
+        return {q["name"]: q for q in json.loads(daemon.ok("queue", "ls", "--json"))}["gpu"]["running"]
+
+    wait_for(lambda: running() == 1)
+    said = daemon.ok("queue", "set", "gpu", "--concurrency", "2")  # the daemon's 2 slots
+    assert said == "queue gpu: at most 2 at once\n"
+    wait_for(lambda: running() == 2)  # the supervisor claimed by the new limit at once
+    said = daemon.ok("queue", "set", "gpu", "-c", "1")
+    assert said == "queue gpu: at most 1 at once (2 running go on; none starts while 1 or more run)\n"
+    assert running() == 2  # a lower limit stops nothing
+    assert daemon.ok("queue", "set", "gpu", "-c", "none") == "queue gpu: no limit but the global one\n"
+    assert json.loads(daemon.ok("queue", "ls", "--json"))[1]["concurrency"] is None
+    refused = daemon.ctl("queue", "set", "gpu", "-c", "0")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not a limit" in refused.stderr
+    assert json.loads(daemon.ok("queue", "ls", "--json"))[1]["concurrency"] is None  # unchanged
+    gate.touch()
+    daemon.ok("wait", *map(str, ids))
 
 
 def test_bulk_add_from_file_and_stdin(daemon: Daemon, tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ def refused(daemon: Daemon, *args: str, code: int = 1, input: str | None = None)
         (("add", "   "), 2, "the command is empty"),
         (("add", "--delay", "99999d", "true"), 2, "longer than 10 years"),
         (("queue", "add", "bad name"), 2, "a queue name must be 1 to 64 letters, digits"),
+        (("queue", "set", "nope", "--concurrency", "2"), 1, "no queue 'nope'"),
+        (("queue", "set", "default", "--concurrency", "0"), 2, "'0' is not a limit: use 1 to 4096, or none"),
+        (("queue", "set", "default", "-c", "-3"), 2, "is not a limit"),
         (
             ("config", "set", "max-retries", "abc"),
             2,

@@ -49,6 +49,8 @@ def test_completion_asks_the_daemon_for_ids_and_queues(daemon: Daemon) -> None:
     assert complete(daemon, "queuectl cancel ") == [str(waiting)]  # only unfinished jobs
     assert complete(daemon, "queuectl retry ") == [str(done)]  # only finished jobs
     assert complete(daemon, "queuectl queue pause g") == ["gpu"]
+    assert complete(daemon, "queuectl queue set g") == ["gpu"]
+    assert complete(daemon, "queuectl queue set gpu --concurrency n") == ["none"]
     assert set(complete(daemon, "queuectl add --queue ")) == {"default", "gpu"}
     assert "status" in complete(daemon, "queuectl sta")
 

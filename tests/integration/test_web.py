@@ -174,6 +174,43 @@ async def test_queue_pause_scale_retry_and_purge(web: Web) -> None:
     assert (await get(web.url + f"/api/jobs/{dead}")).status == 404
 
 
+async def test_a_queue_s_limit_changes_from_the_page(web: Web) -> None:
+    url = web.url + "/api/actions/queue-concurrency"
+    await web.client.ok(p.AddQueue(name="gpu", concurrency=1))
+
+    async def limit() -> int | None:
+        queues = {q["name"]: q for q in (await get(web.url + "/api/queues")).json()["queues"]}
+        assert web.handle.runner.supervisor.queues["gpu"].concurrency == queues["gpu"]["concurrency"]
+        return queues["gpu"]["concurrency"]
+
+    for refused, status in (
+        (await post_json(url, {"queue": "gpu", "concurrency": 3}), 401),
+        (await post_json(url, {"queue": "gpu", "concurrency": 3}, token="wrong"), 403),
+        (
+            await post_json(
+                url,
+                {"queue": "gpu", "concurrency": 3},
+                token=web.token,
+                headers={"Sec-Fetch-Site": "same-site"},
+            ),
+            403,
+        ),
+        (await post_json(url, {"queue": "gpu", "concurrency": 0}, token=web.token), 400),
+        (await post_json(url, {"queue": "gpu", "concurrency": "3"}, token=web.token), 400),
+        (await post_json(url, {"queue": "gpu"}, token=web.token), 400),
+        (await post_json(url, {"queue": "nope", "concurrency": 3}, token=web.token), 404),
+    ):
+        assert refused.status == status, refused.json()
+        assert "\n" not in refused.json()["error"]
+    assert await limit() == 1  # every refusal changed nothing
+    done = await post_json(url, {"queue": "gpu", "concurrency": 3}, token=web.token)
+    assert done.status == 200 and done.json()["message"] == "queue gpu: at most 3 at once"
+    assert await limit() == 3  # committed, and the supervisor's list too
+    cleared = await post_json(url, {"queue": "gpu", "concurrency": None}, token=web.token)
+    assert cleared.json()["message"] == "queue gpu: no limit but the global one"
+    assert await limit() is None
+
+
 async def test_a_large_body_is_413(web: Web) -> None:
     answer = await post_json(web.url + "/api/actions/cancel", {"ids": [1] * 40_000}, token=web.token)
     assert answer.status == 413

@@ -197,6 +197,8 @@ def answers(request: p.Request) -> p.Response | None:
         return p.Changed(ids=request.ids)
     if isinstance(request, p.PauseQueue):
         return p.Ok(message=f"queue {request.name} {'paused' if request.paused else 'resumed'}")
+    if isinstance(request, p.SetQueueConcurrency):
+        return p.Ok(message=f"queue {request.name}: limit {request.concurrency}")
     if isinstance(request, p.AddJobs):
         return p.Added(ids=[7])
     return None
@@ -239,6 +241,21 @@ def answers(request: p.Request) -> p.Response | None:
         (["kill", "--signal", "2", "3"], p.SignalJobs(ids=[3], signal=2), "sent SIGINT to job 3"),
         (["queue", "pause", "gpu", "--jobs"], p.PauseQueue(name="gpu", jobs=True), "queue gpu paused"),
         (["queue", "resume", "gpu"], p.PauseQueue(name="gpu", paused=False), "queue gpu resumed"),
+        (
+            ["queue", "set", "gpu", "-c", "3"],
+            p.SetQueueConcurrency(name="gpu", concurrency=3),
+            "queue gpu: limit 3",
+        ),
+        (
+            ["queue", "set", "gpu", "--concurrency", "Unlimited"],
+            p.SetQueueConcurrency(name="gpu", concurrency=None),
+            "queue gpu: limit None",
+        ),
+        (
+            ["queue", "set", "gpu", "--concurrency", "none"],
+            p.SetQueueConcurrency(name="gpu", concurrency=None),
+            "queue gpu: limit None",
+        ),
     ],
 )
 def test_changing_commands_send_and_say(serve, monkeypatch, capsys, args, sent, printed) -> None:

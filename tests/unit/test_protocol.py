@@ -86,6 +86,8 @@ REQUESTS: list[p.Request] = [
     p.ListQueues(),
     p.PauseQueue(name="cpu", paused=False),
     p.PauseQueue(name="cpu", jobs=True),
+    p.SetQueueConcurrency(name="gpu", concurrency=2),
+    p.SetQueueConcurrency(name="gpu", concurrency=None),
     p.HoldJobs(ids=[1, 2]),
     p.ReleaseJobs(ids=[1]),
     p.EditJob(id=3, changes=p.JobChanges(command="make", priority=-1, no_timeout=True, label="")),

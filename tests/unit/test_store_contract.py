@@ -1081,6 +1081,23 @@ def test_queue_management(store: Store) -> None:
     assert [q.name for q in store.queues()] == ["default"]
 
 
+def test_a_queue_limit_changes_and_clears(store: Store) -> None:
+    store.add_queue("gpu", 1, T0)
+    store.set_queue_concurrency("gpu", 3)
+    store.set_queue_concurrency("default", 2)
+    assert [(q.name, q.concurrency) for q in store.queues()] == [("default", 2), ("gpu", 3)]
+    store.set_queue_concurrency("gpu", None)
+    assert [(q.name, q.concurrency, q.paused) for q in store.queues()] == [
+        ("default", 2, False),
+        ("gpu", None, False),
+    ]
+    for value in (0, -1):
+        with pytest.raises(Refused) as info:
+            store.set_queue_concurrency("gpu", value)
+        assert info.value.code == "invalid" and "at least 1" in info.value.message
+    assert [q.concurrency for q in store.queues()] == [2, None]  # the refusals changed nothing
+
+
 def test_pause_and_resume_every_queue(store: Store) -> None:
     store.add_queue("b", None, T0)
     store.set_all_paused(True)
@@ -1310,6 +1327,7 @@ def test_changes_that_finish_nothing_release_nothing_and_reorder_nothing_say_so(
         ("retry", ([lone], False, T0)),  # a completed job without dependents
         ("add_queue", ("q", None, T0)),
         ("set_paused", ("q", True)),
+        ("set_queue_concurrency", ("q", 3)),
         ("set_all_paused", (False,)),
         ("set_config", ("timeout", "5m")),
         ("remove_queue", ("q",)),
@@ -1479,6 +1497,8 @@ REFUSALS: dict[str, tuple[str, Callable[[Store, dict[str, Any]], object]]] = {
     "remove_queue: unfinished jobs": ("invalid", lambda s, w: s.remove_queue("busy")),
     "remove_queue: finished jobs": ("invalid", lambda s, w: s.remove_queue("done")),
     "set_paused: unknown": ("not_found", lambda s, w: s.set_paused("missing", True)),
+    "set_queue_concurrency: unknown": ("not_found", lambda s, w: s.set_queue_concurrency("missing", 2)),
+    "set_queue_concurrency: below 1": ("invalid", lambda s, w: s.set_queue_concurrency("spare", 0)),
     "get_job: unknown": ("not_found", lambda s, w: s.get_job(404)),
     "start: changed since read": ("invalid", lambda s, w: s.start(w["stale"], T0 + 9)),
 }

@@ -70,6 +70,12 @@ def test_actions_become_requests() -> None:
         name="q", paused=False
     )
     assert r.action_request("scale", {"concurrency": 3}, None) == p.ScaleWorkers(concurrency=3)
+    assert r.action_request(
+        "queue-concurrency", {"queue": "gpu", "concurrency": 2}, None
+    ) == p.SetQueueConcurrency(name="gpu", concurrency=2)
+    assert r.action_request(
+        "queue-concurrency", {"queue": "gpu", "concurrency": None}, None
+    ) == p.SetQueueConcurrency(name="gpu", concurrency=None)
 
 
 @pytest.mark.parametrize(
@@ -80,6 +86,11 @@ def test_actions_become_requests() -> None:
         ("scale", {"concurrency": -1}, None, "concurrency must be at least 0"),
         ("scale", {"concurrency": "4"}, None, "concurrency must be a whole number"),
         ("queue-pause", {"queue": "../x"}, None, "queue name"),
+        ("queue-concurrency", {"queue": "gpu"}, None, "name the queue's concurrency"),
+        ("queue-concurrency", {"queue": "gpu", "concurrency": 0}, None, "concurrency must be at least 1"),
+        ("queue-concurrency", {"queue": "gpu", "concurrency": 5000}, None, "at most 4,096"),
+        ("queue-concurrency", {"queue": "gpu", "concurrency": "2"}, None, "whole number"),
+        ("queue-concurrency", {"concurrency": 2}, None, "name"),
     ],
 )
 def test_bad_actions_say_why(name: str, body: dict[str, object], ids: list[int] | None, message: str) -> None:

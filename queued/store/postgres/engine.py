@@ -165,6 +165,9 @@ class PostgresStore:
     def set_paused(self, name: str, paused: bool) -> Written[None]:
         return self._queues.set_paused(name, paused)
 
+    def set_queue_concurrency(self, name: str, concurrency: int | None) -> Written[None]:
+        return self._queues.set_queue_concurrency(name, concurrency)
+
     def set_all_paused(self, paused: bool) -> Written[None]:
         return self._queues.set_all_paused(paused)
 

@@ -73,6 +73,13 @@ class Queues:
         self.conn.execute("UPDATE queues SET paused = %s WHERE name = %s", (paused, name))
         return Written(None)
 
+    def set_queue_concurrency(self, name: str, concurrency: int | None) -> Written[None]:
+        if concurrency is not None and concurrency < 1:
+            raise Refused("invalid", "a queue's concurrency is at least 1 (pause the queue to start none)")
+        self._require_queue(name)
+        self.conn.execute("UPDATE queues SET concurrency = %s WHERE name = %s", (concurrency, name))
+        return Written(None)
+
     def set_all_paused(self, paused: bool) -> Written[None]:
         self.conn.execute("UPDATE queues SET paused = %s", (paused,))
         return Written(None)

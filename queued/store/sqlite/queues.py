@@ -68,6 +68,13 @@ class Queues:
         self.conn.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))
         return Written(None)
 
+    def set_queue_concurrency(self, name: str, concurrency: int | None) -> Written[None]:
+        if concurrency is not None and concurrency < 1:
+            raise Refused("invalid", "a queue's concurrency is at least 1 (pause the queue to start none)")
+        self._require_queue(name)
+        self.conn.execute("UPDATE queues SET concurrency = ? WHERE name = ?", (concurrency, name))
+        return Written(None)
+
     def set_all_paused(self, paused: bool) -> Written[None]:
         self.conn.execute("UPDATE queues SET paused = ?", (int(paused),))
         return Written(None)

@@ -113,11 +113,36 @@ function needsToken(button) {
 
 // -- overview -----------------------------------------------------------------
 
+// A queue's limit, with (for the token's holder) a field to change it: empty
+// means no limit but the global one.
+function queueLimit(q) {
+  const shown = q.concurrency === null ? "—" : String(q.concurrency);
+  if (!token) return shown;
+  const input = el("input", { type: "number", min: 1, max: 4096, class: "queue-limit", placeholder: "none",
+    value: q.concurrency === null ? "" : q.concurrency, "aria-label": "limit of queue " + q.name });
+  const set = el("button", { class: "queue-set", onclick: () => {
+    const text = input.value.trim();
+    doAction("queue-concurrency", { queue: q.name, concurrency: text === "" ? null : Number(text) });
+  } }, "Set");
+  input.addEventListener("keydown", (event) => { if (event.key === "Enter") set.click(); });
+  return el("span", { class: "queue-limit-form" }, input, set);
+}
+
 function overview() {
   let range = params.get("range") === "day" ? "day" : "hour";
   const root = el("div", { id: "overview" });
   main.replaceChildren(root);
+  // A field being edited is not redrawn under the user's hands: the newest
+  // snapshot waits until the focus leaves it.
+  let held = null;
+  root.addEventListener("focusout", () => setTimeout(() => {
+    if (held && !editing()) { const snapshot = held; held = null; render(snapshot); }
+  }, 0));
+  function editing() {
+    return root.contains(document.activeElement) && document.activeElement.tagName === "INPUT";
+  }
   function render(snapshot) {
+    if (editing()) { held = snapshot; return; }
     const status = snapshot.status;
     const counts = status.counts;
     const busy = status.running;
@@ -132,7 +157,7 @@ function overview() {
         el("th", {}, "state"), el("th", {}, ""))),
       el("tbody", {}, status.queues.map((q) => el("tr", { "data-queue": q.name },
         el("td", {}, el("a", { href: "/jobs?queue=" + encodeURIComponent(q.name) }, q.name)),
-        el("td", { class: "num" }, q.concurrency === null ? "—" : q.concurrency),
+        el("td", { class: "num" }, queueLimit(q)),
         el("td", { class: "num" }, q.running), el("td", { class: "num" }, q.pending + q.failed),
         el("td", { class: "num" }, q.held), el("td", {}, q.paused ? "paused" : "active"),
         el("td", {}, needsToken(el("button", { class: "queue-pause", onclick: () =>
