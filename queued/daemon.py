@@ -24,7 +24,6 @@ from queued import lifecycle, signals
 from queued.config import SETTINGS_KEYS, Sources, daemon_values
 from queued.config import effective_settings as config_settings
 from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
-from queued.processes import descriptors
 from queued.processes.callbacks import Callbacks
 from queued.processes.ends import fault_text
 from queued.processes.guardian_link import GuardianLink
@@ -180,6 +179,8 @@ class Runner:
         try:
             self.watchers = watchers = Watchers()
             self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
+            if web is not None:
+                self.supervisor.descriptors_reserved += web.descriptors
             self.callbacks = Callbacks(
                 db, settings, guardian, JobEnvironments(instance), self.supervisor.look_for_orphans
             )
@@ -226,7 +227,7 @@ class Runner:
                     describe_store(config.store, config.data_dir),
                     settings.concurrency,
                 )
-                shortfall = descriptors.shortfall(settings.concurrency, descriptors.current_limit())
+                shortfall = self.supervisor.descriptor_shortfall(settings.concurrency)
                 if shortfall is not None:
                     log.warning("%s; meanwhile jobs wait for descriptors to start", shortfall)
                 task_status.started(self)

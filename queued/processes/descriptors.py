@@ -6,7 +6,8 @@ a spawn's three for an instant, a connected client each). The usual soft
 limit (1,024) is reached by a couple of hundred slots, so queued raises it to
 the hard limit at start, as services commonly need. A concurrency beyond what
 the limit allows draws a warning at start (jobs then wait for descriptors;
-nothing fails) and is refused by `workers scale` and `config set`.
+nothing fails) and is refused by `workers scale` and `config set`. The web
+page, when on, reserves what its capped connections may hold on top.
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ def current_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def most_slots(limit: int) -> int:
-    """The concurrency that `limit` descriptors carry in full."""
-    return max(1, (limit - FDS_RESERVED) // FDS_PER_ATTEMPT)
+def most_slots(limit: int, reserved: int = FDS_RESERVED) -> int:
+    """The concurrency that `limit` descriptors carry in full, `reserved` of them the daemon's own."""
+    return max(1, (limit - reserved) // FDS_PER_ATTEMPT)
 
 
-def shortfall(concurrency: int, limit: int) -> str | None:
-    """Why `concurrency` slots may run short of descriptors under `limit`; None if they will not."""
-    needed = concurrency * FDS_PER_ATTEMPT + FDS_RESERVED
+def shortfall(concurrency: int, limit: int, reserved: int = FDS_RESERVED) -> str | None:
+    """Why `concurrency` slots may run short of descriptors under `limit`
+    (`reserved` of them the daemon's own); None if they will not."""
+    needed = concurrency * FDS_PER_ATTEMPT + reserved
     if needed <= limit:
         return None
     return (
         f"concurrency {concurrency} needs up to {needed:,} open files, and queued may open "
         f"{limit:,} (its RLIMIT_NOFILE): raise the limit (`ulimit -n`, LimitNOFILE= in the unit) "
-        f"and restart queued, or use a concurrency of at most {most_slots(limit):,}"
+        f"and restart queued, or use a concurrency of at most {most_slots(limit, reserved):,}"
     )

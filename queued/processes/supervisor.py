@@ -81,6 +81,7 @@ class Supervisor:
     ) -> None:
         self.db = db
         self.settings = settings
+        self.descriptors_reserved = descriptors.FDS_RESERVED  # the daemon's own (the web page adds its share)
         self.log_folders = LogFolders(logs_dir)
         self.guardian = guardian
         self.clock = clock
@@ -172,7 +173,7 @@ class Supervisor:
 
     def descriptor_shortfall(self, concurrency: int) -> str | None:
         """Why the descriptor limit cannot carry `concurrency` attempts, or None."""
-        return descriptors.shortfall(concurrency, descriptors.current_limit())
+        return descriptors.shortfall(concurrency, descriptors.current_limit(), self.descriptors_reserved)
 
     def look_for_orphans(self) -> None:
         """Adopt, and stop, what another process of the daemon's left outside

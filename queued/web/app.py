@@ -70,6 +70,7 @@ class WebApp:
         self.reads_need_token = not security.is_loopback(bind.host)
         self.max_streams = max_streams
         self.streams = 0
+        self.connections: Any = None  # the server's CappedListener: how many are open
         self.rate_limit = security.RateLimit(API_RATE, API_BURST)
         self.changes_seen = 0  # see count_changes
         self.live = Live(next_change, self.read_facts)
@@ -266,6 +267,7 @@ class WebApp:
             accepting=status.accepting,
             history=self.history,
             streams=self.streams,
+            connections=self.connections.open if self.connections is not None else 0,
             reads=self.reader.reads,
             commits=self.writer.commits,
             commit_seconds=self.writer.commit_seconds,

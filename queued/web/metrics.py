@@ -40,6 +40,7 @@ class Facts:
     accepting: bool
     history: History
     streams: int = 0
+    connections: int = 0
     reads: int = 0
     commits: int = 0
     commit_seconds: float = 0.0
@@ -122,6 +123,9 @@ class FactsCollector:
         streams = GaugeMetricFamily("queued_web_streams", "Live streams the web page holds open")
         streams.add_metric([], f.streams)
         yield streams
+        connections = GaugeMetricFamily("queued_web_connections", "HTTP connections the web page holds open")
+        connections.add_metric([], f.connections)
+        yield connections
         reads = CounterMetricFamily("queued_web_reads", "Reads on the web's own database connection")
         reads.add_metric([], f.reads)
         yield reads

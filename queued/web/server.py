@@ -18,14 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
 
 from queued.web import security
 from queued.web.app import WebApp
 from queued.web.reader import ReadConnection, WebDaemon, WebDatabase
 
 log = logging.getLogger(__name__)
+# Open HTTP connections at once, live streams included (app.MAX_STREAMS of
+# them at most): beyond it no connection is accepted until one closes, so
+# the kernel's backlog holds the next ones (and refuses them once full) and
+# no flood of connections takes the descriptors the daemon's jobs need.
+MAX_CONNECTIONS = 64
+# What the page may hold at once: its connections, an inotify watch per
+# output stream, its read connection's files and a log being read.
+DESCRIPTORS = MAX_CONNECTIONS + 32 + 8
 
 
 class WebStartError(Exception):
@@ -42,6 +53,7 @@ class WebServer:
         self.token = token
         self.url: str | None = None
         self.app: WebApp | None = None
+        self.descriptors = DESCRIPTORS  # what it may hold at once, beside the daemon's own
 
     @classmethod
     def prepare(
@@ -117,11 +129,11 @@ class WebServer:
                 problems=daemon.problems,
             )
             port = self.sock.getsockname()[1]
-            config = hypercorn_config(self.sock)
+            config = hypercorn_config()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(app.live.run)
                 nursery.start_soon(app.count_changes)
-                await nursery.start(functools.partial(hypercorn_serve, app, config))
+                await nursery.start(serve_http, app, config, self.sock, MAX_CONNECTIONS)
                 self.url = daemon.web_url = self.bind.url(port)
                 log.info("web page at %s", self.url)
                 task_status.started(self.url)
@@ -129,9 +141,65 @@ class WebServer:
             reader.close()
 
 
-def hypercorn_config(sock: socket.socket) -> Config:
+class CappedListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener that accepts only while fewer than `limit` of its
+    connections are open (each handler calls `release` once its connection
+    is closed): the connections waiting beyond it stay in the kernel's
+    backlog, and take none of the daemon's descriptors."""
+
+    def __init__(self, listener: trio.SocketListener, limit: int) -> None:
+        self.listener = listener
+        self.limit = limit
+        self._free = trio.Semaphore(limit)
+
+    @property
+    def open(self) -> int:
+        return self.limit - self._free.value
+
+    async def accept(self) -> trio.SocketStream:
+        await self._free.acquire()
+        try:
+            return await self.listener.accept()
+        except BaseException:
+            self._free.release()
+            raise
+
+    def release(self) -> None:
+        self._free.release()
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+
+
+async def serve_http(
+    app: WebApp,
+    config: Config,
+    sock: socket.socket,
+    limit: int,
+    *,
+    task_status: trio.TaskStatus[list[CappedListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn's HTTP (its connection handler, `TCPServer`) on `sock`,
+    at most `limit` connections at once. Hypercorn's own `serve` makes its
+    listeners itself, with no cap; this is its trio worker's loop without the
+    parts the page does not use (lifespan events, TLS, QUIC, max_requests)."""
+    sock.listen(config.backlog)
+    listener = CappedListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), limit)
+    app.connections = listener
+    wrapped = ASGIWrapper(app)
+    context = WorkerContext(None)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            await TCPServer(wrapped, config, context, ConnectionState({}), stream).run()
+        finally:
+            listener.release()
+
+    await trio.serve_listeners(handle, [listener], task_status=task_status)
+
+
+def hypercorn_config() -> Config:
     config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns it from here
     config.accesslog = None
     quiet = logging.getLogger("queued.web.http")
     quiet.setLevel(logging.WARNING)  # hypercorn's "Running on" line: ours names the URL

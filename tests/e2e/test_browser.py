@@ -26,6 +26,7 @@ try:
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 except ImportError:  # pragma: no cover - the test extra installs it
     webdriver = None  # type: ignore[assignment]
 
@@ -192,19 +193,31 @@ def test_a_queue_s_limit_is_changed_from_the_overview(web: tuple[Daemon, str], b
     assert cell.text == "1" and not browser.find_elements(By.CSS_SELECTOR, row + " input")  # read-only
     token = d.ok("web", "token").strip()
     browser.get(url + f"#token={token}")  # live: the field must survive the snapshots while typed in
-    field = until(lambda: browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit"), what="the field")
-    field.clear()
-    field.send_keys("3")
+
+    def field() -> Any:
+        """The field, focused and emptied by keys (WebDriver's clear() blurs it)."""
+
+        def focused() -> Any:
+            found = browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit")
+            found.click()
+            return browser.switch_to.active_element == found and found
+
+        found = until(focused, what="the field, focused")
+        found.send_keys(Keys.CONTROL, "a")
+        found.send_keys(Keys.BACKSPACE)
+        return found
+
+    d.add("true")  # a change: a snapshot arrives while the field is edited
+    typed = field()
+    typed.send_keys("3")
     browser.find_element(By.CSS_SELECTOR, row + " button.queue-set").click()
     until(lambda: limit() == 3, what="the new limit")
     until(lambda: "at most 3 at once" in browser.find_element(By.ID, "message").text, what="the answer")
-    field = browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit")
-    field.clear()
-    field.send_keys("0\n")  # Enter sets; 0 is refused, and changes nothing
+    typed = field()
+    typed.send_keys("0\n")  # Enter sets; 0 is refused, and changes nothing
     until(lambda: "at least 1" in browser.find_element(By.ID, "message").text, what="the refusal")
     assert limit() == 3
-    field = browser.find_element(By.CSS_SELECTOR, row + " input.queue-limit")
-    field.clear()  # empty: no limit but the global one
+    field()  # empty: no limit but the global one
     browser.find_element(By.CSS_SELECTOR, row + " button.queue-set").click()
     until(lambda: limit() is None, what="the limit cleared")
     shot(browser, "queue-limit")

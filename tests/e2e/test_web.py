@@ -77,6 +77,7 @@ def test_metrics_match_queuectl_status(web_daemon: Daemon) -> None:
     assert samples[("queued_attempts_ended_total", (("outcome", "failed"), ("queue", "default")))] == 1
     assert samples[("queued_queue_depth", (("queue", "default"),))] == 0
     assert samples[("process_resident_memory_bytes", ())] > 0  # the daemon's own process
+    assert samples[("queued_web_connections", ())] >= 1  # this scrape's own
 
 
 def test_a_non_loopback_address_needs_a_token_first(tmp_path: Path) -> None:
@@ -170,3 +171,50 @@ def test_systemd_can_pass_a_second_socket_for_the_page(tmp_path: Path) -> None:
         if activator.poll() is None:
             os.killpg(activator.pid, signal.SIGKILL)
             activator.wait()
+
+
+def _sockets(pid: int) -> int:
+    found = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return found
+
+
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) is not installed")
+def test_a_flood_of_idle_connections_leaves_the_jobs_their_descriptors(tmp_path: Path) -> None:
+    from queued.web.server import MAX_CONNECTIONS
+
+    d = Daemon(tmp_path, "--http", "127.0.0.1:0").start(wrap=("prlimit", "--nofile=256:256", "--"))
+    flood: list[socket.socket] = []
+    try:
+        url = web_url(d)
+        port = int(url.rsplit(":", 1)[1].rstrip("/"))
+        assert d.process is not None
+        before = _sockets(d.process.pid)
+        for _ in range(400):  # more than the daemon's whole descriptor limit
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))  # the kernel's backlog completes them
+            flood.append(sock)
+        deadline = time.monotonic() + 10
+        while _sockets(d.process.pid) < before + MAX_CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # had nothing capped them, more would be accepted by now
+        assert _sockets(d.process.pid) <= before + MAX_CONNECTIONS
+        job = d.add("echo still here")  # the socket, a job's pipes and logs: descriptors to spare
+        d.ok("wait", str(job))
+        assert d.ok("logs", str(job)) == "still here\n"
+    finally:
+        for sock in flood:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 30
+        while fetch(url + "healthz")[0] != 200:  # answered once the idle ones are closed
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "Too many open files" not in d.log.read_text()
+    finally:
+        d.stop()

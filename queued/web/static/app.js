@@ -125,24 +125,27 @@ function queueLimit(q) {
     doAction("queue-concurrency", { queue: q.name, concurrency: text === "" ? null : Number(text) });
   } }, "Set");
   input.addEventListener("keydown", (event) => { if (event.key === "Enter") set.click(); });
-  return el("span", { class: "queue-limit-form" }, input, set);
+  return el("span", { class: "queue-limit-form edit-group" }, input, set);
 }
 
 function overview() {
   let range = params.get("range") === "day" ? "day" : "hour";
   const root = el("div", { id: "overview" });
   main.replaceChildren(root);
-  // A field being edited is not redrawn under the user's hands: the newest
-  // snapshot waits until the focus leaves it.
+  // A field being edited (or its button, on the way to a click) is not
+  // redrawn under the user's hands: the newest snapshot waits until the
+  // focus leaves them, or the action is done.
   let held = null;
   root.addEventListener("focusout", () => setTimeout(() => {
     if (held && !editing()) { const snapshot = held; held = null; render(snapshot); }
   }, 0));
   function editing() {
-    return root.contains(document.activeElement) && document.activeElement.tagName === "INPUT";
+    const active = document.activeElement;
+    return root.contains(active) && (active.tagName === "INPUT" || active.closest(".edit-group") !== null);
   }
-  function render(snapshot) {
-    if (editing()) { held = snapshot; return; }
+  function render(snapshot, force) {
+    if (editing() && !force) { held = snapshot; return; }
+    held = null;
     const status = snapshot.status;
     const counts = status.counts;
     const busy = status.running;
@@ -176,8 +179,8 @@ function overview() {
       needsToken(el("button", { class: "danger", id: "purge-dead", onclick: () => {
         if (confirm("Remove all " + (counts.dead || 0) + " dead jobs and their logs?")) doAction("purge-dead", {});
       } }, "Purge dead")),
-      el("span", {}, " slots: "), scaleInput,
-      needsToken(el("button", { id: "scale", onclick: () => doAction("scale", { concurrency: Number(scaleInput.value) }) }, "Scale")));
+      el("span", { class: "edit-group" }, el("span", {}, " slots: "), scaleInput,
+        needsToken(el("button", { id: "scale", onclick: () => doAction("scale", { concurrency: Number(scaleInput.value) }) }, "Scale"))));
     const stamp = Math.floor(Date.now() / 5000);
     const chartLinks = el("div", { class: "pager" },
       el("a", { href: "/?range=hour", class: range === "hour" ? "current" : "" }, "last hour"),
@@ -195,7 +198,7 @@ function overview() {
   }
   return {
     render,
-    refresh: async () => render(await api("/api/status")),
+    refresh: async () => render(await api("/api/status"), true),
   };
 }
 
