@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 MAX_STREAMS = 32
 REQUEST_SECONDS = 30.0
 # Reads and actions a second, in all (the page's own files, /healthz and
-# robots.txt are not counted): beyond it, 429 with Retry-After.
+# robots.txt are not counted): beyond it a request waits its turn, up to
+# API_QUEUE_SECONDS (then 429 with Retry-After).
 API_RATE, API_BURST = 100.0, 50.0
+API_QUEUE_SECONDS = 1.0
+CHART_SECONDS = 5  # a chart is drawn again after this (or a change), and cached by browsers as long
+CHARTS = {"throughput.svg": charts.throughput_svg, "latency.svg": charts.latency_svg}
 PAGES = re.compile(r"^/(?:|jobs|job/\d+)$")
 JOB_PATH = re.compile(r"^/api/jobs/(\d{1,19})(/log|/output)?$")
 _json = http.encoder
@@ -75,6 +79,7 @@ class WebApp:
         self.changes_seen = 0  # see count_changes
         self.live = Live(next_change, self.read_facts)
         self.history = History(started_at)
+        self._charts: dict[tuple[Any, ...], bytes] = {}
         self.static = load_static()
 
     # -- ASGI -----------------------------------------------------------------
@@ -93,7 +98,7 @@ class WebApp:
             ):
                 await self._stream(request, receive, send)
                 return
-            self._pace(request)
+            await self._pace(request)
             with trio.fail_after(REQUEST_SECONDS):
                 status, content_type, body, extra = await self._answer(request, receive)
         except Refusal as refusal:
@@ -118,13 +123,17 @@ class WebApp:
                 "add the name to http-names if it is yours",
             )
 
-    def _pace(self, request: Request) -> None:
-        """Refuse (429) a read or action beyond the web's share of the daemon's thread."""
+    async def _pace(self, request: Request) -> None:
+        """Hold a read or action until its turn in the web's share of the
+        daemon's thread; refuse it (429) if that is too far off."""
         if not request.path.startswith(("/api/", "/metrics", "/charts/")):
             return
-        wait = self.rate_limit.take(time.monotonic())
+        wait = self.rate_limit.reserve(time.monotonic(), API_QUEUE_SECONDS)
+        if wait is None:
+            retry = self.rate_limit.retry_after(API_QUEUE_SECONDS)
+            raise Refusal(429, "too many requests to the web page: try again in a moment", retry_after=retry)
         if wait > 0:
-            raise Refusal(429, "too many requests to the web page: try again in a moment", retry_after=wait)
+            await trio.sleep(wait)
 
     def _check_reader(self, request: Request) -> None:
         if self.reads_need_token:
@@ -165,7 +174,8 @@ class WebApp:
             return 200, "text/plain; version=0.0.4; charset=utf-8", await self.metrics(), []
         if path.startswith("/charts/"):
             self._check_reader(request)
-            return 200, "image/svg+xml", await self._chart(request), []
+            cache = f"private, max-age={CHART_SECONDS}".encode()
+            return 200, "image/svg+xml", await self._chart(request), [(b"cache-control", cache)]
         if path.startswith("/api/"):
             self._check_reader(request)
             return 200, "application/json", await self._api(request), []
@@ -221,7 +231,7 @@ class WebApp:
             if match and match[2] == "/log":
                 chunk = await self.ask(http.log_request(int(match[1]), query, limit=1024 * 1024))
                 assert isinstance(chunk, p.LogChunk)
-                return _json.encode(http.log_json(chunk, chunk.data.decode("utf-8", "replace")))
+                return await self.reader.run(_log_answer, chunk)  # up to a MiB: off the daemon's thread
         except requests.BadRequest as exc:
             raise Refusal(400, str(exc)) from None
         raise Refusal(404, f"nothing at {path}")
@@ -238,17 +248,23 @@ class WebApp:
             await trio.sleep(0.5)
 
     async def _chart(self, request: Request) -> bytes:
+        """A chart, drawn on the web's thread (a day's attempts can be many)
+        at most once per CHART_SECONDS and history for every viewer."""
         name = request.path.removeprefix("/charts/")
         range_name = (request.query.get("range") or ["hour"])[-1]
         if range_name not in charts.RANGES:
             raise Refusal(400, f"range must be {' or '.join(charts.RANGES)}")
+        draw = CHARTS.get(name)
+        if draw is None:
+            raise Refusal(404, f"no chart {name}")
         await self._refresh_history()
         now = time.time()
-        if name == "throughput.svg":
-            return charts.throughput_svg(self.history.attempts, now, range_name).encode()
-        if name == "latency.svg":
-            return charts.latency_svg(self.history.attempts, now, range_name).encode()
-        raise Refusal(404, f"no chart {name}")
+        key = (name, range_name, self.history.refreshed_at, math.floor(now / CHART_SECONDS))
+        if key not in self._charts:
+            svg = await self.reader.run(lambda: draw(self.history.attempts, now, range_name).encode())
+            self._charts = {k: v for k, v in self._charts.items() if k[2:] == key[2:]}
+            self._charts[key] = svg
+        return self._charts[key]
 
     async def metrics(self) -> bytes:
         from queued.web import metrics
@@ -272,7 +288,7 @@ class WebApp:
             commits=self.writer.commits,
             commit_seconds=self.writer.commit_seconds,
         )
-        return metrics.exposition(facts)
+        return await self.reader.run(metrics.exposition, facts)  # with the history, off the daemon's thread
 
     # -- streams --------------------------------------------------------------
 
@@ -343,6 +359,13 @@ class WebApp:
         response = await self.ask(call)
         log.info("web: %s by the web page: %s", name, _short(response))
         return 200, "application/json", _json.encode(response), []
+
+
+_thread_json = msgspec.json.Encoder()  # used on the web's own thread only
+
+
+def _log_answer(chunk: p.LogChunk) -> bytes:
+    return _thread_json.encode(http.log_json(chunk, chunk.data.decode("utf-8", "replace")))
 
 
 def _short(response: p.Response) -> str:

@@ -139,18 +139,23 @@ class History:
     async def refresh(
         self, read: Callable[..., Awaitable[Any]], changes: int, now: float | None = None
     ) -> None:
-        """Top up from the store (`read` runs a store function): at most every
-        HISTORY_INTERVAL, and only after a change (`changes` counts them) or a minute."""
+        """Top up from the store (`read` runs a store function on the web's
+        own thread, where all else that touches the history runs too): at
+        most every HISTORY_INTERVAL, and only after a change (`changes`
+        counts them) or a minute."""
         async with self._lock:
             since = trio.current_time() - self.refreshed_at
             if since < HISTORY_INTERVAL or (changes == self.changes_seen and since < 60):
                 return
             now = time.time() if now is None else now
             after = now - HISTORY_SECONDS if self.mark is None else self.mark - LATE_RECORDS
-            found = await read(attempts_ended, after, now, HISTORY_LIMIT)
-            self.add(found, now, complete=len(found) < HISTORY_LIMIT)
+            await read(self._top_up, after, now)  # the read and the adding, off the daemon's thread
             self.refreshed_at = trio.current_time()
             self.changes_seen = changes
+
+    def _top_up(self, store: Any, after: float, now: float) -> None:
+        found = attempts_ended(store, after, now, HISTORY_LIMIT)
+        self.add(found, now, complete=len(found) < HISTORY_LIMIT)
 
     def add(self, found: list[EndedAttempt], now: float, *, complete: bool = True) -> None:
         """Attempts read for the window (mark - LATE_RECORDS, now], oldest first;

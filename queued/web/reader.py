@@ -47,6 +47,15 @@ class ReadConnection:
         self.reads += 1
         return await trio.to_thread.run_sync(self._call, fn, args, kwargs, limiter=self._limiter)
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the same thread, one call at a time with the reads:
+        the web's heavy work (the history, charts, /metrics, long logs as
+        JSON) goes here rather than on the daemon's own thread, which runs
+        the timers and dispatch. It still holds the GIL, but Python hands it
+        over every few milliseconds where a step on the daemon's thread
+        would hold that thread until done. The history is touched only here."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         # A method of the store contract runs as the engine's own (as the
         # writer runs it); any other function (queued.store.sqlite.reports)

@@ -212,7 +212,10 @@ def ensure_token(data_dir: Path) -> str:
 class RateLimit:
     """A token bucket: `rate` requests a second, bursts of `burst`. The web
     answers in the daemon's own thread, so its reads are paced to keep the
-    daemon's timers and dispatch on time under any load of requests."""
+    daemon's timers and dispatch on time under any load of requests: a
+    request beyond the pace waits its turn (its connection idle, costing
+    the thread nothing) rather than being refused at once, which a client
+    that retries at once would turn into more work than the answers."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
@@ -220,12 +223,18 @@ class RateLimit:
         self._tokens = burst
         self._at: float | None = None
 
-    def take(self, now: float) -> float:
-        """0 if a request may go now, else the seconds until one may."""
+    def reserve(self, now: float, longest: float) -> float | None:
+        """The seconds until a request may go (0: now), its turn taken; None
+        (nothing taken) if that would be more than `longest` seconds."""
         if self._at is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate
+        wait = max(0.0, (1 - self._tokens) / self.rate)
+        if wait > longest:
+            return None
+        self._tokens -= 1
+        return wait
+
+    def retry_after(self, longest: float) -> float:
+        """When a request refused for want of a turn may come back."""
+        return max(0.0, (1 - self._tokens) / self.rate - longest)

@@ -218,3 +218,29 @@ def test_a_flood_of_idle_connections_leaves_the_jobs_their_descriptors(tmp_path:
         assert "Too many open files" not in d.log.read_text()
     finally:
         d.stop()
+
+
+def _bars(svg: bytes) -> list[str]:
+    import xml.etree.ElementTree as ET
+
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    return sorted(
+        e.find(svg_ns + "title").text or ""  # type: ignore[union-attr]
+        for e in ET.fromstring(svg).iter(svg_ns + "rect")
+        if e.find(svg_ns + "title") is not None
+    )
+
+
+def test_the_charts_keep_their_history_across_a_restart(web_daemon: Daemon) -> None:
+    """Drawn from the stored attempts (Flower forgets its history on restart)."""
+    done = web_daemon.add("true")
+    failed = web_daemon.add("--max-retries", "0", "exit 3")
+    web_daemon.ctl("wait", str(done), str(failed))
+    code, before = fetch(web_url(web_daemon) + "charts/throughput.svg?range=day")
+    assert code == 200 and sum(int(t.split()[0]) for t in _bars(before)) == 2
+    web_daemon.stop()
+    web_daemon.start()
+    code, after = fetch(web_url(web_daemon) + "charts/throughput.svg?range=day")
+    assert code == 200 and _bars(after) == _bars(before)
+    text = fetch(web_url(web_daemon) + "metrics")[1].decode()
+    assert "queued_run_time_seconds_count 0.0" in text  # the counters are this process's own

@@ -4,9 +4,12 @@ update, actions act (with the token only)."""
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -287,11 +290,57 @@ async def test_metrics_match_status(web: Web) -> None:
     assert 0 < samples[("queued_store_commit_seconds_total", ())] < 60
 
 
-async def test_reads_beyond_the_web_s_share_are_429(web: Web) -> None:
+async def test_reads_beyond_the_web_s_share_wait_their_turn_then_are_429(web: Web) -> None:
+    web.app.rate_limit = security.RateLimit(rate=2, burst=2)
+    for _ in range(2):
+        assert (await get(web.url + "/api/status")).status == 200
+    started = trio.current_time()
+    assert (await get(web.url + "/api/status")).status == 200  # its turn came half a second later
+    assert trio.current_time() - started >= 0.4
     web.app.rate_limit = security.RateLimit(rate=1, burst=2)
-    assert (await get(web.url + "/api/status")).status == 200
-    assert (await get(web.url + "/api/status")).status == 200
-    refused = await get(web.url + "/api/status")
-    assert refused.status == 429 and int(refused.headers["retry-after"]) >= 1
+    async with trio.open_nursery() as nursery:  # 2 now, 1 after a second, then none within a second
+        answers = []
+
+        async def ask() -> None:
+            answers.append(await get(web.url + "/api/status"))
+
+        for _ in range(4):
+            nursery.start_soon(ask)
+    assert sorted(a.status for a in answers) == [200, 200, 200, 429]
+    refused = next(a for a in answers if a.status == 429)
+    assert int(refused.headers["retry-after"]) >= 1
     assert (await get(web.url + "/healthz")).status == 200  # probes and the page's files are not paced
     assert (await get(web.url + "/static/app.js")).status == 200
+
+
+async def test_the_heavy_work_runs_off_the_daemon_s_thread_and_charts_are_shared(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history, the charts, /metrics and long logs are worked on the web's
+    own thread: a day of attempts must not hold the thread of the timers."""
+    from queued.web import app as web_app
+    from queued.web import live, metrics
+
+    threads: dict[str, list[threading.Thread]] = collections.defaultdict(list)
+
+    def spy(name: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            threads[name].append(threading.current_thread())
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(web_app, "CHART_SECONDS", 10**9)  # one time bucket for the whole test
+    monkeypatch.setitem(web_app.CHARTS, "throughput.svg", spy("chart", web_app.CHARTS["throughput.svg"]))
+    monkeypatch.setattr(live.History, "add", spy("history", live.History.add))
+    monkeypatch.setattr(metrics, "exposition", spy("metrics", metrics.exposition))
+    monkeypatch.setattr(web_app, "_log_answer", spy("log", web_app._log_answer))
+    job = await add(web, "echo done")
+    await web.client.wait(job)
+    for _ in range(3):  # three viewers: one drawing
+        assert (await get(web.url + "/charts/throughput.svg")).status == 200
+    assert (await get(web.url + "/metrics")).status == 200
+    assert (await get(web.url + f"/api/jobs/{job}/log")).json()["text"] == "done\n"
+    assert set(threads) == {"chart", "history", "metrics", "log"}
+    assert len(threads["chart"]) == 1
+    assert all(t is not threading.main_thread() for found in threads.values() for t in found)

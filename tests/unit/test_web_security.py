@@ -139,8 +139,11 @@ def test_headers_forbid_inline_code_and_framing() -> None:
 
 def test_the_rate_limit_allows_bursts_then_paces() -> None:
     limit = s.RateLimit(rate=10, burst=3)
-    assert [limit.take(100.0) for _ in range(3)] == [0, 0, 0]
-    assert limit.take(100.0) == pytest.approx(0.1)  # the fourth waits for a token
-    assert limit.take(100.11) == 0  # one came back
-    assert limit.take(105.0) == 0 and limit.take(105.0) == 0 and limit.take(105.0) == 0
-    assert limit.take(105.0) > 0  # never more than the burst saved up
+    assert [limit.reserve(100.0, 1.0) for _ in range(3)] == [0, 0, 0]
+    assert limit.reserve(100.0, 1.0) == pytest.approx(0.1)  # the fourth waits its turn
+    assert limit.reserve(100.0, 1.0) == pytest.approx(0.2)  # and the fifth after it
+    assert limit.reserve(100.0, 0.25) is None  # too far off: refused, and no turn taken
+    assert limit.retry_after(0.25) == pytest.approx(0.05)
+    assert limit.reserve(100.0, 0.3) == pytest.approx(0.3)
+    assert limit.reserve(105.0, 0) == 0 and limit.reserve(105.0, 0) == 0 and limit.reserve(105.0, 0) == 0
+    assert limit.reserve(105.0, 0) is None  # never more than the burst saved up
