@@ -6,9 +6,12 @@ W1  B1's drain (10,000 `true` jobs, 2 slots) with `--http` and 32 live
 W2  GET /api/jobs (50 a page) at 1,000,000 jobs: p50 and p99, newest page,
     a page far back (`before`), a label filter and a state filter (target
     p50 <= 20 ms).
-W3  Requests/s of the JSON API (/api/status and /api/jobs), 4 clients.
+W3  Requests/s of the JSON API (/api/status and /api/jobs), 4 clients: the
+    page's pace (100 a second, bursts of 50) caps it; the daemon's CPU per
+    request (all its threads, from /proc) says what a request costs it.
 W6  B6's timer lateness (200 delayed jobs over 5 s) while 2 clients keep
-    asking /api/jobs, against B6 without them.
+    asking /api/jobs as fast as they are answered, against B6 without them,
+    interleaved run by run; medians of the runs' p50 and p99.
 
   python tests/bench/web.py [--quick] [--only W1,W2] [--json PATH]
 """
@@ -28,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import benches
-from harness import Daemon, compile_c, machine, median, percentile
+from harness import Daemon, compile_c, cpu_seconds, machine, median, percentile
 
 from queued.protocol import JobSpec
 
@@ -151,11 +154,13 @@ def w3_throughput(root: Path, seconds: float, clients: int) -> dict[str, float]:
                     done[index] += 1
 
             threads = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
+            cpu = cpu_seconds(daemon.pid)
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             figures[f"{name}_per_s"] = sum(done) / seconds
+            figures[f"{name}_cpu_ms"] = (cpu_seconds(daemon.pid) - cpu) / sum(done) * 1e3
         return figures
 
 
@@ -190,6 +195,7 @@ def w6_lateness(root: Path, stamp: Path, delays: list[float], load: bool) -> lis
     stamps.mkdir(parents=True)
     with Daemon(root, extra=("--http", "127.0.0.1:0")) as daemon:
         pressure = Load(url_of(daemon), 2) if load else None
+        cpu = cpu_seconds(daemon.pid)
         try:
             with daemon.client(timeout=None) as client:
                 specs = [JobSpec(command=f"{stamp} {stamps / str(i)}", delay=d) for i, d in enumerate(delays)]
@@ -197,9 +203,12 @@ def w6_lateness(root: Path, stamp: Path, delays: list[float], load: bool) -> lis
                 due = {job.id: job.run_at for job in client.list(ids=ids)}
                 client.wait(*ids)
         finally:
+            cpu = cpu_seconds(daemon.pid) - cpu
+            said = "no API load"
             if pressure is not None:
                 pressure.close()
-                print(f"  W6 load: {pressure.count} answered, {pressure.refused} refused (429)")
+                said = f"{pressure.count} API answers, {pressure.refused} refused (429)"
+            print(f"  W6 {said}: the daemon's CPU {cpu:.2f} s")
     lateness = []
     for i, job_id in enumerate(ids):
         started = float((stamps / str(i)).read_text())
@@ -242,20 +251,28 @@ def main() -> None:
         if "W3" in only:
             figures = w3_throughput(root / "w3", 3 if args.quick else 10, 4)
             results["W3"] = figures
-            print("W3 requests/s, 4 clients: " + ", ".join(f"{k} {v:.0f}" for k, v in figures.items()))
+            print(
+                "W3 requests/s, 4 clients, and the daemon's CPU ms per request: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+            )
         if "W6" in only:
             stamp = compile_c("stamp", root)
             assert stamp is not None, "W6 needs cc"
             delays = benches.b6_delays(200, 5.0, 6)
-            quiet, loaded = [], []
+            quiet: list[list[float]] = []
+            loaded: list[list[float]] = []
             for run in range(runs):
-                quiet += w6_lateness(root / f"w6-quiet-{run}", stamp, delays, load=False)
-                loaded += w6_lateness(root / f"w6-load-{run}", stamp, delays, load=True)
+                quiet.append(w6_lateness(root / f"w6-quiet-{run}", stamp, delays, load=False))
+                loaded.append(w6_lateness(root / f"w6-load-{run}", stamp, delays, load=True))
+                print(
+                    f"  W6 run {run + 1}: quiet p50 {percentile(quiet[-1], 50) * 1e3:.1f} p99 "
+                    f"{percentile(quiet[-1], 99) * 1e3:.1f}, loaded p50 {percentile(loaded[-1], 50) * 1e3:.1f} "
+                    f"p99 {percentile(loaded[-1], 99) * 1e3:.1f} ms"
+                )
             results["W6"] = {
-                "quiet_p50_ms": percentile(quiet, 50) * 1e3,
-                "quiet_p99_ms": percentile(quiet, 99) * 1e3,
-                "loaded_p50_ms": percentile(loaded, 50) * 1e3,
-                "loaded_p99_ms": percentile(loaded, 99) * 1e3,
+                f"{name}_{q}_ms": median([percentile(r, int(q[1:])) for r in runs_of]) * 1e3
+                for name, runs_of in (("quiet", quiet), ("loaded", loaded))
+                for q in ("p50", "p99")
             }
             print("W6 timer lateness (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in results["W6"].items()))  # type: ignore[union-attr]
     if args.json:
