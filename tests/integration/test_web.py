@@ -344,3 +344,19 @@ async def test_the_heavy_work_runs_off_the_daemon_s_thread_and_charts_are_shared
     assert set(threads) == {"chart", "history", "metrics", "log"}
     assert len(threads["chart"]) == 1
     assert all(t is not threading.main_thread() for found in threads.values() for t in found)
+
+
+async def test_a_request_trickled_a_byte_at_a_time_is_cut_off(web: Web) -> None:
+    """hypercorn's read timeout is per read, but its idle timeout (5 s) runs
+    until a whole head has come: a client trickling a byte at a time cannot
+    hold one of the page's connections (nor 64 of them, the page)."""
+    host, port = web.url.removeprefix("http://").rsplit(":", 1)
+    slow = await trio.open_tcp_stream(host, int(port))
+    head = b"GET /api/status HTTP/1.1\r\nHost: " + host.encode() + b"\r\nX-Slow: " + b"a" * 2000
+    try:
+        with pytest.raises(trio.BrokenResourceError):  # cut off long before the 100 s it would take
+            for byte in head:
+                await slow.send_all(bytes([byte]))
+                await trio.sleep(0.05)
+    finally:
+        await slow.aclose()
