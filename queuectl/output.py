@@ -332,6 +332,8 @@ def status_block(status: Status, *, now: float) -> str:
     awaiting its retry; `dead` used up its retries)."""
     counts = status.counts
     state_line = "  ".join(f"{state} {counts.get(state, 0)}" for state in _COUNTED_STATES)
+    if status.store_unreachable_since is not None:
+        state_line = "unknown while the job store is unreachable"
     slots = f"{status.running} of {status.concurrency} in use"
     if status.concurrency == 0:
         slots += " (no job starts: `queuectl workers scale N` to start again)"
@@ -343,8 +345,7 @@ def status_block(status: Status, *, now: float) -> str:
         f"  socket:  {status.socket}",
         f"  data:    {status.data_dir}",
         *([f"  web:     {status.web}"] if status.web else []),
-        "",
-        queue_table(status.queues),
+        *(["", queue_table(status.queues)] if status.store_unreachable_since is None else []),
     ]
     lines[1:1] = [f"  problem: {problem}" for problem in status.problems]
     return "\n".join(lines)

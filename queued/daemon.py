@@ -33,7 +33,7 @@ from queued.server import handlers, handlers_changes
 from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
-from queued.store import Changes, Store
+from queued.store import Changes, StorageError, Store
 from queued.store.engines import StoreUnusable, is_postgres, open_store
 from queued.store.engines import describe as describe_store
 from queued.store.writer import Kind, Writer
@@ -305,12 +305,15 @@ class Runner:
         first = True
         while True:
             change = self.supervisor.next_change()
-            counts = await db.read(Store.counts)
-            status = (
-                f"{len(self.supervisor.running)} running, "
-                f"{sum(counts[state] for state in lifecycle.WAITING_STATES)} waiting, "
-                f"{counts[lifecycle.COMPLETED]} completed, {counts[lifecycle.DEAD]} dead"
-            )
+            try:
+                counts = await db.read(Store.counts)
+                status = (
+                    f"{len(self.supervisor.running)} running, "
+                    f"{sum(counts[state] for state in lifecycle.WAITING_STATES)} waiting, "
+                    f"{counts[lifecycle.COMPLETED]} completed, {counts[lifecycle.DEAD]} dead"
+                )
+            except StorageError as exc:
+                status = f"{len(self.supervisor.running)} running; {exc}"
             if first:
                 self.notifier.ready(status)
                 first = False
@@ -377,7 +380,10 @@ class Runner:
     async def log_state(self) -> None:
         """Log the daemon's state (SIGUSR1)."""
         d = self.daemon
-        counts = await d.db.read(Store.counts)
+        try:
+            counts = await d.db.read(Store.counts)
+        except StorageError:
+            counts = {}  # the problems say why
         for line in signals.state_report(
             now=trio.current_time(),
             clock_now=time.time(),

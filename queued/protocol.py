@@ -489,6 +489,10 @@ class Status(Response, tag="status"):
     # Sentences about what is wrong with the daemon itself (its database file
     # deleted under it, ...): empty while all is well.
     problems: list[str] = []
+    # Since when (epoch seconds) the job store cannot be reached (a PostgreSQL
+    # server down, a network cut), or None. Meanwhile counts and queues are
+    # empty: only the store knows them.
+    store_unreachable_since: float | None = None
 
 
 class Workers(Response, tag="workers"):

@@ -1,13 +1,23 @@
 """An attempt's end, recorded: the guardian told, its record queued
 (`Store.finish`, which asks `lifecycle` what the end means), and what came of
-it logged. A failing disk only delays a record, never drops it: it is queued
-again every second until it commits or the database is gone."""
+it logged.
+
+A failing store only delays a record, never drops it: an end whose record
+failed is kept in memory, with every end after it, in the order they came,
+and queued again, in that order, once the store answers (a PostgreSQL server
+back: the writer's `reconnected`) or after a backoff (a full disk: 1 s
+doubling to KEPT_RETRY_MAX_SECONDS), until it commits or the database is
+gone. Each end keeps the time it happened. A record that was kept already
+(its COMMIT lost on the way back) changes nothing the second time: the store
+moves a job on only for the attempt it is running."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -19,10 +29,19 @@ from queued.processes.log_folders import LogFolders
 from queued.processes.output_copies import OutputCopies
 from queued.processes.store_calls import StoreCalls
 from queued.settings import Settings
-from queued.store import Claimed, StorageError
+from queued.store import Claimed, StorageError, StoreUnreachable
 from queued.store.writer import Call
 
 log = logging.getLogger("queued.processes.supervisor")
+# A record refused by a failing disk is tried again after 1 s, doubling up to this.
+KEPT_RETRY_MAX_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class _End:
+    attempt: Attempt
+    outcome: Exit
+    ended_at: float
 
 
 class Ends:
@@ -43,8 +62,16 @@ class Ends:
         self.clock = clock
         self.output = output  # attempts' output copied into the store, when it keeps output
         self._on_recorded = on_recorded  # told the job after each end's record committed, or failed for good
+        self.on_kept: Callable[[], None] | None = None  # told when an end is kept in memory
         self.recording = 0  # ends queued but not yet committed
         self.nursery: trio.Nursery | None = None  # where a record is tried again (None: it is not)
+        self._kept: deque[_End] = deque()  # ends whose record waits for the store, in order
+        self._retrying = False  # a task of the nursery sends the kept ones again
+
+    @property
+    def kept(self) -> int:
+        """Ends kept in memory until the store takes them."""
+        return len(self._kept)
 
     def record(self, attempt: Attempt, outcome: Exit) -> None:
         """The attempt's process is gone: tell the guardian and queue its end's record."""
@@ -57,26 +84,32 @@ class Ends:
             if attempt.logs and (attempt.logs[0].lost or attempt.logs[1].lost):
                 self.log_folders.forget(job.id)
         self.recording += 1
-        finish = self._queue(attempt, outcome)
-        finish.on_done = lambda call: self._recorded(attempt, outcome, call)
+        end = _End(attempt, outcome, self.clock())
+        if self._kept:  # ends before it wait for the store: it waits behind them
+            self._kept.append(end)
+        else:
+            self._send(end)
 
-    def _queue(self, attempt: Attempt, outcome: Exit) -> Call:
-        if attempt.copies and self.output is not None:
-            self.output.send(attempt.copies)  # its last output commits with its end, or before
-        out, err = attempt.log_paths
-        return self.store.finish(
-            attempt.claimed,
-            outcome,
+    def _send(self, end: _End) -> Call:
+        if end.attempt.copies and self.output is not None:
+            self.output.send(end.attempt.copies)  # its last output commits with its end, or before
+        out, err = end.attempt.log_paths
+        finish = self.store.finish(
+            end.attempt.claimed,
+            end.outcome,
             self.settings.backoff_max,
-            self.clock(),
-            pid=attempt.pid,
+            end.ended_at,
+            pid=end.attempt.pid,
             stdout=out,
             stderr=err,
-            log_incomplete=attempt.log_incomplete(),
+            log_incomplete=end.attempt.log_incomplete(),
         )
+        finish.on_done = lambda call: self._recorded(end, call)
+        return finish
 
-    def _recorded(self, attempt: Attempt, outcome: Exit, finish: Call) -> None:
+    def _recorded(self, end: _End, finish: Call) -> None:
         """The end's record committed, or failed. (After a refused start there is nothing to store.)"""
+        attempt, outcome = end.attempt, end.outcome
         refused = attempt.record is not None and attempt.record.error is not None
         if (
             isinstance(finish.error, StorageError)
@@ -84,7 +117,7 @@ class Ends:
             and self.store.lost is None
             and self.nursery is not None
         ):
-            self.nursery.start_soon(self._record_again, attempt, outcome, finish.error)
+            self._keep(end, finish.error)
             return
         job = attempt.claimed
         if attempt.copies and self.output is not None:
@@ -103,16 +136,41 @@ class Ends:
         self.recording -= 1
         self._on_recorded(job.id)
 
-    async def _record_again(self, attempt: Attempt, outcome: Exit, error: StorageError) -> None:
-        while True:
-            log.error("cannot record the end of job %d: %s; retrying in 1 s", attempt.claimed.id, error)
-            await trio.sleep(1)
-            finish = self._queue(attempt, outcome)
-            await finish.done.wait()
-            if not isinstance(finish.error, StorageError) or self.store.lost is not None:
-                self._recorded(attempt, outcome, finish)
-                return
-            error = finish.error
+    def _keep(self, end: _End, error: StorageError) -> None:
+        """Keep an end whose record failed, behind those kept before it."""
+        job = end.attempt.claimed
+        if isinstance(error, StoreUnreachable):
+            log.warning("job %d attempt %d: its end is kept until %s answers", job.id, job.run, error.store)
+        else:
+            log.error("cannot record the end of job %d: %s; kept to try again", job.id, error)
+        self._kept.append(end)
+        if self.on_kept is not None:  # a drain told to stop now need not wait for it (see Supervisor)
+            self.on_kept()
+        if not self._retrying:
+            assert self.nursery is not None
+            self._retrying = True
+            self.nursery.start_soon(self._send_kept)
+
+    async def _send_kept(self) -> None:
+        """Send the kept ends again, in order, when the store may take them:
+        once it answers again (unreachable), else after a backoff."""
+        delay = 1.0
+        try:
+            while self._kept:
+                if self.store.unreachable:
+                    await self.store.reconnected().wait()
+                    delay = 1.0
+                else:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, KEPT_RETRY_MAX_SECONDS)
+                kept = list(self._kept)
+                self._kept.clear()
+                log.info("recording the end of %d attempts kept in memory", len(kept))
+                # In order, behind nothing else of ours: a failure keeps them again, in order.
+                sent = [self._send(end) for end in kept]
+                await sent[-1].done.wait()
+        finally:
+            self._retrying = False
 
 
 def abandon(attempt: Attempt, reaped: Callable[[Attempt], None]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import trio
+
 from queued.lifecycle import Exit
 from queued.processes.read_ahead import Marks
 from queued.store import Ahead, Claimed, Store
@@ -29,6 +31,15 @@ class StoreCalls:
     def lost(self) -> str | None:
         """Why no change can be recorded any more (the database file is gone), or None."""
         return self.db.lost
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the store cannot be reached now (see `Writer`): calls fail at once."""
+        return self.db.unreachable is not None
+
+    def reconnected(self) -> trio.Event:
+        """Set when the store, unreachable now, answers again."""
+        return self.db.reconnected()
 
     async def lookahead(
         self, *, now: float, horizon: float, queues: list[str], busy: list[int], limit: int

@@ -54,7 +54,7 @@ from queued.processes.store_calls import StoreCalls
 from queued.processes.young_attempts import YoungAttempts
 from queued.protocol import QueueInfo, Slot
 from queued.settings import Settings
-from queued.store import Claimed, StorageError
+from queued.store import Claimed, CommitUnknown, StorageError, StoreUnreachable
 from queued.store.writer import Call, Writer
 
 # Jobs read ahead beyond the slots: enough that a busy drain reads rarely, few
@@ -93,6 +93,7 @@ class Supervisor:
         self._wake = trio.Event()
         self._change = trio.Event()
         self._drained = trio.Event()
+        self._interrupted = False  # a stop "now": running jobs are stopped, kept ends may be left
         self._nursery: trio.Nursery | None = None
         self._store = StoreCalls(db)
         self._hold = StartHold()
@@ -104,6 +105,7 @@ class Supervisor:
         self._ends = Ends(
             self._store, settings, guardian, self.log_folders, clock, self._end_recorded, self.output
         )
+        self._ends.on_kept = self._check_drained
         self._environments = JobEnvironments(instance)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self.attempts = RunningAttempts(self._young)
@@ -199,7 +201,9 @@ class Supervisor:
 
     async def _interrupt_when(self, interrupt: trio.Event) -> None:
         await interrupt.wait()
+        self._interrupted = True
         self.stop_jobs(list(self.running), "interrupt")
+        self._check_drained()
 
     def _end_recorded(self, job_id: int) -> None:
         """An end's record committed (or failed for good): readers of the store
@@ -213,7 +217,18 @@ class Supervisor:
             self.output_news(job_ids)
 
     def _check_drained(self) -> None:
-        if self.claiming_stopped.is_set() and not self.running and not self._ends.recording:
+        if not self.claiming_stopped.is_set() or self.running:
+            return
+        if not self._ends.recording:
+            self._drained.set()
+        elif self._interrupted and self._store.unreachable and self._ends.recording == self._ends.kept:
+            # Stopping now: the ends the store cannot take are left to the
+            # next start's recovery (interrupted attempts, retried).
+            log.warning(
+                "%d attempt ends are not recorded: the job store is unreachable; "
+                "they are recovered as interrupted",
+                self._ends.kept,
+            )
             self._drained.set()
 
     # -- the loop -------------------------------------------------------------
@@ -223,6 +238,7 @@ class Supervisor:
             self._nursery = self._ends.nursery = nursery
             await nursery.start(self._young.run)
             await nursery.start(self._escapes.run)
+            nursery.start_soon(self._wake_when_reconnected)
             task_status.started()
             with self._claiming:
                 while True:
@@ -238,6 +254,8 @@ class Supervisor:
         while True:
             if self._store.lost is not None:
                 return math.inf  # no start could be recorded: the database file is gone
+            if self._store.unreachable:
+                return math.inf  # claims resume when it answers again (_wake_when_reconnected)
             if not self.guardian.ready:
                 return math.inf  # nothing starts unguarded; a new guardian wakes us
             now = self.clock()
@@ -275,9 +293,18 @@ class Supervisor:
 
     def _cannot_claim(self, exc: StorageError) -> None:
         """A failing store (a full disk) holds claiming back a while; it never
-        stops the supervisor, and the running jobs go on."""
+        stops the supervisor, and the running jobs go on. An unreachable one
+        holds it until it answers again (the writer logs the outage)."""
+        if isinstance(exc, StoreUnreachable):
+            return
         log.error("cannot claim jobs: %s; retrying in %.0f s", exc, HOLD_SECONDS)
         self._hold.hold(self.clock() + HOLD_SECONDS)
+
+    async def _wake_when_reconnected(self) -> None:
+        """After the store was unreachable: claim again, without anyone's help."""
+        while True:
+            await self._store.reconnected().wait()
+            self.wake()
 
     def _deadline(self, when: float) -> float:
         """A clock time as a trio deadline."""
@@ -320,7 +347,13 @@ class Supervisor:
         if free <= 0 or not any(room.values()):
             return 0
         with trio.CancelScope(shield=True):  # once claimed, a job starts or waits again
-            claimed = await self._store.claim(now=now, slots=free, queue_room=room, busy=list(self.running))
+            try:
+                claimed = await self._store.claim(
+                    now=now, slots=free, queue_room=room, busy=list(self.running)
+                )
+            except CommitUnknown as exc:
+                self._unclaim_when_back(exc.result or [], now)
+                raise
             started = 0
             while started < len(claimed) and not self.claiming_stopped.is_set():
                 if not self._start(claimed[started], now, committed=True):
@@ -331,6 +364,35 @@ class Supervisor:
                 unclaims = [self._store.unclaim(job, now) for job in claimed[started:]]
                 await unclaims[-1].done.wait()  # on disk before a shutdown can end the writer
         return started
+
+    def _unclaim_when_back(self, jobs: list[Claimed], now: float) -> None:
+        """A claim whose COMMIT was lost may have been kept: its jobs would
+        stay running with no process. Once the store answers they are given
+        back (an unclaim of a claim that was not kept changes nothing)."""
+        if not jobs or self._nursery is None:
+            return
+        log.warning(
+            "jobs %s may have been claimed by a lost commit: given back once the store answers",
+            ", ".join(str(job.id) for job in jobs),
+        )
+        self._nursery.start_soon(self._unclaim_kept, jobs, now)
+
+    async def _unclaim_kept(self, jobs: list[Claimed], now: float) -> None:
+        delay = HOLD_SECONDS
+        while True:
+            if self._store.unreachable:
+                await self._store.reconnected().wait()
+            calls = [self._store.unclaim(job, now) for job in jobs]
+            await calls[-1].done.wait()
+            failed = [
+                job for job, call in zip(jobs, calls, strict=True) if isinstance(call.error, StorageError)
+            ]
+            if not failed or self._store.lost is not None:
+                self.wake()
+                return
+            jobs = failed
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def _start(self, claimed: Claimed, now: float, *, committed: bool) -> bool:
         """Spawn the attempt's process and, unless its claim committed already,
@@ -450,6 +512,7 @@ class Supervisor:
             or not self.guardian.ready
             or self._hold.holds(now)
             or self._store.lost is not None  # no start could be recorded
+            or self._store.unreachable
             or not self.read_ahead.valid_for(now, self._store.marks)
         ):
             return False

@@ -175,7 +175,15 @@ class Daemon:
 
     def problems(self) -> list[str]:
         """What is wrong with the daemon itself, for `status` (empty when all is well)."""
-        return [problem for problem in (self.db.lost, self.config_problem) if problem]
+        return [problem for problem in (self.db.lost, self._unreachable(), self.config_problem) if problem]
+
+    def _unreachable(self) -> str | None:
+        since, error = self.db.unreachable_since, self.db.unreachable
+        if since is None or error is None:
+            return None
+        when = time.strftime("%H:%M:%S", time.localtime(since))
+        seconds = max(0, round(self.clock() - since))
+        return f"{error.store} is unreachable since {when} ({seconds} s ago); reconnecting"
 
     def reconfigure(self) -> None:
         """Apply the settings the sources now give (after `config set`, or a reload)."""

@@ -14,7 +14,7 @@ from queued import __version__, config, lifecycle, validation
 from queued import protocol as p
 from queued.server.context import Daemon, Handler, Waiter
 from queued.settings import config_key, format_config_value, parse_config_value, settings_as_config
-from queued.store import Store
+from queued.store import Store, StoreUnreachable
 
 
 async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
@@ -211,8 +211,12 @@ def _read_range(path: str, offset: int, limit: int) -> tuple[bytes, int]:
 
 
 async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
-    counts = await d.db.read(Store.counts)
-    queues = await d.db.read(Store.queues)
+    try:
+        counts = await d.db.read(Store.counts)
+        queues = await d.db.read(Store.queues)
+    except StoreUnreachable:
+        # What this node knows without the store: its own slots, and why.
+        counts, queues = {}, []
     return p.Status(
         version=__version__,
         pid=os.getpid(),
@@ -226,6 +230,7 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         socket=d.socket_path,
         web=d.web_url,
         problems=d.problems(),
+        store_unreachable_since=d.db.unreachable_since,
     )
 
 

@@ -11,12 +11,14 @@ from queued.store.contract import (
     Ahead,
     Changes,
     Claimed,
+    CommitUnknown,
     Engine,
     OutputChunk,
     Recovered,
     Refused,
     StorageError,
     Store,
+    StoreUnreachable,
     Written,
 )
 
@@ -25,11 +27,13 @@ __all__ = [
     "Ahead",
     "Changes",
     "Claimed",
+    "CommitUnknown",
     "Engine",
     "OutputChunk",
     "Recovered",
     "Refused",
     "StorageError",
     "Store",
+    "StoreUnreachable",
     "Written",
 ]

@@ -61,6 +61,31 @@ class StorageError(Exception):
     """The storage failed (disk full, I/O error): what the call did is not kept."""
 
 
+class StoreUnreachable(StorageError):
+    """The store cannot be reached now (its server restarts or fails over, the
+    network is cut): nothing of the call is kept, and the writer reconnects by
+    itself (`Transactions.reconnect`). `detail` is the driver's reason, for the
+    log; the message is the user's one line."""
+
+    def __init__(self, message: str, detail: str = "", store: str = "the job store") -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.store = store  # how messages name it ("the job store at HOST/DB")
+
+
+class CommitUnknown(StoreUnreachable):
+    """The store went away while the batch's COMMIT was on its way: the
+    changes may or may not have been kept. `result` is what the call
+    answered inside the transaction (a claim's jobs), for a caller that must
+    put right what may have been kept."""
+
+    def __init__(
+        self, message: str, detail: str = "", store: str = "the job store", result: Any = None
+    ) -> None:
+        super().__init__(message, detail, store)
+        self.result = result
+
+
 class BatchLost(Exception):
     """Raised by an engine to the writer: the whole transaction is gone (or
     cannot be kept), so every call of the batch fails with `error`."""
@@ -428,6 +453,13 @@ class Transactions(Protocol):
 
     def abort(self) -> None:
         """Roll back whatever the batch did; forget what may name rolled-back rows."""
+        ...
+
+    def reconnect(self) -> None:
+        """Reach the store again after a batch failed with StoreUnreachable
+        (the writer calls it, with backoff, while no batch runs); StorageError
+        while it still cannot. An engine that is never unreachable (SQLite)
+        does nothing."""
         ...
 
     def close(self) -> None:

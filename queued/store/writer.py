@@ -31,6 +31,15 @@ batch made only of them waits up to LINGER_SECONDS for company, so that a
 busy drain pays one commit, and one fsync, for many attempts instead of one
 or two each; any other call ends the wait, so requests and reads are never
 held back by it.
+
+A store that cannot be reached (a PostgreSQL server restarting, a network
+cut: the engine raises StoreUnreachable) is an outage, not an end: from the
+failed batch on, every call fails at once with the same one line, without
+touching the engine, while a task of the writer's calls `engine.reconnect`
+with backoff (RECONNECT_FIRST_SECONDS doubling to RECONNECT_MAX_SECONDS). The
+log says when it began and when it ended; `unreachable_since` tells `status`;
+`reconnected()` wakes whoever waits to try again (the supervisor's claims,
+the ends kept in memory).
 """
 
 from __future__ import annotations
@@ -48,11 +57,13 @@ from queued.store.contract import (
     NOTHING,
     BatchLost,
     Changes,
+    CommitUnknown,
     Engine,
     Refused,
     StorageError,
     Store,
     StoreLost,
+    StoreUnreachable,
     Written,
 )
 
@@ -64,6 +75,11 @@ MAX_BATCH = 512
 # Measured on 2 cores draining `true` jobs: 5 ms cut commits per job from ~0.25
 # to ~0.08 and the daemon's CPU per job by ~10%; longer gained nothing more.
 LINGER_SECONDS = 0.005
+# While the store is unreachable: the first reconnection try, doubling up to the
+# last, and how often the log says it still is.
+RECONNECT_FIRST_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+UNREACHABLE_REMINDER_SECONDS = 60.0
 
 
 class Kind(enum.Enum):
@@ -127,6 +143,11 @@ class Writer:
         self.additions = 0  # `add` calls queued, and commits that reordered claimable jobs
         # Why every change is refused from now on (the store is gone), or None.
         self.lost: str | None = None
+        # While the store cannot be reached: the error every call gets, and since when (time.time()).
+        self.unreachable: StoreUnreachable | None = None
+        self.unreachable_since: float | None = None
+        self._outage: StoreUnreachable | None = None  # set by a failed batch (on the worker thread)
+        self._reconnected = trio.Event()
         self.commits = 0  # transactions committed, and the seconds their COMMITs took
         self.commit_seconds = 0.0
 
@@ -211,8 +232,16 @@ class Writer:
 
     # -- the writer task --------------------------------------------------------
 
+    def reconnected(self) -> trio.Event:
+        """An event set when the store, unreachable now, answers again."""
+        return self._reconnected
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await self._serve(nursery)
+
+    async def _serve(self, nursery: trio.Nursery) -> None:
         while True:
             if not self._pending:
                 self._arrival = trio.Event()
@@ -221,6 +250,9 @@ class Writer:
             # One scheduling round lets tasks made runnable together (an exit and
             # the claim it allows) queue their calls into this same transaction.
             await trio.lowlevel.checkpoint()
+            if self.unreachable is not None:
+                self._fail_unreachable(self._take_batch(), self.unreachable)
+                continue
             if not self._urgent and len(self._pending) < MAX_BATCH:
                 # Records alone: wait for company, woken only by a call that
                 # must not wait (records that join need not wake us).
@@ -231,14 +263,66 @@ class Writer:
             batch = self._take_batch()
             # Never abandon the thread: a transaction must not be cut half-way.
             changes = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
+            if self._outage is not None:
+                self._begin_outage(self._outage, nursery)
             if changes.reordered:
                 self.additions += 1
-            for call in batch:
-                call.done.set()
-                if call.on_done is not None:
-                    call.on_done(call)
+            self._done(batch)
             if changes and self._on_commit is not None:
                 self._on_commit(changes)
+
+    @staticmethod
+    def _done(batch: list[Call]) -> None:
+        for call in batch:
+            call.done.set()
+            if call.on_done is not None:
+                call.on_done(call)
+
+    def _fail_unreachable(self, batch: list[Call], error: StoreUnreachable) -> None:
+        """While the store is unreachable every call fails at once, with the one line."""
+        for call in batch:
+            call.result, call.error = None, error
+        self._done(batch)
+
+    def _begin_outage(self, error: StoreUnreachable, nursery: trio.Nursery) -> None:
+        self._outage = None
+        if self.unreachable is not None:
+            return
+        self.unreachable = StoreUnreachable(str(error), error.detail, error.store)
+        self.unreachable_since = time.time()
+        log.warning("%s is unreachable (%s); reconnecting", error.store, error.detail or error)
+        nursery.start_soon(self._reconnect, error)
+
+    async def _reconnect(self, error: StoreUnreachable) -> None:
+        """Try the store again with backoff until it answers; then calls run again."""
+        began = reminded = trio.current_time()
+        delay = RECONNECT_FIRST_SECONDS
+        while True:
+            await trio.sleep(delay)
+            try:
+                # Never abandoned: the engine's connection must not change under a batch.
+                await trio.to_thread.run_sync(self.engine.reconnect, abandon_on_cancel=False)
+                break
+            except StorageError as exc:
+                detail = exc.detail if isinstance(exc, StoreUnreachable) else str(exc)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                if trio.current_time() - reminded >= UNREACHABLE_REMINDER_SECONDS:
+                    reminded = trio.current_time()
+                    log.warning(
+                        "%s is still unreachable after %.0f s (%s); trying every %.0f s",
+                        error.store,
+                        reminded - began,
+                        detail,
+                        delay,
+                    )
+                else:
+                    log.debug("%s: reconnection failed (%s); next try in %.1f s", error.store, detail, delay)
+        log.info("reconnected to %s after %.1f s unreachable", error.store, trio.current_time() - began)
+        self.unreachable = self.unreachable_since = None
+        reconnected, self._reconnected = self._reconnected, trio.Event()
+        reconnected.set()
+        if self._pending and self._arrival is not None:
+            self._arrival.set()
 
     def _take_batch(self) -> list[Call]:
         batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
@@ -287,10 +371,21 @@ class Writer:
             call.result = result
 
     def _fail_all(self, batch: list[Call], exc: BatchLost) -> Changes:
+        error = exc.error
         if isinstance(exc, StoreLost) and self.lost is None:
-            self.lost = str(exc.error)
-        log.error("commit failed: %s", exc.error)
+            self.lost = str(error)
+        if isinstance(error, StoreUnreachable):
+            self._outage = error  # the writer task begins the outage: see _begin_outage
+        else:
+            log.error("commit failed: %s", error)
         self.engine.abort()
         for call in batch:
-            call.result, call.error = None, exc.error
+            if isinstance(error, CommitUnknown):
+                # Each call learns what it did inside the transaction, which may have been kept.
+                call.result, call.error = (
+                    None,
+                    CommitUnknown(str(error), error.detail, error.store, call.result),
+                )
+            else:
+                call.result, call.error = None, error
         return Changes()

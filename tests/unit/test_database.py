@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -255,3 +257,50 @@ async def test_on_done_is_told_after_the_commit_in_queue_order(db: Writer, two_d
     kept.on_done = lambda call: told.append(f"done {call.error} {call.done.is_set()}")
     await kept.outcome()
     assert told == ["error Refused", "done None True"]
+
+
+@pytest.mark.engines("postgresql")
+async def test_an_unreachable_store_fails_every_call_at_once_until_the_writer_reconnects(
+    db: Writer, postgres_server: object, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server goes away: the batch that finds out fails with the one line,
+    so does every call after it without touching the engine (reads too), and
+    the writer reconnects by itself with backoff; then calls run again."""
+    import psycopg
+
+    from queued.store import StoreUnreachable
+
+    caplog.set_level("INFO", logger="queued.store.writer")
+    [job_id] = await db.add(Store.add_jobs, [new()], T0)
+    reconnects: list[float] = []
+    real_reconnect = db.engine.reconnect
+    refusals = 3
+
+    def reconnect(**how: object) -> None:  # the server refuses the first tries, then answers
+        if not how:  # the writer's (the engine's own, at a batch's begin, gives a timeout)
+            reconnects.append(time.monotonic())
+        if len(reconnects) <= refusals:
+            raise StoreUnreachable("the job store at X is unreachable; retrying", "refused")
+        real_reconnect()
+
+    monkeypatch.setattr(db.engine, "reconnect", reconnect)
+    with psycopg.connect(db.engine.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (db.engine.conn.info.backend_pid,))
+    with pytest.raises(StoreUnreachable):
+        await db.read(Store.states, [job_id])
+    reconnected = db.reconnected()
+    assert db.unreachable_since is not None
+    for call in (
+        db.queue(Kind.ADD, Store.add_jobs, [new()], T0),
+        db.queue(Kind.READ, Store.counts),
+    ):
+        with pytest.raises(StoreUnreachable, match=r"^the job store at .* is unreachable; retrying$"):
+            await call.outcome()
+    with trio.fail_after(10):
+        await reconnected.wait()
+    assert db.unreachable is None and db.unreachable_since is None
+    gaps = [b - a for a, b in itertools.pairwise(reconnects)]
+    assert len(reconnects) == refusals + 1 and gaps == sorted(gaps)  # backoff: each wait longer
+    assert await db.read(Store.states, [job_id]) == {job_id: "pending"}
+    assert "the job store is unreachable (refused); reconnecting" in caplog.text
+    assert "reconnected to the job store after" in caplog.text

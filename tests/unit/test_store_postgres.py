@@ -19,7 +19,7 @@ from queued.lifecycle import classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
 from queued.store import OutputChunk, StorageError
-from queued.store.contract import BatchLost
+from queued.store.contract import BatchLost, CommitUnknown, StoreUnreachable
 from queued.store.postgres import DatabaseUnusable, PostgresStore, schema
 from tests.postgres import PostgresServer
 from tests.store_harness import Direct
@@ -144,15 +144,17 @@ def test_a_database_error_in_a_guarded_call_keeps_the_rest_of_the_batch(store: D
     assert store.states([kept]) == {kept: lifecycle.PENDING}
 
 
-def test_a_lost_connection_fails_the_batch_and_the_next_one_reconnects(store: Direct) -> None:
-    [job_id] = store.add_jobs([new()], T0)
+def _terminate(store: Direct) -> None:
     with psycopg.connect(store.engine.url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (store.engine.conn.info.backend_pid,))
-    with pytest.raises(BatchLost) as caught:
-        store.add_jobs([new()], T0)
-    assert "unreachable" in str(caught.value.error)
-    assert store.states([job_id]) == {job_id: lifecycle.PENDING}  # a new connection
-    [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+
+
+def test_a_connection_broken_while_idle_is_replaced_at_the_next_batch(store: Direct) -> None:
+    [job_id] = store.add_jobs([new()], T0)
+    _terminate(store)
+    [second] = store.add_jobs([new()], T0)  # nothing lost: the batch began on a new connection
+    assert store.states([job_id, second]) == {job_id: lifecycle.PENDING, second: lifecycle.PENDING}
+    [claimed, _] = store.claim(now=T0, slots=2, queue_room=ROOM)
     assert store.finish(claimed, classify_exit(0), 3600.0, T0) == lifecycle.COMPLETED
 
 
@@ -184,6 +186,47 @@ def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres
         [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
         store.append_output([OutputChunk(job_id=job_id, attempt=1, stream="stdout", at=0, data=b"new\n")])
         assert store.read_output(job_id, 1, "stdout", 0, 100) == (b"new\n", 4)
+    finally:
+        engine.close()
+
+
+def test_a_connection_lost_in_a_batch_fails_it_as_unreachable_and_reconnect_restores_it(
+    store: Direct,
+) -> None:
+    [job_id] = store.add_jobs([new()], T0)
+    with pytest.raises(BatchLost) as caught, store.transaction():
+        store.add_jobs([new()], T0)
+        _terminate(store)
+        store.states([job_id])
+    error = caught.value.error
+    assert isinstance(error, StoreUnreachable) and not isinstance(error, CommitUnknown)
+    assert str(error) == f"the job store at {store.engine.where} is unreachable; retrying"
+    assert "terminating connection" in error.detail
+    store.engine.reconnect()
+    assert store.list_jobs() and [job.id for job in store.list_jobs()] == [job_id]  # the second was not kept
+
+
+def test_a_commit_lost_on_its_way_is_an_unknown_outcome(store: Direct) -> None:
+    with pytest.raises(BatchLost) as caught, store.transaction():
+        store.add_jobs([new()], T0)
+        _terminate(store)
+    error = caught.value.error
+    assert isinstance(error, CommitUnknown)
+    assert "may or may not have been kept" in str(error) and "\n" not in str(error)
+
+
+def test_reconnect_while_the_server_is_down_says_unreachable(postgres_server: PostgresServer) -> None:
+    engine = PostgresStore.open(postgres_server.tcp_url(postgres_server.clean_database()))
+    try:
+        postgres_server.stop("immediate")
+        try:
+            with pytest.raises(StoreUnreachable) as caught:
+                engine.reconnect(connect_timeout=2)
+            assert caught.value.detail and str(caught.value).endswith("is unreachable; retrying")
+        finally:
+            postgres_server.restart()
+        engine.reconnect()
+        assert engine.conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         engine.close()
 
@@ -271,3 +314,13 @@ def test_a_retry_and_an_add_of_one_key_on_two_nodes_take_turns(postgres_url: str
         assert answers == [[old]] and answers[0].existing == [True]
     finally:
         other.engine.close()
+
+
+def test_connection_strings_get_keepalive_and_a_user_timeout_unless_they_set_them() -> None:
+    given = psycopg.conninfo.conninfo_to_dict(schema.with_defaults("postgresql://u@db.example/q", {}))
+    assert given["keepalives"] == "1" and given["tcp_user_timeout"] == "5000"
+    assert given["keepalives_idle"] == "5" and given["connect_timeout"] == "10"
+    mine = "postgresql://u@db.example/q?tcp_user_timeout=30000&keepalives=0"
+    kept = psycopg.conninfo.conninfo_to_dict(schema.with_defaults(mine, {"PGCONNECT_TIMEOUT": "3"}))
+    assert kept["tcp_user_timeout"] == "30000" and kept["keepalives"] == "0"
+    assert "connect_timeout" not in kept  # libpq takes PGCONNECT_TIMEOUT itself

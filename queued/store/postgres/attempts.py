@@ -186,7 +186,8 @@ class Attempts:
             "UPDATE attempts SET ended_at = %s, exit_code = %s, signal = %s, error = %s,"
             " pid = coalesce(%s, pid), stdout_path = coalesce(%s, stdout_path),"
             " stderr_path = coalesce(%s, stderr_path), log_incomplete = %s"
-            " WHERE job_id = %s AND attempt = %s",
+            # Once: a record tried again after its COMMIT was lost keeps the first.
+            " WHERE job_id = %s AND attempt = %s AND ended_at IS NULL",
             (
                 now,
                 exit.exit_code,

@@ -5,9 +5,11 @@ guarded call).
 
 psycopg's async API runs only under asyncio: this is a synchronous
 connection, only ever used from the writer's thread (see
-`queued/store/writer.py`), exactly as the SQLite engine's. A connection found
-broken is replaced at the next batch's begin; until the database answers
-again, every batch fails with a StorageError saying it is unreachable.
+`queued/store/writer.py`), exactly as the SQLite engine's. A lost connection
+fails its batch with StoreUnreachable (CommitUnknown if the COMMIT was on its
+way); the writer then fails every call at once, without touching the
+connection, and calls `reconnect` with backoff until the database answers. A
+connection that broke while idle is replaced at the next batch's begin.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from queued.store.contract import (
     Ahead,
     BatchLost,
     Claimed,
+    CommitUnknown,
     OutputChunk,
     OutputStream,
     Recovered,
     Refused,
     StorageError,
+    StoreUnreachable,
     Written,
 )
 from queued.store.postgres import schema
@@ -45,6 +49,10 @@ from queued.validation import NewJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A broken connection found at a batch's begin is replaced at once, if the
+# server answers within this (seconds; libpq's least): else the batch fails and
+# the writer reconnects with backoff.
+INLINE_CONNECT_TIMEOUT = 2
 
 
 class PostgresStore:
@@ -57,6 +65,7 @@ class PostgresStore:
     def __init__(self, conn: Connection, url: str) -> None:
         self.url = url
         self.where = schema.where(url)
+        self.store_name = f"the job store at {self.where}"
         self._compose(conn)
 
     def _compose(self, conn: Connection) -> None:
@@ -241,39 +250,77 @@ class PostgresStore:
         """Drop what may name rows a rollback removed."""
         self._environments.forget()
 
-    def _lost(self, exc: BaseException) -> BatchLost:
-        """The batch is gone: the connection broke, or the database failed it."""
+    def _unreachable(self, exc: BaseException | None = None) -> bool:
+        return isinstance(exc, psycopg.OperationalError) or self.conn.closed or bool(self.conn.broken)
+
+    def _lost(self, exc: BaseException, *, committing: bool = False) -> BatchLost:
+        """The batch is gone: the connection broke (StoreUnreachable; during
+        the COMMIT, CommitUnknown: it may have been kept), or the database
+        failed it."""
+        if self._unreachable(exc):
+            message = f"the job store at {self.where} is unreachable; retrying"
+            if committing:
+                message = (
+                    f"the job store at {self.where} went away during the commit: the change may or may "
+                    "not have been kept; look before you repeat it"
+                )
+                return BatchLost(CommitUnknown(message, schema.first_line(exc), self.store_name))
+            return BatchLost(StoreUnreachable(message, schema.first_line(exc), self.store_name))
         return BatchLost(StorageError(self.describe(exc)))
 
     def describe(self, exc: BaseException) -> str:
-        if isinstance(exc, psycopg.OperationalError) or self.conn.closed or self.conn.broken:
-            return f"the job store at {self.where} is unreachable ({schema.first_line(exc)}); retrying"
+        if self._unreachable(exc):
+            return f"the job store at {self.where} is unreachable; retrying"
         if isinstance(exc, psycopg.errors.DiskFull):
             return f"the job store at {self.where} is full; free some space and try again"
         return f"database error: {schema.first_line(exc)}"
 
-    def _reconnect(self) -> None:
-        """Replace a broken connection (the database restarted, the network
-        was cut); BatchLost while the database cannot be reached."""
-        log.warning("the connection to the job store at %s was lost; reconnecting", self.where)
+    def reconnect(self, connect_timeout: int | None = None) -> None:
+        """Replace a broken connection (the database restarted or failed over,
+        the network was cut); StoreUnreachable while it cannot be reached, a
+        StorageError if what answers is not a usable store."""
         try:
             self.conn.close()
         except Exception:
             pass
         try:
-            conn = schema.connect(self.url)
+            conn = schema.connect(self.url, connect_timeout=connect_timeout)
+        except schema.DatabaseUnreachable as exc:
+            raise StoreUnreachable(
+                f"the job store at {self.where} is unreachable; retrying", exc.detail, self.store_name
+            ) from None
         except schema.DatabaseUnusable as exc:
-            raise BatchLost(StorageError(f"{exc}; retrying")) from None
+            raise StorageError(str(exc)) from None
         self._compose(conn)
-        log.info("reconnected to the job store at %s", self.where)
 
     def begin(self) -> None:
-        if self.conn.closed or self.conn.broken:
-            self._reconnect()
+        """Open the batch's transaction. A connection that broke while it was
+        idle (the server restarted since the last batch) is replaced once,
+        at once: nothing of this batch is lost by it."""
+        if self._unreachable():
+            self._reconnect_inline(None)
         try:
             self.conn.execute("BEGIN")
         except psycopg.Error as exc:
-            raise self._lost(exc) from exc
+            if not self._unreachable(exc):
+                raise self._lost(exc) from exc
+            self._reconnect_inline(exc)
+            try:
+                self.conn.execute("BEGIN")
+            except psycopg.Error as again:
+                raise self._lost(again) from again
+
+    def _reconnect_inline(self, exc: BaseException | None) -> None:
+        log.warning(
+            "the connection to the job store at %s was broken (%s); reconnecting",
+            self.where,
+            "closed" if exc is None else schema.first_line(exc),
+        )
+        try:
+            self.reconnect(connect_timeout=INLINE_CONNECT_TIMEOUT)
+        except StorageError as error:
+            raise BatchLost(error) from None
+        log.info("reconnected to the job store at %s", self.where)
 
     def call(
         self, method: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, guarded: bool
@@ -321,11 +368,13 @@ class PostgresStore:
         self.forget_caches()
 
     def commit(self) -> None:
-        """A failed COMMIT has an unknown outcome: the callers are told it failed."""
+        """A failed COMMIT has an unknown outcome: the callers are told so
+        (CommitUnknown); the writer's records are made so that a second
+        try of one already kept changes nothing more."""
         try:
             self.conn.execute("COMMIT")
         except psycopg.Error as exc:
-            raise self._lost(exc) from exc
+            raise self._lost(exc, committing=True) from exc
 
     def abort(self) -> None:
         if not (self.conn.closed or self.conn.broken):

@@ -9,6 +9,8 @@ written by a newer queued is refused with a message naming it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -135,6 +137,43 @@ class DatabaseUnusable(Exception):
     """The database cannot be used as queued's store; the message names it."""
 
 
+class DatabaseUnreachable(DatabaseUnusable):
+    """No connection could be made (the server is down, the network cut):
+    trying again later may work. `detail` is the driver's reason."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+# What a connection string gets unless the user chose otherwise (in the URL,
+# or PGCONNECT_TIMEOUT): TCP keepalive and tcp_user_timeout, without which a
+# network cut goes unnoticed for minutes (with them: seconds, see
+# FIELD-NOTES.md), and a bounded wait for a connection. libpq ignores the TCP
+# ones on a Unix socket.
+CONNECTION_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "1",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "5000",  # milliseconds
+    "connect_timeout": "10",
+}
+_DEFAULTS_FROM_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def with_defaults(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """`url` with CONNECTION_DEFAULTS for every parameter it does not set."""
+    environ = os.environ if environ is None else environ
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    missing = {
+        key: value
+        for key, value in CONNECTION_DEFAULTS.items()
+        if key not in given and _DEFAULTS_FROM_ENVIRONMENT.get(key, "") not in environ
+    }
+    return psycopg.conninfo.make_conninfo(url, **missing) if missing else url
+
+
 def where(url: str) -> str:
     """The database a URL names, for messages: host and database, never a password."""
     try:
@@ -149,14 +188,20 @@ def where(url: str) -> str:
     return f"{host}{':' + str(port) if port else ''}/{database}"
 
 
-def connect(url: str) -> Connection:
-    """An autocommit connection to the store of `url`, with the schema current;
-    DatabaseUnusable with a one-line reason when it cannot be used."""
+def connect(url: str, connect_timeout: int | None = None) -> Connection:
+    """An autocommit connection to the store of `url` (CONNECTION_DEFAULTS
+    added; `connect_timeout` in seconds overrides the URL's), with the schema
+    current; DatabaseUnusable with a one-line reason when it cannot be used
+    (DatabaseUnreachable when no connection could be made)."""
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        conninfo = with_defaults(url)
+        extra = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+        conn = psycopg.connect(conninfo, autocommit=True, **extra)
+    except psycopg.ProgrammingError as exc:  # not a connection string libpq takes
+        raise DatabaseUnusable(f"invalid job store URL: {first_line(exc)}") from None
     except psycopg.Error as exc:
-        raise DatabaseUnusable(
-            f"cannot connect to the job store at {where(url)}: {first_line(exc)}"
+        raise DatabaseUnreachable(
+            f"cannot connect to the job store at {where(url)}: {first_line(exc)}", first_line(exc)
         ) from None
     try:
         prepare(conn, where(url))
@@ -195,6 +240,10 @@ def prepare(conn: Connection, name: str) -> None:
                 conn.execute("UPDATE schema_version SET version = %s", (old + 1,))
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(NAMESPACE)))
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError) or conn.broken:
+            raise DatabaseUnreachable(
+                f"cannot reach the job store at {name}: {first_line(exc)}", first_line(exc)
+            ) from None
         raise DatabaseUnusable(f"the job store at {name} cannot be used: {first_line(exc)}") from None
 
 

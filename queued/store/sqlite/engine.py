@@ -314,6 +314,9 @@ class SqliteStore:
                 log.exception("rollback failed")
         self.forget_caches()
 
+    def reconnect(self) -> None:
+        """A file is never unreachable (a lost one is StoreLost): nothing to do."""
+
     def close(self) -> None:
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
