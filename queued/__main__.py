@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
         "and sslmode apply) makes this daemon use that database; default: SQLite in the data dir. "
         "`queued migrate --store URL` creates or upgrades its schema without starting a daemon",
     )
+    parser.add_argument(
+        "--exit-when-idle",
+        action="store_const",
+        const="true",
+        help="a batch runner: leave (gracefully, as on SIGTERM) once nothing is running here and "
+        "no job waits that it could run, delayed ones and retries included; held jobs and paused "
+        "queues wait for a person and keep no node (env QUEUED_EXIT_WHEN_IDLE). Example: "
+        "queued --store postgresql://db.example/queue --exit-when-idle",
+    )
+    parser.add_argument(
+        "--exit-after-jobs",
+        metavar="N",
+        help="start N attempts at most, then leave once they ended (env QUEUED_EXIT_AFTER_JOBS)",
+    )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
     return parser
 
@@ -156,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
                 "http": args.http,
                 "http-names": args.http_names,
                 "store": args.store,
+                "exit-when-idle": args.exit_when_idle,
+                "exit-after-jobs": args.exit_after_jobs,
             },
             environ=os.environ,
             file=file_values,
@@ -187,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             config_file_required=config_path is not None,
             http=chosen.http,
             http_names=chosen.http_names,
+            exit_when_idle=chosen.exit_when_idle,
+            exit_after_jobs=chosen.exit_after_jobs,
         )
         config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
         runner = Runner(config)

@@ -26,7 +26,28 @@ from queued.store.engines import check_spec as check_store
 from queued.store.engines import redact as redact_store
 
 SETTINGS_KEYS = tuple(CONFIG_KEYS)
-DAEMON_KEYS = ("socket", "data-dir", "log-level", "allow-group", "http", "http-names", "store")
+DAEMON_KEYS = (
+    "socket",
+    "data-dir",
+    "log-level",
+    "allow-group",
+    "http",
+    "http-names",
+    "store",
+    "exit-when-idle",
+    "exit-after-jobs",
+)
+# Daemon keys that are not text: a yes/no and a count (see daemon_values).
+_SWITCHES = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
 KEYS = (*SETTINGS_KEYS, *DAEMON_KEYS)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The sources, strongest first.
@@ -144,12 +165,17 @@ class DaemonValues:
     http: str | None = None  # the web page's HOST:PORT (off: None)
     http_names: str | None = None  # names its Host header may carry besides addresses
     store: str | None = None  # None: SQLite in the data dir (see queued.store.engines)
+    exit_when_idle: bool = False  # leave once nothing it could run is left (a batch runner)
+    exit_after_jobs: int | None = None  # leave after starting this many attempts (and seeing them end)
 
 
 def daemon_values(sources: Sources) -> DaemonValues:
     """The daemon's own keys by the same rule (no `config set`)."""
     values: dict[str, str | None] = {}
+    exit_when_idle, exit_after_jobs = _batch_runner_values(sources)
     for key in DAEMON_KEYS:
+        if key in ("exit-when-idle", "exit-after-jobs"):
+            continue
         layers = sources.layers(key)
         for source, value in layers:
             if not isinstance(value, str) or (key not in ("allow-group", "http-names") and not value.strip()):
@@ -174,4 +200,30 @@ def daemon_values(sources: Sources) -> DaemonValues:
         http=values["http"],
         http_names=values["http-names"] or None,
         store=values["store"] or None,
+        exit_when_idle=exit_when_idle,
+        exit_after_jobs=exit_after_jobs,
     )
+
+
+def _batch_runner_values(sources: Sources) -> tuple[bool, int | None]:
+    """exit-when-idle (true/false, yes/no, on/off, 1/0) and exit-after-jobs (a
+    count from 1), each from its strongest source; ValueError naming the source."""
+    when_idle = False
+    for source, value in reversed(sources.layers("exit-when-idle")):
+        switch = value if isinstance(value, bool) else _SWITCHES.get(str(value).strip().lower())
+        if switch is None:
+            raise ValueError(
+                f"invalid value for exit-when-idle: {value!r}, use true or false "
+                f"(from {sources.describe('exit-when-idle', source)})"
+            )
+        when_idle = switch
+    after_jobs = None
+    for source, value in reversed(sources.layers("exit-after-jobs")):
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            raise ValueError(
+                f"invalid value for exit-after-jobs: {value!r}, give a whole number from 1 "
+                f"(from {sources.describe('exit-after-jobs', source)})"
+            )
+        after_jobs = int(text)
+    return when_idle, after_jobs

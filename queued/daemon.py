@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from queued import lifecycle, signals
+from queued import batch_runner, lifecycle, signals
 from queued.config import SETTINGS_KEYS, Sources, daemon_values
 from queued.config import effective_settings as config_settings
 from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
@@ -63,6 +63,9 @@ class DaemonConfig:
     # The web page's HOST:PORT (queued.web, imported only then) and its extra host names.
     http: str | None = None
     http_names: str | None = None
+    # A batch runner leaves by itself (see BatchRunner).
+    exit_when_idle: bool = False
+    exit_after_jobs: int | None = None
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -181,6 +184,7 @@ class Runner:
             self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
             if web is not None:
                 self.supervisor.descriptors_reserved += web.descriptors
+            self.supervisor.start_budget = config.exit_after_jobs
             self.callbacks = Callbacks(
                 db, settings, guardian, JobEnvironments(instance), self.supervisor.look_for_orphans
             )
@@ -216,6 +220,10 @@ class Runner:
                         self.supervisor.next_change,
                     )
                 nursery.start_soon(self._signals, nursery)
+                if config.exit_after_jobs is not None:
+                    nursery.start_soon(self._leave_after_budget, config.exit_after_jobs)
+                if config.exit_when_idle:
+                    nursery.start_soon(self._leave_when_idle, db)
                 if self.notifier.enabled:
                     nursery.start_soon(self._report_status, db)
                 if self.notifier.watchdog_interval:
@@ -299,6 +307,22 @@ class Runner:
             log.critical("queued stops: %s; stopping the running jobs first", self.failure, exc_info=exc)
             await self.supervisor.abort()
             self.request_shutdown("now")
+
+    async def _leave_after_budget(self, count: int) -> None:
+        await self.supervisor.budget_spent.wait()
+        log.info("started %d attempts (--exit-after-jobs): leaving once they end", count)
+        self.request_shutdown("graceful")
+
+    async def _leave_when_idle(self, db: Writer) -> None:
+        async def queues() -> list[Any]:
+            return await db.read(Store.queues)
+
+        await batch_runner.leave_when_idle(
+            busy=lambda: self.supervisor.busy,
+            queues=queues,
+            next_change=self.supervisor.next_change,
+            leave=lambda: self.request_shutdown("graceful"),
+        )
 
     async def _report_status(self, db: Writer) -> None:
         """READY=1 once serving, then STATUS= after changes, at most once a second."""

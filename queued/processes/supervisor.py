@@ -93,6 +93,10 @@ class Supervisor:
         self._wake = trio.Event()
         self._change = trio.Event()
         self._drained = trio.Event()
+        # Attempts it may still start (`queued --exit-after-jobs`), None: no end;
+        # `budget_spent` is set once it reached 0.
+        self.start_budget: int | None = None
+        self.budget_spent = trio.Event()
         self._interrupted = False  # a stop "now": running jobs are stopped, kept ends may be left
         self._nursery: trio.Nursery | None = None
         self._store = StoreCalls(db)
@@ -160,6 +164,11 @@ class Supervisor:
 
     def slots(self) -> list[Slot]:
         return self.attempts.slots()
+
+    @property
+    def busy(self) -> bool:
+        """Whether an attempt runs here, or an end waits for its record."""
+        return bool(self.running) or self._ends.recording > 0
 
     def is_running(self, job_id: int) -> bool:
         """Whether `job_id` has an attempt whose end is not recorded yet."""
@@ -312,9 +321,13 @@ class Supervisor:
             return math.inf
         return trio.current_time() + max(0.0, when - self.clock())
 
-    def _room(self) -> dict[str, int]:
+    def _free(self) -> int:
+        """Slots free for new attempts (none once the start budget is spent)."""
         free = self.settings.concurrency - len(self.running)
-        return queue_room(free, self.queues.values(), self.attempts.per_queue)
+        return free if self.start_budget is None else min(free, self.start_budget)
+
+    def _room(self) -> dict[str, int]:
+        return queue_room(self._free(), self.queues.values(), self.attempts.per_queue)
 
     async def _look_ahead(self, now: float) -> bool:
         """Read the next due jobs; False if they may be stale already."""
@@ -330,7 +343,7 @@ class Supervisor:
 
     def _start_ahead(self, now: float, room: dict[str, int]) -> int:
         """Start jobs read ahead while there is room; how many started."""
-        jobs = self.read_ahead.take(now, room, self.settings.concurrency - len(self.running))
+        jobs = self.read_ahead.take(now, room, self._free())
         for started, job in enumerate(jobs):
             if not self.guardian.ready or not self._start(job, now, committed=False):
                 self.read_ahead.give_back(jobs[started:])  # no descriptor (or guardian): they wait
@@ -343,7 +356,7 @@ class Supervisor:
         self.read_ahead.forget()
         now = self.clock()
         room = self._room()
-        free = self.settings.concurrency - len(self.running)
+        free = self._free()
         if free <= 0 or not any(room.values()):
             return 0
         with trio.CancelScope(shield=True):  # once claimed, a job starts or waits again
@@ -419,6 +432,10 @@ class Supervisor:
         record = None if committed else self._store.start(claimed, now)
         attempt = Attempt(claimed, now, self.log_folders.paths(claimed.id, claimed.run), record)
         self.attempts.add(attempt)
+        if self.start_budget is not None:
+            self.start_budget -= 1
+            if self.start_budget <= 0:
+                self.budget_spent.set()
         if record is None:  # its claim committed the start: news for those watching (the web page)
             self._change.set()
         if record is not None:

@@ -81,6 +81,8 @@ VALUES: dict[str, dict[str, tuple[object, object]]] = {
         "environment": ("postgresql://b/q", "postgresql://b/q"),
         "file": ("sqlite", "sqlite"),
     },
+    "exit-when-idle": {"flag": ("true", True), "environment": ("no", False), "file": (True, True)},
+    "exit-after-jobs": {"flag": ("3", 3), "environment": ("40", 40), "file": (500, 500)},
 }
 DAEMON_DEFAULTS = {
     "socket": None,
@@ -90,6 +92,8 @@ DAEMON_DEFAULTS = {
     "http": None,
     "http-names": None,
     "store": None,
+    "exit-when-idle": False,
+    "exit-after-jobs": None,
 }
 STRONGEST_FIRST = ("flag", "environment", "config set", "file")
 
@@ -144,6 +148,8 @@ def test_every_key_has_a_variable() -> None:
         "QUEUED_HTTP",
         "QUEUED_HTTP_NAMES",
         "QUEUED_STORE",
+        "QUEUED_EXIT_WHEN_IDLE",
+        "QUEUED_EXIT_AFTER_JOBS",
     ]
 
 
