@@ -95,6 +95,11 @@ def effective_settings(config: DaemonConfig, persisted: dict[str, str]) -> Setti
     for key, value in persisted.items():
         if key not in SETTINGS_KEYS:
             continue
+        if key == "concurrency" and is_postgres(config.store):
+            # The slots are each node's own: one saved for all (by an older
+            # queued) would make every node run as many.
+            log.warning("ignoring the saved concurrency %s: each node has its own (--concurrency)", value)
+            continue
         try:
             parse_config_value(key, value)
         except ValueError as exc:
@@ -200,6 +205,7 @@ class Runner:
                 sources=config.sources,
             )
             self.supervisor.output_news = self.daemon.output_news.told
+            self.daemon.shared_store = is_postgres(config.store)
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
             server = self.server = Server(functools.partial(dispatch, REQUEST_HANDLERS, self.daemon), access)
             async with trio.open_nursery() as nursery:

@@ -172,6 +172,9 @@ class Daemon:
         self.sources = sources if sources is not None else config.Sources()
         self.config_problem: str | None = None  # why the last reload was refused
         self.web_url: str | None = None  # the web page's address, once it serves one
+        # The store is shared by several nodes (PostgreSQL): `config set` values
+        # are every node's, the slots (concurrency) each node's own.
+        self.shared_store = False
 
     def problems(self) -> list[str]:
         """What is wrong with the daemon itself, for `status` (empty when all is well)."""

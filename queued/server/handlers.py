@@ -247,8 +247,18 @@ def _check_descriptors(d: Daemon, concurrency: int) -> None:
 
 async def _scale(d: Daemon, r: p.ScaleWorkers) -> p.Response:
     """`config set concurrency N` that also wins, for this run, over a flag or
-    variable: the user asked the running daemon. 0 stops claiming."""
+    variable: the user asked the running daemon. 0 stops claiming. On a
+    shared store (PostgreSQL) the slots are this node's alone: nothing is
+    saved where every node would read it; --concurrency decides again at the
+    node's next start."""
     _check_descriptors(d, r.concurrency)
+    if d.shared_store:
+        d.sources.flags["concurrency"] = str(r.concurrency)  # this run only
+        d.reconfigure()
+        note = " on this node until it stops (--concurrency decides at its next start)"
+        if r.concurrency == 0:
+            return p.Ok(message=f"concurrency is now 0{note}: no job starts here, running ones go on")
+        return p.Ok(message=f"concurrency is now {r.concurrency}{note}")
     await d.db.write(Store.set_config, "concurrency", str(r.concurrency))
     d.sources.persisted["concurrency"] = str(r.concurrency)
     origin = d.sources.origin("concurrency")
@@ -319,6 +329,11 @@ async def _config_set(d: Daemon, r: p.SetConfig) -> p.Response:
     key = config_key(r.key)
     field, value = parse_config_value(key, r.value)
     if field == "concurrency":
+        if d.shared_store:
+            raise ValueError(
+                "concurrency is each node's own with a shared store: "
+                "`queuectl workers scale N` on that node, or --concurrency at its start"
+            )
         _check_descriptors(d, int(value))  # type: ignore[arg-type]
     await d.db.write(Store.set_config, key, r.value.strip())
     d.sources.persisted[key] = r.value.strip()

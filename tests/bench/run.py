@@ -24,6 +24,7 @@ from typing import Any
 import benches
 import harness
 import peers
+import pg_store_benches
 from harness import Daemon, median, percentile
 
 
@@ -417,6 +418,80 @@ class Suite:
             )
         )
 
+    # -- B3pg and B5pg: through PostgreSQL (pg_store_benches.py) ----------------------
+
+    def b3pg(self) -> None:
+        s = self.sizes
+        with pg_store_benches.server() as pg:
+            if pg is None:
+                self.notes.append("B3pg skipped: PostgreSQL is not installed")
+                return
+            ours, floor = [], []
+            for run in range(s.runs):
+                progress(f"B3pg run {run + 1}/{s.runs}")
+                floor.append(pg_store_benches.b3_floor(pg, s.b3_commands))
+                ours.append(pg_store_benches.b3_ours(pg, self.fresh("b3p"), s.b3_commands))
+        value, base = median(ours), median(floor)
+        self.add(
+            Figure(
+                "B3pg",
+                f"B3pg bulk add through PostgreSQL: {s.b3_commands:,} lines, one queuectl add --from -",
+                value,
+                "jobs/s",
+                ">= 20,000 jobs/s",
+                value >= 20_000,
+                value / base,
+                "bare unnest insert, one transaction",
+                ours,
+                "whole CLI process, interpreter start included; default queue paused",
+            )
+        )
+        self.add(
+            Figure("B3pg.floor", "B3pg baseline: bare PostgreSQL unnest insert", base, "rows/s", runs=floor)
+        )
+
+    def b5pg(self) -> None:
+        s = self.sizes
+        with pg_store_benches.server() as pg:
+            if pg is None:
+                self.notes.append("B5pg skipped: PostgreSQL is not installed")
+                return
+            url = pg_store_benches.durable_database(pg)
+            daemon = Daemon(self.fresh("b5p"), extra=["--store", url])
+            daemon.start()  # creates the schema and the default queue
+            daemon.stop()
+            progress(f"B5pg baseline: {s.b5_small:,} jobs")
+            pg_store_benches.load_finished(url, s.b5_small)
+            small = benches.b5_run(daemon, s.b5_small, s.b5_requests)
+            progress(f"B5pg loading {s.b5_jobs - s.b5_small:,} more finished jobs")
+            load = pg_store_benches.load_finished(url, s.b5_jobs - s.b5_small)
+            runs = []
+            for run in range(s.runs):
+                progress(f"B5pg run {run + 1}/{s.runs}")
+                runs.append(benches.b5_run(daemon, s.b5_jobs, s.b5_requests))
+        at = f"{s.b5_small:,} jobs"
+        for key, label, limit in (
+            ("status_p50_ms", "B5pg status p50", 20.0),
+            ("status_p99_ms", "B5pg status p99", None),
+            ("ls_p50_ms", "B5pg ls --limit 50 p50 (SDK)", 20.0),
+            ("ls_p99_ms", "B5pg ls --limit 50 p99 (SDK)", None),
+        ):
+            value = median([r[key] for r in runs])
+            self.add(
+                Figure(
+                    f"B5pg.{key[:-3]}",
+                    f"{label}, {s.b5_jobs:,} finished jobs in PostgreSQL",
+                    value,
+                    "ms",
+                    f"<= {limit:g} ms" if limit else "",
+                    value <= limit if limit else None,
+                    value / small[key],
+                    f"{at} ({small[key]:.2f} ms)",
+                    runs if key == "status_p50_ms" else [],
+                    f"loaded with COPY in {load:.1f} s" if key == "status_p50_ms" else "",
+                )
+            )
+
     # -- B6 ---------------------------------------------------------------------------
 
     def b6(self) -> None:
@@ -537,7 +612,7 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG")
 
 
 def main(argv: list[str] | None = None) -> int:
