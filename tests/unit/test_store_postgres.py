@@ -324,3 +324,58 @@ def test_connection_strings_get_keepalive_and_a_user_timeout_unless_they_set_the
     kept = psycopg.conninfo.conninfo_to_dict(schema.with_defaults(mine, {"PGCONNECT_TIMEOUT": "3"}))
     assert kept["tcp_user_timeout"] == "30000" and kept["keepalives"] == "0"
     assert "connect_timeout" not in kept  # libpq takes PGCONNECT_TIMEOUT itself
+
+
+def test_finished_jobs_are_counted_apart_and_a_database_without_the_counts_gets_them(
+    postgres_empty_url: str,
+) -> None:
+    """Counts of finished jobs come from finished_counts, kept by triggers on
+    every way a job enters or leaves a terminal state (finish, retry, rm, bulk
+    insert, delete, truncate); a database of the version before them is
+    upgraded with its finished jobs counted."""
+    engine = PostgresStore.open(postgres_empty_url)
+    store = Direct(engine)
+    try:
+        engine.recover(3600.0, T0)
+        ids = store.add_jobs([new(), new(), new("false", max_retries=0)], T0)
+        for claimed in store.claim(now=T0, slots=3, queue_room=ROOM):
+            store.finish(claimed, classify_exit(1 if claimed.id == ids[2] else 0), 3600.0, T0)
+        assert {k: v for k, v in store.counts().items() if v} == {"completed": 2, "dead": 1}
+        store.retry([ids[2]], False, T0)  # dead -> pending
+        store.remove([ids[0]])
+        assert {k: v for k, v in store.counts().items() if v} == {"completed": 1, "pending": 1}
+        with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT count(*) FROM queued.finished_counts").fetchone()[0]
+            assert rows >= 1  # one row per writing backend's shard
+            conn.execute(  # a bulk insert, as a load would
+                "INSERT INTO queued.jobs (command, state, queue, priority, max_retries, backoff_base, run_at,"
+                " created_at, updated_at, cwd, env_id)"
+                " SELECT 'x', 'canceled', 'default', 0, 0, 2, 0, 0, 0, '\\x2f', env_id FROM queued.jobs,"
+                " generate_series(1, 5) WHERE id = %s",
+                (ids[1],),
+            )
+        assert store.counts()["canceled"] == 5
+        # The version before: no counts table; its finished jobs are counted at the upgrade.
+        with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE queued.finished_counts")
+            for function in (
+                "count_finished_change()",
+                "count_finished_rows()",
+                "count_finished_truncated()",
+            ):
+                conn.execute(f"DROP FUNCTION queued.{function} CASCADE")
+            conn.execute("DROP FUNCTION queued.take_job_ids(bigint)")
+            conn.execute("UPDATE queued.schema_version SET version = 1")
+        engine.close()
+        engine = PostgresStore.open(postgres_empty_url)
+        store = Direct(engine)
+        assert {k: v for k, v in store.counts().items() if v} == {"completed": 1, "pending": 1, "canceled": 5}
+        with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+            assert (
+                conn.execute("SELECT version FROM queued.schema_version").fetchone()[0]
+                == schema.SCHEMA_VERSION
+            )
+            conn.execute("TRUNCATE queued.jobs CASCADE")
+        assert not any(store.counts().values())
+    finally:
+        engine.close()

@@ -52,6 +52,13 @@ INSERT_JOBS = (
     + ", ".join(f"%b::{kind}[]" for kind in _COLUMN_TYPES)
     + ")"
 )
+# A bulk add goes in with COPY (binary): about twice the rows a second of one
+# `unnest` insert on the server, for the same work here.
+COPY_JOBS = (
+    "COPY " + INSERT_JOB.split(" VALUES ")[0].removeprefix("INSERT INTO ") + " FROM STDIN (FORMAT BINARY)"
+)
+COPY_FROM = 64  # rows; fewer go in with one statement
+_COPY_TYPES = [{"bigint": "int8", "int": "int4"}.get(kind, kind) for kind in _COLUMN_TYPES]
 
 
 def unknown_queue(name: str) -> Refused:
@@ -263,9 +270,10 @@ class Jobs:
 
     def add(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs; their ids, in order. The ids are taken from the
-        sequence first, so that a dependency on a job of the same request is
-        checked in memory and every row goes in with one pipelined executemany:
-        a bulk add (a chain of 100,000 dependents included) is a bulk insert.
+        sequence first, consecutive, so that a dependency on a job of the same
+        request is checked in memory and every row goes in with one statement
+        (COPY for many): a bulk add (a chain of 100,000 dependents included)
+        is a bulk insert.
         Unique keys are locked and looked up before (see `UniqueKeys.found`)."""
         if not jobs:
             return Written(AddedIds())
@@ -279,13 +287,9 @@ class Jobs:
             jobs = [job for index, job in enumerate(jobs) if index not in found]
             if not jobs:
                 return Written(AddedIds([found[i] for i in range(len(everything))], [True] * len(everything)))
-        ids = sorted(
-            row[0]
-            for row in self.conn.execute(
-                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, %s)",
-                (len(jobs),),
-            )
-        )
+        # Consecutive, whatever other nodes add meanwhile (see schema: take_job_ids).
+        first = self.conn.execute("SELECT take_job_ids(%s)", (len(jobs),)).fetchone()[0]
+        ids = list(range(first, first + len(jobs)))
         ours = set(ids)
         outside = {dep for job in jobs for dep in job.depends_on if dep not in ours}
         known: dict[int, JobState] = self.states(outside) if outside else {}
@@ -336,8 +340,13 @@ class Jobs:
             )
         if len(new_rows) == 1:
             self.conn.execute(INSERT_JOB, new_rows[0])
-        else:  # one statement for the lot: a column per array
+        elif len(new_rows) < COPY_FROM:  # one statement for the lot: a column per array
             self.conn.execute(INSERT_JOBS, [list(column) for column in zip(*new_rows, strict=True)])
+        else:
+            with self.conn.cursor().copy(COPY_JOBS) as copy:
+                copy.set_types(_COPY_TYPES)
+                for row in new_rows:
+                    copy.write_row(row)
         if links:
             self.conn.execute(
                 "INSERT INTO dependencies (job_id, depends_on)"

@@ -1,6 +1,7 @@
-"""Queues and the saved settings (PostgreSQL). Counts are read with GROUP BY
-over the jobs table: no counts table kept by trigger, whose hot rows would
-serialize every node's claims."""
+"""Queues and the saved settings (PostgreSQL). Unfinished jobs are counted
+with GROUP BY over the jobs table: no counts table kept by trigger for them,
+whose hot rows would serialize every node's claims; finished ones are kept
+apart, sharded (schema.FINISHED_COUNTS)."""
 
 from __future__ import annotations
 
@@ -89,9 +90,16 @@ class Queues:
             raise Refused("not_found", f"no queue {name!r}")
 
     def counts(self) -> dict[str, int]:
+        """Unfinished jobs counted (few, through jobs_by_state), finished ones
+        read from the table their transitions keep (see schema.FINISHED_COUNTS)."""
         totals = dict.fromkeys(lifecycle.STATES, 0)
-        for state, n in self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+        for state, n in self.conn.execute(
+            f"SELECT state, count(*) FROM jobs WHERE state IN ({UNFINISHED}) GROUP BY state"
+        ):
             totals[state] = n
+        sums = ", ".join(f"coalesce(sum({state}), 0)" for state in lifecycle.TERMINAL_STATES)
+        row = self.conn.execute(f"SELECT {sums} FROM finished_counts").fetchone()
+        totals.update(zip(lifecycle.TERMINAL_STATES, map(int, row), strict=True))
         return totals
 
     def config(self) -> dict[str, str]:
