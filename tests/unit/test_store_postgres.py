@@ -365,7 +365,7 @@ def test_finished_jobs_are_counted_apart_and_a_database_without_the_counts_gets_
             ):
                 conn.execute(f"DROP FUNCTION queued.{function} CASCADE")
             conn.execute("DROP FUNCTION queued.take_job_ids(bigint)")
-            conn.execute("UPDATE queued.schema_version SET version = 1")
+            conn.execute("UPDATE queued.schema_version SET version = %s", (schema.SCHEMA_VERSION - 1,))
         engine.close()
         engine = PostgresStore.open(postgres_empty_url)
         store = Direct(engine)

@@ -135,7 +135,8 @@ CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
 # modulo FINISHED_SHARDS), so that nodes finishing jobs at once do not queue
 # on one hot row; one row per shard, a column per state, so that a
 # transaction only ever locks one row of it (no deadlock between shards).
-# Bulk inserts and deletes (COPY, clean, rm) are counted once per statement.
+# Bulk deletes (clean, rm) are counted once per statement. Written to be run
+# again over itself (the migration recounts from the jobs).
 # The functions name the table with its schema: they run under the search_path
 # of whoever changes the jobs.
 FINISHED_SHARDS = 16
@@ -155,11 +156,11 @@ def _delta(new: str, old: str | None) -> str:
 
 _SIGNED_COUNTS = ", ".join(f"sign * count(*) FILTER (WHERE state = '{state}')" for state in _TERMINAL_STATES)
 FINISHED_COUNTS = f"""
-CREATE TABLE finished_counts (
+CREATE TABLE IF NOT EXISTS finished_counts (
     shard INTEGER PRIMARY KEY,
     {", ".join(f"{state} BIGINT NOT NULL DEFAULT 0" for state in _TERMINAL_STATES)}
 );
-CREATE FUNCTION count_finished_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION count_finished_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {NAMESPACE}.finished_counts AS c (shard, {_COLUMNS})
@@ -172,11 +173,12 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+DROP TRIGGER IF EXISTS jobs_finished_change ON jobs;
 CREATE TRIGGER jobs_finished_change AFTER UPDATE OF state ON jobs FOR EACH ROW
     WHEN (OLD.state IS DISTINCT FROM NEW.state
           AND (OLD.state IN ({TERMINAL}) OR NEW.state IN ({TERMINAL})))
     EXECUTE FUNCTION count_finished_change();
-CREATE FUNCTION count_finished_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION count_finished_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     sign INTEGER := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
@@ -189,14 +191,16 @@ BEGIN
 END $$;
 -- An add inserts no finished job: a row trigger that the WHEN skips costs it
 -- nothing (a statement trigger would copy every row into a transition table).
+DROP TRIGGER IF EXISTS jobs_finished_inserted ON jobs;
 CREATE TRIGGER jobs_finished_inserted AFTER INSERT ON jobs FOR EACH ROW
     WHEN (NEW.state IN ({TERMINAL}))
     EXECUTE FUNCTION count_finished_change();
+DROP TRIGGER IF EXISTS jobs_finished_deleted ON jobs;
 CREATE TRIGGER jobs_finished_deleted AFTER DELETE ON jobs REFERENCING OLD TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION count_finished_rows();
 -- An add's ids, consecutive whatever other nodes add meanwhile: the first of
 -- `n` taken under a lock every add takes, held only while it takes them.
-CREATE FUNCTION take_job_ids(n BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION take_job_ids(n BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
 DECLARE
     first BIGINT;
 BEGIN
@@ -208,11 +212,12 @@ BEGIN
     PERFORM pg_advisory_unlock({JOB_IDS_LOCK});
     RETURN first;
 END $$;
-CREATE FUNCTION count_finished_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION count_finished_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM {NAMESPACE}.finished_counts;
     RETURN NULL;
 END $$;
+DROP TRIGGER IF EXISTS jobs_finished_truncated ON jobs;
 CREATE TRIGGER jobs_finished_truncated AFTER TRUNCATE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION count_finished_truncated();
 """
@@ -226,6 +231,7 @@ MIGRATIONS: dict[int, str] = {
     2: f"ALTER TABLE jobs ADD COLUMN unique_key TEXT; {UNIQUE_INDEXES}",
     3: FINISHED_COUNTS  # finished jobs counted apart; an add's ids taken at once
     + f"""
+DELETE FROM finished_counts;
 INSERT INTO finished_counts (shard, {_COLUMNS})
     SELECT 0, {", ".join(f"count(*) FILTER (WHERE state = '{state}')" for state in _TERMINAL_STATES)}
     FROM jobs WHERE state IN ({TERMINAL});
