@@ -84,6 +84,7 @@ class CommitUnknown(StoreUnreachable):
     ) -> None:
         super().__init__(message, detail, store)
         self.result = result
+        self.unreachable = f"{store} is unreachable; retrying"  # what a read is told instead
 
 
 class BatchLost(Exception):

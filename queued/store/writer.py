@@ -380,7 +380,10 @@ class Writer:
             log.error("commit failed: %s", error)
         self.engine.abort()
         for call in batch:
-            if isinstance(error, CommitUnknown):
+            if isinstance(error, CommitUnknown) and call.kind is Kind.READ:
+                # A read changes nothing: whether its COMMIT arrived does not matter.
+                call.result, call.error = None, StoreUnreachable(error.unreachable, error.detail, error.store)
+            elif isinstance(error, CommitUnknown):
                 # Each call learns what it did inside the transaction, which may have been kept.
                 call.result, call.error = (
                     None,

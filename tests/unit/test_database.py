@@ -304,3 +304,33 @@ async def test_an_unreachable_store_fails_every_call_at_once_until_the_writer_re
     assert await db.read(Store.states, [job_id]) == {job_id: "pending"}
     assert "the job store is unreachable (refused); reconnecting" in caplog.text
     assert "reconnected to the job store after" in caplog.text
+
+
+@sqlite_only
+async def test_a_commit_lost_on_its_way_tells_each_change_what_it_did_and_reads_only_unreachable(
+    db: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from queued.store import CommitUnknown, StoreUnreachable
+    from queued.store.contract import BatchLost
+
+    real_commit = db.engine.commit
+    lost = CommitUnknown("the job store went away during the commit", "gone", "the job store")
+
+    def commit_once() -> None:
+        monkeypatch.setattr(db.engine, "commit", real_commit)
+        raise BatchLost(lost)
+
+    monkeypatch.setattr(db.engine, "commit", commit_once)
+    read = db.queue(Kind.READ, Store.counts)
+    add = db.queue(Kind.ADD, Store.add_jobs, [new(), new()], T0)
+    with pytest.raises(StoreUnreachable) as caught_read:
+        await read.outcome()
+    assert not isinstance(caught_read.value, CommitUnknown)
+    assert str(caught_read.value) == "the job store is unreachable; retrying"
+    with pytest.raises(CommitUnknown) as caught_add:
+        await add.outcome()
+    assert list(caught_add.value.result) == [1, 2]  # what it did inside the transaction
+    with trio.fail_after(10):
+        while db.unreachable is not None:  # the writer reconnects (SQLite: at once)
+            await db.reconnected().wait()
+    assert await db.read(Store.states, [1, 2]) == {}  # SQLite rolled it back
