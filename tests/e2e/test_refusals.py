@@ -174,3 +174,41 @@ def test_a_jobs_own_cwd_and_env_that_are_not_utf8_work_too(daemon: Daemon, tmp_p
     assert result.returncode == 0, result
     assert daemon.ctl("wait", result.stdout.decode().strip()).returncode == 0
     assert out.read_bytes() == b"\xff\xfe" + os.fsencode(odd) + b"\n"
+
+
+REFUSALS = [
+    (("enqueue", '{"command":"true","cwd":"/tmp\\u0000x"}'), 1, "cwd contains a NUL byte"),
+    (("show", HUGE), 1, f"no job {HUGE}"),
+    (("wait", HUGE), 1, f"no job {HUGE}"),
+    (("cancel", HUGE), 1, f"no job {HUGE}"),
+    (("rm", HUGE), 1, f"no job {HUGE}"),
+    (("retry", HUGE), 1, f"no job {HUGE}"),
+    (("add", "--after", HUGE, "true"), 1, f"--after names unknown job {HUGE}"),
+    (("add", "--after", "1", "--after", "777", "true"), 1, "--after names unknown job 777"),
+    (("add", "--queue", "nope", "true"), 1, "unknown queue 'nope'"),
+    (("queue", "set", "nope", "--concurrency", "2"), 1, "no queue 'nope'"),
+    (("queue", "rm", "default"), 1, "the default queue cannot be removed"),
+    (("release", "1"), 1, "job 1"),
+    (("edit", HUGE, "--priority", "5"), 1, f"no job {HUGE}"),
+]
+
+
+def test_refusals_with_postgres_as_the_store_change_nothing(tmp_path: Path, postgres_url: str) -> None:
+    """The same bad input through a node on PostgreSQL: each refusal is one
+    line with its exit code, and the store is as it was."""
+    node = Daemon(tmp_path, "--store", postgres_url).start()
+    try:
+        node.ok("queue", "pause", "default")  # nothing runs: the store only changes by requests
+        node.add("true")
+
+        def store() -> tuple[str, str]:
+            counts = json.loads(node.ok("status", "--json"))["counts"]
+            return node.ok("ls", "--json"), json.dumps(counts, sort_keys=True)
+
+        before = store()
+        for args, code, words in REFUSALS:
+            said = refused(node, *args, code=code)
+            assert words in said, (args, said)
+            assert store() == before, args
+    finally:
+        node.stop()

@@ -100,6 +100,25 @@ async def daemon(tmp_path: Path) -> AsyncIterator[DaemonHandle]:
         runner.request_shutdown("now")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[DaemonHandle]:
+    """A daemon on each engine: SQLite, and PostgreSQL (skipped where it cannot run)."""
+    config = make_config(tmp_path)
+    if request.param == "postgresql":
+        config.store = request.getfixturevalue("postgres_url")
+    async with trio.open_nursery() as nursery:
+        runner = await nursery.start(Runner(config).run)
+        yield DaemonHandle(runner, config)
+        runner.request_shutdown("now")
+
+
+@pytest.fixture
+async def any_client(any_daemon: DaemonHandle) -> AsyncIterator[AsyncClient]:
+    client = await any_daemon.client()
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture
 async def client(daemon: DaemonHandle) -> AsyncIterator[AsyncClient]:
     client = await daemon.client()

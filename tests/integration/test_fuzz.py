@@ -4,8 +4,10 @@ rejected request never changes the store."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,8 +55,13 @@ frames = st.one_of(
 )
 
 
-async def test_fuzzed_frames_leave_the_daemon_serving_and_the_store_unchanged(tmp_path) -> None:
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_fuzzed_frames_leave_the_daemon_serving_and_the_store_unchanged(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
     config = make_config(tmp_path)
+    if engine == "postgresql":
+        config.store = request.getfixturevalue("postgres_url")
     async with trio.open_nursery() as nursery:
         runner = await nursery.start(Runner(config).run)
         good = await AsyncClient.connect(config.socket_path)
