@@ -28,6 +28,7 @@ from .options import (
     FINISHED_JOB,
     FINISHED_STATE,
     JOB_ID,
+    NODE,
     QUEUE,
     RETRYABLE_JOB,
     STATE,
@@ -205,6 +206,10 @@ class AddCommand(click.Command):
 @click.option(
     "--unique-for", type=DURATION, help="With --unique: a job of the key completed this recently counts too."
 )
+@click.option("--here", is_flag=True, help="Run it only on the node that accepts it (files of this host).")
+@click.option(
+    "--node", "pin_node", type=NODE, metavar="NAME", help="Run it only on node NAME (see `queuectl status`)."
+)
 @click.option("--quiet", is_flag=True, help="Print the id alone.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"id": N, "existing": false} per job.')
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -220,15 +225,25 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, as_json: bool, **opt
       queuectl add --max-retries 5 --timeout 2h -- ./backup.sh /srv
       queuectl add --from jobs.txt
       queuectl add --unique nightly-backup --unique-for 20h -- ./backup.sh /srv
+      queuectl add --here -- ./train.sh data/local.bin
     """
     if opts["timeout"] is not None and opts["timeout"] <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--timeout")
     if opts["unique_for"] is not None and opts["unique"] is None:
         raise click.UsageError("--unique-for needs --unique KEY")
+    here, pin_node = opts.pop("here"), opts.pop("pin_node")
+    if here and pin_node is not None:
+        raise click.UsageError("give either --here or --node, not both")
+    if pin_node is not None and not pin_node.strip():
+        raise click.BadParameter("is empty", param_hint="--node")
+    # Given only when asked: the plain add's call stays as it was.
+    pin: dict[str, Any] = {"here": True} if here else {}
+    if pin_node is not None:
+        pin["node"] = pin_node
     if source is not None:
         if command:
             raise click.UsageError("give either --from or a command, not both")
-        _add_from(source, quiet, as_json, _spec_defaults(opts))
+        _add_from(source, quiet, as_json, _spec_defaults(opts), pin)
         return
     if not command:
         raise click.UsageError("missing the command to run (queuectl add -- CMD...)")
@@ -241,7 +256,7 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, as_json: bool, **opt
     if not text.strip():
         raise click.UsageError("the command is empty")
     spec = _spec_defaults(opts, text)
-    _print_added(client().add_jobs([spec]), [spec], quiet, as_json)
+    _print_added(client().add_jobs([spec], **pin), [spec], quiet, as_json)
 
 
 def _print_added(added: list[Any], specs: list[JobSpec], quiet: bool, as_json: bool) -> None:
@@ -273,7 +288,7 @@ def _print_added(added: list[Any], specs: list[JobSpec], quiet: bool, as_json: b
         click.echo("; ".join(parts))
 
 
-def _add_from(source: Any, quiet: bool, as_json: bool, defaults: JobSpec) -> None:
+def _add_from(source: Any, quiet: bool, as_json: bool, defaults: JobSpec, pin: dict[str, Any]) -> None:
     from .jobfile import JobFileError, specs_from_lines
 
     try:
@@ -282,7 +297,7 @@ def _add_from(source: Any, quiet: bool, as_json: bool, defaults: JobSpec) -> Non
         raise click.UsageError(str(exc)) from None
     if not specs:
         raise click.UsageError("no jobs in the input")
-    _print_added(client().add_jobs(specs), specs, quiet, as_json)
+    _print_added(client().add_jobs(specs, **pin), specs, quiet, as_json)
 
 
 @cli.command()
@@ -371,7 +386,7 @@ def _print_jobs(
         now=time.time(),
         width=output.terminal_width(),
         colour=output.use_colour(),
-        columns=columns or output.DEFAULT_JOB_COLUMNS,
+        columns=columns or output.default_columns(jobs),
     )
     click.echo(table)
     if limited:

@@ -250,9 +250,12 @@ class Client:
         env: Mapping[str, str] | None = None,
         unique_key: str | None = None,
         unique_for: float | None = None,
+        here: bool = False,
+        node: str | None = None,
     ) -> int:
         """Enqueue one shell command; returns its id once the job is durably stored.
-        It runs in `cwd` (default: ours) with our environment plus `env`.
+        It runs in `cwd` (default: ours) with our environment plus `env`; only on
+        the node that accepted it with `here`, only on node `node` if named.
         With `unique_key`, while a job with that key is unfinished (or, with
         `unique_for` seconds, completed less than that long ago) its id is
         returned instead and nothing is added (`add_jobs` tells which)."""
@@ -272,7 +275,7 @@ class Client:
             unique_key=unique_key,
             unique_for=unique_for,
         )
-        return self.add_many([spec])[0]
+        return self.add_many([spec], here=here, node=node)[0]
 
     def add_many(
         self,
@@ -281,11 +284,16 @@ class Client:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         batch: int = BATCH,
+        here: bool = False,
+        node: str | None = None,
     ) -> list[int]:
         """Enqueue many jobs, `batch` per request; each request is all-or-nothing.
-        Every job gets our environment (or `env`) under its own `env` entries.
-        The ids, in order (a job whose unique key was held: the holder's)."""
-        return [added.id for added in self.add_jobs(specs, cwd=cwd, env=env, batch=batch)]
+        Every job gets our environment (or `env`) under its own `env` entries;
+        `here` and `node` pin them (see `add`). The ids, in order (a job whose
+        unique key was held: the holder's)."""
+        return [
+            added.id for added in self.add_jobs(specs, cwd=cwd, env=env, batch=batch, here=here, node=node)
+        ]
 
     def add_jobs(
         self,
@@ -294,23 +302,33 @@ class Client:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         batch: int = BATCH,
+        here: bool = False,
+        node: str | None = None,
     ) -> list[AddedJob]:
         """As `add_many`, saying of each job whether it was added or found:
         `existing` is True where its `unique_key` was held by the job of `id`."""
         base_cwd = cwd or os.getcwd()
         base_env = dict(os.environ if env is None else env)
+        pin = {"here": here, "node": node}
         added: list[AddedJob] = []
         chunk: list[p.JobSpec] = []
         for spec in specs:
             chunk.append(spec)
             if len(chunk) >= batch:
-                added += self._add(chunk, base_cwd, base_env)
+                added += self._add(chunk, base_cwd, base_env, **pin)
                 chunk = []
         if chunk:
-            added += self._add(chunk, base_cwd, base_env)
+            added += self._add(chunk, base_cwd, base_env, **pin)
         return added
 
-    def _add(self, specs: list[p.JobSpec], cwd: str, env: dict[str, str]) -> list[AddedJob]:
+    def _add(
+        self,
+        specs: list[p.JobSpec],
+        cwd: str,
+        env: dict[str, str],
+        here: bool = False,
+        node: str | None = None,
+    ) -> list[AddedJob]:
         from queued.validation import check_spec
 
         for index, spec in enumerate(specs):
@@ -330,7 +348,15 @@ class Client:
         # Our cwd and environment may hold bytes that are not UTF-8: they travel as bytes.
         text_cwd, cwd_bytes = p.split_path(cwd)
         text_env, env_bytes = p.split_environment(env)
-        request = p.AddJobs(jobs=specs, cwd=text_cwd, env=text_env, env_bytes=env_bytes, cwd_bytes=cwd_bytes)
+        request = p.AddJobs(
+            jobs=specs,
+            cwd=text_cwd,
+            env=text_env,
+            env_bytes=env_bytes,
+            cwd_bytes=cwd_bytes,
+            here=here,
+            node=node,
+        )
         answer = self.request(request, p.Added)
         existing = answer.existing or [False] * len(answer.ids)
         return [AddedJob(job_id, found) for job_id, found in zip(answer.ids, existing, strict=True)]

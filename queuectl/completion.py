@@ -106,6 +106,25 @@ class UniqueKeyType(click.ParamType):
         return [CompletionItem(key, help=where) for key, where in keys.items()]
 
 
+class NodeNameType(click.ParamType):
+    """A node's name, completed from `status` (the nodes sharing the store)."""
+
+    name = "node"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        try:
+            with _client(ctx) as client:
+                nodes = client.status().nodes
+        except Exception:
+            return []
+        return [CompletionItem(n.name, help=n.state) for n in nodes if n.name.startswith(incomplete)]
+
+
 def latest_job_id(ctx: click.Context | None) -> int:
     """The id of the most recently added job, asked of the daemon (exit 1 if there is none)."""
     from .client import Client, DaemonError

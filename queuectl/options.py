@@ -23,7 +23,7 @@ from queued.lifecycle import (
 )
 from queued.protocol import MAX_RETRIES, MAX_SECONDS
 
-from .completion import JobIdType, QueueNameType, UniqueKeyType
+from .completion import JobIdType, NodeNameType, QueueNameType, UniqueKeyType
 
 
 class Duration(click.ParamType):
@@ -60,6 +60,7 @@ STATE = click.Choice(STATES)
 FINISHED_STATE = click.Choice(sorted(TERMINAL_STATES))
 QUEUE = QueueNameType()
 UNIQUE_KEY = UniqueKeyType()
+NODE = NodeNameType()
 
 JOB_ID = JobIdType()
 FINISHED_JOB = JobIdType(TERMINAL_STATES)

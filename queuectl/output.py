@@ -25,7 +25,7 @@ from queued.lifecycle import (
     TERMINAL_STATES,
     UNFINISHED_STATES,
 )
-from queued.protocol import Job, JobDetail, QueueInfo, Run, Status, Workers
+from queued.protocol import Job, JobDetail, NodeInfo, QueueInfo, Run, Status, Workers
 
 _STATE_COLOURS = {
     PENDING: "cyan",
@@ -188,9 +188,20 @@ JOB_COLUMNS: dict[str, tuple[str, Callable[[Job, float], str]]] = {
     "duration": ("DURATION", _duration),
     "label": ("LABEL", lambda job, now: job.label or ""),
     "key": ("KEY", lambda job, now: job.unique_key or ""),
+    "node": ("NODE", lambda job, now: job.node or (f"({job.pinned})" if job.pinned else "-")),
     "command": ("COMMAND", lambda job, now: job.command),
 }
 DEFAULT_JOB_COLUMNS = ("id", "state", "queue", "priority", "tries", "exit", "when", "label", "command")
+
+
+def default_columns(jobs: Sequence[Job]) -> tuple[str, ...]:
+    """The default columns, with NODE (before LABEL) once the jobs listed
+    ran on, or are pinned to, more than one node: a cluster's listing."""
+    nodes = {job.node for job in jobs if job.node} | {job.pinned for job in jobs if job.pinned}
+    if len(nodes) <= 1:
+        return DEFAULT_JOB_COLUMNS
+    at = DEFAULT_JOB_COLUMNS.index("label")
+    return (*DEFAULT_JOB_COLUMNS[:at], "node", *DEFAULT_JOB_COLUMNS[at:])
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
@@ -259,6 +270,7 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         f"  exit code:   {'-' if job.exit_code is None else job.exit_code}",
         f"  error:       {_indented(job.error or '-', indent)}",
         f"  depends on:  {depends}",
+        *([f"  pinned to:   node {job.pinned}"] if job.pinned else []),
         f"  cwd:         {job.cwd}",
         f"  created:     {absolute(job.created_at)} ({relative(job.created_at, now)})",
         f"  updated:     {absolute(job.updated_at)} ({relative(job.updated_at, now)})",
@@ -275,13 +287,18 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
                 [
                     str(run.attempt),
                     attempt,
+                    run.node or "-",
                     str(run.pid or "-"),
                     absolute(run.started_at),
                     format_duration(end - run.started_at),
                     run_result(run),
                 ]
             )
-        lines += ["", table(["RUN", "ATTEMPT", "PID", "STARTED", "DURATION", "RESULT"], rows, width=width)]
+        headers = ["RUN", "ATTEMPT", "NODE", "PID", "STARTED", "DURATION", "RESULT"]
+        if not any(run.node for run in detail.runs):  # recorded before nodes had names
+            headers.remove("NODE")
+            rows = [row[:2] + row[3:] for row in rows]
+        lines += ["", table(headers, rows, width=width)]
         if earlier > 0:
             lines.append(f"(runs 1-{earlier} came before the retry that reset the attempts)")
         for run in detail.runs:
@@ -345,10 +362,30 @@ def status_block(status: Status, *, now: float) -> str:
         f"  socket:  {status.socket}",
         f"  data:    {status.data_dir}",
         *([f"  web:     {status.web}"] if status.web else []),
+        *([f"  node:    {status.node}"] if status.node else []),
         *(["", queue_table(status.queues)] if status.store_unreachable_since is None else []),
     ]
     lines[1:1] = [f"  problem: {problem}" for problem in status.problems]
+    if any(node.last_heartbeat is not None for node in status.nodes):
+        lines += ["", node_table(status.nodes, now=now)]
     return "\n".join(lines)
+
+
+def node_table(nodes: Sequence[NodeInfo], *, now: float) -> str:
+    """The nodes sharing the store: name, slots, running, queues, last heartbeat, alive or lost."""
+    rows = [
+        [
+            node.name + (" *" if node.this else ""),
+            str(node.slots),
+            str(node.running),
+            ",".join(node.queues) if node.queues is not None else "all",
+            relative(node.last_heartbeat, now) if node.last_heartbeat is not None else "-",
+            node.state,
+            f"{node.host} pid {node.pid}" if node.pid else node.host,
+        ]
+        for node in nodes
+    ]
+    return table(["NODE", "SLOTS", "RUNNING", "QUEUES", "HEARTBEAT", "STATE", "WHERE"], rows, width=UNLIMITED)
 
 
 def queue_table(queues: Sequence[QueueInfo]) -> str:

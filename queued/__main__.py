@@ -76,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="start N attempts at most, then leave once they ended (env QUEUED_EXIT_AFTER_JOBS)",
     )
+    parser.add_argument(
+        "--node",
+        help="this node's name among the nodes sharing a --store (env QUEUED_NODE; default: the host "
+        "name): short, printable, no spaces; two live nodes cannot share one",
+    )
+    parser.add_argument(
+        "--node-lease",
+        metavar="SECONDS",
+        help="with a PostgreSQL --store: how long this node's heartbeat lease lasts (env QUEUED_NODE_LEASE; "
+        "default 30s); a node silent that long is lost and its running jobs are run elsewhere",
+    )
+    parser.add_argument(
+        "--queues",
+        metavar="NAMES",
+        help="the queues this node takes jobs from, comma separated (env QUEUED_QUEUES; default: all), "
+        "e.g. --queues gpu,default",
+    )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
     return parser
 
@@ -172,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
                 "store": args.store,
                 "exit-when-idle": args.exit_when_idle,
                 "exit-after-jobs": args.exit_after_jobs,
+                "node": args.node,
+                "node-lease": args.node_lease,
+                "queues": args.queues,
             },
             environ=os.environ,
             file=file_values,
@@ -205,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
             http_names=chosen.http_names,
             exit_when_idle=chosen.exit_when_idle,
             exit_after_jobs=chosen.exit_after_jobs,
+            node=chosen.node,
+            node_lease=chosen.node_lease,
+            queues=chosen.queues,
         )
         config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
         runner = Runner(config)

@@ -8,7 +8,8 @@ masks it.
 
 Two kinds of keys: the job settings (`CONFIG_KEYS`: max-retries,
 timeout, …), which `config set` changes at run time, and the daemon's own
-(socket, data-dir, log-level, allow-group, http, http-names, store), fixed at
+(socket, data-dir, log-level, allow-group, http, http-names, store, node,
+node-lease, queues), fixed at
 start: the database that holds `config set` is the store, so those cannot come
 from it.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from queued import lease as lease_rules
 from queued.settings import CONFIG_KEYS, Settings, parse_config_value, settings_with
 from queued.store.engines import check_spec as check_store
 from queued.store.engines import redact as redact_store
@@ -34,6 +36,9 @@ DAEMON_KEYS = (
     "http",
     "http-names",
     "store",
+    "node",
+    "node-lease",
+    "queues",
     "exit-when-idle",
     "exit-after-jobs",
 )
@@ -167,6 +172,9 @@ class DaemonValues:
     store: str | None = None  # None: SQLite in the data dir (see queued.store.engines)
     exit_when_idle: bool = False  # leave once nothing it could run is left (a batch runner)
     exit_after_jobs: int | None = None  # leave after starting this many attempts (and seeing them end)
+    node: str | None = None  # this node's name (None: the host name, see queued.lease)
+    node_lease: float = lease_rules.DEFAULT_LEASE  # seconds, on a PostgreSQL store
+    queues: tuple[str, ...] | None = None  # the queues this node serves (None: all)
 
 
 def daemon_values(sources: Sources) -> DaemonValues:
@@ -186,6 +194,10 @@ def daemon_values(sources: Sources) -> DaemonValues:
                     check_store(value)
                 except ValueError as exc:
                     raise ValueError(f"{exc} (from {sources.describe(key, source)})") from None
+            try:
+                _check_daemon_value(key, value)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (from {sources.describe(key, source)})") from None
             if key == "log-level" and value.lower() not in LOG_LEVELS:
                 raise ValueError(
                     f"invalid value for log-level: {value!r}, use {', '.join(LOG_LEVELS)} "
@@ -200,6 +212,9 @@ def daemon_values(sources: Sources) -> DaemonValues:
         http=values["http"],
         http_names=values["http-names"] or None,
         store=values["store"] or None,
+        node=values["node"].strip() if values["node"] else None,
+        node_lease=parse_seconds(values["node-lease"]) if values["node-lease"] else lease_rules.DEFAULT_LEASE,
+        queues=lease_rules.check_queue_names(values["queues"]) if values["queues"] else None,
         exit_when_idle=exit_when_idle,
         exit_after_jobs=exit_after_jobs,
     )
@@ -227,3 +242,21 @@ def _batch_runner_values(sources: Sources) -> tuple[bool, int | None]:
             )
         after_jobs = int(text)
     return when_idle, after_jobs
+
+
+def _check_daemon_value(key: str, value: str) -> None:
+    """ValueError for a bad node, node-lease or queues value."""
+    if key == "node":
+        lease_rules.check_node_name(value.strip())
+    elif key == "node-lease":
+        parse_seconds(value)
+    elif key == "queues":
+        lease_rules.check_queue_names(value)
+
+
+def parse_seconds(text: str) -> float:
+    """A node-lease: a positive duration (`30`, `30s`, `1m`); ValueError naming the key."""
+    try:
+        return float(parse_config_value("kill-grace", text)[1])  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("kill-grace", "node-lease")) from None

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from queued import batch_runner, lifecycle, signals
+from queued import lease as lease_rules
 from queued.config import SETTINGS_KEYS, Sources, daemon_values
 from queued.config import effective_settings as config_settings
 from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
@@ -28,13 +29,14 @@ from queued.processes.callbacks import Callbacks
 from queued.processes.ends import fault_text
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments
+from queued.processes.lease_keeper import LeaseKeeper
 from queued.processes.supervisor import Supervisor
 from queued.server import handlers, handlers_changes
 from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
-from queued.store import Changes, StorageError, Store
-from queued.store.engines import StoreUnusable, is_postgres, open_store
+from queued.store import Changes, NodeIdentity, StorageError, Store
+from queued.store.engines import StoreUnusable, is_postgres, open_node_leases, open_store
 from queued.store.engines import describe as describe_store
 from queued.store.writer import Kind, Writer
 from queued.systemd import Notifier, inherited_listener, inherited_web_listener
@@ -66,6 +68,9 @@ class DaemonConfig:
     # A batch runner leaves by itself (see BatchRunner).
     exit_when_idle: bool = False
     exit_after_jobs: int | None = None
+    node: str | None = None  # this node's name (None: the host name)
+    node_lease: float = lease_rules.DEFAULT_LEASE  # seconds, on a shared (PostgreSQL) store
+    queues: tuple[str, ...] | None = None  # the queues this node serves (None: all)
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -123,6 +128,8 @@ class Runner:
         self._shutdown_now = trio.Event()  # running jobs are interrupted (see Supervisor.drain)
         self.notifier = Notifier()
         self.web: Any = None  # queued.web.server.WebServer when --http is given
+        self.node = NodeIdentity(config.node or lease_rules.default_node_name(), "")
+        self.lease_keeper: LeaseKeeper | None = None  # on a shared store only
 
     def request_shutdown(self, mode: str) -> None:
         """Stop the daemon, at any time (before it runs too): gracefully, or
@@ -157,14 +164,18 @@ class Runner:
             engine = open_store(config.store, config.data_dir)
         except StoreUnusable as exc:
             raise StartupError(str(exc)) from None
+        engine.identify(self.node)
         db = Writer(engine, on_commit=self._committed)
         try:
             settings = effective_settings(config, db.run_now(Kind.READ, Store.config))
+            self.lease_keeper = self._register_node(settings)
             recover(db, settings.backoff_max, time.time())
         except ValueError as exc:
             engine.close()
             raise StartupError(f"bad configuration: {exc}") from None
         except BaseException:
+            if self.lease_keeper is not None:
+                self.lease_keeper.leave()
             engine.close()
             raise
         instance = secrets.token_hex(8)
@@ -187,6 +198,7 @@ class Runner:
         try:
             self.watchers = watchers = Watchers()
             self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
+            self.supervisor.served = frozenset(config.queues) if config.queues is not None else None
             if web is not None:
                 self.supervisor.descriptors_reserved += web.descriptors
             self.supervisor.start_budget = config.exit_after_jobs
@@ -206,6 +218,11 @@ class Runner:
             )
             self.supervisor.output_news = self.daemon.output_news.told
             self.daemon.shared_store = is_postgres(config.store)
+            self.daemon.node = self.node
+            self.daemon.served = config.queues
+            keeper = self.lease_keeper
+            if keeper is not None:
+                self.daemon.lease_problem = lambda: keeper.problem
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
             server = self.server = Server(functools.partial(dispatch, REQUEST_HANDLERS, self.daemon), access)
             async with trio.open_nursery() as nursery:
@@ -213,6 +230,8 @@ class Runner:
                 await nursery.start(self._supervise)
                 if self.supervisor.output is not None:
                     await nursery.start(self.supervisor.output.run)
+                if self.lease_keeper is not None:
+                    await nursery.start(self.lease_keeper.run, self.supervisor, guardian, db)
                 await nursery.start(self.callbacks.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))
@@ -235,11 +254,13 @@ class Runner:
                 if self.notifier.watchdog_interval:
                     nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
                 log.info(
-                    "queued serving %s (data %s, store %s, concurrency %d)",
+                    "queued serving %s (node %s, data %s, store %s, concurrency %d%s)",
                     config.socket_path,
+                    self.node.name,
                     config.data_dir,
                     describe_store(config.store, config.data_dir),
                     settings.concurrency,
+                    f", queues {','.join(config.queues)}" if config.queues is not None else "",
                 )
                 shortfall = self.supervisor.descriptor_shortfall(settings.concurrency)
                 if shortfall is not None:
@@ -265,8 +286,47 @@ class Runner:
                 except OSError:
                     pass
             guardian.close()
+            if self.lease_keeper is not None:
+                self.lease_keeper.leave()
             engine.close()
             log.info("queued stopped")
+
+    def _register_node(self, settings: Settings) -> LeaseKeeper | None:
+        """On a shared store: this node registered under its name, with a lease
+        it can honour (StartupError in one line if not)."""
+        config = self.config
+        leases: Any = open_node_leases(config.store, config.node_lease)
+        if leases is None:
+            return None
+        from queued.store.postgres.nodes import LeaseUnreachable, NameTaken, NodeCard, machine_home
+
+        refusal = lease_rules.lease_refusal(config.node_lease, settings.kill_grace)
+        if refusal is not None:
+            raise StartupError(refusal)
+        card = NodeCard(
+            name=self.node.name,
+            home=machine_home(str(config.data_dir)),
+            host=os.uname().nodename,
+            pid=os.getpid(),
+            slots=settings.concurrency,
+            queues=config.queues,
+            lease=config.node_lease,
+        )
+        keeper = LeaseKeeper(
+            leases,
+            self.node,
+            card,
+            config.node_lease,
+            kill_grace=lambda: self.supervisor.settings.kill_grace,
+            slots=lambda: self.supervisor.settings.concurrency,
+            backoff_max=lambda: self.supervisor.settings.backoff_max,
+        )
+        try:
+            keeper.register()
+        except (NameTaken, LeaseUnreachable) as exc:
+            leases.close()
+            raise StartupError(str(exc)) from None
+        return keeper
 
     def _committed(self, changes: Changes) -> None:
         """The writer's one subscriber: what a commit changed, told to whoever

@@ -262,13 +262,15 @@ def after_attempt(
     backoff_max: float,
     now: float,
     retryable: bool = True,
+    at_once: bool = False,
 ) -> Outcome:
     """The job's fate once attempt number `attempts` (1-based) ended. A failure
-    that is not `retryable` uses up the retries at once."""
+    that is not `retryable` uses up the retries at once; one that was not the
+    job's own (`at_once`: its node was lost) is retried without a backoff."""
     if succeeded:
         return Outcome(Event.SUCCEED, COMPLETED, None)
     if retryable and attempts <= max_retries:
-        delay = backoff_delay(attempts, backoff_base, backoff_max)
+        delay = 0.0 if at_once else backoff_delay(attempts, backoff_base, backoff_max)
         return Outcome(Event.FAIL, FAILED, now + delay)
     return Outcome(Event.EXHAUST, DEAD, None)
 
@@ -337,6 +339,16 @@ def canceled_exit(returncode: int) -> Exit:
 
 INTERRUPTED = Exit(False, None, None, "interrupted: the daemon stopped while the job ran")
 """What an attempt gets that a daemon left running when it died (see recovery)."""
+
+
+def node_lost(node: str | None) -> Exit:
+    """What an attempt gets whose node's lease ran out while it ran (rescued by
+    another node): interrupted, as INTERRUPTED, and retried alike."""
+    if node is None:
+        return INTERRUPTED
+    return Exit(
+        False, None, None, f"interrupted: its node {node} stopped renewing its lease while the job ran"
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -149,6 +149,8 @@ class Job(Struct, kw_only=True):
     started_at: float | None = None
     ended_at: float | None = None
     unique_key: str | None = None  # `add --unique KEY`
+    node: str | None = None  # the node of its latest attempt (None: never started)
+    pinned: str | None = None  # the only node that may run it (`add --here`, `add --node`), or any
 
 
 class Run(Struct, kw_only=True):
@@ -165,6 +167,7 @@ class Run(Struct, kw_only=True):
     stderr_path: str | None
     # What its logs miss because the disk refused it ("stdout: 1,234 bytes lost: No space left on device").
     log_incomplete: str | None = None
+    node: str | None = None  # the node that ran it (None: recorded before nodes had names)
 
 
 class QueueInfo(Struct, kw_only=True):
@@ -176,6 +179,24 @@ class QueueInfo(Struct, kw_only=True):
     pending: int = 0
     held: int = 0
     failed: int = 0
+
+
+class NodeInfo(Struct, kw_only=True):
+    """A node sharing the store: a `queued` with a name (one, on SQLite)."""
+
+    name: str
+    slots: int  # its concurrency
+    running: int  # attempts it runs now
+    queues: list[str] | None = None  # the queues it serves (None: all)
+    host: str = ""
+    pid: int | None = None
+    started_at: float | None = None  # this incarnation's start (Unix seconds)
+    last_heartbeat: float | None = None  # None: it keeps no lease (SQLite)
+    lease: float | None = None  # seconds
+    # "alive" (its lease holds), "lost" (its lease ran out: its attempts are
+    # rescued) or "stopped" (it left cleanly).
+    state: str = "alive"
+    this: bool = False  # the node that answered
 
 
 class Slot(Struct, kw_only=True):
@@ -220,6 +241,9 @@ class AddJobs(Request, tag="add", omit_defaults=True):
     env: Environment = {}
     env_bytes: dict[bytes, bytes] = {}
     cwd_bytes: Annotated[bytes, Meta(min_length=1, max_length=4096)] | None = None
+    # Pinned: only the node that accepted them (`here`), or the node named, may run them.
+    here: bool = False
+    node: Annotated[str, Meta(min_length=1, max_length=63)] | None = None
 
 
 class GetJob(Request, tag="get"):
@@ -493,6 +517,8 @@ class Status(Response, tag="status"):
     # server down, a network cut), or None. Meanwhile counts and queues are
     # empty: only the store knows them.
     store_unreachable_since: float | None = None
+    nodes: list[NodeInfo] = []  # every node sharing the store (this one on SQLite)
+    node: str = ""  # the name of the node that answered
 
 
 class Workers(Response, tag="workers"):

@@ -38,6 +38,7 @@ class NewJob(Struct, kw_only=True):
     hold: bool = False
     unique_key: str | None = None
     unique_for: float | None = None  # seconds: see lifecycle.unique_window_start
+    node: str | None = None  # the only node that may run it (pinned), or any
 
 
 # Linux's MAX_ARG_STRLEN: one argument or one environment string (NAME=value)

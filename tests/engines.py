@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 
-from queued.store.contract import Engine
+from queued.store.contract import Engine, NodeIdentity
 from queued.store.sqlite import SqliteStore
 
 
@@ -63,3 +63,24 @@ def chosen() -> list[str]:
             f"QUEUED_TEST_ENGINES names no engine {unknown[0]!r} (known: {', '.join(ENGINES)})"
         )
     return asked or list(ENGINES)
+
+
+def join_node(engine: Engine, name: str, lease: float = 30.0, home: str = "") -> NodeIdentity:
+    """`engine` as the store of node `name`, as a daemon starts one: on a
+    shared engine (PostgreSQL) registered with a lease, on SQLite named."""
+    from queued.store.contract import NodeIdentity
+
+    node = NodeIdentity(name, "")
+    url = getattr(engine, "url", None)
+    if url is not None:
+        from queued.store.postgres.nodes import NodeCard, NodeLeases
+
+        leases = NodeLeases(url, lease)
+        node.incarnation = f"{name}-{os.urandom(4).hex()}"
+        card = NodeCard(name, home or f"test:{name}", "testhost", os.getpid(), 4, None, lease)
+        try:
+            leases.register(card, node.incarnation)
+        finally:
+            leases.close()
+    engine.identify(node)
+    return node

@@ -182,10 +182,15 @@ class PostgresServer:
         try:
             with psycopg.connect(self.url(self._shared), autocommit=True) as conn:
                 conn.execute("SET lock_timeout = '2s'")
-                conn.execute(
-                    "TRUNCATE queued.jobs, queued.attempts, queued.dependencies, queued.environments,"
-                    " queued.queues, queued.config RESTART IDENTITY CASCADE"
-                )
+                # Every table of the schema but its version row (tables added later included).
+                tables = [
+                    f"queued.{name}"
+                    for (name,) in conn.execute(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'queued'"
+                        " AND tablename <> 'schema_version' ORDER BY tablename"
+                    )
+                ]
+                conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
         except psycopg.errors.LockNotAvailable:
             self._shared = self.create_database(with_schema=True)
         return self._shared

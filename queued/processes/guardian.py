@@ -13,13 +13,22 @@ and run anything, until the old jobs are gone. The daemon's end of the pipe
 is `guardian_link`: it never blocks on the pipe, and replaces a guardian that
 dies or stops reading.
 
+On a shared PostgreSQL store the daemon also writes "@STOP DEAD" after each
+renewal of its lease (CLOCK_MONOTONIC seconds, which both processes read
+alike; "@" alone clears it). Should the daemon be unable to stop its jobs
+itself in time (frozen by SIGSTOP, starved), the guardian does: SIGTERM to
+every group at STOP, SIGKILL at DEAD, before the lease can run out and
+another node runs them again (see queued/lease.py).
+
 PR_SET_PDEATHSIG would reach only each job's direct child, and a wrapper per
 job would cost an interpreter start per job; this costs two pipe writes.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import signal
 import sys
 import time
@@ -58,10 +67,31 @@ def kill_marked(token: str, spare: set[int] | frozenset[int] = frozenset()) -> s
     return killed
 
 
+def _signal_groups(groups: set[int], sig: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+            if sig == signal.SIGTERM:
+                os.killpg(pgid, signal.SIGCONT)  # a paused job must run to see it
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def guard(token: str, commands: int = 0) -> None:
     groups: set[int] = set()
     buffer = b""
+    stop_at = dead_by = math.inf  # the lease's deadlines, when the daemon set them
     while True:
+        now = time.monotonic()
+        if now >= dead_by:
+            _signal_groups(groups, signal.SIGKILL)
+            stop_at = dead_by = math.inf
+        elif now >= stop_at:
+            _signal_groups(groups, signal.SIGTERM)
+            stop_at = math.inf
+        wait = min(stop_at, dead_by) - now
+        if wait != math.inf and not select.select([commands], [], [], max(0.0, wait))[0]:
+            continue
         data = os.read(commands, 1 << 20)
         if not data:
             break
@@ -75,6 +105,9 @@ def guard(token: str, commands: int = 0) -> None:
                 groups.add(int(line[1:]))
             elif line.startswith(b"-"):
                 groups.discard(int(line[1:]))
+            elif line.startswith(b"@"):
+                times = [float(part) for part in line[1:].split()] or [math.inf, math.inf]
+                stop_at, dead_by = times[0], times[1]
     for pgid in groups:
         _kill_group(pgid)
     # Until a scan finds no new one: a job may fork between our reading /proc and the kill.

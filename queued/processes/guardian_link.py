@@ -45,6 +45,7 @@ class GuardianLink:
         self.keep_fds = keep_fds
         self.on_started = on_started
         self.groups: set[int] = set()
+        self.deadlines = b""  # the lease's, as last sent (see guardian.py)
         self.ready = False
         self.replacements = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -64,7 +65,7 @@ class GuardianLink:
         try:
             os.set_blocking(write_end, False)
             # In the pipe before the guardian runs: it holds them from its first read.
-            initial = b"".join(b"+%d\n" % pgid for pgid in self.groups)
+            initial = b"".join(b"+%d\n" % pgid for pgid in self.groups) + self.deadlines
             written = _write(write_end, initial)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "queued.processes.guardian", self.token],
@@ -95,6 +96,15 @@ class GuardianLink:
     def unregister(self, pgid: int) -> None:
         self.groups.discard(pgid)
         self._send(b"-%d\n" % pgid)
+
+    def set_deadlines(self, stop_at: float | None, dead_by: float | None) -> None:
+        """Have the guardian stop every job at `stop_at` and kill it at `dead_by`
+        (time.monotonic()) unless told again before; None: never."""
+        if stop_at is None or dead_by is None:
+            self.deadlines = b"@\n"
+        else:
+            self.deadlines = b"@%.6f %.6f\n" % (stop_at, dead_by)
+        self._send(self.deadlines)
 
     def _send(self, data: bytes) -> None:
         if not self.ready:

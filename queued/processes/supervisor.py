@@ -86,6 +86,9 @@ class Supervisor:
         self.guardian = guardian
         self.clock = clock
         self.queues: dict[str, QueueInfo] = {}
+        self.served: frozenset[str] | None = None  # the queues this node serves (`--queues`; None: all)
+        # False while this node cannot vouch for its lease (see LeaseKeeper): nothing starts.
+        self.lease_held = True
         self.read_ahead = ReadAhead()
         self.claiming_stopped = trio.Event()  # set once nothing more will start
         self._claiming = trio.CancelScope()  # the loop's claims; cancelled by stop_claiming
@@ -136,6 +139,15 @@ class Supervisor:
 
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
+        self.read_ahead.forget()
+        self.wake()
+
+    def hold_claims(self, held: bool) -> None:
+        """While `held`, claim and start nothing (this node's lease is in doubt);
+        attempts already running go on."""
+        if held == (not self.lease_held):
+            return
+        self.lease_held = not held
         self.read_ahead.forget()
         self.wake()
 
@@ -267,6 +279,8 @@ class Supervisor:
                 return math.inf  # claims resume when it answers again (_wake_when_reconnected)
             if not self.guardian.ready:
                 return math.inf  # nothing starts unguarded; a new guardian wakes us
+            if not self.lease_held:
+                return math.inf  # the lease keeper wakes us once the lease holds again
             now = self.clock()
             if self._hold.holds(now):
                 return self._deadline(self._hold.until)
@@ -327,7 +341,10 @@ class Supervisor:
         return free if self.start_budget is None else min(free, self.start_budget)
 
     def _room(self) -> dict[str, int]:
-        return queue_room(self._free(), self.queues.values(), self.attempts.per_queue)
+        served = self.queues.values()
+        if self.served is not None:
+            served = [queue for queue in served if queue.name in self.served]
+        return queue_room(self._free(), served, self.attempts.per_queue)
 
     async def _look_ahead(self, now: float) -> bool:
         """Read the next due jobs; False if they may be stale already."""
@@ -335,7 +352,11 @@ class Supervisor:
         ahead = await self._store.lookahead(
             now=now,
             horizon=now + AHEAD_SECONDS,
-            queues=[name for name, queue in self.queues.items() if not queue.paused],
+            queues=[
+                name
+                for name, queue in self.queues.items()
+                if not queue.paused and (self.served is None or name in self.served)
+            ],
             busy=list(self.running),
             limit=self.settings.concurrency + AHEAD_EXTRA,
         )
@@ -368,7 +389,7 @@ class Supervisor:
                 self._unclaim_when_back(exc.result or [], now)
                 raise
             started = 0
-            while started < len(claimed) and not self.claiming_stopped.is_set():
+            while started < len(claimed) and not self.claiming_stopped.is_set() and self.lease_held:
                 if not self._start(claimed[started], now, committed=True):
                     break  # no descriptor free
                 started += 1
@@ -526,6 +547,7 @@ class Supervisor:
         now = self.clock()
         if (
             self.claiming_stopped.is_set()
+            or not self.lease_held
             or not self.guardian.ready
             or self._hold.holds(now)
             or self._store.lost is not None  # no start could be recorded

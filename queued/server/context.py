@@ -16,8 +16,9 @@ import trio
 
 from queued import config
 from queued import protocol as p
+from queued.lease import default_node_name
 from queued.settings import Settings
-from queued.store import Refused, Store
+from queued.store import NodeIdentity, Refused, Store
 from queued.store.writer import Writer
 
 
@@ -172,13 +173,22 @@ class Daemon:
         self.sources = sources if sources is not None else config.Sources()
         self.config_problem: str | None = None  # why the last reload was refused
         self.web_url: str | None = None  # the web page's address, once it serves one
+        self.node = NodeIdentity(default_node_name(), "")  # this node (the Runner sets it)
+        self.served: tuple[str, ...] | None = None  # the queues this node serves (None: all)
+        # Why this node's lease is in doubt, if it is (a shared store's lease keeper says).
+        self.lease_problem: Callable[[], str | None] = lambda: None
+
         # The store is shared by several nodes (PostgreSQL): `config set` values
         # are every node's, the slots (concurrency) each node's own.
         self.shared_store = False
 
     def problems(self) -> list[str]:
         """What is wrong with the daemon itself, for `status` (empty when all is well)."""
-        return [problem for problem in (self.db.lost, self._unreachable(), self.config_problem) if problem]
+        return [
+            problem
+            for problem in (self.db.lost, self._unreachable(), self.config_problem, self.lease_problem())
+            if problem
+        ]
 
     def _unreachable(self) -> str | None:
         since, error = self.db.unreachable_since, self.db.unreachable

@@ -35,6 +35,17 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
         except ValueError as exc:
             prefix = f"job {index + 1} of {len(r.jobs)}: " if len(r.jobs) > 1 else ""
             return p.Error(code="invalid", message=f"{prefix}{exc}")
+    pinned = d.node.name if r.here else r.node
+    if r.here and r.node is not None and r.node != d.node.name:
+        return p.Error(code="invalid", message="give --here or --node, not both")
+    if pinned is not None:
+        if r.node is not None and not r.here:
+            names = [node.name for node in await d.db.read(Store.nodes)]
+            if r.node not in names:
+                return p.Error(
+                    code="not_found", message=f"unknown node {r.node!r} (the nodes are: {', '.join(names)})"
+                )
+        jobs = [msgspec.structs.replace(job, node=pinned) for job in jobs]
     ids = await d.db.add(Store.add_jobs, jobs, now)
     d.supervisor.wake()
     return p.Added(ids=list(ids), existing=ids.existing if any(ids.existing) else [])
@@ -214,9 +225,12 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
     try:
         counts = await d.db.read(Store.counts)
         queues = await d.db.read(Store.queues)
+        nodes = [
+            _this_node(d, node) if node.name == d.node.name else node for node in await d.db.read(Store.nodes)
+        ]
     except StoreUnreachable:
         # What this node knows without the store: its own slots, and why.
-        counts, queues = {}, []
+        counts, queues, nodes = {}, [], []
     return p.Status(
         version=__version__,
         pid=os.getpid(),
@@ -231,6 +245,22 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         web=d.web_url,
         problems=d.problems(),
         store_unreachable_since=d.db.unreachable_since,
+        nodes=nodes,
+        node=d.node.name,
+    )
+
+
+def _this_node(d: Daemon, node: p.NodeInfo) -> p.NodeInfo:
+    """This node as the store has it, with what it knows better itself."""
+    return msgspec.structs.replace(
+        node,
+        slots=d.settings.concurrency,
+        running=len(d.supervisor.running_in()),
+        queues=list(d.served) if d.served is not None else None,
+        host=node.host or os.uname().nodename,
+        pid=node.pid or os.getpid(),
+        started_at=node.started_at or d.started_at,
+        this=True,
     )
 
 

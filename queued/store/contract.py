@@ -26,8 +26,14 @@ Rules every engine keeps:
   `Changes.released`; a failed attempt's retry time and `release` set
   `reordered` too.
 - A job is claimable when its state is in `lifecycle.WAITING_STATES`, its
-  run_at has come and every dependency completed; claim order is
+  run_at has come and every dependency completed, and it is pinned to no
+  node or to this one (`NodeIdentity.name`); claim order is
   `Claimed.claim_key` (priority, then run_at, then id).
+- Nodes: every attempt row names the node (and, where leases are kept, the
+  incarnation) that started it. An engine shared by several nodes
+  (PostgreSQL) fences an attempt's start and end on this node's incarnation
+  holding a live lease: a node declared lost records nothing. An engine of
+  one node (SQLite) records the name and fences nothing.
 - Errors: `Refused(code, message)` for what the user must change (codes of
   `protocol.ErrorCode`; the messages are the user's to read: the SQLite
   engine's wording is the reference), `StorageError` for a failing store.
@@ -41,7 +47,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 import msgspec
 
 from queued.lifecycle import Exit, JobState
-from queued.protocol import ErrorCode, Job, QueueInfo, Run
+from queued.protocol import ErrorCode, Job, NodeInfo, QueueInfo, Run
 from queued.validation import NewJob
 
 T = TypeVar("T")
@@ -150,6 +156,22 @@ class Recovered(msgspec.Struct, frozen=True):
     job_id: int
     run: int
     state: JobState | None
+
+
+class NodeIdentity:
+    """This daemon as a node: its name, and its incarnation (a fresh id at each
+    start, and again when it registers anew after losing its lease). Whoever
+    registers the node sets them; the engine reads them at each call (on the
+    writer's thread: a plain attribute read)."""
+
+    __slots__ = ("incarnation", "name")
+
+    def __init__(self, name: str, incarnation: str) -> None:
+        self.name = name
+        self.incarnation = incarnation
+
+    def __repr__(self) -> str:
+        return f"NodeIdentity({self.name!r}, {self.incarnation!r})"
 
 
 class Changes:
@@ -429,7 +451,26 @@ class Store(Protocol):
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
         """At start: record the attempts a dead daemon left running as
         interrupted (`lifecycle.INTERRUPTED`), by job id, and make sure the
-        default queue exists."""
+        default queue exists. Shared by nodes: only the attempts of this
+        node's earlier incarnations and of nodes whose lease ran out (as `rescue`)."""
+        ...
+
+    # -- nodes ------------------------------------------------------------------
+    def identify(self, node: NodeIdentity) -> None:
+        """The node whose attempts this engine records from now on (before the
+        writer serves; `node`'s incarnation may change later)."""
+        ...
+
+    def nodes(self) -> list[NodeInfo]:
+        """The nodes that share this store, by name: a lone engine (SQLite)
+        knows only its own (`identify`), with no lease."""
+        ...
+
+    def rescue(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        """Record the running attempts of nodes whose lease ran out as
+        interrupted (`lifecycle.INTERRUPTED`: retried under the job's policy),
+        in one statement that re-checks them, so that two rescuers never both
+        record one. A lone engine (SQLite) has none to rescue."""
         ...
 
 

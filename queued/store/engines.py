@@ -91,3 +91,15 @@ def migrate(spec: str | None, data_dir: Path) -> int:
     else:
         from queued.store.sqlite.schema import SCHEMA_VERSION
     return SCHEMA_VERSION
+
+
+def open_node_leases(spec: str | None, lease: float) -> object | None:
+    """The nodes' registration and leases on a shared store, on a connection
+    of their own (queued.store.postgres.nodes.NodeLeases); None for SQLite,
+    whose one daemon per data dir needs none."""
+    if not is_postgres(spec):
+        return None
+    from queued.store.postgres.nodes import NodeLeases
+
+    assert spec is not None
+    return NodeLeases(spec, lease)

@@ -25,6 +25,7 @@ import benches
 import harness
 import peers
 import pg_store_benches
+import rescue
 from harness import Daemon, median, percentile
 
 
@@ -565,6 +566,29 @@ class Suite:
             )
         )
 
+    # -- B10 --------------------------------------------------------------------------
+
+    def b10(self) -> None:
+        lease, jobs = 3.0, 4
+        progress(f"B10: rescue after kill -9, lease {lease:g} s, {jobs} jobs x {self.sizes.runs} runs")
+        results = rescue.measure(self.tmp, lease, jobs, self.sizes.runs)
+        if isinstance(results, str):
+            self.notes.append(results)
+            return
+        value = max(r["max"] for r in results)
+        self.add(
+            Figure(
+                "B10",
+                f"B10 rescue after kill -9 (lease {lease:g} s)",
+                value,
+                "s",
+                f"<= {lease + 2:g} s",
+                value <= lease + 2,
+                runs=results,
+                note="from SIGKILL of the node running the jobs to each job's next start on the other node",
+            )
+        )
+
 
 # ----------------------------------------------------------------------------
 # output
@@ -612,7 +636,7 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG", "B10")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,8 @@ pytest.importorskip("psycopg")
 @pytest.fixture
 def nodes(tmp_path: Path, postgres_empty_url: str) -> Iterator[tuple[Daemon, Daemon]]:
     """A runs nothing (concurrency 0), B runs the jobs; both are up before any job is added."""
-    a = Daemon(tmp_path / "a", "--store", postgres_empty_url, "--concurrency", "0")
-    b = Daemon(tmp_path / "b", "--store", postgres_empty_url)
+    a = Daemon(tmp_path / "a", "--store", postgres_empty_url, "--node", "a", "--concurrency", "0")
+    b = Daemon(tmp_path / "b", "--store", postgres_empty_url, "--node", "b")
     try:
         a.start()
         b.start()

@@ -61,7 +61,7 @@ def test_fifty_adders_of_one_key_at_once_add_one_job(daemon: Daemon) -> None:
 @pytest.fixture
 def two_nodes(tmp_path: Path, postgres_empty_url: str) -> Iterator[list[Daemon]]:
     pytest.importorskip("psycopg")
-    nodes = [Daemon(tmp_path / name, "--store", postgres_empty_url) for name in ("a", "b")]
+    nodes = [Daemon(tmp_path / name, "--store", postgres_empty_url, "--node", name) for name in ("a", "b")]
     try:
         for node in nodes:
             node.start()

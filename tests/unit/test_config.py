@@ -83,6 +83,13 @@ VALUES: dict[str, dict[str, tuple[object, object]]] = {
     },
     "exit-when-idle": {"flag": ("true", True), "environment": ("no", False), "file": (True, True)},
     "exit-after-jobs": {"flag": ("3", 3), "environment": ("40", 40), "file": (500, 500)},
+    "node": {"flag": ("gpu1", "gpu1"), "environment": ("web-2", "web-2"), "file": (" c ", "c")},
+    "node-lease": {"flag": ("3", 3.0), "environment": ("1m", 60.0), "file": ("45s", 45.0)},
+    "queues": {
+        "flag": ("gpu,default", ("gpu", "default")),
+        "environment": ("a", ("a",)),
+        "file": ("b, c,b", ("b", "c")),
+    },
 }
 DAEMON_DEFAULTS = {
     "socket": None,
@@ -94,6 +101,9 @@ DAEMON_DEFAULTS = {
     "store": None,
     "exit-when-idle": False,
     "exit-after-jobs": None,
+    "node": None,
+    "node-lease": 30.0,
+    "queues": None,
 }
 STRONGEST_FIRST = ("flag", "environment", "config set", "file")
 
@@ -150,6 +160,9 @@ def test_every_key_has_a_variable() -> None:
         "QUEUED_STORE",
         "QUEUED_EXIT_WHEN_IDLE",
         "QUEUED_EXIT_AFTER_JOBS",
+        "QUEUED_NODE",
+        "QUEUED_NODE_LEASE",
+        "QUEUED_QUEUES",
     ]
 
 
@@ -187,6 +200,10 @@ def test_config_set_never_names_the_daemons_own_keys() -> None:
         ({}, {"QUEUED_KILL_GRACE": "0"}, "QUEUED_KILL_GRACE"),
         ({}, {"QUEUED_LOG_LEVEL": "loud"}, "QUEUED_LOG_LEVEL"),
         ({"data-dir": 5}, {}, "data-dir"),
+        ({}, {"QUEUED_NODE": "two words"}, "invalid value for node: 'two words'.*QUEUED_NODE"),
+        ({"node": "x" * 64}, {}, "longer than 63"),
+        ({}, {"QUEUED_NODE_LEASE": "0"}, "node-lease.*QUEUED_NODE_LEASE"),
+        ({"queues": "gpu,,cpu"}, {}, "invalid value for queues"),
     ],
 )
 def test_bad_values_name_their_source(file: dict, environ: dict, named: str) -> None:

@@ -802,3 +802,15 @@ def test_a_bad_unique_key_is_refused_in_one_line(spec: JobSpec, words: str) -> N
 
 def test_a_printable_key_of_any_script_is_kept() -> None:
     validation.check_spec(JobSpec(command="x", unique_key="rapport mensuel · 2026-11 ✓"))
+
+
+def test_an_attempt_lost_with_its_node_is_retried_at_once_and_still_counts() -> None:
+    """Issue #12: a rescued attempt failed for its node, not for itself."""
+    kept = {"succeeded": False, "max_retries": 1, "backoff_base": 2, "backoff_max": 60, "now": 100.0}
+    assert after_attempt(attempts=1, at_once=True, **kept).run_at == 100.0
+    assert after_attempt(attempts=1, **kept).run_at == 102.0
+    assert after_attempt(attempts=2, at_once=True, **kept).state == "dead"
+    assert lifecycle.node_lost("gpu1").error == (
+        "interrupted: its node gpu1 stopped renewing its lease while the job ran"
+    )
+    assert lifecycle.node_lost(None) == lifecycle.INTERRUPTED

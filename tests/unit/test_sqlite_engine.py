@@ -268,16 +268,17 @@ def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path:
     conn = schema.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     columns = [row[1] for row in conn.execute("PRAGMA table_info(attempts)")]
-    assert columns[-1] == "log_incomplete"
+    assert columns[-2:] == ["log_incomplete", "node"]
     assert SqliteStore(conn).counts()["pending"] == 2
     conn.close()
 
 
 def _as_version_2(path: Path) -> None:
-    """Take a database back to what version 2 wrote: no unique keys."""
+    """Take a database back to what version 2 wrote: no unique keys, no nodes."""
     conn = sqlite3.connect(path)
     conn.executescript(
-        "DROP INDEX jobs_unique; DROP INDEX jobs_by_unique_key;"
+        "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
+        " DROP INDEX jobs_unique; DROP INDEX jobs_by_unique_key;"
         " ALTER TABLE jobs DROP COLUMN unique_key; PRAGMA user_version = 2;"
     )
     conn.close()
@@ -288,8 +289,8 @@ def test_a_version_2_database_gains_unique_keys_and_their_index(tmp_path: Path) 
     _make_database(path, jobs=2)
     _as_version_2(path)
     conn = schema.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
-    assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")][-1] == "unique_key"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+    assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")][-2:] == ["unique_key", "node"]
     store = Direct(SqliteStore(conn))
     assert [j.unique_key for j in store.list_jobs()] == [None, None]
     [first] = store.add_jobs([new(unique_key="k")], T0)
@@ -319,4 +320,18 @@ def test_the_unique_index_admits_one_unfinished_job_per_key(tmp_path: Path) -> N
     assert plan == "SEARCH jobs USING INDEX jobs_unique (unique_key=?)"
     [[*_, plan]] = conn.execute(f"EXPLAIN QUERY PLAN {window}", ("k", T0)).fetchall()
     assert plan == "SEARCH jobs USING INDEX jobs_by_unique_key (unique_key=? AND updated_at>?)"
+
+
+def test_a_version_3_database_gains_the_nodes_of_attempts_and_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node; PRAGMA user_version = 3;"
+    )
+    conn.close()
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+    store = SqliteStore(conn)
+    assert [(job.node, job.pinned) for job in store.list_jobs()] == [(None, None), (None, None)]
     conn.close()

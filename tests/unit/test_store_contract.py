@@ -20,6 +20,7 @@ from queued.protocol import JobSpec
 from queued.settings import Settings
 from queued.store import Changes, Claimed, Recovered, Refused
 from queued.store.contract import Engine, OutputChunk
+from tests.engines import join_node
 from tests.store_harness import (
     BACKOFF_MAX,
     FAIL,
@@ -1807,3 +1808,78 @@ def test_output_goes_with_its_job_and_of_a_removed_one_is_dropped(store: Store) 
     store.append_output([_chunk(runs[removed], 9, b"late"), _chunk(late, 0, b"kept")])
     assert store.read_output(removed, 1, "stdout", 0, 100) == (b"", 0)
     assert store.read_output(late.id, late.run, "stdout", 0, 100) == (b"kept", 4)
+
+
+# ----------------------------------------------------------------------------
+# Nodes: each attempt names its node; jobs pinned to a node run only there
+
+
+def pinned(command: str = "true", node: str = "n1", **spec: object) -> validation.NewJob:
+    import msgspec
+
+    return msgspec.structs.replace(new(command, **spec), node=node)
+
+
+def test_attempts_name_the_node_that_started_them(store: Store) -> None:
+    join_node(store.engine, "n1")
+    claimed_id = add(store)
+    read_id = add(store)
+    [claimed] = claim(store, slots=1)
+    assert claimed.id == claimed_id
+    [read] = ahead(store).jobs
+    store.start(read, T0)
+    for job_id in (claimed_id, read_id):
+        [run] = store.get_job(job_id)[1]
+        assert run.node == "n1"
+        assert job(store, job_id).node == "n1"
+    assert [j.node for j in store.list_jobs()] == ["n1", "n1"]
+
+
+def test_a_job_pinned_to_another_node_is_neither_read_nor_claimed_nor_timed(store: Store) -> None:
+    join_node(store.engine, "n1")
+    elsewhere, later_elsewhere = store.add_jobs([pinned(node="n2"), pinned(node="n2", delay=5.0)], T0)
+    assert job(store, elsewhere).pinned == "n2"
+    assert ahead(store, horizon=T0 + 10).jobs == [] and ahead(store, horizon=T0 + 10).upcoming == []
+    assert claim(store) == []
+    assert store.next_due(T0, ["default"]) is None
+    [here] = store.add_jobs([pinned(node="n1")], T0)
+    anywhere = add(store)
+    assert [c.id for c in claim(store)] == [here, anywhere]
+    assert state(store, elsewhere) == "pending" and state(store, later_elsewhere) == "pending"
+
+
+def test_a_restarted_copy_stays_pinned(store: Store) -> None:
+    join_node(store.engine, "n1")
+    [original] = store.add_jobs([pinned(node="n2")], T0)
+    copy = store.restart(original, {}, False, T0 + 1)
+    assert job(store, copy).pinned == "n2"
+
+
+def test_nodes_lists_this_node_and_rescue_takes_nothing_from_a_live_one(store: Store) -> None:
+    join_node(store.engine, "n1")
+    job_id = add(store)
+    claim(store)
+    [me] = [node for node in store.nodes() if node.this]
+    assert (me.name, me.state) == ("n1", "alive")
+    assert store.rescue(BACKOFF_MAX, T0 + 1) == []
+    assert state(store, job_id) == "running"
+    store.finish(claim_one_again(store, job_id), OK, BACKOFF_MAX, T0 + 2)
+    assert state(store, job_id) == "completed"
+
+
+def claim_one_again(store: Store, job_id: int) -> Claimed:
+    """The Claimed of a running job's latest attempt, as the supervisor keeps it."""
+    [run] = store.get_job(job_id)[1][-1:]
+    found = job(store, job_id)
+    return Claimed(
+        id=job_id,
+        run=run.attempt,
+        attempts=found.attempts,
+        command=found.command,
+        queue=found.queue,
+        cwd=found.cwd,
+        env={},
+        timeout=found.timeout,
+        max_retries=found.max_retries,
+        backoff_base=found.backoff_base,
+    )

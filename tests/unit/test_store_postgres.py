@@ -170,6 +170,7 @@ def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres
     store.finish(claimed, classify_exit(0), 3600.0, T0, stdout="/logs/0/1.1.out", stderr="/logs/0/1.1.err")
     engine.close()
     with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute(WITHOUT_NODES)
         conn.execute(WITHOUT_UNIQUE_KEYS)
         conn.execute("DROP TABLE queued.output_chunks")
         conn.execute("UPDATE queued.schema_version SET version = 1")
@@ -231,6 +232,13 @@ def test_reconnect_while_the_server_is_down_says_unreachable(postgres_server: Po
         engine.close()
 
 
+# What schema version 5 added: the nodes (see test_store_postgres_nodes.py).
+WITHOUT_NODES = (
+    "DROP TABLE queued.nodes; ALTER TABLE queued.attempts DROP COLUMN node;"
+    " ALTER TABLE queued.attempts DROP COLUMN incarnation; ALTER TABLE queued.attempts DROP COLUMN rescued_by;"
+    " ALTER TABLE queued.jobs DROP COLUMN node"
+)
+
 # What schema version 3 added: unique keys.
 WITHOUT_UNIQUE_KEYS = (
     "DROP INDEX queued.jobs_unique; DROP INDEX queued.jobs_by_unique_key;"
@@ -245,7 +253,7 @@ def test_a_version_2_store_gains_unique_keys_and_their_index(postgres_empty_url:
     Direct(engine).add_jobs([new("a"), new("b")], T0)
     engine.close()
     with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
-        conn.execute(f"{WITHOUT_UNIQUE_KEYS}; UPDATE queued.schema_version SET version = 2")
+        conn.execute(f"{WITHOUT_NODES}; {WITHOUT_UNIQUE_KEYS}; UPDATE queued.schema_version SET version = 2")
     store = Direct(PostgresStore.open(postgres_empty_url))
     try:
         assert schema.SCHEMA_VERSION >= 3
@@ -367,7 +375,8 @@ def test_finished_jobs_are_counted_apart_and_a_database_without_the_counts_gets_
             ):
                 conn.execute(f"DROP FUNCTION queued.{function} CASCADE")
             conn.execute("DROP FUNCTION queued.take_job_ids(bigint)")
-            conn.execute("UPDATE queued.schema_version SET version = %s", (schema.SCHEMA_VERSION - 1,))
+            conn.execute(WITHOUT_NODES)  # version 5's, after it
+            conn.execute("UPDATE queued.schema_version SET version = 3")
         engine.close()
         engine = PostgresStore.open(postgres_empty_url)
         store = Direct(engine)

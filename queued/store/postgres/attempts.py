@@ -10,7 +10,16 @@ from psycopg import Connection
 
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
-from queued.store.contract import NOTHING, Ahead, Changes, Claimed, Recovered, Refused, Written
+from queued.store.contract import (
+    NOTHING,
+    Ahead,
+    Changes,
+    Claimed,
+    NodeIdentity,
+    Recovered,
+    Refused,
+    Written,
+)
 from queued.store.postgres.jobs import Environments, with_path
 from queued.store.sqlite import rows
 from queued.store.sqlite.rows import WAITING
@@ -19,7 +28,8 @@ from queued.store.transitions import Transitions
 _SELECT_WAITING = (
     f"SELECT {rows.WAITING_COLUMNS}"
     f" FROM jobs WHERE state IN ({WAITING}) AND unmet = 0 AND {{window}}"
-    " AND queue = ANY(%s::text[]) AND id <> ALL(%s::bigint[]) ORDER BY {order} LIMIT %s"
+    " AND queue = ANY(%s::text[]) AND id <> ALL(%s::bigint[]) AND (node IS NULL OR node = %s)"
+    " ORDER BY {order} LIMIT %s"
 )
 _DUE = {"window": "run_at <= %s", "order": "priority, run_at, id"}
 _UPCOMING = {"window": "run_at > %s AND run_at <= %s", "order": "run_at, id"}
@@ -29,6 +39,14 @@ CWD = 4  # the cwd's place in rows.WAITING_COLUMNS and rows.INTERRUPTED_COLUMNS
 _CLAIMED = lifecycle.next_state(lifecycle.WAITING_STATES[0], Event.CLAIM)
 assert all(lifecycle.next_state(state, Event.CLAIM) == _CLAIMED for state in lifecycle.WAITING_STATES)
 
+# This node's incarnation holds a live lease (on the database's clock): the
+# fence on every start of an attempt. NULL: an engine no node registered
+# (tests, tools) fences nothing.
+LEASE_HELD = (
+    "(%(incarnation)s::text IS NULL OR EXISTS (SELECT 1 FROM nodes"
+    " WHERE incarnation = %(incarnation)s AND lease_until > now()))"
+)
+
 # Take the best due jobs, up to each queue's room and `slots` in all, in one
 # statement: rows other nodes are taking are skipped, not waited for. The
 # attempt's row goes in with the claim, so the claim commits before anything
@@ -36,12 +54,12 @@ assert all(lifecycle.next_state(state, Event.CLAIM) == _CLAIMED for state in lif
 # `slots` candidates; those beyond the best `slots` of all queues stay locked
 # (not taken) until the claim commits, and another node's claim skips them.
 _CLAIM = f"""
-WITH room(queue, n) AS (SELECT * FROM unnest(%(queues)s::text[], %(rooms)s::int[])),
+WITH room(queue, n) AS (SELECT * FROM unnest(%(queues)s::text[], %(rooms)s::int[]) WHERE {LEASE_HELD}),
 picked AS (
     SELECT j.id, j.priority, j.run_at FROM room CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM jobs
         WHERE state IN ({WAITING}) AND unmet = 0 AND run_at <= %(now)s AND queue = room.queue
-            AND id <> ALL(%(busy)s::bigint[])
+            AND id <> ALL(%(busy)s::bigint[]) AND (node IS NULL OR node = %(node)s)
         ORDER BY priority, run_at, id LIMIT least(room.n, %(slots)s) FOR UPDATE SKIP LOCKED) j
     ORDER BY j.priority, j.run_at, j.id LIMIT %(slots)s),
 taken AS (
@@ -50,8 +68,9 @@ taken AS (
     RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
         jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at),
 runs AS (
-    INSERT INTO attempts (job_id, attempt, started_at)
-    SELECT id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id), %(now)s
+    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation)
+    SELECT id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id), %(now)s,
+        %(node)s, %(incarnation)s
     FROM taken RETURNING job_id, attempt)
 SELECT taken.id, taken.attempts - 1, command, queue, cwd, env_id, timeout, max_retries, backoff_base,
     runs.attempt, EXISTS (SELECT 1 FROM dependencies WHERE depends_on = taken.id), priority, run_at
@@ -59,11 +78,39 @@ FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.
 """
 
 
+# The open attempts of every incarnation that holds no live lease (a node
+# lost, or an earlier start of this one), ended as interrupted in one
+# statement: a second rescuer waits for the first one's row locks, then
+# finds them ended and leaves them.
+_RESCUE = """
+UPDATE attempts a SET ended_at = %(now)s, rescued_by = %(node)s,
+    error = CASE WHEN a.node IS NULL OR a.node = %(node)s THEN %(interrupted)s
+        ELSE 'interrupted: its node ' || a.node || ' stopped renewing its lease while the job ran' END
+WHERE a.ended_at IS NULL AND NOT EXISTS (
+    SELECT 1 FROM nodes n WHERE n.incarnation = a.incarnation AND n.lease_until > now())
+RETURNING a.job_id, a.attempt, a.error
+"""
+assert (
+    lifecycle.node_lost("X").error == "interrupted: its node X stopped renewing its lease while the job ran"
+)
+
+
 class Attempts:
-    def __init__(self, conn: Connection, environments: Environments, transitions: Transitions) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        environments: Environments,
+        transitions: Transitions,
+        node: NodeIdentity,
+    ) -> None:
         self.conn = conn
         self.environments = environments
         self.transitions = transitions
+        self.node = node  # named on every attempt; its incarnation fences starts and ends
+
+    @property
+    def _incarnation(self) -> str | None:
+        return self.node.incarnation or None
 
     def _waiting(
         self,
@@ -77,7 +124,9 @@ class Attempts:
         environment = self.environments.get
         return [
             rows.waiting(with_path(row, CWD), environment(row[5]))
-            for row in self.conn.execute(query, (*window, list(queues), list(busy), limit)).fetchall()
+            for row in self.conn.execute(
+                query, (*window, list(queues), list(busy), self.node.name, limit)
+            ).fetchall()
         ]
 
     def lookahead(
@@ -105,24 +154,36 @@ class Attempts:
             return None
         row = self.conn.execute(
             f"SELECT run_at FROM jobs WHERE state IN ({WAITING})"
-            " AND unmet = 0 AND run_at > %s AND queue = ANY(%s::text[]) ORDER BY run_at LIMIT 1",
-            (now, list(queues)),
+            " AND unmet = 0 AND run_at > %s AND queue = ANY(%s::text[]) AND (node IS NULL OR node = %s)"
+            " ORDER BY run_at LIMIT 1",
+            (now, list(queues), self.node.name),
         ).fetchone()
         return row[0] if row else None
 
     def start(self, job: Claimed, now: float) -> Written[None]:
         """Record that `job`, read by `lookahead`, started its attempt. Refused if
         it is no longer what was read (then nothing here changed)."""
+        incarnation = self._incarnation
         changed = self.conn.execute(
-            "UPDATE jobs SET state = %s, attempts = %s, updated_at = %s WHERE id = %s"
-            f" AND state IN ({WAITING}) AND unmet = 0 AND attempts = %s"
-            " AND NOT EXISTS (SELECT 1 FROM attempts WHERE job_id = %s AND attempt >= %s)",
-            (_CLAIMED, job.attempts, now, job.id, job.attempts - 1, job.id, job.run),
+            "UPDATE jobs SET state = %(claimed)s, attempts = %(attempts)s, updated_at = %(now)s"
+            f" WHERE id = %(id)s AND state IN ({WAITING}) AND unmet = 0 AND attempts = %(attempts)s - 1"
+            " AND NOT EXISTS (SELECT 1 FROM attempts WHERE job_id = %(id)s AND attempt >= %(run)s)"
+            f" AND {LEASE_HELD}",
+            {
+                "claimed": _CLAIMED,
+                "attempts": job.attempts,
+                "now": now,
+                "id": job.id,
+                "run": job.run,
+                "incarnation": incarnation,
+            },
         ).rowcount
         if not changed:
             raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
         self.conn.execute(
-            "INSERT INTO attempts (job_id, attempt, started_at) VALUES (%s, %s, %s)", (job.id, job.run, now)
+            "INSERT INTO attempts (job_id, attempt, started_at, node, incarnation)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (job.id, job.run, now, self.node.name, incarnation),
         )
         return Written(None)
 
@@ -145,6 +206,8 @@ class Attempts:
                 "now": now,
                 "busy": list(busy),
                 "slots": slots,
+                "node": self.node.name,
+                "incarnation": self._incarnation,
             },
         ).fetchall()
         claimed = [rows.waiting(with_path(row, CWD), environment(row[5])) for row in found]
@@ -181,13 +244,17 @@ class Attempts:
         supervisor keeps in memory while it runs, and what its logs miss) and
         move the job on as lifecycle says; its new state, or None if the job
         was removed while it ran (then its log files are the caller's to
-        delete: no row names them)."""
-        self.conn.execute(
+        delete: no row names them). Fenced: only an attempt this incarnation
+        started and no other node rescued is recorded; a late end from a node
+        whose attempt was rescued meanwhile is Refused, and nothing recorded."""
+        recorded = self.conn.execute(
             "UPDATE attempts SET ended_at = %s, exit_code = %s, signal = %s, error = %s,"
             " pid = coalesce(%s, pid), stdout_path = coalesce(%s, stdout_path),"
             " stderr_path = coalesce(%s, stderr_path), log_incomplete = %s"
-            # Once: a record tried again after its COMMIT was lost keeps the first.
-            " WHERE job_id = %s AND attempt = %s AND ended_at IS NULL",
+            # Once: a record tried again after its COMMIT was lost keeps the first;
+            # and only this incarnation's, unless another node rescued it.
+            " WHERE job_id = %s AND attempt = %s AND ended_at IS NULL AND rescued_by IS NULL"
+            " AND incarnation IS NOT DISTINCT FROM %s",
             (
                 now,
                 exit.exit_code,
@@ -199,48 +266,96 @@ class Attempts:
                 log_incomplete,
                 claimed.id,
                 claimed.run,
+                self._incarnation,
             ),
+        ).rowcount
+        if (
+            not recorded
+            and self.conn.execute(
+                "SELECT 1 FROM attempts WHERE job_id = %s AND attempt = %s"
+                " AND (rescued_by IS NOT NULL OR incarnation IS DISTINCT FROM %s)",
+                (claimed.id, claimed.run, self._incarnation),
+            ).fetchone()
+        ):
+            raise Refused(
+                "invalid",
+                f"job {claimed.id} attempt {claimed.run} was already ended elsewhere (rescued after this "
+                "node's lease ran out): its end here is not recorded",
+            )
+        return self._after_attempt(
+            claimed.id, claimed.run, exit, claimed.max_retries, claimed.backoff_base, backoff_max, now
         )
+
+    def _after_attempt(
+        self,
+        job_id: int,
+        run: int,
+        exit: Exit,
+        max_retries: int,
+        backoff_base: float,
+        backoff_max: float,
+        now: float,
+        *,
+        at_once: bool = False,
+    ) -> Written[JobState | None]:
+        """Move the job of an attempt just ended on, as lifecycle says (if the
+        attempt counts); its state after it, or None if it is gone."""
         row = self.conn.execute(
             "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"
             " FROM jobs WHERE id = %s",
-            (claimed.id,),
+            (job_id,),
         ).fetchone()
         state, attempts, latest_run = row if row else (None, None, None)
-        if not lifecycle.attempt_counts(job_state=state, latest_run=latest_run, run=claimed.run):
+        if not lifecycle.attempt_counts(job_state=state, latest_run=latest_run, run=run):
             return Written(state, NOTHING)
         outcome = lifecycle.after_attempt(
             succeeded=exit.succeeded,
             attempts=attempts,
-            max_retries=claimed.max_retries,
-            backoff_base=claimed.backoff_base,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
             backoff_max=backoff_max,
             now=now,
             retryable=exit.retryable,
+            at_once=at_once,
         )
         changes = Changes()
         extra: dict[str, object] = {"exit_code": exit.exit_code, "error": exit.error}
         if outcome.run_at is not None:
             extra["run_at"] = outcome.run_at
             changes.reordered = True  # its retry may outrank what was read ahead
-        self.transitions.move(claimed.id, state, outcome.event, now, changes, **extra)
+        self.transitions.move(job_id, state, outcome.event, now, changes, **extra)
         return Written(outcome.state, changes)
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
-        """Record the attempts a dead daemon left running as interrupted
-        (lifecycle.INTERRUPTED: retried under the job's policy)."""
-        left = [
-            rows.interrupted(with_path(row, CWD + 1))
-            for row in self.conn.execute(
-                f"SELECT {rows.INTERRUPTED_COLUMNS} FROM jobs j JOIN attempts a ON a.job_id = j.id"
-                f" WHERE j.state = '{lifecycle.RUNNING}' AND a.attempt = (SELECT max(attempt) FROM attempts"
-                " WHERE job_id = j.id)"
-            ).fetchall()
-        ]
+        """At start: the attempts this node's earlier incarnations left
+        running, and those of nodes whose lease ran out (`rescue`)."""
+        return self.rescue(backoff_max, now)
+
+    def rescue(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        """Record the open attempts of every incarnation holding no live lease
+        as interrupted (one statement: two rescuers never both record one),
+        and move their jobs on (retried under their policy)."""
+        ended = self.conn.execute(
+            _RESCUE,
+            {
+                "now": now,
+                "node": self.node.name,
+                "interrupted": lifecycle.INTERRUPTED.error,
+            },
+        ).fetchall()
         changes = Changes()
         recovered = []
-        for job in left:
-            written = self.finish(job, lifecycle.INTERRUPTED, backoff_max, now)
+        for job_id, run, error in sorted(ended):
+            row = self.conn.execute(
+                "SELECT max_retries, backoff_base FROM jobs WHERE id = %s", (job_id,)
+            ).fetchone()
+            if row is None:
+                continue
+            exit = lifecycle.Exit(False, None, None, error)
+            # A lost node's attempt is retried at once (the node failed, not
+            # the job); this node's own earlier ones (recovered at start) as ever.
+            lost = error != lifecycle.INTERRUPTED.error
+            written = self._after_attempt(job_id, run, exit, row[0], row[1], backoff_max, now, at_once=lost)
             changes.merge(written.changes)
-            recovered.append(Recovered(job.id, job.run, written.value))
+            recovered.append(Recovered(job_id, run, written.value))
         return Written(recovered, changes)

@@ -140,15 +140,15 @@ class JobChanges:
 
     def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
         """Add a copy of any job, with `fields` changed: same command, queue,
-        settings, label, cwd, environment and unique key; no dependencies; due now."""
+        settings, label, cwd, environment, unique key and pinned node; no dependencies; due now."""
         row = self.conn.execute(
             "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id,"
-            " unique_key FROM jobs WHERE id = %s",
+            " unique_key, node FROM jobs WHERE id = %s",
             (job_id,),
         ).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
-        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key = row
+        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key, node = row
         copy = NewJob(
             command=command,
             queue=queue,
@@ -163,6 +163,7 @@ class JobChanges:
             depends_on=[],
             hold=hold,
             unique_key=key,
+            node=node,  # pinned where its files are, as the original
         )
         written = self.jobs.add([msgspec.structs.replace(copy, **fields)], now)
         if written.value.existing[0]:  # the copy's key is held: no second job of it

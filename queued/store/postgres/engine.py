@@ -21,14 +21,16 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import Connection
 
+from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
-from queued.protocol import Job, QueueInfo, Run
+from queued.protocol import Job, NodeInfo, QueueInfo, Run
 from queued.store.contract import (
     AddedIds,
     Ahead,
     BatchLost,
     Claimed,
     CommitUnknown,
+    NodeIdentity,
     OutputChunk,
     OutputStream,
     Recovered,
@@ -37,7 +39,7 @@ from queued.store.contract import (
     StoreUnreachable,
     Written,
 )
-from queued.store.postgres import schema
+from queued.store.postgres import nodes, schema
 from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
 from queued.store.postgres.jobs import Environments, Jobs
@@ -66,6 +68,8 @@ class PostgresStore:
         self.url = url
         self.where = schema.where(url)
         self.store_name = f"the job store at {self.where}"
+        # No node registered (tests, tools): attempts name the host, nothing is fenced.
+        self._node = NodeIdentity(default_node_name(), "")
         self._compose(conn)
 
     def _compose(self, conn: Connection) -> None:
@@ -74,7 +78,7 @@ class PostgresStore:
         transitions = Transitions(PostgresTransitionSql(conn))
         self._jobs = Jobs(conn, self._environments)
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
-        self._attempts = Attempts(conn, self._environments, transitions)
+        self._attempts = Attempts(conn, self._environments, transitions, self._node)
         self._queues = Queues(conn)
         self._output = Output(conn)
 
@@ -243,6 +247,17 @@ class PostgresStore:
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
         self._queues.ensure_default(now)
         return self._attempts.recover(backoff_max, now)
+
+    # -- nodes --------------------------------------------------------------------
+
+    def identify(self, node: NodeIdentity) -> None:
+        self._node = self._attempts.node = node
+
+    def nodes(self) -> list[NodeInfo]:
+        return nodes.read_nodes(self.conn, self._node)
+
+    def rescue(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        return self._attempts.rescue(backoff_max, now)
 
     # -- the writer's transactions ----------------------------------------------
 

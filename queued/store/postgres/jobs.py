@@ -43,8 +43,9 @@ _COLUMN_TYPES = [
     "bytea",
     "bigint",
     "int",
-    "text",
-    "text",
+    "text",  # error
+    "text",  # unique_key
+    "text",  # node
 ]
 INSERT_JOBS = (
     INSERT_JOB.split(" VALUES ")[0]
@@ -228,7 +229,7 @@ class Jobs:
         ids = [row[0] for row in found]
         deps: dict[int, list[int]] = {}
         unmet: dict[int, list[int]] = {}
-        latest: dict[int, tuple[float, float | None]] = {}
+        latest: dict[int, rows.Latest] = {}
         if ids:
             for job_id, dep, dep_state in self.conn.execute(
                 "SELECT d.job_id, d.depends_on, j.state FROM dependencies d LEFT JOIN jobs j"
@@ -238,18 +239,18 @@ class Jobs:
                 deps.setdefault(job_id, []).append(dep)
                 if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
                     unmet.setdefault(job_id, []).append(dep)
-            for job_id, started_at, ended_at in self.conn.execute(
-                "SELECT DISTINCT ON (job_id) job_id, started_at, ended_at FROM attempts"
+            for job_id, started_at, ended_at, node in self.conn.execute(
+                "SELECT DISTINCT ON (job_id) job_id, started_at, ended_at, node FROM attempts"
                 " WHERE job_id = ANY(%s::bigint[]) ORDER BY job_id, attempt DESC",
                 (ids,),
             ):
-                latest[job_id] = (started_at, ended_at)
+                latest[job_id] = (started_at, ended_at, node)
         return [
             rows.job(
                 with_path(row, CWD),
                 deps.get(row[0], []),
                 unmet.get(row[0], []),
-                latest.get(row[0], (None, None)),
+                latest.get(row[0], rows.NO_ATTEMPT),
             )
             for row in found
         ]
@@ -336,6 +337,7 @@ class Jobs:
                     unmet,
                     None,
                     job.unique_key,
+                    job.node,
                 )
             )
         if len(new_rows) == 1:

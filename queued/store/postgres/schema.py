@@ -22,7 +22,7 @@ from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 if TYPE_CHECKING:
     from psycopg import Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 NAMESPACE = "queued"
 # pg_advisory_xact_lock's key for creating and migrating the schema ("queued" in ASCII).
 SCHEMA_LOCK = 0x717565756564
@@ -50,6 +50,27 @@ CREATE TABLE output_chunks (
 UNIQUE_INDEXES = f"""
 CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state IN ({UNIQUE});
 CREATE INDEX jobs_by_unique_key ON jobs(unique_key, updated_at) WHERE unique_key IS NOT NULL;
+"""
+
+# The nodes: one row per name, naming its latest incarnation (a daemon start)
+# and when its lease ends on the database's clock. An attempt whose
+# incarnation holds no live lease here is rescued by the nodes alive.
+NODES = """
+CREATE TABLE nodes (
+    name         TEXT PRIMARY KEY,
+    incarnation  TEXT NOT NULL UNIQUE,
+    home         TEXT NOT NULL,  -- machine id and data dir: a restart there may take its name at once
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    slots        INTEGER NOT NULL,
+    queues       TEXT[],  -- the queues it serves; NULL: all
+    lease        DOUBLE PRECISION NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    lease_until  TIMESTAMPTZ NOT NULL,
+    stopped_at   TIMESTAMPTZ  -- it left cleanly (its name is free)
+);
+CREATE INDEX attempts_open ON attempts(incarnation) WHERE ended_at IS NULL;
 """
 
 # State sets are lifecycle's. `cwd` is bytes: a path need not be UTF-8 (read
@@ -88,7 +109,8 @@ CREATE TABLE jobs (
     env_id       BIGINT NOT NULL REFERENCES environments(id),
     unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
     error        TEXT,
-    unique_key   TEXT  -- `add --unique KEY`
+    unique_key   TEXT,  -- `add --unique KEY`
+    node         TEXT  -- the node it is pinned to (`add --here`, `add --node`), or any
 );
 CREATE TABLE dependencies (
     job_id     BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -108,6 +130,9 @@ CREATE TABLE attempts (
     stdout_path TEXT,
     stderr_path TEXT,
     log_incomplete TEXT,
+    node        TEXT,  -- the node that ran it
+    incarnation TEXT,  -- and the daemon start of that node: its records are fenced on it
+    rescued_by  TEXT,  -- the node that ended it as interrupted, its own node being lost
     PRIMARY KEY (job_id, attempt)
 );
 CREATE TABLE config (
@@ -125,7 +150,7 @@ CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
 CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
 {OUTPUT_CHUNKS}
-{UNIQUE_INDEXES}"""
+{UNIQUE_INDEXES}{NODES}"""
 
 # Finished jobs are counted apart, so that `status` need not count a million
 # rows (GROUP BY state: 128 ms at 1M). Unfinished ones are few and counted on
@@ -236,6 +261,8 @@ INSERT INTO finished_counts (shard, {_COLUMNS})
     SELECT 0, {", ".join(f"count(*) FILTER (WHERE state = '{state}')" for state in _TERMINAL_STATES)}
     FROM jobs WHERE state IN ({TERMINAL});
 """,
+    4: "ALTER TABLE attempts ADD COLUMN node TEXT; ALTER TABLE attempts ADD COLUMN incarnation TEXT;"
+    " ALTER TABLE attempts ADD COLUMN rescued_by TEXT; ALTER TABLE jobs ADD COLUMN node TEXT;" + NODES,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
-from queued.store.contract import NOTHING, Ahead, Changes, Claimed, Recovered, Refused, Written
+from queued.store.contract import NOTHING, Ahead, Changes, Claimed, NodeIdentity, Recovered, Refused, Written
 from queued.store.sqlite import rows
 from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.rows import WAITING
@@ -18,7 +18,8 @@ from queued.store.transitions import Transitions
 _SELECT_WAITING = (
     f"SELECT {rows.WAITING_COLUMNS}"
     f" FROM jobs INDEXED BY {{index}} WHERE state IN ({WAITING}) AND unmet = 0 AND {{window}}"
-    " AND queue IN ({queues}) AND id NOT IN ({busy}) ORDER BY {order} LIMIT ?"
+    " AND queue IN ({queues}) AND id NOT IN ({busy}) AND (node IS NULL OR node = ?)"
+    " ORDER BY {order} LIMIT ?"
 )
 _DUE = {"index": "jobs_ready", "window": "run_at <= ?", "order": "priority, run_at, id"}
 _UPCOMING = {"index": "jobs_due", "window": "run_at > ? AND run_at <= ?", "order": "run_at, id"}
@@ -30,11 +31,16 @@ assert all(lifecycle.next_state(state, Event.CLAIM) == _CLAIMED for state in lif
 
 class Attempts:
     def __init__(
-        self, conn: sqlite3.Connection, environments: Environments, transitions: Transitions
+        self,
+        conn: sqlite3.Connection,
+        environments: Environments,
+        transitions: Transitions,
+        node: NodeIdentity,
     ) -> None:
         self.conn = conn
         self.environments = environments
         self.transitions = transitions
+        self.node = node  # named on every attempt; jobs pinned elsewhere are not this one's
 
     def _waiting(
         self,
@@ -50,7 +56,7 @@ class Attempts:
         environment = self.environments.get
         return [
             rows.waiting(row, environment(row[5]))
-            for row in self.conn.execute(sql, (*window, *queues, *busy, limit)).fetchall()
+            for row in self.conn.execute(sql, (*window, *queues, *busy, self.node.name, limit)).fetchall()
         ]
 
     def lookahead(
@@ -79,8 +85,9 @@ class Attempts:
         marks = ",".join("?" * len(queues))
         row = self.conn.execute(
             f"SELECT run_at FROM jobs INDEXED BY jobs_due WHERE state IN ({WAITING})"
-            f" AND unmet = 0 AND run_at > ? AND queue IN ({marks}) ORDER BY run_at LIMIT 1",
-            (now, *queues),
+            f" AND unmet = 0 AND run_at > ? AND queue IN ({marks}) AND (node IS NULL OR node = ?)"
+            " ORDER BY run_at LIMIT 1",
+            (now, *queues, self.node.name),
         ).fetchone()
         return row[0] if row else None
 
@@ -96,7 +103,8 @@ class Attempts:
         if not changed:
             raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
         self.conn.execute(
-            "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?, ?, ?)", (job.id, job.run, now)
+            "INSERT INTO attempts (job_id, attempt, started_at, node) VALUES (?, ?, ?, ?)",
+            (job.id, job.run, now, self.node.name),
         )
         return Written(None)
 

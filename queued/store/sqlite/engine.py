@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
-from queued.protocol import Job, QueueInfo, Run
+from queued.protocol import Job, NodeInfo, QueueInfo, Run
 from queued.store.contract import (
     AddedIds,
     Ahead,
     BatchLost,
     Claimed,
+    NodeIdentity,
     OutputChunk,
     OutputStream,
     Recovered,
@@ -58,7 +60,8 @@ class SqliteStore:
         transitions = Transitions(SqliteTransitionSql(conn))
         self._jobs = Jobs(conn, self._environments)
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
-        self._attempts = Attempts(conn, self._environments, transitions)
+        self._node = NodeIdentity(default_node_name(), "")
+        self._attempts = Attempts(conn, self._environments, transitions, self._node)
         self._queues = Queues(conn)
         self._files = schema.FileWatch(conn)
         self._changes_at_begin = 0
@@ -228,6 +231,17 @@ class SqliteStore:
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
         self._queues.ensure_default(now)
         return self._attempts.recover(backoff_max, now)
+
+    # -- nodes: one, this daemon (the data dir's lock keeps it alone) -----------
+
+    def identify(self, node: NodeIdentity) -> None:
+        self._node = self._attempts.node = node
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(name=self._node.name, slots=0, running=0, this=True)]
+
+    def rescue(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
+        return Written([])
 
     # -- the writer's transactions ----------------------------------------------
 

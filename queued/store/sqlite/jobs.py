@@ -124,7 +124,7 @@ class Jobs:
         (and which of them are not completed yet) and their latest attempt's times."""
         deps: dict[int, list[int]] = {}
         unmet: dict[int, list[int]] = {}
-        latest: dict[int, tuple[float, float | None]] = {}
+        latest: dict[int, rows.Latest] = {}
         for chunk in chunks([row[0] for row in found]):
             marks = ",".join("?" * len(chunk))
             for job_id, dep, dep_state in self.conn.execute(
@@ -135,15 +135,15 @@ class Jobs:
                 deps.setdefault(job_id, []).append(dep)
                 if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
                     unmet.setdefault(job_id, []).append(dep)
-            for job_id, started_at, ended_at in self.conn.execute(
-                "SELECT a.job_id, a.started_at, a.ended_at FROM attempts a"
+            for job_id, started_at, ended_at, node in self.conn.execute(
+                "SELECT a.job_id, a.started_at, a.ended_at, a.node FROM attempts a"
                 f" WHERE a.job_id IN ({marks}) AND a.attempt ="
                 " (SELECT max(attempt) FROM attempts WHERE job_id = a.job_id)",
                 chunk,
             ):
-                latest[job_id] = (started_at, ended_at)
+                latest[job_id] = (started_at, ended_at, node)
         return [
-            rows.job(row, deps.get(row[0], []), unmet.get(row[0], []), latest.get(row[0], (None, None)))
+            rows.job(row, deps.get(row[0], []), unmet.get(row[0], []), latest.get(row[0], rows.NO_ATTEMPT))
             for row in found
         ]
 
@@ -251,6 +251,7 @@ class Jobs:
                 unmet,
                 None,
                 job.unique_key,
+                job.node,
             )
             added[(job.queue, state)] = added.get((job.queue, state), 0) + 1
             if not job.depends_on:

@@ -22,21 +22,24 @@ UNIQUE_WINDOW = sql_states(lifecycle.UNIQUE_WINDOW_STATES)
 
 JOB_COLUMNS = (
     "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
-    " timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key"
+    " timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key, node"
 )
 INSERT_JOB = (
     "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
-    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error, unique_key)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error, unique_key, node)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
-def job(
-    row: tuple, depends_on: list[int], unmet: list[int], latest: tuple[float | None, float | None]
-) -> Job:
+# The latest attempt of a job: (started_at, ended_at, node).
+Latest = tuple[float | None, float | None, str | None]
+NO_ATTEMPT: Latest = (None, None, None)
+
+
+def job(row: tuple, depends_on: list[int], unmet: list[int], latest: Latest) -> Job:
     """A Job from a row of JOB_COLUMNS, with what a reader asks next."""
     (job_id, command, state, queue, priority, label, attempts, max_retries, backoff_base) = row[:9]
-    (timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key) = row[9:17]
+    (timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key, pinned) = row[9:18]
     return Job(
         id=job_id,
         command=command,
@@ -61,17 +64,32 @@ def job(
         started_at=latest[0],
         ended_at=latest[1],
         unique_key=unique_key,
+        node=latest[2],
+        pinned=pinned,
     )
 
 
 RUN_COLUMNS = (
-    "attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, log_incomplete"
+    "attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, log_incomplete,"
+    " node"
 )
 
 
 def run(row: tuple) -> Run:
     """A Run from a row of RUN_COLUMNS."""
-    attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, incomplete = row
+    (
+        attempt,
+        pid,
+        started_at,
+        ended_at,
+        exit_code,
+        signal,
+        error,
+        stdout_path,
+        stderr_path,
+        incomplete,
+        node,
+    ) = row
     return Run(
         attempt=attempt,
         pid=pid,
@@ -83,6 +101,7 @@ def run(row: tuple) -> Run:
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         log_incomplete=incomplete,
+        node=node,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # At most one unfinished job per unique key, whoever adds it: the index, not a
 # read before the write, is what keeps a second one out. The other index finds
@@ -55,7 +55,8 @@ CREATE TABLE jobs (
     env_id       INTEGER NOT NULL REFERENCES environments(id),
     unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
     error        TEXT,
-    unique_key   TEXT  -- `add --unique KEY`
+    unique_key   TEXT,  -- `add --unique KEY`
+    node         TEXT  -- the node it is pinned to (`add --here`), or any
 );
 CREATE TABLE dependencies (
     job_id     INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -75,6 +76,7 @@ CREATE TABLE attempts (
     stdout_path TEXT,
     stderr_path TEXT,
     log_incomplete TEXT,  -- what its logs miss, and why (a full disk), if anything
+    node        TEXT,  -- the node that ran it
     PRIMARY KEY (job_id, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE config (
@@ -116,6 +118,7 @@ END;
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE attempts ADD COLUMN log_incomplete TEXT;",
     2: f"ALTER TABLE jobs ADD COLUMN unique_key TEXT; {UNIQUE_INDEXES}",
+    3: "ALTER TABLE attempts ADD COLUMN node TEXT; ALTER TABLE jobs ADD COLUMN node TEXT;",
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 

@@ -1,0 +1,211 @@
+"""Nodes sharing one PostgreSQL store: registration under a unique live name,
+leases on the database's clock, the fence on every attempt's start and end,
+and the rescue of a lost node's attempts (once, whoever rescues). The
+contract suite covers what both engines do (attempts name their node, pinning)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+pytest.importorskip("psycopg")
+
+from queued import lifecycle
+from queued.store import Refused
+from queued.store.postgres import PostgresStore
+from queued.store.postgres.nodes import NameTaken, NodeCard, NodeLeases
+from tests.engines import join_node
+from tests.store_harness import BACKOFF_MAX, FAIL, OK, T0, Direct, add, claim, job, state
+
+
+@pytest.fixture
+def url(postgres_url: str) -> str:
+    return postgres_url
+
+
+def node_store(url: str, name: str) -> Direct:
+    engine = PostgresStore.open(url)
+    store = Direct(engine)
+    join_node(engine, name)
+    store.recover(BACKOFF_MAX, T0)
+    return store
+
+
+def expire(store: Direct, name: str) -> None:
+    """Node `name`'s lease ran out (as if it had stopped renewing)."""
+    store.engine.conn.execute(
+        "UPDATE nodes SET lease_until = now() - interval '1 second' WHERE name = %s", (name,)
+    )
+
+
+def card(name: str, home: str, lease: float = 30.0) -> NodeCard:
+    return NodeCard(name, home, "h", 1, 2, ("gpu",), lease)
+
+
+def test_a_live_name_is_refused_to_another_home_until_its_lease_ran_out(url: str) -> None:
+    a, b = NodeLeases(url, 30.0), NodeLeases(url, 30.0)
+    try:
+        a.register(card("gpu1", "machine-a:/d"), "inc-a")
+        with pytest.raises(NameTaken, match="another node named 'gpu1' is alive"):
+            b.register(card("gpu1", "machine-b:/d"), "inc-b")
+        # The same machine and data dir: a restart after a crash takes it at once.
+        a.register(card("gpu1", "machine-a:/d"), "inc-a2")
+        assert a.renew("inc-a", 2).held is False  # the earlier incarnation is gone
+        assert a.renew("inc-a2", 2).held is True
+        a.conn.execute("UPDATE nodes SET lease_until = now() WHERE name = 'gpu1'")
+        b.register(card("gpu1", "machine-b:/d"), "inc-b")  # lost: its name may be taken
+        assert b.renew("inc-b", 3).held is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_renewal_says_when_another_node_may_expire_and_whether_attempts_wait(url: str) -> None:
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    leases = NodeLeases(url, 30.0)
+    try:
+        job_id = add(a)
+        claim(a)
+        renewal = leases.renew(b.engine._node.incarnation, 4)
+        assert renewal.held and not renewal.orphans
+        assert renewal.next_expiry is not None and 25 < renewal.next_expiry <= 30
+        expire(b, "a")
+        renewal = leases.renew(b.engine._node.incarnation, 4)
+        assert renewal.orphans and renewal.next_expiry is None
+        assert state(b, job_id) == "running"
+    finally:
+        leases.close()
+        a.engine.close()
+        b.engine.close()
+
+
+def test_a_lost_nodes_attempt_is_rescued_once_and_its_late_end_is_refused(url: str) -> None:
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    c = node_store(url, "c")
+    try:
+        job_id = add(a, max_retries=2)
+        [claimed] = claim(a)
+        expire(b, "a")
+        # Two rescuers at once: one statement each, and one of them records it.
+        answers: list = []
+        barrier = threading.Barrier(2)
+
+        def rescue(store: Direct) -> None:
+            barrier.wait()
+            answers.append(store.rescue(BACKOFF_MAX, T0 + 5))
+
+        threads = [threading.Thread(target=rescue, args=(s,)) for s in (b, c)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(len(answer) for answer in answers) == [0, 1]
+        [[rescued]] = [answer for answer in answers if answer]
+        assert (rescued.job_id, rescued.run, rescued.state) == (job_id, 1, "failed")
+        [run] = b.get_job(job_id)[1]
+        assert run.error == lifecycle.node_lost("a").error and run.node == "a"
+        # The lost node's own end arrives late: refused, nothing recorded.
+        with pytest.raises(Refused, match="already ended elsewhere"):
+            a.finish(claimed, OK, BACKOFF_MAX, T0 + 6)
+        [run] = b.get_job(job_id)[1]
+        assert (run.exit_code, run.error) == (None, lifecycle.node_lost("a").error)
+        assert job(b, job_id).state == "failed"
+        # It runs again elsewhere, under its retry policy.
+        assert job(b, job_id).run_at == T0 + 5  # due at once: its node failed, not the job
+        [again] = claim(b, T0 + 5)
+        assert (again.id, again.run) == (job_id, 2)
+        b.finish(again, OK, BACKOFF_MAX, T0 + 101)
+        assert state(b, job_id) == "completed"
+    finally:
+        for store in (a, b, c):
+            store.engine.close()
+
+
+def test_a_node_whose_lease_ran_out_claims_and_starts_nothing(url: str) -> None:
+    a = node_store(url, "a")
+    try:
+        first, second = add(a), add(a)
+        [read, _] = sorted(
+            a.lookahead(now=T0, horizon=T0, queues=["default"], busy=[], limit=10).jobs, key=lambda c: c.id
+        )
+        expire(a, "a")
+        assert claim(a) == []
+        with pytest.raises(Refused):
+            a.start(read, T0)
+        assert state(a, first) == state(a, second) == "pending"
+    finally:
+        a.engine.close()
+
+
+def test_recover_at_start_takes_this_nodes_earlier_attempts_and_leaves_live_nodes_alone(url: str) -> None:
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    try:
+        mine, theirs = add(a), add(a)
+        [claimed] = claim(a, slots=1)
+        assert claimed.id == mine
+        [other] = claim(b, slots=1)
+        assert other.id == theirs
+        # Node a starts again (same home): a new incarnation, and its own earlier attempt is recovered.
+        restarted = node_store(url, "a")
+        assert state(restarted, mine) == "failed"
+        assert restarted.get_job(mine)[1][0].error == lifecycle.INTERRUPTED.error
+        assert state(restarted, theirs) == "running"
+        with pytest.raises(Refused):  # the old incarnation's end is fenced off
+            a.finish(claimed, FAIL, BACKOFF_MAX, T0 + 1)
+        restarted.engine.close()
+    finally:
+        a.engine.close()
+        b.engine.close()
+
+
+def test_nodes_lists_every_node_alive_lost_or_stopped(url: str) -> None:
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    c = node_store(url, "c")
+    try:
+        claim(a) if add(a) else None
+        expire(a, "b")
+        leases = NodeLeases(url, 30.0)
+        leases.leave(c.engine._node.incarnation)
+        leases.close()
+        listed = {node.name: node for node in a.nodes()}
+        assert {name: node.state for name, node in listed.items()} == {
+            "a": "alive",
+            "b": "lost",
+            "c": "stopped",
+        }
+        assert listed["a"].this and not listed["b"].this
+        assert (listed["a"].running, listed["a"].slots, listed["a"].host) == (1, 4, "testhost")
+        assert listed["a"].last_heartbeat is not None and listed["a"].lease == 30.0
+    finally:
+        for store in (a, b, c):
+            store.engine.close()
+
+
+def test_a_version_3_store_gains_the_nodes_and_recovers_what_its_one_daemon_left(
+    postgres_empty_url: str,
+) -> None:
+    import psycopg
+
+    from tests.unit.test_store_postgres import WITHOUT_NODES
+
+    engine = PostgresStore.open(postgres_empty_url)
+    old = Direct(engine)
+    old.recover(BACKOFF_MAX, T0)
+    job_id = add(old)
+    claim(old)  # running when the daemon of old stopped
+    engine.close()
+    with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+        conn.execute(f"{WITHOUT_NODES}; UPDATE queued.schema_version SET version = 3")
+    store = node_store(postgres_empty_url, "upgraded")
+    try:
+        assert state(store, job_id) == "failed"
+        [run] = store.get_job(job_id)[1]
+        assert run.node is None and run.error == lifecycle.INTERRUPTED.error
+        assert [n.name for n in store.nodes()] == ["upgraded"]
+    finally:
+        store.engine.close()
