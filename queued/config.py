@@ -36,11 +36,11 @@ DAEMON_KEYS = (
     "http",
     "http-names",
     "store",
+    "exit-when-idle",
+    "exit-after-jobs",
     "node",
     "node-lease",
     "queues",
-    "exit-when-idle",
-    "exit-after-jobs",
 )
 # Daemon keys that are not text: a yes/no and a count (see daemon_values).
 _SWITCHES = {
