@@ -20,7 +20,7 @@ def status(node: Daemon) -> dict:
 
 
 def node_on(root: Path, url: str, concurrency: int, *extra: str) -> Daemon:
-    node = Daemon(root, "--store", url, *extra)
+    node = Daemon(root, "--store", url, "--node", root.name, *extra)
     node.flags = ["--data-dir", str(node.data_dir), "--concurrency", str(concurrency)]
     return node
 
