@@ -385,7 +385,9 @@ def next_firing(schedule: Schedule, after: float, tz: str) -> float:
 
 def _next_cron_firing(schedule: CronSchedule, after: float, zone: ZoneInfo) -> float:
     every_hour = len(schedule.hours) == 24
-    now = datetime.fromtimestamp(after, zone)
+    # Whole seconds: fromtimestamp rounds to the nearest microsecond, which can
+    # carry an instant just before a minute (or a gap's end) past it.
+    now = datetime.fromtimestamp(math.floor(after), zone)
     wall = now.replace(tzinfo=None, second=0, microsecond=0)
     first, second = _instants(wall, zone)
     if first < second and now.fold == 0:

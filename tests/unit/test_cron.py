@@ -334,6 +334,14 @@ def test_several_times_in_the_gap_fire_once_after_it() -> None:
     assert grouped["2026-03-30"] == ["02:00:00+02:00", "02:20:00+02:00", "02:40:00+02:00"]
 
 
+def test_an_instant_a_hair_before_the_gap_s_end_still_fires_at_it() -> None:
+    # 2025-03-30 03:00 CEST, the end of Berlin's gap; fromtimestamp would round
+    # 0.1 microseconds before it up to it, and the gap's firing was skipped (found by
+    # hypothesis).
+    gap_end = at("2025-03-30T03:00:00", "Europe/Berlin")
+    assert next_firing(cron("* */2 * * *"), gap_end - 1.192092896e-07, "Europe/Berlin") == gap_end
+
+
 def test_a_time_in_the_repeated_hour_fires_at_its_first_occurrence_only() -> None:
     grouped = per_day("*/20 2 * * *", "Europe/Berlin", "2026-10-25", 1)
     assert grouped["2026-10-25"] == ["02:00:00+02:00", "02:20:00+02:00", "02:40:00+02:00"]
