@@ -90,3 +90,29 @@ async def test_a_waiting_read_ends_with_its_silent_attempt(client: AsyncClient, 
             while not answers or answers[-1].running:
                 await trio.sleep(0.02)
     assert (answers[-1].data, answers[-1].job_state) == (b"", "completed")
+
+
+async def test_jobs_that_write_nothing_add_no_record_and_chatty_ones_share_few(
+    client: AsyncClient, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path: a job writing nothing costs the store nothing more; jobs
+    writing a line every few milliseconds cost a few records a second in all,
+    not one per line."""
+    if store_url is None:
+        pytest.skip("SQLite keeps no output in the store")
+    from queued.store.postgres.output import Output
+
+    records: list[int] = []
+    append = Output.append
+    monkeypatch.setattr(
+        Output, "append", lambda self, chunks: records.append(len(chunks)) or append(self, chunks)
+    )
+    silent = [await client.add("true") for _ in range(20)]
+    await client.wait(*silent)
+    assert records == []
+    chatty = [await client.add("for i in $(seq 100); do echo $i; sleep 0.005; done") for _ in range(2)]
+    await client.wait(*chatty)
+    for job_id in chatty:
+        chunk = await read(client, job_id)
+        assert chunk.data == b"".join(b"%d\n" % i for i in range(1, 101))
+    assert len(records) < 100  # 200 lines over a second or more: at most ~10 records a second, and the ends

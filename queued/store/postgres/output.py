@@ -20,7 +20,7 @@ STREAMS: dict[OutputStream, int] = {"stdout": 1, "stderr": 2}  # as the file des
 # its chunks dropped here, never a foreign-key error that would fail the batch.
 _APPEND = """
 WITH c(job_id, attempt, stream, at, data) AS (
-    SELECT * FROM unnest(%s::bigint[], %s::int[], %s::smallint[], %s::bigint[], %s::bytea[])),
+    SELECT * FROM unnest(%s::bigint[], %s::int[], %s::smallint[], %s::bigint[], %b::bytea[])),
 alive AS (
     SELECT job_id, attempt FROM attempts
     WHERE (job_id, attempt) IN (SELECT job_id, attempt FROM c) FOR KEY SHARE)
@@ -54,7 +54,7 @@ class Output:
                 starts.append(chunk.at + start)
                 pieces.append(data[start : start + PIECE])
         if jobs:
-            self.conn.execute(_APPEND, columns)
+            self.conn.execute(_APPEND, columns)  # the bytes sent binary (%b): as text, 5 times slower
         return Written(None, NOTHING)
 
     def read(
@@ -67,7 +67,8 @@ class Output:
             return b"", size
         data = bytearray()
         position = offset
-        for at, piece in self.conn.execute(_READ, (*key, offset - PIECE, offset + limit)):
+        rows = self.conn.execute(_READ, (*key, offset - PIECE, offset + limit), binary=True)
+        for at, piece in rows:
             if at + len(piece) <= position:
                 continue  # ends before the read begins
             if at > position:
