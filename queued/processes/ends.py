@@ -91,18 +91,23 @@ class Ends:
             self._send(end)
 
     def _send(self, end: _End) -> Call:
-        if end.attempt.copies and self.output is not None:
-            self.output.send(end.attempt.copies)  # its last output commits with its end, or before
-        out, err = end.attempt.log_paths
+        attempt = end.attempt
+        incomplete = attempt.log_incomplete()
+        if attempt.copies and self.output is not None:
+            self.output.send(attempt.copies)  # its last output commits with its end, or before
+            missing = self.output.missing(attempt.claimed.id, attempt.claimed.run)
+            if missing is not None:
+                incomplete = missing if incomplete is None else f"{incomplete}; {missing}"
+        out, err = attempt.log_paths
         finish = self.store.finish(
-            end.attempt.claimed,
+            attempt.claimed,
             end.outcome,
             self.settings.backoff_max,
             end.ended_at,
-            pid=end.attempt.pid,
+            pid=attempt.pid,
             stdout=out,
             stderr=err,
-            log_incomplete=end.attempt.log_incomplete(),
+            log_incomplete=incomplete,
         )
         finish.on_done = lambda call: self._recorded(end, call)
         return finish

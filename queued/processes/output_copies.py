@@ -16,7 +16,9 @@ they share its transactions with the starts and ends):
 
 A record the store failed (it is unreachable) keeps its chunks, which go
 again with the next record: with the attempt's end at the latest, and with
-each try of that end's record.
+each try of that end's record. Up to AGAIN_MAX bytes in all: beyond, the
+store's copy loses them (the log file still has them), and the attempt's
+record says how much (`missing`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from queued.store.writer import Call, Writer
 FLUSH_SECONDS = 0.1
 # Waiting bytes that go at once, whatever their age.
 FLUSH_BYTES = 256 * 1024
+# The most bytes kept in memory to go again while the store fails.
+AGAIN_MAX = 32 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class OutputCopies:
         self._waiting: dict[StreamCopy, None] = {}  # streams with bytes waiting, in arrival order
         self._waiting_bytes = 0
         self._again: dict[tuple[int, int], list[OutputChunk]] = {}  # by attempt: chunks a failed record held
+        self._again_bytes = 0
+        self._lost: dict[tuple[int, int], tuple[int, str]] = {}  # by attempt: bytes the store will miss, why
         self._due = trio.Event()  # a byte waits
         self._full = trio.Event()  # FLUSH_BYTES wait
 
@@ -115,6 +121,7 @@ class OutputCopies:
             again = self._again.pop((copy.job_id, copy.attempt), None)
             if again:
                 chunks += again
+                self._again_bytes -= sum(len(chunk.data) for chunk in again)
             chunk = copy.chunk()
             if chunk is not None:
                 chunks.append(chunk)
@@ -133,18 +140,34 @@ class OutputCopies:
             if self._kept is not None:
                 self._kept({chunk.job_id for chunk in chunks})
             return
-        if isinstance(error, StorageError) and self.db.lost is None:
-            for chunk in chunks:
-                self._again.setdefault((chunk.job_id, chunk.attempt), []).append(chunk)
-            return
-        log.error(
-            "job %d attempt %d: %d bytes of output not kept in the store: %s",
-            chunks[0].job_id,
-            chunks[0].attempt,
-            sum(len(chunk.data) for chunk in chunks),
-            error,
-        )
+        again = isinstance(error, StorageError) and self.db.lost is None
+        for chunk in chunks:
+            key = (chunk.job_id, chunk.attempt)
+            if again and self._again_bytes + len(chunk.data) <= AGAIN_MAX:
+                self._again.setdefault(key, []).append(chunk)
+                self._again_bytes += len(chunk.data)
+                continue
+            reason = f"{error} (for too long: {AGAIN_MAX:,} bytes wait to go again)" if again else str(error)
+            count, why = self._lost.get(key, (0, reason))
+            if not count:
+                log.error(
+                    "job %d attempt %d: output not kept in the store: %s (its log file has it)",
+                    chunk.job_id,
+                    chunk.attempt,
+                    why,
+                )
+            self._lost[key] = (count + len(chunk.data), why)
+
+    def missing(self, job_id: int, attempt: int) -> str | None:
+        """What the store's copy of the attempt's output misses, for its record; None if nothing."""
+        lost = self._lost.get((job_id, attempt))
+        if lost is None:
+            return None
+        return f"the store: {lost[0]:,} bytes lost: {lost[1]}"
 
     def forget(self, job_id: int, attempt: int) -> None:
         """The attempt's end is recorded: chunks a failed record held go no more."""
-        self._again.pop((job_id, attempt), None)
+        again = self._again.pop((job_id, attempt), None)
+        if again:
+            self._again_bytes -= sum(len(chunk.data) for chunk in again)
+        self._lost.pop((job_id, attempt), None)

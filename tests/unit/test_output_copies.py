@@ -173,3 +173,29 @@ def test_the_chunks_are_the_contracts(copies: OutputCopies, records: Records) ->
     copies.send([out])
     [chunk] = records.calls[0].args[0]
     assert chunk == OutputChunk(job_id=3, attempt=1, stream="stdout", at=0, data=b"ab")
+
+
+def test_what_waits_to_go_again_is_bounded_and_the_rest_is_said_missing(
+    copies: OutputCopies, records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store unreachable for long while jobs write: memory holds at most
+    AGAIN_MAX bytes to send again; what is dropped beyond is counted for the
+    attempt's record (its log file has it)."""
+    monkeypatch.setattr("queued.processes.output_copies.AGAIN_MAX", 10)
+    down = StorageError("the job store at db/q is unreachable; retrying")
+    out, _ = copies.streams(3, 1)
+    other, _ = copies.streams(4, 1)
+    out.write(b"12345678")
+    other.write(b"abcd")
+    copies.send([out, other])
+    records.settle(0, down)
+    assert copies.missing(3, 1) is None
+    assert copies.missing(4, 1) == (
+        "the store: 4 bytes lost: the job store at db/q is unreachable; retrying "
+        "(for too long: 10 bytes wait to go again)"
+    )
+    copies.send([out])
+    assert records.chunks(1) == [(3, 1, "stdout", 0, b"12345678")]  # what was kept goes again
+    records.settle(1)
+    copies.forget(4, 1)
+    assert copies.missing(4, 1) is None
