@@ -90,8 +90,9 @@ class Attempt:
         logs = self.logs
         if not logs or not (logs[0].lost or logs[1].lost):
             return None
+        where = " from its log file (the store has them)" if self.copies else ""
         missing = [
-            f"{name}: {log_.lost:,} bytes lost: {log_.loss_reason}"
+            f"{name}: {log_.lost:,} bytes lost{where}: {log_.loss_reason}"
             for name, log_ in zip(("stdout", "stderr"), self.logs, strict=False)
             if log_.lost
         ]

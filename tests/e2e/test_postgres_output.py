@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -160,3 +161,31 @@ def test_rm_and_clean_remove_the_output_from_the_database(
     a.ok("clean", "--state", "completed")
     assert kept_of() == {dead}
     assert a.ok("logs", str(dead)) == "dead\n"
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
+def test_output_the_local_disk_refused_is_whole_in_the_database(nodes: tuple[Daemon, Daemon]) -> None:
+    """B's logs folder on a 64 KiB tmpfs: its file loses most of the output,
+    the database keeps it all, and the record says where it is missing."""
+    a, b = nodes
+    logs = b.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(logs)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        job_id = run_on(b, "seq 1 40000")
+        shown = subprocess.run(
+            [tool("queuectl"), "logs", "--stdout", str(job_id)], env=a.env, capture_output=True, timeout=60
+        ).stdout
+        assert shown == subprocess.run(["seq", "1", "40000"], capture_output=True).stdout
+        assert log_file(b, job_id).stat().st_size < len(shown)
+        [run] = json.loads(a.ok("show", "--json", str(job_id)))["runs"]
+        assert (
+            "bytes lost from its log file (the store has them): No space left on device"
+            in run["log_incomplete"]
+        )
+    finally:
+        subprocess.run(["umount", str(logs)], capture_output=True)
