@@ -48,6 +48,7 @@ import msgspec
 
 from queued.lifecycle import Exit, JobState
 from queued.protocol import ErrorCode, Job, NodeInfo, QueueInfo, Run
+from queued.schedules import NewSchedule, Outcome
 from queued.validation import NewJob
 
 T = TypeVar("T")
@@ -172,6 +173,37 @@ class NodeIdentity:
 
     def __repr__(self) -> str:
         return f"NodeIdentity({self.name!r}, {self.incarnation!r})"
+
+
+class StoredSchedule(msgspec.Struct, kw_only=True):
+    """A schedule as stored, with its latest job's state (see queued/schedules.py)."""
+
+    name: str
+    expression: str
+    tz: str
+    command: str
+    queue: str
+    priority: int
+    max_retries: int
+    backoff_base: float
+    timeout: float | None
+    cwd: str | bytes
+    no_overlap: bool
+    catch_up: str
+    paused: bool
+    created_at: float  # also an interval's anchor
+    since: float  # firings after this count: its creation, or its last resume
+    last_firing: float | None  # the latest firing recorded (added or skipped)
+    last_run_at: float | None  # when its latest job was added (a firing or `schedule run`)
+    last_job_id: int | None
+    last_job_state: JobState | None  # None: no job yet, or it was removed
+
+
+class Fired(msgspec.Struct, frozen=True):
+    """What one firing of a schedule did."""
+
+    outcome: Outcome  # added; taken (recorded already, by another node); overlap; paused; gone
+    job_id: int | None = None  # the job added
 
 
 class Changes:
@@ -392,6 +424,39 @@ class Store(Protocol):
         ...
 
     def set_config(self, key: str, value: str) -> Written[None]: ...
+
+    # -- schedules --------------------------------------------------------------
+    def schedules(self) -> list[StoredSchedule]:
+        """Every schedule, by name."""
+        ...
+
+    def add_schedule(self, schedule: NewSchedule, now: float) -> Written[None]:
+        """Store a schedule (its job's environment too), created and counting
+        firings from `now`. Refused: the name is taken ("invalid"), the job's
+        queue is unknown ("not_found")."""
+        ...
+
+    def remove_schedule(self, name: str) -> Written[None]:
+        """Delete a schedule and its firings (its jobs stay); Refused if unknown."""
+        ...
+
+    def pause_schedule(self, name: str, paused: bool, now: float) -> Written[None]:
+        """Pause a schedule, or resume it counting firings from `now` (those it
+        passed while paused are not caught up); Refused if unknown."""
+        ...
+
+    def fire_schedule(self, name: str, firing: float | None, now: float) -> Written[Fired]:
+        """Add the schedule's job (labelled with its name, due at `now`) for
+        `firing`, exactly once however many nodes ask: the firing is recorded
+        in the same transaction, UNIQUE per (schedule, firing), and the
+        schedule's row is locked first where the engine can. Outcomes: "taken"
+        (this firing, or a later one, was recorded already: nothing added),
+        "paused", "gone" (no such schedule), "overlap" (recorded without a job,
+        `schedules.skips_for_overlap`), else "added". `firing` None is
+        `schedule run`: one job now, whatever the schedule's state, no firing
+        recorded (Refused if unknown). Refused too when the job cannot be
+        added (its queue was removed): then nothing is recorded."""
+        ...
 
     # -- the supervisor's side ------------------------------------------------
     def lookahead(

@@ -274,11 +274,12 @@ def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path:
 
 
 def _as_version_2(path: Path) -> None:
-    """Take a database back to what version 2 wrote: no unique keys, no nodes."""
+    """Take a database back to what version 2 wrote: no unique keys, no nodes, no schedules."""
     conn = sqlite3.connect(path)
     conn.executescript(
         "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
         " DROP INDEX jobs_unique; DROP INDEX jobs_by_unique_key;"
+        " DROP TABLE schedules; DROP TABLE firings;"
         " ALTER TABLE jobs DROP COLUMN unique_key; PRAGMA user_version = 2;"
     )
     conn.close()
@@ -289,7 +290,7 @@ def test_a_version_2_database_gains_unique_keys_and_their_index(tmp_path: Path) 
     _make_database(path, jobs=2)
     _as_version_2(path)
     conn = schema.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")][-2:] == ["unique_key", "node"]
     store = Direct(SqliteStore(conn))
     assert [j.unique_key for j in store.list_jobs()] == [None, None]
@@ -327,11 +328,33 @@ def test_a_version_3_database_gains_the_nodes_of_attempts_and_jobs(tmp_path: Pat
     _make_database(path, jobs=2)
     conn = sqlite3.connect(path)
     conn.executescript(
-        "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node; PRAGMA user_version = 3;"
+        "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
+        " DROP TABLE schedules; DROP TABLE firings; PRAGMA user_version = 3;"
     )
     conn.close()
     conn = schema.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     store = SqliteStore(conn)
     assert [(job.node, job.pinned) for job in store.list_jobs()] == [(None, None), (None, None)]
     conn.close()
+
+
+def test_a_version_4_database_gains_the_schedules(tmp_path: Path) -> None:
+    """The previous version's database (no schedules) opens, its jobs kept,
+    and schedules can be added to it."""
+    from tests.unit.test_store_contract import a_schedule
+
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE schedules; DROP TABLE firings; PRAGMA user_version = 4;")
+    conn.close()
+    store = SqliteStore(schema.connect(path))
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
+    assert store.counts()["pending"] == 2
+    store.conn.execute("BEGIN")
+    store.add_schedule(a_schedule(), 1.0)
+    fired = store.fire_schedule("nightly", 11.0, 11.0).value
+    store.conn.execute("COMMIT")
+    assert fired.outcome == "added" and [s.name for s in store.schedules()] == ["nightly"]
+    store.conn.close()

@@ -19,7 +19,7 @@ from queued.lifecycle import STATES, classify_exit
 from queued.protocol import JobSpec
 from queued.settings import Settings
 from queued.store import Changes, Claimed, Recovered, Refused
-from queued.store.contract import Engine, OutputChunk
+from queued.store.contract import Engine, Fired, OutputChunk
 from tests.engines import join_node
 from tests.store_harness import (
     BACKOFF_MAX,
@@ -1883,3 +1883,181 @@ def claim_one_again(store: Store, job_id: int) -> Claimed:
         max_retries=found.max_retries,
         backoff_base=found.backoff_base,
     )
+
+
+# ----------------------------------------------------------------------------
+# Schedules (queued/schedules.py): each firing adds one job, exactly once
+
+
+def a_schedule(name: str = "nightly", expression: str = "@every 10s", **options: Any):
+    from queued.schedules import new_schedule
+
+    spec = {key: options.pop(key) for key in list(options) if key in JobSpec.__struct_fields__}
+    return new_schedule(
+        name,
+        expression,
+        options.pop("tz", "UTC"),
+        new("echo hi", **spec),
+        no_overlap=options.pop("no_overlap", False),
+        catch_up=options.pop("catch_up", "one"),
+        now=T0,
+    )
+
+
+def test_a_schedule_is_stored_with_its_job(store: Store) -> None:
+    store.add_schedule(a_schedule(queue="default", priority=3, timeout=5.0, max_retries=2), T0)
+    [stored] = store.schedules()
+    assert (stored.name, stored.expression, stored.tz, stored.command) == (
+        "nightly",
+        "@every 10s",
+        "UTC",
+        "echo hi",
+    )
+    assert (stored.queue, stored.priority, stored.timeout, stored.max_retries) == ("default", 3, 5.0, 2)
+    assert (stored.created_at, stored.since, stored.paused, stored.cwd) == (T0, T0, False, "/tmp")
+    assert (stored.last_firing, stored.last_job_id, stored.last_job_state) == (None, None, None)
+
+
+def test_schedule_names_are_unique_and_queues_must_exist(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    with pytest.raises(Refused, match="already exists") as taken:
+        store.add_schedule(a_schedule(), T0)
+    assert taken.value.code == "invalid"
+    with pytest.raises(Refused, match="unknown queue") as unknown:
+        store.add_schedule(a_schedule("other", queue="nope"), T0)
+    assert unknown.value.code == "not_found"
+    assert [s.name for s in store.schedules()] == ["nightly"]
+
+
+def test_a_firing_adds_an_ordinary_labelled_job_with_the_captured_environment(store: Store) -> None:
+    store.add_schedule(a_schedule(priority=4), T0)
+    fired = store.fire_schedule("nightly", T0 + 10, T0 + 10.002)
+    assert fired.outcome == "added"
+    added, _runs, env = store.get_job(fired.job_id)
+    assert (added.command, added.label, added.priority, added.state) == ("echo hi", "nightly", 4, "pending")
+    assert (added.run_at, added.cwd, env) == (T0 + 10.002, "/tmp", {"HOME": "/root"})
+    [stored] = store.schedules()
+    assert (stored.last_firing, stored.last_run_at) == (T0 + 10, T0 + 10.002)
+    assert (stored.last_job_id, stored.last_job_state) == (fired.job_id, "pending")
+    assert claim(store, now=T0 + 11)[0].id == fired.job_id
+
+
+def test_each_firing_is_added_once(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    first = store.fire_schedule("nightly", T0 + 10, T0 + 10)
+    again = store.fire_schedule("nightly", T0 + 10, T0 + 10.5)
+    earlier = store.fire_schedule("nightly", T0 + 5, T0 + 10.5)  # before the latest: passed already
+    assert (first.outcome, again, earlier) == ("added", Fired("taken"), Fired("taken"))
+    assert [j.id for j in store.list_jobs(label="nightly")] == [first.job_id]
+    assert store.fire_schedule("nightly", T0 + 20, T0 + 20).outcome == "added"
+    assert len(store.list_jobs(label="nightly")) == 2
+
+
+def test_a_paused_schedule_fires_nothing_and_counts_from_its_resume(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    store.pause_schedule("nightly", True, T0 + 1)
+    assert store.fire_schedule("nightly", T0 + 10, T0 + 10) == Fired("paused")
+    with pytest.raises(Refused, match="paused already"):
+        store.pause_schedule("nightly", True, T0 + 2)
+    store.pause_schedule("nightly", False, T0 + 35)
+    [stored] = store.schedules()
+    assert (stored.paused, stored.since, stored.last_firing) == (False, T0 + 35, None)
+    assert store.list_jobs(label="nightly") == []
+
+
+def test_schedule_run_adds_one_job_now_without_a_firing(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    store.pause_schedule("nightly", True, T0)
+    fired = store.fire_schedule("nightly", None, T0 + 3)
+    assert fired.outcome == "added" and job(store, fired.job_id).label == "nightly"
+    [stored] = store.schedules()
+    assert (stored.last_firing, stored.last_run_at, stored.last_job_id) == (None, T0 + 3, fired.job_id)
+    with pytest.raises(Refused, match="no schedule 'nope'") as unknown:
+        store.fire_schedule("nope", None, T0)
+    assert unknown.value.code == "not_found"
+    assert store.fire_schedule("nope", T0 + 10, T0 + 10) == Fired("gone")
+
+
+def test_no_overlap_skips_a_firing_while_the_latest_job_is_unfinished(store: Store) -> None:
+    store.add_schedule(a_schedule(no_overlap=True), T0)
+    first = store.fire_schedule("nightly", T0 + 10, T0 + 10).job_id
+    running = claim_one(store, first, T0 + 10)
+    assert store.fire_schedule("nightly", T0 + 20, T0 + 20) == Fired("overlap")
+    assert store.schedules()[0].last_firing == T0 + 20  # recorded: no other node adds it
+    assert store.fire_schedule("nightly", T0 + 20, T0 + 20) == Fired("taken")
+    store.finish(running, OK, BACKOFF_MAX, T0 + 25)
+    second = store.fire_schedule("nightly", T0 + 30, T0 + 30)
+    assert second.outcome == "added"
+    store.cancel([second.job_id], T0 + 31)
+    store.remove([second.job_id])  # a removed latest job is finished
+    assert store.fire_schedule("nightly", T0 + 40, T0 + 40).outcome == "added"
+
+
+def test_overlapping_firings_add_jobs_without_no_overlap(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    store.fire_schedule("nightly", T0 + 10, T0 + 10)
+    assert store.fire_schedule("nightly", T0 + 20, T0 + 20).outcome == "added"
+
+
+def test_a_firing_whose_job_cannot_be_added_records_nothing(store: Store) -> None:
+    store.add_queue("night", None, T0)
+    store.add_schedule(a_schedule(queue="night"), T0)
+    store.remove_queue("night")
+    with pytest.raises(Refused, match="unknown queue"):
+        store.fire_schedule("nightly", T0 + 10, T0 + 10)
+    assert store.schedules()[0].last_firing is None
+
+
+def test_removing_a_schedule_keeps_its_jobs_and_forgets_its_firings(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    job_id = store.fire_schedule("nightly", T0 + 10, T0 + 10).job_id
+    store.remove_schedule("nightly")
+    assert store.schedules() == []
+    assert job(store, job_id).label == "nightly"
+    with pytest.raises(Refused, match="no schedule"):
+        store.remove_schedule("nightly")
+    with pytest.raises(Refused, match="no schedule"):
+        store.pause_schedule("nightly", True, T0)
+    store.add_schedule(a_schedule(), T0 + 11)  # the name again: a new schedule
+    assert store.fire_schedule("nightly", T0 + 10, T0 + 12).outcome == "added"
+
+
+def test_a_long_running_schedule_keeps_a_few_firings(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    with store.transaction():
+        for k in range(1, 40):
+            store.fire_schedule("nightly", T0 + 10 * k, T0 + 10 * k)
+    assert store.fire_schedule("nightly", T0 + 390, T0 + 400) == Fired("taken")
+    assert len(store.list_jobs(label="nightly")) == 39
+
+
+@pytest.mark.engines("postgresql")
+def test_two_nodes_racing_for_one_firing_add_one_job(store: Store) -> None:
+    """Two connections (two nodes) fire the same time at once: the second
+    waits for the first's commit and adds nothing."""
+    import threading
+
+    from queued.store.postgres import PostgresStore
+
+    store.add_schedule(a_schedule(), T0)
+    other = PostgresStore.open(store.engine.url)
+    try:
+        store.engine.begin()
+        mine = store.engine.call(store.engine.fire_schedule, ("nightly", T0 + 10, T0 + 10), {}, guarded=True)
+        theirs: list[Any] = []
+
+        def race() -> None:
+            other.begin()
+            theirs.append(other.call(other.fire_schedule, ("nightly", T0 + 10, T0 + 10.1), {}, guarded=True))
+            other.commit()
+
+        thread = threading.Thread(target=race)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the second node must wait for the first's transaction"
+        store.engine.commit()
+        thread.join(10)
+        assert mine.value.outcome == "added" and theirs[0].value == Fired("taken")
+        assert [j.id for j in store.list_jobs(label="nightly")] == [mine.value.job_id]
+    finally:
+        other.close()

@@ -79,6 +79,29 @@ def test_a_newer_schema_is_refused_naming_the_store(postgres_empty_url: str) -> 
         PostgresStore.open(postgres_empty_url)
 
 
+def test_a_version_5_store_gains_the_schedules(postgres_empty_url: str) -> None:
+    """A store written by the previous version (no schedules) opens, its jobs kept."""
+    from tests.unit.test_store_contract import a_schedule
+
+    engine = PostgresStore.open(postgres_empty_url)
+    Direct(engine).recover(3600.0, T0)
+    Direct(engine).add_jobs([new("echo kept")], T0)
+    engine.close()
+    with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute("DROP TABLE queued.schedules, queued.firings")
+        conn.execute("UPDATE queued.schema_version SET version = 5")
+    engine = PostgresStore.open(postgres_empty_url)
+    try:
+        direct = Direct(engine)
+        assert direct.counts()["pending"] == 1
+        direct.add_schedule(a_schedule(), T0)
+        assert direct.fire_schedule("nightly", T0 + 10, T0 + 10).outcome == "added"
+        with psycopg.connect(postgres_empty_url) as conn:
+            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (6,)
+    finally:
+        engine.close()
+
+
 def test_tables_not_ours_are_refused(postgres_empty_url: str) -> None:
     with psycopg.connect(postgres_empty_url) as conn:
         conn.execute("CREATE SCHEMA queued; CREATE TABLE queued.jobs (id int)")
@@ -172,7 +195,7 @@ def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres
     with psycopg.connect(postgres_empty_url) as conn:
         conn.execute(WITHOUT_NODES)
         conn.execute(WITHOUT_UNIQUE_KEYS)
-        conn.execute("DROP TABLE queued.output_chunks")
+        conn.execute("DROP TABLE queued.output_chunks, queued.schedules, queued.firings")
         conn.execute("UPDATE queued.schema_version SET version = 1")
     engine = PostgresStore.open(postgres_empty_url)
     try:
@@ -253,7 +276,10 @@ def test_a_version_2_store_gains_unique_keys_and_their_index(postgres_empty_url:
     Direct(engine).add_jobs([new("a"), new("b")], T0)
     engine.close()
     with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
-        conn.execute(f"{WITHOUT_NODES}; {WITHOUT_UNIQUE_KEYS}; UPDATE queued.schema_version SET version = 2")
+        conn.execute(
+            f"{WITHOUT_NODES}; {WITHOUT_UNIQUE_KEYS}; DROP TABLE queued.schedules, queued.firings;"
+            " UPDATE queued.schema_version SET version = 2"
+        )
     store = Direct(PostgresStore.open(postgres_empty_url))
     try:
         assert schema.SCHEMA_VERSION >= 3
@@ -367,7 +393,7 @@ def test_finished_jobs_are_counted_apart_and_a_database_without_the_counts_gets_
         assert store.counts()["canceled"] == 5
         # The version before: no counts table; its finished jobs are counted at the upgrade.
         with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
-            conn.execute("DROP TABLE queued.finished_counts")
+            conn.execute("DROP TABLE queued.finished_counts, queued.schedules, queued.firings")
             for function in (
                 "count_finished_change()",
                 "count_finished_rows()",

@@ -200,7 +200,9 @@ def test_a_version_3_store_gains_the_nodes_and_recovers_what_its_one_daemon_left
     claim(old)  # running when the daemon of old stopped
     engine.close()
     with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
-        conn.execute(f"{WITHOUT_NODES}; UPDATE queued.schema_version SET version = 3")
+        conn.execute(
+            f"{WITHOUT_NODES}; DROP TABLE queued.schedules, queued.firings; UPDATE queued.schema_version SET version = 3"
+        )
     store = node_store(postgres_empty_url, "upgraded")
     try:
         assert state(store, job_id) == "failed"

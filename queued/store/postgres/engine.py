@@ -24,28 +24,32 @@ from psycopg import Connection
 from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
 from queued.protocol import Job, NodeInfo, QueueInfo, Run
+from queued.schedules import NewSchedule
 from queued.store.contract import (
     AddedIds,
     Ahead,
     BatchLost,
     Claimed,
     CommitUnknown,
+    Fired,
     NodeIdentity,
     OutputChunk,
     OutputStream,
     Recovered,
     Refused,
     StorageError,
+    StoredSchedule,
     StoreUnreachable,
     Written,
 )
 from queued.store.postgres import nodes, schema
 from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
-from queued.store.postgres.jobs import Environments, Jobs
+from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read
 from queued.store.postgres.output import Output
 from queued.store.postgres.queues import Queues
 from queued.store.postgres.transitions import PostgresTransitionSql
+from queued.store.schedule_table import Dialect, ScheduleTable
 from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
@@ -55,6 +59,7 @@ T = TypeVar("T")
 # server answers within this (seconds; libpq's least): else the batch fails and
 # the writer reconnects with backoff.
 INLINE_CONNECT_TIMEOUT = 2
+POSTGRES = Dialect(mark="%s", lock=" FOR UPDATE", path_in=path_bytes, path_out=path_read)
 
 
 class PostgresStore:
@@ -81,6 +86,7 @@ class PostgresStore:
         self._attempts = Attempts(conn, self._environments, transitions, self._node)
         self._queues = Queues(conn)
         self._output = Output(conn)
+        self._schedules = ScheduleTable(conn, POSTGRES, self._jobs, self._environments)
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -199,6 +205,23 @@ class PostgresStore:
         self, job_id: int, attempt: int, stream: OutputStream, offset: int, limit: int
     ) -> tuple[bytes, int]:
         return self._output.read(job_id, attempt, stream, offset, limit)
+
+    # -- schedules ----------------------------------------------------------------
+
+    def schedules(self) -> list[StoredSchedule]:
+        return self._schedules.schedules()
+
+    def add_schedule(self, schedule: NewSchedule, now: float) -> Written[None]:
+        return self._schedules.add(schedule, now)
+
+    def remove_schedule(self, name: str) -> Written[None]:
+        return self._schedules.remove(name)
+
+    def pause_schedule(self, name: str, paused: bool, now: float) -> Written[None]:
+        return self._schedules.pause(name, paused, now)
+
+    def fire_schedule(self, name: str, firing: float | None, now: float) -> Written[Fired]:
+        return self._schedules.fire(name, firing, now)
 
     # -- the supervisor's side --------------------------------------------------
 

@@ -22,7 +22,7 @@ from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 if TYPE_CHECKING:
     from psycopg import Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 NAMESPACE = "queued"
 # pg_advisory_xact_lock's key for creating and migrating the schema ("queued" in ASCII).
 SCHEMA_LOCK = 0x717565756564
@@ -71,6 +71,39 @@ CREATE TABLE nodes (
     stopped_at   TIMESTAMPTZ  -- it left cleanly (its name is free)
 );
 CREATE INDEX attempts_open ON attempts(incarnation) WHERE ended_at IS NULL;
+"""
+
+# Recurring jobs (version 6, queued/store/schedule_table.py): each stores the
+# job its firings add; a firing is recorded once per (schedule, time),
+# whichever node fires.
+SCHEDULES = """
+CREATE TABLE schedules (
+    name         TEXT PRIMARY KEY,
+    expression   TEXT NOT NULL,
+    tz           TEXT NOT NULL,
+    command      TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    max_retries  INTEGER NOT NULL,
+    backoff_base DOUBLE PRECISION NOT NULL,
+    timeout      DOUBLE PRECISION,
+    cwd          BYTEA NOT NULL,
+    env_id       BIGINT NOT NULL REFERENCES environments(id),
+    no_overlap   BOOLEAN NOT NULL,
+    catch_up     TEXT NOT NULL,
+    paused       BOOLEAN NOT NULL DEFAULT false,
+    created_at   DOUBLE PRECISION NOT NULL,
+    since        DOUBLE PRECISION NOT NULL,
+    last_firing  DOUBLE PRECISION,
+    last_run_at  DOUBLE PRECISION,
+    last_job_id  BIGINT
+);
+CREATE TABLE firings (
+    schedule TEXT NOT NULL,
+    fired_at DOUBLE PRECISION NOT NULL,
+    job_id   BIGINT,
+    PRIMARY KEY (schedule, fired_at)
+);
 """
 
 # State sets are lifecycle's. `cwd` is bytes: a path need not be UTF-8 (read
@@ -248,6 +281,7 @@ CREATE TRIGGER jobs_finished_truncated AFTER TRUNCATE ON jobs
 """
 
 SCHEMA += FINISHED_COUNTS
+SCHEMA += SCHEDULES
 
 # What brings a database of version N (the key) to version N + 1, run in the
 # transaction that opens it, under the advisory lock.
@@ -263,6 +297,7 @@ INSERT INTO finished_counts (shard, {_COLUMNS})
 """,
     4: "ALTER TABLE attempts ADD COLUMN node TEXT; ALTER TABLE attempts ADD COLUMN incarnation TEXT;"
     " ALTER TABLE attempts ADD COLUMN rescued_by TEXT; ALTER TABLE jobs ADD COLUMN node TEXT;" + NODES,
+    5: SCHEDULES,  # recurring jobs
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 

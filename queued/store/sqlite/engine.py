@@ -17,24 +17,28 @@ from typing import Any, TypeVar
 from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
 from queued.protocol import Job, NodeInfo, QueueInfo, Run
+from queued.schedules import NewSchedule
 from queued.store.contract import (
     AddedIds,
     Ahead,
     BatchLost,
     Claimed,
+    Fired,
     NodeIdentity,
     OutputChunk,
     OutputStream,
     Recovered,
     Refused,
     StorageError,
+    StoredSchedule,
     StoreLost,
     Written,
 )
+from queued.store.schedule_table import Dialect, ScheduleTable
 from queued.store.sqlite import schema
 from queued.store.sqlite.attempts import Attempts
 from queued.store.sqlite.changes import JobChanges
-from queued.store.sqlite.environments import Environments
+from queued.store.sqlite.environments import Environments, stored_path
 from queued.store.sqlite.jobs import Jobs
 from queued.store.sqlite.queues import Queues
 from queued.store.sqlite.transitions import SqliteTransitionSql
@@ -44,6 +48,7 @@ from queued.validation import NewJob
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 OUTPUT_IN_FILES = "this store keeps no output: an attempt's output is in the log files its row names"
+SQLITE = Dialect(mark="?", lock="", path_in=stored_path, path_out=lambda stored: stored)
 
 
 class SqliteStore:
@@ -63,6 +68,7 @@ class SqliteStore:
         self._node = NodeIdentity(default_node_name(), "")
         self._attempts = Attempts(conn, self._environments, transitions, self._node)
         self._queues = Queues(conn)
+        self._schedules = ScheduleTable(conn, SQLITE, self._jobs, self._environments)
         self._files = schema.FileWatch(conn)
         self._changes_at_begin = 0
 
@@ -183,6 +189,23 @@ class SqliteStore:
         self, job_id: int, attempt: int, stream: OutputStream, offset: int, limit: int
     ) -> tuple[bytes, int]:
         raise Refused("invalid", OUTPUT_IN_FILES)
+
+    # -- schedules ----------------------------------------------------------------
+
+    def schedules(self) -> list[StoredSchedule]:
+        return self._schedules.schedules()
+
+    def add_schedule(self, schedule: NewSchedule, now: float) -> Written[None]:
+        return self._schedules.add(schedule, now)
+
+    def remove_schedule(self, name: str) -> Written[None]:
+        return self._schedules.remove(name)
+
+    def pause_schedule(self, name: str, paused: bool, now: float) -> Written[None]:
+        return self._schedules.pause(name, paused, now)
+
+    def fire_schedule(self, name: str, firing: float | None, now: float) -> Written[Fired]:
+        return self._schedules.fire(name, firing, now)
 
     # -- the supervisor's side --------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # At most one unfinished job per unique key, whoever adds it: the index, not a
 # read before the write, is what keeps a second one out. The other index finds
@@ -20,6 +20,38 @@ SCHEMA_VERSION = 4
 UNIQUE_INDEXES = f"""
 CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state IN ({UNIQUE});
 CREATE INDEX jobs_by_unique_key ON jobs(unique_key, updated_at) WHERE unique_key IS NOT NULL;
+"""
+
+# Recurring jobs (version 5, queued/schedules.py, queued/store/schedule_table.py): each
+# stores the job its firings add; a firing is recorded once per (schedule, time).
+SCHEDULES = """
+CREATE TABLE schedules (
+    name         TEXT PRIMARY KEY,
+    expression   TEXT NOT NULL,
+    tz           TEXT NOT NULL,
+    command      TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    max_retries  INTEGER NOT NULL,
+    backoff_base REAL NOT NULL,
+    timeout      REAL,
+    cwd          TEXT NOT NULL,
+    env_id       INTEGER NOT NULL REFERENCES environments(id),
+    no_overlap   INTEGER NOT NULL,
+    catch_up     TEXT NOT NULL,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    created_at   REAL NOT NULL,
+    since        REAL NOT NULL,
+    last_firing  REAL,
+    last_run_at  REAL,
+    last_job_id  INTEGER
+);
+CREATE TABLE firings (
+    schedule TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    job_id   INTEGER,
+    PRIMARY KEY (schedule, fired_at)
+) WITHOUT ROWID;
 """
 
 # State sets are lifecycle's (the same text as ever: a database made before reads alike).
@@ -110,7 +142,7 @@ END;
 CREATE TRIGGER count_delete AFTER DELETE ON jobs BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
 END;
-"""
+{SCHEDULES}"""
 
 
 # What brings a database of version N (the key) to version N + 1: run in one
@@ -119,6 +151,7 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE attempts ADD COLUMN log_incomplete TEXT;",
     2: f"ALTER TABLE jobs ADD COLUMN unique_key TEXT; {UNIQUE_INDEXES}",
     3: "ALTER TABLE attempts ADD COLUMN node TEXT; ALTER TABLE jobs ADD COLUMN node TEXT;",
+    4: SCHEDULES,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
