@@ -71,9 +71,9 @@ class Commands(click.Group):
         if self.lazy_loaded:
             return False
         self.lazy_loaded = True
-        from . import changing, commands
+        from . import changing, commands, schedules
 
-        for module in (commands, changing):
+        for module in (commands, changing, schedules):
             for name, command in module.registry.commands.items():
                 self.add_command(command, name)
         return True
@@ -118,7 +118,8 @@ def cli(ctx: click.Context, socket: str | None, trust_uids: tuple[int, ...]) -> 
 # -- adding jobs ----------------------------------------------------------------------
 
 
-def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
+def job_spec(opts: dict[str, Any], command: str = "-") -> JobSpec:
+    """The job the options describe (those a command lacks take their defaults)."""
     env = {}
     for item in opts["env"]:
         key, sep, value = item.partition("=")
@@ -128,7 +129,7 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
     import os
 
     cwd = os.path.abspath(opts["cwd"]) if opts["cwd"] else None
-    if opts["at"] is not None and opts["at"] < time.time():
+    if opts.get("at") is not None and opts["at"] < time.time():
         click.echo("queuectl: the --at time is in the past: the job runs now", err=True)
     return JobSpec(
         command=command,
@@ -137,15 +138,15 @@ def _spec_defaults(opts: dict[str, Any], command: str = "-") -> JobSpec:
         max_retries=opts["max_retries"],
         backoff_base=opts["backoff_base"],
         timeout=opts["timeout"],
-        delay=opts["delay"],
-        run_at=opts["at"],
-        after=list(opts["after"]),
-        label=opts["label"],
+        delay=opts.get("delay"),
+        run_at=opts.get("at"),
+        after=list(opts.get("after", ())),
+        label=opts.get("label"),
         cwd=cwd,
         env=env,
-        hold=opts["hold"],
-        unique_key=opts["unique"],
-        unique_for=opts["unique_for"],
+        hold=opts.get("hold", False),
+        unique_key=opts.get("unique"),
+        unique_for=opts.get("unique_for"),
     )
 
 
@@ -179,22 +180,71 @@ class AddCommand(click.Command):
         formatter.write_text(note)
 
 
+def job_settings_options(f: Any) -> Any:
+    """How a new job runs: the options `add` and `schedule add` share."""
+    for option in reversed(
+        (
+            click.option(
+                "-q", "--queue", type=QUEUE, default="default", show_default=True, help="Named queue."
+            ),
+            click.option(
+                "-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first."
+            ),
+            click.option(
+                "-r", "--max-retries", type=COUNT, help="Retries after the first attempt [{max-retries}]."
+            ),
+            click.option(
+                "--backoff-base",
+                type=click.FloatRange(1, 3600),
+                help="Wait base**k s before retry k [{backoff-base}].",
+            ),
+            click.option(
+                "--timeout", type=DURATION, help="Kill the job's process group after this long [{timeout}]."
+            ),
+        )
+    ):
+        f = option(f)
+    return f
+
+
+def job_context_options(f: Any) -> Any:
+    """Where a new job runs: the options `add` and `schedule add` share."""
+    f = click.option("-e", "--env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")(f)
+    return click.option(
+        "--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory [here]."
+    )(f)
+
+
+def check_job_options(opts: dict[str, Any]) -> None:
+    """Usage errors in the shared job options that their types do not catch."""
+    if opts["timeout"] is not None and opts["timeout"] <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--timeout")
+
+
+def command_text(command: tuple[str, ...]) -> str:
+    """The words after the options as one command line (one word: as is)."""
+    if not command:
+        raise click.UsageError("missing the command to run (queuectl add -- CMD...)")
+    if len(command) == 1:
+        text = command[0]
+    else:
+        import shlex
+
+        text = shlex.join(command)
+    if not text.strip():
+        raise click.UsageError("the command is empty")
+    return text
+
+
 # Options end at the command's first word: `add ls -la` runs `ls -la`, as
 # `tsp ls -la` and `pueue add ls -la` do; an unknown option before it is an error.
 @cli.command(cls=AddCommand, context_settings={"allow_interspersed_args": False})
-@click.option("-q", "--queue", type=QUEUE, default="default", show_default=True, help="Named queue.")
-@click.option("-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first.")
-@click.option("-r", "--max-retries", type=COUNT, help="Retries after the first attempt [{max-retries}].")
-@click.option(
-    "--backoff-base", type=click.FloatRange(1, 3600), help="Wait base**k s before retry k [{backoff-base}]."
-)
-@click.option("--timeout", type=DURATION, help="Kill the job's process group after this long [{timeout}].")
+@job_settings_options
 @click.option("--delay", type=DURATION, help="Start no earlier than this from now (90s, 5m, 2h).")
 @click.option("--at", type=Moment(), help="Start no earlier than this ISO 8601 time.")
 @click.option("--after", type=JOB_ID, multiple=True, help="Run once job ID completed (repeatable).")
 @click.option("-l", "--label", help="A name to filter by.")
-@click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory [here].")
-@click.option("-e", "--env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")
+@job_context_options
 @click.option("--from", "source", type=click.File("r"), help="One command or JSON job per line; - is stdin.")
 @click.option("--hold", is_flag=True, help="Do not run it until `queuectl release ID`.")
 @click.option(
@@ -227,8 +277,7 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, as_json: bool, **opt
       queuectl add --unique nightly-backup --unique-for 20h -- ./backup.sh /srv
       queuectl add --here -- ./train.sh data/local.bin
     """
-    if opts["timeout"] is not None and opts["timeout"] <= 0:
-        raise click.BadParameter("must be more than 0", param_hint="--timeout")
+    check_job_options(opts)
     if opts["unique_for"] is not None and opts["unique"] is None:
         raise click.UsageError("--unique-for needs --unique KEY")
     here, pin_node = opts.pop("here"), opts.pop("pin_node")
@@ -243,19 +292,9 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, as_json: bool, **opt
     if source is not None:
         if command:
             raise click.UsageError("give either --from or a command, not both")
-        _add_from(source, quiet, as_json, _spec_defaults(opts), pin)
+        _add_from(source, quiet, as_json, job_spec(opts), pin)
         return
-    if not command:
-        raise click.UsageError("missing the command to run (queuectl add -- CMD...)")
-    if len(command) == 1:
-        text = command[0]
-    else:
-        import shlex
-
-        text = shlex.join(command)
-    if not text.strip():
-        raise click.UsageError("the command is empty")
-    spec = _spec_defaults(opts, text)
+    spec = job_spec(opts, command_text(command))
     _print_added(client().add_jobs([spec], **pin), [spec], quiet, as_json)
 
 

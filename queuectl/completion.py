@@ -125,6 +125,27 @@ class NodeNameType(click.ParamType):
         return [CompletionItem(n.name, help=n.state) for n in nodes if n.name.startswith(incomplete)]
 
 
+class ScheduleNameType(click.ParamType):
+    name = "schedule"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        try:
+            with _client(ctx) as client:
+                found = client.schedules()
+        except Exception:
+            return []
+        return [
+            CompletionItem(s.name, help=f"{s.expression}: {s.command[:60]}")
+            for s in found
+            if s.name.startswith(incomplete)
+        ]
+
+
 def latest_job_id(ctx: click.Context | None) -> int:
     """The id of the most recently added job, asked of the daemon (exit 1 if there is none)."""
     from .client import Client, DaemonError

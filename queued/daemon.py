@@ -24,6 +24,7 @@ from queued import batch_runner, lifecycle, signals
 from queued import lease as lease_rules
 from queued.config import SETTINGS_KEYS, Sources, daemon_values
 from queued.config import effective_settings as config_settings
+from queued.cron import local_zone_name
 from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
 from queued.processes.callbacks import Callbacks
 from queued.processes.ends import fault_text
@@ -31,7 +32,8 @@ from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments
 from queued.processes.lease_keeper import LeaseKeeper
 from queued.processes.supervisor import Supervisor
-from queued.server import handlers, handlers_changes
+from queued.scheduler import Scheduler
+from queued.server import handlers, handlers_changes, handlers_schedules
 from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
 from queued.settings import Settings, parse_config_value
@@ -45,8 +47,8 @@ log = logging.getLogger(__name__)
 ANSWER_GRACE_SECONDS = 0.5
 CALLBACK_GRACE_SECONDS = 5.0
 STATUS_INTERVAL_SECONDS = 1.0  # at most one STATUS= datagram per interval
-# Every request type, answered by one of the two handler modules side by side.
-REQUEST_HANDLERS = {**handlers.HANDLERS, **handlers_changes.HANDLERS}
+# Every request type, answered by one of the handler modules side by side.
+REQUEST_HANDLERS = {**handlers.HANDLERS, **handlers_changes.HANDLERS, **handlers_schedules.HANDLERS}
 
 
 @dataclass
@@ -76,6 +78,15 @@ class DaemonConfig:
 def prepare_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+
+
+def daemon_local_zone() -> str:
+    """The zone of a schedule added without --tz: $TZ's, else /etc/localtime's, else UTC."""
+    try:
+        link: str | None = os.readlink("/etc/localtime")
+    except OSError:
+        link = None
+    return local_zone_name(os.environ.get("TZ"), link)
 
 
 def recover(db: Writer, backoff_max: float, now: float) -> int:
@@ -223,6 +234,14 @@ class Runner:
             keeper = self.lease_keeper
             if keeper is not None:
                 self.daemon.lease_problem = lambda: keeper.problem
+            self.scheduler = Scheduler(
+                db,
+                wake_supervisor=self.supervisor.wake,
+                accepting=lambda: self.supervisor.accepting,
+                reread=is_postgres(config.store),
+            )
+            self.daemon.local_zone = daemon_local_zone()
+            self.daemon.schedules_changed = self.scheduler.changed
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
             server = self.server = Server(functools.partial(dispatch, REQUEST_HANDLERS, self.daemon), access)
             async with trio.open_nursery() as nursery:
@@ -233,6 +252,7 @@ class Runner:
                 if self.lease_keeper is not None:
                     await nursery.start(self.lease_keeper.run, self.supervisor, guardian, db)
                 await nursery.start(self.callbacks.run)
+                await nursery.start(self.scheduler.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))
                 if web is not None:

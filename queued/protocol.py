@@ -65,6 +65,8 @@ MAX_UNIQUE_KEY = 200  # characters: a key is a name, not a document
 UniqueKey = Annotated[str, Meta(min_length=1, max_length=MAX_UNIQUE_KEY)]
 Path = Annotated[str, Meta(min_length=1, max_length=4096)]
 Environment = dict[str, str]
+ScheduleName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+CatchUp = Literal["none", "one", "all"]
 
 MAX_JOBS_PER_ADD = 100_000
 
@@ -209,6 +211,28 @@ class Slot(Struct, kw_only=True):
     started_at: float
     command: str
     paused: bool = False
+
+
+class ScheduleInfo(Struct, kw_only=True):
+    """A schedule as the daemon reports it. Times are Unix seconds (UTC)."""
+
+    name: str
+    expression: str  # "30 2 * * *", "@daily" or "@every 10m"
+    tz: str
+    command: str
+    queue: str
+    priority: int
+    max_retries: int
+    timeout: float | None
+    cwd: str
+    no_overlap: bool
+    catch_up: str
+    paused: bool
+    created_at: float
+    next_run: float | None  # None: paused, or no firing before the year 10000
+    last_run: float | None  # when its latest job was added
+    last_job_id: int | None = None
+    last_job_state: JobState | None = None  # None: no job yet, or it was removed
 
 
 ConfigValue = int | float | str | None
@@ -406,6 +430,45 @@ class Shutdown(Request, tag="shutdown"):
     mode: Literal["graceful", "now"] = "graceful"
 
 
+class AddSchedule(Request, tag="schedule_add", omit_defaults=True):
+    """A recurring job: `expression` is a five-field cron, a macro (@daily) or
+    "@every 10m"; `job` is what each firing adds (no delay, run_at, after or
+    hold; its label is the schedule's name), its cwd and env completed from
+    the request's as for AddJobs. `tz` None: the daemon's local zone."""
+
+    schedule: ScheduleName
+    expression: Annotated[str, Meta(min_length=1, max_length=256)]
+    job: JobSpec
+    cwd: Path
+    env: Environment = {}
+    env_bytes: dict[bytes, bytes] = {}
+    cwd_bytes: Annotated[bytes, Meta(min_length=1, max_length=4096)] | None = None
+    tz: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    no_overlap: bool = False
+    catch_up: CatchUp = "one"
+
+
+class ListSchedules(Request, tag="schedule_ls"):
+    pass
+
+
+class RemoveSchedule(Request, tag="schedule_rm"):
+    schedule: ScheduleName
+
+
+class PauseSchedule(Request, tag="schedule_pause"):
+    """Pause a schedule, or resume it (firings count again from then)."""
+
+    schedule: ScheduleName
+    paused: bool = True
+
+
+class RunSchedule(Request, tag="schedule_run"):
+    """Add the schedule's job once, now."""
+
+    schedule: ScheduleName
+
+
 AnyRequest = (
     Hello
     | AddJobs
@@ -434,6 +497,11 @@ AnyRequest = (
     | SetConfig
     | CleanJobs
     | Shutdown
+    | AddSchedule
+    | ListSchedules
+    | RemoveSchedule
+    | PauseSchedule
+    | RunSchedule
 )
 
 
@@ -538,6 +606,10 @@ class Cleaned(Response, tag="cleaned"):
     count: int
 
 
+class Schedules(Response, tag="schedules"):
+    schedules: list[ScheduleInfo]
+
+
 AnyResponse = (
     Welcome
     | Error
@@ -553,6 +625,7 @@ AnyResponse = (
     | Queues
     | ConfigValues
     | Cleaned
+    | Schedules
 )
 
 
@@ -728,6 +801,8 @@ def _explained(field: str, what: str) -> str:
         unit = {"str": "characters", "array": "items", "object": "entries"}[kind]
         return f"{name} must be at most {int(limit):,} {unit}"
     if what.startswith("Expected `str` matching regex"):
+        if field == "schedule":
+            return f"a schedule name must be {_QUEUE_NAME_RULE}"
         return (
             f"a queue name must be {_QUEUE_NAME_RULE}"
             if field in ("name", "queue")

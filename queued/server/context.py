@@ -181,6 +181,10 @@ class Daemon:
         # The store is shared by several nodes (PostgreSQL): `config set` values
         # are every node's, the slots (concurrency) each node's own.
         self.shared_store = False
+        # Schedules: the zone a schedule added without --tz keeps (the daemon's
+        # local one, set at start), and whom to tell when schedules change.
+        self.local_zone = "UTC"
+        self.schedules_changed: Callable[[], None] = lambda: None
 
     def problems(self) -> list[str]:
         """What is wrong with the daemon itself, for `status` (empty when all is well)."""

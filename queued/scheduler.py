@@ -1,0 +1,201 @@
+"""The scheduler: the daemon's task that adds each schedule's jobs as they
+fall due.
+
+Theory of operation: timers as everywhere else, no polling. The next firing
+of every schedule that is not paused is computed in memory (from the stored
+schedules, read at start and after each change of schedules); the task
+sleeps until the earliest one, or until `changed()` wakes it. At a deadline
+it fires every schedule due, each firing through the writer
+(`Store.fire_schedule`, which makes sure one node adds it: with PostgreSQL
+every node runs this same task and only one adds each firing). The rules
+(catch-up at start and after a late wake, no-overlap) are queued/schedules.py's.
+
+The sleep is on the monotonic clock, but firings are wall-clock times: a
+clock set forward or a suspended machine would be noticed only at the
+deadline. So no sleep lasts more than MAX_SLEEP_SECONDS; with PostgreSQL
+that wake also reads the schedules again (changes other nodes made).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import trio
+
+from queued import cron, schedules
+from queued.store import Refused, StorageError, Store
+from queued.store.contract import StoredSchedule
+from queued.store.writer import Kind, Writer
+
+log = logging.getLogger(__name__)
+MAX_SLEEP_SECONDS = 60.0
+
+
+class Entry:
+    """A schedule the scheduler fires: its calendar and its next deadline."""
+
+    __slots__ = ("catch_up", "identity", "name", "next", "schedule", "tz")
+
+    def __init__(self, row: StoredSchedule, schedule: cron.Schedule, next_firing: float | None) -> None:
+        self.name = row.name
+        self.schedule = schedule
+        self.tz = row.tz
+        self.catch_up: cron.CatchUp = row.catch_up  # type: ignore[assignment]  # stored once checked
+        # The same schedule as before a reload (not removed and added again, not resumed).
+        self.identity = (row.created_at, row.since)
+        self.next = next_firing
+
+
+def _when(instant: float) -> str:
+    return datetime.fromtimestamp(instant, UTC).isoformat(timespec="seconds")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        db: Writer,
+        *,
+        wake_supervisor: Callable[[], None],
+        accepting: Callable[[], bool],
+        reread: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self._wake_supervisor = wake_supervisor
+        self._accepting = accepting
+        self._reread = reread  # other nodes change schedules too (PostgreSQL)
+        self._clock = clock
+        self._entries: dict[str, Entry] = {}
+        self._changed = trio.Event()
+        self.added = 0  # jobs added by firings since start
+
+    def changed(self) -> None:
+        """A schedule was added, removed, paused or resumed: read them again."""
+        self._changed.set()
+
+    def next_firing(self, name: str) -> float | None:
+        """The deadline this scheduler holds for `name` (None: paused, unknown, or none)."""
+        entry = self._entries.get(name)
+        return None if entry is None else entry.next
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._load(starting=True)
+        task_status.started()
+        while True:
+            earliest = min((e.next for e in self._entries.values() if e.next is not None), default=None)
+            wait = MAX_SLEEP_SECONDS
+            if earliest is not None:
+                wait = min(wait, earliest - self._clock())
+            capped = wait == MAX_SLEEP_SECONDS
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    await self._changed.wait()
+            if self._changed.is_set():
+                self._changed = trio.Event()
+                await self._load(starting=False)
+            elif capped and self._reread:
+                await self._load(starting=False)
+            await self._fire_due()
+
+    async def _load(self, *, starting: bool) -> None:
+        """Read the schedules; at start, fire what was missed as each one's catch-up says."""
+        rows = await self.db.read(Store.schedules)
+        now = self._clock()
+        entries: dict[str, Entry] = {}
+        firings: list[tuple[str, float]] = []
+        for row in rows:
+            if row.paused:
+                continue
+            try:
+                schedule = schedules.parse(row.expression, row.created_at)
+            except ValueError as exc:  # stored only once it parsed: a newer queued's syntax?
+                log.error("schedule %s cannot be read (%s): it does not fire", row.name, exc)
+                continue
+            known = self._entries.get(row.name)
+            if known is not None and known.identity == (row.created_at, row.since):
+                entries[row.name] = known
+                continue
+            if not starting:
+                upcoming = schedules.upcoming(schedule, row.tz, row.since, row.last_firing, now)
+                entries[row.name] = Entry(row, schedule, upcoming)
+                continue
+            try:
+                missed = schedules.at_start(
+                    schedule,
+                    row.tz,
+                    row.since,
+                    row.last_firing,
+                    row.catch_up,
+                    now,  # type: ignore[arg-type]
+                )
+            except ValueError:  # no firing before the year 10000
+                entries[row.name] = Entry(row, schedule, None)
+                continue
+            if missed.dropped:
+                log.info(
+                    "schedule %s missed firings while queued was down: catch-up %s adds %d",
+                    row.name,
+                    row.catch_up,
+                    len(missed.run),
+                )
+            firings += [(row.name, firing) for firing in missed.run]
+            entries[row.name] = Entry(row, schedule, missed.upcoming)
+        self._entries = entries
+        await self._fire(firings)
+
+    async def _fire_due(self) -> None:
+        now = self._clock()
+        firings: list[tuple[str, float]] = []
+        for entry in self._entries.values():
+            if entry.next is None or entry.next > now:
+                continue
+            try:
+                missed = schedules.when_due(entry.schedule, entry.tz, entry.next, entry.catch_up, now)
+            except ValueError:  # the last firing before the year 10000
+                firings.append((entry.name, entry.next))
+                entry.next = None
+                continue
+            if len(missed.run) > 1 or missed.dropped:
+                log.warning(
+                    "schedule %s woke %.0f s late (the machine slept, or the clock moved): catch-up %s",
+                    entry.name,
+                    now - entry.next,
+                    entry.catch_up,
+                )
+            firings += [(entry.name, firing) for firing in missed.run]
+            entry.next = missed.upcoming
+        await self._fire(firings)
+
+    async def _fire(self, firings: list[tuple[str, float]]) -> None:
+        """Add the jobs of `firings`, all in the writer's next transaction."""
+        if not firings:
+            return
+        if not self._accepting():
+            log.info("queued is shutting down: %d firing(s) add no job", len(firings))
+            return
+        now = self._clock()
+        calls = [
+            (name, firing, self.db.queue(Kind.ADD, Store.fire_schedule, name, firing, now))
+            for name, firing in firings
+        ]
+        added = 0
+        for name, firing, call in calls:
+            try:
+                fired = await call.outcome()
+            except (Refused, StorageError) as exc:
+                log.warning("schedule %s: the firing of %s added no job: %s", name, _when(firing), exc)
+                continue
+            if fired.outcome == "added":
+                added += 1
+            elif fired.outcome == "overlap":
+                log.info(
+                    "schedule %s: the firing of %s skipped, its previous job is unfinished (--no-overlap)",
+                    name,
+                    _when(firing),
+                )
+        if added:
+            self.added += added
+            self._wake_supervisor()
