@@ -101,6 +101,22 @@ REQUESTS: list[p.Request] = [
     p.SetConfig(key="timeout", value="5m"),
     p.CleanJobs(older_than=86400.0, states=["completed", "canceled"]),
     p.Shutdown(mode="now"),
+    p.AddSchedule(
+        schedule="backup",
+        expression="30 2 * * *",
+        job=p.JobSpec(command="./backup.sh", queue="cpu", max_retries=2, env={"A": "1"}),
+        cwd="/srv",
+        env={"PATH": "/usr/bin"},
+        tz="Europe/Berlin",
+        no_overlap=True,
+        catch_up="all",
+    ),
+    p.AddSchedule(schedule="tick", expression="@every 1s", job=p.JobSpec(command="true"), cwd="/"),
+    p.ListSchedules(),
+    p.RemoveSchedule(schedule="backup"),
+    p.PauseSchedule(schedule="backup"),
+    p.PauseSchedule(schedule="backup", paused=False),
+    p.RunSchedule(schedule="backup"),
 ]
 
 RESPONSES: list[p.Response] = [
@@ -134,6 +150,30 @@ RESPONSES: list[p.Response] = [
     p.Queues(queues=[QUEUE, p.QueueInfo(name="default", concurrency=None, paused=False)]),
     p.ConfigValues(values={"max-retries": 3, "backoff-base": 2.0, "timeout": None, "label": "x"}),
     p.Cleaned(count=4),
+    p.Schedules(schedules=[]),
+    p.Schedules(
+        schedules=[
+            p.ScheduleInfo(
+                name="backup",
+                expression="30 2 * * *",
+                tz="Europe/Berlin",
+                command="./backup.sh",
+                queue="default",
+                priority=0,
+                max_retries=3,
+                timeout=None,
+                cwd="/srv",
+                no_overlap=False,
+                catch_up="one",
+                paused=False,
+                created_at=1.0,
+                next_run=2.0,
+                last_run=None,
+                last_job_id=7,
+                last_job_state="completed",
+            )
+        ]
+    ),
 ]
 
 
