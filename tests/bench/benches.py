@@ -422,3 +422,57 @@ def b7_ours(root: Path, jobs: int, window: float, windows: int) -> list[dict[str
                 }
             )
     return results
+
+
+# ----------------------------------------------------------------------------
+# S1 schedule lateness, and B7 with schedules defined
+
+
+def s1_ours(root: Path, stamp: Path, schedules: int, seconds: float) -> dict[str, list[float]]:
+    """`schedules` schedules firing every second for `seconds`: the lateness
+    (s) of each firing's job added (its created_at, the scheduler's wake) and
+    started (its process's stamp) vs the firing time (anchor + k seconds)."""
+    stamps = root / "stamps"
+    stamps.mkdir(parents=True)
+    with Daemon(root, concurrency=max(2, schedules)) as daemon, daemon.client(timeout=None) as client:
+        spec = JobSpec(command=f"{stamp} {stamps}/$QUEUED_JOB_ID")
+        anchors = {}
+        for n in range(schedules):
+            anchors[f"s1-{n}"] = client.schedule_add(f"s1-{n}", "@every 1s", spec).created_at
+        time.sleep(seconds)
+        for name in anchors:
+            client.schedule_remove(name)
+        jobs = [job for name in anchors for job in client.list(label=name)]
+        done = client.wait(*[job.id for job in jobs]).jobs
+    if {job.state for job in done} != {"completed"}:
+        raise RuntimeError("S1: not every scheduled job completed")
+    added, started = [], []
+    for job in jobs:
+        anchor = anchors[job.label or ""]
+        firing = anchor + int(job.created_at - anchor)  # the grid point the job was added for
+        added.append(job.created_at - firing)
+        stamped = read_stamp(stamps / str(job.id))
+        if stamped is None:
+            raise RuntimeError(f"S1: job {job.id} left no stamp")
+        started.append(stamped - firing)
+    return {"added": added, "started": started}
+
+
+def b7_schedules(root: Path, schedules: int, window: float, windows: int) -> list[dict[str, float]]:
+    """B7's idle windows with `schedules` schedules defined (each once a year,
+    at different times: none fires in the windows) and no job."""
+    with Daemon(root) as daemon:
+        with daemon.client() as client:
+            for n in range(schedules):
+                client.schedule_add(f"idle-{n}", f"{n % 60} {n % 24} 1 1 *", "true", tz="UTC")
+            if len(client.schedules()) != schedules:
+                raise RuntimeError("B7S: the schedules are not all defined")
+        time.sleep(1.0)
+        results = []
+        for _ in range(windows):
+            cpu0, ns0 = cpu_seconds(daemon.pid), run_ns(daemon.pid)
+            time.sleep(window)
+            results.append(
+                {"cpu_seconds": cpu_seconds(daemon.pid) - cpu0, "schedstat_seconds": run_ns(daemon.pid) - ns0}
+            )
+    return results

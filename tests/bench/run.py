@@ -45,10 +45,13 @@ class Sizes:
     b7_jobs: int
     b7_window: float
     b7_windows: int
+    s1_schedules: int = 3
+    s1_seconds: float = 10.0
+    b7_schedules: int = 1_000
 
 
 FULL = Sizes(3, 10_000, peers.NQ_JOBS, 500, 100_000, 15, 1_000_000, 1_000, 300, 200, 5.0, 10_000, 10.0, 3)
-QUICK = Sizes(1, 2_000, 300, 100, 10_000, 5, 100_000, 1_000, 100, 50, 2.0, 10_000, 2.0, 1)
+QUICK = Sizes(1, 2_000, 300, 100, 10_000, 5, 100_000, 1_000, 100, 50, 2.0, 10_000, 2.0, 1, 3, 4.0, 1_000)
 
 
 @dataclass
@@ -589,6 +592,52 @@ class Suite:
             )
         )
 
+    # -- S1, B7S: schedules (#14) -------------------------------------------------------
+
+    def s1(self) -> None:
+        s = self.sizes
+        assert self.stamp is not None
+        runs = []
+        for run in range(s.runs):
+            progress(
+                f"S1 run {run + 1}/{s.runs}: {s.s1_schedules} schedules every 1 s for {s.s1_seconds:g} s"
+            )
+            runs.append(benches.s1_ours(self.fresh("s1"), self.stamp, s.s1_schedules, s.s1_seconds))
+        for key, what in (("added", "job added"), ("started", "job started")):
+            for q, limit in ((50, None), (99, 10.0 if key == "added" else None)):
+                value = median([percentile(r[key], q) for r in runs]) * 1e3
+                self.add(
+                    Figure(
+                        f"S1.{key}.p{q}",
+                        f"S1 schedule lateness p{q} ({what}), {s.s1_schedules} x every 1 s",
+                        value,
+                        "ms",
+                        f"<= {limit:g} ms" if limit else "",
+                        value <= limit if limit else None,
+                        runs=[percentile(r[key], q) * 1e3 for r in runs],
+                    )
+                )
+        worst = ", ".join(f"{max(r['added']) * 1e3:.1f}" for r in runs)
+        self.notes.append(f"S1 worst lateness of a job added per run: {worst} ms")
+
+    def b7s(self) -> None:
+        s = self.sizes
+        progress(f"B7S: {s.b7_windows} x {s.b7_window:g} s idle, {s.b7_schedules:,} schedules")
+        windows = benches.b7_schedules(self.fresh("b7s"), s.b7_schedules, s.b7_window, s.b7_windows)
+        value = median([w["cpu_seconds"] for w in windows])
+        self.add(
+            Figure(
+                "B7S",
+                f"B7 idle CPU in {s.b7_window:g} s, {s.b7_schedules:,} schedules",
+                value,
+                "CPU s",
+                "< 0.05 CPU s",
+                value < 0.05,
+                runs=windows,
+                note="utime+stime of queued, all threads (10 ms ticks)",
+            )
+        )
+
 
 # ----------------------------------------------------------------------------
 # output
@@ -636,7 +685,7 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG", "B10")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG", "B10", "S1", "B7S")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,51 @@
+"""Schedules with several nodes on one PostgreSQL store: every node runs the
+scheduler, and the database makes sure each firing adds one job."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Daemon
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def test_three_nodes_add_each_firing_once(tmp_path: Path, postgres_empty_url: str) -> None:
+    nodes = [
+        Daemon(tmp_path / f"node{n}", "--store", postgres_empty_url, "--node", f"node{n}") for n in range(3)
+    ]
+    try:
+        first = nodes[0].start()
+        # The jobs wait in a paused queue: this test is about adding them.
+        first.ok("queue", "add", "sched")
+        first.ok("queue", "pause", "sched")
+        first.ok("schedule", "add", "tick", "--every", "1s", "-q", "sched", "--", "true")
+        for node in nodes[1:]:
+            node.start()  # each reads the schedule at its start
+        time.sleep(4.5)
+        nodes[1].ok("schedule", "pause", "tick")  # no firing after this commit, on any node
+        jobs = json.loads(nodes[2].ok("ls", "--all", "--label", "tick", "--json"))
+        [info] = json.loads(nodes[1].ok("schedule", "ls", "--json"))
+        assert len(jobs) >= 3, jobs
+        with psycopg.connect(postgres_empty_url) as conn:
+            firings = conn.execute(
+                "SELECT fired_at, job_id FROM queued.firings WHERE schedule = 'tick' ORDER BY fired_at"
+            ).fetchall()
+            anchor = conn.execute("SELECT created_at FROM queued.schedules WHERE name = 'tick'").fetchone()[0]
+        # The latest firings (a few are kept), each on the schedule's grid with a job of its own.
+        ids = sorted(job["id"] for job in jobs)
+        assert [job_id for _, job_id in firings] == ids[-len(firings) :]
+        assert all((fired - anchor) == round(fired - anchor) for fired, _ in firings)
+        # One job per firing since the schedule was added (node 0 ran throughout):
+        # never more, however many nodes fired.
+        assert len(jobs) == round(firings[-1][0] - anchor)
+        assert info["last_job_id"] == ids[-1]
+    finally:
+        for node in nodes:
+            if node.process and node.process.poll() is None:
+                node.ok("shutdown", "--now")
+            node.stop()
