@@ -32,6 +32,7 @@ from queued.store.writer import Kind, Writer
 
 log = logging.getLogger(__name__)
 MAX_SLEEP_SECONDS = 60.0
+RETRY_SECONDS = 5.0  # after a failed read of the schedules
 
 
 class Entry:
@@ -70,6 +71,7 @@ class Scheduler:
         self._clock = clock
         self._entries: dict[str, Entry] = {}
         self._changed = trio.Event()
+        self._started = False  # the schedules were read once (the start's catch-up is done)
         self.added = 0  # jobs added by firings since start
 
     def changed(self) -> None:
@@ -82,27 +84,34 @@ class Scheduler:
         return None if entry is None else entry.next
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._load(starting=True)
+        loaded = await self._load(starting=True)
         task_status.started()
         while True:
             earliest = min((e.next for e in self._entries.values() if e.next is not None), default=None)
-            wait = MAX_SLEEP_SECONDS
+            wait = MAX_SLEEP_SECONDS if loaded else RETRY_SECONDS
             if earliest is not None:
                 wait = min(wait, earliest - self._clock())
             capped = wait == MAX_SLEEP_SECONDS
             if wait > 0:
                 with trio.move_on_after(wait):
                     await self._changed.wait()
-            if self._changed.is_set():
+            if self._changed.is_set() or not loaded or (capped and self._reread):
                 self._changed = trio.Event()
-                await self._load(starting=False)
-            elif capped and self._reread:
-                await self._load(starting=False)
+                # A start whose read failed still catches up once it succeeds.
+                loaded = await self._load(starting=not self._started)
             await self._fire_due()
 
-    async def _load(self, *, starting: bool) -> None:
-        """Read the schedules; at start, fire what was missed as each one's catch-up says."""
-        rows = await self.db.read(Store.schedules)
+    async def _load(self, *, starting: bool) -> bool:
+        """Read the schedules; at start, fire what was missed as each one's
+        catch-up says. False when the store could not be read (PostgreSQL
+        away): the schedules known go on firing, and the read is tried again
+        after RETRY_SECONDS."""
+        try:
+            rows = await self.db.read(Store.schedules)
+        except StorageError as exc:
+            log.warning("schedules not read (%s): trying again in %g s", exc, RETRY_SECONDS)
+            return False
+        self._started = True
         now = self._clock()
         entries: dict[str, Entry] = {}
         firings: list[tuple[str, float]] = []
@@ -145,6 +154,7 @@ class Scheduler:
             entries[row.name] = Entry(row, schedule, missed.upcoming)
         self._entries = entries
         await self._fire(firings)
+        return True
 
     async def _fire_due(self) -> None:
         now = self._clock()

@@ -207,3 +207,15 @@ def test_unreachable_daemon(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     result = d.ctl("schedule", "ls")
     assert result.returncode == 3
+
+
+def test_completion_offers_schedule_names(daemon: Daemon) -> None:
+    from .test_terminal import complete
+
+    daemon.ok("schedule", "add", "backup", "@daily", "--", "true")
+    daemon.ok("schedule", "add", "poll", "--every", "10m", "--", "true")
+    assert "schedule" in complete(daemon, "queuectl ")
+    assert set(complete(daemon, "queuectl schedule ")) >= {"add", "ls", "rm", "pause", "resume", "run"}
+    for command in ("rm", "pause", "resume", "run"):
+        assert complete(daemon, f"queuectl schedule {command} ") == ["backup", "poll"]
+    assert complete(daemon, "queuectl schedule run p") == ["poll"]

@@ -211,3 +211,34 @@ async def test_a_firing_that_cannot_add_its_job_is_logged_and_the_next_one_comes
     await run_for(store, 25)
     assert "schedule tick: the firing of" in caplog.text and "unknown queue 'night'" in caplog.text
     assert caplog.text.count("unknown queue") == 2  # 10 and 20: each tried once
+
+
+async def test_a_store_that_cannot_be_read_is_read_again_and_the_start_catches_up(
+    store: Direct, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL away at the start: the scheduler starts all the same, tries
+    the read again, and the first read that works catches up as a start does."""
+    from queued.store import StorageError
+
+    add_schedule(store, catch_up="one")
+    await trio.sleep(35)  # three firings pass before the daemon starts
+    running = Running(store)
+    failing = [True]
+    read = running.writer.read
+
+    async def flaky_read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing[0]:
+            raise StorageError("cannot reach the job store")
+        return await read(fn, *args, **kwargs)
+
+    running.writer.read = flaky_read  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(running.scheduler.run)
+        await trio.sleep(7)
+        assert created(store) == []
+        failing[0] = False
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert "schedules not read (cannot reach the job store)" in caplog.text
+    # Read again at 35 + 5: the catch-up (the firing of 40 is missed by then), then 50.
+    assert created(store) == [45, 50]
