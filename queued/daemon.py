@@ -36,6 +36,7 @@ from queued.scheduler import Scheduler
 from queued.server import handlers, handlers_changes, handlers_schedules
 from queued.server.connections import AccessPolicy, Server, bind_unix
 from queued.server.context import Daemon, Watchers, dispatch
+from queued.server.news import NodeNews
 from queued.settings import Settings, parse_config_value
 from queued.store import Changes, NodeIdentity, StorageError, Store
 from queued.store.engines import StoreUnusable, is_postgres, open_node_leases, open_store
@@ -252,6 +253,9 @@ class Runner:
                 if self.lease_keeper is not None:
                     await nursery.start(self.lease_keeper.run, self.supervisor, guardian, db)
                 await nursery.start(self.callbacks.run)
+                news = engine.news()
+                if news is not None:  # other nodes share the store: hear what they do
+                    nursery.start_soon(NodeNews(self.daemon).run, news)
                 await nursery.start(self.scheduler.run)
                 nursery.start_soon(guardian.watch)
                 await nursery.start(server.serve, trio.SocketListener(sock))

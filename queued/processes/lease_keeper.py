@@ -171,7 +171,8 @@ class LeaseKeeper:
                 self.problem = None
             jobs.hold_claims(False)
             # Each heartbeat also has the supervisor look at the store once: a
-            # net under the wake-ups other nodes send, should one be lost.
+            # net under the NOTIFY wake-ups other nodes send, for what no news
+            # tells (due jobs another node's claim held locked, then left).
             jobs.wake()
             next_beat = self.lease.next_renewal()
             next_expiry = (

@@ -28,6 +28,11 @@ class StoreCalls:
         return (self.db.epoch, self.db.additions)
 
     @property
+    def claims_before_start(self) -> bool:
+        """Whether each start must be claimed (committed) first: other nodes share the store."""
+        return bool(getattr(self.db.engine, "claims_before_start", False))
+
+    @property
     def lost(self) -> str | None:
         """Why no change can be recorded any more (the database file is gone), or None."""
         return self.db.lost

@@ -17,6 +17,13 @@ they are queued, so a start is on disk before its attempt's end, and before
 any later request sees the job. A crash before the start's commit leaves the
 job pending: it runs again, as a job running at the crash does.
 
+Claiming first: when other nodes share the store (`claims_before_start`),
+nothing starts from memory. Each round claims as many due jobs as there are
+free slots in one committed transaction (`_claim_committed`), starts them,
+and sleeps until the next timer; the store's news of other nodes (new jobs,
+room in a limited queue) wakes it as `wake()` does. The ends recorded behind
+the processes join the claim's transaction when they are queued by then.
+
 Faults around one attempt are that attempt's: an unexpected error while
 starting, watching or ending it ends it as failed with the error's text
 (`fault_outcome`). A spawn that finds no free descriptor starts nothing: the
@@ -113,6 +120,7 @@ class Supervisor:
             self._store, settings, guardian, self.log_folders, clock, self._end_recorded, self.output
         )
         self._ends.on_kept = self._check_drained
+        self._claims_first = self._store.claims_before_start
         self._environments = JobEnvironments(instance)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self.attempts = RunningAttempts(self._young)
@@ -150,6 +158,13 @@ class Supervisor:
         self.lease_held = not held
         self.read_ahead.forget()
         self.wake()
+
+    def room_freed(self, queues: set[str]) -> None:
+        """Attempts of `queues` ended on other nodes: a limited one among them
+        may have room now, if this node has room for it."""
+        room = self._room()
+        if any(room.get(name) and self.queues[name].concurrency is not None for name in queues):
+            self.wake()
 
     def set_concurrency(self, concurrency: int) -> None:
         self.settings.concurrency = concurrency
@@ -287,6 +302,15 @@ class Supervisor:
             room = self._room()
             if not any(room.values()):
                 return math.inf  # an exit, a resume or more concurrency will wake us
+            if self._claims_first:
+                try:
+                    if await self._claim_committed():
+                        continue
+                    due = await self._store.next_due(self.clock(), [q for q, n in room.items() if n > 0])
+                except StorageError as exc:
+                    self._cannot_claim(exc)
+                    continue
+                return self._deadline(math.inf if due is None else due)
             if not self.read_ahead.valid_for(now, self._store.marks):
                 try:
                     if not await self._look_ahead(now):  # something that can unclaim jobs came in meanwhile
@@ -546,7 +570,8 @@ class Supervisor:
         ahead, or slots still free)."""
         now = self.clock()
         if (
-            self.claiming_stopped.is_set()
+            self._claims_first  # nothing starts unclaimed: the loop claims for the slot
+            or self.claiming_stopped.is_set()
             or not self.lease_held
             or not self.guardian.ready
             or self._hold.holds(now)

@@ -51,6 +51,10 @@ class Watchers:
         for job_id in waiter.remaining:
             self._waiters.setdefault(job_id, set()).add(waiter)
 
+    def watched_ids(self) -> list[int]:
+        """The jobs some `wait` waits for."""
+        return list(self._waiters)
+
     def watched(self) -> int:
         """How many jobs some `wait` waits for."""
         return len(self._waiters)
@@ -102,6 +106,10 @@ class OutputNews:
     def watched(self) -> int:
         return len(self._waiting)
 
+    def watched_ids(self) -> list[int]:
+        """The jobs some reader waits on."""
+        return list(self._waiting)
+
 
 class Supervision(Protocol):
     """What the handlers may ask of the process side, and nothing more."""
@@ -118,6 +126,10 @@ class Supervision(Protocol):
         ...
 
     def set_queues(self, queues: list[p.QueueInfo]) -> None: ...
+
+    def room_freed(self, queues: set[str]) -> None:
+        """Attempts of `queues` ended on another node (a store shared by nodes)."""
+        ...
 
     def set_concurrency(self, concurrency: int) -> None: ...
 

@@ -487,7 +487,10 @@ class Store(Protocol):
     ) -> Written[list[Claimed]]:
         """Take (as `start` does) up to `slots` due jobs, best first, at most
         `queue_room[q]` of each queue q (queues not named have no room), none
-        of `busy`."""
+        of `busy`; and of a queue with a concurrency of its own, no more than
+        that concurrency less its jobs running in the store (on every node that
+        shares it: an engine shared by nodes serializes the claims of such a
+        queue so that two nodes together never exceed it)."""
         ...
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
@@ -574,5 +577,54 @@ class Transactions(Protocol):
         ...
 
 
+class News(msgspec.Struct, kw_only=True):
+    """What other nodes sharing the store did that this one must act on
+    (`Engine.news`): merged per wake-up, so that a burst costs one action."""
+
+    wake: bool = False  # jobs became claimable (added, released, retried, due earlier)
+    queues: bool = False  # queues were added, removed, paused or resumed: read them again
+    room: set[str] = msgspec.field(default_factory=set)  # queues where an attempt ended
+    cancel: list[int] = msgspec.field(default_factory=list)  # jobs canceled: stop them if they run here
+    finished: list[int] = msgspec.field(default_factory=list)  # jobs that reached a terminal state
+    output: list[int] = msgspec.field(default_factory=list)  # jobs whose output grew or attempt ended
+    # The news channel was (re)opened: whatever was sent while it was closed is
+    # gone, so read everything again (queues, claimable jobs, running jobs' states).
+    reconnected: bool = False
+    lost: bool = False  # the news channel is closed: until `reconnected`, nothing is heard
+
+    def merge(self, other: News) -> None:
+        self.wake = self.wake or other.wake
+        self.queues = self.queues or other.queues
+        self.room |= other.room
+        self.cancel += other.cancel
+        self.finished += other.finished
+        self.output += other.output
+        self.reconnected = self.reconnected or other.reconnected
+        self.lost = self.lost or other.lost
+
+
+class NewsSource(Protocol):
+    """The task that hears other nodes' news (see `Engine.news`)."""
+
+    async def run(self, deliver: Callable[[News], None]) -> None:
+        """Deliver news as it comes, for as long as the daemon runs, opening
+        the channel again (with backoff) whenever it is lost; after each
+        (re)opening, `News(reconnected=True)`, and on each loss `News(lost=True)`."""
+        ...
+
+
 class Engine(Store, Transactions, Protocol):
     """A store engine: the contract, and the transactions the writer runs it in."""
+
+    # True when several nodes share the store: a job is claimed (committed)
+    # before its attempt starts (`Store.claim`), so that two nodes never start
+    # the same attempt. False for a store only this daemon uses: it may read
+    # ahead and record starts behind the processes (`lookahead`, `start`).
+    claims_before_start: bool
+
+    def news(self) -> NewsSource | None:
+        """What tells this node of other nodes' changes (a task the daemon
+        runs), or None when no other node shares the store. The engine sends
+        its own news with each commit: what it sends is heard only once that
+        commit is durable, and never by the node that sent it."""
+        ...

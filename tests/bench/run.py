@@ -24,6 +24,7 @@ from typing import Any
 import benches
 import harness
 import peers
+import pg_benches
 import pg_store_benches
 import rescue
 from harness import Daemon, median, percentile
@@ -48,10 +49,14 @@ class Sizes:
     s1_schedules: int = 3
     s1_seconds: float = 10.0
     b7_schedules: int = 1_000
+    b8_jobs: int = 10_000
+    b9_adds: int = 300
 
 
 FULL = Sizes(3, 10_000, peers.NQ_JOBS, 500, 100_000, 15, 1_000_000, 1_000, 300, 200, 5.0, 10_000, 10.0, 3)
-QUICK = Sizes(1, 2_000, 300, 100, 10_000, 5, 100_000, 1_000, 100, 50, 2.0, 10_000, 2.0, 1, 3, 4.0, 1_000)
+QUICK = Sizes(
+    1, 2_000, 300, 100, 10_000, 5, 100_000, 1_000, 100, 50, 2.0, 10_000, 2.0, 1, 3, 4.0, 1_000, 2_000, 50
+)
 
 
 @dataclass
@@ -638,6 +643,98 @@ class Suite:
             )
         )
 
+    # -- B8, B9: nodes on PostgreSQL -----------------------------------------------------
+
+    def b8(self) -> None:
+        s = self.sizes
+        with pg_benches.server() as pg:
+            if pg is None:
+                self.notes.append("B8 skipped: PostgreSQL is not installed")
+                return
+            one: list[dict[str, float]] = []
+            three: list[dict[str, float]] = []
+            c_rates: list[float] = []
+            sqlite_rates: list[float] = []
+            for run in range(s.runs):
+                progress(f"B8 run {run + 1}/{s.runs}")
+                if self.spawn_loop is not None:
+                    c_rates.append(benches.b1_c(self.spawn_loop, s.b8_jobs))
+                sqlite_rates.append(benches.b1_ours(self.fresh("b8s"), s.b8_jobs)["store_rate"])
+                one.append(pg_benches.b8_drain(pg, [self.fresh("b8a")], s.b8_jobs))
+                three.append(pg_benches.b8_drain(pg, [self.fresh(f"b8{n}") for n in "bcd"], s.b8_jobs))
+        c = median(c_rates) if c_rates else None
+        for key, label, runs, target in (
+            ("B8.one", "one node, 2 slots", one, 0.5),
+            ("B8.three", "three nodes, 2 slots each", three, None),
+        ):
+            rate = median([r["store_rate"] for r in runs])
+            node_cpu = median([r["nodes_cpu_ms_per_job"] for r in runs])
+            server_cpu = median([r["server_cpu_ms_per_job"] for r in runs])
+            commits = median([r["commits_per_job"] for r in runs])
+            self.add(
+                Figure(
+                    key,
+                    f"B8 drain {s.b8_jobs:,} x true through PostgreSQL, {label}",
+                    rate,
+                    "jobs/s",
+                    f">= {target:g}x C loop" if target and c else "",
+                    rate >= target * c if target and c else None,
+                    rate / c if c else None,
+                    "C spawn loop, 2 slots" if c else "",
+                    runs,
+                    f"first claim to last recorded end; CPU per job: nodes {node_cpu:.2f} ms, "
+                    f"PostgreSQL {server_cpu:.2f} ms (fsync off); {commits:.2f} commits per job",
+                )
+            )
+        if c:
+            self.add(Figure("B8.c", "B8 baseline: C posix_spawn loop, 2 slots", c, "jobs/s", runs=c_rates))
+        sqlite = median(sqlite_rates)
+        self.add(
+            Figure(
+                "B8.sqlite",
+                "B8 beside it: the same drain by one node on SQLite (B1)",
+                sqlite,
+                "jobs/s",
+                ratio=sqlite / c if c else None,
+                ratio_to="C spawn loop, 2 slots" if c else "",
+                runs=sqlite_rates,
+                note="starts from memory, records behind: no commit between an end and the next start",
+            )
+        )
+
+    def b9(self) -> None:
+        s = self.sizes
+        assert self.stamp is not None
+        with pg_benches.server() as pg:
+            if pg is None:
+                self.notes.append("B9 skipped: PostgreSQL is not installed")
+                return
+            runs = []
+            alone = []
+            for run in range(s.runs):
+                progress(f"B9 run {run + 1}/{s.runs}")
+                alone.append(benches.b2_ours(self.fresh("b9s"), self.stamp, s.b9_adds))
+                runs.append(
+                    pg_benches.b9_dispatch(pg, [self.fresh("b9a"), self.fresh("b9b")], self.stamp, s.b9_adds)
+                )
+        for q, limit in ((50, 10.0), (99, 50.0)):
+            value = median([percentile(r, q) for r in runs]) * 1e3
+            base = median([percentile(r, q) for r in alone]) * 1e3
+            self.add(
+                Figure(
+                    f"B9.p{q}",
+                    f"B9 cross-node dispatch p{q} (add on A -> started on B)",
+                    value,
+                    "ms",
+                    f"<= {limit:g} ms",
+                    value <= limit,
+                    value / base,
+                    f"B2 p{q} of this run: one node on SQLite ({base:.2f} ms)",
+                    runs=[percentile(r, q) * 1e3 for r in runs],
+                    note="A runs nothing (concurrency 0); B hears of the job by NOTIFY and claims it",
+                )
+            )
+
 
 # ----------------------------------------------------------------------------
 # output
@@ -685,7 +782,7 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG", "B10", "S1", "B7S")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B3PG", "B5PG", "B8", "B9", "B10", "S1", "B7S")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -307,6 +307,26 @@ def test_claim_counts_what_it_takes_against_each_queues_room(store: Store) -> No
     assert [c.id for c in claimed] == [plain[2]]
 
 
+def test_claim_keeps_a_limited_queue_within_its_concurrency_counting_every_running_job(
+    store: Store,
+) -> None:
+    """Running jobs the caller does not count (another node's) count too: a
+    claim never takes a limited queue past its concurrency."""
+    store.add_queue("gpu", 2, T0)
+    gpu = [add(store, queue="gpu") for _ in range(4)]
+    plain = add(store)
+    elsewhere = store.claim(now=T0, slots=1, queue_room={"gpu": 2})
+    assert [c.id for c in elsewhere] == gpu[:1]
+    # This caller has room 2 for gpu by its own count; the store leaves 1.
+    claimed = store.claim(now=T0, slots=5, queue_room={"gpu": 2, "default": 5})
+    assert [c.id for c in claimed] == [gpu[1], plain]
+    assert store.claim(now=T0, slots=5, queue_room={"gpu": 2}) == []
+    store.finish(elsewhere[0], OK, BACKOFF_MAX, T0)
+    assert [c.id for c in store.claim(now=T0, slots=5, queue_room={"gpu": 2})] == [gpu[2]]
+    store.cancel([gpu[1]], T0)  # a canceled job runs no more, as far as the store says
+    assert [c.id for c in store.claim(now=T0, slots=5, queue_room={"gpu": 2})] == [gpu[3]]
+
+
 def test_claim_skips_jobs_with_unmet_dependencies(store: Store) -> None:
     dep = add(store, delay=100.0)
     dependent = add(store, after=[dep])

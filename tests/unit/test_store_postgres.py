@@ -136,7 +136,7 @@ def test_two_nodes_never_claim_the_same_job(postgres_url: str, store: Direct) ->
 
 
 def test_claim_keeps_to_each_queues_room(store: Direct) -> None:
-    store.add_queue("gpu", 1, T0)
+    store.add_queue("gpu", None, T0)
     ids = store.add_jobs([new("a", queue="gpu"), new("b", queue="gpu"), new("c"), new("d")], T0)
     claimed = store.claim(now=T0, slots=10, queue_room={"gpu": 1, "default": 1})
     assert [c.id for c in claimed] == [ids[0], ids[2]]
@@ -416,3 +416,154 @@ def test_finished_jobs_are_counted_apart_and_a_database_without_the_counts_gets_
         assert not any(store.counts().values())
     finally:
         engine.close()
+
+
+def test_a_limited_queue_admits_no_more_than_its_concurrency_when_nodes_claim_at_once(
+    postgres_url: str, store: Direct
+) -> None:
+    """The claim that waits for another node's claim of the same limited queue
+    counts that claim once it commits (its count is not of a snapshot taken
+    before the wait)."""
+    store.add_queue("gpu", 1, T0)
+    store.add_jobs([new("a", queue="gpu"), new("b", queue="gpu")], T0)
+    other = Direct(PostgresStore.open(postgres_url))
+    second: list = []
+    try:
+        with store.transaction():
+            first = store.claim(now=T0, slots=5, queue_room={"gpu": 5})
+            waiting = threading.Thread(
+                target=lambda: second.append(other.claim(now=T0, slots=5, queue_room={"gpu": 5}))
+            )
+            waiting.start()
+            waiting.join(0.5)
+            assert waiting.is_alive(), "the second claim waits for the first to commit"
+        waiting.join(10)
+        assert len(first) == 1
+        assert second == [[]]
+    finally:
+        other.engine.close()
+
+
+def test_a_queue_paused_on_another_node_has_no_room_before_this_node_heard_of_it(store: Direct) -> None:
+    store.add_queue("gpu", None, T0)
+    [job_id] = store.add_jobs([new("a", queue="gpu")], T0)
+    store.set_paused("gpu", True)
+    assert store.claim(now=T0, slots=5, queue_room={"gpu": 5}) == []  # the caller's room is stale
+    store.set_paused("gpu", False)
+    assert [c.id for c in store.claim(now=T0, slots=5, queue_room={"gpu": 5})] == [job_id]
+
+
+def listening(url: str) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("LISTEN queued")
+    return conn
+
+
+def heard(conn: psycopg.Connection) -> list[tuple[str, bool]]:
+    """(payload, whether this engine's own connection sent it) of what came."""
+    return [(n.payload, n.pid) for n in conn.notifies(timeout=0.2, stop_after=50)]
+
+
+def test_news_is_sent_with_the_commit_and_only_then(postgres_url: str, store: Direct) -> None:
+    listener = listening(postgres_url)
+    try:
+        [job_id] = store.add_jobs([new("sleep 1")], T0)
+        assert heard(listener) == [("wake", store.engine.backend_pid)]
+        with pytest.raises(RuntimeError), store.transaction():
+            store.add_jobs([new()], T0)
+            raise RuntimeError("the batch fails")
+        assert heard(listener) == []  # rolled back: nothing sent
+        store.add_queue("gpu", 1, T0)
+        store.set_paused("gpu", True)
+        store.set_queue_concurrency("gpu", 2)
+        assert [p for p, _ in heard(listener)] == ["queues", "queues", "queues"]
+        [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM)
+        assert heard(listener) == []  # a claim is news to nobody
+        store.cancel([job_id], T0)
+        assert [p for p, _ in heard(listener)] == [f"cancel {job_id}", f"finished {job_id}"]
+        store.finish(claimed, classify_exit(-9), 3600.0, T0)
+        assert [p for p, _ in heard(listener)] == ["room default", f"output {job_id}"]
+    finally:
+        listener.close()
+
+
+def test_outbox_gathers_a_batch_into_few_notifications() -> None:
+    from queued.store.contract import Changes, Claimed, Written
+    from queued.store.postgres.news import IDS_PER_NOTICE, Outbox, parse
+
+    outbox = Outbox()
+    job = Claimed(
+        id=1, run=1, attempts=1, command="true", queue="gpu", cwd="/", env={}, timeout=None,
+        max_retries=0, backoff_base=2.0,
+    )  # fmt: skip
+    done = Changes()
+    done.finished = [1]
+    for _ in range(3):
+        outbox.note("finish", (job,), Written("completed", done))
+    outbox.note("add_jobs", ([],), Written([5]))
+    outbox.note("states", ([1],), {1: "completed"})  # a read: no news
+    outbox.note("cancel_what_can", ([], T0), Written((list(range(10, 10 + IDS_PER_NOTICE + 1)), [], {})))
+    payloads = outbox.payloads()
+    assert payloads[:2] == ["wake", "room gpu"]
+    assert len(payloads) == 6  # the cancels in two notifications, the finishes in one, their output in one
+    assert all(len(p) < 8000 for p in payloads)
+    news = parse(payloads[2])
+    news.merge(parse(payloads[3]))
+    assert news.cancel == list(range(10, 10 + IDS_PER_NOTICE + 1))
+    assert parse(payloads[4]).finished == [1, 1, 1]
+    assert parse(payloads[5]).output == [1]
+    assert parse("something newer 1") == parse("cancel x") == type(news)()
+    outbox.clear()
+    assert not outbox and outbox.payloads() == []
+
+
+async def test_the_listener_hears_other_nodes_and_says_when_it_listens_again(
+    postgres_url: str, store: Direct
+) -> None:
+    import trio
+
+    from queued.store.contract import News
+
+    other = Direct(PostgresStore.open(postgres_url))
+    got: list[News] = []
+    arrived = trio.Event()
+
+    def deliver(news: News) -> None:
+        got.append(news)
+        arrived.set()
+
+    async def next_news() -> News:
+        nonlocal arrived
+        with trio.fail_after(10):
+            await arrived.wait()
+        arrived = trio.Event()
+        return got.pop(0) if len(got) == 1 else _merged(got)
+
+    def _merged(items: list[News]) -> News:
+        merged = News()
+        while items:
+            merged.merge(items.pop(0))
+        return merged
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.engine.news().run, deliver)
+            assert (await next_news()).reconnected
+            await trio.to_thread.run_sync(lambda: store.add_jobs([new()], T0))  # its own: not heard
+            await trio.to_thread.run_sync(lambda: other.add_jobs([new()], T0))
+            assert (await next_news()) == News(wake=True)
+            await trio.to_thread.run_sync(
+                lambda: other.engine.conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN queued'"
+                )
+            )
+            news = await next_news()
+            assert news.lost
+            if not news.reconnected:
+                news = await next_news()
+            assert news.reconnected  # news sent meanwhile may be lost: read again
+            await trio.to_thread.run_sync(lambda: other.add_queue("q", None, T0))
+            assert (await next_news()) == News(queues=True)
+            nursery.cancel_scope.cancel()
+    finally:
+        other.engine.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import psycopg
 from psycopg import Connection
 
 from queued import lifecycle
@@ -47,14 +48,41 @@ LEASE_HELD = (
     " WHERE incarnation = %(incarnation)s AND lease_until > now()))"
 )
 
+# Claims of a queue with a concurrency of its own take this lock, per queue,
+# before they count its running jobs: pg_advisory_xact_lock's first key (its
+# second is the queue name's hash), released at the claim's commit. An
+# advisory lock, not the queue's row: `queue pause` and the like update that
+# row, and a claim must not wait for them nor deadlock with them.
+QUEUE_LOCK = 0x71756575  # "queu"
+
+# Lock every limited queue among those the claim may take from, in name order
+# (two claims never wait for each other in a cycle). A statement of its own:
+# the count that follows must see the claims committed while it waited, and a
+# statement's snapshot is taken before its lock waits (READ COMMITTED: the
+# next statement takes a new one).
+_LOCK_LIMITED = """
+SELECT pg_advisory_xact_lock(%(lock)s, hashtext(name)) FROM (SELECT name FROM queues
+    WHERE name = ANY(%(queues)s::text[]) AND concurrency IS NOT NULL ORDER BY name) q
+"""
+
 # Take the best due jobs, up to each queue's room and `slots` in all, in one
-# statement: rows other nodes are taking are skipped, not waited for. The
-# attempt's row goes in with the claim, so the claim commits before anything
-# starts: two nodes never start the same attempt. Each queue locks at most
-# `slots` candidates; those beyond the best `slots` of all queues stay locked
-# (not taken) until the claim commits, and another node's claim skips them.
+# statement: rows other nodes are taking are skipped, not waited for. A
+# queue's room is the supervisor's less, for a limited queue, its jobs running
+# anywhere (its lock is held: no other claim of it runs until this commits);
+# a queue paused on another node has none, even before this node heard of it.
+# The attempt's row goes in with the claim, so the claim commits before
+# anything starts: two nodes never start the same attempt. Each queue locks
+# at most `slots` candidates; those beyond the best `slots` of all queues
+# stay locked (not taken) until the claim commits, and another node's claim
+# skips them. Nothing is taken unless this node's lease holds (LEASE_HELD).
 _CLAIM = f"""
-WITH room(queue, n) AS (SELECT * FROM unnest(%(queues)s::text[], %(rooms)s::int[]) WHERE {LEASE_HELD}),
+WITH asked(queue, n) AS (SELECT * FROM unnest(%(queues)s::text[], %(rooms)s::int[])
+    WHERE {LEASE_HELD}),
+room(queue, n) AS (
+    SELECT asked.queue, CASE WHEN queues.concurrency IS NULL THEN asked.n
+        ELSE greatest(0, least(asked.n, queues.concurrency - (SELECT count(*) FROM jobs
+            WHERE state = '{lifecycle.RUNNING}' AND queue = asked.queue))) END
+    FROM asked JOIN queues ON queues.name = asked.queue WHERE NOT queues.paused),
 picked AS (
     SELECT j.id, j.priority, j.run_at FROM room CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM jobs
@@ -111,6 +139,17 @@ class Attempts:
     @property
     def _incarnation(self) -> str | None:
         return self.node.incarnation or None
+
+    def _execute(self, *statements: tuple[str, object]) -> psycopg.Cursor:
+        """Run `statements` pipelined, in one round trip, each prepared as psycopg prepares
+        repeated statements (the claim's plan costs more than its execution);
+        the cursor of the last one. The server runs each statement once the
+        one before it ended, with a snapshot of its own."""
+        with self.conn.pipeline():
+            for query, params in statements[:-1]:
+                self.conn.execute(query, params)
+            cursor = self.conn.execute(*statements[-1])
+        return cursor
 
     def _waiting(
         self,
@@ -191,24 +230,31 @@ class Attempts:
         self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
-        `queue_room` maps every claimable queue to its free slots; `busy` jobs
-        still have a process from an earlier attempt (a cancel in its grace
-        period, then a retry) and wait for it to be gone."""
+        `queue_room` maps every claimable queue to this node's free slots for
+        it (a limited queue's room is cut here to its concurrency less its jobs
+        running on every node); `busy` jobs still have a process from an
+        earlier attempt (a cancel in its grace period, then a retry) and wait
+        for it to be gone."""
         room = {queue: n for queue, n in queue_room.items() if n > 0}
         if slots <= 0 or not room:
             return Written([])
         environment = self.environments.get
-        found = self.conn.execute(
-            _CLAIM,
-            {
-                "queues": list(room),
-                "rooms": list(room.values()),
-                "now": now,
-                "busy": list(busy),
-                "slots": slots,
-                "node": self.node.name,
-                "incarnation": self._incarnation,
-            },
+        # Both statements in one round trip: the server runs the claim once
+        # the locks are taken, with a snapshot of its own.
+        found = self._execute(
+            (_LOCK_LIMITED, {"lock": QUEUE_LOCK, "queues": list(room)}),
+            (
+                _CLAIM,
+                {
+                    "queues": list(room),
+                    "rooms": list(room.values()),
+                    "now": now,
+                    "busy": list(busy),
+                    "slots": slots,
+                    "node": self.node.name,
+                    "incarnation": self._incarnation,
+                },
+            ),
         ).fetchall()
         claimed = [rows.waiting(with_path(row, CWD), environment(row[5])) for row in found]
         return Written(claimed)

@@ -46,6 +46,7 @@ from queued.store.postgres import nodes, schema
 from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
 from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read
+from queued.store.postgres.news import CHANNEL, Listener, Outbox
 from queued.store.postgres.output import Output
 from queued.store.postgres.queues import Queues
 from queued.store.postgres.transitions import PostgresTransitionSql
@@ -68,6 +69,7 @@ class PostgresStore:
 
     # Nodes share the database, not their disks: every node shows every attempt's output.
     keeps_output = True
+    claims_before_start = True  # other nodes share the database
 
     def __init__(self, conn: Connection, url: str) -> None:
         self.url = url
@@ -75,10 +77,12 @@ class PostgresStore:
         self.store_name = f"the job store at {self.where}"
         # No node registered (tests, tools): attempts name the host, nothing is fenced.
         self._node = NodeIdentity(default_node_name(), "")
+        self._outbox = Outbox()  # the news of the open batch, sent with its commit
         self._compose(conn)
 
     def _compose(self, conn: Connection) -> None:
         self.conn = conn
+        self.backend_pid: int | None = conn.info.backend_pid  # what this node's news comes from
         self._environments = Environments(conn)
         transitions = Transitions(PostgresTransitionSql(conn))
         self._jobs = Jobs(conn, self._environments)
@@ -93,6 +97,10 @@ class PostgresStore:
         """The store in the database of `url`, its schema created or migrated;
         schema.DatabaseUnusable says why when it cannot be used."""
         return cls(schema.connect(url), url)
+
+    def news(self) -> Listener:
+        """Other nodes' news, heard on a connection of its own (see news.py)."""
+        return Listener(self.url, self.where, lambda: self.backend_pid)
 
     # -- jobs -------------------------------------------------------------------
 
@@ -335,6 +343,7 @@ class PostgresStore:
         """Open the batch's transaction. A connection that broke while it was
         idle (the server restarted since the last batch) is replaced once,
         at once: nothing of this batch is lost by it."""
+        self._outbox.clear()
         if self._unreachable():
             self._reconnect_inline(None)
         try:
@@ -363,11 +372,14 @@ class PostgresStore:
     def call(
         self, method: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, guarded: bool
     ) -> T:
+        name = getattr(method, "__name__", "")
         if not guarded:
             # Refuses before it writes (see the contract); an error after a
             # write cannot be undone alone: the batch fails.
             try:
-                return method(*args, **kwargs)
+                result = method(*args, **kwargs)
+                self._outbox.note(name, args, result)
+                return result
             except Refused:
                 raise
             except psycopg.Error as exc:
@@ -391,6 +403,7 @@ class PostgresStore:
             conn.execute("RELEASE SAVEPOINT call")
         except psycopg.Error as exc:
             raise self._lost(exc) from exc
+        self._outbox.note(name, args, result)
         return result
 
     def _undo_call(self, exc: BaseException) -> None:
@@ -410,11 +423,22 @@ class PostgresStore:
         (CommitUnknown); the writer's records are made so that a second
         try of one already kept changes nothing more."""
         try:
-            self.conn.execute("COMMIT")
+            if self._outbox:
+                # In the transaction, so that other nodes hear it only once it
+                # commits; with the COMMIT in one message (one round trip).
+                psycopg.ClientCursor(self.conn).execute(
+                    "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p; COMMIT",
+                    (CHANNEL, self._outbox.payloads()),
+                )
+            else:
+                self.conn.execute("COMMIT")
         except psycopg.Error as exc:
             raise self._lost(exc, committing=True) from exc
+        finally:
+            self._outbox.clear()
 
     def abort(self) -> None:
+        self._outbox.clear()
         if not (self.conn.closed or self.conn.broken):
             try:
                 self.conn.execute("ROLLBACK")

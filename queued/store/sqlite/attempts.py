@@ -116,7 +116,7 @@ class Attempts:
         still have a process from an earlier attempt (a cancel in its grace
         period, then a retry) and wait for it to be gone."""
         claimed: list[Claimed] = []
-        room = dict(queue_room)
+        room = self._bounded(queue_room)
         while slots > len(claimed) and any(room.values()):
             open_queues = [q for q, n in room.items() if n > 0]
             taken = [c.id for c in claimed]
@@ -134,6 +134,23 @@ class Attempts:
             if not filled:
                 break
         return Written(claimed)
+
+    def _bounded(self, queue_room: dict[str, int]) -> dict[str, int]:
+        """`queue_room`, each queue's room cut to its concurrency less its jobs
+        running in the store (the supervisor counts only its own attempts)."""
+        room = dict(queue_room)
+        named = [queue for queue, n in room.items() if n > 0]
+        if not named:
+            return room
+        marks = ",".join("?" * len(named))
+        for queue, left in self.conn.execute(
+            f"SELECT q.name, q.concurrency - coalesce(c.n, 0) FROM queues q LEFT JOIN counts c"
+            f" ON c.queue = q.name AND c.state = '{lifecycle.RUNNING}'"
+            f" WHERE q.concurrency IS NOT NULL AND q.name IN ({marks})",
+            named,
+        ):
+            room[queue] = max(0, min(room[queue], left))
+        return room
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
         """Undo the committed claim of `job`, whose attempt could not start for

@@ -58,6 +58,7 @@ class SqliteStore:
     # One host: attempts' output is in the log files its attempt rows name,
     # written by the supervisor, not in the database.
     keeps_output = False
+    claims_before_start = False  # only this daemon uses the file: it reads ahead
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -77,6 +78,10 @@ class SqliteStore:
         """The store in the database file `path` (created if missing);
         schema.DatabaseUnusable names the file when it cannot be used."""
         return cls(schema.connect(path))
+
+    def news(self) -> None:
+        """No other node shares the file: no news to hear."""
+        return None
 
     # -- jobs -------------------------------------------------------------------
 

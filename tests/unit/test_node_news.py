@@ -1,0 +1,106 @@
+"""Acting on other nodes' news (queued/server/news.py), with the daemon's
+parts stood in for: what each kind of news makes this node do."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import trio
+import trio.testing
+
+from queued import lifecycle
+from queued.server.context import OutputNews, Waiter, Watchers
+from queued.server.news import NodeNews
+from queued.store.contract import News
+
+
+class FakeSupervisor:
+    def __init__(self, running: list[int]) -> None:
+        self.running = running
+        self.stopped: list[tuple[list[int], str]] = []
+        self.woken = 0
+        self.freed: list[set[str]] = []
+
+    def stop_jobs(self, ids: list[int], reason: str) -> None:
+        self.stopped.append((ids, reason))
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def room_freed(self, queues: set[str]) -> None:
+        self.freed.append(queues)
+
+    def running_in(self) -> list[int]:
+        return list(self.running)
+
+
+class FakeDb:
+    def __init__(self, states: dict[int, str]) -> None:
+        self.states = states
+        self.reads: list[object] = []
+
+    async def read(self, fn, *args):
+        self.reads.append(fn.__name__)
+        return {i: self.states[i] for i in args[0] if i in self.states}
+
+
+def daemon(running=(), states=None):
+    supervisor = FakeSupervisor(list(running))
+    d = SimpleNamespace(
+        supervisor=supervisor,
+        watchers=Watchers(),
+        output_news=OutputNews(),
+        db=FakeDb(states or {}),
+        queues_read=0,
+    )
+
+    async def queues_changed():
+        d.queues_read += 1
+        supervisor.wake()
+
+    d.queues_changed = queues_changed
+    return d
+
+
+def test_news_reaches_the_supervisor_waiters_and_readers() -> None:
+    d = daemon(running=[7])
+    news = NodeNews(d)  # type: ignore[arg-type]
+    waiter = Waiter([3])
+    d.watchers.watch(waiter)
+    with d.output_news.watch(9) as grown:
+        news.deliver(News(wake=True, room={"gpu"}, cancel=[7, 8], finished=[3], output=[9]))
+        assert grown.is_set()
+    assert waiter.done.is_set()
+    assert d.supervisor.stopped == [([7, 8], "cancel")]  # it stops those it runs
+    assert d.supervisor.freed == [{"gpu"}]
+    assert d.supervisor.woken == 1
+
+
+async def test_after_a_reconnection_the_node_reads_again_what_it_could_have_missed() -> None:
+    d = daemon(running=[1, 2], states={1: lifecycle.RUNNING, 2: lifecycle.CANCELED, 5: lifecycle.COMPLETED})
+    news = NodeNews(d)  # type: ignore[arg-type]
+    waiter = Waiter([5])
+    d.watchers.watch(waiter)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(news._read_again)
+        news.deliver(News(lost=True))
+        assert d.output_news.remote is False
+        news.deliver(News(reconnected=True))
+        assert d.output_news.remote is True
+        with trio.fail_after(5):
+            await waiter.done.wait()
+        nursery.cancel_scope.cancel()
+    assert d.queues_read == 1
+    assert d.supervisor.stopped == [([2], "cancel")]  # canceled while the node could not hear it
+
+
+async def test_many_queue_changes_are_read_once() -> None:
+    d = daemon()
+    news = NodeNews(d)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            news.deliver(News(queues=True))
+        nursery.start_soon(news._read_again)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert d.queues_read == 1
