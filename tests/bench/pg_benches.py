@@ -57,8 +57,10 @@ def server_cpu(pg: PostgresServer) -> float:
 def nodes(roots: list[Path], url: str, concurrency: list[int]) -> Iterator[list[Daemon]]:
     with ExitStack() as stack:
         started = []
-        for root, slots in zip(roots, concurrency, strict=True):
-            started.append(stack.enter_context(Daemon(root, concurrency=slots, extra=["--store", url])))
+        for name, root, slots in zip("abcdefgh", roots, concurrency, strict=False):
+            started.append(
+                stack.enter_context(Daemon(root, concurrency=slots, extra=["--store", url, "--node", name]))
+            )
         yield started
 
 

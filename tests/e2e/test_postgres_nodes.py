@@ -25,7 +25,7 @@ DRAIN_JOBS = 3000
 def start_nodes(tmp_path: Path, url: str, concurrency: tuple[int, ...]) -> list[Daemon]:
     nodes = []
     for index, slots in enumerate(concurrency):
-        node = Daemon(tmp_path / f"node{index}", "--store", url)
+        node = Daemon(tmp_path / f"node{index}", "--store", url, "--node", "abc"[index])
         node.flags = ["--data-dir", str(node.data_dir), "--concurrency", str(slots)]
         nodes.append(node)
     for node in nodes:  # each one up before the next starts: none recovers another's jobs
