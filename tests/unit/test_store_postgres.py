@@ -517,6 +517,18 @@ def test_outbox_gathers_a_batch_into_few_notifications() -> None:
     assert not outbox and outbox.payloads() == []
 
 
+def test_a_rescue_that_ended_attempts_wakes_the_other_nodes() -> None:
+    from queued.store.contract import Recovered, Written
+    from queued.store.postgres.news import Outbox
+
+    outbox = Outbox()
+    outbox.note("rescue", (60.0, T0), Written([]))
+    outbox.note("recover", (60.0, T0), Written([]))
+    assert not outbox  # nothing was lost: no news
+    outbox.note("rescue", (60.0, T0), Written([Recovered(7, 1, "queued")]))
+    assert outbox.payloads() == ["wake"]
+
+
 async def test_the_listener_hears_other_nodes_and_says_when_it_listens_again(
     postgres_url: str, store: Direct
 ) -> None:

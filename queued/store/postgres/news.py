@@ -45,7 +45,9 @@ KEEPALIVE = {
 }
 
 # What a call's success means for other nodes, by the contract method's name.
-_WAKES = frozenset({"add_jobs", "retry", "release", "restart", "edit", "unclaim", "recover", "rescue"})
+_WAKES = frozenset({"add_jobs", "retry", "release", "restart", "edit", "unclaim"})
+# Attempts of lost incarnations ended: their jobs are retried or ended.
+_RESCUES = frozenset({"rescue", "recover"})
 _QUEUES = frozenset({"add_queue", "remove_queue", "set_paused", "set_all_paused", "set_queue_concurrency"})
 
 
@@ -89,6 +91,8 @@ class Outbox:
             self.cancel += result.value[0]
         elif name in _QUEUES:
             self.queues = True
+        elif name in _RESCUES and result.value:
+            self.wake = True  # a lost node's jobs wait again (and a limited queue has room)
 
     def payloads(self) -> list[str]:
         out = []
