@@ -529,6 +529,17 @@ def test_a_rescue_that_ended_attempts_wakes_the_other_nodes() -> None:
     assert outbox.payloads() == ["wake"]
 
 
+def test_a_schedule_firing_that_added_a_job_wakes_the_other_nodes() -> None:
+    from queued.store.contract import Fired, Written
+    from queued.store.postgres.news import Outbox
+
+    outbox = Outbox()
+    outbox.note("fire_schedule", ("nightly", T0, T0), Written(Fired("taken")))
+    assert not outbox  # another node added it
+    outbox.note("fire_schedule", ("nightly", T0, T0), Written(Fired("added", 12)))
+    assert outbox.payloads() == ["wake"]
+
+
 async def test_the_listener_hears_other_nodes_and_says_when_it_listens_again(
     postgres_url: str, store: Direct
 ) -> None:

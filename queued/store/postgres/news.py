@@ -93,6 +93,8 @@ class Outbox:
             self.queues = True
         elif name in _RESCUES and result.value:
             self.wake = True  # a lost node's jobs wait again (and a limited queue has room)
+        elif name == "fire_schedule" and result.value.job_id is not None:
+            self.wake = True  # a schedule's firing added a job
 
     def payloads(self) -> list[str]:
         out = []
