@@ -19,6 +19,14 @@ from queued.protocol import JobSpec
 
 from .client import Client, DaemonError, DaemonUnreachable, InvalidRequest, PartlyDone, QueuectlError
 from .context import client, emit_json, ids_text
+from .job_options import (
+    AddCommand,
+    check_job_options,
+    command_text,
+    job_context_options,
+    job_settings_options,
+    job_spec,
+)
 from .options import (
     CANCELABLE_JOB,
     COUNT,
@@ -116,124 +124,6 @@ def cli(ctx: click.Context, socket: str | None, trust_uids: tuple[int, ...]) -> 
 
 
 # -- adding jobs ----------------------------------------------------------------------
-
-
-def job_spec(opts: dict[str, Any], command: str = "-") -> JobSpec:
-    """The job the options describe (those a command lacks take their defaults)."""
-    env = {}
-    for item in opts["env"]:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        env[key] = value
-    import os
-
-    cwd = os.path.abspath(opts["cwd"]) if opts["cwd"] else None
-    if opts.get("at") is not None and opts["at"] < time.time():
-        click.echo("queuectl: the --at time is in the past: the job runs now", err=True)
-    return JobSpec(
-        command=command,
-        queue=opts["queue"],
-        priority=opts["priority"],
-        max_retries=opts["max_retries"],
-        backoff_base=opts["backoff_base"],
-        timeout=opts["timeout"],
-        delay=opts.get("delay"),
-        run_at=opts.get("at"),
-        after=list(opts.get("after", ())),
-        label=opts.get("label"),
-        cwd=cwd,
-        env=env,
-        hold=opts.get("hold", False),
-        unique_key=opts.get("unique"),
-        unique_for=opts.get("unique_for"),
-    )
-
-
-class AddCommand(click.Command):
-    """`add`, whose --help shows the defaults the daemon would give a new job
-    (its config): only --help asks, so adding a job costs no extra round trip."""
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from queued.settings import Settings, format_config_value, settings_as_config
-
-        note = "[...]: queued's current settings (`queuectl config set` changes them)."
-        daemon = ctx.find_object(Client) or Client()
-        try:
-            daemon.timeout = 2.0  # a hung daemon must not hang the help
-            values = daemon.config_get()
-        except QueuectlError:
-            values = settings_as_config(Settings())
-            note = "[...]: built-in defaults (queued is not reachable to tell its own)."
-        originals = {}
-        for param in self.params:
-            if isinstance(param, click.Option) and param.help and "[{" in param.help:
-                originals[param] = param.help
-                key = param.help[param.help.index("[{") + 2 : param.help.index("}]")]
-                param.help = param.help.replace(f"{{{key}}}", format_config_value(key, values.get(key)))
-        try:
-            super().format_help(ctx, formatter)
-        finally:
-            for param, text in originals.items():
-                param.help = text
-        formatter.write_paragraph()
-        formatter.write_text(note)
-
-
-def job_settings_options(f: Any) -> Any:
-    """How a new job runs: the options `add` and `schedule add` share."""
-    for option in reversed(
-        (
-            click.option(
-                "-q", "--queue", type=QUEUE, default="default", show_default=True, help="Named queue."
-            ),
-            click.option(
-                "-p", "--priority", type=click.IntRange(-(10**9), 10**9), default=0, help="Lower runs first."
-            ),
-            click.option(
-                "-r", "--max-retries", type=COUNT, help="Retries after the first attempt [{max-retries}]."
-            ),
-            click.option(
-                "--backoff-base",
-                type=click.FloatRange(1, 3600),
-                help="Wait base**k s before retry k [{backoff-base}].",
-            ),
-            click.option(
-                "--timeout", type=DURATION, help="Kill the job's process group after this long [{timeout}]."
-            ),
-        )
-    ):
-        f = option(f)
-    return f
-
-
-def job_context_options(f: Any) -> Any:
-    """Where a new job runs: the options `add` and `schedule add` share."""
-    f = click.option("-e", "--env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")(f)
-    return click.option(
-        "--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory [here]."
-    )(f)
-
-
-def check_job_options(opts: dict[str, Any]) -> None:
-    """Usage errors in the shared job options that their types do not catch."""
-    if opts["timeout"] is not None and opts["timeout"] <= 0:
-        raise click.BadParameter("must be more than 0", param_hint="--timeout")
-
-
-def command_text(command: tuple[str, ...]) -> str:
-    """The words after the options as one command line (one word: as is)."""
-    if not command:
-        raise click.UsageError("missing the command to run (queuectl add -- CMD...)")
-    if len(command) == 1:
-        text = command[0]
-    else:
-        import shlex
-
-        text = shlex.join(command)
-    if not text.strip():
-        raise click.UsageError("the command is empty")
-    return text
 
 
 # Options end at the command's first word: `add ls -la` runs `ls -la`, as

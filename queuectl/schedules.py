@@ -10,6 +10,14 @@ import click
 
 from .completion import ScheduleNameType
 from .context import client, emit_json
+from .job_options import (
+    AddCommand,
+    check_job_options,
+    command_text,
+    job_context_options,
+    job_settings_options,
+    job_spec,
+)
 from .options import json_option
 
 registry = click.Group()  # this module's commands; queuectl.cli adds them to its own group
@@ -17,8 +25,6 @@ SCHEDULE = ScheduleNameType()
 
 
 def _job_options(f: Any) -> Any:
-    from .cli import job_context_options, job_settings_options
-
     return job_settings_options(job_context_options(f))
 
 
@@ -35,13 +41,7 @@ def schedule() -> None:
     """
 
 
-def _schedule_add_command() -> type[click.Command]:
-    from .cli import AddCommand
-
-    return AddCommand
-
-
-@schedule.command("add", cls=_schedule_add_command())
+@schedule.command("add", cls=AddCommand)
 @click.argument("name")
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar='["CRON"] -- COMMAND...')
 @click.option("--every", metavar="DURATION", help="Fire every DURATION (30s, 10m, 2h, 1d) instead of a cron.")
@@ -79,8 +79,6 @@ def schedule_add(
       queuectl schedule add report @daily --max-retries 3 -- make report
       queuectl schedule add poll --every 10m --no-overlap --catch-up none -- ./poll.sh
     """
-    from .cli import check_job_options, command_text, job_spec
-
     check_job_options(opts)
     if every is not None:
         expression = f"@every {every}"
