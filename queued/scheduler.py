@@ -4,8 +4,10 @@ fall due.
 Theory of operation: timers as everywhere else, no polling. The next firing
 of every schedule that is not paused is computed in memory (from the stored
 schedules, read at start and after each change of schedules); the task
-sleeps until the earliest one, or until `changed()` wakes it. At a deadline
-it fires every schedule due, each firing through the writer
+sleeps until the earliest one less schedules.AHEAD_SECONDS (its job is added
+ahead, due at its time, so that it starts on time), or until `changed()`
+wakes it. At a deadline it fires every schedule due, each firing through the
+writer
 (`Store.fire_schedule`, which makes sure one node adds it: with PostgreSQL
 every node runs this same task and only one adds each firing). The rules
 (catch-up at start and after a late wake, no-overlap) are queued/schedules.py's.
@@ -38,7 +40,7 @@ RETRY_SECONDS = 5.0  # after a failed read of the schedules
 class Entry:
     """A schedule the scheduler fires: its calendar and its next deadline."""
 
-    __slots__ = ("catch_up", "identity", "name", "next", "schedule", "tz")
+    __slots__ = ("catch_up", "identity", "name", "next", "recheck", "schedule", "tz")
 
     def __init__(self, row: StoredSchedule, schedule: cron.Schedule, next_firing: float | None) -> None:
         self.name = row.name
@@ -48,6 +50,15 @@ class Entry:
         # The same schedule as before a reload (not removed and added again, not resumed).
         self.identity = (row.created_at, row.since)
         self.next = next_firing
+        # A firing asked ahead that would overlap (--no-overlap): asked again at its time.
+        self.recheck: float | None = None
+
+    def deadline(self) -> float | None:
+        """When the scheduler must next act for this schedule."""
+        ahead = None if self.next is None else self.next - schedules.AHEAD_SECONDS
+        if self.recheck is None:
+            return ahead
+        return self.recheck if ahead is None else min(ahead, self.recheck)
 
 
 def _when(instant: float) -> str:
@@ -87,7 +98,10 @@ class Scheduler:
         loaded = await self._load(starting=True)
         task_status.started()
         while True:
-            earliest = min((e.next for e in self._entries.values() if e.next is not None), default=None)
+            earliest = min(
+                (deadline for e in self._entries.values() if (deadline := e.deadline()) is not None),
+                default=None,
+            )
             wait = MAX_SLEEP_SECONDS if loaded else RETRY_SECONDS
             if earliest is not None:
                 wait = min(wait, earliest - self._clock())
@@ -158,12 +172,16 @@ class Scheduler:
 
     async def _fire_due(self) -> None:
         now = self._clock()
+        horizon = now + schedules.AHEAD_SECONDS  # firings due by then are added now
         firings: list[tuple[str, float]] = []
         for entry in self._entries.values():
-            if entry.next is None or entry.next > now:
+            if entry.recheck is not None and entry.recheck <= now:
+                firings.append((entry.name, entry.recheck))
+                entry.recheck = None
+            if entry.next is None or entry.next > horizon:
                 continue
             try:
-                missed = schedules.when_due(entry.schedule, entry.tz, entry.next, entry.catch_up, now)
+                missed = schedules.when_due(entry.schedule, entry.tz, entry.next, entry.catch_up, horizon)
             except ValueError:  # the last firing before the year 10000
                 firings.append((entry.name, entry.next))
                 entry.next = None
@@ -200,6 +218,8 @@ class Scheduler:
                 continue
             if fired.outcome == "added":
                 added += 1
+            elif fired.outcome == "early" and (entry := self._entries.get(name)) is not None:
+                entry.recheck = firing
             elif fired.outcome == "overlap":
                 log.info(
                     "schedule %s: the firing of %s skipped, its previous job is unfinished (--no-overlap)",

@@ -6,7 +6,10 @@ adds a job (no-overlap). The calendar is cron.py's.
 Theory of operation
 - A schedule stores the job each firing adds (command, queue, priority,
   retries, timeout, cwd and environment, captured when it was added); the job
-  is an ordinary one, labelled with the schedule's name, due at once.
+  is an ordinary one, labelled with the schedule's name, due at the firing's
+  time. It is added AHEAD_SECONDS before that time: the add's commit and the
+  supervisor's read of it are done by then, and it starts on time as any
+  delayed job does, not a commit and a read late.
 - Firing times are the schedule's own (cron.next_firing, an interval anchored
   at the schedule's creation): every node computes the same ones, so that the
   store can make sure each is added once (its UNIQUE (schedule, firing)).
@@ -18,7 +21,9 @@ Theory of operation
   schedule's catch-up says. A daemon that woke late (the machine slept) treats
   the firings it overslept the same way, after the one it waited for.
 - `--no-overlap`: a firing is skipped (recorded, no job) while the job of the
-  schedule's latest firing is unfinished.
+  schedule's latest firing is unfinished at the firing's time. Asked ahead,
+  while that job still runs, the store answers "early" and records nothing:
+  the job may end in the meantime, so the firing is decided at its time.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from queued.lifecycle import JobState
 from queued.validation import NewJob
 
 # What one firing did (`Store.fire_schedule`'s outcome).
-Outcome = Literal["added", "taken", "overlap", "paused", "gone"]
+Outcome = Literal["added", "taken", "overlap", "paused", "gone", "early"]
+
+# How long before its time a firing's job is added (due at its time). Longer
+# than an add's commit and the supervisor's read of it take under load; short
+# enough that a pause or a removal a moment before a firing still stops it.
+AHEAD_SECONDS = 0.5
 
 
 class NewSchedule(Struct, kw_only=True):
@@ -42,7 +52,7 @@ class NewSchedule(Struct, kw_only=True):
     name: str
     expression: str  # as cron.parse_schedule normalized it ("@every 10s", "30 2 * * *")
     tz: str  # an IANA zone: the daemon's local one when none was given
-    job: NewJob  # the job each firing adds (its run_at is ignored: due at once)
+    job: NewJob  # the job each firing adds (its run_at is ignored: due at the firing's time)
     no_overlap: bool
     catch_up: CatchUp
 
@@ -110,6 +120,12 @@ def when_due(schedule: cron.Schedule, tz: str, due: float, catch_up: CatchUp, no
         return Missed(run=(due,), dropped=False, upcoming=following)
     missed = cron.firings_missed(schedule, due, now, tz, catch_up)
     return Missed(run=(due, *missed.run), dropped=missed.dropped, upcoming=missed.upcoming)
+
+
+def job_due(firing: float | None, now: float) -> float:
+    """When the job of `firing` is due: at the firing's time, or at once for
+    one whose time has passed (a catch-up) and for `schedule run` (None)."""
+    return now if firing is None else max(firing, now)
 
 
 def skips_for_overlap(no_overlap: bool, last_job_state: JobState | None) -> bool:

@@ -202,7 +202,7 @@ class StoredSchedule(msgspec.Struct, kw_only=True):
 class Fired(msgspec.Struct, frozen=True):
     """What one firing of a schedule did."""
 
-    outcome: Outcome  # added; taken (recorded already, by another node); overlap; paused; gone
+    outcome: Outcome  # added; taken (recorded already, by another node); overlap; early; paused; gone
     job_id: int | None = None  # the job added
 
 
@@ -446,13 +446,15 @@ class Store(Protocol):
         ...
 
     def fire_schedule(self, name: str, firing: float | None, now: float) -> Written[Fired]:
-        """Add the schedule's job (labelled with its name, due at `now`) for
-        `firing`, exactly once however many nodes ask: the firing is recorded
+        """Add the schedule's job (labelled with its name, due at the firing's
+        time or at `now` if that is later: `schedules.job_due`) for `firing`,
+        exactly once however many nodes ask: the firing is recorded
         in the same transaction, UNIQUE per (schedule, firing), and the
         schedule's row is locked first where the engine can. Outcomes: "taken"
         (this firing, or a later one, was recorded already: nothing added),
         "paused", "gone" (no such schedule), "overlap" (recorded without a job,
-        `schedules.skips_for_overlap`), else "added". `firing` None is
+        `schedules.skips_for_overlap`), "early" (it would overlap, but its
+        time has not come: nothing recorded, ask again then), else "added". `firing` None is
         `schedule run`: one job now, whatever the schedule's state, no firing
         recorded (Refused if unknown). Refused too when the job cannot be
         added (its queue was removed): then nothing is recorded."""

@@ -188,6 +188,13 @@ class ScheduleTable:
                 return Written(Fired("paused"))
             if last_firing is not None and firing <= last_firing:
                 return Written(Fired("taken"))
+            last_state = None
+            if last_job_id is not None:
+                state_row = self._execute("SELECT state FROM jobs WHERE id = ?", (last_job_id,)).fetchone()
+                last_state = None if state_row is None else state_row[0]
+            overlaps = schedules.skips_for_overlap(bool(no_overlap), last_state)
+            if overlaps and firing > now:
+                return Written(Fired("early"))
             inserted = self._execute(
                 "INSERT INTO firings (schedule, fired_at) VALUES (?, ?)"
                 " ON CONFLICT (schedule, fired_at) DO NOTHING RETURNING fired_at",
@@ -202,11 +209,7 @@ class ScheduleTable:
                 f" ORDER BY fired_at DESC LIMIT 1 OFFSET {FIRINGS_KEPT - 1})",
                 (name, name),
             )
-            last_state = None
-            if last_job_id is not None:
-                state_row = self._execute("SELECT state FROM jobs WHERE id = ?", (last_job_id,)).fetchone()
-                last_state = None if state_row is None else state_row[0]
-            if schedules.skips_for_overlap(bool(no_overlap), last_state):
+            if overlaps:
                 return Written(Fired("overlap"))
         job = NewJob(
             command=command,
@@ -215,7 +218,7 @@ class ScheduleTable:
             max_retries=retries,
             backoff_base=backoff,
             timeout=timeout,
-            run_at=now,
+            run_at=schedules.job_due(firing, now),
             depends_on=[],
             label=name,
             cwd=self.dialect.path_out(cwd),  # type: ignore[arg-type]  # bytes: a path that is not UTF-8

@@ -430,8 +430,9 @@ def b7_ours(root: Path, jobs: int, window: float, windows: int) -> list[dict[str
 
 def s1_ours(root: Path, stamp: Path, schedules: int, seconds: float) -> dict[str, list[float]]:
     """`schedules` schedules firing every second for `seconds`: the lateness
-    (s) of each firing's job added (its created_at, the scheduler's wake) and
-    started (its process's stamp) vs the firing time (anchor + k seconds)."""
+    (s) of each firing's job added (its created_at: negative, it is added
+    ahead) and started (its process's stamp) vs the firing time (its run_at,
+    anchor + k seconds)."""
     stamps = root / "stamps"
     stamps.mkdir(parents=True)
     with Daemon(root, concurrency=max(2, schedules)) as daemon, daemon.client(timeout=None) as client:
@@ -449,7 +450,9 @@ def s1_ours(root: Path, stamp: Path, schedules: int, seconds: float) -> dict[str
     added, started = [], []
     for job in jobs:
         anchor = anchors[job.label or ""]
-        firing = anchor + int(job.created_at - anchor)  # the grid point the job was added for
+        firing = job.run_at  # due at its firing's time
+        if abs((firing - anchor) - round(firing - anchor)) > 1e-6:
+            raise RuntimeError(f"S1: job {job.id} is due at {firing}, off the schedule's grid")
         added.append(job.created_at - firing)
         stamped = read_stamp(stamps / str(job.id))
         if stamped is None:

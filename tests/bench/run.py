@@ -608,8 +608,9 @@ class Suite:
                 f"S1 run {run + 1}/{s.runs}: {s.s1_schedules} schedules every 1 s for {s.s1_seconds:g} s"
             )
             runs.append(benches.s1_ours(self.fresh("s1"), self.stamp, s.s1_schedules, s.s1_seconds))
+        # The target is on the start, as B6's: a firing's job is added ahead (negative lateness).
         for key, what in (("added", "job added"), ("started", "job started")):
-            for q, limit in ((50, None), (99, 10.0 if key == "added" else None)):
+            for q, limit in ((50, None), (99, 10.0 if key == "started" else None)):
                 value = median([percentile(r[key], q) for r in runs]) * 1e3
                 self.add(
                     Figure(
@@ -622,8 +623,8 @@ class Suite:
                         runs=[percentile(r[key], q) * 1e3 for r in runs],
                     )
                 )
-        worst = ", ".join(f"{max(r['added']) * 1e3:.1f}" for r in runs)
-        self.notes.append(f"S1 worst lateness of a job added per run: {worst} ms")
+        worst = ", ".join(f"{max(r['started']) * 1e3:.1f}" for r in runs)
+        self.notes.append(f"S1 worst lateness of a job started per run: {worst} ms")
 
     def b7s(self) -> None:
         s = self.sizes

@@ -1,5 +1,6 @@
 """The scheduler (queued/scheduler.py) on a real store, on trio's mock clock:
-it sleeps until each firing, adds its job then (not a tick early or late),
+it sleeps until each firing, adds its job AHEAD_SECONDS before, due then
+(not a tick early or late),
 catches up as each schedule says when it starts after a stop, skips with
 --no-overlap, and a change of schedules wakes it. Deterministic: virtual time
 jumps straight to each deadline, and the store is called inline (the writer's
@@ -80,9 +81,9 @@ def add_schedule(store: Direct, name: str = "tick", expression: str = "@every 10
     )
 
 
-def created(store: Direct, name: str = "tick") -> list[float]:
-    """When each job of the schedule was added, relative to T0."""
-    return [job.created_at - T0 for job in store.list_jobs(label=name)]
+def due(store: Direct, name: str = "tick") -> list[float]:
+    """When each job of the schedule is due, relative to T0."""
+    return [job.run_at - T0 for job in store.list_jobs(label=name)]
 
 
 class Running:
@@ -113,7 +114,10 @@ async def run_for(store: Direct, seconds: float) -> Running:
 async def test_fires_each_firing_on_time(store: Direct, autojump_clock: trio.testing.MockClock) -> None:
     add_schedule(store)
     running = await run_for(store, 65)
-    assert created(store) == [10, 20, 30, 40, 50, 60]
+    assert due(store) == [10, 20, 30, 40, 50, 60]
+    # Each added ahead, so that its commit and the supervisor's read are done by its time.
+    ahead = [job.run_at - job.created_at for job in store.list_jobs(label="tick")]
+    assert ahead == [schedules.AHEAD_SECONDS] * 6
     assert running.woken == 6  # the supervisor learns of each job
     [stored] = store.schedules()
     assert stored.last_firing == T0 + 60
@@ -130,7 +134,7 @@ async def test_a_stop_over_three_firings_catches_up_as_chosen(
     await run_for(store, 5)  # stopped before the first firing (at 10)
     await trio.sleep(30)  # down while 10, 20 and 30 pass
     await run_for(store, 20)  # up again from 35 to 55
-    assert created(store) == [*at_start, 40, 50]
+    assert due(store) == [*at_start, 40, 50]
     fired = [f for (f,) in store.conn.execute("SELECT fired_at FROM firings ORDER BY fired_at")]
     expected = {"none": [], "one": [30], "all": [10, 20, 30]}[catch_up]
     assert [f - T0 for f in fired] == [*expected, 40, 50]
@@ -142,7 +146,7 @@ async def test_a_cron_schedule_fires_on_the_minute(
     add_schedule(store, "minutely", "* * * * *")
     await run_for(store, 181)
     start = T0 - T0 % 60  # T0 is 20 s past a minute
-    assert created(store, "minutely") == [start + 60 - T0, start + 120 - T0, start + 180 - T0]
+    assert due(store, "minutely") == [start + 60 - T0, start + 120 - T0, start + 180 - T0]
 
 
 async def test_no_overlap_skips_while_the_previous_job_is_unfinished(
@@ -150,11 +154,31 @@ async def test_no_overlap_skips_while_the_previous_job_is_unfinished(
 ) -> None:
     add_schedule(store, no_overlap=True)
     await run_for(store, 35)  # nothing runs the first job: it stays pending
-    assert created(store) == [10]
+    assert due(store) == [10]
     [first] = store.list_jobs(label="tick")
     store.cancel([first.id], now())
     await run_for(store, 10)  # the firing at 40 adds a job again
-    assert created(store) == [10, 40]
+    assert due(store) == [10, 40]
+
+
+async def test_no_overlap_is_decided_at_the_firings_time_not_ahead(
+    store: Direct, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The latest job is unfinished when the next firing is asked ahead but
+    ends before its time: that firing adds its job, at its time."""
+    add_schedule(store, no_overlap=True)
+    running = Running(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(running.scheduler.run)
+        await trio.sleep(19.75)  # the firing of 20 was asked at 19.5: too early to tell
+        [first] = store.list_jobs(label="tick")
+        store.cancel([first.id], now())
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert due(store) == [10, 20]
+    second = store.list_jobs(label="tick")[1]
+    assert second.created_at == T0 + 20  # asked again at its time
+    assert store.schedules()[0].last_firing == T0 + 20
 
 
 async def test_a_change_of_schedules_wakes_it(store: Direct, autojump_clock: trio.testing.MockClock) -> None:
@@ -174,7 +198,7 @@ async def test_a_change_of_schedules_wakes_it(store: Direct, autojump_clock: tri
         await trio.sleep(0)
         nursery.cancel_scope.cancel()
     # Added at 100: fires at 107 and 114; paused at 115; resumed at 145.
-    assert created(store, "late") == [107, 114]
+    assert due(store, "late") == [107, 114]
     assert running.scheduler.next_firing("late") == T0 + 149
 
 
@@ -183,7 +207,7 @@ async def test_idle_it_sleeps_long(store: Direct, autojump_clock: trio.testing.M
     add_schedule(store, "yearly", "@yearly")
     running = await run_for(store, 10 * MAX_SLEEP_SECONDS)
     assert running.writer.calls == 0
-    assert created(store, "yearly") == []
+    assert due(store, "yearly") == []
 
 
 async def test_shutting_down_adds_nothing(store: Direct, autojump_clock: trio.testing.MockClock) -> None:
@@ -194,7 +218,7 @@ async def test_shutting_down_adds_nothing(store: Direct, autojump_clock: trio.te
         await nursery.start(running.scheduler.run)
         await trio.sleep(25)
         nursery.cancel_scope.cancel()
-    assert created(store) == []
+    assert due(store) == []
 
 
 async def test_a_firing_that_cannot_add_its_job_is_logged_and_the_next_one_comes(
@@ -235,10 +259,10 @@ async def test_a_store_that_cannot_be_read_is_read_again_and_the_start_catches_u
     async with trio.open_nursery() as nursery:
         await nursery.start(running.scheduler.run)
         await trio.sleep(7)
-        assert created(store) == []
+        assert due(store) == []
         failing[0] = False
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     assert "schedules not read (cannot reach the job store)" in caplog.text
     # Read again at 35 + 5: the catch-up (the firing of 40 is missed by then), then 50.
-    assert created(store) == [45, 50]
+    assert due(store) == [45, 50]

@@ -2013,6 +2013,31 @@ def test_no_overlap_skips_a_firing_while_the_latest_job_is_unfinished(store: Sto
     assert store.fire_schedule("nightly", T0 + 40, T0 + 40).outcome == "added"
 
 
+def test_a_firing_asked_ahead_adds_its_job_due_at_its_time(store: Store) -> None:
+    store.add_schedule(a_schedule(), T0)
+    fired = store.fire_schedule("nightly", T0 + 10, T0 + 9.5)
+    added = job(store, fired.job_id)
+    assert (fired.outcome, added.run_at, added.created_at) == ("added", T0 + 10, T0 + 9.5)
+    assert claim(store, now=T0 + 9.9) == []  # not before its time
+    assert claim(store, now=T0 + 10)[0].id == fired.job_id
+
+
+def test_no_overlap_asked_ahead_records_nothing_until_the_firings_time(store: Store) -> None:
+    """The latest job still runs when the next firing is asked ahead: it may
+    end before that firing's time, so nothing is decided (or recorded) yet."""
+    store.add_schedule(a_schedule(no_overlap=True), T0)
+    first = store.fire_schedule("nightly", T0 + 10, T0 + 9.5).job_id
+    running = claim_one(store, first, T0 + 10)
+    assert store.fire_schedule("nightly", T0 + 20, T0 + 19.5) == Fired("early")
+    assert store.schedules()[0].last_firing == T0 + 10  # nothing recorded
+    store.finish(running, OK, BACKOFF_MAX, T0 + 19.8)
+    second = store.fire_schedule("nightly", T0 + 20, T0 + 20)
+    assert second.outcome == "added" and job(store, second.job_id).run_at == T0 + 20
+    claim_one(store, second.job_id, T0 + 20)
+    assert store.fire_schedule("nightly", T0 + 30, T0 + 29.5) == Fired("early")
+    assert store.fire_schedule("nightly", T0 + 30, T0 + 30) == Fired("overlap")  # decided at its time
+
+
 def test_overlapping_firings_add_jobs_without_no_overlap(store: Store) -> None:
     store.add_schedule(a_schedule(), T0)
     store.fire_schedule("nightly", T0 + 10, T0 + 10)
