@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from queued import schedules
 from queuectl import Client
+from queued import schedules
 from tests.e2e.conftest import Daemon
 
 
