@@ -65,6 +65,12 @@ MAX_UNIQUE_KEY = 200  # characters: a key is a name, not a document
 UniqueKey = Annotated[str, Meta(min_length=1, max_length=MAX_UNIQUE_KEY)]
 Path = Annotated[str, Meta(min_length=1, max_length=4096)]
 Environment = dict[str, str]
+# A job's share of a node: how many of its slots (`--slots N`, tsp -N), and
+# counted resources by name (`--needs gpu=1,licence=1`); validation.check_needs
+# says what a name and a count may be, in the user's words.
+Slots = Annotated[int, Meta(ge=1, le=MAX_CONCURRENCY)]
+MAX_NEEDS = 32  # resources one job names
+Needs = Annotated[dict[str, int], Meta(max_length=MAX_NEEDS)]
 ScheduleName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 CatchUp = Literal["none", "one", "all"]
 
@@ -105,6 +111,8 @@ class JobSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     # completed less than this many seconds ago (see lifecycle.UNIQUE_WINDOW_STATES).
     unique_key: UniqueKey | None = None
     unique_for: Seconds | None = None
+    slots: Slots = 1  # how many of the node's slots it takes
+    needs: Needs = {}  # counted resources it holds while it runs ("gpu": 1)
 
 
 class JobChanges(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -122,6 +130,8 @@ class JobChanges(Struct, forbid_unknown_fields=True, omit_defaults=True):
     delay: Seconds | None = None
     run_at: Moment | None = None
     label: Label | None = None
+    slots: Slots | None = None
+    needs: Needs | None = None  # replaces its needs ({}: none)
 
 
 class Job(Struct, kw_only=True):
@@ -153,6 +163,9 @@ class Job(Struct, kw_only=True):
     unique_key: str | None = None  # `add --unique KEY`
     node: str | None = None  # the node of its latest attempt (None: never started)
     pinned: str | None = None  # the only node that may run it (`add --here`, `add --node`), or any
+    slots: int = 1  # how many of a node's slots it takes
+    needs: dict[str, int] = {}  # counted resources it needs ("gpu": 1)
+    gpus: list[int] = []  # the GPU indices its latest attempt holds (held: while it runs)
 
 
 class Run(Struct, kw_only=True):
@@ -170,6 +183,7 @@ class Run(Struct, kw_only=True):
     # What its logs miss because the disk refused it ("stdout: 1,234 bytes lost: No space left on device").
     log_incomplete: str | None = None
     node: str | None = None  # the node that ran it (None: recorded before nodes had names)
+    gpus: list[int] = []  # the GPU indices it held (CUDA_VISIBLE_DEVICES)
 
 
 class QueueInfo(Struct, kw_only=True):
@@ -199,6 +213,19 @@ class NodeInfo(Struct, kw_only=True):
     # rescued) or "stopped" (it left cleanly).
     state: str = "alive"
     this: bool = False  # the node that answered
+
+
+class Resources(Struct, kw_only=True, omit_defaults=True):
+    """A node's resources: what it has and what its running jobs hold now.
+    Stored as JSON in `nodes.resources` (PostgreSQL: each node's, kept by its
+    heartbeat) and reported by `status`."""
+
+    slots: int  # its concurrency
+    slots_used: int = 0  # the slots its running jobs take
+    counts: dict[str, int] = {}  # counted resources other than GPUs (licence=1)
+    counts_used: dict[str, int] = {}
+    gpus: list[int] = []  # the GPU indices it has
+    gpus_used: list[int] = []  # those its running jobs hold
 
 
 class Slot(Struct, kw_only=True):
@@ -233,6 +260,8 @@ class ScheduleInfo(Struct, kw_only=True):
     last_run: float | None  # when its latest job was added
     last_job_id: int | None = None
     last_job_state: JobState | None = None  # None: no job yet, or it was removed
+    slots: int = 1  # each job's share of a node (as `add --slots`, `--needs`)
+    needs: dict[str, int] = {}
 
 
 ConfigValue = int | float | str | None
@@ -587,6 +616,9 @@ class Status(Response, tag="status"):
     store_unreachable_since: float | None = None
     nodes: list[NodeInfo] = []  # every node sharing the store (this one on SQLite)
     node: str = ""  # the name of the node that answered
+    # Each node's resources, capacity and use, by node name: this daemon's on
+    # SQLite, every live node's on PostgreSQL (as their heartbeats stored them).
+    resources: dict[str, Resources] = {}
 
 
 class Workers(Response, tag="workers"):

@@ -5,12 +5,14 @@ ValueError, in the user's words, for anything that could never run. Pure:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Protocol
 
-from msgspec import Struct
+from msgspec import Struct, field
 
-from queued.protocol import MAX_UNIQUE_KEY, JobChanges, JobSpec, is_utf8, readable
+from queued.protocol import MAX_CONCURRENCY, MAX_UNIQUE_KEY, JobChanges, JobSpec, is_utf8, readable
+from queued.resources import MAX_UNITS
 
 
 class JobDefaults(Protocol):
@@ -39,6 +41,8 @@ class NewJob(Struct, kw_only=True):
     unique_key: str | None = None
     unique_for: float | None = None  # seconds: see lifecycle.unique_window_start
     node: str | None = None  # the only node that may run it (pinned), or any
+    slots: int = 1  # how many of a node's slots it takes
+    needs: dict[str, int] = field(default_factory=dict)  # counted resources ("gpu": 1)
 
 
 # Linux's MAX_ARG_STRLEN: one argument or one environment string (NAME=value)
@@ -101,6 +105,36 @@ def check_unique_key(key: str | None) -> None:
         raise ValueError(f"the unique key {readable(key)!r} holds a control character: use printable text")
 
 
+# A resource's name: the rule of resources.parse_needs (and of the node's
+# --resources), for needs that come as a mapping (JSON lines, the SDK).
+RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_slots(slots: object) -> None:
+    """ValueError unless `slots` is a job's share of a node's slots (as --slots)."""
+    if not _whole(slots) or not 1 <= slots <= MAX_CONCURRENCY:  # type: ignore[operator]
+        raise ValueError(f"invalid slots {slots!r}: a whole number from 1 to {MAX_CONCURRENCY:,}")
+
+
+def check_needs(needs: Mapping[object, object]) -> None:
+    """ValueError naming the first entry of a job's needs that is not NAME:
+    COUNT as `--needs` takes them (resources.parse_needs checks the text)."""
+    for name, count in needs.items():
+        if not isinstance(name, str) or not RESOURCE_NAME.match(name):
+            raise ValueError(
+                f"invalid resource name {readable(name) if isinstance(name, str) else name!r}: "
+                "a letter, then letters, digits, '_', '.' or '-' (64 at most)"
+            )
+        if name == "slots":
+            raise ValueError("'slots' is not a resource: a job's share of slots is its own (--slots N)")
+        if not _whole(count) or not 1 <= count <= MAX_UNITS:  # type: ignore[operator]
+            raise ValueError(f"invalid count {count!r} for {name}: a whole number from 1 to {MAX_UNITS:,}")
+
+
 def check_path(name: str, path: str) -> None:
     """ValueError unless `path` is an absolute path the kernel could accept."""
     if "\0" in path:
@@ -123,6 +157,10 @@ def check_spec(spec: JobSpec) -> None:
     if spec.cwd is not None:
         check_path("cwd", spec.cwd)
     check_environment(spec.env)
+    if spec.slots != 1:
+        check_slots(spec.slots)
+    if spec.needs:
+        check_needs(spec.needs)
 
 
 def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: JobDefaults, now: float) -> NewJob:
@@ -155,6 +193,8 @@ def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: JobDef
         hold=spec.hold,
         unique_key=spec.unique_key,
         unique_for=spec.unique_for,
+        slots=spec.slots,
+        needs=spec.needs,
     )
 
 
@@ -174,6 +214,12 @@ def job_changes(changes: JobChanges, *, now: float) -> dict[str, object]:
             fields[name] = value
     if changes.no_timeout:
         fields["timeout"] = None
+    if changes.slots is not None:
+        check_slots(changes.slots)
+        fields["slots"] = changes.slots
+    if changes.needs is not None:
+        check_needs(changes.needs)
+        fields["needs"] = changes.needs
     if changes.label is not None:
         check_label(changes.label)
         fields["label"] = changes.label or None

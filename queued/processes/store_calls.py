@@ -6,7 +6,7 @@ on disk before its attempt's end."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import trio
 
@@ -57,15 +57,23 @@ class StoreCalls:
         return await self.db.read(Store.next_due, now, queues)
 
     async def claim(
-        self, *, now: float, slots: int, queue_room: dict[str, int], busy: list[int]
+        self,
+        *,
+        now: float,
+        slots: int,
+        queue_room: dict[str, int],
+        busy: list[int],
+        gpus: Mapping[int, Sequence[int]] | None = None,
     ) -> list[Claimed]:
-        return await self.db.record_now(Store.claim, now=now, slots=slots, queue_room=queue_room, busy=busy)
+        return await self.db.record_now(
+            Store.claim, now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus
+        )
 
     def unclaim(self, job: Claimed, now: float) -> Call:
         return self.db.record(Store.unclaim, job, now)
 
-    def start(self, job: Claimed, now: float) -> Call:
-        return self.db.record(Store.start, job, now)
+    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Call:
+        return self.db.record(Store.start, job, now, gpus)
 
     def finish(
         self,

@@ -64,6 +64,8 @@ def _info(d: Daemon, stored: StoredSchedule) -> p.ScheduleInfo:
         last_run=stored.last_run_at,
         last_job_id=stored.last_job_id,
         last_job_state=stored.last_job_state,
+        slots=stored.slots,
+        needs=stored.needs,
     )
 
 

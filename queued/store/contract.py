@@ -124,6 +124,8 @@ class Claimed(msgspec.Struct, kw_only=True):
     has_dependents: bool = False  # its success may release jobs waiting for it
     priority: int = 0
     run_at: float = 0.0
+    slots: int = 1  # how many of the node's slots it takes
+    needs: dict[str, int] = {}  # counted resources it holds while it runs ("gpu": 1)
 
     @property
     def claim_key(self) -> tuple[int, float, int]:
@@ -197,6 +199,8 @@ class StoredSchedule(msgspec.Struct, kw_only=True):
     last_run_at: float | None  # when its latest job was added (a firing or `schedule run`)
     last_job_id: int | None
     last_job_state: JobState | None  # None: no job yet, or it was removed
+    slots: int = 1  # each job's share of a node
+    needs: dict[str, int] = {}
 
 
 class Fired(msgspec.Struct, frozen=True):
@@ -476,20 +480,28 @@ class Store(Protocol):
         """The earliest future run_at among waiting jobs of `queues`."""
         ...
 
-    def start(self, job: Claimed, now: float) -> Written[None]:
+    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Written[None]:
         """Record that `job`, read by `lookahead`, started attempt `job.run`:
         the job is claimed (`lifecycle` CLAIM, attempts = `job.attempts`) and
-        the attempt row made. Refused, having written nothing, if the job is no
-        longer claimable as it was read (another attempt recorded, a state or
-        attempt count changed, a dependency waiting again)."""
+        the attempt row made, naming the GPU indices it holds (`Run.gpus`).
+        Refused, having written nothing, if the job is no longer claimable as
+        it was read (another attempt recorded, a state or attempt count
+        changed, a dependency waiting again)."""
         ...
 
     def claim(
-        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+        self,
+        *,
+        now: float,
+        slots: int,
+        queue_room: dict[str, int],
+        busy: Sequence[int] = (),
+        gpus: Mapping[int, Sequence[int]] | None = None,
     ) -> Written[list[Claimed]]:
         """Take (as `start` does) up to `slots` due jobs, best first, at most
         `queue_room[q]` of each queue q (queues not named have no room), none
-        of `busy`; and of a queue with a concurrency of its own, no more than
+        of `busy`, the attempt of a job named in `gpus` holding those GPU
+        indices; and of a queue with a concurrency of its own, no more than
         that concurrency less its jobs running in the store (on every node that
         shares it: an engine shared by nodes serializes the claims of such a
         queue so that two nodes together never exceed it)."""

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from queued import schedules
 from queued.store.contract import Fired, Refused, StoredSchedule, Written
+from queued.store.sqlite.rows import needs as needs_read
+from queued.store.sqlite.rows import stored_json
 from queued.validation import NewJob
 
 # Firings kept per schedule: enough to see what happened lately; the exactly-
@@ -28,7 +30,7 @@ FIRINGS_KEPT = 10
 _COLUMNS = (
     "s.name, s.expression, s.tz, s.command, s.queue, s.priority, s.max_retries, s.backoff_base,"
     " s.timeout, s.cwd, s.no_overlap, s.catch_up, s.paused, s.created_at, s.since, s.last_firing,"
-    " s.last_run_at, s.last_job_id, j.state"
+    " s.last_run_at, s.last_job_id, j.state, s.slots, s.needs"
 )
 
 
@@ -56,11 +58,13 @@ class Dialect:
         lock: str,
         path_in: Callable[[str | bytes], Any],
         path_out: Callable[[Any], str | bytes],
+        json_in: Callable[[Any], Any] = stored_json,
     ) -> None:
         self.mark = mark  # "?" or "%s"
         self.lock = lock  # " FOR UPDATE" where rows can be locked
         self.path_in = path_in
         self.path_out = path_out
+        self.json_in = json_in  # a job's needs as the column takes them (None: none)
 
     def sql(self, text: str) -> str:
         return text if self.mark == "?" else text.replace("?", self.mark)
@@ -109,6 +113,8 @@ class ScheduleTable:
             last_run_at=row[16],
             last_job_id=row[17],
             last_job_state=row[18],
+            slots=row[19],
+            needs=needs_read(row[20]),
         )
 
     def add(self, schedule: schedules.NewSchedule, now: float) -> Written[None]:
@@ -124,8 +130,9 @@ class ScheduleTable:
             )
         self._execute(
             "INSERT INTO schedules (name, expression, tz, command, queue, priority, max_retries,"
-            " backoff_base, timeout, cwd, env_id, no_overlap, catch_up, paused, created_at, since)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " backoff_base, timeout, cwd, env_id, no_overlap, catch_up, paused, created_at, since,"
+            " slots, needs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 schedule.name,
                 schedule.expression,
@@ -143,6 +150,8 @@ class ScheduleTable:
                 False,
                 now,
                 now,
+                job.slots,
+                self.dialect.json_in(job.needs) if job.needs else None,
             ),
         )
         return Written(None)
@@ -174,7 +183,8 @@ class ScheduleTable:
     def fire(self, name: str, firing: float | None, now: float) -> Written[Fired]:
         row = self._execute(
             "SELECT command, queue, priority, max_retries, backoff_base, timeout, cwd, env_id,"
-            f" no_overlap, paused, last_firing, last_job_id FROM schedules WHERE name = ?{self.dialect.lock}",
+            " no_overlap, paused, last_firing, last_job_id, slots, needs"
+            f" FROM schedules WHERE name = ?{self.dialect.lock}",
             (name,),
         ).fetchone()
         if row is None:
@@ -182,7 +192,7 @@ class ScheduleTable:
                 raise unknown(name)
             return Written(Fired("gone"))
         (command, queue, priority, retries, backoff, timeout, cwd, env_id) = row[:8]
-        no_overlap, paused, last_firing, last_job_id = row[8:]
+        no_overlap, paused, last_firing, last_job_id, slots, needs = row[8:]
         if firing is not None:
             if paused:
                 return Written(Fired("paused"))
@@ -223,6 +233,8 @@ class ScheduleTable:
             label=name,
             cwd=self.dialect.path_out(cwd),  # type: ignore[arg-type]  # bytes: a path that is not UTF-8
             env=self.environments.get(env_id),
+            slots=slots,
+            needs=needs_read(needs),
         )
         written = self.jobs.add([job], now)
         [job_id] = written.value

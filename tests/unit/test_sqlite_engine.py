@@ -268,16 +268,21 @@ def test_a_version_1_database_gains_the_attempts_log_incomplete_column(tmp_path:
     conn = schema.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     columns = [row[1] for row in conn.execute("PRAGMA table_info(attempts)")]
-    assert columns[-2:] == ["log_incomplete", "node"]
+    assert columns[-3:] == ["log_incomplete", "node", "gpus"]
     assert SqliteStore(conn).counts()["pending"] == 2
     conn.close()
+
+
+# What version 6 added: a job's slots and needs, an attempt's GPUs (and a
+# schedule's slots and needs, in the schedules table).
+WITHOUT_RESOURCES = "ALTER TABLE jobs DROP COLUMN slots; ALTER TABLE jobs DROP COLUMN needs; ALTER TABLE attempts DROP COLUMN gpus;"
 
 
 def _as_version_2(path: Path) -> None:
     """Take a database back to what version 2 wrote: no unique keys, no nodes, no schedules."""
     conn = sqlite3.connect(path)
     conn.executescript(
-        "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
+        WITHOUT_RESOURCES + "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
         " DROP INDEX jobs_unique; DROP INDEX jobs_by_unique_key;"
         " DROP TABLE schedules; DROP TABLE firings;"
         " ALTER TABLE jobs DROP COLUMN unique_key; PRAGMA user_version = 2;"
@@ -291,7 +296,12 @@ def test_a_version_2_database_gains_unique_keys_and_their_index(tmp_path: Path) 
     _as_version_2(path)
     conn = schema.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")][-2:] == ["unique_key", "node"]
+    assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")][-4:] == [
+        "unique_key",
+        "node",
+        "slots",
+        "needs",
+    ]
     store = Direct(SqliteStore(conn))
     assert [j.unique_key for j in store.list_jobs()] == [None, None]
     [first] = store.add_jobs([new(unique_key="k")], T0)
@@ -328,7 +338,7 @@ def test_a_version_3_database_gains_the_nodes_of_attempts_and_jobs(tmp_path: Pat
     _make_database(path, jobs=2)
     conn = sqlite3.connect(path)
     conn.executescript(
-        "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
+        WITHOUT_RESOURCES + "ALTER TABLE attempts DROP COLUMN node; ALTER TABLE jobs DROP COLUMN node;"
         " DROP TABLE schedules; DROP TABLE firings; PRAGMA user_version = 3;"
     )
     conn.close()
@@ -347,10 +357,12 @@ def test_a_version_4_database_gains_the_schedules(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     _make_database(path, jobs=2)
     conn = sqlite3.connect(path)
-    conn.executescript("DROP TABLE schedules; DROP TABLE firings; PRAGMA user_version = 4;")
+    conn.executescript(
+        WITHOUT_RESOURCES + "DROP TABLE schedules; DROP TABLE firings; PRAGMA user_version = 4;"
+    )
     conn.close()
     store = SqliteStore(schema.connect(path))
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     assert store.counts()["pending"] == 2
     store.conn.execute("BEGIN")
     store.add_schedule(a_schedule(), 1.0)
@@ -358,3 +370,31 @@ def test_a_version_4_database_gains_the_schedules(tmp_path: Path) -> None:
     store.conn.execute("COMMIT")
     assert fired.outcome == "added" and [s.name for s in store.schedules()] == ["nightly"]
     store.conn.close()
+
+
+def test_a_version_5_database_gains_what_jobs_need_and_what_attempts_held(tmp_path: Path) -> None:
+    """The previous version's database (no slots, needs or GPUs) opens, its
+    jobs, attempts and schedules kept as needing nothing, and takes them."""
+    from tests.unit.test_store_contract import a_schedule
+
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    store = Direct(SqliteStore(schema.connect(path)))
+    store.add_schedule(a_schedule(), T0)
+    [claimed, _] = store.claim(now=T0, slots=2, queue_room={"default": 2})
+    store.engine.conn.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        WITHOUT_RESOURCES
+        + "ALTER TABLE schedules DROP COLUMN slots; ALTER TABLE schedules DROP COLUMN needs;"
+        " PRAGMA user_version = 5;"
+    )
+    conn.close()
+    store = Direct(SqliteStore(schema.connect(path)))
+    assert store.engine.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 6
+    assert [(j.slots, j.needs, j.gpus) for j in store.list_jobs()] == [(1, {}, []), (1, {}, [])]
+    assert [run.gpus for run in store.get_job(claimed.id)[1]] == [[]]
+    assert [(s.slots, s.needs) for s in store.schedules()] == [(1, {})]
+    [job_id] = store.add_jobs([new(slots=2, needs={"gpu": 1})], T0)
+    assert (store.get_job(job_id)[0].slots, store.get_job(job_id)[0].needs) == (2, {"gpu": 1})
+    store.engine.conn.close()

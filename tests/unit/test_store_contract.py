@@ -2106,3 +2106,84 @@ def test_two_nodes_racing_for_one_firing_add_one_job(store: Store) -> None:
         assert [j.id for j in store.list_jobs(label="nightly")] == [mine.value.job_id]
     finally:
         other.close()
+
+
+# -- resources and weights: what a job needs, what its attempts held ----------------
+
+
+def test_a_job_keeps_its_slots_and_needs_and_a_plain_one_has_none(store: Store) -> None:
+    big = add(store, "train", slots=2, needs={"gpu": 1, "licence": 1})
+    plain = add(store, "true")
+    assert (job(store, big).slots, job(store, big).needs) == (2, {"gpu": 1, "licence": 1})
+    assert (job(store, plain).slots, job(store, plain).needs) == (1, {})
+    listed = {j.id: (j.slots, j.needs) for j in store.list_jobs()}
+    assert listed == {big: (2, {"gpu": 1, "licence": 1}), plain: (1, {})}
+    assert [(j.slots, j.needs) for j in store.jobs_by_id([big])] == [(2, {"gpu": 1, "licence": 1})]
+
+
+def test_many_jobs_of_one_add_keep_each_their_needs(store: Store) -> None:
+    """A bulk add goes in with one statement (COPY on PostgreSQL): each row its own."""
+    jobs = [new(f"j{i}", slots=1 + i % 3, needs={"gpu": i % 2} if i % 2 else {}) for i in range(150)]
+    ids = store.add_jobs(jobs, T0)
+    found = {j.id: (j.slots, j.needs) for j in store.jobs_by_id(ids)}
+    assert [found[i] for i in ids] == [(1 + i % 3, {"gpu": 1} if i % 2 else {}) for i in range(150)]
+    few = store.add_jobs([new("a", needs={"licence": 2}), new("b"), new("c", slots=3)], T0)
+    assert [(j.slots, j.needs) for j in store.jobs_by_id(few)] == [(1, {"licence": 2}), (1, {}), (3, {})]
+
+
+def test_claims_and_the_read_ahead_carry_what_a_job_needs(store: Store) -> None:
+    big = add(store, "train", slots=2, needs={"gpu": 2})
+    plain = add(store, "true")
+    later = add(store, "later", delay=10.0, needs={"licence": 1})
+    read = ahead(store, horizon=T0 + 20)
+    assert [(c.id, c.slots, c.needs) for c in read.jobs] == [(big, 2, {"gpu": 2}), (plain, 1, {})]
+    assert [(c.id, c.slots, c.needs) for c in read.upcoming] == [(later, 1, {"licence": 1})]
+    claimed = claim(store)
+    assert [(c.id, c.slots, c.needs) for c in claimed] == [(big, 2, {"gpu": 2}), (plain, 1, {})]
+
+
+def test_an_attempt_keeps_the_gpus_it_held(store: Store) -> None:
+    """`start` and `claim` record the GPU indices an attempt holds; `show`
+    reads them on each attempt, and a job's latest one's on the job."""
+    read_ahead = add(store, "a", needs={"gpu": 2})
+    [ahead_job] = ahead(store).jobs
+    store.start(ahead_job, T0, (1, 3))
+    claimed_job = add(store, "b", needs={"gpu": 1})
+    plain = add(store, "c")
+    claimed = store.claim(now=T0, slots=10, queue_room={"default": 10}, gpus={claimed_job: (0,)})
+    assert [c.id for c in claimed] == [claimed_job, plain]
+    assert job(store, read_ahead).gpus == [1, 3]
+    assert [run.gpus for run in store.get_job(read_ahead)[1]] == [[1, 3]]
+    assert (job(store, claimed_job).gpus, job(store, plain).gpus) == ([0], [])
+    assert [run.gpus for run in store.get_job(plain)[1]] == [[]]
+    store.finish(ahead_job, FAIL, BACKOFF_MAX, T0 + 1)
+    [again] = store.claim(now=T0 + 100, slots=1, queue_room={"default": 1})
+    assert again.id == read_ahead
+    assert [run.gpus for run in store.get_job(read_ahead)[1]] == [[1, 3], []]
+
+
+def test_edit_and_restart_change_or_keep_what_a_job_needs(store: Store) -> None:
+    job_id = add(store, "train", delay=100.0, slots=2, needs={"gpu": 1})
+    store.edit(job_id, {"slots": 3}, T0 + 1)
+    assert (job(store, job_id).slots, job(store, job_id).needs) == (3, {"gpu": 1})
+    store.edit(job_id, {"needs": {"gpu": 2, "licence": 1}}, T0 + 2)
+    assert job(store, job_id).needs == {"gpu": 2, "licence": 1}
+    copy = store.restart(job_id, {}, False, T0 + 3)
+    assert (job(store, copy).slots, job(store, copy).needs) == (3, {"gpu": 2, "licence": 1})
+    store.edit(job_id, {"needs": {}}, T0 + 4)
+    assert job(store, job_id).needs == {}
+    lighter = store.restart(copy, {"slots": 1, "needs": {}}, False, T0 + 5)
+    assert (job(store, lighter).slots, job(store, lighter).needs) == (1, {})
+
+
+def test_a_schedules_jobs_need_what_it_says(store: Store) -> None:
+    store.add_schedule(a_schedule(slots=2, needs={"gpu": 1}), T0)
+    store.add_schedule(a_schedule("plain"), T0)
+    assert [(s.name, s.slots, s.needs) for s in store.schedules()] == [
+        ("nightly", 2, {"gpu": 1}),
+        ("plain", 1, {}),
+    ]
+    fired = store.fire_schedule("nightly", T0 + 10, T0 + 10)
+    assert (job(store, fired.job_id).slots, job(store, fired.job_id).needs) == (2, {"gpu": 1})
+    fired = store.fire_schedule("plain", T0 + 10, T0 + 10)
+    assert (job(store, fired.job_id).slots, job(store, fired.job_id).needs) == (1, {})

@@ -88,6 +88,7 @@ def test_a_version_5_store_gains_the_schedules(postgres_empty_url: str) -> None:
     Direct(engine).add_jobs([new("echo kept")], T0)
     engine.close()
     with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute(WITHOUT_RESOURCES)
         conn.execute("DROP TABLE queued.schedules, queued.firings")
         conn.execute("UPDATE queued.schema_version SET version = 5")
     engine = PostgresStore.open(postgres_empty_url)
@@ -97,7 +98,45 @@ def test_a_version_5_store_gains_the_schedules(postgres_empty_url: str) -> None:
         direct.add_schedule(a_schedule(), T0)
         assert direct.fire_schedule("nightly", T0 + 10, T0 + 10).outcome == "added"
         with psycopg.connect(postgres_empty_url) as conn:
-            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (6,)
+            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (
+                schema.SCHEMA_VERSION,
+            )
+    finally:
+        engine.close()
+
+
+def test_a_version_6_store_gains_what_jobs_need_and_what_attempts_and_nodes_held(
+    postgres_empty_url: str,
+) -> None:
+    """A store written by the previous version (no slots, needs, GPUs or
+    node resources) opens, its jobs, attempts and schedules needing nothing."""
+    from tests.unit.test_store_contract import a_schedule
+
+    engine = PostgresStore.open(postgres_empty_url)
+    direct = Direct(engine)
+    direct.recover(3600.0, T0)
+    direct.add_jobs([new("echo kept"), new("echo ran")], T0)
+    direct.add_schedule(a_schedule(), T0)
+    [claimed, _] = direct.claim(now=T0, slots=2, queue_room=ROOM)
+    engine.close()
+    with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute(WITHOUT_RESOURCES)
+        conn.execute("ALTER TABLE queued.schedules DROP COLUMN slots, DROP COLUMN needs")
+        conn.execute("UPDATE queued.schema_version SET version = 6")
+    engine = PostgresStore.open(postgres_empty_url)
+    try:
+        direct = Direct(engine)
+        assert [(j.slots, j.needs, j.gpus) for j in direct.list_jobs()] == [(1, {}, []), (1, {}, [])]
+        assert [run.gpus for run in direct.get_job(claimed.id)[1]] == [[]]
+        assert [(s.slots, s.needs) for s in direct.schedules()] == [(1, {})]
+        [job_id] = direct.add_jobs([new(slots=2, needs={"gpu": 1})], T0)
+        assert (direct.get_job(job_id)[0].slots, direct.get_job(job_id)[0].needs) == (2, {"gpu": 1})
+        with psycopg.connect(postgres_empty_url) as conn:
+            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (7,)
+            assert conn.execute(
+                "SELECT count(*) FROM information_schema.columns"
+                " WHERE table_schema = 'queued' AND table_name = 'nodes' AND column_name = 'resources'"
+            ).fetchone() == (1,)
     finally:
         engine.close()
 
@@ -193,6 +232,7 @@ def test_a_version_1_database_gains_the_output_table_and_keeps_its_rows(postgres
     store.finish(claimed, classify_exit(0), 3600.0, T0, stdout="/logs/0/1.1.out", stderr="/logs/0/1.1.err")
     engine.close()
     with psycopg.connect(postgres_empty_url) as conn:
+        conn.execute(WITHOUT_RESOURCES)
         conn.execute(WITHOUT_NODES)
         conn.execute(WITHOUT_UNIQUE_KEYS)
         conn.execute("DROP TABLE queued.output_chunks, queued.schedules, queued.firings")
@@ -255,6 +295,13 @@ def test_reconnect_while_the_server_is_down_says_unreachable(postgres_server: Po
         engine.close()
 
 
+# What schema version 7 added: a job's slots and needs, an attempt's GPUs, a
+# node's resources (and a schedule's slots and needs, in the schedules table).
+WITHOUT_RESOURCES = (
+    "ALTER TABLE queued.jobs DROP COLUMN slots, DROP COLUMN needs; ALTER TABLE queued.attempts DROP COLUMN gpus;"
+    " ALTER TABLE queued.nodes DROP COLUMN resources"
+)
+
 # What schema version 5 added: the nodes (see test_store_postgres_nodes.py).
 WITHOUT_NODES = (
     "DROP TABLE queued.nodes; ALTER TABLE queued.attempts DROP COLUMN node;"
@@ -277,7 +324,7 @@ def test_a_version_2_store_gains_unique_keys_and_their_index(postgres_empty_url:
     engine.close()
     with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
         conn.execute(
-            f"{WITHOUT_NODES}; {WITHOUT_UNIQUE_KEYS}; DROP TABLE queued.schedules, queued.firings;"
+            f"{WITHOUT_RESOURCES}; {WITHOUT_NODES}; {WITHOUT_UNIQUE_KEYS}; DROP TABLE queued.schedules, queued.firings;"
             " UPDATE queued.schema_version SET version = 2"
         )
     store = Direct(PostgresStore.open(postgres_empty_url))
@@ -393,6 +440,7 @@ def test_finished_jobs_are_counted_apart_and_a_database_without_the_counts_gets_
         assert store.counts()["canceled"] == 5
         # The version before: no counts table; its finished jobs are counted at the upgrade.
         with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+            conn.execute(WITHOUT_RESOURCES)
             conn.execute("DROP TABLE queued.finished_counts, queued.schedules, queued.firings")
             for function in (
                 "count_finished_change()",

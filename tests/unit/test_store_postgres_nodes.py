@@ -191,7 +191,7 @@ def test_a_version_3_store_gains_the_nodes_and_recovers_what_its_one_daemon_left
 ) -> None:
     import psycopg
 
-    from tests.unit.test_store_postgres import WITHOUT_NODES
+    from tests.unit.test_store_postgres import WITHOUT_NODES, WITHOUT_RESOURCES
 
     engine = PostgresStore.open(postgres_empty_url)
     old = Direct(engine)
@@ -201,7 +201,7 @@ def test_a_version_3_store_gains_the_nodes_and_recovers_what_its_one_daemon_left
     engine.close()
     with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
         conn.execute(
-            f"{WITHOUT_NODES}; DROP TABLE queued.schedules, queued.firings; UPDATE queued.schema_version SET version = 3"
+            f"{WITHOUT_RESOURCES}; {WITHOUT_NODES}; DROP TABLE queued.schedules, queued.firings; UPDATE queued.schema_version SET version = 3"
         )
     store = node_store(postgres_empty_url, "upgraded")
     try:

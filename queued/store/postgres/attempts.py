@@ -4,10 +4,11 @@ attempts ended, and finding the attempts a dead daemon left."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import psycopg
 from psycopg import Connection
+from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
@@ -94,14 +95,15 @@ taken AS (
     UPDATE jobs SET state = '{_CLAIMED}', attempts = jobs.attempts + 1, updated_at = %(now)s
     FROM picked WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
-        jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at),
+        jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at, jobs.slots, jobs.needs),
 runs AS (
-    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation)
+    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus)
     SELECT id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id), %(now)s,
-        %(node)s, %(incarnation)s
+        %(node)s, %(incarnation)s, %(gpus)s::jsonb -> taken.id::text
     FROM taken RETURNING job_id, attempt)
 SELECT taken.id, taken.attempts - 1, command, queue, cwd, env_id, timeout, max_retries, backoff_base,
-    runs.attempt, EXISTS (SELECT 1 FROM dependencies WHERE depends_on = taken.id), priority, run_at
+    runs.attempt, EXISTS (SELECT 1 FROM dependencies WHERE depends_on = taken.id), priority, run_at,
+    slots, needs
 FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.id
 """
 
@@ -199,9 +201,9 @@ class Attempts:
         ).fetchone()
         return row[0] if row else None
 
-    def start(self, job: Claimed, now: float) -> Written[None]:
-        """Record that `job`, read by `lookahead`, started its attempt. Refused if
-        it is no longer what was read (then nothing here changed)."""
+    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Written[None]:
+        """Record that `job`, read by `lookahead`, started its attempt (holding
+        `gpus`). Refused if it is no longer what was read (then nothing here changed)."""
         incarnation = self._incarnation
         changed = self.conn.execute(
             "UPDATE jobs SET state = %(claimed)s, attempts = %(attempts)s, updated_at = %(now)s"
@@ -220,21 +222,28 @@ class Attempts:
         if not changed:
             raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
         self.conn.execute(
-            "INSERT INTO attempts (job_id, attempt, started_at, node, incarnation)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (job.id, job.run, now, self.node.name, incarnation),
+            "INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (job.id, job.run, now, self.node.name, incarnation, Jsonb(list(gpus)) if gpus else None),
         )
         return Written(None)
 
     def claim(
-        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+        self,
+        *,
+        now: float,
+        slots: int,
+        queue_room: dict[str, int],
+        busy: Sequence[int] = (),
+        gpus: Mapping[int, Sequence[int]] | None = None,
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
         `queue_room` maps every claimable queue to this node's free slots for
         it (a limited queue's room is cut here to its concurrency less its jobs
         running on every node); `busy` jobs still have a process from an
         earlier attempt (a cancel in its grace period, then a retry) and wait
-        for it to be gone."""
+        for it to be gone; `gpus`: the GPU indices the attempt of a job (by
+        id) holds, should the claim take it."""
         room = {queue: n for queue, n in queue_room.items() if n > 0}
         if slots <= 0 or not room:
             return Written([])
@@ -253,6 +262,9 @@ class Attempts:
                     "slots": slots,
                     "node": self.node.name,
                     "incarnation": self._incarnation,
+                    "gpus": Jsonb({str(job_id): list(held) for job_id, held in gpus.items() if held})
+                    if gpus
+                    else None,
                 },
             ),
         ).fetchall()

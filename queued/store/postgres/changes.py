@@ -10,11 +10,13 @@ from typing import Any
 
 import msgspec
 from psycopg import Connection
+from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
 from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read, unknown_queue
+from queued.store.sqlite import rows
 from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
@@ -134,7 +136,10 @@ class JobChanges:
         ):
             raise unknown_queue(new_queue)
         sets = ", ".join(f"{name} = %s" for name in fields)
-        values = [path_bytes(v) if name == "cwd" else v for name, v in fields.items()]
+        values = [
+            path_bytes(v) if name == "cwd" else (Jsonb(v) if v else None) if name == "needs" else v
+            for name, v in fields.items()
+        ]
         self.conn.execute(f"UPDATE jobs SET {sets}, updated_at = %s WHERE id = %s", (*values, now, job_id))
         return Written(None)
 
@@ -143,12 +148,12 @@ class JobChanges:
         settings, label, cwd, environment, unique key and pinned node; no dependencies; due now."""
         row = self.conn.execute(
             "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id,"
-            " unique_key, node FROM jobs WHERE id = %s",
+            " unique_key, node, slots, needs FROM jobs WHERE id = %s",
             (job_id,),
         ).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
-        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key, node = row
+        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key, node = row[:11]
         copy = NewJob(
             command=command,
             queue=queue,
@@ -164,6 +169,8 @@ class JobChanges:
             hold=hold,
             unique_key=key,
             node=node,  # pinned where its files are, as the original
+            slots=row[11],
+            needs=rows.needs(row[12]),
         )
         written = self.jobs.add([msgspec.structs.replace(copy, **fields)], now)
         if written.value.existing[0]:  # the copy's key is held: no second job of it

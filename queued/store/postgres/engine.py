@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import Connection
+from psycopg.types.json import Jsonb
 
 from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
@@ -60,7 +61,7 @@ T = TypeVar("T")
 # server answers within this (seconds; libpq's least): else the batch fails and
 # the writer reconnects with backoff.
 INLINE_CONNECT_TIMEOUT = 2
-POSTGRES = Dialect(mark="%s", lock=" FOR UPDATE", path_in=path_bytes, path_out=path_read)
+POSTGRES = Dialect(mark="%s", lock=" FOR UPDATE", path_in=path_bytes, path_out=path_read, json_in=Jsonb)
 
 
 class PostgresStore:
@@ -241,13 +242,19 @@ class PostgresStore:
     def next_due(self, now: float, queues: Sequence[str]) -> float | None:
         return self._attempts.next_due(now, queues)
 
-    def start(self, job: Claimed, now: float) -> Written[None]:
-        return self._attempts.start(job, now)
+    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Written[None]:
+        return self._attempts.start(job, now, gpus)
 
     def claim(
-        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+        self,
+        *,
+        now: float,
+        slots: int,
+        queue_room: dict[str, int],
+        busy: Sequence[int] = (),
+        gpus: Mapping[int, Sequence[int]] | None = None,
     ) -> Written[list[Claimed]]:
-        return self._attempts.claim(now=now, slots=slots, queue_room=queue_room, busy=busy)
+        return self._attempts.claim(now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus)
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
         return self._attempts.unclaim(job, now)

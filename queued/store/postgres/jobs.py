@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from psycopg import Connection
+from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.lifecycle import JobState
@@ -46,6 +47,8 @@ _COLUMN_TYPES = [
     "text",  # error
     "text",  # unique_key
     "text",  # node
+    "int",  # slots
+    "jsonb",  # needs
 ]
 INSERT_JOBS = (
     INSERT_JOB.split(" VALUES ")[0]
@@ -239,12 +242,12 @@ class Jobs:
                 deps.setdefault(job_id, []).append(dep)
                 if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
                     unmet.setdefault(job_id, []).append(dep)
-            for job_id, started_at, ended_at, node in self.conn.execute(
-                "SELECT DISTINCT ON (job_id) job_id, started_at, ended_at, node FROM attempts"
+            for job_id, started_at, ended_at, node, held in self.conn.execute(
+                "SELECT DISTINCT ON (job_id) job_id, started_at, ended_at, node, gpus FROM attempts"
                 " WHERE job_id = ANY(%s::bigint[]) ORDER BY job_id, attempt DESC",
                 (ids,),
             ):
-                latest[job_id] = (started_at, ended_at, node)
+                latest[job_id] = (started_at, ended_at, node, held)
         return [
             rows.job(
                 with_path(row, CWD),
@@ -338,6 +341,8 @@ class Jobs:
                     None,
                     job.unique_key,
                     job.node,
+                    job.slots,
+                    Jsonb(job.needs) if job.needs else None,
                 )
             )
         if len(new_rows) == 1:

@@ -22,7 +22,7 @@ from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 if TYPE_CHECKING:
     from psycopg import Connection
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 NAMESPACE = "queued"
 # pg_advisory_xact_lock's key for creating and migrating the schema ("queued" in ASCII).
 SCHEMA_LOCK = 0x717565756564
@@ -106,6 +106,17 @@ CREATE TABLE firings (
 );
 """
 
+# Resources and weights (version 7, queued/resources.py): a schedule's jobs
+# take slots and needs as any job does, and each node keeps its resources'
+# capacity and use (protocol.Resources as JSON, written with its heartbeat)
+# for the other nodes' `status`. The jobs' and attempts' columns are in their
+# tables below.
+RESOURCES = """
+ALTER TABLE schedules ADD COLUMN slots INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE schedules ADD COLUMN needs JSONB;
+ALTER TABLE nodes ADD COLUMN resources JSONB;
+"""
+
 # State sets are lifecycle's. `cwd` is bytes: a path need not be UTF-8 (read
 # back as str when it is). Job counts are read with GROUP BY, not kept by a
 # trigger: a trigger-kept counts table serializes every node's claims.
@@ -143,7 +154,9 @@ CREATE TABLE jobs (
     unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
     error        TEXT,
     unique_key   TEXT,  -- `add --unique KEY`
-    node         TEXT  -- the node it is pinned to (`add --here`, `add --node`), or any
+    node         TEXT,  -- the node it is pinned to (`add --here`, `add --node`), or any
+    slots        INTEGER NOT NULL DEFAULT 1,  -- the node's slots it takes (`add --slots N`)
+    needs        JSONB  -- {{"gpu": 1, ...}} (`add --needs`); NULL: none
 );
 CREATE TABLE dependencies (
     job_id     BIGINT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -166,6 +179,7 @@ CREATE TABLE attempts (
     node        TEXT,  -- the node that ran it
     incarnation TEXT,  -- and the daemon start of that node: its records are fenced on it
     rescued_by  TEXT,  -- the node that ended it as interrupted, its own node being lost
+    gpus        JSONB,  -- [0, 1]: the GPU indices it held; NULL: none
     PRIMARY KEY (job_id, attempt)
 );
 CREATE TABLE config (
@@ -282,6 +296,7 @@ CREATE TRIGGER jobs_finished_truncated AFTER TRUNCATE ON jobs
 
 SCHEMA += FINISHED_COUNTS
 SCHEMA += SCHEDULES
+SCHEMA += RESOURCES
 
 # What brings a database of version N (the key) to version N + 1, run in the
 # transaction that opens it, under the advisory lock.
@@ -298,6 +313,9 @@ INSERT INTO finished_counts (shard, {_COLUMNS})
     4: "ALTER TABLE attempts ADD COLUMN node TEXT; ALTER TABLE attempts ADD COLUMN incarnation TEXT;"
     " ALTER TABLE attempts ADD COLUMN rescued_by TEXT; ALTER TABLE jobs ADD COLUMN node TEXT;" + NODES,
     5: SCHEDULES,  # recurring jobs
+    # resources and weights
+    6: "ALTER TABLE jobs ADD COLUMN slots INTEGER NOT NULL DEFAULT 1;"
+    " ALTER TABLE jobs ADD COLUMN needs JSONB; ALTER TABLE attempts ADD COLUMN gpus JSONB;" + RESOURCES,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 

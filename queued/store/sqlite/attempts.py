@@ -5,7 +5,7 @@ attempts ended, and finding the attempts a dead daemon left."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
@@ -91,9 +91,9 @@ class Attempts:
         ).fetchone()
         return row[0] if row else None
 
-    def start(self, job: Claimed, now: float) -> Written[None]:
-        """Record that `job`, read by `lookahead`, started its attempt. Refused if
-        it is no longer what was read (then nothing here changed)."""
+    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Written[None]:
+        """Record that `job`, read by `lookahead`, started its attempt (holding
+        `gpus`). Refused if it is no longer what was read (then nothing here changed)."""
         changed = self.conn.execute(
             "UPDATE jobs SET state = ?, attempts = ?, updated_at = ? WHERE id = ?"
             f" AND state IN ({WAITING}) AND unmet = 0 AND attempts = ?"
@@ -103,18 +103,25 @@ class Attempts:
         if not changed:
             raise Refused("invalid", f"job {job.id} changed before its attempt {job.run} was recorded")
         self.conn.execute(
-            "INSERT INTO attempts (job_id, attempt, started_at, node) VALUES (?, ?, ?, ?)",
-            (job.id, job.run, now, self.node.name),
+            "INSERT INTO attempts (job_id, attempt, started_at, node, gpus) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.run, now, self.node.name, rows.stored_json(tuple(gpus)) if gpus else None),
         )
         return Written(None)
 
     def claim(
-        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+        self,
+        *,
+        now: float,
+        slots: int,
+        queue_room: dict[str, int],
+        busy: Sequence[int] = (),
+        gpus: Mapping[int, Sequence[int]] | None = None,
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
         `queue_room` maps every claimable queue to its free slots; `busy` jobs
         still have a process from an earlier attempt (a cancel in its grace
-        period, then a retry) and wait for it to be gone."""
+        period, then a retry) and wait for it to be gone; `gpus`: the GPU
+        indices the attempt of a job (by id) holds, should the claim take it."""
         claimed: list[Claimed] = []
         room = self._bounded(queue_room)
         while slots > len(claimed) and any(room.values()):
@@ -129,7 +136,7 @@ class Attempts:
                     filled = True
                     continue
                 room[job.queue] -= 1
-                self.start(job, now)
+                self.start(job, now, gpus.get(job.id, ()) if gpus else ())
                 claimed.append(job)
             if not filled:
                 break

@@ -14,6 +14,7 @@ import msgspec
 from queued import lifecycle
 from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
+from queued.store.sqlite import rows
 from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.jobs import Jobs, unknown_queue
 from queued.store.transitions import Transitions
@@ -134,9 +135,8 @@ class JobChanges:
                 "INSERT INTO counts VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1", (new_queue, state)
             )
         sets = ", ".join(f"{name} = ?" for name in fields)
-        self.conn.execute(
-            f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?", (*fields.values(), now, job_id)
-        )
+        values = [rows.stored_json(v) if name == "needs" else v for name, v in fields.items()]
+        self.conn.execute(f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?", (*values, now, job_id))
         return Written(None)
 
     def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
@@ -144,12 +144,12 @@ class JobChanges:
         settings, label, cwd, environment, unique key and pinned node; no dependencies; due now."""
         row = self.conn.execute(
             "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id,"
-            " unique_key, node FROM jobs WHERE id = ?",
+            " unique_key, node, slots, needs FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
-        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key, node = row
+        command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key, node = row[:11]
         copy = NewJob(
             command=command,
             queue=queue,
@@ -165,6 +165,8 @@ class JobChanges:
             hold=hold,
             unique_key=key,
             node=node,  # pinned where its files are, as the original
+            slots=row[11],
+            needs=rows.needs(row[12]),
         )
         written = self.jobs.add([msgspec.structs.replace(copy, **fields)], now)
         if written.value.existing[0]:  # the copy's key is held: no second job of it

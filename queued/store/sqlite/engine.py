@@ -222,13 +222,19 @@ class SqliteStore:
     def next_due(self, now: float, queues: Sequence[str]) -> float | None:
         return self._attempts.next_due(now, queues)
 
-    def start(self, job: Claimed, now: float) -> Written[None]:
-        return self._attempts.start(job, now)
+    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Written[None]:
+        return self._attempts.start(job, now, gpus)
 
     def claim(
-        self, *, now: float, slots: int, queue_room: dict[str, int], busy: Sequence[int] = ()
+        self,
+        *,
+        now: float,
+        slots: int,
+        queue_room: dict[str, int],
+        busy: Sequence[int] = (),
+        gpus: Mapping[int, Sequence[int]] | None = None,
     ) -> Written[list[Claimed]]:
-        return self._attempts.claim(now=now, slots=slots, queue_room=queue_room, busy=busy)
+        return self._attempts.claim(now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus)
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
         return self._attempts.unclaim(job, now)

@@ -135,13 +135,13 @@ class Jobs:
                 deps.setdefault(job_id, []).append(dep)
                 if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
                     unmet.setdefault(job_id, []).append(dep)
-            for job_id, started_at, ended_at, node in self.conn.execute(
-                "SELECT a.job_id, a.started_at, a.ended_at, a.node FROM attempts a"
+            for job_id, started_at, ended_at, node, held in self.conn.execute(
+                "SELECT a.job_id, a.started_at, a.ended_at, a.node, a.gpus FROM attempts a"
                 f" WHERE a.job_id IN ({marks}) AND a.attempt ="
                 " (SELECT max(attempt) FROM attempts WHERE job_id = a.job_id)",
                 chunk,
             ):
-                latest[job_id] = (started_at, ended_at, node)
+                latest[job_id] = (started_at, ended_at, node, held)
         return [
             rows.job(row, deps.get(row[0], []), unmet.get(row[0], []), latest.get(row[0], rows.NO_ATTEMPT))
             for row in found
@@ -252,6 +252,8 @@ class Jobs:
                 None,
                 job.unique_key,
                 job.node,
+                job.slots,
+                rows.stored_json(job.needs) if job.needs else None,
             )
             added[(job.queue, state)] = added.get((job.queue, state), 0) + 1
             if not job.depends_on:

@@ -3,6 +3,8 @@ Struct each row becomes. A column added here is added everywhere."""
 
 from __future__ import annotations
 
+import msgspec
+
 from queued import lifecycle
 from queued.protocol import Job, Run, readable
 from queued.store.contract import Claimed
@@ -22,24 +24,50 @@ UNIQUE_WINDOW = sql_states(lifecycle.UNIQUE_WINDOW_STATES)
 
 JOB_COLUMNS = (
     "id, command, state, queue, priority, label, attempts, max_retries, backoff_base,"
-    " timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key, node"
+    " timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key, node, slots, needs"
 )
 INSERT_JOB = (
     "INSERT INTO jobs (command, state, queue, priority, label, max_retries, backoff_base,"
-    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error, unique_key, node)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " timeout, run_at, created_at, updated_at, cwd, env_id, unmet, error, unique_key, node, slots, needs)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
+# A job's needs and an attempt's GPUs are JSON, NULL when there are none (the
+# common case costs no encoding nor decoding). SQLite gives the text back;
+# PostgreSQL's driver gives jsonb back decoded.
+_decode_needs = msgspec.json.Decoder(dict[str, int]).decode
+_decode_gpus = msgspec.json.Decoder(list[int]).decode
 
-# The latest attempt of a job: (started_at, ended_at, node).
-Latest = tuple[float | None, float | None, str | None]
-NO_ATTEMPT: Latest = (None, None, None)
+
+def stored_json(value: dict[str, int] | list[int] | tuple[int, ...]) -> str | None:
+    """A job's needs or an attempt's GPUs as their column holds them (None: none)."""
+    return msgspec.json.encode(value).decode() if value else None
+
+
+def needs(value: str | bytes | dict[str, int] | None) -> dict[str, int]:
+    """A job's needs from its column."""
+    if value is None:
+        return {}
+    return _decode_needs(value) if isinstance(value, (str, bytes)) else value
+
+
+def gpus(value: str | bytes | list[int] | None) -> list[int]:
+    """An attempt's GPU indices from its column."""
+    if value is None:
+        return []
+    return _decode_gpus(value) if isinstance(value, (str, bytes)) else value
+
+
+# The latest attempt of a job: (started_at, ended_at, node, gpus as stored).
+Latest = tuple[float | None, float | None, str | None, object]
+NO_ATTEMPT: Latest = (None, None, None, None)
 
 
 def job(row: tuple, depends_on: list[int], unmet: list[int], latest: Latest) -> Job:
     """A Job from a row of JOB_COLUMNS, with what a reader asks next."""
     (job_id, command, state, queue, priority, label, attempts, max_retries, backoff_base) = row[:9]
     (timeout, exit_code, run_at, created_at, updated_at, cwd, error, unique_key, pinned) = row[9:18]
+    slots, needed = row[18:20]
     return Job(
         id=job_id,
         command=command,
@@ -66,12 +94,16 @@ def job(row: tuple, depends_on: list[int], unmet: list[int], latest: Latest) -> 
         unique_key=unique_key,
         node=latest[2],
         pinned=pinned,
+        slots=slots,
+        needs=needs(needed),
+        # What it holds while it runs (and held last, for `show --json`).
+        gpus=gpus(latest[3]),
     )
 
 
 RUN_COLUMNS = (
     "attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, log_incomplete,"
-    " node"
+    " node, gpus"
 )
 
 
@@ -89,6 +121,7 @@ def run(row: tuple) -> Run:
         stderr_path,
         incomplete,
         node,
+        held,
     ) = row
     return Run(
         attempt=attempt,
@@ -102,6 +135,7 @@ def run(row: tuple) -> Run:
         stderr_path=stderr_path,
         log_incomplete=incomplete,
         node=node,
+        gpus=gpus(held),
     )
 
 
@@ -110,14 +144,14 @@ def run(row: tuple) -> Run:
 WAITING_COLUMNS = (
     "id, attempts, command, queue, cwd, env_id, timeout, max_retries, backoff_base,"
     " (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = jobs.id),"
-    " EXISTS (SELECT 1 FROM dependencies WHERE depends_on = jobs.id), priority, run_at"
+    " EXISTS (SELECT 1 FROM dependencies WHERE depends_on = jobs.id), priority, run_at, slots, needs"
 )
 
 
 def waiting(row: tuple, env: dict[str, str]) -> Claimed:
     """A Claimed from a row of WAITING_COLUMNS (`env` is its env_id's environment)."""
     job_id, attempts, command, queue, cwd, _, timeout, max_retries, backoff_base = row[:9]
-    next_run, has_dependents, priority, run_at = row[9:13]
+    next_run, has_dependents, priority, run_at, slots, needed = row[9:15]
     return Claimed(
         id=job_id,
         run=next_run,
@@ -132,18 +166,21 @@ def waiting(row: tuple, env: dict[str, str]) -> Claimed:
         has_dependents=bool(has_dependents),
         priority=priority,
         run_at=run_at,
+        slots=slots,
+        needs=needs(needed),
     )
 
 
 # An attempt a dead daemon left running, with its job.
 INTERRUPTED_COLUMNS = (
-    "j.id, a.attempt, j.attempts, j.command, j.queue, j.cwd, j.timeout, j.max_retries, j.backoff_base"
+    "j.id, a.attempt, j.attempts, j.command, j.queue, j.cwd, j.timeout, j.max_retries, j.backoff_base,"
+    " j.slots, j.needs"
 )
 
 
 def interrupted(row: tuple) -> Claimed:
     """A Claimed from a row of INTERRUPTED_COLUMNS, to be finished as interrupted."""
-    job_id, run_number, attempts, command, queue, cwd, timeout, max_retries, backoff_base = row
+    job_id, run_number, attempts, command, queue, cwd, timeout, max_retries, backoff_base, slots, needed = row
     return Claimed(
         id=job_id,
         run=run_number,
@@ -155,6 +192,8 @@ def interrupted(row: tuple) -> Claimed:
         timeout=timeout,
         max_retries=max_retries,
         backoff_base=backoff_base,
+        slots=slots,
+        needs=needs(needed),
     )
 
 

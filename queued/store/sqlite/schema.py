@@ -12,7 +12,7 @@ from pathlib import Path
 
 from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # At most one unfinished job per unique key, whoever adds it: the index, not a
 # read before the write, is what keeps a second one out. The other index finds
@@ -54,6 +54,14 @@ CREATE TABLE firings (
 ) WITHOUT ROWID;
 """
 
+# Resources and weights (version 6, queued/resources.py): a schedule's jobs
+# take slots and needs as any job does (the jobs' and attempts' columns are
+# in their tables below).
+SCHEDULE_NEEDS = """
+ALTER TABLE schedules ADD COLUMN slots INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE schedules ADD COLUMN needs TEXT;
+"""
+
 # State sets are lifecycle's (the same text as ever: a database made before reads alike).
 SCHEMA = f"""
 CREATE TABLE queues (
@@ -88,6 +96,8 @@ CREATE TABLE jobs (
     unmet        INTEGER NOT NULL DEFAULT 0,  -- dependencies not completed yet
     error        TEXT,
     unique_key   TEXT,  -- `add --unique KEY`
+    slots        INTEGER NOT NULL DEFAULT 1,  -- the slots of a node it takes (add --slots N)
+    needs        TEXT,  -- what it needs (add --needs) as JSON, NULL: none
     node         TEXT  -- the node it is pinned to (`add --here`), or any
 );
 CREATE TABLE dependencies (
@@ -109,6 +119,7 @@ CREATE TABLE attempts (
     stderr_path TEXT,
     log_incomplete TEXT,  -- what its logs miss, and why (a full disk), if anything
     node        TEXT,  -- the node that ran it
+    gpus        TEXT,  -- the GPU indices it held as JSON, NULL: none
     PRIMARY KEY (job_id, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE config (
@@ -142,7 +153,7 @@ END;
 CREATE TRIGGER count_delete AFTER DELETE ON jobs BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
 END;
-{SCHEDULES}"""
+{SCHEDULES}{SCHEDULE_NEEDS}"""
 
 
 # What brings a database of version N (the key) to version N + 1: run in one
@@ -152,6 +163,8 @@ MIGRATIONS: dict[int, str] = {
     2: f"ALTER TABLE jobs ADD COLUMN unique_key TEXT; {UNIQUE_INDEXES}",
     3: "ALTER TABLE attempts ADD COLUMN node TEXT; ALTER TABLE jobs ADD COLUMN node TEXT;",
     4: SCHEDULES,
+    5: "ALTER TABLE jobs ADD COLUMN slots INTEGER NOT NULL DEFAULT 1; ALTER TABLE jobs ADD COLUMN needs TEXT;"
+    " ALTER TABLE attempts ADD COLUMN gpus TEXT;" + SCHEDULE_NEEDS,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
