@@ -13,7 +13,19 @@ import msgspec
 from queued.protocol import JobChanges
 
 from .context import client, ids_text
-from .options import COUNT, DURATION, EDITABLE_JOB, HELD_JOB, HOLDABLE_JOB, JOB_ID, QUEUE, RUNNING_JOB, Moment
+from .options import (
+    COUNT,
+    DURATION,
+    EDITABLE_JOB,
+    HELD_JOB,
+    HOLDABLE_JOB,
+    JOB_ID,
+    NEEDS_OR_NONE,
+    QUEUE,
+    RUNNING_JOB,
+    SLOTS,
+    Moment,
+)
 
 registry = click.Group()  # this module's commands; queuectl.cli adds them to its own group
 
@@ -70,6 +82,13 @@ def change_options(f: Any) -> Any:
         click.option("--delay", type=DURATION, help="Run no earlier than this from now (90s, 5m, 2h)."),
         click.option("--at", type=Moment(), help="Run no earlier than this ISO 8601 time."),
         click.option("-l", "--label", help='A name to filter by; "" removes it.'),
+        click.option(
+            "--needs",
+            type=NEEDS_OR_NONE,
+            metavar="NAME=N,...",
+            help="What it needs instead (gpu=1,licence=1); none: nothing.",
+        ),
+        click.option("--slots", type=SLOTS, metavar="N", help="Take N of the node's slots."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -91,6 +110,8 @@ def _changes(opts: dict[str, Any]) -> JobChanges:
         delay=opts["delay"],
         run_at=opts["at"],
         label=opts["label"],
+        slots=opts["slots"],
+        needs=opts["needs"],
     )
 
 
@@ -130,6 +151,7 @@ def edit(job_id: int, **opts: Any) -> None:
     Examples:
       queuectl edit 7 --priority -10 --queue gpu
       queuectl edit 7 --command "make -j4 test" --timeout none
+      queuectl edit 7 --needs gpu=2 --slots 2
       queuectl edit 7                     # the command, in your editor
     """
     changes = _changes(opts)

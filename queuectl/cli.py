@@ -166,6 +166,8 @@ def add(command: tuple[str, ...], source: Any, quiet: bool, as_json: bool, **opt
       queuectl add --from jobs.txt
       queuectl add --unique nightly-backup --unique-for 20h -- ./backup.sh /srv
       queuectl add --here -- ./train.sh data/local.bin
+      queuectl add --needs gpu=1 -- python train.py   # CUDA_VISIBLE_DEVICES: its GPU
+      queuectl add --slots 4 -- make -j4               # takes 4 of the node's slots
     """
     check_job_options(opts)
     if opts["unique_for"] is not None and opts["unique"] is None:

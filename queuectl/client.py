@@ -252,10 +252,14 @@ class Client:
         unique_for: float | None = None,
         here: bool = False,
         node: str | None = None,
+        slots: int = 1,
+        needs: Mapping[str, int] | None = None,
     ) -> int:
         """Enqueue one shell command; returns its id once the job is durably stored.
         It runs in `cwd` (default: ours) with our environment plus `env`; only on
-        the node that accepted it with `here`, only on node `node` if named.
+        the node that accepted it with `here`, only on node `node` if named; when
+        `slots` of a node's slots and what it `needs` ({"gpu": 1, "licence": 1})
+        are free there (a GPU job's CUDA_VISIBLE_DEVICES names the GPUs it holds).
         With `unique_key`, while a job with that key is unfinished (or, with
         `unique_for` seconds, completed less than that long ago) its id is
         returned instead and nothing is added (`add_jobs` tells which)."""
@@ -274,6 +278,8 @@ class Client:
             env=dict(env or {}),
             unique_key=unique_key,
             unique_for=unique_for,
+            slots=slots,
+            needs=dict(needs) if isinstance(needs, Mapping) else needs or {},  # type: ignore[arg-type]
         )
         return self.add_many([spec], here=here, node=node)[0]
 

@@ -125,6 +125,51 @@ class NodeNameType(click.ParamType):
         return [CompletionItem(n.name, help=n.state) for n in nodes if n.name.startswith(incomplete)]
 
 
+class NeedsType(click.ParamType):
+    """A job's needs, `gpu=1,licence=1` (resources.parse_needs); completes
+    to the resources the nodes have (`status`), each with a count of 1.
+    `allow_none`: "none" (or "") is no needs at all (`edit --needs none`)."""
+
+    name = "needs"
+
+    def __init__(self, allow_none: bool = False) -> None:
+        self.allow_none = allow_none
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from queued.resources import parse_needs
+
+        if isinstance(value, dict):
+            return value
+        if self.allow_none and value.strip().lower() in ("", "none"):
+            return {}
+        try:
+            return parse_needs(value)
+        except ValueError as exc:
+            self.fail(str(exc).replace("--needs ", "").replace("invalid --needs", "invalid"), param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        done, comma, last = incomplete.rpartition(",")
+        try:
+            with _client(ctx) as client:
+                resources = client.status().resources
+        except Exception:
+            return []
+        names: dict[str, str] = {}
+        for node, have in sorted(resources.items()):
+            if have.gpus:
+                names.setdefault("gpu", f"{len(have.gpus)} on {node}")
+            for name, count in sorted(have.counts.items()):
+                names.setdefault(name, f"{count} on {node}")
+        given = {item.partition("=")[0] for item in done.split(",")} if comma else set()
+        return [
+            CompletionItem(f"{done}{comma}{name}=1", help=f"{where}")
+            for name, where in names.items()
+            if name.startswith(last) and name not in given
+        ]
+
+
 class ScheduleNameType(click.ParamType):
     name = "schedule"
 

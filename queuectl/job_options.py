@@ -11,7 +11,7 @@ import click
 from queued.protocol import JobSpec
 
 from .client import Client, QueuectlError
-from .options import COUNT, DURATION, QUEUE
+from .options import COUNT, DURATION, NEEDS, QUEUE, SLOTS
 
 
 def job_spec(opts: dict[str, Any], command: str = "-") -> JobSpec:
@@ -43,6 +43,8 @@ def job_spec(opts: dict[str, Any], command: str = "-") -> JobSpec:
         hold=opts.get("hold", False),
         unique_key=opts.get("unique"),
         unique_for=opts.get("unique_for"),
+        slots=opts.get("slots") or 1,
+        needs=opts.get("needs") or {},
     )
 
 
@@ -96,6 +98,15 @@ def job_settings_options(f: Any) -> Any:
             ),
             click.option(
                 "--timeout", type=DURATION, help="Kill the job's process group after this long [{timeout}]."
+            ),
+            click.option(
+                "--needs",
+                type=NEEDS,
+                metavar="NAME=N,...",
+                help="Run it only where and when these are free, e.g. gpu=1,licence=1 (see README).",
+            ),
+            click.option(
+                "--slots", type=SLOTS, metavar="N", help="Take N of the node's slots (its concurrency) [1]."
             ),
         )
     ):

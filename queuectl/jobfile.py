@@ -2,18 +2,21 @@
 
 A line is either a shell command, or a JSON object with the fields of `add`'s
 options (`{"command": "./x.sh", "max_retries": 5, "timeout": "10m"}`; `--unique`
-is "unique_key", `--unique-for` "unique_for"). Options given on the command
+is "unique_key", `--unique-for` "unique_for", `--needs gpu=1` "needs":
+{"gpu": 1}, `--slots 2` "slots": 2). Options given on the command
 line are the defaults every line starts from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
 from queued.durations import parse_duration
 from queued.protocol import MAX_MOMENT, JobSpec
+from queued.validation import check_needs, check_slots
 
 Number = int | float
 
@@ -37,6 +40,9 @@ class JobLine(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: str | int | None = None  # the seeds' job name: kept as the label
     unique_key: str | None = None
     unique_for: Number | str | None = None
+    # Checked below, so that a wrong one is told in the words of --needs and --slots.
+    slots: Any = None
+    needs: Any = None
 
 
 class JobFileError(ValueError):
@@ -92,6 +98,10 @@ def spec_from_json(text: str, defaults: JobSpec) -> JobSpec:
             fields[key] = _seconds(fields[key])
     if isinstance(fields.get("run_at"), str):
         fields["run_at"] = parse_time(fields["run_at"])
+    if "slots" in fields:
+        check_slots(fields["slots"])
+    if "needs" in fields:
+        check_needs(fields["needs"])
     if "env" in fields:
         fields["env"] = {**defaults.env, **fields["env"]}
     merged = {f: getattr(defaults, f) for f in defaults.__struct_fields__}

@@ -21,9 +21,9 @@ from queued.lifecycle import (
     Event,
     states_that_can,
 )
-from queued.protocol import MAX_RETRIES, MAX_SECONDS
+from queued.protocol import MAX_CONCURRENCY, MAX_RETRIES, MAX_SECONDS
 
-from .completion import JobIdType, NodeNameType, QueueNameType, UniqueKeyType
+from .completion import JobIdType, NeedsType, NodeNameType, QueueNameType, UniqueKeyType
 
 
 class Duration(click.ParamType):
@@ -59,6 +59,9 @@ COUNT_FROM_1 = click.IntRange(min=1, max=MAX_RETRIES + 1)
 STATE = click.Choice(STATES)
 FINISHED_STATE = click.Choice(sorted(TERMINAL_STATES))
 QUEUE = QueueNameType()
+SLOTS = click.IntRange(min=1, max=MAX_CONCURRENCY)  # a job's share of a node's slots (tsp -N)
+NEEDS = NeedsType()
+NEEDS_OR_NONE = NeedsType(allow_none=True)
 UNIQUE_KEY = UniqueKeyType()
 NODE = NodeNameType()
 

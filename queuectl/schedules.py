@@ -78,6 +78,7 @@ def schedule_add(
       queuectl schedule add backup "30 2 * * *" --tz Europe/Berlin -- ./backup.sh /srv
       queuectl schedule add report @daily --max-retries 3 -- make report
       queuectl schedule add poll --every 10m --no-overlap --catch-up none -- ./poll.sh
+      queuectl schedule add retrain @weekly --needs gpu=1 -- python train.py
     """
     check_job_options(opts)
     if every is not None:

@@ -107,7 +107,7 @@ def check_unique_key(key: str | None) -> None:
 
 # A resource's name: the rule of resources.parse_needs (and of the node's
 # --resources), for needs that come as a mapping (JSON lines, the SDK).
-RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+RESOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # whole: fullmatch
 
 
 def _whole(value: object) -> bool:
@@ -123,14 +123,16 @@ def check_slots(slots: object) -> None:
 def check_needs(needs: Mapping[object, object]) -> None:
     """ValueError naming the first entry of a job's needs that is not NAME:
     COUNT as `--needs` takes them (resources.parse_needs checks the text)."""
+    if not isinstance(needs, Mapping):
+        raise ValueError('needs must map resource names to counts, e.g. {"gpu": 1}')
     for name, count in needs.items():
-        if not isinstance(name, str) or not RESOURCE_NAME.match(name):
+        if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name):
             raise ValueError(
                 f"invalid resource name {readable(name) if isinstance(name, str) else name!r}: "
                 "a letter, then letters, digits, '_', '.' or '-' (64 at most)"
             )
         if name == "slots":
-            raise ValueError("'slots' is not a resource: a job's share of slots is its own (--slots N)")
+            raise ValueError("'slots' is not a resource: a job's slots are an option of its own (--slots N)")
         if not _whole(count) or not 1 <= count <= MAX_UNITS:  # type: ignore[operator]
             raise ValueError(f"invalid count {count!r} for {name}: a whole number from 1 to {MAX_UNITS:,}")
 
@@ -157,7 +159,7 @@ def check_spec(spec: JobSpec) -> None:
     if spec.cwd is not None:
         check_path("cwd", spec.cwd)
     check_environment(spec.env)
-    if spec.slots != 1:
+    if spec.slots != 1 or spec.slots.__class__ is not int:
         check_slots(spec.slots)
     if spec.needs:
         check_needs(spec.needs)
