@@ -73,7 +73,9 @@ class StoreCalls:
         return self.db.record(Store.unclaim, job, now)
 
     def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Call:
-        return self.db.record(Store.start, job, now, gpus)
+        if gpus:
+            return self.db.record(Store.start, job, now, gpus)
+        return self.db.record(Store.start, job, now)  # a job holding no GPU: the call as ever
 
     def finish(
         self,
