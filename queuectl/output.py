@@ -25,7 +25,7 @@ from queued.lifecycle import (
     TERMINAL_STATES,
     UNFINISHED_STATES,
 )
-from queued.protocol import Job, JobDetail, NodeInfo, QueueInfo, Run, Status, Workers
+from queued.protocol import Job, JobDetail, NodeInfo, QueueInfo, Resources, Run, Status, Workers
 
 _STATE_COLOURS = {
     PENDING: "cyan",
@@ -189,6 +189,7 @@ JOB_COLUMNS: dict[str, tuple[str, Callable[[Job, float], str]]] = {
     "label": ("LABEL", lambda job, now: job.label or ""),
     "key": ("KEY", lambda job, now: job.unique_key or ""),
     "node": ("NODE", lambda job, now: job.node or (f"({job.pinned})" if job.pinned else "-")),
+    "needs": ("NEEDS", lambda job, now: needs_text(job, compact=True) or "-"),
     "command": ("COMMAND", lambda job, now: job.command),
 }
 DEFAULT_JOB_COLUMNS = ("id", "state", "queue", "priority", "tries", "exit", "when", "label", "command")
@@ -196,12 +197,33 @@ DEFAULT_JOB_COLUMNS = ("id", "state", "queue", "priority", "tries", "exit", "whe
 
 def default_columns(jobs: Sequence[Job]) -> tuple[str, ...]:
     """The default columns, with NODE (before LABEL) once the jobs listed
-    ran on, or are pinned to, more than one node: a cluster's listing."""
+    ran on, or are pinned to, more than one node: a cluster's listing; and
+    NEEDS (before LABEL) once one of them needs more than a slot: what a
+    running job holds (its GPUs by index), what a waiting one waits for."""
+    columns = DEFAULT_JOB_COLUMNS
+    at = columns.index("label")
+    if any(job.slots != 1 or job.needs for job in jobs):
+        columns = (*columns[:at], "needs", *columns[at:])
     nodes = {job.node for job in jobs if job.node} | {job.pinned for job in jobs if job.pinned}
-    if len(nodes) <= 1:
-        return DEFAULT_JOB_COLUMNS
-    at = DEFAULT_JOB_COLUMNS.index("label")
-    return (*DEFAULT_JOB_COLUMNS[:at], "node", *DEFAULT_JOB_COLUMNS[at:])
+    if len(nodes) > 1:
+        columns = (*columns[:at], "node", *columns[at:])
+    return columns
+
+
+def needs_text(job: Job, *, compact: bool = False) -> str:
+    """What a job takes of a node: "2 slots, gpu=1, licence=1"; a running
+    job's GPUs by index. Empty for a job of one slot needing nothing.
+    `compact` (a column of `ls`): "2sl gpu:0,1 licence=1", a running job's
+    GPUs by index."""
+    parts = []
+    if job.slots != 1:
+        parts.append(f"{job.slots}sl" if compact else f"{job.slots} slots")
+    for name, count in job.needs.items():
+        if compact and name == "gpu" and job.gpus and job.state == RUNNING:
+            parts.append("gpu:" + ",".join(map(str, job.gpus)))
+        else:
+            parts.append(f"{name}={count}")
+    return (" " if compact else ", ").join(parts)
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
@@ -249,6 +271,13 @@ def _indented(text: str, indent: str) -> str:
     return text.replace("\n", "\n" + indent)
 
 
+def _holding(job: Job) -> str:
+    """Which GPUs a running job holds, after what it needs."""
+    if job.state != RUNNING or not job.gpus:
+        return ""
+    return f" (holds GPU {','.join(map(str, job.gpus))})"
+
+
 def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str:
     job = detail.job
     timeout = format_duration_exact(job.timeout) if job.timeout else "none"
@@ -271,6 +300,7 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
         f"  error:       {_indented(job.error or '-', indent)}",
         f"  depends on:  {depends}",
         *([f"  pinned to:   node {job.pinned}"] if job.pinned else []),
+        *([f"  needs:       {needs_text(job)}{_holding(job)}"] if job.slots != 1 or job.needs else []),
         f"  cwd:         {job.cwd}",
         f"  created:     {absolute(job.created_at)} ({relative(job.created_at, now)})",
         f"  updated:     {absolute(job.updated_at)} ({relative(job.updated_at, now)})",
@@ -295,6 +325,10 @@ def job_block(detail: JobDetail, *, now: float, width: int, colour: bool) -> str
                 ]
             )
         headers = ["RUN", "ATTEMPT", "NODE", "PID", "STARTED", "DURATION", "RESULT"]
+        if any(run.gpus for run in detail.runs):  # the GPUs each attempt held
+            headers.insert(4, "GPUS")
+            for row, run in zip(rows, detail.runs, strict=True):
+                row.insert(4, ",".join(map(str, run.gpus)) or "-")
         if not any(run.node for run in detail.runs):  # recorded before nodes had names
             headers.remove("NODE")
             rows = [row[:2] + row[3:] for row in rows]
@@ -352,6 +386,10 @@ def status_block(status: Status, *, now: float) -> str:
     if status.store_unreachable_since is not None:
         state_line = "unknown while the job store is unreachable"
     slots = f"{status.running} of {status.concurrency} in use"
+    this = status.resources.get(status.node)
+    if this is not None and this.slots_used != status.running:  # jobs of more than one slot
+        jobs = f"{status.running} job" + ("" if status.running == 1 else "s")
+        slots = f"{this.slots_used} of {status.concurrency} in use ({jobs})"
     if status.concurrency == 0:
         slots += " (no job starts: `queuectl workers scale N` to start again)"
     lines = [
@@ -365,10 +403,36 @@ def status_block(status: Status, *, now: float) -> str:
         *([f"  node:    {status.node}"] if status.node else []),
         *(["", queue_table(status.queues)] if status.store_unreachable_since is None else []),
     ]
+    lines[2:2] = resources_lines(status)  # after the slots
     lines[1:1] = [f"  problem: {problem}" for problem in status.problems]
     if any(node.last_heartbeat is not None for node in status.nodes):
         lines += ["", node_table(status.nodes, now=now)]
     return "\n".join(lines)
+
+
+def resources_lines(status: Status) -> list[str]:
+    """`status`'s lines on resources, once a node has GPUs or counted
+    resources: each one's use and capacity (and which GPUs are held), per
+    node when several share the store."""
+    found = status.resources
+    if not any(have.counts or have.gpus for have in found.values()):
+        return []
+    if len(found) == 1:
+        [have] = found.values()
+        return [f"  resources: {resource_text(have, slots=False)}"]
+    width = max(map(len, found))
+    lines = [f"    {pad(name, width)}  {resource_text(have)}" for name, have in found.items()]
+    return ["  resources:", *lines]
+
+
+def resource_text(have: Resources, *, slots: bool = True) -> str:
+    """One node's resources: "slots 3/4, gpu 1/2 (held: 1), licence 0/1"."""
+    parts = [f"slots {have.slots_used}/{have.slots}"] if slots else []
+    if have.gpus:
+        held = f" (held: {','.join(map(str, have.gpus_used))})" if have.gpus_used else ""
+        parts.append(f"gpu {len(have.gpus_used)}/{len(have.gpus)}{held}")
+    parts += [f"{name} {have.counts_used.get(name, 0)}/{count}" for name, count in have.counts.items()]
+    return ", ".join(parts) or "-"
 
 
 def node_table(nodes: Sequence[NodeInfo], *, now: float) -> str:

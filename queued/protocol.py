@@ -197,6 +197,19 @@ class QueueInfo(Struct, kw_only=True):
     failed: int = 0
 
 
+class Resources(Struct, kw_only=True):
+    """A node's resources: what it has and what its running jobs hold now.
+    Stored as JSON in `nodes.resources` (PostgreSQL: each node's, kept by its
+    heartbeat) and reported by `status`."""
+
+    slots: int  # its concurrency
+    slots_used: int = 0  # the slots its running jobs take
+    counts: dict[str, int] = {}  # counted resources other than GPUs (licence=1)
+    counts_used: dict[str, int] = {}
+    gpus: list[int] = []  # the GPU indices it has
+    gpus_used: list[int] = []  # those its running jobs hold
+
+
 class NodeInfo(Struct, kw_only=True):
     """A node sharing the store: a `queued` with a name (one, on SQLite)."""
 
@@ -213,19 +226,8 @@ class NodeInfo(Struct, kw_only=True):
     # rescued) or "stopped" (it left cleanly).
     state: str = "alive"
     this: bool = False  # the node that answered
-
-
-class Resources(Struct, kw_only=True, omit_defaults=True):
-    """A node's resources: what it has and what its running jobs hold now.
-    Stored as JSON in `nodes.resources` (PostgreSQL: each node's, kept by its
-    heartbeat) and reported by `status`."""
-
-    slots: int  # its concurrency
-    slots_used: int = 0  # the slots its running jobs take
-    counts: dict[str, int] = {}  # counted resources other than GPUs (licence=1)
-    counts_used: dict[str, int] = {}
-    gpus: list[int] = []  # the GPU indices it has
-    gpus_used: list[int] = []  # those its running jobs hold
+    # Its resources as its latest heartbeat stored them (a store shared by nodes).
+    resources: Resources | None = None
 
 
 class Slot(Struct, kw_only=True):

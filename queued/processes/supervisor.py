@@ -59,7 +59,7 @@ from queued.processes.running import RunningAttempts
 from queued.processes.start_hold import StartHold
 from queued.processes.store_calls import StoreCalls
 from queued.processes.young_attempts import YoungAttempts
-from queued.protocol import QueueInfo, Slot
+from queued.protocol import QueueInfo, Resources, Slot
 from queued.settings import Settings
 from queued.store import Claimed, CommitUnknown, StorageError, StoreUnreachable
 from queued.store.writer import Call, Writer
@@ -191,6 +191,12 @@ class Supervisor:
 
     def slots(self) -> list[Slot]:
         return self.attempts.slots()
+
+    def resources(self) -> Resources:
+        """This node's resources for `status`: its slots (the concurrency) and
+        those its running jobs take (a job takes `Claimed.slots`)."""
+        used = sum(attempt.claimed.slots for attempt in self.running.values())
+        return Resources(slots=self.settings.concurrency, slots_used=used)
 
     @property
     def busy(self) -> bool:

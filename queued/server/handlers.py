@@ -247,7 +247,19 @@ async def _status(d: Daemon, r: p.GetStatus) -> p.Response:
         store_unreachable_since=d.db.unreachable_since,
         nodes=nodes,
         node=d.node.name,
+        resources=_resources(d, nodes),
     )
+
+
+def _resources(d: Daemon, nodes: list[p.NodeInfo]) -> dict[str, p.Resources]:
+    """Each live node's resources: this one's as the supervisor has them now,
+    the others' as their latest heartbeat stored them."""
+    found: dict[str, p.Resources] = {}
+    for node in nodes:
+        if node.resources is not None and node.state == "alive" and node.name != d.node.name:
+            found[node.name] = node.resources
+    found[d.node.name] = d.supervisor.resources()
+    return dict(sorted(found.items()))
 
 
 def _this_node(d: Daemon, node: p.NodeInfo) -> p.NodeInfo:
@@ -256,6 +268,7 @@ def _this_node(d: Daemon, node: p.NodeInfo) -> p.NodeInfo:
         node,
         slots=d.settings.concurrency,
         running=len(d.supervisor.running_in()),
+        resources=d.supervisor.resources(),
         queues=list(d.served) if d.served is not None else None,
         host=node.host or os.uname().nodename,
         pid=node.pid or os.getpid(),

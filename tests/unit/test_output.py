@@ -331,3 +331,89 @@ def test_wait_progress_counts_waiting_jobs_too() -> None:
     jobs = [job(id=n, state=state) for n, state in enumerate(states)]
     assert progress_line(jobs) == "3/7 done, 1 running, 3 waiting (1 to retry), 2 failed"
     assert progress_line(jobs[:1]) == "1/1 done, 0 running, 0 waiting, 0 failed"
+
+
+# -- resources and weights (#14) -----------------------------------------------------------------
+
+
+def test_show_says_what_a_job_needs_and_the_gpus_each_attempt_held() -> None:
+    needy = job(state="running", slots=2, needs={"gpu": 1, "licence": 1}, gpus=[1])
+    runs = [RUN, msgspec.structs.replace(RUN, attempt=2, ended_at=None, error=None, gpus=[1])]
+    text = output.job_block(p.JobDetail(job=needy, runs=runs, env={}), now=NOW, width=200, colour=False)
+    assert "  needs:       2 slots, gpu=1, licence=1 (holds GPU 1)" in text.splitlines()
+    ended = output.job_block(
+        p.JobDetail(job=job(needs={"gpu": 1}, gpus=[1]), runs=[], env={}), now=NOW, width=200, colour=False
+    )
+    assert "  needs:       gpu=1" in ended.splitlines()
+    table = text[text.index("RUN  ATTEMPT") :].splitlines()
+    assert table[0].split() == ["RUN", "ATTEMPT", "PID", "GPUS", "STARTED", "DURATION", "RESULT"]
+    assert table[1].split()[3] == "-" and table[2].split()[3] == "1"
+    plain = output.job_block(p.JobDetail(job=JOB, runs=[RUN], env={}), now=NOW, width=200, colour=False)
+    assert "needs:" not in plain and "GPUS" not in plain
+
+
+def test_ls_shows_what_jobs_need_only_when_one_does() -> None:
+    plain = [job(id=1), job(id=2)]
+    assert "needs" not in output.default_columns(plain)
+    running = job(id=3, state="running", slots=2, needs={"gpu": 2, "licence": 1}, gpus=[0, 3])
+    waiting = job(id=4, state="pending", needs={"gpu": 1})
+    columns = output.default_columns([*plain, running, waiting])
+    assert columns[columns.index("label") - 1] == "needs"
+    text = output.job_table([*plain, running, waiting], now=NOW, width=200, colour=False, columns=columns)
+    rows = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert "2sl gpu:0,3 licence=1" in rows["3"]  # what it holds: its GPUs by index
+    assert " gpu=1 " in rows["4"]  # what it waits for
+    narrow = output.job_table([plain[0]], now=NOW, width=200, colour=False, columns=("id", "needs"))
+    assert narrow.splitlines()[1].split() == ["1", "-"]
+
+
+def test_job_json_says_what_a_job_needs_and_holds() -> None:
+    data = output.job_json(job(state="running", slots=2, needs={"gpu": 1}, gpus=[3]))
+    assert (data["slots"], data["needs"], data["gpus"]) == (2, {"gpu": 1}, [3])
+    detail = output.detail_json(
+        p.JobDetail(job=JOB, runs=[msgspec.structs.replace(RUN, gpus=[0, 1])], env={})
+    )
+    assert detail["runs"][0]["gpus"] == [0, 1] and (detail["slots"], detail["needs"]) == (1, {})
+
+
+def _status(**fields) -> p.Status:  # type: ignore[no-untyped-def]
+    return p.Status(
+        version="1",
+        pid=1,
+        started_at=NOW - 10,
+        counts={},
+        running=2,
+        concurrency=4,
+        accepting=True,
+        queues=[],
+        data_dir="/d",
+        socket="/s",
+        node="a",
+        **fields,
+    )
+
+
+def test_status_says_each_resources_use() -> None:
+    only_slots = output.status_block(_status(resources={"a": p.Resources(slots=4, slots_used=2)}), now=NOW)
+    assert "  slots:   2 of 4 in use" in only_slots.splitlines() and "resources" not in only_slots
+    weighty = output.status_block(_status(resources={"a": p.Resources(slots=4, slots_used=3)}), now=NOW)
+    assert "  slots:   3 of 4 in use (2 jobs)" in weighty.splitlines()
+    gpus = p.Resources(slots=4, slots_used=3, counts={"licence": 1}, gpus=[0, 1], gpus_used=[1])
+    lines = output.status_block(_status(resources={"a": gpus}), now=NOW).splitlines()
+    assert lines[1:3] == ["  slots:   3 of 4 in use (2 jobs)", "  resources: gpu 1/2 (held: 1), licence 0/1"]
+    several = {"a": gpus, "bb": p.Resources(slots=2, counts={"licence": 2}, counts_used={"licence": 1})}
+    lines = output.status_block(_status(resources=several), now=NOW).splitlines()
+    at = lines.index("  resources:")
+    assert lines[at + 1 : at + 3] == [
+        "    a   slots 3/4, gpu 1/2 (held: 1), licence 0/1",
+        "    bb  slots 0/2, licence 1/2",
+    ]
+    data = output.status_json(_status(resources=several))
+    assert data["resources"]["a"] == {
+        "slots": 4,
+        "slots_used": 3,
+        "counts": {"licence": 1},
+        "counts_used": {},
+        "gpus": [0, 1],
+        "gpus_used": [1],
+    }

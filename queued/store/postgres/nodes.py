@@ -16,10 +16,11 @@ import logging
 import os
 from dataclasses import dataclass
 
+import msgspec
 import psycopg
 from psycopg import Connection, sql
 
-from queued.protocol import NodeInfo
+from queued.protocol import NodeInfo, Resources
 from queued.store.contract import NodeIdentity
 from queued.store.postgres import schema
 
@@ -77,7 +78,7 @@ _ORPHANS = """EXISTS (SELECT 1 FROM attempts a WHERE a.ended_at IS NULL AND NOT 
 
 _RENEW = f"""
 UPDATE nodes SET heartbeat_at = now(), lease_until = now() + make_interval(secs => lease),
-    slots = %(slots)s
+    slots = %(slots)s, resources = coalesce(%(resources)s::jsonb, resources)
 WHERE incarnation = %(incarnation)s AND lease_until > now()
 RETURNING
     (SELECT extract(epoch FROM min(o.lease_until) - now()) FROM nodes o
@@ -91,7 +92,7 @@ SELECT name, slots,
     (SELECT count(*) FROM attempts a WHERE a.ended_at IS NULL AND a.incarnation = n.incarnation),
     queues, host, pid, extract(epoch FROM started_at), extract(epoch FROM heartbeat_at), lease,
     CASE WHEN lease_until > now() THEN 'alive' WHEN stopped_at IS NOT NULL THEN 'stopped' ELSE 'lost' END,
-    incarnation
+    incarnation, resources
 FROM nodes n ORDER BY name
 """
 
@@ -111,6 +112,7 @@ def read_nodes(conn: Connection, me: NodeIdentity) -> list[NodeInfo]:
             lease=lease,
             state=state,
             this=incarnation == me.incarnation,
+            resources=None if resources is None else msgspec.convert(resources, Resources),
         )
         for (
             name,
@@ -124,6 +126,7 @@ def read_nodes(conn: Connection, me: NodeIdentity) -> list[NodeInfo]:
             lease,
             state,
             incarnation,
+            resources,
         ) in conn.execute(_NODES).fetchall()
     ]
 
@@ -217,11 +220,13 @@ class NodeLeases:
             f"{max(0.0, float(left)):.0f}s more): give this one another --node, or stop that one"
         )
 
-    def renew(self, incarnation: str, slots: int) -> Renewal:
-        """Renew the lease of `incarnation`; Renewal(held=False) when it had
-        run out already (or the name went to another node): then this
+    def renew(self, incarnation: str, slots: int, resources: Resources | None = None) -> Renewal:
+        """Renew the lease of `incarnation` (and store its `resources`, for
+        other nodes' `status`; None: as they were); Renewal(held=False) when
+        it had run out already (or the name went to another node): then this
         incarnation is lost, and registers anew."""
-        row = self._run(_RENEW, {"incarnation": incarnation, "slots": slots})
+        stored = None if resources is None else msgspec.json.encode(resources).decode()
+        row = self._run(_RENEW, {"incarnation": incarnation, "slots": slots, "resources": stored})
         if row is None:
             return Renewal(held=False)
         return Renewal(True, None if row[0] is None else float(row[0]), bool(row[1]))
