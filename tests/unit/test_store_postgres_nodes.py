@@ -186,6 +186,27 @@ def test_nodes_lists_every_node_alive_lost_or_stopped(url: str) -> None:
             store.engine.close()
 
 
+def test_a_heartbeat_stores_the_nodes_resources_for_the_others_to_read(url: str) -> None:
+    """`status` on any node shows every node's resources: each one's
+    heartbeat stores them (nodes.resources), a heartbeat without them keeps them."""
+    from queued.protocol import Resources
+
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    leases = NodeLeases(url, 30.0)
+    try:
+        assert [node.resources for node in b.nodes()] == [None, None]
+        have = Resources(slots=4, slots_used=2, counts={"licence": 1}, gpus=[0, 1], gpus_used=[1])
+        assert leases.renew(a.engine._node.incarnation, 4, have).held
+        assert {node.name: node.resources for node in b.nodes()} == {"a": have, "b": None}
+        assert leases.renew(a.engine._node.incarnation, 4).held
+        assert {node.name: node.resources for node in b.nodes()} == {"a": have, "b": None}
+    finally:
+        leases.close()
+        a.engine.close()
+        b.engine.close()
+
+
 def test_a_version_3_store_gains_the_nodes_and_recovers_what_its_one_daemon_left(
     postgres_empty_url: str,
 ) -> None:
