@@ -213,3 +213,31 @@ def test_help_shows_a_gpu_example(invoke) -> None:
     assert "--needs gpu=1" in invoke("add", "--help").output
     assert "--needs" in invoke("schedule", "add", "--help").output
     assert "--needs gpu=2" in invoke("edit", "--help").output
+
+
+def test_needs_complete_to_the_resources_the_nodes_have(monkeypatch: pytest.MonkeyPatch) -> None:
+    import click
+
+    from queuectl.completion import NeedsType
+    from queued.protocol import Resources, Status
+
+    status = Status(
+        version="1", pid=1, started_at=0.0, counts={}, running=0, concurrency=2, accepting=True, queues=[],
+        data_dir="/d", socket="/s",
+        resources={
+            "a": Resources(slots=2, gpus=[0, 1]),
+            "b": Resources(slots=2, counts={"licence": 1, "scratch": 4}),
+        },
+    )  # fmt: skip
+    monkeypatch.setattr("queuectl.client.Client.status", lambda self: status)
+    ctx = click.Context(click.Command("x"))
+    complete = NeedsType().shell_complete
+
+    def values(incomplete: str) -> list[str]:
+        return [item.value for item in complete(ctx, None, incomplete)]  # type: ignore[arg-type]
+
+    assert values("") == ["gpu=1", "licence=1", "scratch=1"]
+    assert values("l") == ["licence=1"]
+    assert values("gpu=2,") == ["gpu=2,licence=1", "gpu=2,scratch=1"]
+    monkeypatch.setattr("queuectl.client.Client.status", lambda self: 1 / 0)
+    assert values("") == []  # a daemon that cannot answer completes nothing
