@@ -93,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the queues this node takes jobs from, comma separated (env QUEUED_QUEUES; default: all), "
         "e.g. --queues gpu,default",
     )
+    parser.add_argument(
+        "--resources",
+        metavar="NAME=COUNT,...",
+        help="what this node has besides its slots, for jobs added with --needs (env QUEUED_RESOURCES), "
+        "e.g. --resources gpu=2,licence=1; by default the GPUs `nvidia-smi -L` lists, and nothing else "
+        "(gpu=0: none, and nvidia-smi is not run). Each GPU job gets CUDA_VISIBLE_DEVICES set to the "
+        "GPUs it holds; any other job gets it empty on a node with GPUs",
+    )
+    parser.add_argument(
+        "--starvation-patience",
+        metavar="SECONDS",
+        help="how long a job that does not fit (--slots, --needs) lets smaller jobs behind it go first; "
+        "past it, it holds what is free until it fits (env QUEUED_STARVATION_PATIENCE; default 60s)",
+    )
     parser.add_argument("--version", action="version", version=f"queued {__version__}")
     return parser
 
@@ -192,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                 "node": args.node,
                 "node-lease": args.node_lease,
                 "queues": args.queues,
+                "resources": args.resources,
+                "starvation-patience": args.starvation_patience,
             },
             environ=os.environ,
             file=file_values,
@@ -228,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             node=chosen.node,
             node_lease=chosen.node_lease,
             queues=chosen.queues,
+            resources=chosen.resources,
+            starvation_patience=chosen.starvation_patience,
         )
         config_rules.effective_settings(config.settings, sources)  # fail fast, before the lock
         runner = Runner(config)

@@ -9,7 +9,7 @@ masks it.
 Two kinds of keys: the job settings (`CONFIG_KEYS`: max-retries,
 timeout, …), which `config set` changes at run time, and the daemon's own
 (socket, data-dir, log-level, allow-group, http, http-names, store, node,
-node-lease, queues), fixed at
+node-lease, queues, resources, starvation-patience), fixed at
 start: the database that holds `config set` is the store, so those cannot come
 from it.
 
@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from queued import lease as lease_rules
+from queued.resources import STARVATION_PATIENCE, parse_resources
 from queued.settings import CONFIG_KEYS, Settings, parse_config_value, settings_with
 from queued.store.engines import check_spec as check_store
 from queued.store.engines import redact as redact_store
@@ -41,6 +42,8 @@ DAEMON_KEYS = (
     "node",
     "node-lease",
     "queues",
+    "resources",
+    "starvation-patience",
 )
 # Daemon keys that are not text: a yes/no and a count (see daemon_values).
 _SWITCHES = {
@@ -175,6 +178,8 @@ class DaemonValues:
     node: str | None = None  # this node's name (None: the host name, see queued.lease)
     node_lease: float = lease_rules.DEFAULT_LEASE  # seconds, on a PostgreSQL store
     queues: tuple[str, ...] | None = None  # the queues this node serves (None: all)
+    resources: dict[str, int] | None = None  # `--resources` (None: GPUs as nvidia-smi lists them)
+    starvation_patience: float = STARVATION_PATIENCE  # seconds (see queued.resources)
 
 
 def daemon_values(sources: Sources) -> DaemonValues:
@@ -215,6 +220,12 @@ def daemon_values(sources: Sources) -> DaemonValues:
         node=values["node"].strip() if values["node"] else None,
         node_lease=parse_seconds(values["node-lease"]) if values["node-lease"] else lease_rules.DEFAULT_LEASE,
         queues=lease_rules.check_queue_names(values["queues"]) if values["queues"] else None,
+        resources=parse_resources(values["resources"]) if values["resources"] else None,
+        starvation_patience=(
+            parse_seconds(values["starvation-patience"], "starvation-patience")
+            if values["starvation-patience"]
+            else STARVATION_PATIENCE
+        ),
         exit_when_idle=exit_when_idle,
         exit_after_jobs=exit_after_jobs,
     )
@@ -252,11 +263,16 @@ def _check_daemon_value(key: str, value: str) -> None:
         parse_seconds(value)
     elif key == "queues":
         lease_rules.check_queue_names(value)
+    elif key == "resources":
+        parse_resources(value)
+    elif key == "starvation-patience":
+        parse_seconds(value, key)
 
 
-def parse_seconds(text: str) -> float:
-    """A node-lease: a positive duration (`30`, `30s`, `1m`); ValueError naming the key."""
+def parse_seconds(text: str, key: str = "node-lease") -> float:
+    """A node-lease (or another duration key): a positive duration (`30`,
+    `30s`, `1m`); ValueError naming the key."""
     try:
         return float(parse_config_value("kill-grace", text)[1])  # type: ignore[arg-type]
     except ValueError as exc:
-        raise ValueError(str(exc).replace("kill-grace", "node-lease")) from None
+        raise ValueError(str(exc).replace("kill-grace", key)) from None

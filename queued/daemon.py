@@ -31,7 +31,9 @@ from queued.processes.ends import fault_text
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments
 from queued.processes.lease_keeper import LeaseKeeper
+from queued.processes.node_resources import NodeResources, detect_gpus
 from queued.processes.supervisor import Supervisor
+from queued.resources import STARVATION_PATIENCE
 from queued.scheduler import Scheduler
 from queued.server import handlers, handlers_changes, handlers_schedules
 from queued.server.connections import AccessPolicy, Server, bind_unix
@@ -74,6 +76,8 @@ class DaemonConfig:
     node: str | None = None  # this node's name (None: the host name)
     node_lease: float = lease_rules.DEFAULT_LEASE  # seconds, on a shared (PostgreSQL) store
     queues: tuple[str, ...] | None = None  # the queues this node serves (None: all)
+    resources: dict[str, int] | None = None  # `--resources` (None: GPUs as nvidia-smi lists them)
+    starvation_patience: float = STARVATION_PATIENCE  # see queued.resources
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -172,6 +176,7 @@ class Runner:
             raise StartupError(
                 "the web page (--http) needs the SQLite store for now: leave out --http or --store"
             )
+        resources = await self._node_resources()
         try:
             engine = open_store(config.store, config.data_dir)
         except StoreUnusable as exc:
@@ -209,7 +214,9 @@ class Runner:
             raise
         try:
             self.watchers = watchers = Watchers()
-            self.supervisor = Supervisor(db, settings, config.data_dir / "logs", guardian, instance)
+            self.supervisor = Supervisor(
+                db, settings, config.data_dir / "logs", guardian, instance, resources=resources
+            )
             self.supervisor.served = frozenset(config.queues) if config.queues is not None else None
             if web is not None:
                 self.supervisor.descriptors_reserved += web.descriptors
@@ -278,12 +285,13 @@ class Runner:
                 if self.notifier.watchdog_interval:
                     nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
                 log.info(
-                    "queued serving %s (node %s, data %s, store %s, concurrency %d%s)",
+                    "queued serving %s (node %s, data %s, store %s, concurrency %d%s%s)",
                     config.socket_path,
                     self.node.name,
                     config.data_dir,
                     describe_store(config.store, config.data_dir),
                     settings.concurrency,
+                    resources.describe(),
                     f", queues {','.join(config.queues)}" if config.queues is not None else "",
                 )
                 shortfall = self.supervisor.descriptor_shortfall(settings.concurrency)
@@ -315,6 +323,15 @@ class Runner:
             engine.close()
             log.info("queued stopped")
 
+    async def _node_resources(self) -> NodeResources:
+        """What this node has besides its slots: `--resources`, and GPUs as
+        `nvidia-smi -L` lists them (on a thread: it may hang until its timeout)."""
+        configured = self.config.resources
+        detected: tuple[int, ...] = ()
+        if NodeResources.wants_detection(configured):
+            detected = await trio.to_thread.run_sync(detect_gpus)
+        return NodeResources.found(configured, detected, self.config.starvation_patience)
+
     def _register_node(self, settings: Settings) -> LeaseKeeper | None:
         """On a shared store: this node registered under its name, with a lease
         it can honour (StartupError in one line if not)."""
@@ -344,6 +361,7 @@ class Runner:
             kill_grace=lambda: self.supervisor.settings.kill_grace,
             slots=lambda: self.supervisor.settings.concurrency,
             backoff_max=lambda: self.supervisor.settings.backoff_max,
+            resources=lambda: self.supervisor.resources(),
         )
         try:
             keeper.register()

@@ -34,6 +34,7 @@ from queued.protocol import MAX_CONCURRENCY
 GPU = "gpu"
 STARVATION_PATIENCE = 60.0
 MAX_UNITS = 1_000_000
+MAX_GPUS = 1024  # GPUs are named one by one (CUDA_VISIBLE_DEVICES): a node has a few
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _GPU_LINE = re.compile(r"^GPU (\d+):")
 
@@ -102,6 +103,8 @@ def _parse_pairs(text: str, what: str, example: str, least: int) -> dict[str, in
             raise ValueError(
                 f"invalid count {count_text!r} for {name}: a whole number from {least} to {MAX_UNITS:,}"
             )
+        if name == GPU and int(count_text) > MAX_GPUS:
+            raise ValueError(f"invalid count {count_text!r} for gpu: at most {MAX_GPUS:,}")
         pairs[name] = int(count_text)
     return pairs
 
@@ -157,6 +160,27 @@ def never_fits(slots: int, needs: Mapping[str, int], capacity: Capacity) -> str 
     return None
 
 
+def refusal(slots: int, needs: Mapping[str, int], capacity: Capacity) -> str | None:
+    """Why a daemon that runs jobs alone (SQLite) refuses a job at `add`: it
+    could never run it, in the user's words; None if it could. A node of no
+    slots (`workers scale 0`) refuses nothing for its slots: it runs nothing
+    for now."""
+    if capacity.slots and slots > capacity.slots:
+        return (
+            f"takes {slots} slots but this daemon has {capacity.slots}; "
+            f"raise them with `queuectl workers scale {slots}`"
+        )
+    for name, count in needs.items():
+        has = _has(capacity, name)
+        if count > has:
+            if has:
+                return f"needs {name}={count} but this daemon has {name}={has}"
+            return (
+                f"needs {name}={count} but this daemon has no {name}; start queued with --resources {name}=N"
+            )
+    return None
+
+
 def shortfall(slots: int, needs: Mapping[str, int], pool: Pool) -> str | None:
     """What the job waits for now ("gpu: needs 2, 1 free"), or None if it fits."""
     short = []
@@ -185,6 +209,47 @@ def _take(pool: Pool, slots: int, needs: Mapping[str, int], gpus: Iterable[int])
     pool.gpus = pool.gpus - frozenset(gpus)
 
 
+class Allocator:
+    """`allocate`, one job at a time, in claim order: what the supervisor's
+    read-ahead and the engines' claims walk their candidates with. Each
+    `offer` either starts the job (its GPU indices returned) or passes it
+    over (None), a starved one holding what is free of its need."""
+
+    __slots__ = ("capacity", "free", "now", "patience")
+
+    def __init__(self, pool: Pool, capacity: Capacity, now: float, patience: float = STARVATION_PATIENCE):
+        self.free = Pool(slots=pool.slots, counts=dict(pool.counts), gpus=pool.gpus)
+        self.capacity = capacity
+        self.now = now
+        self.patience = patience
+
+    @property
+    def full(self) -> bool:
+        """No slot is left: nothing more can start (every job takes a slot at least)."""
+        return self.free.slots <= 0
+
+    def offer(self, slots: int, needs: Mapping[str, int], waiting_since: float) -> tuple[int, ...] | None:
+        """The GPU indices the job gets if it starts now (taken from what is
+        free), else None: it does not fit (and, starved, holds what is free
+        of its need), or it could never fit this node."""
+        free = self.free
+        if free.slots <= 0 or never_fits(slots, needs, self.capacity) is not None:
+            return None
+        if shortfall(slots, needs, free) is None:
+            gpus = tuple(sorted(free.gpus)[: needs.get(GPU, 0)])
+            _take(free, slots, needs, gpus)
+            return gpus
+        if self.now - waiting_since >= self.patience:
+            # Starved: hold the part of its need that is free, for it alone.
+            part = {name: min(count, _has(free, name)) for name, count in needs.items()}
+            _take(free, min(slots, free.slots), part, sorted(free.gpus)[: part.get(GPU, 0)])
+        return None
+
+    def is_holding(self, slots: int, needs: Mapping[str, int], waiting_since: float) -> bool:
+        """Whether a job just passed over (`offer` gave None) holds what is free now."""
+        return self.now - waiting_since >= self.patience and never_fits(slots, needs, self.capacity) is None
+
+
 def allocate(
     pool: Pool,
     waiting: Sequence[Waiting],
@@ -194,24 +259,31 @@ def allocate(
 ) -> Allocation:
     """Which of `waiting` (in claim order) start now on a node with `pool`
     free, and the GPU indices each gets; the module's anti-starvation rule."""
-    free = Pool(slots=pool.slots, counts=dict(pool.counts), gpus=pool.gpus)
+    allocator = Allocator(pool, capacity, now, patience)
     started: list[Start] = []
     holding: list[int] = []
     for job in waiting:
-        if free.slots <= 0:
+        if allocator.full:
             break  # every job takes a slot at least
-        if never_fits(job.slots, job.needs, capacity) is not None:
-            continue
-        if shortfall(job.slots, job.needs, free) is None:
-            gpus = tuple(sorted(free.gpus)[: job.needs.get(GPU, 0)])
-            _take(free, job.slots, job.needs, gpus)
+        gpus = allocator.offer(job.slots, job.needs, job.waiting_since)
+        if gpus is not None:
             started.append(Start(job_id=job.job_id, gpus=gpus))
-        elif now - job.waiting_since >= patience:
-            # Starved: hold the part of its need that is free, for it alone.
-            part = {name: min(count, _has(free, name)) for name, count in job.needs.items()}
-            _take(free, min(job.slots, free.slots), part, sorted(free.gpus)[: part.get(GPU, 0)])
+        elif allocator.is_holding(job.slots, job.needs, job.waiting_since):
             holding.append(job.job_id)
     return Allocation(started=tuple(started), holding=tuple(holding))
+
+
+class Fit(Struct, frozen=True, kw_only=True):
+    """What a node may take now, handed to an engine's claim (on the writer's
+    thread): its capacity, what is free, and the rule's patience. The engine
+    walks its candidates in claim order through `allocator`."""
+
+    capacity: Capacity
+    free: Pool
+    patience: float = STARVATION_PATIENCE
+
+    def allocator(self, now: float) -> Allocator:
+        return Allocator(self.free, self.capacity, now, self.patience)
 
 
 def cuda_visible_devices(gpus: Sequence[int]) -> str:

@@ -34,6 +34,7 @@ import trio
 
 from queued import lease as rules
 from queued.lease import Lease
+from queued.protocol import Resources
 from queued.store import NodeIdentity, Store
 from queued.store.writer import Writer
 
@@ -53,7 +54,7 @@ class Leases(Protocol):
 
     def register(self, card: object, incarnation: str) -> None: ...
 
-    def renew(self, incarnation: str, slots: int) -> Renewal: ...
+    def renew(self, incarnation: str, slots: int, resources: Resources | None = None) -> Renewal: ...
 
     def leave(self, incarnation: str) -> None: ...
 
@@ -93,6 +94,7 @@ class LeaseKeeper:
         kill_grace: Callable[[], float],
         slots: Callable[[], int],
         backoff_max: Callable[[], float],
+        resources: Callable[[], Resources] | None = None,
         clock: Callable[[], float] = time.monotonic,
         in_thread: Callable[[Callable[[], object]], Awaitable[object]] | None = None,
     ) -> None:
@@ -102,6 +104,9 @@ class LeaseKeeper:
         self.seconds = seconds
         self.kill_grace = kill_grace
         self.slots = slots
+        # The node's resources and their use, for
+        # other nodes' `status`: renewed with the lease.
+        self.resources = resources
         self.backoff_max = backoff_max
         self.clock = clock
         self.lease: Lease | None = None
@@ -152,7 +157,12 @@ class LeaseKeeper:
             if now < min(next_beat, next_expiry):
                 continue
             sent = self.clock()
-            renewal = await self._call(self.leases.renew, self.identity.incarnation, self.slots())
+            if self.resources is None:
+                renewal = await self._call(self.leases.renew, self.identity.incarnation, self.slots())
+            else:
+                renewal = await self._call(
+                    self.leases.renew, self.identity.incarnation, self.slots(), self.resources()
+                )
             now = self.clock()
             if renewal is None:  # the database did not answer: claim nothing meanwhile
                 jobs.hold_claims(True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from queued.resources import Allocator
 from queued.store import Ahead, Claimed
 
 Marks = tuple[int, int]  # the writer's (epoch, additions) when a read was queued
@@ -67,10 +68,20 @@ class ReadAhead:
             return False
         return now < self._until and self._marks == marks
 
-    def take(self, now: float, room: Mapping[str, int], free: int) -> list[Claimed]:
+    def take(
+        self,
+        now: float,
+        room: Mapping[str, int],
+        free: int,
+        fit: Callable[[int], Allocator] | None = None,
+    ) -> list[Claimed]:
         """Remove and return the jobs to start now, in claim order: at most
         `free`, and in each queue at most its `room` (a queue missing from it
-        has none). A job whose queue is full keeps its place."""
+        has none). A job whose queue is full keeps its place. Jobs taking one
+        slot and needing nothing else are taken while slots are free; from
+        the first job that needs more on, `fit` (given the slots taken so
+        far) walks the rest: what fits starts with the GPUs it gives it
+        (`Claimed.gpus`), the rest keeps its place (queued.resources' rule)."""
         if self._upcoming and self._upcoming[0].run_at <= now:
             self._upcoming_due(now)
         due = self._due
@@ -79,11 +90,26 @@ class ReadAhead:
             return taken
         left = dict(room)
         waiting: list[Claimed] = []
+        allocator: Allocator | None = None
         while due and len(taken) < free:
             job = due.popleft()
             if left.get(job.queue, 0) <= 0:
                 waiting.append(job)
                 continue
+            if allocator is None and (job.slots != 1 or job.needs):
+                if fit is None:
+                    waiting.append(job)  # a caller that allocates nothing starts only plain jobs
+                    continue
+                allocator = fit(len(taken))
+            if allocator is not None:
+                if allocator.full:
+                    due.appendleft(job)
+                    break
+                gpus = allocator.offer(job.slots, job.needs, job.run_at)
+                if gpus is None:
+                    waiting.append(job)
+                    continue
+                job.gpus = gpus
             left[job.queue] -= 1
             taken.append(job)
         if waiting:

@@ -8,14 +8,20 @@ import signal
 from queued.processes.attempt import Attempt
 from queued.processes.young_attempts import YoungAttempts
 from queued.protocol import Slot
+from queued.resources import GPU
 
 
 class RunningAttempts:
-    __slots__ = ("_young", "by_job", "per_queue")
+    __slots__ = ("_young", "by_job", "counts_held", "gpus_held", "per_queue", "slots_held")
 
     def __init__(self, young: YoungAttempts) -> None:
         self.by_job: dict[int, Attempt] = {}
         self.per_queue: dict[str, int] = {}  # running attempts by queue (see `queue_room`)
+        # What they hold of the node (see queued.resources): its slots, and
+        # of its counted resources and GPUs what jobs with needs hold.
+        self.slots_held = 0
+        self.counts_held: dict[str, int] = {}
+        self.gpus_held: set[int] = set()
         self._young = young
 
     def __len__(self) -> int:
@@ -25,11 +31,25 @@ class RunningAttempts:
         job = attempt.claimed
         self.by_job[job.id] = attempt
         self.per_queue[job.queue] = self.per_queue.get(job.queue, 0) + 1
+        self.slots_held += job.slots
+        if job.needs:
+            self._hold(job.needs, 1)
+            self.gpus_held.update(job.gpus)
 
     def remove(self, attempt: Attempt) -> None:
         job = attempt.claimed
         del self.by_job[job.id]
         self.per_queue[job.queue] -= 1
+        self.slots_held -= job.slots
+        if job.needs:
+            self._hold(job.needs, -1)
+            self.gpus_held.difference_update(job.gpus)
+
+    def _hold(self, needs: dict[str, int], sign: int) -> None:
+        held = self.counts_held
+        for name, count in needs.items():
+            if name != GPU:  # GPUs are held by index
+                held[name] = held.get(name, 0) + sign * count
 
     def stop(self, attempt: Attempt, reason: str) -> None:
         attempt.stop(reason)

@@ -6,12 +6,13 @@ on disk before its attempt's end."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import trio
 
 from queued.lifecycle import Exit
 from queued.processes.read_ahead import Marks
+from queued.resources import Fit
 from queued.store import Ahead, Claimed, Store
 from queued.store.writer import Call, Writer
 
@@ -63,10 +64,10 @@ class StoreCalls:
         slots: int,
         queue_room: dict[str, int],
         busy: list[int],
-        gpus: Mapping[int, Sequence[int]] | None = None,
+        fit: Fit | None = None,
     ) -> list[Claimed]:
         return await self.db.record_now(
-            Store.claim, now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus
+            Store.claim, now=now, slots=slots, queue_room=queue_room, busy=busy, fit=fit
         )
 
     def unclaim(self, job: Claimed, now: float) -> Call:

@@ -52,6 +52,7 @@ from queued.processes.escapes import Escapes
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
 from queued.processes.log_folders import LogFolders, LogsUnusable
+from queued.processes.node_resources import CUDA_VISIBLE_DEVICES, NodeResources
 from queued.processes.output_copies import OutputCopies
 from queued.processes.queue_room import queue_room
 from queued.processes.read_ahead import ReadAhead
@@ -60,6 +61,7 @@ from queued.processes.start_hold import StartHold
 from queued.processes.store_calls import StoreCalls
 from queued.processes.young_attempts import YoungAttempts
 from queued.protocol import QueueInfo, Resources, Slot
+from queued.resources import Pool, cuda_visible_devices, refusal
 from queued.settings import Settings
 from queued.store import Claimed, CommitUnknown, StorageError, StoreUnreachable
 from queued.store.writer import Call, Writer
@@ -85,9 +87,13 @@ class Supervisor:
         guardian: GuardianLink,
         instance: str,
         clock: Callable[[], float] = time.time,
+        resources: NodeResources | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
+        # What the node has besides its slots (GPUs, counted resources), and
+        # the anti-starvation rule's patience (see queued.resources).
+        self.node_resources = resources or NodeResources()
         self.descriptors_reserved = descriptors.FDS_RESERVED  # the daemon's own (the web page adds its share)
         self.log_folders = LogFolders(logs_dir)
         self.guardian = guardian
@@ -191,12 +197,6 @@ class Supervisor:
 
     def slots(self) -> list[Slot]:
         return self.attempts.slots()
-
-    def resources(self) -> Resources:
-        """This node's resources for `status`: its slots (the concurrency) and
-        those its running jobs take (a job takes `Claimed.slots`)."""
-        used = sum(attempt.claimed.slots for attempt in self.running.values())
-        return Resources(slots=self.settings.concurrency, slots_used=used)
 
     @property
     def busy(self) -> bool:
@@ -366,9 +366,38 @@ class Supervisor:
         return trio.current_time() + max(0.0, when - self.clock())
 
     def _free(self) -> int:
-        """Slots free for new attempts (none once the start budget is spent)."""
-        free = self.settings.concurrency - len(self.running)
+        """How many attempts may start: the slots free, and no more than the
+        start budget (none once it is spent)."""
+        free = self.settings.concurrency - self.attempts.slots_held
         return free if self.start_budget is None else min(free, self.start_budget)
+
+    def _pool(self, slots_taken: int = 0) -> Pool:
+        """What is free of the node, less `slots_taken` (by plain jobs taken
+        in the start under way)."""
+        attempts = self.attempts
+        slots = self.settings.concurrency - attempts.slots_held - slots_taken
+        return self.node_resources.free(slots, attempts.counts_held, attempts.gpus_held)
+
+    def could_never_run(self, slots: int, needs: dict[str, int]) -> str | None:
+        """Why this node could not run a job taking `slots` and needing
+        `needs`, even idle (one line, for a refused add), or None."""
+        return refusal(slots, needs, self.node_resources.capacity(self.settings.concurrency))
+
+    def resources(self) -> Resources:
+        """This node's resources, capacity and use (for `status`, and on a
+        shared store each heartbeat's `nodes.resources`): its slots (the
+        concurrency) and those its running jobs take, its counted resources
+        and GPUs and those its running jobs hold."""
+        attempts = self.attempts
+        counts = self.node_resources.counts
+        return Resources(
+            slots=self.settings.concurrency,
+            slots_used=attempts.slots_held,
+            counts=dict(counts),
+            counts_used={name: attempts.counts_held.get(name, 0) for name in counts},
+            gpus=list(self.node_resources.gpus),
+            gpus_used=sorted(attempts.gpus_held),
+        )
 
     def _room(self) -> dict[str, int]:
         served = self.queues.values()
@@ -394,7 +423,13 @@ class Supervisor:
 
     def _start_ahead(self, now: float, room: dict[str, int]) -> int:
         """Start jobs read ahead while there is room; how many started."""
-        jobs = self.read_ahead.take(now, room, self._free())
+        concurrency = self.settings.concurrency
+        jobs = self.read_ahead.take(
+            now,
+            room,
+            self._free(),
+            lambda slots_taken: self.node_resources.allocator(concurrency, self._pool(slots_taken), now),
+        )
         for started, job in enumerate(jobs):
             if not self.guardian.ready or not self._start(job, now, committed=False):
                 self.read_ahead.give_back(jobs[started:])  # no descriptor (or guardian): they wait
@@ -413,7 +448,11 @@ class Supervisor:
         with trio.CancelScope(shield=True):  # once claimed, a job starts or waits again
             try:
                 claimed = await self._store.claim(
-                    now=now, slots=free, queue_room=room, busy=list(self.running)
+                    now=now,
+                    slots=free,
+                    queue_room=room,
+                    busy=list(self.running),
+                    fit=self.node_resources.fit(self.settings.concurrency, self._pool()),
                 )
             except CommitUnknown as exc:
                 self._unclaim_when_back(exc.result or [], now)
@@ -468,6 +507,8 @@ class Supervisor:
         try:
             self.log_folders.check(claimed.id)
             env = self._environments.for_attempt(claimed.env, job_id=claimed.id, run=claimed.run)
+            if self.node_resources.gpus:
+                env[CUDA_VISIBLE_DEVICES] = cuda_visible_devices(claimed.gpus)
             process = JobProcess(claimed.command, cwd=claimed.cwd, env=env)
         except OutOfDescriptors as exc:
             now = self.clock()
@@ -480,7 +521,7 @@ class Supervisor:
             failure = lifecycle.spawn_failure(str(exc))
         except Exception as exc:
             failure = fault_outcome(claimed, exc)
-        record = None if committed else self._store.start(claimed, now)
+        record = None if committed else self._store.start(claimed, now, claimed.gpus)
         attempt = Attempt(claimed, now, self.log_folders.paths(claimed.id, claimed.run), record)
         self.attempts.add(attempt)
         if self.start_budget is not None:
@@ -587,7 +628,7 @@ class Supervisor:
         ):
             return False
         self._start_ahead(now, self._room())
-        return len(self.running) >= self.settings.concurrency
+        return self.attempts.slots_held >= self.settings.concurrency
 
     def _abandon(self, attempt: Attempt, exc: BaseException) -> Exit:
         """A fault in handling a started attempt: it fails (`fault_outcome`),

@@ -156,6 +156,10 @@ class Supervision(Protocol):
 
     def descriptor_shortfall(self, concurrency: int) -> str | None: ...
 
+    def could_never_run(self, slots: int, needs: dict[str, int]) -> str | None:
+        """Why this node could not run such a job even idle (one line), or None."""
+        ...
+
     def next_change(self) -> trio.Event: ...
 
 

@@ -38,6 +38,14 @@ async def _add(d: Daemon, r: p.AddJobs) -> p.Response:
     pinned = d.node.name if r.here else r.node
     if r.here and r.node is not None and r.node != d.node.name:
         return p.Error(code="invalid", message="give --here or --node, not both")
+    if not d.shared_store or pinned == d.node.name:
+        # Only this daemon could run them: refuse what it never could.
+        for index, job in enumerate(jobs):
+            if job.slots != 1 or job.needs:
+                reason = d.supervisor.could_never_run(job.slots, job.needs)
+                if reason is not None:
+                    prefix = f"job {index + 1} of {len(r.jobs)}: " if len(r.jobs) > 1 else ""
+                    return p.Error(code="invalid", message=f"{prefix}{reason}")
     if pinned is not None:
         if r.node is not None and not r.here:
             names = [node.name for node in await d.db.read(Store.nodes)]

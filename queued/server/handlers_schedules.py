@@ -22,6 +22,10 @@ async def _add(d: Daemon, r: p.AddSchedule) -> p.Response:
         raise ValueError("a schedule's jobs run when it fires: leave out the delay and run_at")
     validation.check_environment(env)
     job = validation.new_job(r.job, cwd=cwd, env=env, settings=d.settings, now=now)
+    if not d.shared_store and (job.slots != 1 or job.needs):
+        reason = d.supervisor.could_never_run(job.slots, job.needs)
+        if reason is not None:  # its jobs would wait for ever
+            raise ValueError(reason)
     schedule = schedules.new_schedule(
         r.schedule,
         r.expression,

@@ -48,6 +48,7 @@ import msgspec
 
 from queued.lifecycle import Exit, JobState
 from queued.protocol import ErrorCode, Job, NodeInfo, QueueInfo, Run
+from queued.resources import Fit
 from queued.schedules import NewSchedule, Outcome
 from queued.validation import NewJob
 
@@ -124,8 +125,11 @@ class Claimed(msgspec.Struct, kw_only=True):
     has_dependents: bool = False  # its success may release jobs waiting for it
     priority: int = 0
     run_at: float = 0.0
-    slots: int = 1  # how many of the node's slots it takes
-    needs: dict[str, int] = {}  # counted resources it holds while it runs ("gpu": 1)
+    slots: int = 1  # how many of a node's slots it takes (`--slots`)
+    needs: dict[str, int] = {}  # counted resources it needs, GPUs as "gpu" (`--needs`)
+    # The GPU indices its attempt holds, chosen when it is taken on a node
+    # with GPUs (the supervisor's read-ahead, or the engine's claim).
+    gpus: tuple[int, ...] = ()
 
     @property
     def claim_key(self) -> tuple[int, float, int]:
@@ -497,6 +501,7 @@ class Store(Protocol):
         queue_room: dict[str, int],
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
+        fit: Fit | None = None,
     ) -> Written[list[Claimed]]:
         """Take (as `start` does) up to `slots` due jobs, best first, at most
         `queue_room[q]` of each queue q (queues not named have no room), none
@@ -504,7 +509,12 @@ class Store(Protocol):
         indices; and of a queue with a concurrency of its own, no more than
         that concurrency less its jobs running in the store (on every node that
         shares it: an engine shared by nodes serializes the claims of such a
-        queue so that two nodes together never exceed it)."""
+        queue so that two nodes together never exceed it). With `fit` (the
+        node's capacity and what is free of it), the jobs are walked in claim
+        order through `fit.allocator(now)` (queued.resources): only those it
+        starts are taken, each with the GPUs it gives them (`Claimed.gpus`,
+        recorded on the attempt); those passed over are not taken, nor kept
+        from other nodes past the claim's commit."""
         ...
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:

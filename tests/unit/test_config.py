@@ -90,6 +90,12 @@ VALUES: dict[str, dict[str, tuple[object, object]]] = {
         "environment": ("a", ("a",)),
         "file": ("b, c,b", ("b", "c")),
     },
+    "resources": {
+        "flag": ("gpu=2,licence=1", {"gpu": 2, "licence": 1}),
+        "environment": ("gpu=0", {"gpu": 0}),
+        "file": ("seat=3", {"seat": 3}),
+    },
+    "starvation-patience": {"flag": ("2", 2.0), "environment": ("5m", 300.0), "file": ("90s", 90.0)},
 }
 DAEMON_DEFAULTS = {
     "socket": None,
@@ -104,6 +110,8 @@ DAEMON_DEFAULTS = {
     "node": None,
     "node-lease": 30.0,
     "queues": None,
+    "resources": None,
+    "starvation-patience": 60.0,
 }
 STRONGEST_FIRST = ("flag", "environment", "config set", "file")
 
@@ -163,6 +171,8 @@ def test_every_key_has_a_variable() -> None:
         "QUEUED_NODE",
         "QUEUED_NODE_LEASE",
         "QUEUED_QUEUES",
+        "QUEUED_RESOURCES",
+        "QUEUED_STARVATION_PATIENCE",
     ]
 
 
@@ -204,6 +214,10 @@ def test_config_set_never_names_the_daemons_own_keys() -> None:
         ({"node": "x" * 64}, {}, "longer than 63"),
         ({}, {"QUEUED_NODE_LEASE": "0"}, "node-lease.*QUEUED_NODE_LEASE"),
         ({"queues": "gpu,,cpu"}, {}, "invalid value for queues"),
+        ({}, {"QUEUED_RESOURCES": "gpu=two"}, "invalid count 'two' for gpu.*QUEUED_RESOURCES"),
+        ({"resources": "slots=4"}, {}, "'slots' is not a resource.*config file"),
+        ({}, {"QUEUED_RESOURCES": "gpu=99999999"}, "invalid count '99999999'"),
+        ({"starvation-patience": "soon"}, {}, "starvation-patience"),
     ],
 )
 def test_bad_values_name_their_source(file: dict, environ: dict, named: str) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import trio
 
 from queued.processes.lease_keeper import LeaseKeeper
+from queued.protocol import Resources
 from queued.store import NodeIdentity, Store
 from queued.store.postgres.nodes import LeaseUnreachable
 
@@ -31,8 +32,11 @@ class FakeLeases:
     def register(self, card: object, incarnation: str) -> None:
         self.registered.append(incarnation)
 
-    def renew(self, incarnation: str, slots: int) -> FakeRenewal:
+    resources: list[Resources | None] = field(default_factory=list)
+
+    def renew(self, incarnation: str, slots: int, resources: Resources | None = None) -> FakeRenewal:
         self.renewed.append(trio.current_time())
+        self.resources.append(resources)
         answer = self.answers.pop(0) if self.answers else FakeRenewal()
         if isinstance(answer, Exception):
             raise answer
@@ -92,7 +96,7 @@ async def inline(call):  # type: ignore[no-untyped-def]
     return call()
 
 
-def keeper(leases: FakeLeases) -> LeaseKeeper:
+def keeper(leases: FakeLeases, resources=None) -> LeaseKeeper:
     k = LeaseKeeper(
         leases,  # type: ignore[arg-type]
         NodeIdentity("n1", ""),
@@ -103,6 +107,7 @@ def keeper(leases: FakeLeases) -> LeaseKeeper:
         backoff_max=lambda: 60.0,
         clock=trio.current_time,
         in_thread=inline,
+        resources=resources,
     )
     k.register()
     return k
@@ -179,3 +184,16 @@ async def test_a_renewal_that_sees_a_lost_node_has_it_rescued_and_wakes_at_the_n
     await run_for(keeper(leases), FakeJobs(), 1.5, db)
     assert [round(t - start, 2) for t in leases.renewed[:2]] == [1.0, 1.35]  # 0.3 s, then a little
     assert db.calls == [Store.rescue]
+
+
+async def test_each_heartbeat_carries_the_nodes_resources_as_they_are_then(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    leases = FakeLeases()
+    uses = iter([Resources(slots=2, slots_used=1), Resources(slots=2, slots_used=2), Resources(slots=2)])
+    await run_for(keeper(leases, resources=lambda: next(uses)), FakeJobs(), 3.5, None)
+    assert leases.resources == [
+        '{"slots": 2, "slots_used": 1}',
+        '{"slots": 2, "slots_used": 2}',
+        '{"slots": 2}',
+    ]

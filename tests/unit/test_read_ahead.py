@@ -6,13 +6,21 @@ from __future__ import annotations
 import math
 
 from queued.processes.read_ahead import ReadAhead
+from queued.resources import Allocator, Capacity, Pool
 from queued.store import Ahead, Claimed
 
 T0 = 1000.0
 MARKS = (3, 5)  # the writer's (epoch, additions)
 
 
-def job(job_id: int, queue: str = "default", priority: int = 0, run_at: float = T0 - 1) -> Claimed:
+def job(
+    job_id: int,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: float = T0 - 1,
+    slots: int = 1,
+    **needs: int,
+) -> Claimed:
     return Claimed(
         id=job_id,
         run=1,
@@ -26,6 +34,8 @@ def job(job_id: int, queue: str = "default", priority: int = 0, run_at: float = 
         backoff_base=2.0,
         priority=priority,
         run_at=run_at,
+        slots=slots,
+        needs=needs,
     )
 
 
@@ -139,3 +149,61 @@ def test_forget_drops_everything_until_the_next_read() -> None:
     assert read.due_jobs() == [] and read.upcoming_jobs() == []
     assert not read.valid_for(T0, MARKS)
     assert read.take(T0, {"default": 1}, 1) == []
+
+
+# --- with resources (see queued.resources) ------------------------------------
+
+
+def fit_on(capacity: Capacity, free: Pool, patience: float = 60.0):
+    """The supervisor's allocator factory: what is free, less the plain jobs taken so far."""
+    asked: list[int] = []
+
+    def fit(slots_taken: int) -> Allocator:
+        asked.append(slots_taken)
+        pool = Pool(slots=free.slots - slots_taken, counts=dict(free.counts), gpus=free.gpus)
+        return Allocator(pool, capacity, T0, patience)
+
+    fit.asked = asked  # type: ignore[attr-defined]
+    return fit
+
+
+GPU_NODE = Capacity(slots=4, gpus=(0, 1))
+
+
+def test_plain_jobs_take_no_allocator() -> None:
+    read = loaded([job(1), job(2)])
+    fit = fit_on(GPU_NODE, Pool(slots=4, gpus=frozenset({0, 1})))
+    assert ids(read.take(T0, {"default": 4}, 4, fit)) == [1, 2]
+    assert fit.asked == []
+
+
+def test_gpu_jobs_get_disjoint_gpus_and_plain_ones_behind_them_fill_the_slots() -> None:
+    read = loaded([job(1), job(2, gpu=1), job(3, gpu=2), job(4, gpu=1), job(5)])
+    fit = fit_on(GPU_NODE, Pool(slots=4, gpus=frozenset({0, 1})))
+    taken = read.take(T0, {"default": 4}, 4, fit)
+    assert [(j.id, j.gpus) for j in taken] == [(1, ()), (2, (0,)), (4, (1,)), (5, ())]
+    assert fit.asked == [1]  # one plain job was taken before the first GPU job
+    assert ids(read.due_jobs()) == [3]  # keeps its place
+
+
+def test_a_job_taking_every_slot_waits_for_them_and_then_runs_alone() -> None:
+    node = Capacity(slots=2)
+    read = loaded([job(1, slots=2), job(2)])
+    # One slot busy: the big job does not fit, the small one behind it does (backfill).
+    assert ids(read.take(T0, {"default": 1}, 1, fit_on(node, Pool(slots=1)))) == [2]
+    read = loaded([job(1, slots=2), job(2)])
+    assert ids(read.take(T0, {"default": 2}, 2, fit_on(node, Pool(slots=2)))) == [1]
+    assert ids(read.due_jobs()) == [2]
+
+
+def test_a_starved_big_job_holds_the_free_slot() -> None:
+    node = Capacity(slots=2)
+    read = loaded([job(1, slots=2, run_at=T0 - 61), job(2)])
+    assert read.take(T0, {"default": 1}, 1, fit_on(node, Pool(slots=1))) == []
+    assert ids(read.due_jobs()) == [1, 2]
+
+
+def test_without_an_allocator_only_plain_jobs_start() -> None:
+    read = loaded([job(1, slots=2), job(2, gpu=1), job(3)])
+    assert ids(read.take(T0, {"default": 4}, 4)) == [3]
+    assert ids(read.due_jobs()) == [1, 2]

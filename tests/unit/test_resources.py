@@ -23,6 +23,7 @@ from queued.resources import (
     parse_nvidia_smi,
     parse_resources,
     parse_slots,
+    refusal,
     shortfall,
 )
 
@@ -51,6 +52,7 @@ def test_parse_needs() -> None:
         ("gpu=-1", "invalid count '-1' for gpu"),
         ("gpu=1.5", "invalid count '1.5' for gpu"),
         ("gpu=99999999", "invalid count '99999999' for gpu"),
+        ("gpu=1025", "invalid count '1025' for gpu: at most 1,024"),
         ("gpu=1,gpu=2", "--resources names 'gpu' twice"),
         ("2gpu=1", "invalid resource name '2gpu': a letter, then letters"),
         ("gp u=1", "invalid resource name 'gp u'"),
@@ -131,6 +133,23 @@ def test_never_fits() -> None:
     assert never_fits(5, {}, NODE) == "takes 5 slots; this node has 4"
     assert never_fits(1, {"gpu": 3}, NODE) == "needs gpu=3; this node has gpu=2"
     assert never_fits(1, {"tpu": 1}, NODE) == "needs tpu=1; this node has no tpu"
+
+
+def test_refusal_at_add() -> None:
+    assert refusal(1, {}, NODE) is None
+    assert refusal(4, {"gpu": 2, "licence": 1}, NODE) is None
+    assert (
+        refusal(5, {}, NODE)
+        == "takes 5 slots but this daemon has 4; raise them with `queuectl workers scale 5`"
+    )
+    assert refusal(5, {}, Capacity(slots=0)) is None  # scaled to 0: it runs nothing for now
+    assert refusal(1, {"gpu": 3}, NODE) == "needs gpu=3 but this daemon has gpu=2"
+    assert refusal(1, {"gpu": 1}, Capacity(slots=4)) == (
+        "needs gpu=1 but this daemon has no gpu; start queued with --resources gpu=N"
+    )
+    assert refusal(1, {"tpu": 1}, NODE) == (
+        "needs tpu=1 but this daemon has no tpu; start queued with --resources tpu=N"
+    )
 
 
 def test_free_pool_and_shortfall() -> None:

@@ -17,6 +17,7 @@ import pytest
 from queued import lifecycle, validation
 from queued.lifecycle import STATES, classify_exit
 from queued.protocol import JobSpec
+from queued.resources import Capacity, Fit, Pool
 from queued.settings import Settings
 from queued.store import Changes, Claimed, Recovered, Refused
 from queued.store.contract import Engine, Fired, OutputChunk
@@ -2160,6 +2161,67 @@ def test_an_attempt_keeps_the_gpus_it_held(store: Store) -> None:
     [again] = store.claim(now=T0 + 100, slots=1, queue_room={"default": 1})
     assert again.id == read_ahead
     assert [run.gpus for run in store.get_job(read_ahead)[1]] == [[1, 3], []]
+
+
+def gpu_fit(
+    slots: int, gpus: tuple[int, ...] = (0, 1), free_gpus: tuple[int, ...] | None = None, **counts: int
+):
+    """A node of `slots` slots (all free), `gpus` (those `free_gpus` free) and `counts`."""
+    capacity = Capacity(slots=slots, counts=counts, gpus=gpus)
+    free = Pool(slots=slots, counts=dict(counts), gpus=frozenset(gpus if free_gpus is None else free_gpus))
+    return Fit(capacity=capacity, free=free, patience=60.0)
+
+
+def test_a_claim_with_a_fit_takes_only_what_fits_now_with_its_gpus(store: Store) -> None:
+    plain = add(store, "plain")
+    two = add(store, "two gpus", needs={"gpu": 2})
+    one = add(store, "one gpu", needs={"gpu": 1})
+    wide = add(store, "wide", slots=2)
+    never = add(store, "a tpu", needs={"tpu": 1})
+    after = add(store, "after")
+    fit = gpu_fit(3, free_gpus=(1,))
+    claimed = store.claim(now=T0, slots=3, queue_room={"default": 3}, fit=fit)
+    # `two` does not fit the one GPU free and `wide` not the slot left: backfill.
+    assert [(c.id, c.gpus) for c in claimed] == [(plain, ()), (one, (1,)), (after, ())]
+    assert [run.gpus for run in store.get_job(one)[1]] == [[1]]
+    waiting = {j.id for j in store.jobs_by_id([two, wide, never]) if j.state == "pending"}
+    assert waiting == {two, wide, never}  # passed over, still claimable by others
+    # Idle, the node takes `two` with both GPUs, then `wide`; never the tpu job.
+    for job_id in (plain, one, after):
+        store.finish(claim_one_of(claimed, job_id), OK, BACKOFF_MAX, T0 + 1)
+    claimed = store.claim(now=T0 + 2, slots=3, queue_room={"default": 3}, fit=gpu_fit(3))
+    assert [(c.id, c.gpus) for c in claimed] == [(two, (0, 1)), (wide, ())]
+    assert store.claim(now=T0 + 2, slots=3, queue_room={"default": 3}, fit=gpu_fit(3)) == []
+    assert job(store, never).state == "pending"
+
+
+def test_a_claim_with_a_fit_lets_a_starved_job_hold_what_is_free(store: Store) -> None:
+    big = add(store, "big", slots=2)  # due at T0
+    small = add(store, "small")
+    half_free = Fit(capacity=Capacity(slots=2), free=Pool(slots=1), patience=60.0)
+    # Before its patience, the small job behind it takes the free slot...
+    assert [c.id for c in store.claim(now=T0 + 1, slots=1, queue_room={"default": 1}, fit=half_free)] == [
+        small
+    ]
+    small_two = add(store, "small two")
+    # ...after it, the big job holds it: nothing is taken.
+    assert store.claim(now=T0 + 61, slots=1, queue_room={"default": 1}, fit=half_free) == []
+    idle = Fit(capacity=Capacity(slots=2), free=Pool(slots=2), patience=60.0)
+    assert [c.id for c in store.claim(now=T0 + 62, slots=2, queue_room={"default": 2}, fit=idle)] == [big]
+    assert job(store, small_two).state == "pending"
+
+
+def test_a_claim_with_a_fit_keeps_to_queue_room(store: Store) -> None:
+    store.add_queue("serial", 1, T0)
+    first = add(store, "a", queue="serial", needs={"gpu": 1})
+    second = add(store, "b", queue="serial", needs={"gpu": 1})
+    claimed = store.claim(now=T0, slots=4, queue_room={"serial": 4}, fit=gpu_fit(4))
+    assert [(c.id, c.gpus) for c in claimed] == [(first, (0,))]
+    assert job(store, second).state == "pending"
+
+
+def claim_one_of(claimed: list[Claimed], job_id: int) -> Claimed:
+    return next(c for c in claimed if c.id == job_id)
 
 
 def test_edit_and_restart_change_or_keep_what_a_job_needs(store: Store) -> None:

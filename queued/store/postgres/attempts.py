@@ -4,6 +4,7 @@ attempts ended, and finding the attempts a dead daemon left."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import psycopg
@@ -12,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
+from queued.resources import GPU, Capacity, Fit
 from queued.store.contract import (
     NOTHING,
     Ahead,
@@ -35,6 +37,8 @@ _SELECT_WAITING = (
 )
 _DUE = {"window": "run_at <= %s", "order": "priority, run_at, id"}
 _UPCOMING = {"window": "run_at > %s AND run_at <= %s", "order": "run_at, id"}
+# A claim with a fit reads past at most this many jobs that do not fit now.
+PASSED_OVER = 64
 CWD = 4  # the cwd's place in rows.WAITING_COLUMNS and rows.INTERRUPTED_COLUMNS
 
 # What a claim makes of a waiting job (either waiting state): one UPDATE for all.
@@ -66,6 +70,25 @@ SELECT pg_advisory_xact_lock(%(lock)s, hashtext(name)) FROM (SELECT name FROM qu
     WHERE name = ANY(%(queues)s::text[]) AND concurrency IS NOT NULL ORDER BY name) q
 """
 
+# A job that could run on this node at all, idle (queued.resources.never_fits
+# in SQL): no more slots than `capacity_slots`, and of each resource it needs
+# no more than `capacity` (jsonb: each resource's count, GPUs as "gpu"). A
+# claim without a fit (%(weighing)s false) takes any job as one slot.
+_COULD_FIT = """(NOT %(weighing)s OR (slots <= %(capacity_slots)s AND (needs IS NULL OR NOT EXISTS (
+    SELECT 1 FROM jsonb_each_text(needs) n
+    WHERE n.value::int > coalesce((%(capacity)s::jsonb ->> n.key)::int, 0)))))"""
+
+# The columns a claim returns: rows.WAITING_COLUMNS, of the jobs `taken`
+# with their attempt `runs`.
+_TAKEN_COLUMNS = """
+    taken.id, taken.attempts - 1, command, queue, cwd, env_id, timeout, max_retries, backoff_base,
+    runs.attempt, EXISTS (SELECT 1 FROM dependencies WHERE depends_on = taken.id), priority, run_at,
+    slots, needs"""
+# The claim's last row when it met a job that needs more than one slot (id NULL):
+# the claim stopped before it, and the jobs from it on are walked in Python
+# (`Attempts._claim_fitting`).
+_WEIGHED = ", ".join(["NULL"] * 15)
+
 # Take the best due jobs, up to each queue's room and `slots` in all, in one
 # statement: rows other nodes are taking are skipped, not waited for. A
 # queue's room is the supervisor's less, for a limited queue, its jobs running
@@ -76,6 +99,10 @@ SELECT pg_advisory_xact_lock(%(lock)s, hashtext(name)) FROM (SELECT name FROM qu
 # at most `slots` candidates; those beyond the best `slots` of all queues
 # stay locked (not taken) until the claim commits, and another node's claim
 # skips them. Nothing is taken unless this node's lease holds (LEASE_HELD).
+# With a fit (resources), jobs this node could never run are not candidates,
+# and the claim takes only the one-slot jobs ahead of the first candidate
+# that needs more (`weighted`): a last row says it met one, and the claim
+# goes on in Python from there (`Attempts._claim_fitting`).
 _CLAIM = f"""
 WITH asked(queue, n) AS (SELECT * FROM unnest(%(queues)s::text[], %(rooms)s::int[])
     WHERE {LEASE_HELD}),
@@ -85,15 +112,19 @@ room(queue, n) AS (
             WHERE state = '{lifecycle.RUNNING}' AND queue = asked.queue))) END
     FROM asked JOIN queues ON queues.name = asked.queue WHERE NOT queues.paused),
 picked AS (
-    SELECT j.id, j.priority, j.run_at FROM room CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM jobs
+    SELECT j.id, j.priority, j.run_at, j.weighted FROM room CROSS JOIN LATERAL (
+        SELECT id, priority, run_at, %(weighing)s AND (slots <> 1 OR needs IS NOT NULL) AS weighted
+        FROM jobs
         WHERE state IN ({WAITING}) AND unmet = 0 AND run_at <= %(now)s AND queue = room.queue
-            AND id <> ALL(%(busy)s::bigint[]) AND (node IS NULL OR node = %(node)s)
+            AND id <> ALL(%(busy)s::bigint[]) AND (node IS NULL OR node = %(node)s) AND {_COULD_FIT}
         ORDER BY priority, run_at, id LIMIT least(room.n, %(slots)s) FOR UPDATE SKIP LOCKED) j
     ORDER BY j.priority, j.run_at, j.id LIMIT %(slots)s),
+plain AS (
+    SELECT p.id FROM picked p WHERE NOT EXISTS (SELECT 1 FROM picked w
+        WHERE w.weighted AND (w.priority, w.run_at, w.id) <= (p.priority, p.run_at, p.id))),
 taken AS (
     UPDATE jobs SET state = '{_CLAIMED}', attempts = jobs.attempts + 1, updated_at = %(now)s
-    FROM picked WHERE jobs.id = picked.id
+    FROM plain WHERE jobs.id = plain.id
     RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
         jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at, jobs.slots, jobs.needs),
 runs AS (
@@ -101,12 +132,53 @@ runs AS (
     SELECT id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id), %(now)s,
         %(node)s, %(incarnation)s, %(gpus)s::jsonb -> taken.id::text
     FROM taken RETURNING job_id, attempt)
-SELECT taken.id, taken.attempts - 1, command, queue, cwd, env_id, timeout, max_retries, backoff_base,
-    runs.attempt, EXISTS (SELECT 1 FROM dependencies WHERE depends_on = taken.id), priority, run_at,
-    slots, needs
-FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.id
+SELECT {_TAKEN_COLUMNS}
+FROM taken JOIN runs ON runs.job_id = taken.id
+UNION ALL SELECT {_WEIGHED} WHERE EXISTS (SELECT 1 FROM picked WHERE weighted)
+ORDER BY 12, 13, 1
 """
 
+
+# What room each queue has left for the rest of a claim with a fit: as
+# _CLAIM's `room` (the limited queues are locked already), counting the jobs
+# the claim took so far, which run in its transaction.
+_ROOM = f"""
+SELECT asked.queue, CASE WHEN queues.concurrency IS NULL THEN asked.n
+    ELSE greatest(0, least(asked.n, queues.concurrency - (SELECT count(*) FROM jobs
+        WHERE state = '{lifecycle.RUNNING}' AND queue = asked.queue))) END
+FROM unnest(%(queues)s::text[], %(rooms)s::int[]) AS asked(queue, n)
+JOIN queues ON queues.name = asked.queue WHERE NOT queues.paused
+"""
+
+# The candidates of the rest of a claim with a fit, in claim order, not locked:
+# those it passes over stay claimable by other nodes all along.
+_CANDIDATES = f"""
+SELECT {rows.WAITING_COLUMNS} FROM jobs
+WHERE state IN ({WAITING}) AND unmet = 0 AND run_at <= %(now)s AND queue = ANY(%(queues)s::text[])
+    AND id <> ALL(%(busy)s::bigint[]) AND (node IS NULL OR node = %(node)s) AND {_COULD_FIT}
+ORDER BY priority, run_at, id LIMIT %(limit)s
+"""
+
+# Take the jobs the fit chose (with their GPUs), those still waiting and not
+# being taken by another node; as _CLAIM takes them.
+_TAKE_CHOSEN = f"""
+WITH chosen(id, gpus) AS (SELECT * FROM unnest(%(ids)s::bigint[], %(gpus)s::text[]) WHERE {LEASE_HELD}),
+locked AS (
+    SELECT jobs.id FROM jobs JOIN chosen ON chosen.id = jobs.id
+    WHERE jobs.state IN ({WAITING}) AND jobs.unmet = 0 FOR UPDATE OF jobs SKIP LOCKED),
+taken AS (
+    UPDATE jobs SET state = '{_CLAIMED}', attempts = jobs.attempts + 1, updated_at = %(now)s
+    FROM locked WHERE jobs.id = locked.id
+    RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
+        jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at, jobs.slots, jobs.needs),
+runs AS (
+    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus)
+    SELECT taken.id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id),
+        %(now)s, %(node)s, %(incarnation)s, chosen.gpus::jsonb
+    FROM taken JOIN chosen ON chosen.id = taken.id RETURNING job_id, attempt)
+SELECT {_TAKEN_COLUMNS}
+FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.id
+"""
 
 # The open attempts of every incarnation that holds no live lease (a node
 # lost, or an earlier start of this one), ended as interrupted in one
@@ -123,6 +195,13 @@ RETURNING a.job_id, a.attempt, a.error
 assert (
     lifecycle.node_lost("X").error == "interrupted: its node X stopped renewing its lease while the job ran"
 )
+
+
+def _capacity_json(capacity: Capacity | None) -> str | None:
+    """A node's capacity as _COULD_FIT reads it: each resource's count, GPUs as "gpu"."""
+    if capacity is None:
+        return None
+    return json.dumps({**capacity.counts, GPU: len(capacity.gpus)})
 
 
 class Attempts:
@@ -236,6 +315,7 @@ class Attempts:
         queue_room: dict[str, int],
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
+        fit: Fit | None = None,
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
         `queue_room` maps every claimable queue to this node's free slots for
@@ -243,11 +323,15 @@ class Attempts:
         running on every node); `busy` jobs still have a process from an
         earlier attempt (a cancel in its grace period, then a retry) and wait
         for it to be gone; `gpus`: the GPU indices the attempt of a job (by
-        id) holds, should the claim take it."""
+        id) holds, should the claim take it. With `fit`, one-slot jobs are
+        taken in one statement up to the first job that needs more; from
+        there the fit walks the candidates (`_claim_fitting`), in the same
+        transaction."""
         room = {queue: n for queue, n in queue_room.items() if n > 0}
         if slots <= 0 or not room:
             return Written([])
         environment = self.environments.get
+        capacity = fit.capacity if fit is not None else None
         # Both statements in one round trip: the server runs the claim once
         # the locks are taken, with a snapshot of its own.
         found = self._execute(
@@ -265,11 +349,90 @@ class Attempts:
                     "gpus": Jsonb({str(job_id): list(held) for job_id, held in gpus.items() if held})
                     if gpus
                     else None,
+                    "weighing": fit is not None,
+                    "capacity_slots": capacity.slots if capacity else 0,
+                    "capacity": _capacity_json(capacity),
                 },
             ),
         ).fetchall()
-        claimed = [rows.waiting(with_path(row, CWD), environment(row[5])) for row in found]
+        weighed = bool(found) and found[-1][0] is None
+        claimed = [
+            rows.waiting(with_path(row, CWD), environment(row[5])) for row in found if row[0] is not None
+        ]
+        if gpus:
+            for job in claimed:
+                job.gpus = tuple(gpus.get(job.id, ()))
+        if weighed and fit is not None and len(claimed) < slots:
+            claimed += self._claim_fitting(now, slots, room, busy, fit, claimed)
         return Written(claimed)
+
+    def _claim_fitting(
+        self,
+        now: float,
+        slots: int,
+        room: dict[str, int],
+        busy: Sequence[int],
+        fit: Fit,
+        claimed: list[Claimed],
+    ) -> list[Claimed]:
+        """The rest of a claim with a fit, after the one-slot jobs `claimed`
+        ahead of the first job needing more: read the candidates (not
+        locked), walk them through the fit's allocator as the rules say,
+        take those it starts. Round trips of its own: only when such a job
+        is among the best candidates."""
+        left = dict(room)
+        for job in claimed:
+            left[job.queue] -= 1
+        rooms = dict(
+            self.conn.execute(_ROOM, {"queues": list(left), "rooms": list(left.values())}).fetchall()
+        )
+        open_queues = [queue for queue, n in rooms.items() if n > 0]
+        if not open_queues:
+            return []
+        allocator = fit.allocator(now)
+        allocator.free.slots -= len(claimed)  # one each
+        limit = slots - len(claimed)
+        candidates = self.conn.execute(
+            _CANDIDATES,
+            {
+                "now": now,
+                "queues": open_queues,
+                "busy": [*busy, *(job.id for job in claimed)],
+                "node": self.node.name,
+                "weighing": True,
+                "capacity_slots": fit.capacity.slots,
+                "capacity": _capacity_json(fit.capacity),
+                "limit": limit + PASSED_OVER,
+            },
+        ).fetchall()
+        chosen: dict[int, tuple[int, ...]] = {}
+        for row in candidates:
+            job_id, queue, run_at, job_slots, needs = row[0], row[3], row[12], row[13], row[14] or {}
+            if len(chosen) >= limit or allocator.full:
+                break
+            if rooms.get(queue, 0) <= 0:
+                continue
+            gpus = allocator.offer(job_slots, needs, run_at)
+            if gpus is not None:
+                chosen[job_id] = gpus
+                rooms[queue] -= 1
+        if not chosen:
+            return []
+        environment = self.environments.get
+        taken = self.conn.execute(
+            _TAKE_CHOSEN,
+            {
+                "ids": list(chosen),
+                "gpus": [json.dumps(list(gpus)) if gpus else None for gpus in chosen.values()],
+                "now": now,
+                "node": self.node.name,
+                "incarnation": self._incarnation,
+            },
+        ).fetchall()
+        jobs = [rows.waiting(with_path(row, CWD), environment(row[5])) for row in taken]
+        for job in jobs:
+            job.gpus = chosen[job.id]
+        return jobs
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
         """Undo the committed claim of `job`, whose attempt could not start for

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
+from queued.resources import Fit
 from queued.store.contract import NOTHING, Ahead, Changes, Claimed, NodeIdentity, Recovered, Refused, Written
 from queued.store.sqlite import rows
 from queued.store.sqlite.environments import Environments
@@ -23,6 +24,9 @@ _SELECT_WAITING = (
 )
 _DUE = {"index": "jobs_ready", "window": "run_at <= ?", "order": "priority, run_at, id"}
 _UPCOMING = {"index": "jobs_due", "window": "run_at > ? AND run_at <= ?", "order": "run_at, id"}
+
+# A claim with a fit reads past at most this many jobs that do not fit now.
+PASSED_OVER = 64
 
 # What a claim makes of a waiting job (either waiting state): one UPDATE for all.
 _CLAIMED = lifecycle.next_state(lifecycle.WAITING_STATES[0], Event.CLAIM)
@@ -116,18 +120,23 @@ class Attempts:
         queue_room: dict[str, int],
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
+        fit: Fit | None = None,
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
         `queue_room` maps every claimable queue to its free slots; `busy` jobs
         still have a process from an earlier attempt (a cancel in its grace
         period, then a retry) and wait for it to be gone; `gpus`: the GPU
-        indices the attempt of a job (by id) holds, should the claim take it."""
+        indices the attempt of a job (by id) holds, should the claim take it.
+        With `fit`, only the jobs its allocator starts, with the GPUs it gives
+        them (at most PASSED_OVER jobs passed over)."""
         claimed: list[Claimed] = []
         room = self._bounded(queue_room)
-        while slots > len(claimed) and any(room.values()):
+        allocator = fit.allocator(now) if fit is not None else None
+        passed: list[int] = []  # jobs that do not fit now: not read again
+        while slots > len(claimed) and any(room.values()) and len(passed) <= PASSED_OVER:
             open_queues = [q for q, n in room.items() if n > 0]
-            taken = [c.id for c in claimed]
-            jobs = self._waiting(_DUE, (now,), open_queues, [*busy, *taken], slots - len(claimed))
+            skipped = [*busy, *(c.id for c in claimed), *passed]
+            jobs = self._waiting(_DUE, (now,), open_queues, skipped, slots - len(claimed))
             if not jobs:
                 break
             filled = False
@@ -135,8 +144,19 @@ class Attempts:
                 if room[job.queue] <= 0:
                     filled = True
                     continue
+                if allocator is not None:
+                    if allocator.full:
+                        return Written(claimed)
+                    given = allocator.offer(job.slots, job.needs, job.run_at)
+                    if given is None:
+                        passed.append(job.id)
+                        filled = True
+                        continue
+                    job.gpus = given
+                elif gpus:
+                    job.gpus = tuple(gpus.get(job.id, ()))
                 room[job.queue] -= 1
-                self.start(job, now, gpus.get(job.id, ()) if gpus else ())
+                self.start(job, now, job.gpus)
                 claimed.append(job)
             if not filled:
                 break

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
 from queued.protocol import Job, NodeInfo, QueueInfo, Run
+from queued.resources import Fit
 from queued.schedules import NewSchedule
 from queued.store.contract import (
     AddedIds,
@@ -233,8 +234,11 @@ class SqliteStore:
         queue_room: dict[str, int],
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
+        fit: Fit | None = None,
     ) -> Written[list[Claimed]]:
-        return self._attempts.claim(now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus)
+        return self._attempts.claim(
+            now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus, fit=fit
+        )
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
         return self._attempts.unclaim(job, now)
