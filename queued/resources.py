@@ -103,7 +103,7 @@ def _parse_pairs(text: str, what: str, example: str, least: int) -> dict[str, in
             raise ValueError(
                 f"invalid count {count_text!r} for {name}: a whole number from {least} to {MAX_UNITS:,}"
             )
-        if name == GPU and int(count_text) > MAX_GPUS:
+        if name == GPU and what == "--resources" and int(count_text) > MAX_GPUS:
             raise ValueError(f"invalid count {count_text!r} for gpu: at most {MAX_GPUS:,}")
         pairs[name] = int(count_text)
     return pairs

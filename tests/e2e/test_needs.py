@@ -58,7 +58,19 @@ def test_bad_needs_in_json_lines_name_the_line(daemon: Daemon) -> None:
     assert json.loads(daemon.ok("ls", "--all", "--json")) == []
 
 
-def test_the_daemon_refuses_what_a_client_did_not_check(daemon: Daemon) -> None:
+@pytest.fixture
+def licensed(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon with a licence to hand out (one daemon alone refuses at add
+    what it could never run), and no GPU: nvidia-smi is not asked."""
+    daemon = Daemon(tmp_path, "--resources", "gpu=0,licence=1").start()
+    try:
+        yield daemon
+    finally:
+        daemon.ok("shutdown", "--now") if daemon.process and daemon.process.poll() is None else None
+        daemon.stop()
+
+
+def test_the_daemon_refuses_what_a_client_did_not_check(licensed: Daemon) -> None:
     """An SDK or a client of its own that sends bad needs is refused in one
     line (exit 1's "refused by the daemon"), and the daemon serves on."""
     from queuectl import Client, DaemonError
@@ -70,7 +82,7 @@ def test_the_daemon_refuses_what_a_client_did_not_check(daemon: Daemon) -> None:
         ({"gpu": 2**62}, "invalid count 4611686018427387904 for gpu"),
         ({f"r{i}": 1 for i in range(40)}, "needs must be at most 32 entries"),
     ]
-    with Client(str(daemon.socket)) as client:
+    with Client(str(licensed.socket)) as client:
         for needs, words in cases:
             spec = p.JobSpec(command="true", needs=needs)
             with pytest.raises(DaemonError) as refused:
@@ -96,7 +108,8 @@ def _until(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
         time.sleep(0.05)
 
 
-def test_show_ls_and_status_say_what_jobs_need_and_hold(daemon: Daemon) -> None:
+def test_show_ls_and_status_say_what_jobs_need_and_hold(licensed: Daemon) -> None:
+    daemon = licensed
     plain = daemon.add("--", "sleep", "30")
     assert "NEEDS" not in daemon.ok("ls")  # nobody needs anything: the table stays as it was
     big = daemon.add("--slots", "2", "--needs", "licence=1", "--hold", "--", "sleep", "30")
@@ -118,8 +131,8 @@ def test_show_ls_and_status_say_what_jobs_need_and_hold(daemon: Daemon) -> None:
     assert status["resources"][status["node"]] == {
         "slots": 2,
         "slots_used": 2,
-        "counts": {},
-        "counts_used": {},
+        "counts": {"licence": 1},
+        "counts_used": {"licence": 0},
         "gpus": [],
         "gpus_used": [],
     }
@@ -128,7 +141,8 @@ def test_show_ls_and_status_say_what_jobs_need_and_hold(daemon: Daemon) -> None:
     assert [run["gpus"] for run in runs] == [[]]
 
 
-def test_a_schedules_jobs_need_what_it_says(daemon: Daemon) -> None:
+def test_a_schedules_jobs_need_what_it_says(licensed: Daemon) -> None:
+    daemon = licensed
     daemon.ok("schedule", "add", "retrain", "@weekly", "--needs", "licence=1", "--slots", "2", "--", "true")
     listed = json.loads(daemon.ok("schedule", "ls", "--json"))
     assert [(s["name"], s["slots"], s["needs"]) for s in listed] == [("retrain", 2, {"licence": 1})]
