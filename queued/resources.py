@@ -11,12 +11,19 @@ Theory of operation
   free starts, with the lowest free GPU indices. A job that does not fit is
   passed over, so smaller jobs behind it fill the gap (backfill).
 - Anti-starvation: a job that does not fit and has waited `patience` seconds
-  (60 by default) since it became due holds whatever part of its need is free
+  (60 by default, `queued --starvation-patience`) since it became due (its
+  run_at; a job its dependencies released counts from its run_at too, so it
+  gets the rule no later) holds whatever part of its need is free
   now, so no job behind it in claim order can take it; as running jobs end,
   what they free accumulates for it until it fits. It waits at most the
   patience plus the longest run ahead of it. Jobs ahead of it in claim order
   (higher priority) are not held back: the rule protects a big job from smaller
-  ones behind it, not from a steady stream of more urgent work.
+  ones behind it, not from a steady stream of more urgent work. Each node
+  applies it to what it has: on PostgreSQL a starved job holds what is free
+  on every node that could run it, until one of them starts it.
+- Where it runs: the supervisor's read-ahead (SQLite) and the engines' claims
+  walk jobs in claim order through an `Allocator`; a job of one slot and no
+  needs ahead of the first one that needs more never meets it.
 - A job that could never fit this node, even idle (more slots than the node's
   concurrency, a resource it lacks), is passed over without holding anything:
   another node may run it, or a later `workers scale`.
