@@ -45,8 +45,13 @@ class Node:
     def open(self, name: str) -> None:
         (self.gates / name).touch()
 
-    def seen(self, name: str) -> str:
-        return (self.gates / f"{name}.seen").read_text().strip()
+    async def seen(self, name: str) -> str:
+        """What the job `name` wrote at its start (once it wrote its line)."""
+        path = self.gates / f"{name}.seen"
+        with trio.fail_after(20):
+            while not (path.exists() and path.read_text().endswith("\n")):
+                await trio.sleep(0.01)
+        return path.read_text().strip()
 
     async def add(self, name: str, **fields: object) -> int:
         return await self.client.add(self.gated(name), **fields)
@@ -177,16 +182,16 @@ async def test_gpu_jobs_get_their_own_devices(tmp_path: Path, store: str | None)
         third = await node.add("third", needs={"gpu": 1})  # waits for a GPU
         plain = await node.add("plain")
         await node.still(one, two, plain)
-        assert {node.seen("one"), node.seen("two")} == {"0", "1"}
-        assert node.seen("plain") == ""  # on a node with GPUs, no GPU unless held
+        assert {await node.seen("one"), await node.seen("two")} == {"0", "1"}
+        assert await node.seen("plain") == ""  # on a node with GPUs, no GPU unless held
         status = await node.client.ok(p.GetStatus())
         assert isinstance(status, p.Status)
         use = status.resources[status.node]
         assert (use.slots, use.slots_used, use.gpus, use.gpus_used) == (4, 3, [0, 1], [0, 1])
-        held = node.seen("one")
+        held = await node.seen("one")
         node.open("one")
         await node.running(two, third, plain)
-        assert node.seen("third") == held  # the GPU `one` gave back
+        assert await node.seen("third") == held  # the GPU `one` gave back
         licensed = await node.add("licensed", needs={"licence": 1})
         await node.running(two, third, plain, licensed)
         use = node.supervisor.resources()
@@ -205,7 +210,7 @@ async def test_a_node_without_gpus_leaves_cuda_visible_devices_alone(tmp_path: P
         node = await start_node(tmp_path, nursery, concurrency=1)
         job = await node.client.add(node.gated("plain"), env={**os.environ, "CUDA_VISIBLE_DEVICES": "7"})
         await node.running(job)
-        assert node.seen("plain") == "7"
+        assert await node.seen("plain") == "7"
         node.open("plain")
         await node.client.wait(job)
         node.runner.request_shutdown("now")
