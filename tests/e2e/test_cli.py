@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -415,17 +416,40 @@ def test_default_socket_without_xdg_runtime_dir(tmp_path: Path) -> None:
 
 
 def test_logs_follow_across_retries(daemon: Daemon, tmp_path: Path) -> None:
-    marker = tmp_path / "tried"
+    """The first attempt ends only once the follower has printed its output:
+    a follower started after it ended would begin at the latest attempt, as
+    it should, and see only "second" (under load a CLI can take that long)."""
+    marker, gate = tmp_path / "tried", tmp_path / "gate"
+    os.mkfifo(gate)
     job_id = daemon.add(
         "--max-retries",
         "1",
         "--backoff-base",
         "1",
-        f"if [ -e {marker} ]; then echo second; else touch {marker}; echo first; exit 1; fi",
+        f"if [ -e {marker} ]; then echo second; else touch {marker}; echo first; read _ < {gate}; exit 1; fi",
     )
-    result = daemon.ctl("logs", "-f", str(job_id), timeout=30)
-    assert result.returncode == 0
-    assert result.stdout == "first\nsecond\n" and "attempt 2" in result.stderr
+    follower = subprocess.Popen(
+        [tool("queuectl"), "logs", "-f", str(job_id)],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(30, follower.kill)  # a readline that never returns would hang the suite
+    watchdog.start()
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "first\n"  # attempt 1 is still running: it waits at the gate
+        with open(gate, "w") as opened:
+            opened.write("go\n")
+        out, err = follower.communicate(timeout=30)
+    finally:
+        watchdog.cancel()
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert out == "second\n" and "--- attempt 2 ---" in err
 
 
 def test_piped_output_is_never_cut(daemon: Daemon) -> None:
