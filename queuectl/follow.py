@@ -79,6 +79,16 @@ def _latest_attempt(client: Client, job_id: int) -> int | None:
     return runs[-1].attempt if runs else None
 
 
+def _say_if_incomplete(client: Client, job_id: int, attempt: int) -> None:
+    """A line on stderr when the daemon could not write all of an ended
+    attempt's output (a full disk, say): what was printed is not all it wrote."""
+    for run in client.get(job_id).runs:
+        if run.attempt == attempt and run.log_incomplete:
+            sys.stdout.flush()
+            sys.stderr.write(f"queuectl: attempt {attempt}'s log is incomplete: {run.log_incomplete}\n")
+            sys.stderr.flush()
+
+
 TAIL_BLOCK = 64 * 1024
 
 
@@ -141,6 +151,8 @@ def print_logs(
             )
             running = running or still
         if not follow or (attempt is not None and not running):
+            if not running:
+                _say_if_incomplete(client, job_id, current)
             return
         if running:
             first = streams[0]
@@ -156,11 +168,13 @@ def print_logs(
         # This attempt is over. A later one may have started (and even ended) meanwhile.
         latest = _latest_attempt(client, job_id)
         if latest is not None and latest > current:
+            _say_if_incomplete(client, job_id, current)
             current = latest
             offsets = dict.fromkeys(streams, 0)
             sys.stderr.write(f"--- attempt {current} ---\n")
             sys.stderr.flush()
         elif state in TERMINAL_STATES:
+            _say_if_incomplete(client, job_id, current)
             return
         else:
             time.sleep(interval)

@@ -60,6 +60,8 @@ def test_a_job_filling_the_disk_costs_its_own_output_only(tmp_path: Path) -> Non
             lost = int(log[log.rindex(b"[queued: ") + 9 :].split(b" ")[0].replace(b",", b""))
             shown = daemon.ok("show", str(noisy))
             assert "run 1's log is incomplete: stdout: " in shown
+            logs = daemon.ctl("logs", "--stderr", str(noisy))
+            assert logs.returncode == 0 and "attempt 1's log is incomplete: stdout: " in logs.stderr
             fine = client.add("echo fine")  # a new job logs normally
             assert client.wait(fine, timeout=30).jobs[0].state == "completed"
             [run] = client.get(fine).runs
