@@ -220,15 +220,42 @@ def _print_added(added: list[Any], specs: list[JobSpec], quiet: bool, as_json: b
 
 
 def _add_from(source: Any, quiet: bool, as_json: bool, defaults: JobSpec, pin: dict[str, Any]) -> None:
-    from .jobfile import JobFileError, specs_from_lines
+    """Every line checked before any is sent; then BATCH lines per request,
+    each all-or-nothing. A refusal names its line (or the lines of its
+    request), and says which lines were added before it, whose ids are printed."""
+    from .client import BATCH, PartlyAdded, named_job
+    from .jobfile import JobFileError, numbered_specs
 
     try:
-        specs = specs_from_lines(source, defaults)
+        specs, lines = numbered_specs(source, defaults)
     except JobFileError as exc:
         raise click.UsageError(str(exc)) from None
     if not specs:
         raise click.UsageError("no jobs in the input")
-    _print_added(client().add_jobs(specs, **pin), specs, quiet, as_json)
+
+    def where(job: int | None, first: int) -> str:
+        if job is not None:
+            return f"line {lines[job]}"
+        last = min(first + BATCH, len(lines)) - 1
+        return f"line {lines[first]}" if last == first else f"lines {lines[first]}-{lines[last]}"
+
+    def refused(exc: DaemonError) -> bool:
+        """The request was refused, so it changed nothing (a storage error may
+        come after its commit was sent: then nobody knows)."""
+        return exc.code not in ("storage", "internal")
+
+    try:
+        added = client().add_jobs(specs, **pin)
+    except PartlyAdded as exc:
+        _print_added(exc.added, specs, quiet, as_json)
+        before = f"the {exc.first:,} jobs of the lines before line {lines[exc.first]} were added"
+        after = ", none from it on" if refused(exc) else ""
+        fail(f"{where(exc.job, exc.first)}: {exc.reason}; {before}{after}")
+    except DaemonError as exc:  # the first request
+        job, reason = named_job(exc.message, min(len(specs), BATCH))
+        nothing = "; nothing was added" if refused(exc) and len(specs) > 1 else ""
+        raise type(exc)(exc.code, f"{where(job, 0)}: {reason}{nothing}") from None
+    _print_added(added, specs, quiet, as_json)
 
 
 @cli.command()

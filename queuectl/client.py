@@ -13,6 +13,7 @@ daemon in a directory only root could have given it, nor one named in
 from __future__ import annotations
 
 import os
+import re
 import socket as stdsocket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -91,6 +92,33 @@ class PartlyDone(DaemonError):
         super().__init__("invalid", f"{refused[first]}{more}")
         self.done = done
         self.refused = refused
+
+
+class PartlyAdded(DaemonError):
+    """`add_jobs` sent its jobs in several requests and one was refused: the
+    jobs of the requests before it were added (`added`, as add_jobs returns
+    them) and none from job `first` (0-based) on. `job` is the job the refusal
+    names (0-based, counted from the first of the call) or None when it names
+    none (an unknown queue, say); `reason` is the refusal alone."""
+
+    def __init__(self, code: str, reason: str, added: list[AddedJob], job: int | None) -> None:
+        named = f"job {job + 1}: " if job is not None else ""
+        super().__init__(code, f"{named}{reason} (the {len(added):,} jobs before it were added)")
+        self.reason = reason
+        self.added = added
+        self.first = len(added)
+        self.job = job
+
+
+_NAMED_JOB = re.compile(r"job (\d+) of (?:the request|[\d,]+): ")
+
+
+def named_job(message: str, count: int) -> tuple[int | None, str]:
+    """The job (0-based) that an add's refusal names in its request of
+    `count` jobs, and the reason alone."""
+    if match := _NAMED_JOB.match(message):
+        return int(match[1]) - 1, message[match.end() :]
+    return (0 if count == 1 else None), message
 
 
 class NoAnswer(QueuectlError):
@@ -312,19 +340,37 @@ class Client:
         node: str | None = None,
     ) -> list[AddedJob]:
         """As `add_many`, saying of each job whether it was added or found:
-        `existing` is True where its `unique_key` was held by the job of `id`."""
+        `existing` is True where its `unique_key` was held by the job of `id`.
+        Given a sequence, every job is checked before the first request is
+        sent (InvalidRequest names it); a request refused after others were
+        added raises PartlyAdded, saying which were."""
         base_cwd = cwd or os.getcwd()
         base_env = dict(os.environ if env is None else env)
         pin = {"here": here, "node": node}
+        checked = isinstance(specs, Sequence)
+        if checked:
+            _check_specs(specs)  # type: ignore[arg-type]
         added: list[AddedJob] = []
         chunk: list[p.JobSpec] = []
+
+        def send() -> None:
+            try:
+                added.extend(self._add(chunk, base_cwd, base_env, checked=checked, **pin))
+            except DaemonError as exc:
+                if not added:
+                    raise
+                index, reason = named_job(exc.message, len(chunk))
+                raise PartlyAdded(
+                    exc.code, reason, added, None if index is None else len(added) + index
+                ) from None
+
         for spec in specs:
             chunk.append(spec)
             if len(chunk) >= batch:
-                added += self._add(chunk, base_cwd, base_env, **pin)
+                send()
                 chunk = []
         if chunk:
-            added += self._add(chunk, base_cwd, base_env, **pin)
+            send()
         return added
 
     def _add(
@@ -334,17 +380,10 @@ class Client:
         env: dict[str, str],
         here: bool = False,
         node: str | None = None,
+        checked: bool = False,
     ) -> list[AddedJob]:
-        from queued.validation import check_spec
-
-        for index, spec in enumerate(specs):
-            try:
-                check_spec(spec)
-                if not (p.is_utf8(spec.command) and (spec.label is None or p.is_utf8(spec.label))):
-                    raise ValueError("the command or label holds bytes that are not UTF-8")
-            except ValueError as exc:
-                prefix = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
-                raise InvalidRequest("invalid", f"{prefix}{exc}") from None
+        if not checked:
+            _check_specs(specs)
         if len(specs) == 1 and not _spec_is_utf8(specs[0]):
             # A job's own --cwd or --env that is not UTF-8 travels as the request's
             # (the same thing for one job: its env is laid over the request's).
@@ -610,6 +649,20 @@ def _checked_frame(request: p.Request) -> bytes:
     except p.ProtocolError as exc:
         raise InvalidRequest(exc.code, exc.message) from None
     return frame
+
+
+def _check_specs(specs: Sequence[p.JobSpec]) -> None:
+    """InvalidRequest naming the first job the daemon would refuse whatever its state."""
+    from queued.validation import check_spec
+
+    for index, spec in enumerate(specs):
+        try:
+            check_spec(spec)
+            if not (p.is_utf8(spec.command) and (spec.label is None or p.is_utf8(spec.label))):
+                raise ValueError("the command or label holds bytes that are not UTF-8")
+        except ValueError as exc:
+            prefix = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
+            raise InvalidRequest("invalid", f"{prefix}{exc}") from None
 
 
 def _spec_is_utf8(spec: p.JobSpec) -> bool:

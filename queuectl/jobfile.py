@@ -114,16 +114,24 @@ def spec_from_json(text: str, defaults: JobSpec) -> JobSpec:
 
 def specs_from_lines(lines: Iterable[str], defaults: JobSpec) -> list[JobSpec]:
     """Every job in a job file; blank lines and `#` comments are skipped."""
-    specs = []
+    return numbered_specs(lines, defaults)[0]
+
+
+def numbered_specs(lines: Iterable[str], defaults: JobSpec) -> tuple[list[JobSpec], list[int]]:
+    """Every job in a job file, and the number of the line of each."""
+    specs: list[JobSpec] = []
+    numbers: list[int] = []
+    replace = msgspec.structs.replace
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line or line[0] == "#":
             continue
         try:
-            if line.startswith("{"):
+            if line[0] == "{":
                 specs.append(spec_from_json(line, defaults))
             else:
-                specs.append(msgspec.structs.replace(defaults, command=line))
+                specs.append(replace(defaults, command=line))
         except (ValueError, msgspec.ValidationError) as exc:
             raise JobFileError(f"line {number}: {exc}") from None
-    return specs
+        numbers.append(number)
+    return specs, numbers

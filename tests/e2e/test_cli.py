@@ -149,6 +149,41 @@ def test_bulk_add_from_file_and_stdin(daemon: Daemon, tmp_path: Path) -> None:
     assert len(jobs(daemon, "--limit", "10000")) == 2502  # nothing from the bad batch
 
 
+def _lines_with(bad: str, count: int, at: int) -> str:
+    """`count` job lines, line `at` (from 1) being `bad`, after a comment line."""
+    return "# jobs\n" + "".join(bad + "\n" if n == at else f"echo {n}\n" for n in range(1, count + 1))
+
+
+def test_add_from_checks_every_line_before_sending_any(daemon: Daemon) -> None:
+    """A job the client can tell is wrong, past the first request's 10,000:
+    nothing is added, and the message names its line (the file's, comment counted)."""
+    daemon.ok("queue", "pause", "default")
+    bad = daemon.ctl(
+        "add", "--from", "-", input=_lines_with('{"command": "x", "label": "a\\u0000b"}', 10_005, 10_003)
+    )
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "line 10004: label contains a NUL byte; nothing was added" in bad.stderr
+    assert bad.stdout == "" and jobs(daemon) == []
+
+
+def test_add_from_refused_after_a_first_request_says_which_lines_were_added(daemon: Daemon) -> None:
+    daemon.ok("queue", "pause", "default")
+    bad = daemon.ctl(
+        "add", "--from", "-", input=_lines_with('{"command": "x", "queue": "nope"}', 10_005, 10_003)
+    )
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith("queuectl: lines 10002-10006: unknown queue 'nope'")
+    assert bad.stderr.rstrip().endswith(
+        "the 10,000 jobs of the lines before line 10002 were added, none from it on"
+    )
+    assert bad.stdout == "added 10000 jobs (1-10000)\n"
+    listed = jobs(daemon, "--all")
+    assert len(listed) == 10_000 and listed[-1]["command"] == "echo 10000"
+    first = daemon.ctl("add", "--from", "-", input="echo a\n# b\n" + '{"command": "x", "queue": "nope"}\n')
+    assert first.returncode == 1 and "lines 1-3: unknown queue 'nope'" in first.stderr
+    assert first.stderr.rstrip().endswith("; nothing was added") and len(jobs(daemon, "--all")) == 10_000
+
+
 def test_output_into_pipes_whole_or_cut(daemon: Daemon) -> None:
     """queuectl leaves without the interpreter's teardown: what it printed must
     still arrive whole, and a reader that stops early is not an error."""
