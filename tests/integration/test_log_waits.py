@@ -92,14 +92,13 @@ async def test_a_waiting_read_ends_with_its_silent_attempt(client: AsyncClient, 
     assert (answers[-1].data, answers[-1].job_state) == (b"", "completed")
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite keeps no output in the store
 async def test_jobs_that_write_nothing_add_no_record_and_chatty_ones_share_few(
-    client: AsyncClient, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hot path: a job writing nothing costs the store nothing more; jobs
     writing a line every few milliseconds cost a few records a second in all,
     not one per line."""
-    if store_url is None:
-        pytest.skip("SQLite keeps no output in the store")
     from queued.store.postgres.output import Output
 
     records: list[int] = []
