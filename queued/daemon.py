@@ -146,6 +146,7 @@ class Runner:
         self.web: Any = None  # queued.web.server.WebServer when --http is given
         self.node = NodeIdentity(config.node or lease_rules.default_node_name(), "")
         self.lease_keeper: LeaseKeeper | None = None  # on a shared store only
+        self.on_serving: Callable[[], None] | None = None  # called once it serves (see __main__)
 
     def request_shutdown(self, mode: str) -> None:
         """Stop the daemon, at any time (before it runs too): gracefully, or
@@ -297,6 +298,8 @@ class Runner:
                 shortfall = self.supervisor.descriptor_shortfall(settings.concurrency)
                 if shortfall is not None:
                     log.warning("%s; meanwhile jobs wait for descriptors to start", shortfall)
+                if self.on_serving is not None:
+                    self.on_serving()
                 task_status.started(self)
                 await self._shutdown.wait()
                 self.notifier.stopping()
