@@ -158,7 +158,8 @@ def check_spec(spec: JobSpec) -> None:
         raise ValueError("give either a delay or a run_at time, not both")
     if spec.cwd is not None:
         check_path("cwd", spec.cwd)
-    check_environment(spec.env)
+    if spec.env:
+        check_environment(spec.env)
     if spec.slots != 1 or spec.slots.__class__ is not int:
         check_slots(spec.slots)
     if spec.needs:
@@ -188,7 +189,7 @@ def new_job(spec: JobSpec, *, cwd: str, env: Mapping[str, str], settings: JobDef
         backoff_base=settings.backoff_base if spec.backoff_base is None else spec.backoff_base,
         timeout=settings.timeout if spec.timeout is None else spec.timeout,
         run_at=run_at,
-        depends_on=sorted(set(spec.after)),
+        depends_on=sorted(set(spec.after)) if spec.after else [],
         label=spec.label,
         cwd=job_cwd,
         env=merged_env,

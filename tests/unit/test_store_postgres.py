@@ -132,7 +132,9 @@ def test_a_version_6_store_gains_what_jobs_need_and_what_attempts_and_nodes_held
         [job_id] = direct.add_jobs([new(slots=2, needs={"gpu": 1})], T0)
         assert (direct.get_job(job_id)[0].slots, direct.get_job(job_id)[0].needs) == (2, {"gpu": 1})
         with psycopg.connect(postgres_empty_url) as conn:
-            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (7,)
+            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (
+                schema.SCHEMA_VERSION,
+            )
             assert conn.execute(
                 "SELECT count(*) FROM information_schema.columns"
                 " WHERE table_schema = 'queued' AND table_name = 'nodes' AND column_name = 'resources'"
@@ -638,3 +640,100 @@ async def test_the_listener_hears_other_nodes_and_says_when_it_listens_again(
             nursery.cancel_scope.cancel()
     finally:
         other.engine.close()
+
+
+# What schema version 8 changed: a job's queue and environment are no longer
+# foreign keys (schema.JOB_KEYS_CHECKED_ONCE).
+WITH_JOB_KEYS = (
+    "ALTER TABLE queued.jobs ADD CONSTRAINT jobs_queue_fkey FOREIGN KEY (queue) REFERENCES queued.queues(name);"
+    " ALTER TABLE queued.jobs ADD CONSTRAINT jobs_env_id_fkey"
+    " FOREIGN KEY (env_id) REFERENCES queued.environments(id)"
+)
+
+
+def _job_foreign_keys(conn: psycopg.Connection) -> list[str]:
+    return [
+        name
+        for (name,) in conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'queued.jobs'::regclass AND contype = 'f'"
+        )
+    ]
+
+
+def test_a_version_7_store_drops_the_jobs_foreign_keys_and_keeps_its_jobs(postgres_empty_url: str) -> None:
+    engine = PostgresStore.open(postgres_empty_url)
+    Direct(engine).recover(3600.0, T0)
+    Direct(engine).add_jobs([new("a"), new("b")], T0)
+    engine.close()
+    with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+        conn.execute(f"{WITH_JOB_KEYS}; UPDATE queued.schema_version SET version = 7")
+        assert sorted(_job_foreign_keys(conn)) == ["jobs_env_id_fkey", "jobs_queue_fkey"]
+    store = Direct(PostgresStore.open(postgres_empty_url))
+    try:
+        assert _job_foreign_keys(store.engine.conn) == []
+        assert [j.command for j in store.list_jobs()] == ["a", "b"]
+        ids = store.add_jobs([new("c", slots=2, needs={"gpu": 1}) for _ in range(100)], T0)  # COPY
+        assert len(store.list_jobs()) == 102
+        job = store.get_job(ids[-1])[0]
+        assert (job.command, job.slots, job.needs) == ("c", 2, {"gpu": 1})
+    finally:
+        store.engine.close()
+
+
+def test_queue_rm_waits_for_an_add_into_it_and_then_refuses(postgres_url: str, store: Direct) -> None:
+    """Without a foreign key the add locks the queue's row: a `queue rm` from
+    another node waits for the add's commit and then sees its jobs, instead of
+    deleting the queue from under them."""
+    store.add_queue("gpu", None, T0)
+    other = Direct(PostgresStore.open(postgres_url))
+    removed: list[BaseException | None] = []
+
+    def remove() -> None:
+        try:
+            other.remove_queue("gpu")
+            removed.append(None)
+        except BaseException as exc:  # asserted below
+            removed.append(exc)
+
+    remover = threading.Thread(target=remove)
+    try:
+        with store.transaction():
+            [job_id] = store.add_jobs([new(queue="gpu") for _ in range(100)], T0)[:1]
+            remover.start()
+            remover.join(0.5)
+            assert remover.is_alive()  # waiting for the add's lock
+        remover.join(30)
+        assert not remover.is_alive()
+    finally:
+        other.engine.close()
+    [error] = removed
+    assert error is not None and "still has 100 unfinished job(s)" in str(error)
+    assert store.states([job_id]) == {job_id: lifecycle.PENDING}
+    assert [q.name for q in store.queues()] == ["default", "gpu"]
+
+
+def test_an_add_after_a_queue_rm_committed_names_the_queue_unknown(postgres_url: str, store: Direct) -> None:
+    store.add_queue("gpu", None, T0)
+    other = Direct(PostgresStore.open(postgres_url))
+    try:
+        with other.transaction():
+            other.remove_queue("gpu")
+            added: list[BaseException | None] = []
+
+            def add() -> None:
+                try:
+                    store.add_jobs([new(queue="gpu")], T0)
+                    added.append(None)
+                except BaseException as exc:  # asserted below
+                    added.append(exc)
+
+            adder = threading.Thread(target=add)
+            adder.start()
+            adder.join(0.5)
+            assert adder.is_alive()  # waiting for the removal's commit
+        adder.join(30)
+    finally:
+        other.engine.close()
+    [error] = added
+    assert error is not None and "unknown queue 'gpu'" in str(error)
+    assert store.list_jobs() == []

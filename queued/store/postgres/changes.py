@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 from queued import lifecycle
 from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
-from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read, unknown_queue
+from queued.store.postgres.jobs import Environments, Jobs, lock_queues, path_bytes, path_read, unknown_queue
 from queued.store.sqlite import rows
 from queued.store.transitions import Transitions
 from queued.validation import NewJob
@@ -130,10 +130,7 @@ class JobChanges:
         if not fields:
             raise Refused("invalid", "nothing to change")
         new_queue = fields.get("queue", queue)
-        if (
-            new_queue != queue
-            and not self.conn.execute("SELECT 1 FROM queues WHERE name = %s", (new_queue,)).fetchone()
-        ):
+        if new_queue != queue and not lock_queues(self.conn, [new_queue]):
             raise unknown_queue(new_queue)
         sets = ", ".join(f"{name} = %s" for name in fields)
         values = [

@@ -69,6 +69,18 @@ def unknown_queue(name: str) -> Refused:
     return Refused("not_found", f"unknown queue {name!r} (create it with `queuectl queue add {name}`)")
 
 
+def lock_queues(conn: Connection, names: Iterable[str]) -> set[str]:
+    """Those of `names` that are queues, their rows locked FOR KEY SHARE until
+    the commit: what a foreign key did for each row, once (see
+    schema.JOB_KEYS_CHECKED_ONCE); `queue rm` waits for it."""
+    return {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM queues WHERE name = ANY(%s::text[]) FOR KEY SHARE", (list(names),)
+        )
+    }
+
+
 def path_bytes(path: str | bytes) -> bytes:
     """A cwd as stored: its bytes (a path need not be UTF-8)."""
     stored = stored_path(path)
@@ -281,7 +293,7 @@ class Jobs:
         Unique keys are locked and looked up before (see `UniqueKeys.found`)."""
         if not jobs:
             return Written(AddedIds())
-        queues = {row[0] for row in self.conn.execute("SELECT name FROM queues")}
+        queues = lock_queues(self.conn, {job.queue for job in jobs})
         for job in jobs:
             if job.queue not in queues:
                 raise unknown_queue(job.queue)
@@ -300,11 +312,12 @@ class Jobs:
         env_ids: dict[int, int] = {}  # id(env) -> row: the jobs of one request share their env
         new_rows: list[tuple] = []
         links: list[tuple[int, int]] = []
+        initial = {hold: lifecycle.initial_state(hold=hold) for hold in (False, True)}
         for job_id, job in zip(ids, jobs, strict=True):
             env_id = env_ids.get(id(job.env))
             if env_id is None:
                 env_id = env_ids[id(job.env)] = self.environments.store(job.env)
-            state = lifecycle.initial_state(hold=job.hold)
+            state = initial[job.hold]
             unmet = 0
             if job.depends_on:
                 # `known` holds the jobs before this one only: a later job of

@@ -58,7 +58,10 @@ class Queues:
     def remove_queue(self, name: str) -> Written[None]:
         if name == DEFAULT_QUEUE:
             raise Refused("invalid", "the default queue cannot be removed")
-        self._require_queue(name)
+        # FOR UPDATE waits for the adds and edits that locked it to commit, so
+        # that the jobs they put in it are seen below (schema.JOB_KEYS_CHECKED_ONCE).
+        if not self.conn.execute("SELECT 1 FROM queues WHERE name = %s FOR UPDATE", (name,)).fetchone():
+            raise Refused("not_found", f"no queue {name!r}")
         busy = self.conn.execute(
             f"SELECT count(*) FROM jobs WHERE queue = %s AND state IN ({UNFINISHED})", (name,)
         ).fetchone()[0]
