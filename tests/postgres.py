@@ -61,6 +61,7 @@ class PostgresServer:
         self._template: str | None = None  # a database holding queued's schema, to copy
         self._shared: str | None = None  # the one emptied for each test (see clean_database)
         self._wrap: list[str] = []
+        self.options: list[str] = []  # more `-c name=value` settings (a bench's pg_stat_statements)
         self.process: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             shutil.chown(self.root, _UNPRIVILEGED)
@@ -105,6 +106,7 @@ class PostgresServer:
             *("-k", str(self.root), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1"),
             *("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
             *("-c", "max_connections=200"),
+            *self.options,
         ]
         death = ["setpriv", "--pdeathsig", "SIGQUIT"] if not self._wrap and shutil.which("setpriv") else []
         wrap = [*self._wrap, "--pdeathsig", "SIGQUIT"] if self._wrap else death
