@@ -502,6 +502,7 @@ class Store(Protocol):
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
         fit: Fit | None = None,
+        started: bool = True,
     ) -> Written[list[Claimed]]:
         """Take (as `start` does) up to `slots` due jobs, best first, at most
         `queue_room[q]` of each queue q (queues not named have no room), none
@@ -514,12 +515,28 @@ class Store(Protocol):
         order through `fit.allocator(now)` (queued.resources): only those it
         starts are taken, each with the GPUs it gives them (`Claimed.gpus`,
         recorded on the attempt); those passed over are not taken, nor kept
-        from other nodes past the claim's commit."""
+        from other nodes past the claim's commit.
+
+        Unless `started`, the attempts are claimed but not started (a node
+        claiming ahead of its free slots): they count as running (queue
+        limits, cancel) but until `mark_started` records an attempt's process,
+        `recover` and `rescue` give its job back (it waits again; the attempt
+        row goes and does not count) instead of interrupting it."""
+        ...
+
+    def mark_started(self, attempts: Sequence[tuple[int, int, int | None, float]]) -> Written[list[int]]:
+        """Record the process of each attempt claimed not started by this
+        node (`claim(started=False)`), as (job id, run, pid or None, start
+        time): from now on it is a started attempt. The ids of the jobs whose
+        attempt is no longer an open, not started claim of this node (given
+        back by a rescue, unclaimed, ended): their processes must stop."""
         ...
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
-        """Undo the committed claim of `job`, whose attempt could not start:
-        its attempt row goes, and the job moves by `lifecycle.after_unclaim`."""
+        """Undo the committed claim of `job`, whose attempt did not start:
+        its attempt row goes, and the job moves by `lifecycle.after_unclaim`.
+        An engine that fences on incarnations leaves an attempt that is no
+        longer this node's open one alone."""
         ...
 
     def finish(

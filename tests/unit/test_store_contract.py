@@ -26,6 +26,7 @@ from tests.store_harness import (
     BACKOFF_MAX,
     FAIL,
     OK,
+    ROOM,
     T0,
     Direct,
     add,
@@ -1297,6 +1298,66 @@ def test_unclaim_undoes_a_claim_whose_attempt_could_not_start(store: Store) -> N
     assert state(store, job_id) == "pending"
     [again] = claim(store)
     assert (again.id, again.run, again.attempts) == (job_.id, job_.run, job_.attempts)
+
+
+def test_attempts_claimed_not_started_count_as_running_until_marked_started(store: Store) -> None:
+    """A node claiming ahead of its free slots: the jobs are running to
+    everyone (a limited queue counts them), their attempts have no process
+    until `mark_started` records it."""
+    store.add_queue("one", 1, T0)
+    limited = add(store, queue="one")
+    plain = add(store)
+    other = add(store, queue="one")
+    claimed = store.claim(now=T0, slots=5, queue_room={"one": 5, "default": 5}, started=False)
+    assert [c.id for c in claimed] == [limited, plain]
+    assert state(store, limited) == state(store, plain) == "running"
+    assert store.claim(now=T0, slots=5, queue_room={"one": 5}) == []  # the limit counts it
+    [run] = store.get_job(plain)[1]
+    assert (run.pid, run.started_at, run.ended_at) == (None, T0, None)
+    assert store.mark_started([(plain, 1, 4242, T0 + 1), (limited, 1, None, T0 + 2)]) == []
+    [run] = store.get_job(plain)[1]
+    assert (run.pid, run.started_at) == (4242, T0 + 1)
+    assert store.get_job(limited)[1][0].started_at == T0 + 2
+    # Marked once: a second mark (or one of an attempt never claimed so) is told back.
+    assert store.mark_started([(plain, 1, 4243, T0 + 3), (other, 1, 1, T0 + 3)]) == [plain, other]
+    assert store.get_job(plain)[1][0].pid == 4242
+    store.finish(claimed[1], OK, BACKOFF_MAX, T0 + 4, pid=None)
+    assert store.get_job(plain)[1][0].pid == 4242
+
+
+def test_recover_gives_back_attempts_claimed_and_never_started_without_counting_them(
+    store: Store,
+) -> None:
+    """A daemon that died holding jobs claimed ahead: they never ran, so they
+    wait again with their attempt forgotten; a started one is interrupted."""
+    started = add(store, max_retries=1)
+    held = add(store, max_retries=0)
+    retried = add(store, max_retries=2)
+    [first] = claim(store, slots=1)
+    store.finish(first, FAIL, BACKOFF_MAX, T0)
+    claimed = store.claim(now=T0 + 100, slots=5, queue_room=ROOM, started=False)
+    assert sorted(c.id for c in claimed) == [started, held, retried]
+    store.mark_started([(started, 2, 99, T0 + 100)])
+    recovered, changes = store.changes_of("recover", BACKOFF_MAX, T0 + 101)
+    assert recovered == [Recovered(started, 2, "dead")]
+    assert changes.reordered
+    assert state(store, held) == "pending" and store.get_job(held)[1] == []
+    assert state(store, retried) == "pending"
+    assert [run.attempt for run in store.get_job(retried)[1]] == []
+    again = {c.id: c for c in claim(store, now=T0 + 200)}
+    assert (again[held].run, again[held].attempts) == (1, 1)
+    # The one it was claimed ahead for: its earlier failure still counts, the lost claim does not.
+    assert set(again) == {held, retried}
+
+
+def test_a_canceled_job_claimed_ahead_is_told_back_and_its_claim_undone(store: Store) -> None:
+    job_id = add(store)
+    [claimed] = store.claim(now=T0, slots=1, queue_room=ROOM, started=False)
+    store.cancel([job_id], T0 + 1)
+    assert store.mark_started([(job_id, claimed.run, 7, T0 + 2)]) == [job_id]  # its process must stop
+    store.unclaim(claimed, T0 + 2)
+    assert state(store, job_id) == "canceled"
+    assert store.get_job(job_id)[1] == []
 
 
 def test_unclaim_of_a_retry_keeps_its_earlier_attempts(store: Store) -> None:

@@ -232,3 +232,36 @@ def test_a_version_3_store_gains_the_nodes_and_recovers_what_its_one_daemon_left
         assert [n.name for n in store.nodes()] == ["upgraded"]
     finally:
         store.engine.close()
+
+
+def test_a_lost_nodes_jobs_claimed_ahead_are_given_back_uncounted_and_its_late_records_change_nothing(
+    url: str,
+) -> None:
+    """Node a claimed two jobs ahead of its free slots and started one, then
+    lost its lease: the started one is interrupted, the other never ran and
+    waits again as it was; b claims it as the same attempt 1. a's late give
+    back and late start of that claim touch b's attempt not at all."""
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    try:
+        ran, held = add(a, max_retries=2), add(a, max_retries=2)
+        claimed = {c.id: c for c in a.claim(now=T0, slots=2, queue_room={"default": 2}, started=False)}
+        assert a.mark_started([(ran, 1, 123, T0)]) == []
+        expire(b, "a")
+        assert [r.job_id for r in b.rescue(BACKOFF_MAX, T0 + 5)] == [ran]
+        assert state(b, held) == "pending" and b.get_job(held)[1] == []
+        assert job(b, held).attempts == 0
+        [again] = b.claim(now=T0 + 5, slots=1, queue_room={"default": 1}, started=False)
+        assert (again.id, again.run) == (held, 1)
+        a.unclaim(claimed[held], T0 + 6)  # a, late: the attempt is b's now
+        assert a.mark_started([(held, 1, 456, T0 + 6)]) == [held]
+        assert state(b, held) == "running"
+        [run] = b.get_job(held)[1]
+        assert (run.node, run.pid) == ("b", None)
+        assert b.mark_started([(held, 1, 789, T0 + 7)]) == []
+        b.finish(again, OK, BACKOFF_MAX, T0 + 8)
+        assert state(b, held) == "completed"
+        assert [r.error for r in b.get_job(ran)[1]] == [lifecycle.node_lost("a").error]
+    finally:
+        a.engine.close()
+        b.engine.close()

@@ -26,7 +26,7 @@ from queued.store.contract import (
 )
 from queued.store.postgres.jobs import Environments, with_path
 from queued.store.sqlite import rows
-from queued.store.sqlite.rows import WAITING
+from queued.store.sqlite.rows import NOT_STARTED, WAITING
 from queued.store.transitions import Transitions
 
 _SELECT_WAITING = (
@@ -128,9 +128,9 @@ taken AS (
     RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
         jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at, jobs.slots, jobs.needs),
 runs AS (
-    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus)
+    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus, pid)
     SELECT id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id), %(now)s,
-        %(node)s, %(incarnation)s, %(gpus)s::jsonb -> taken.id::text
+        %(node)s, %(incarnation)s, %(gpus)s::jsonb -> taken.id::text, %(pid)s
     FROM taken RETURNING job_id, attempt)
 SELECT {_TAKEN_COLUMNS}
 FROM taken JOIN runs ON runs.job_id = taken.id
@@ -172,9 +172,9 @@ taken AS (
     RETURNING jobs.id, jobs.attempts, jobs.command, jobs.queue, jobs.cwd, jobs.env_id, jobs.timeout,
         jobs.max_retries, jobs.backoff_base, jobs.priority, jobs.run_at, jobs.slots, jobs.needs),
 runs AS (
-    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus)
+    INSERT INTO attempts (job_id, attempt, started_at, node, incarnation, gpus, pid)
     SELECT taken.id, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE job_id = taken.id),
-        %(now)s, %(node)s, %(incarnation)s, chosen.gpus::jsonb
+        %(now)s, %(node)s, %(incarnation)s, chosen.gpus::jsonb, %(pid)s
     FROM taken JOIN chosen ON chosen.id = taken.id RETURNING job_id, attempt)
 SELECT {_TAKEN_COLUMNS}
 FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.id
@@ -183,14 +183,29 @@ FROM taken JOIN runs ON runs.job_id = taken.id ORDER BY priority, run_at, taken.
 # The open attempts of every incarnation that holds no live lease (a node
 # lost, or an earlier start of this one), ended as interrupted in one
 # statement: a second rescuer waits for the first one's row locks, then
-# finds them ended and leaves them.
-_RESCUE = """
+# finds them ended and leaves them. Those claimed and never started are not
+# interrupted: _GIVE_BACK forgets them (their jobs wait again).
+_LOST = "NOT EXISTS (SELECT 1 FROM nodes n WHERE n.incarnation = a.incarnation AND n.lease_until > now())"
+_RESCUE = f"""
 UPDATE attempts a SET ended_at = %(now)s, rescued_by = %(node)s,
     error = CASE WHEN a.node IS NULL OR a.node = %(node)s THEN %(interrupted)s
         ELSE 'interrupted: its node ' || a.node || ' stopped renewing its lease while the job ran' END
-WHERE a.ended_at IS NULL AND NOT EXISTS (
-    SELECT 1 FROM nodes n WHERE n.incarnation = a.incarnation AND n.lease_until > now())
+WHERE a.ended_at IS NULL AND a.pid IS DISTINCT FROM {NOT_STARTED} AND {_LOST}
 RETURNING a.job_id, a.attempt, a.error
+"""
+_GIVE_BACK = f"""
+DELETE FROM attempts a WHERE a.ended_at IS NULL AND a.pid = {NOT_STARTED} AND {_LOST}
+RETURNING a.job_id, a.attempt
+"""
+# Record the processes of attempts claimed not started, this incarnation's only.
+_MARK_STARTED = f"""
+UPDATE attempts a SET pid = s.pid, started_at = s.started_at
+FROM unnest(%(ids)s::bigint[], %(runs)s::int[], %(pids)s::int[], %(at)s::float8[])
+    AS s(job_id, attempt, pid, started_at)
+WHERE a.job_id = s.job_id AND a.attempt = s.attempt AND a.pid = {NOT_STARTED} AND a.ended_at IS NULL
+    AND a.incarnation IS NOT DISTINCT FROM %(incarnation)s
+    AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.job_id AND j.state = '{lifecycle.RUNNING}')
+RETURNING a.job_id
 """
 assert (
     lifecycle.node_lost("X").error == "interrupted: its node X stopped renewing its lease while the job ran"
@@ -316,6 +331,7 @@ class Attempts:
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
         fit: Fit | None = None,
+        started: bool = True,
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
         `queue_room` maps every claimable queue to this node's free slots for
@@ -326,7 +342,8 @@ class Attempts:
         id) holds, should the claim take it. With `fit`, one-slot jobs are
         taken in one statement up to the first job that needs more; from
         there the fit walks the candidates (`_claim_fitting`), in the same
-        transaction."""
+        transaction. Unless `started`, the attempts are claimed, not
+        started, until `mark_started` (pid NOT_STARTED meanwhile)."""
         room = {queue: n for queue, n in queue_room.items() if n > 0}
         if slots <= 0 or not room:
             return Written([])
@@ -352,6 +369,7 @@ class Attempts:
                     "weighing": fit is not None,
                     "capacity_slots": capacity.slots if capacity else 0,
                     "capacity": _capacity_json(capacity),
+                    "pid": None if started else NOT_STARTED,
                 },
             ),
         ).fetchall()
@@ -363,7 +381,7 @@ class Attempts:
             for job in claimed:
                 job.gpus = tuple(gpus.get(job.id, ()))
         if weighed and fit is not None and len(claimed) < slots:
-            claimed += self._claim_fitting(now, slots, room, busy, fit, claimed)
+            claimed += self._claim_fitting(now, slots, room, busy, fit, claimed, started)
         return Written(claimed)
 
     def _claim_fitting(
@@ -374,6 +392,7 @@ class Attempts:
         busy: Sequence[int],
         fit: Fit,
         claimed: list[Claimed],
+        started: bool = True,
     ) -> list[Claimed]:
         """The rest of a claim with a fit, after the one-slot jobs `claimed`
         ahead of the first job needing more: read the candidates (not
@@ -427,6 +446,7 @@ class Attempts:
                 "now": now,
                 "node": self.node.name,
                 "incarnation": self._incarnation,
+                "pid": None if started else NOT_STARTED,
             },
         ).fetchall()
         jobs = [rows.waiting(with_path(row, CWD), environment(row[5])) for row in taken]
@@ -434,13 +454,35 @@ class Attempts:
             job.gpus = chosen[job.id]
         return jobs
 
+    def mark_started(self, attempts: Sequence[tuple[int, int, int | None, float]]) -> Written[list[int]]:
+        """Record the process (pid, start time) of each (job id, run) this
+        node claimed not started; the jobs of those that are no longer such
+        (given back by a rescue meanwhile, unclaimed, ended): their processes
+        must stop."""
+        if not attempts:
+            return Written([])
+        ids, runs, pids, at = (list(column) for column in zip(*attempts, strict=True))
+        marked = {
+            row[0]
+            for row in self.conn.execute(
+                _MARK_STARTED,
+                {"ids": ids, "runs": runs, "pids": pids, "at": at, "incarnation": self._incarnation},
+            ).fetchall()
+        }
+        return Written([job_id for job_id in ids if job_id not in marked])
+
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
-        """Undo the committed claim of `job`, whose attempt could not start for
-        want of descriptors: the attempt is forgotten and the job waits again
-        (unless it was canceled meanwhile)."""
-        self.conn.execute(
-            "DELETE FROM attempts WHERE job_id = %s AND attempt = %s AND ended_at IS NULL", (job.id, job.run)
-        )
+        """Undo the committed claim of `job`, whose attempt did not start
+        (no descriptor free, claimed ahead and given back): the attempt is
+        forgotten and the job waits again (unless it was canceled meanwhile).
+        Only this incarnation's own open attempt: one a rescue gave back, and
+        another node claimed again since, is left alone."""
+        if not self.conn.execute(
+            "DELETE FROM attempts WHERE job_id = %s AND attempt = %s AND ended_at IS NULL"
+            " AND incarnation IS NOT DISTINCT FROM %s",
+            (job.id, job.run, self._incarnation),
+        ).rowcount:
+            return Written(None)
         row = self.conn.execute("SELECT state FROM jobs WHERE id = %s", (job.id,)).fetchone()
         event = lifecycle.after_unclaim(row[0] if row else None)
         if event is None:
@@ -468,28 +510,32 @@ class Attempts:
         delete: no row names them). Fenced: only an attempt this incarnation
         started and no other node rescued is recorded; a late end from a node
         whose attempt was rescued meanwhile is Refused, and nothing recorded."""
-        recorded = self.conn.execute(
-            "UPDATE attempts SET ended_at = %s, exit_code = %s, signal = %s, error = %s,"
-            " pid = coalesce(%s, pid), stdout_path = coalesce(%s, stdout_path),"
-            " stderr_path = coalesce(%s, stderr_path), log_incomplete = %s"
-            # Once: a record tried again after its COMMIT was lost keeps the first;
-            # and only this incarnation's, unless another node rescued it.
-            " WHERE job_id = %s AND attempt = %s AND ended_at IS NULL AND rescued_by IS NULL"
-            " AND incarnation IS NOT DISTINCT FROM %s",
-            (
-                now,
-                exit.exit_code,
-                exit.signal,
-                exit.error,
-                pid,
-                stdout,
-                stderr,
-                log_incomplete,
-                claimed.id,
-                claimed.run,
-                self._incarnation,
-            ),
-        ).rowcount
+        # The attempt's record and its job's row in one round trip (pipelined).
+        with self.conn.pipeline():
+            recording = self.conn.execute(
+                "UPDATE attempts SET ended_at = %s, exit_code = %s, signal = %s, error = %s,"
+                f" pid = coalesce(%s, nullif(pid, {NOT_STARTED})), stdout_path = coalesce(%s, stdout_path),"
+                " stderr_path = coalesce(%s, stderr_path), log_incomplete = %s"
+                # Once: a record tried again after its COMMIT was lost keeps the first;
+                # and only this incarnation's, unless another node rescued it.
+                " WHERE job_id = %s AND attempt = %s AND ended_at IS NULL AND rescued_by IS NULL"
+                " AND incarnation IS NOT DISTINCT FROM %s",
+                (
+                    now,
+                    exit.exit_code,
+                    exit.signal,
+                    exit.error,
+                    pid,
+                    stdout,
+                    stderr,
+                    log_incomplete,
+                    claimed.id,
+                    claimed.run,
+                    self._incarnation,
+                ),
+            )
+            job = self._job_row(claimed.id)
+        recorded = recording.rowcount
         if (
             not recorded
             and self.conn.execute(
@@ -504,7 +550,22 @@ class Attempts:
                 "node's lease ran out): its end here is not recorded",
             )
         return self._after_attempt(
-            claimed.id, claimed.run, exit, claimed.max_retries, claimed.backoff_base, backoff_max, now
+            claimed.id,
+            claimed.run,
+            exit,
+            claimed.max_retries,
+            claimed.backoff_base,
+            backoff_max,
+            now,
+            job=job.fetchone(),
+        )
+
+    def _job_row(self, job_id: int) -> psycopg.Cursor:
+        """(state, attempts, latest run) of a job, read by `_after_attempt`."""
+        return self.conn.execute(
+            "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"
+            " FROM jobs WHERE id = %s",
+            (job_id,),
         )
 
     def _after_attempt(
@@ -518,14 +579,12 @@ class Attempts:
         now: float,
         *,
         at_once: bool = False,
+        job: tuple | bool | None = False,
     ) -> Written[JobState | None]:
         """Move the job of an attempt just ended on, as lifecycle says (if the
-        attempt counts); its state after it, or None if it is gone."""
-        row = self.conn.execute(
-            "SELECT state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)"
-            " FROM jobs WHERE id = %s",
-            (job_id,),
-        ).fetchone()
+        attempt counts); its state after it, or None if it is gone. `job`:
+        its row (`_job_row`) read already, or None if there was none."""
+        row = self._job_row(job_id).fetchone() if job is False else job
         state, attempts, latest_run = row if row else (None, None, None)
         if not lifecycle.attempt_counts(job_state=state, latest_run=latest_run, run=run):
             return Written(state, NOTHING)
@@ -544,7 +603,9 @@ class Attempts:
         if outcome.run_at is not None:
             extra["run_at"] = outcome.run_at
             changes.reordered = True  # its retry may outrank what was read ahead
-        self.transitions.move(job_id, state, outcome.event, now, changes, **extra)
+        # The job's new state and its cascade in one round trip (pipelined).
+        with self.conn.pipeline():
+            self.transitions.move(job_id, state, outcome.event, now, changes, **extra)
         return Written(outcome.state, changes)
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
@@ -565,6 +626,7 @@ class Attempts:
             },
         ).fetchall()
         changes = Changes()
+        self._give_back(now, changes)
         recovered = []
         for job_id, run, error in sorted(ended):
             row = self.conn.execute(
@@ -580,3 +642,18 @@ class Attempts:
             changes.merge(written.changes)
             recovered.append(Recovered(job_id, run, written.value))
         return Written(recovered, changes)
+
+    def _give_back(self, now: float, changes: Changes) -> None:
+        """The attempts of lost incarnations that were claimed and never
+        started: forgotten, and their jobs wait again (the attempt does not
+        count: it never ran)."""
+        for job_id, run in sorted(self.conn.execute(_GIVE_BACK).fetchall()):
+            row = self._job_row(job_id).fetchone()
+            if row is None:
+                continue
+            state, attempts, latest_run = row
+            event = lifecycle.after_unclaim(state)
+            if event is None or (latest_run or 0) >= run:
+                continue  # canceled meanwhile (or moved on without it)
+            self.transitions.move(job_id, state, event, now, changes, attempts=attempts - 1)
+            changes.reordered = True  # claimable again: the nodes hear of it

@@ -255,10 +255,14 @@ class PostgresStore:
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
         fit: Fit | None = None,
+        started: bool = True,
     ) -> Written[list[Claimed]]:
         return self._attempts.claim(
-            now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus, fit=fit
+            now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus, fit=fit, started=started
         )
+
+    def mark_started(self, attempts: Sequence[tuple[int, int, int | None, float]]) -> Written[list[int]]:
+        return self._attempts.mark_started(attempts)
 
     def unclaim(self, job: Claimed, now: float) -> Written[None]:
         return self._attempts.unclaim(job, now)

@@ -13,7 +13,7 @@ from queued.resources import Fit
 from queued.store.contract import NOTHING, Ahead, Changes, Claimed, NodeIdentity, Recovered, Refused, Written
 from queued.store.sqlite import rows
 from queued.store.sqlite.environments import Environments
-from queued.store.sqlite.rows import WAITING
+from queued.store.sqlite.rows import NOT_STARTED, WAITING
 from queued.store.transitions import Transitions
 
 _SELECT_WAITING = (
@@ -121,6 +121,7 @@ class Attempts:
         busy: Sequence[int] = (),
         gpus: Mapping[int, Sequence[int]] | None = None,
         fit: Fit | None = None,
+        started: bool = True,
     ) -> Written[list[Claimed]]:
         """Take up to `slots` due jobs, best first, from queues with room left.
         `queue_room` maps every claimable queue to its free slots; `busy` jobs
@@ -128,7 +129,9 @@ class Attempts:
         period, then a retry) and wait for it to be gone; `gpus`: the GPU
         indices the attempt of a job (by id) holds, should the claim take it.
         With `fit`, only the jobs its allocator starts, with the GPUs it gives
-        them (at most PASSED_OVER jobs passed over)."""
+        them (at most PASSED_OVER jobs passed over). Unless `started`, the
+        attempts are claimed, not started, until `mark_started` (pid
+        NOT_STARTED meanwhile)."""
         claimed: list[Claimed] = []
         room = self._bounded(queue_room)
         allocator = fit.allocator(now) if fit is not None else None
@@ -160,7 +163,27 @@ class Attempts:
                 claimed.append(job)
             if not filled:
                 break
+        if not started:
+            self.conn.executemany(
+                f"UPDATE attempts SET pid = {NOT_STARTED} WHERE job_id = ? AND attempt = ?",
+                [(job.id, job.run) for job in claimed],
+            )
         return Written(claimed)
+
+    def mark_started(self, attempts: Sequence[tuple[int, int, int | None, float]]) -> Written[list[int]]:
+        """Record the process (pid, start time) of each (job id, run) claimed
+        not started; the jobs of those that are no longer such (unclaimed,
+        ended): their processes must stop."""
+        gone = []
+        for job_id, run, pid, started_at in attempts:
+            if not self.conn.execute(
+                "UPDATE attempts SET pid = ?, started_at = ? WHERE job_id = ? AND attempt = ?"
+                f" AND pid = {NOT_STARTED} AND ended_at IS NULL"
+                f" AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND state = '{lifecycle.RUNNING}')",
+                (pid, started_at, job_id, run, job_id),
+            ).rowcount:
+                gone.append(job_id)
+        return Written(gone)
 
     def _bounded(self, queue_room: dict[str, int]) -> dict[str, int]:
         """`queue_room`, each queue's room cut to its concurrency less its jobs
@@ -213,7 +236,7 @@ class Attempts:
         delete: no row names them)."""
         self.conn.execute(
             "UPDATE attempts SET ended_at = ?, exit_code = ?, signal = ?, error = ?,"
-            " pid = coalesce(?, pid), stdout_path = coalesce(?, stdout_path),"
+            f" pid = coalesce(?, nullif(pid, {NOT_STARTED})), stdout_path = coalesce(?, stdout_path),"
             " stderr_path = coalesce(?, stderr_path), log_incomplete = ? WHERE job_id = ? AND attempt = ?",
             (
                 now,
@@ -257,16 +280,21 @@ class Attempts:
         """Record the attempts a dead daemon left running as interrupted
         (lifecycle.INTERRUPTED: retried under the job's policy)."""
         left = [
-            rows.interrupted(row)
+            (rows.interrupted(row[:-1]), row[-1] == NOT_STARTED)
             for row in self.conn.execute(
-                f"SELECT {rows.INTERRUPTED_COLUMNS} FROM jobs j JOIN attempts a ON a.job_id = j.id"
+                f"SELECT {rows.INTERRUPTED_COLUMNS}, a.pid FROM jobs j JOIN attempts a ON a.job_id = j.id"
                 f" WHERE j.state = '{lifecycle.RUNNING}' AND a.attempt = (SELECT max(attempt) FROM attempts"
                 " WHERE job_id = j.id) ORDER BY j.id"
             ).fetchall()
         ]
         changes = Changes()
+        for job, _ in filter(lambda entry: entry[1], left):
+            # Claimed and never started: it waits again, and the attempt does not count.
+            changes.merge(self.unclaim(job, now).changes)
+            changes.reordered = True
+        left = [(job, False) for job, not_started in left if not not_started]
         recovered = []
-        for job in left:
+        for job, _ in left:
             written = self.finish(job, lifecycle.INTERRUPTED, backoff_max, now)
             changes.merge(written.changes)
             recovered.append(Recovered(job.id, job.run, written.value))

@@ -101,6 +101,10 @@ def job(row: tuple, depends_on: list[int], unmet: list[int], latest: Latest) -> 
     )
 
 
+# The pid of an attempt claimed but not started yet (`Store.claim(started=False)`,
+# until `Store.mark_started`): no process has it.
+NOT_STARTED = 0
+
 RUN_COLUMNS = (
     "attempt, pid, started_at, ended_at, exit_code, signal, error, stdout_path, stderr_path, log_incomplete,"
     " node, gpus"
@@ -125,7 +129,7 @@ def run(row: tuple) -> Run:
     ) = row
     return Run(
         attempt=attempt,
-        pid=pid,
+        pid=pid or None,  # NOT_STARTED: no process yet
         started_at=started_at,
         ended_at=ended_at,
         exit_code=exit_code,
