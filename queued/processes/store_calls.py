@@ -65,10 +65,22 @@ class StoreCalls:
         queue_room: dict[str, int],
         busy: list[int],
         fit: Fit | None = None,
+        started: bool = True,
     ) -> list[Claimed]:
         return await self.db.record_now(
-            Store.claim, now=now, slots=slots, queue_room=queue_room, busy=busy, fit=fit
+            Store.claim,
+            now=now,
+            slots=slots,
+            queue_room=queue_room,
+            busy=busy,
+            fit=fit,
+            started=started,
         )
+
+    def mark_started(self, attempts: list[tuple[int, int, int | None, float]]) -> Call:
+        """Queue the record of attempts claimed not started that started; more
+        may join `attempts` until the call's batch is taken (`Call.on_taken`)."""
+        return self.db.record(Store.mark_started, attempts)
 
     def unclaim(self, job: Claimed, now: float) -> Call:
         return self.db.record(Store.unclaim, job, now)

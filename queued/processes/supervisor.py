@@ -23,6 +23,11 @@ free slots in one committed transaction (`_claim_committed`), starts them,
 and sleeps until the next timer; the store's news of other nodes (new jobs,
 room in a limited queue) wakes it as `wake()` does. The ends recorded behind
 the processes join the claim's transaction when they are queued by then.
+While attempts end quickly, a claim also takes a few jobs ahead of the free
+slots (`ClaimedAhead`): committed, not started, so that a slot an end frees
+starts the next one at once, and the claim that refills them runs while
+the jobs run. Their starts are recorded behind the processes, all those of
+a batch in one record (`mark_started`).
 
 Faults around one attempt are that attempt's: an unexpected error while
 starting, watching or ending it ends it as failed with the error's text
@@ -47,6 +52,7 @@ from queued import lifecycle
 from queued.lifecycle import Exit
 from queued.processes import descriptors
 from queued.processes.attempt import Attempt
+from queued.processes.claimed_ahead import ClaimedAhead
 from queued.processes.ends import Ends, abandon, fault_outcome
 from queued.processes.escapes import Escapes
 from queued.processes.guardian_link import GuardianLink
@@ -127,6 +133,12 @@ class Supervisor:
         )
         self._ends.on_kept = self._check_drained
         self._claims_first = self._store.claims_before_start
+        # Claims first: jobs claimed ahead of the free slots, and the starts of
+        # claimed attempts not recorded yet (one record for all, see _mark_started).
+        self._ahead = ClaimedAhead()
+        self._dry = False  # a claim found fewer jobs than it asked for: none ahead until news
+        self._marks: list[Attempt] = []  # started, their record not taken yet
+        self._marking: Call | None = None
         self._environments = JobEnvironments(instance)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self.attempts = RunningAttempts(self._young)
@@ -142,6 +154,7 @@ class Supervisor:
         return not self.claiming_stopped.is_set()
 
     def wake(self) -> None:
+        self._dry = False  # there may be more to claim
         self._wake.set()
         self._change.set()
 
@@ -154,6 +167,7 @@ class Supervisor:
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
         self.read_ahead.forget()
+        self._give_back(self._ahead.remove(self._may_hold))
         self.wake()
 
     def hold_claims(self, held: bool) -> None:
@@ -163,6 +177,8 @@ class Supervisor:
             return
         self.lease_held = not held
         self.read_ahead.forget()
+        if held:  # never started now: they may be rescued and run elsewhere
+            self._give_back(self._ahead.all())
         self.wake()
 
     def room_freed(self, queues: set[str]) -> None:
@@ -177,6 +193,9 @@ class Supervisor:
         self.wake()
 
     def stop_jobs(self, ids: list[int], reason: str) -> None:
+        if self._ahead:
+            stopped = set(ids)
+            self._give_back(self._ahead.remove(lambda job: job.id not in stopped))
         self.attempts.stop_jobs(ids, reason)
 
     def signal_jobs(self, ids: list[int], sig: int) -> None:
@@ -200,8 +219,8 @@ class Supervisor:
 
     @property
     def busy(self) -> bool:
-        """Whether an attempt runs here, or an end waits for its record."""
-        return bool(self.running) or self._ends.recording > 0
+        """Whether an attempt runs here (or is claimed ahead), or an end waits for its record."""
+        return bool(self.running) or bool(self._ahead) or self._ends.recording > 0
 
     def is_running(self, job_id: int) -> bool:
         """Whether `job_id` has an attempt whose end is not recorded yet."""
@@ -289,6 +308,10 @@ class Supervisor:
                     with trio.move_on_at(deadline):
                         await self._wake.wait()
             # Claiming stopped; the attempts still running end in the nursery's tasks.
+            given_back = self._give_back(self._ahead.all())
+            if given_back is not None:
+                with trio.CancelScope(shield=True):
+                    await given_back.done.wait()  # on disk before a shutdown can end the writer
             self._claims_ended.set()
 
     async def _claim_due(self) -> float:
@@ -305,18 +328,18 @@ class Supervisor:
             now = self.clock()
             if self._hold.holds(now):
                 return self._deadline(self._hold.until)
-            room = self._room()
-            if not any(room.values()):
-                return math.inf  # an exit, a resume or more concurrency will wake us
             if self._claims_first:
                 try:
-                    if await self._claim_committed():
-                        continue
-                    due = await self._store.next_due(self.clock(), [q for q, n in room.items() if n > 0])
+                    deadline = await self._claim_first(now)
                 except StorageError as exc:
                     self._cannot_claim(exc)
                     continue
-                return self._deadline(math.inf if due is None else due)
+                if deadline is None:
+                    continue
+                return deadline
+            room = self._room()
+            if not any(room.values()):
+                return math.inf  # an exit, a resume or more concurrency will wake us
             if not self.read_ahead.valid_for(now, self._store.marks):
                 try:
                     if not await self._look_ahead(now):  # something that can unclaim jobs came in meanwhile
@@ -343,6 +366,122 @@ class Supervisor:
                     continue
                 return self._deadline(math.inf if due is None else due)
             return self._deadline(self.read_ahead.next_look())
+
+    async def _claim_first(self, now: float) -> float | None:
+        """A round of claiming first: start what is claimed ahead into free
+        slots, claim for those left (and ahead, while attempts end quickly);
+        when to look again, None for at once."""
+        self._give_back(self._ahead.expired(now))
+        self._start_claimed_ahead(now)
+        room = self._room()
+        ahead = self._ahead_wanted(now)
+        if not any(room.values()) and not ahead:
+            # An exit, a resume or more concurrency will wake us; what is held expires.
+            return self._deadline(self._ahead.next_expiry())
+        if await self._claim_committed(ahead):
+            return None
+        room = self._room()
+        if not any(room.values()):
+            return self._deadline(self._ahead.next_expiry())
+        due = await self._store.next_due(self.clock(), [q for q, n in room.items() if n > 0])
+        return self._deadline(min(math.inf if due is None else due, self._ahead.next_expiry()))
+
+    def _ahead_wanted(self, now: float) -> int:
+        """How many jobs to claim ahead of the free slots now (claims first only)."""
+        if self._dry or self.start_budget is not None or not self._claims_first:
+            return 0
+        if self.node_resources.gpus or self.node_resources.counts:
+            return 0  # what a job held ahead would hold of them is nobody's: none ahead
+        return self._ahead.wanted(now, self.settings.concurrency)
+
+    def _may_hold(self, job: Claimed) -> bool:
+        """Whether a job claimed ahead may stay so (see `_may_hold_queue`)."""
+        queue = self.queues.get(job.queue)
+        return queue is not None and self._may_hold_queue(queue)
+
+    def _may_hold_queue(self, queue: QueueInfo) -> bool:
+        """Whether jobs of `queue` may be claimed ahead: it is served, not
+        paused, and has no limit of its own (a limit counts every claim)."""
+        served = self.served is None or queue.name in self.served
+        return served and not queue.paused and queue.concurrency is None
+
+    def _start_claimed_ahead(self, now: float) -> int:
+        """Start jobs claimed ahead into the free slots; how many started."""
+        if not self._ahead or not self._may_start(now):
+            return 0
+        started = 0
+        while self._free() > 0:
+            room = self._room()
+            free = self._free()
+            job = self._ahead.take(
+                lambda held, room=room, free=free: room.get(held.queue, 0) > 0 and held.slots <= free
+            )
+            if job is None:
+                break
+            if not self._start(job, now, committed=True):
+                self._ahead.hold([job], now)  # no descriptor free: it waits (or expires)
+                break
+            started += 1
+        return started
+
+    def _may_start(self, now: float) -> bool:
+        return not (
+            self.claiming_stopped.is_set()
+            or not self.lease_held
+            or not self.guardian.ready
+            or self._hold.holds(now)
+            or self._store.lost is not None  # no start could be recorded
+            or self._store.unreachable
+        )
+
+    def _give_back(self, jobs: list[Claimed]) -> Call | None:
+        """Undo the claims of jobs claimed ahead and never started (they wait
+        again, or stay canceled); the last record queued. One that fails (an
+        unreachable store) leaves them to recovery or rescue, which give them
+        back too."""
+        last = None
+        now = self.clock()
+        for job in jobs:
+            last = self._store.unclaim(job, now)
+        if jobs:
+            self.read_ahead.forget()
+        return last
+
+    def _mark_started(self, attempt: Attempt) -> None:
+        """Queue the record that an attempt claimed not started has started
+        (its pid once spawned); every start until the record's batch is taken
+        joins it."""
+        self._marks.append(attempt)
+        if self._marking is not None:
+            return
+        marks: list[tuple[int, int, int | None, float]] = []
+        call = self._marking = self._store.mark_started(marks)
+
+        def taken() -> None:
+            marks.extend((a.claimed.id, a.claimed.run, a.pid, a.started_at) for a in self._marks)
+            self._marks = []
+            self._marking = None
+
+        call.on_taken = taken
+        call.on_done = lambda call: self._marked(call, marks)
+
+    def _marked(self, call: Call, marks: list[tuple[int, int, int | None, float]]) -> None:
+        """Attempts whose claim was no longer this node's (rescued meanwhile,
+        their job canceled) stop. A record that failed leaves them marked
+        not started: their ends record them (or recovery gives them back)."""
+        if call.error is not None:
+            log.warning("the start of %d attempts was not recorded: %s", len(marks), call.error)
+            return
+        runs = {job_id: run for job_id, run, _, _ in marks}
+        for job_id in call.result:
+            attempt = self.running.get(job_id)
+            if attempt is not None and attempt.claimed.run == runs.get(job_id):
+                log.info(
+                    "job %d: its attempt %d is no longer this node's to run; stopped",
+                    job_id,
+                    attempt.claimed.run,
+                )
+                self.attempts.stop(attempt, "cancel")
 
     def _cannot_claim(self, exc: StorageError) -> None:
         """A failing store (a full disk) holds claiming back a while; it never
@@ -436,30 +575,50 @@ class Supervisor:
                 return started
         return len(jobs)
 
-    async def _claim_committed(self) -> int:
+    async def _claim_committed(self, ahead: int = 0) -> int:
         """Claim with a committed transaction before starting anything: always
-        right, at the price of a commit between an exit and the next start."""
+        right, at the price of a commit between an exit and the next start.
+        Claims first: also up to `ahead` more of the queues that may be held
+        ahead, claimed not started (those that find no free slot are held).
+        How many it started or held."""
         self.read_ahead.forget()
         now = self.clock()
         room = self._room()
         free = self._free()
-        if free <= 0 or not any(room.values()):
+        if ahead:
+            for name, queue in self.queues.items():
+                if name in room and self._may_hold_queue(queue):
+                    room[name] += ahead
+        slots = max(0, free) + ahead
+        if slots <= 0 or not any(room.values()):
             return 0
         with trio.CancelScope(shield=True):  # once claimed, a job starts or waits again
             try:
                 claimed = await self._store.claim(
                     now=now,
-                    slots=free,
+                    slots=slots,
                     queue_room=room,
                     busy=list(self.running),
-                    fit=self.node_resources.fit(self.settings.concurrency, self._pool()),
+                    # Jobs claimed ahead take slots only (see _ahead_wanted): the fit counts them.
+                    fit=self.node_resources.fit(self.settings.concurrency, self._pool(-ahead)),
+                    started=not self._claims_first,
                 )
             except CommitUnknown as exc:
                 self._unclaim_when_back(exc.result or [], now)
                 raise
+            if len(claimed) < slots:
+                self._dry = True  # no more now: none ahead until news of more
+            if self._claims_first:
+                now = self.clock()  # the attempts start now (`mark_started` says so)
             started = 0
             while started < len(claimed) and not self.claiming_stopped.is_set() and self.lease_held:
-                if not self._start(claimed[started], now, committed=True):
+                job = claimed[started]
+                if self._free() < job.slots or not self._room().get(job.queue, 0):
+                    if not self._claims_first:
+                        break
+                    self._ahead.hold(claimed[started:], now)
+                    return len(claimed)
+                if not self._start(job, now, committed=True):
                     break  # no descriptor free
                 started += 1
             if started < len(claimed):
@@ -530,6 +689,8 @@ class Supervisor:
                 self.budget_spent.set()
         if record is None:  # its claim committed the start: news for those watching (the web page)
             self._change.set()
+            if self._claims_first:
+                self._mark_started(attempt)
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
             record.on_done = lambda call: self._start_recorded(attempt, call)
@@ -599,6 +760,9 @@ class Supervisor:
         job = attempt.claimed
         self.attempts.remove(attempt)
         self._hold.attempt_ended()  # its descriptors are free now
+        if self._claims_first:
+            now = self.clock()
+            self._ahead.ended(now - attempt.started_at, now)
         # Queued before the read that the free slot leads to, so that the read
         # sees what this end released.
         self._ends.record(attempt, outcome)
@@ -606,7 +770,12 @@ class Supervisor:
             # Jobs it released, or (stopped) its own job, retried while its
             # process lived: the reads ahead left that one out as busy.
             self.read_ahead.forget()
-        if self._start_in_freed_slot():
+        if self._claims_first:
+            # The next job claimed ahead starts in the slot at once; the loop claims more.
+            self._start_claimed_ahead(self.clock())
+            self._wake.set()
+            self._change.set()
+        elif self._start_in_freed_slot():
             self._change.set()
         else:
             self.wake()

@@ -98,7 +98,19 @@ _CONTRACT = {fn: name for name, fn in vars(Store).items() if callable(fn) and no
 
 
 class Call:
-    __slots__ = ("args", "done", "error", "fn", "kind", "kwargs", "method", "on_done", "result", "urgent")
+    __slots__ = (
+        "args",
+        "done",
+        "error",
+        "fn",
+        "kind",
+        "kwargs",
+        "method",
+        "on_done",
+        "on_taken",
+        "result",
+        "urgent",
+    )
 
     def __init__(
         self,
@@ -122,6 +134,9 @@ class Call:
         # For an owner that does not wait on `done`: told as soon as the call's
         # transaction ended, committed or failed, in the order calls were queued.
         self.on_done: Callable[[Call], None] | None = None
+        # Told (in the trio thread) when its batch is taken: its arguments are
+        # final from then on (an owner adding to a call's list stops there).
+        self.on_taken: Callable[[], None] | None = None
 
     async def outcome(self) -> Any:
         """The call's result once its transaction committed (or its error, raised)."""
@@ -327,6 +342,9 @@ class Writer:
     def _take_batch(self) -> list[Call]:
         batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
         self._urgent -= sum(call.urgent for call in batch)
+        for call in batch:
+            if call.on_taken is not None:
+                call.on_taken()
         return batch
 
     def _commit(self, batch: list[Call]) -> Changes:
