@@ -538,6 +538,8 @@ def test_news_is_sent_with_the_commit_and_only_then(postgres_url: str, store: Di
 
 
 def test_outbox_gathers_a_batch_into_few_notifications() -> None:
+    import msgspec
+
     from queued.store.contract import Changes, Claimed, Written
     from queued.store.postgres.news import IDS_PER_NOTICE, Outbox, parse
 
@@ -550,18 +552,21 @@ def test_outbox_gathers_a_batch_into_few_notifications() -> None:
     done.finished = [1]
     for _ in range(3):
         outbox.note("finish", (job,), Written("completed", done))
+    outbox.note("finish", (msgspec.structs.replace(job, id=2),), Written("failed", Changes()))  # retried
     outbox.note("add_jobs", ([],), Written([5]))
     outbox.note("states", ([1],), {1: "completed"})  # a read: no news
     outbox.note("cancel_what_can", ([], T0), Written((list(range(10, 10 + IDS_PER_NOTICE + 1)), [], {})))
     payloads = outbox.payloads()
     assert payloads[:2] == ["wake", "room gpu"]
-    assert len(payloads) == 6  # the cancels in two notifications, the finishes in one, their output in one
+    # The cancels in two notifications, the finishes in one (their output with
+    # them: not repeated), the output of the one that did not finish in one.
+    assert len(payloads) == 6
     assert all(len(p) < 8000 for p in payloads)
     news = parse(payloads[2])
     news.merge(parse(payloads[3]))
     assert news.cancel == list(range(10, 10 + IDS_PER_NOTICE + 1))
-    assert parse(payloads[4]).finished == [1, 1, 1]
-    assert parse(payloads[5]).output == [1]
+    assert parse(payloads[4]).finished == parse(payloads[4]).output == [1, 1, 1]
+    assert payloads[5] == "output 2"
     assert parse("something newer 1") == parse("cancel x") == type(news)()
     outbox.clear()
     assert not outbox and outbox.payloads() == []

@@ -105,7 +105,8 @@ class Outbox:
         out += [f"room {queue}" for queue in sorted(self.room)]
         out += _id_payloads("cancel", self.cancel)
         out += _id_payloads("finished", self.finished)
-        out += _id_payloads("output", sorted(self.output))
+        # A finished job's output readers hear of it by "finished" (see parse).
+        out += _id_payloads("output", sorted(self.output.difference(self.finished)))
         return out
 
 
@@ -133,6 +134,8 @@ def parse(payload: str) -> News:
         except ValueError:
             ids = []
         setattr(news, kind, ids)
+        if kind == "finished":
+            news.output = list(ids)  # its end is the last of its output: `logs -f` readers stop
     return news
 
 
