@@ -437,15 +437,27 @@ class Supervisor:
     def _give_back(self, jobs: list[Claimed]) -> Call | None:
         """Undo the claims of jobs claimed ahead and never started (they wait
         again, or stay canceled); the last record queued. One that fails (an
-        unreachable store) leaves them to recovery or rescue, which give them
-        back too."""
-        last = None
+        unreachable store) is tried again once the store answers, while this
+        node claims: once it stops, its lease ends and a rescue (or its next
+        start's recovery) gives them back."""
+        if not jobs:
+            return None
+        self.read_ahead.forget()
         now = self.clock()
+        last = None
         for job in jobs:
             last = self._store.unclaim(job, now)
-        if jobs:
-            self.read_ahead.forget()
+            last.on_done = partial(self._given_back, job, now)
         return last
+
+    def _given_back(self, job: Claimed, now: float, unclaim: Call) -> None:
+        if (
+            isinstance(unclaim.error, StorageError)
+            and self._store.lost is None
+            and not self.claiming_stopped.is_set()
+            and self._nursery is not None
+        ):
+            self._nursery.start_soon(self._unclaim_kept, [job], now)
 
     def _mark_started(self, attempt: Attempt) -> None:
         """Queue the record that an attempt claimed not started has started

@@ -87,3 +87,36 @@ async def test_a_paused_queue_takes_back_what_was_claimed_ahead(node: DaemonHand
         await client.ok(p.CancelJobs(ids=[blocker]))
     finally:
         await client.aclose()
+
+
+async def test_a_give_back_that_failed_is_tried_again(
+    node: DaemonHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing store must not leave a job claimed ahead running with no
+    process while this node's lease holds (no rescue would take it)."""
+    client = await node.client()
+    try:
+        blocker, held = await hold_two(node, client, tmp_path)
+        attempts = node.runner.supervisor.db.engine._attempts
+        real, failed = attempts.unclaim, []
+
+        def unclaim_failing_once(job: object, now: float) -> object:
+            if not failed:
+                failed.append(job)
+                raise RuntimeError("the disk hiccuped")
+            return real(job, now)
+
+        monkeypatch.setattr(attempts, "unclaim", unclaim_failing_once)
+        # Its answer may fail with the batch the failing give back was in.
+        await client.request(p.PauseQueue(name="default", paused=True))
+        for job_id in held:
+            with trio.fail_after(10):
+                while True:  # a read in the failing batch fails too
+                    detail = await client.request(p.GetJob(id=job_id))
+                    if isinstance(detail, p.JobDetail) and detail.job.state == "pending" and not detail.runs:
+                        break
+                    await trio.sleep(0.01)
+        assert len(failed) == 1
+        await client.ok(p.CancelJobs(ids=[blocker]))
+    finally:
+        await client.aclose()
