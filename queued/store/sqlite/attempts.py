@@ -149,7 +149,7 @@ class Attempts:
                     continue
                 if allocator is not None:
                     if allocator.full:
-                        return Written(claimed)
+                        return Written(self._not_started(claimed, started))
                     given = allocator.offer(job.slots, job.needs, job.run_at)
                     if given is None:
                         passed.append(job.id)
@@ -163,12 +163,16 @@ class Attempts:
                 claimed.append(job)
             if not filled:
                 break
+        return Written(self._not_started(claimed, started))
+
+    def _not_started(self, claimed: list[Claimed], started: bool) -> list[Claimed]:
+        """`claimed`, their attempts marked not started unless `started`."""
         if not started:
             self.conn.executemany(
                 f"UPDATE attempts SET pid = {NOT_STARTED} WHERE job_id = ? AND attempt = ?",
                 [(job.id, job.run) for job in claimed],
             )
-        return Written(claimed)
+        return claimed
 
     def mark_started(self, attempts: Sequence[tuple[int, int, int | None, float]]) -> Written[list[int]]:
         """Record the process (pid, start time) of each (job id, run) claimed
