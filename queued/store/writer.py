@@ -303,7 +303,10 @@ class Writer:
         self._outage = None
         if self.unreachable is not None:
             return
-        self.unreachable = StoreUnreachable(str(error), error.detail, error.store)
+        # The calls of the outage are told it is unreachable: whether the batch that
+        # found it out was kept (CommitUnknown) is that batch's callers' news alone.
+        message = error.unreachable if isinstance(error, CommitUnknown) else str(error)
+        self.unreachable = StoreUnreachable(message, error.detail, error.store)
         self.unreachable_since = time.time()
         log.warning("%s is unreachable (%s); reconnecting", error.store, error.detail or error)
         nursery.start_soon(self._reconnect, error)

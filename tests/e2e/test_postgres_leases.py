@@ -6,12 +6,14 @@ rescued in seconds."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -120,27 +122,51 @@ def test_a_lease_shorter_than_the_kill_grace_allows_is_refused_at_start(cluster:
     assert line.startswith("queued: node-lease 3s is too short for kill-grace 10s")
 
 
-def test_a_node_killed_mid_job_is_rescued_and_its_job_runs_elsewhere(
+def test_a_node_killed_mid_drain_is_rescued_and_none_of_its_jobs_ran_twice_at_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    a = cluster.node("a")
+    a, b = cluster.node("a"), cluster.node("b")
     marks = tmp_path / "marks"
-    job_id = a.add("--max-retries", "1", stamped_job(marks))
-    until(lambda: running_on(a, job_id, "a"), why="the job never started on a")
-    b = cluster.node("b")
-    first_pid = int(marks.read_text().split()[2])
-    a.kill9()  # its guardian kills the job at once; its lease runs out in 3 s
-    until(lambda: not pid_alive(first_pid), timeout=10, why="a's job outlived it")
-    dead_at = time.time()
-    until(lambda: running_on(b, job_id, "b", run=2), timeout=3 + 20, why="the job was not rescued")
-    first, second = show(b, job_id)["runs"]
-    assert first["node"] == "a" and first["error"].startswith("interrupted: its node a stopped renewing")
-    assert second["node"] == "b"
+    # Each attempt stamps its start and, if it gets there, its end.
+    job = (
+        f"echo start $QUEUED_JOB_ID $(date +%s.%N) >> {marks}; sleep 3;"
+        f" echo end $QUEUED_JOB_ID $(date +%s.%N) >> {marks}"
+    )
+    ids = [a.add("--max-retries", "1", job) for _ in range(6)]
+    busy = until(lambda: len(slots := json.loads(a.ok("workers", "ls", "--json"))["slots"]) == 2 and slots)
+    pids = {slot["job_id"]: slot["pid"] for slot in busy}  # type: ignore[union-attr]
+    a.kill9()  # its guardian kills its jobs at once; its lease runs out in 3 s
+    killed = time.time()
+    dead_at: dict[int, float] = {}  # when each of a's jobs was seen gone (after it died)
+    while len(dead_at) < len(pids):
+        dead_at |= {i: time.time() for i, pid in pids.items() if i not in dead_at and not pid_alive(pid)}
+        assert time.time() < min(dead_at.values(), default=time.time()) + 10, "a's jobs outlived it"
+        time.sleep(0.02)
+    assert b.ctl("wait", *map(str, ids), timeout=120).returncode == 0
+    rescued = {i for i in ids if len(show(b, i)["runs"]) == 2}
+    assert rescued == set(pids)
+    for i in rescued:
+        first, second = show(b, i)["runs"]
+        assert first["node"] == "a" and first["error"].startswith("interrupted: its node a stopped renewing")
+        assert second["node"] == "b" and second["exit_code"] == 0
+        rescued_at = datetime.fromisoformat(first["ended_at"].replace("Z", "+00:00")).timestamp()
+        assert rescued_at - killed < 3 + 10  # within the lease and a few seconds
     status = json.loads(b.ok("status", "--json"))
     assert {n["name"]: n["state"] for n in status["nodes"]} == {"a": "lost", "b": "alive"}
-    starts = [float(line.split()[1]) for line in marks.read_text().splitlines()]
-    assert len(starts) == 2 and starts[1] > dead_at  # never two at once
-    b.ok("cancel", str(job_id))
+    # Never two attempts of one job at once: each start after the previous one's end or death.
+    spans: dict[int, list[tuple[float, float]]] = {}
+    begun: dict[int, float] = {}
+    for kind, job_id, at, *_ in (line.split() for line in marks.read_text().splitlines()):
+        if kind == "start":
+            if int(job_id) in begun:  # the previous attempt never reached its end: it died
+                spans.setdefault(int(job_id), []).append((begun[int(job_id)], dead_at[int(job_id)]))
+            begun[int(job_id)] = float(at)
+        else:
+            spans.setdefault(int(job_id), []).append((begun.pop(int(job_id)), float(at)))
+    assert not begun and sorted(spans) == ids
+    for job_id, runs in spans.items():
+        assert all(earlier[1] < later[0] for earlier, later in itertools.pairwise(runs)), (job_id, runs)
+        assert len(runs) == (2 if job_id in rescued else 1)
 
 
 def test_a_node_frozen_past_its_lease_has_its_jobs_stopped_and_records_nothing(

@@ -334,3 +334,40 @@ async def test_a_commit_lost_on_its_way_tells_each_change_what_it_did_and_reads_
         while db.unreachable is not None:  # the writer reconnects (SQLite: at once)
             await db.reconnected().wait()
     assert await db.read(Store.states, [1, 2]) == {}  # SQLite rolled it back
+
+
+@sqlite_only
+async def test_calls_during_an_outage_begun_by_a_lost_commit_are_told_it_is_unreachable(
+    db: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the batch whose COMMIT was on its way may or may not have been
+    kept; the calls after it (a `queuectl ls` during the outage) are told the
+    one line of an unreachable store (found by the outage e2e test)."""
+    from queued.store import CommitUnknown, StoreUnreachable
+    from queued.store.contract import BatchLost
+
+    real_commit, real_reconnect = db.engine.commit, db.engine.reconnect
+    answers = trio.Event()
+
+    def commit_once() -> None:
+        monkeypatch.setattr(db.engine, "commit", real_commit)
+        raise BatchLost(CommitUnknown("the job store went away during the commit", "gone", "the job store"))
+
+    def reconnect(**how: object) -> None:
+        if not answers.is_set():
+            raise StoreUnreachable("the job store is unreachable; retrying", "refused", "the job store")
+        real_reconnect()
+
+    monkeypatch.setattr(db.engine, "commit", commit_once)
+    monkeypatch.setattr(db.engine, "reconnect", reconnect)
+    with pytest.raises(CommitUnknown):
+        await db.add(Store.add_jobs, [new()], T0)
+    for call in (db.queue(Kind.READ, Store.counts), db.queue(Kind.ADD, Store.add_jobs, [new()], T0)):
+        with pytest.raises(StoreUnreachable) as caught:
+            await call.outcome()
+        assert not isinstance(caught.value, CommitUnknown)
+        assert str(caught.value) == "the job store is unreachable; retrying"
+    answers.set()
+    with trio.fail_after(10):
+        while db.unreachable is not None:
+            await db.reconnected().wait()
