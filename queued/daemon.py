@@ -247,7 +247,6 @@ class Runner:
                 db,
                 wake_supervisor=self.supervisor.wake,
                 accepting=lambda: self.supervisor.accepting,
-                reread=is_postgres(config.store),
             )
             self.daemon.local_zone = daemon_local_zone()
             self.daemon.schedules_changed = self.scheduler.changed

@@ -12,10 +12,16 @@ writer
 every node runs this same task and only one adds each firing). The rules
 (catch-up at start and after a late wake, no-overlap) are queued/schedules.py's.
 
+With PostgreSQL, other nodes change schedules too: their change comes as
+news (a "schedules" NOTIFY sent with its commit, see queued/server/news.py),
+which calls `changed()` as this node's own requests do; after the news
+channel was lost and opened again the schedules are read again, since what
+was sent meanwhile is gone. Nothing is read on a timer.
+
 The sleep is on the monotonic clock, but firings are wall-clock times: a
 clock set forward or a suspended machine would be noticed only at the
-deadline. So no sleep lasts more than MAX_SLEEP_SECONDS; with PostgreSQL
-that wake also reads the schedules again (changes other nodes made).
+deadline. So no sleep lasts more than MAX_SLEEP_SECONDS: that wake reads
+nothing, it only looks at the wall clock again.
 """
 
 from __future__ import annotations
@@ -72,13 +78,11 @@ class Scheduler:
         *,
         wake_supervisor: Callable[[], None],
         accepting: Callable[[], bool],
-        reread: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self._wake_supervisor = wake_supervisor
         self._accepting = accepting
-        self._reread = reread  # other nodes change schedules too (PostgreSQL)
         self._clock = clock
         self._entries: dict[str, Entry] = {}
         self._changed = trio.Event()
@@ -86,7 +90,9 @@ class Scheduler:
         self.added = 0  # jobs added by firings since start
 
     def changed(self) -> None:
-        """A schedule was added, removed, paused or resumed: read them again."""
+        """A schedule was added, removed, paused or resumed (here, or on another
+        node sharing the store), or news of such changes may have been missed:
+        read them again."""
         self._changed.set()
 
     def next_firing(self, name: str) -> float | None:
@@ -105,11 +111,10 @@ class Scheduler:
             wait = MAX_SLEEP_SECONDS if loaded else RETRY_SECONDS
             if earliest is not None:
                 wait = min(wait, earliest - self._clock())
-            capped = wait == MAX_SLEEP_SECONDS
             if wait > 0:
                 with trio.move_on_after(wait):
                     await self._changed.wait()
-            if self._changed.is_set() or not loaded or (capped and self._reread):
+            if self._changed.is_set() or not loaded:
                 self._changed = trio.Event()
                 # A start whose read failed still catches up once it succeeds.
                 loaded = await self._load(starting=not self._started)

@@ -1,7 +1,8 @@
 """Acting on other nodes' news (a store shared by several nodes: see
 `Engine.news`): jobs to claim wake the supervisor, canceled jobs running here
 stop, finished jobs reach this node's `wait`ers, output that grew its `logs -f`
-readers, and a change of queues (or a
+readers, a change of schedules wakes the scheduler to read them again, and a
+change of queues (or a
 channel opened again, after which nothing missed can be told) is read again
 from the store, in a task of its own so that delivery never waits."""
 
@@ -44,6 +45,8 @@ class NodeNews:
             d.supervisor.room_freed(news.room)
         if news.wake:
             d.supervisor.wake()
+        if news.schedules or news.reconnected:
+            d.schedules_changed()  # the scheduler reads them again, in its own task
         if news.queues or news.reconnected:
             self._queues = True
             self._everything = self._everything or news.reconnected

@@ -624,18 +624,20 @@ class News(msgspec.Struct, kw_only=True):
 
     wake: bool = False  # jobs became claimable (added, released, retried, due earlier)
     queues: bool = False  # queues were added, removed, paused or resumed: read them again
+    schedules: bool = False  # schedules were added, removed, paused or resumed: read them again
     room: set[str] = msgspec.field(default_factory=set)  # queues where an attempt ended
     cancel: list[int] = msgspec.field(default_factory=list)  # jobs canceled: stop them if they run here
     finished: list[int] = msgspec.field(default_factory=list)  # jobs that reached a terminal state
     output: list[int] = msgspec.field(default_factory=list)  # jobs whose output grew or attempt ended
     # The news channel was (re)opened: whatever was sent while it was closed is
-    # gone, so read everything again (queues, claimable jobs, running jobs' states).
+    # gone, so read everything again (queues, schedules, claimable jobs, running jobs' states).
     reconnected: bool = False
     lost: bool = False  # the news channel is closed: until `reconnected`, nothing is heard
 
     def merge(self, other: News) -> None:
         self.wake = self.wake or other.wake
         self.queues = self.queues or other.queues
+        self.schedules = self.schedules or other.schedules
         self.room |= other.room
         self.cancel += other.cancel
         self.finished += other.finished

@@ -49,3 +49,49 @@ def test_three_nodes_add_each_firing_once(tmp_path: Path, postgres_empty_url: st
             if node.process and node.process.poll() is None:
                 node.ok("shutdown", "--now")
             node.stop()
+
+
+def test_a_schedule_added_or_paused_on_one_node_reaches_the_other_at_once(
+    tmp_path: Path, postgres_empty_url: str
+) -> None:
+    """Other nodes' schedulers hear a change of schedules at once (news sent
+    with its commit), not at their next periodic read: a schedule added on a
+    fires on time on b while a is frozen, and once paused it fires nowhere."""
+    import os
+    import signal
+
+    a, b = (Daemon(tmp_path / name, "--store", postgres_empty_url, "--node", name) for name in "ab")
+
+    def added() -> list[tuple[float, float]]:
+        """Each firing's time and its job's creation, in order."""
+        with psycopg.connect(postgres_empty_url) as conn:
+            return conn.execute(
+                "SELECT f.fired_at, j.created_at FROM queued.firings f JOIN queued.jobs j ON j.id = f.job_id"
+                " WHERE f.schedule = 'tick' ORDER BY f.fired_at"
+            ).fetchall()
+
+    try:
+        a.start()
+        b.start()
+        a.ok("queue", "add", "sched")
+        a.ok("queue", "pause", "sched")  # the jobs wait: this test is about adding them
+        assert a.process is not None
+        a.ok("schedule", "add", "tick", "--every", "1s", "-q", "sched", "--", "true")
+        os.kill(a.process.pid, signal.SIGSTOP)  # only b can fire it now
+        try:
+            time.sleep(3.5)
+        finally:
+            os.kill(a.process.pid, signal.SIGCONT)
+        fired = added()
+        assert len(fired) >= 2, fired
+        assert all(created - firing < 1 for firing, created in fired), fired  # each on time
+        a.ok("schedule", "pause", "tick")
+        paused_at = time.time()
+        time.sleep(3)
+        late = [(firing, created) for firing, created in added() if created > paused_at + 1]
+        assert late == [], f"a paused schedule fired on: {late}"
+    finally:
+        for node in (a, b):
+            if node.process and node.process.poll() is None:
+                node.ok("shutdown", "--now")
+            node.stop()

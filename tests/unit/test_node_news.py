@@ -52,7 +52,13 @@ def daemon(running=(), states=None):
         output_news=OutputNews(),
         db=FakeDb(states or {}),
         queues_read=0,
+        schedules_read=0,
     )
+
+    def schedules_changed():
+        d.schedules_read += 1
+
+    d.schedules_changed = schedules_changed
 
     async def queues_changed():
         d.queues_read += 1
@@ -104,3 +110,14 @@ async def test_many_queue_changes_are_read_once() -> None:
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert d.queues_read == 1
+
+
+def test_a_change_of_schedules_or_a_reconnection_has_the_scheduler_read_them_again() -> None:
+    d = daemon()
+    news = NodeNews(d)  # type: ignore[arg-type]
+    news.deliver(News(wake=True))
+    assert d.schedules_read == 0
+    news.deliver(News(schedules=True))
+    assert d.schedules_read == 1
+    news.deliver(News(reconnected=True))  # what was sent while the channel was closed is gone
+    assert d.schedules_read == 2

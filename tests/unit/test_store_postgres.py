@@ -595,6 +595,20 @@ def test_a_schedule_firing_that_added_a_job_wakes_the_other_nodes() -> None:
     assert outbox.payloads() == ["wake"]
 
 
+def test_a_change_of_schedules_is_news_for_every_scheduler() -> None:
+    from queued.store.contract import News, Written
+    from queued.store.postgres.news import Outbox, parse
+
+    for change in ("add_schedule", "remove_schedule", "pause_schedule"):
+        outbox = Outbox()
+        outbox.note(change, ("nightly",), Written(None))
+        assert outbox.payloads() == ["schedules"]
+    assert parse("schedules") == News(schedules=True)
+    merged = News()
+    merged.merge(parse("schedules"))
+    assert merged.schedules
+
+
 async def test_the_listener_hears_other_nodes_and_says_when_it_listens_again(
     postgres_url: str, store: Direct
 ) -> None:

@@ -2,8 +2,8 @@
 each commit, LISTEN on a connection of its own.
 
 Theory of operation: what a committed batch did that other nodes must act on
-(`News`: jobs to claim, queues to read again, room in a limited queue, jobs
-canceled or finished) is gathered in an `Outbox` while the batch runs, from
+(`News`: jobs to claim, queues or schedules to read again, room in a limited
+queue, jobs canceled or finished) is gathered in an `Outbox` while the batch runs, from
 each call's answer, and sent by one `pg_notify` just before the COMMIT: the
 database delivers it only if that commit succeeds, and never when the batch
 rolls back. A node drops what its own writer's connection sent: it acted on
@@ -49,13 +49,14 @@ _WAKES = frozenset({"add_jobs", "retry", "release", "restart", "edit", "unclaim"
 # Attempts of lost incarnations ended: their jobs are retried or ended.
 _RESCUES = frozenset({"rescue", "recover"})
 _QUEUES = frozenset({"add_queue", "remove_queue", "set_paused", "set_all_paused", "set_queue_concurrency"})
+_SCHEDULES = frozenset({"add_schedule", "remove_schedule", "pause_schedule"})
 
 
 class Outbox:
     """The news of one transaction, gathered call by call (`note`), sent by
     the engine before it commits (`payloads`) and forgotten after."""
 
-    __slots__ = ("cancel", "finished", "output", "queues", "room", "wake")
+    __slots__ = ("cancel", "finished", "output", "queues", "room", "schedules", "wake")
 
     def __init__(self) -> None:
         self.clear()
@@ -63,13 +64,15 @@ class Outbox:
     def clear(self) -> None:
         self.wake = False
         self.queues = False
+        self.schedules = False
         self.room: set[str] = set()
         self.cancel: list[int] = []
         self.finished: list[int] = []
         self.output: set[int] = set()
 
     def __bool__(self) -> bool:
-        return bool(self.wake or self.queues or self.room or self.cancel or self.finished or self.output)
+        flags = self.wake or self.queues or self.schedules
+        return bool(flags or self.room or self.cancel or self.finished or self.output)
 
     def note(self, name: str, args: tuple[Any, ...], result: Any) -> None:
         """What the contract method `name`, called with `args`, answered `result`."""
@@ -91,6 +94,8 @@ class Outbox:
             self.cancel += result.value[0]
         elif name in _QUEUES:
             self.queues = True
+        elif name in _SCHEDULES:
+            self.schedules = True  # every node's scheduler reads them again
         elif name in _RESCUES and result.value:
             self.wake = True  # a lost node's jobs wait again (and a limited queue has room)
         elif name == "fire_schedule" and result.value.job_id is not None:
@@ -102,6 +107,8 @@ class Outbox:
             out.append("wake")
         if self.queues:
             out.append("queues")
+        if self.schedules:
+            out.append("schedules")
         out += [f"room {queue}" for queue in sorted(self.room)]
         out += _id_payloads("cancel", self.cancel)
         out += _id_payloads("finished", self.finished)
@@ -126,6 +133,8 @@ def parse(payload: str) -> News:
         news.wake = True
     elif kind == "queues":
         news.queues = True
+    elif kind == "schedules":
+        news.schedules = True
     elif kind == "room" and rest:
         news.room.add(rest)
     elif kind in ("cancel", "finished", "output"):
