@@ -109,6 +109,13 @@ class StoreLost(BatchLost):
     now on every change is refused."""
 
 
+class BatchConflict(BatchLost):
+    """The database undid the whole transaction to settle a conflict with
+    another node's (a deadlock, a serialization failure): nothing of it was
+    kept, and the writer runs the batch again (`error` is what its callers are
+    told if the conflicts go on)."""
+
+
 class Claimed(msgspec.Struct, kw_only=True):
     """A job taken for an attempt: what the supervisor needs to run it."""
 
@@ -595,7 +602,8 @@ class Transactions(Protocol):
     ) -> T:
         """Run one call of the batch. `guarded`: in a savepoint of its own, so
         that a refusal or an error (raised) leaves nothing of it. Raises
-        BatchLost when the transaction itself is gone."""
+        BatchLost when the transaction itself is gone (BatchConflict when the
+        database undid it for another's sake: the batch may run again)."""
         ...
 
     def commit(self) -> None:

@@ -55,6 +55,7 @@ import trio
 
 from queued.store.contract import (
     NOTHING,
+    BatchConflict,
     BatchLost,
     Changes,
     CommitUnknown,
@@ -80,6 +81,8 @@ LINGER_SECONDS = 0.005
 RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 UNREACHABLE_REMINDER_SECONDS = 60.0
+# A batch the database undid for another node's sake (a deadlock) runs again, up to this many times in all.
+CONFLICT_TRIES = 5
 
 
 class Kind(enum.Enum):
@@ -351,20 +354,36 @@ class Writer:
         return batch
 
     def _commit(self, batch: list[Call]) -> Changes:
-        """Run `batch` in one transaction (on the worker thread); what it changed."""
+        """Run `batch` in one transaction (on the worker thread); what it
+        changed. A transaction the database undid to settle a conflict with
+        another node's (BatchConflict: a deadlock) runs again, from the start."""
+        tries = 1
+        while True:
+            try:
+                return self._transaction(batch)
+            except BatchConflict as exc:
+                if tries == CONFLICT_TRIES:
+                    return self._fail_all(batch, exc)
+                tries += 1
+                cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+                log.info("the store undid a batch to settle a conflict with another node (%s); again", cause)
+                self.engine.abort()
+                for call in batch:
+                    call.result = call.error = None
+            except BatchLost as exc:
+                return self._fail_all(batch, exc)
+
+    def _transaction(self, batch: list[Call]) -> Changes:
         engine = self.engine
         changes = Changes()
-        try:
-            engine.begin()
-            for call in batch:
-                self._run_call(call, changes)
-            started = time.perf_counter()
-            engine.commit()
-            # Read by /metrics (queued_store_commit_seconds): one count and sum a batch.
-            self.commit_seconds += time.perf_counter() - started
-            self.commits += 1
-        except BatchLost as exc:
-            return self._fail_all(batch, exc)
+        engine.begin()
+        for call in batch:
+            self._run_call(call, changes)
+        started = time.perf_counter()
+        engine.commit()
+        # Read by /metrics (queued_store_commit_seconds): one count and sum a batch.
+        self.commit_seconds += time.perf_counter() - started
+        self.commits += 1
         return changes
 
     def _run_call(self, call: Call, changes: Changes) -> None:

@@ -371,3 +371,31 @@ async def test_calls_during_an_outage_begun_by_a_lost_commit_are_told_it_is_unre
     with trio.fail_after(10):
         while db.unreachable is not None:
             await db.reconnected().wait()
+
+
+@sqlite_only
+async def test_a_batch_the_database_undid_for_another_node_runs_again(
+    db: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock with another node's transaction (BatchConflict) is not an
+    outage: the whole batch runs again; if the conflicts go on, its callers
+    get the engine's one line, and the store stays reachable."""
+    from queued.store.contract import BatchConflict
+
+    real_commit = db.engine.commit
+    conflicts = [2]
+
+    def commit() -> None:
+        if conflicts[0]:
+            conflicts[0] -= 1
+            raise BatchConflict(StorageError("kept undoing it; try again"))
+        real_commit()
+
+    monkeypatch.setattr(db.engine, "commit", commit)
+    assert list(await db.add(Store.add_jobs, [new()], T0)) == [1]  # third time lucky
+    assert await db.read(Store.states, [1, 2]) == {1: "pending"}  # added once
+    conflicts[0] = writer.CONFLICT_TRIES
+    with pytest.raises(StorageError, match=r"^kept undoing it; try again$"):
+        await db.add(Store.add_jobs, [new()], T0)
+    assert db.unreachable is None
+    assert await db.read(Store.states, [1, 2]) == {1: "pending"}

@@ -756,3 +756,61 @@ def test_an_add_after_a_queue_rm_committed_names_the_queue_unknown(postgres_url:
     [error] = added
     assert error is not None and "unknown queue 'gpu'" in str(error)
     assert store.list_jobs() == []
+
+
+async def test_two_nodes_adding_unique_keys_in_crossing_orders_both_add_them(
+    postgres_url: str, store: Direct, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node a's batch adds key A then B while node b's adds B then A: the
+    locks cross and the database breaks the deadlock by undoing one batch.
+    That batch runs again (it is not an outage): each key ends with one job,
+    which every add is given."""
+    import trio
+
+    from queued.store import Store
+    from queued.store.writer import Kind, Writer
+
+    caplog.set_level("INFO", logger="queued.store.writer")
+    engines = [PostgresStore.open(postgres_url) for _ in range(2)]
+    first_locks = threading.Barrier(2)
+
+    def both_hold_their_first_key(engine: PostgresStore) -> None:
+        """Wait until the other batch took its first key too (the first time only)."""
+        if not getattr(engine, "met", False):
+            engine.met = True  # type: ignore[attr-defined]
+            first_locks.wait(timeout=30)
+
+    answers: dict[str, list[list[int]]] = {}
+    try:
+        writers = [Writer(engine) for engine in engines]
+        async with trio.open_nursery() as nursery:
+            for writer in writers:
+                await nursery.start(writer.serve)
+
+            async def adds(name: str, writer: Writer, keys: str) -> None:
+                def job(key: str) -> validation.NewJob:
+                    # An environment of each node's own: a new one shared would make
+                    # the second adder wait for the first's commit before any key.
+                    spec = JobSpec(command="true", unique_key=key)
+                    return validation.new_job(spec, cwd="/", env={"NODE": name}, settings=Settings(), now=T0)
+
+                calls = [
+                    writer.queue(Kind.ADD, Store.add_jobs, [job(keys[0])], T0),
+                    writer.queue(Kind.READ, both_hold_their_first_key),
+                    writer.queue(Kind.ADD, Store.add_jobs, [job(keys[1])], T0),
+                ]
+                answers[name] = [list(await calls[0].outcome()), list(await calls[2].outcome())]
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as adders:
+                    adders.start_soon(adds, "a", writers[0], "AB")
+                    adders.start_soon(adds, "b", writers[1], "BA")
+            assert all(writer.unreachable is None for writer in writers)
+            nursery.cancel_scope.cancel()
+    finally:
+        for engine in engines:
+            engine.close()
+    jobs = {job.unique_key: job.id for job in store.list_jobs()}
+    assert sorted(jobs) == ["A", "B"]
+    assert answers == {"a": [[jobs["A"]], [jobs["B"]]], "b": [[jobs["B"]], [jobs["A"]]]}
+    assert "to settle a conflict with another node (deadlock detected); again" in caplog.text

@@ -30,6 +30,7 @@ from queued.schedules import NewSchedule
 from queued.store.contract import (
     AddedIds,
     Ahead,
+    BatchConflict,
     BatchLost,
     Claimed,
     CommitUnknown,
@@ -63,6 +64,24 @@ T = TypeVar("T")
 # the writer reconnects with backoff.
 INLINE_CONNECT_TIMEOUT = 2
 POSTGRES = Dialect(mark="%s", lock=" FOR UPDATE", path_in=path_bytes, path_out=path_read, json_in=Jsonb)
+# Errors of a server that is going or gone (the connection with it), by SQLSTATE:
+# class 08 (connection exceptions), admin_shutdown, crash_shutdown, cannot_connect_now.
+_GOING = ("57P01", "57P02", "57P03")
+# Errors that undid the transaction for another's sake: serialization_failure, deadlock_detected.
+_CONFLICTS = ("40001", "40P01")
+
+
+def unreachable_error(exc: BaseException) -> bool:
+    """A driver error that says the server cannot be reached (not one it answered with)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _GOING
+
+
+def conflict_error(exc: BaseException) -> bool:
+    """A driver error after which running the whole transaction again is the answer."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in _CONFLICTS
 
 
 class PostgresStore:
@@ -312,12 +331,16 @@ class PostgresStore:
         self._environments.forget()
 
     def _unreachable(self, exc: BaseException | None = None) -> bool:
-        return isinstance(exc, psycopg.OperationalError) or self.conn.closed or bool(self.conn.broken)
+        # Not every OperationalError: a deadlock or a canceled statement is one too.
+        return (exc is not None and unreachable_error(exc)) or self.conn.closed or bool(self.conn.broken)
 
     def _lost(self, exc: BaseException, *, committing: bool = False) -> BatchLost:
         """The batch is gone: the connection broke (StoreUnreachable; during
         the COMMIT, CommitUnknown: it may have been kept), or the database
-        failed it."""
+        failed it (BatchConflict: a deadlock or serialization failure it
+        undid, to be run again)."""
+        if conflict_error(exc) and not self._unreachable():
+            return BatchConflict(StorageError(self._conflict_message(exc)))
         if self._unreachable(exc):
             message = f"the job store at {self.where} is unreachable; retrying"
             if committing:
@@ -328,6 +351,12 @@ class PostgresStore:
                 return BatchLost(CommitUnknown(message, schema.first_line(exc), self.store_name))
             return BatchLost(StoreUnreachable(message, schema.first_line(exc), self.store_name))
         return BatchLost(StorageError(self.describe(exc)))
+
+    def _conflict_message(self, exc: BaseException) -> str:
+        return (
+            f"the job store at {self.where} kept undoing this change for other nodes' changes"
+            f" ({schema.first_line(exc)}); try again"
+        )
 
     def describe(self, exc: BaseException) -> str:
         if self._unreachable(exc):
@@ -410,6 +439,8 @@ class PostgresStore:
         try:
             result = method(*args, **kwargs)
         except BaseException as exc:
+            if conflict_error(exc):  # the database chose this transaction to undo: all of it goes again
+                raise self._lost(exc) from exc
             self._undo_call(exc)
             if isinstance(exc, psycopg.Error):
                 raise StorageError(self.describe(exc)) from exc
@@ -424,7 +455,7 @@ class PostgresStore:
     def _undo_call(self, exc: BaseException) -> None:
         """Roll back one guarded call; BatchLost if the transaction itself is
         gone (the connection broke): the calls before it lost their writes too."""
-        if self.conn.closed or self.conn.broken or isinstance(exc, psycopg.OperationalError):
+        if self._unreachable(exc):
             raise self._lost(exc) from exc
         try:
             self.conn.execute("ROLLBACK TO SAVEPOINT call")
