@@ -147,6 +147,36 @@ class PostgresServer:
             process.kill()
             process.wait()
 
+    def processes(self) -> list[int]:
+        """The server's processes: the postmaster and its children (backends, writers)."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        children = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+            except OSError:
+                continue
+            if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == self.process.pid:
+                children.append(int(entry.name))
+        return [self.process.pid, *children]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP every process of the server (a hung server: connections stay
+        up, nothing answers); what was stopped, for `thaw`."""
+        frozen = self.processes()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        return frozen
+
+    @staticmethod
+    def thaw(frozen: list[int]) -> None:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def close(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)

@@ -593,6 +593,19 @@ class Store(Protocol):
 class Transactions(Protocol):
     """The engine's side of the writer's transactions (see `writer.py`)."""
 
+    # A server that stops answering (its processes frozen, stuck I/O) must not
+    # hold the writer for ever: when the call on its way (`busy_since`, on
+    # time.monotonic(), None between batches) has had no answer for
+    # `answer_bound` seconds, the writer calls `interrupt`. None: no bound (a
+    # file the daemon itself reads and writes).
+    answer_bound: float | None
+    busy_since: float | None
+
+    def interrupt(self) -> None:
+        """From another thread: break the connection the batch waits on, so
+        that the batch fails as StoreUnreachable (the writer then reconnects)."""
+        ...
+
     def begin(self) -> None:
         """Open the batch's transaction."""
         ...

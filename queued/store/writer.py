@@ -39,7 +39,12 @@ touching the engine, while a task of the writer's calls `engine.reconnect`
 with backoff (RECONNECT_FIRST_SECONDS doubling to RECONNECT_MAX_SECONDS). The
 log says when it began and when it ended; `unreachable_since` tells `status`;
 `reconnected()` wakes whoever waits to try again (the supervisor's claims,
-the ends kept in memory).
+the ends kept in memory). A server that stops answering with its connection
+up is an outage too: while a batch runs, a watch breaks the engine's
+connection once the call on its way has had no answer for the engine's
+`answer_bound` (see queued/store/postgres/hung.py). A batch the database
+undid to settle a conflict with another node's (a deadlock: BatchConflict)
+is no outage: it runs again, from the start.
 """
 
 from __future__ import annotations
@@ -279,8 +284,7 @@ class Writer:
                     await self._hurry.wait()
                 self._hurry = None
             batch = self._take_batch()
-            # Never abandon the thread: a transaction must not be cut half-way.
-            changes = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
+            changes = await self._run_batch(batch)
             if self._outage is not None:
                 self._begin_outage(self._outage, nursery)
             if changes.reordered:
@@ -288,6 +292,33 @@ class Writer:
             self._done(batch)
             if changes and self._on_commit is not None:
                 self._on_commit(changes)
+
+    async def _run_batch(self, batch: list[Call]) -> Changes:
+        # Never abandon the thread: a transaction must not be cut half-way.
+        if self.engine.answer_bound is None:
+            return await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_answers, self.engine.answer_bound)
+            changes = await trio.to_thread.run_sync(self._commit, batch, abandon_on_cancel=False)
+            nursery.cancel_scope.cancel()
+        return changes
+
+    async def _watch_answers(self, bound: float) -> None:
+        """While a batch runs: a call that has had no answer for `bound`
+        seconds waits on a server that does not answer; its connection is
+        broken, so that the batch fails as unreachable and the outage begins
+        (see queued/store/postgres/hung.py)."""
+        engine = self.engine
+        while True:
+            since = engine.busy_since
+            waited = 0.0 if since is None else time.monotonic() - since
+            if waited >= bound:
+                log.warning(
+                    "the job store has not answered for %.0f s; dropping its connection to reconnect", waited
+                )
+                engine.interrupt()
+                return
+            await trio.sleep(bound - waited)
 
     @staticmethod
     def _done(batch: list[Call]) -> None:

@@ -163,3 +163,53 @@ def test_a_wrong_password_is_one_line_at_start(tmp_path: Path, postgres_server: 
         f"queued: cannot connect to the job store at 127.0.0.1:{postgres_server.port}/postgres: "
     )
     assert "password authentication failed" in line
+
+
+def test_a_frozen_database_server_fails_requests_in_bounded_time_and_the_node_recovers(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Every process of the server SIGSTOPped: connections stay up and nothing
+    answers (keepalives do not notice: the kernel answers them). With a 1 s
+    statement_timeout in the URL, a request waits at most a few seconds for
+    the one line; the running job goes on; the node recovers once thawed."""
+    database = postgres_server.create_database(with_schema=True)
+    url = postgres_server.tcp_url(database) + "?options=-c%20statement_timeout%3D1000"
+    marks = tmp_path / "marks"
+    node = Daemon(tmp_path, "--store", url)
+    node.start()
+    try:
+        job_id = node.add(f"echo start >> {marks}; sleep 6; echo end >> {marks}")
+        wait_for(lambda: lines(marks) == ["start"], 30, "the job to start")
+        unreachable = (
+            rf"queuectl: the job store at 127\.0\.0\.1:{postgres_server.port}/\w+ is unreachable; retrying\n"
+        )
+        frozen = postgres_server.freeze()
+        try:
+            began = time.monotonic()
+            listed = node.ctl("ls", timeout=60)
+            waited = time.monotonic() - began
+            assert listed.returncode == 1 and re.fullmatch(unreachable, listed.stderr), listed.stderr
+            # 1 s statement_timeout: no answer for 3 s is a hung server (then 2 s to reconnect at once).
+            assert waited < 15, f"the request waited {waited:.1f} s"
+            began = time.monotonic()
+            refused = node.ctl("add", "true", timeout=60)
+            assert refused.returncode == 1 and re.fullmatch(unreachable, refused.stderr), refused.stderr
+            assert time.monotonic() - began < 5  # the outage is known: at once
+            assert json.loads(node.ok("status", "--json"))["store_unreachable_since"] is not None
+            wait_for(lambda: lines(marks) == ["start", "end"], 30, "the running job to go on to its end")
+        finally:
+            postgres_server.thaw(frozen)
+        wait_for(
+            lambda: (
+                (shown := node.ctl("show", "--json", str(job_id))).returncode == 0
+                and json.loads(shown.stdout)["state"] == "completed"
+            ),
+            60,
+            "the job's end to be recorded once the server answers",
+        )
+        log = node.log.read_text()
+        assert "the job store has not answered for" in log, log
+        assert re.search(r"reconnected to the job store at \S+ after [\d.]+ s unreachable", log), log
+        assert not json.loads(node.ok("status", "--json"))["problems"]
+    finally:
+        node.stop()

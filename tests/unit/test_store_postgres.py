@@ -814,3 +814,63 @@ async def test_two_nodes_adding_unique_keys_in_crossing_orders_both_add_them(
     assert sorted(jobs) == ["A", "B"]
     assert answers == {"a": [[jobs["A"]], [jobs["B"]]], "b": [[jobs["B"]], [jobs["A"]]]}
     assert "to settle a conflict with another node (deadlock detected); again" in caplog.text
+
+
+def test_the_writer_connection_has_a_statement_timeout_and_a_bound_on_answers(postgres_url: str) -> None:
+    """The session's own statement_timeout (here the URL's) is kept, 30 s is
+    set where there is none; a call without an answer for twice that plus a
+    second is from a server that does not answer."""
+    from queued.store.postgres import hung
+
+    engine = PostgresStore.open(postgres_url)
+    try:
+        assert engine.conn.execute("SHOW statement_timeout").fetchone()[0] == "30s"
+        assert engine.answer_bound == 61
+    finally:
+        engine.close()
+    engine = PostgresStore.open(postgres_url + "&options=-c%20statement_timeout%3D1500")
+    try:
+        assert engine.answer_bound == 4
+        engine.begin()
+        try:
+            with pytest.raises(
+                StorageError, match=r"gave up on it \(canceling statement due to statement timeout"
+            ):
+                engine.call(lambda: engine.conn.execute("SELECT pg_sleep(3)"), (), {}, guarded=True)
+            assert engine.conn.execute("SELECT 1").fetchone() == (1,)  # the batch goes on
+        finally:
+            engine.abort()
+    finally:
+        engine.close()
+    assert hung.DEFAULT_STATEMENT_TIMEOUT_MS == 30_000
+
+
+async def test_a_backend_that_stops_answering_is_dropped_and_the_batch_goes_on_a_new_connection(
+    postgres_url: str, store: Direct, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+    import signal
+
+    import trio
+
+    from queued.store import Store
+    from queued.store.writer import Writer
+
+    caplog.set_level("INFO", logger="queued.store")
+    engine = PostgresStore.open(postgres_url)
+    engine.answer_bound = 1.0
+    frozen = engine.conn.info.backend_pid
+    db = Writer(engine)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(db.serve)
+            assert await db.read(Store.counts) is not None
+            os.kill(frozen, signal.SIGSTOP)
+            with trio.fail_after(15):
+                await db.read(Store.counts)  # the BEGIN hangs; after 1 s, a new connection answers
+            assert engine.conn.info.backend_pid != frozen
+            nursery.cancel_scope.cancel()
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        engine.close()
+    assert "the job store has not answered for 1 s; dropping its connection to reconnect" in caplog.text

@@ -15,6 +15,7 @@ connection that broke while idle is replaced at the next batch's begin.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -45,7 +46,7 @@ from queued.store.contract import (
     StoreUnreachable,
     Written,
 )
-from queued.store.postgres import nodes, schema
+from queued.store.postgres import hung, nodes, schema
 from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
 from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read
@@ -99,10 +100,12 @@ class PostgresStore:
         # No node registered (tests, tools): attempts name the host, nothing is fenced.
         self._node = NodeIdentity(default_node_name(), "")
         self._outbox = Outbox()  # the news of the open batch, sent with its commit
+        self.busy_since: float | None = None  # the call on its way since (see hung.py)
         self._compose(conn)
 
     def _compose(self, conn: Connection) -> None:
         self.conn = conn
+        self.answer_bound: float | None = hung.answer_bound(conn)
         self.backend_pid: int | None = conn.info.backend_pid  # what this node's news comes from
         self._environments = Environments(conn)
         transitions = Transitions(PostgresTransitionSql(conn))
@@ -363,6 +366,8 @@ class PostgresStore:
             return f"the job store at {self.where} is unreachable; retrying"
         if isinstance(exc, psycopg.errors.DiskFull):
             return f"the job store at {self.where} is full; free some space and try again"
+        if isinstance(exc, psycopg.errors.QueryCanceled):  # statement_timeout, or an operator's cancel
+            return f"the job store at {self.where} gave up on it ({schema.first_line(exc)}); try again"
         return f"database error: {schema.first_line(exc)}"
 
     def reconnect(self, connect_timeout: int | None = None) -> None:
@@ -390,12 +395,14 @@ class PostgresStore:
         self._outbox.clear()
         if self._unreachable():
             self._reconnect_inline(None)
+        self.busy_since = time.monotonic()
         try:
             self.conn.execute("BEGIN")
         except psycopg.Error as exc:
             if not self._unreachable(exc):
                 raise self._lost(exc) from exc
             self._reconnect_inline(exc)
+            self.busy_since = time.monotonic()
             try:
                 self.conn.execute("BEGIN")
             except psycopg.Error as again:
@@ -417,6 +424,7 @@ class PostgresStore:
         self, method: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, guarded: bool
     ) -> T:
         name = getattr(method, "__name__", "")
+        self.busy_since = time.monotonic()
         if not guarded:
             # Refuses before it writes (see the contract); an error after a
             # write cannot be undone alone: the batch fails.
@@ -468,6 +476,7 @@ class PostgresStore:
         """A failed COMMIT has an unknown outcome: the callers are told so
         (CommitUnknown); the writer's records are made so that a second
         try of one already kept changes nothing more."""
+        self.busy_since = time.monotonic()
         try:
             if self._outbox:
                 # In the transaction, so that other nodes hear it only once it
@@ -482,15 +491,22 @@ class PostgresStore:
             raise self._lost(exc, committing=True) from exc
         finally:
             self._outbox.clear()
+            self.busy_since = None
 
     def abort(self) -> None:
         self._outbox.clear()
+        self.busy_since = None
         if not (self.conn.closed or self.conn.broken):
             try:
                 self.conn.execute("ROLLBACK")
             except psycopg.Error:
                 log.exception("rollback failed")
         self.forget_caches()
+
+    def interrupt(self) -> None:
+        """The server has not answered the call on its way for `answer_bound`
+        seconds: break the connection under it (see hung.py)."""
+        hung.break_connection(self.conn)
 
     def close(self) -> None:
         try:

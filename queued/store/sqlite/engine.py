@@ -60,6 +60,8 @@ class SqliteStore:
     # written by the supervisor, not in the database.
     keeps_output = False
     claims_before_start = False  # only this daemon uses the file: it reads ahead
+    answer_bound = None  # a file of our own: nothing to wait on but the disk
+    busy_since = None
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -372,6 +374,9 @@ class SqliteStore:
 
     def reconnect(self) -> None:
         """A file is never unreachable (a lost one is StoreLost): nothing to do."""
+
+    def interrupt(self) -> None:
+        """Never called (no `answer_bound`)."""
 
     def close(self) -> None:
         try:

@@ -1,0 +1,49 @@
+"""A PostgreSQL server that stops answering: its processes frozen (SIGSTOP,
+a stuck disk, a swapping host) while the connection stays up, so that
+neither TCP keepalive nor `tcp_user_timeout` notices (the kernel answers
+for the stopped process).
+
+Theory of operation: the writer's connection runs every statement under a
+`statement_timeout`: the session's own (the URL's `options=-c
+statement_timeout=...`, the role's or the database's), or
+DEFAULT_STATEMENT_TIMEOUT_MS where none is set. A server that answers cancels
+a statement running longer and says so. A call with no answer for twice that,
+plus a second (`answer_bound`), is from a server that does not answer at
+all: the writer then breaks the connection (`break_connection`, a shutdown
+of its socket from another thread, which wakes the libpq call waiting on
+it), the batch fails as unreachable, and the writer reconnects with backoff
+(each try bounded by `connect_timeout`) until the server answers again.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from psycopg import Connection
+
+DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+
+
+def answer_bound(conn: Connection) -> float:
+    """Set the session's statement_timeout if it has none; the seconds after
+    which a call without an answer means a server that does not answer."""
+    row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'").fetchone()
+    milliseconds = int(row[0]) if row else 0
+    if milliseconds <= 0:
+        milliseconds = DEFAULT_STATEMENT_TIMEOUT_MS
+        conn.execute(f"SET statement_timeout = {milliseconds}")
+    return 2 * milliseconds / 1000 + 1
+
+
+def break_connection(conn: Connection) -> None:
+    """Shut the connection's socket down under whatever waits on it (any
+    thread): the waiting call fails at once as a lost connection."""
+    try:
+        fd = conn.pgconn.socket
+    except Exception:  # closed meanwhile: nothing waits on it
+        return
+    try:
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:  # a dup: closing it keeps fd
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
