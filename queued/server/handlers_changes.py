@@ -52,10 +52,30 @@ async def _running(d: Daemon, ids: list[int], doing: str) -> list[int]:
                 if lifecycle.can(state, lifecycle.Event.HOLD)
                 else ""
             )
-            if state == lifecycle.RUNNING:  # its process is gone, its end not yet recorded
-                state = "ending"
+            if state == lifecycle.RUNNING:
+                await _refuse_if_elsewhere(d, job_id, doing)
+                state = "ending"  # its process is gone here, its end not yet recorded
             raise Refused("invalid", f"job {job_id} is {state}: only running jobs can be {doing}{hint}")
     return ids
+
+
+# What a refusal asks the user to do, by what `_running` was asked to do.
+_ASKED = {"paused": "pause", "resumed": "resume", "signalled": "signal"}
+
+
+async def _refuse_if_elsewhere(d: Daemon, job_id: int, doing: str) -> None:
+    """A job running on another node sharing the store: only that node holds
+    its process. Refused with the node's name."""
+    if not d.shared_store:
+        return
+    _, runs, _ = await d.db.read(Store.get_job, job_id)
+    node = runs[-1].node if runs and runs[-1].ended_at is None else None
+    if node is not None and node != d.node.name:
+        raise Refused(
+            "invalid",
+            f"job {job_id} runs on node {node}: only that node can {_ASKED.get(doing, doing)} it;"
+            f" run queuectl there",
+        )
 
 
 async def _pause(d: Daemon, r: p.PauseJobs) -> p.Response:

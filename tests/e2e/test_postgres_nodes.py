@@ -204,3 +204,21 @@ def test_a_delayed_job_added_on_one_node_starts_on_another_when_due(make_nodes, 
     assert a.ctl("wait", str(job), timeout=60).returncode == 0
     assert float(stamp.read_text()) >= added + 2  # b slept until its run_at: not before
     assert job in ran_here(b)
+
+
+def test_pause_or_kill_of_a_job_running_on_another_node_names_that_node(make_nodes, tmp_path: Path) -> None:
+    a, b = make_nodes(0, 1)
+    started = tmp_path / "started"
+    job = a.add(f"touch {started}; sleep 300")
+    until(lambda: started.exists(), "the job never started on b")
+    for command in (("pause",), ("resume",), ("kill", "-s", "USR1")):
+        refused = a.ctl(*command, str(job))
+        assert refused.returncode == 1
+        verb = {"kill": "signal"}.get(command[0], command[0])
+        assert refused.stderr == (
+            f"queuectl: job {job} runs on node b: only that node can {verb} it; run queuectl there\n"
+        )
+    assert json.loads(a.ok("show", "--json", str(job)))["state"] == "running"  # refused: nothing changed
+    b.ok("pause", str(job))  # where it runs, it works
+    b.ok("resume", str(job))
+    a.ok("cancel", str(job))  # cancel reaches it from anywhere
