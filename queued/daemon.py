@@ -172,11 +172,6 @@ class Runner:
 
     async def _run_locked(self, lock_fd: int, task_status: trio.TaskStatus[Runner]) -> None:
         config = self.config
-        if is_postgres(config.store) and (config.http is not None or inherited_web_listener() is not None):
-            # The page reads the SQLite file on a connection of its own (queued.web.reader).
-            raise StartupError(
-                "the web page (--http) needs the SQLite store for now: leave out --http or --store"
-            )
         resources = await self._node_resources()
         try:
             engine = open_store(config.store, config.data_dir)
@@ -272,7 +267,7 @@ class Runner:
                         self.daemon,
                         REQUEST_HANDLERS,
                         dispatch,
-                        config.data_dir / "queue.db",
+                        None if is_postgres(config.store) else config.data_dir / "queue.db",
                         self.supervisor.next_change,
                     )
                 nursery.start_soon(self._signals, nursery)

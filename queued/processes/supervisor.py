@@ -158,6 +158,10 @@ class Supervisor:
         self._wake.set()
         self._change.set()
 
+    def changed_elsewhere(self) -> None:
+        """Other nodes changed jobs (their news): for those who watch (the web page)."""
+        self._change.set()
+
     def next_change(self) -> trio.Event:
         """An event set at the next change of jobs, slots or queues (for status reports)."""
         if self._change.is_set():

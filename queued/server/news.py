@@ -35,6 +35,8 @@ class NodeNews:
         if news.reconnected:
             d.output_news.remote = True
             news.output += d.output_news.watched_ids()  # what grew meanwhile was not told
+        if news.finished or news.cancel or news.output:
+            d.supervisor.changed_elsewhere()  # the web page's live view reads again
         if news.finished:
             d.watchers.notify(news.finished)
         if news.output:

@@ -124,8 +124,9 @@ class Histogram:
 class History:
     """Attempts ended in the last day, plus counters since the web started."""
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, ended: Callable[..., list[EndedAttempt]] = attempts_ended) -> None:
         self.started_at = started_at
+        self._ended = ended  # the engine's reports.attempts_ended
         self.attempts: deque[EndedAttempt] = deque()
         self._recent: set[tuple[int, int]] = set()  # keys of attempts within LATE_RECORDS of the mark
         self.mark: float | None = None  # every attempt that ended before it is known
@@ -136,25 +137,24 @@ class History:
         self.changes_seen = -1
         self._lock = trio.Lock()
 
-    async def refresh(
-        self, read: Callable[..., Awaitable[Any]], changes: int, now: float | None = None
-    ) -> None:
-        """Top up from the store (`read` runs a store function on the web's
-        own thread, where all else that touches the history runs too): at
-        most every HISTORY_INTERVAL, and only after a change (`changes`
-        counts them) or a minute."""
+    async def refresh(self, reader: Any, changes: int, now: float | None = None) -> None:
+        """Top up from the store (`reader.read` runs a store function where
+        the web reads, `reader.run` a function on the web's own thread, where
+        all else that touches the history runs too): at most every
+        HISTORY_INTERVAL, and only after a change (`changes` counts them) or
+        a minute."""
         async with self._lock:
             since = trio.current_time() - self.refreshed_at
             if since < HISTORY_INTERVAL or (changes == self.changes_seen and since < 60):
                 return
             now = time.time() if now is None else now
             after = now - HISTORY_SECONDS if self.mark is None else self.mark - LATE_RECORDS
-            await read(self._top_up, after, now)  # the read and the adding, off the daemon's thread
+            found = await reader.read(self._ended, after, now, HISTORY_LIMIT)
+            await reader.run(self._top_up, found, now)  # the adding, off the daemon's thread
             self.refreshed_at = trio.current_time()
             self.changes_seen = changes
 
-    def _top_up(self, store: Any, after: float, now: float) -> None:
-        found = attempts_ended(store, after, now, HISTORY_LIMIT)
+    def _top_up(self, found: list[EndedAttempt], now: float) -> None:
         self.add(found, now, complete=len(found) < HISTORY_LIMIT)
 
     def add(self, found: list[EndedAttempt], now: float, *, complete: bool = True) -> None:

@@ -9,6 +9,11 @@ at a time on one worker thread of its own (`ReadConnection`). Changes still
 go through the writer, which answers after the commit; the next read then
 sees them.
 
+A store shared by nodes (PostgreSQL) has no file to open a second time: its
+page reads through the writer (`WriterReads`), which batches them with the
+rest and knows when the server is unreachable; a read there costs the
+database a statement in a transaction the writer runs anyway.
+
 `WebDatabase` is what the socket's request handlers see as `d.db` when the
 web calls them: reads go to the read connection, everything else to the
 writer, so the page uses the very handlers the socket does.
@@ -76,11 +81,34 @@ class ReadConnection:
         self.conn.close()
 
 
+class WriterReads:
+    """The web's reads through the daemon's writer (a store shared by nodes),
+    with a thread of its own for the web's heavy work as ReadConnection has."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self._limiter = trio.CapacityLimiter(1)
+        self.reads = 0
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(store, *args, **kwargs) in the writer's next transaction."""
+        self.reads += 1
+        result: T = await self.writer.read(fn, *args, **kwargs)
+        return result
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the web's own thread (see ReadConnection.run)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def close(self) -> None:
+        """Nothing of its own to close."""
+
+
 class WebDatabase:
     """The writer's interface, with `read` served by a ReadConnection (and
     `write`, `add` and the rest by the writer)."""
 
-    def __init__(self, db: Any, reader: ReadConnection) -> None:
+    def __init__(self, db: Any, reader: ReadConnection | WriterReads) -> None:
         self._db = db
         self.reader = reader
 

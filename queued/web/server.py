@@ -26,7 +26,7 @@ from hypercorn.typing import ConnectionState
 
 from queued.web import security
 from queued.web.app import WebApp
-from queued.web.reader import ReadConnection, WebDaemon, WebDatabase
+from queued.web.reader import ReadConnection, WebDaemon, WebDatabase, WriterReads
 
 log = logging.getLogger(__name__)
 # Open HTTP connections at once, live streams included (app.MAX_STREAMS of
@@ -108,13 +108,23 @@ class WebServer:
         daemon: Any,
         handlers: dict[type, Any],
         dispatch: Any,
-        db_path: Path,
+        db_path: Path | None,
         next_change: Callable[[], trio.Event],
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled; started once the page answers, with its URL."""
-        reader = ReadConnection(db_path, type(daemon.db.engine))
+        """Serve until cancelled; started once the page answers, with its URL.
+        `db_path`: the SQLite file the page reads on a connection of its own;
+        None for a store shared by nodes, read through the writer."""
+        reader: ReadConnection | WriterReads
+        if db_path is None:
+            from queued.store.postgres import reports
+
+            reader = WriterReads(daemon.db)
+        else:
+            from queued.store.sqlite import reports  # type: ignore[no-redef]
+
+            reader = ReadConnection(db_path, type(daemon.db.engine))
         try:
             web_daemon = WebDaemon(daemon, WebDatabase(daemon.db, reader))
             self.app = app = WebApp(
@@ -127,6 +137,7 @@ class WebServer:
                 token=self.token,
                 started_at=daemon.started_at,
                 problems=daemon.problems,
+                reports=reports,
             )
             port = self.sock.getsockname()[1]
             config = hypercorn_config()

@@ -105,18 +105,68 @@ def test_a_wrong_store_is_one_line_at_start(tmp_path: Path, postgres_server: Pos
     assert "no_such_database" in line
 
 
-def test_the_web_page_is_refused_with_a_postgres_store_for_now(tmp_path: Path, postgres_url: str) -> None:
-    flags = ["--data-dir", str(tmp_path / "d"), "--socket", str(tmp_path / "s"), "--store", postgres_url]
-    result = subprocess.run(
-        [tool("queued"), *flags, "--http", "127.0.0.1:0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "queued: the web page (--http) needs the SQLite store for now: leave out --http or --store"
-    )
+def test_the_web_page_of_a_node_shows_and_acts_on_the_whole_cluster(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """`--http` on a PostgreSQL node: its page reads through the store every
+    node shares (jobs run on another node included) and acts through it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.e2e.test_web import fetch, web_url
+
+    a = Daemon(tmp_path / "a", "--store", postgres_url, "--node", "a", "--http", "127.0.0.1:0")
+    a.flags = ["--data-dir", str(a.data_dir), "--concurrency", "0"]  # b runs everything
+    b = Daemon(tmp_path / "b", "--store", postgres_url, "--node", "b")
+    try:
+        a.start()
+        b.start()
+        url = web_url(a)
+        first = b.add("--label", "web", "echo one")
+        second = b.add("--label", "web", "--max-retries", "0", "--after", str(first), "exit 3")
+        assert b.ctl("wait", str(first), str(second)).returncode != 0
+        held = b.add("--hold", "--label", "web", "true")
+        code, body = fetch(url + "api/jobs?label=web")
+        assert code == 200, body
+        assert [(job["id"], job["state"]) for job in json.loads(body)["jobs"]] == [
+            (held, "held"),
+            (second, "dead"),
+            (first, "completed"),
+        ]
+        assert json.loads(fetch(url + "api/jobs/count?label=web&state=dead")[1]) == {"count": 1}
+        code, body = fetch(url + f"api/jobs/{first}")
+        assert code == 200 and json.loads(body)["dependents"] == [second]
+        assert json.loads(body)["runs"][0]["node"] == "b"
+        code, body = fetch(url + f"api/jobs/{first}/log")
+        assert code == 200 and b"one" in body
+        code, text = fetch(url + "metrics")
+        assert code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+        }
+        assert samples[("queued_jobs", (("queue", "default"), ("state", "completed")))] == 1
+        assert samples[("queued_jobs", (("queue", "default"), ("state", "dead")))] == 1
+        assert samples[("queued_attempts_ended_total", (("outcome", "failed"), ("queue", "default")))] == 1
+        code, svg = fetch(url + "charts/throughput.svg")
+        assert code == 200 and svg.startswith(b"<svg")
+        token = a.ok("web", "token").strip()
+        request = urllib.request.Request(
+            url + "api/actions/cancel",
+            data=json.dumps({"ids": [held]}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200 and json.loads(answer.read())["ids"] == [held]
+        assert show(b, held)["state"] == "canceled"
+    finally:
+        for node in (a, b):
+            if node.process and node.process.poll() is None:
+                node.ok("shutdown", "--now")
+            node.stop()
 
 
 def test_migrate_creates_the_schema_without_starting_a_node(tmp_path: Path, postgres_empty_url: str) -> None:

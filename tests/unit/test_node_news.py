@@ -20,12 +20,16 @@ class FakeSupervisor:
         self.stopped: list[tuple[list[int], str]] = []
         self.woken = 0
         self.freed: list[set[str]] = []
+        self.changes = 0
 
     def stop_jobs(self, ids: list[int], reason: str) -> None:
         self.stopped.append((ids, reason))
 
     def wake(self) -> None:
         self.woken += 1
+
+    def changed_elsewhere(self) -> None:
+        self.changes += 1
 
     def room_freed(self, queues: set[str]) -> None:
         self.freed.append(queues)
@@ -80,6 +84,7 @@ def test_news_reaches_the_supervisor_waiters_and_readers() -> None:
     assert d.supervisor.stopped == [([7, 8], "cancel")]  # it stops those it runs
     assert d.supervisor.freed == [{"gpu"}]
     assert d.supervisor.woken == 1
+    assert d.supervisor.changes == 1  # the web page's live view reads again
 
 
 async def test_after_a_reconnection_the_node_reads_again_what_it_could_have_missed() -> None:

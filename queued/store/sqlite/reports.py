@@ -9,7 +9,7 @@ methods can run them too: the web's own read connection does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 
@@ -110,12 +110,19 @@ def attempts_ended(store: Any, after: float, until: float, limit: int = 200_000)
     """Attempts that ended in (after, until], oldest first, at most `limit`.
     The wait is known for a job's latest attempt only (the job's run_at is
     when that one was due); earlier attempts report None."""
-    rows = store.conn.execute(
-        "SELECT a.ended_at, a.job_id, a.attempt, j.queue, a.exit_code, a.signal, a.error, a.started_at,"
-        " j.run_at, j.attempts FROM attempts a JOIN jobs j ON j.id = a.job_id"
-        " WHERE a.ended_at > ? AND a.ended_at <= ? ORDER BY a.ended_at LIMIT ?",
-        (after, until, limit),
+    return ended_attempts(
+        store.conn.execute(
+            "SELECT a.ended_at, a.job_id, a.attempt, j.queue, a.exit_code, a.signal, a.error, a.started_at,"
+            " j.run_at, j.attempts FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " WHERE a.ended_at > ? AND a.ended_at <= ? ORDER BY a.ended_at LIMIT ?",
+            (after, until, limit),
+        )
     )
+
+
+def ended_attempts(rows: Iterable[Sequence[Any]]) -> list[EndedAttempt]:
+    """EndedAttempt of each row (ended_at, job_id, attempt, queue, exit_code,
+    signal, error, started_at, the job's run_at, the job's attempts)."""
     found = []
     for ended_at, job_id, attempt, queue, exit_code, sig, error, started_at, run_at, attempts in rows:
         if exit_code == 0 and sig is None and error is None:
