@@ -312,13 +312,14 @@ class Writer:
         while True:
             since = engine.busy_since
             waited = 0.0 if since is None else time.monotonic() - since
-            if waited >= bound:
-                log.warning(
-                    "the job store has not answered for %.0f s; dropping its connection to reconnect", waited
-                )
-                engine.interrupt()
-                return
-            await trio.sleep(bound - waited)
+            if waited < bound:
+                await trio.sleep(bound - waited)
+                continue
+            log.warning(
+                "the job store has not answered for %.0f s; dropping its connection to reconnect", waited
+            )
+            engine.interrupt()
+            await trio.sleep(bound)  # the batch fails, or its next call has a bound of its own
 
     @staticmethod
     def _done(batch: list[Call]) -> None:

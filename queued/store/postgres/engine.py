@@ -409,6 +409,7 @@ class PostgresStore:
                 raise self._lost(again) from again
 
     def _reconnect_inline(self, exc: BaseException | None) -> None:
+        self.busy_since = None  # bounded by its connect_timeout
         log.warning(
             "the connection to the job store at %s was broken (%s); reconnecting",
             self.where,
