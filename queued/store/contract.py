@@ -595,11 +595,17 @@ class Transactions(Protocol):
 
     # A server that stops answering (its processes frozen, stuck I/O) must not
     # hold the writer for ever: when the call on its way (`busy_since`, on
-    # time.monotonic(), None between batches) has had no answer for
-    # `answer_bound` seconds, the writer calls `interrupt`. None: no bound (a
-    # file the daemon itself reads and writes).
+    # time.monotonic(), None between batches) has had no answer for a while,
+    # the writer asks whether the server `answers` at all, and if it does not
+    # (or after `answer_bound` seconds in any case) calls `interrupt`. None:
+    # no bound (a file the daemon itself reads and writes).
     answer_bound: float | None
     busy_since: float | None
+
+    def answers(self) -> bool:
+        """Whether the server answers on a connection of its own (blocking,
+        on a thread the writer gives up on if it takes too long)."""
+        ...
 
     def interrupt(self) -> None:
         """From another thread: break the connection the batch waits on, so

@@ -88,6 +88,10 @@ RECONNECT_MAX_SECONDS = 5.0
 UNREACHABLE_REMINDER_SECONDS = 60.0
 # A batch the database undid for another node's sake (a deadlock) runs again, up to this many times in all.
 CONFLICT_TRIES = 5
+# A call without an answer this long has the server asked whether it answers
+# at all, on a connection of its own, within PROBE_SECONDS (see postgres/hung.py).
+PROBE_AFTER_SECONDS = 5.0
+PROBE_SECONDS = 3.0
 
 
 class Kind(enum.Enum):
@@ -304,22 +308,35 @@ class Writer:
         return changes
 
     async def _watch_answers(self, bound: float) -> None:
-        """While a batch runs: a call that has had no answer for `bound`
-        seconds waits on a server that does not answer; its connection is
-        broken, so that the batch fails as unreachable and the outage begins
-        (see queued/store/postgres/hung.py)."""
+        """While a batch runs: a call without an answer for PROBE_AFTER_SECONDS
+        has the server asked whether it answers at all; if it does not, or
+        the call has had no answer for `bound` seconds, the server is hung:
+        the connection is broken, so that the batch fails as unreachable and
+        the outage begins (see queued/store/postgres/hung.py)."""
         engine = self.engine
         while True:
             since = engine.busy_since
             waited = 0.0 if since is None else time.monotonic() - since
-            if waited < bound:
-                await trio.sleep(bound - waited)
+            if waited < min(PROBE_AFTER_SECONDS, bound):
+                await trio.sleep(min(PROBE_AFTER_SECONDS, bound) - waited)
                 continue
+            if waited < bound and await self._server_answers():
+                await trio.sleep(min(PROBE_AFTER_SECONDS, bound - waited))  # a long statement: look again
+                continue
+            if engine.busy_since != since:
+                continue  # the call was answered meanwhile
             log.warning(
-                "the job store has not answered for %.0f s; dropping its connection to reconnect", waited
+                "the job store has not answered for %.0f s; dropping its connection to reconnect",
+                time.monotonic() - since if since is not None else 0,
             )
             engine.interrupt()
             await trio.sleep(bound)  # the batch fails, or its next call has a bound of its own
+
+    async def _server_answers(self) -> bool:
+        answered = False
+        with trio.move_on_after(PROBE_SECONDS):
+            answered = await trio.to_thread.run_sync(self.engine.answers, abandon_on_cancel=True)
+        return answered
 
     @staticmethod
     def _done(batch: list[Call]) -> None:

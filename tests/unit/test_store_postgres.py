@@ -874,3 +874,38 @@ async def test_a_backend_that_stops_answering_is_dropped_and_the_batch_goes_on_a
         os.kill(frozen, signal.SIGCONT)
         engine.close()
     assert "the job store has not answered for 1 s; dropping its connection to reconnect" in caplog.text
+
+
+async def test_a_long_statement_on_a_server_that_answers_is_not_cut(
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PROBE_AFTER_SECONDS the writer asks the server on a connection of
+    its own; it answers, so the statement goes on to its end."""
+    import trio
+
+    from queued.store import writer
+    from queued.store.writer import Kind, Writer
+
+    caplog.set_level("INFO", logger="queued.store")
+    monkeypatch.setattr(writer, "PROBE_AFTER_SECONDS", 0.3)
+    engine = PostgresStore.open(postgres_url)
+    probes: list[bool] = []
+    real_answers = engine.answers
+
+    def answers() -> bool:
+        probes.append(real_answers())
+        return probes[-1]
+
+    monkeypatch.setattr(engine, "answers", answers)
+    db = Writer(engine)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(db.serve)
+            slept = db.queue(Kind.READ, lambda e: e.conn.execute("SELECT pg_sleep(1.5)").fetchone())
+            with trio.fail_after(30):
+                assert await slept.outcome() == ("",)
+            nursery.cancel_scope.cancel()
+    finally:
+        engine.close()
+    assert len(probes) >= 2 and all(probes)
+    assert "has not answered" not in caplog.text

@@ -504,6 +504,10 @@ class PostgresStore:
                 log.exception("rollback failed")
         self.forget_caches()
 
+    def answers(self) -> bool:
+        """Whether the server answers on a new connection (see hung.py)."""
+        return hung.answers(schema.with_defaults(self.url))
+
     def interrupt(self) -> None:
         """The server has not answered the call on its way for `answer_bound`
         seconds: break the connection under it (see hung.py)."""

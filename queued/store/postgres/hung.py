@@ -7,21 +7,29 @@ Theory of operation: the writer's connection runs every statement under a
 `statement_timeout`: the session's own (the URL's `options=-c
 statement_timeout=...`, the role's or the database's), or
 DEFAULT_STATEMENT_TIMEOUT_MS where none is set. A server that answers cancels
-a statement running longer and says so. A call with no answer for twice that,
-plus a second (`answer_bound`), is from a server that does not answer at
-all: the writer then breaks the connection (`break_connection`, a shutdown
-of its socket from another thread, which wakes the libpq call waiting on
-it), the batch fails as unreachable, and the writer reconnects with backoff
-(each try bounded by `connect_timeout`) until the server answers again.
+a statement running longer and says so. While a call has had no answer for
+writer.PROBE_AFTER_SECONDS, the writer asks the server, on a connection of its own,
+whether it answers at all (`answers`, within writer.PROBE_SECONDS): a long statement
+on a live server goes on; a server that does not answer is taken for hung.
+A call with no answer for twice the statement_timeout, plus a second
+(`answer_bound`), is hung whatever the probe says (its backend alone is
+frozen). Hung: the writer breaks the connection (`break_connection`, a
+shutdown of its socket from another thread, which wakes the libpq call
+waiting on it), the batch fails as unreachable, and the writer reconnects
+with backoff (each try bounded by `connect_timeout`) until the server
+answers again. With the defaults a frozen server fails the requests waiting
+in about 10 s, well within a client's 30 s.
 """
 
 from __future__ import annotations
 
 import socket
 
+import psycopg
 from psycopg import Connection
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+PROBE_SECONDS = 3  # connect_timeout of the probe (the writer gives it as long: writer.PROBE_SECONDS)
 
 
 def answer_bound(conn: Connection) -> float:
@@ -47,3 +55,14 @@ def break_connection(conn: Connection) -> None:
             dup.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def answers(conninfo: str) -> bool:
+    """Whether the server takes a new connection and answers on it (blocking;
+    the writer gives up on it after writer.PROBE_SECONDS)."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=PROBE_SECONDS) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True

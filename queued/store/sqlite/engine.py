@@ -375,6 +375,10 @@ class SqliteStore:
     def reconnect(self) -> None:
         """A file is never unreachable (a lost one is StoreLost): nothing to do."""
 
+    def answers(self) -> bool:
+        """Never called (no `answer_bound`)."""
+        return True
+
     def interrupt(self) -> None:
         """Never called (no `answer_bound`)."""
 
