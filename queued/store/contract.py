@@ -597,8 +597,8 @@ class Transactions(Protocol):
     # hold the writer for ever: when the call on its way (`busy_since`, on
     # time.monotonic(), None between batches) has had no answer for a while,
     # the writer asks whether the server `answers` at all, and if it does not
-    # (or after `answer_bound` seconds in any case) calls `interrupt`. None:
-    # no bound (a file the daemon itself reads and writes).
+    # (or after `answer_bound` seconds in any case: math.inf for never) calls
+    # `interrupt`. None: no watch (a file the daemon itself reads and writes).
     answer_bound: float | None
     busy_since: float | None
 

@@ -330,7 +330,7 @@ class Writer:
                 time.monotonic() - since if since is not None else 0,
             )
             engine.interrupt()
-            await trio.sleep(bound)  # the batch fails, or its next call has a bound of its own
+            await trio.sleep(min(PROBE_AFTER_SECONDS, bound))  # the batch fails, or its next call is watched
 
     async def _server_answers(self) -> bool:
         answered = False

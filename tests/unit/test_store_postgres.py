@@ -816,16 +816,17 @@ async def test_two_nodes_adding_unique_keys_in_crossing_orders_both_add_them(
     assert "to settle a conflict with another node (deadlock detected); again" in caplog.text
 
 
-def test_the_writer_connection_has_a_statement_timeout_and_a_bound_on_answers(postgres_url: str) -> None:
-    """The session's own statement_timeout (here the URL's) is kept, 30 s is
-    set where there is none; a call without an answer for twice that plus a
-    second is from a server that does not answer."""
-    from queued.store.postgres import hung
+def test_a_statement_timeout_the_session_has_bounds_its_answers(postgres_url: str) -> None:
+    """None by default (a long cascade may take a minute on a loaded machine:
+    nothing cancels it); the URL's (or the role's, the database's) cancels a
+    slow statement in one line, and a call without an answer for twice that
+    plus a second is from a server that does not answer."""
+    import math
 
     engine = PostgresStore.open(postgres_url)
     try:
-        assert engine.conn.execute("SHOW statement_timeout").fetchone()[0] == "30s"
-        assert engine.answer_bound == 61
+        assert engine.conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+        assert engine.answer_bound == math.inf
     finally:
         engine.close()
     engine = PostgresStore.open(postgres_url + "&options=-c%20statement_timeout%3D1500")
@@ -842,7 +843,6 @@ def test_the_writer_connection_has_a_statement_timeout_and_a_bound_on_answers(po
             engine.abort()
     finally:
         engine.close()
-    assert hung.DEFAULT_STATEMENT_TIMEOUT_MS == 30_000
 
 
 async def test_a_backend_that_stops_answering_is_dropped_and_the_batch_goes_on_a_new_connection(
