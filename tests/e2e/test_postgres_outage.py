@@ -114,6 +114,14 @@ def test_the_database_stopped_and_started_mid_drain_of_three_nodes_loses_nothing
         assert {int(job) for kind, job in stamps if kind == "start"} == {row[0] for row in attempts}
         assert {int(job) for kind, job in stamps if kind == "end"} == {row[0] for row in attempts}
         for node in nodes:  # reconnected: status says nothing is wrong, and every node is alive
+            # A lease stays in doubt (status says so) until the node's next renewal
+            # succeeds: a failed one is tried again lease/10 later, after a try that
+            # may have waited up to lease/3 for the stopped server.
+            def clean(node: Daemon = node) -> bool:
+                status = json.loads(node.ok("status", "--json"))
+                return status["store_unreachable_since"] is None and not status["problems"]
+
+            wait_for(clean, 30, "each node to renew its lease after the restart")
             status = json.loads(node.ok("status", "--json"))
             assert status["store_unreachable_since"] is None and not status["problems"], status
             assert {n["name"]: n["state"] for n in status["nodes"]} == {
