@@ -190,7 +190,11 @@ class Server:
             await _send(stream, p.Error(code="forbidden", message=message))
             return
         frames = _Frames(stream)
-        hello = await frames.next_request()
+        try:
+            hello = await frames.next_request()
+        except p.UndecodableFrame as exc:
+            await _refuse_undecodable(stream, exc)
+            return
         if not isinstance(hello, p.Hello):
             await _send(stream, p.Error(code="bad_request", message="expected a hello first"))
             return
@@ -210,6 +214,9 @@ class Server:
         while True:
             try:
                 request = await frames.next_request()
+            except p.UndecodableFrame as exc:
+                await _refuse_undecodable(stream, exc)
+                return
             except p.ProtocolError as exc:
                 await _send(stream, p.error_from(exc))
                 if exc.code == "too_large":
@@ -266,6 +273,15 @@ class Server:
             return p.Error(code="internal", message="internal error: see queued's log")
 
 
+async def _refuse_undecodable(stream: trio.SocketStream, exc: p.UndecodableFrame) -> None:
+    """A frame that is not msgpack (or holds text that is not UTF-8) gets its
+    reason, then the connection closes: what the client sends next may be more
+    of the same, and no answer could be matched to it."""
+    log.info("closing a connection that sent undecodable bytes: %s", exc)
+    message = f"the request is not valid msgpack: {exc} (text must be UTF-8; send other bytes as bytes)"
+    await _send(stream, p.Error(code="bad_request", message=message))
+
+
 class _Frames:
     """Reads frames off a stream; None at a clean end of stream."""
 
@@ -277,11 +293,7 @@ class _Frames:
         while True:
             body = self.buffer.next_frame()  # raises ProtocolError("too_large")
             if body is not None:
-                try:
-                    return p.decode_request(body)
-                except p.UndecodableFrame:
-                    log.info("closing a connection that sent undecodable bytes")
-                    return None
+                return p.decode_request(body)  # raises UndecodableFrame
             data = await self.stream.receive_some(256 * 1024)
             if not data:
                 return None

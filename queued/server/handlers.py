@@ -89,6 +89,11 @@ def _with_live_facts(d: Daemon, job_id: int, run: p.Run) -> p.Run:
 
 
 async def _list(d: Daemon, r: p.ListJobs) -> p.Response:
+    for name, value in (("label", r.label), ("command", r.command)):
+        if value is not None and "\0" in value:  # PostgreSQL refuses NUL in text; no job holds one
+            return p.Error(
+                code="invalid", message=f"the {name} filter contains a NUL byte: no job's {name} has one"
+            )
     jobs = await d.db.read(
         Store.list_jobs,
         states=r.states,

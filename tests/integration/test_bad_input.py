@@ -84,9 +84,12 @@ async def test_garbage_closes_only_that_connection(daemon: DaemonHandle, client:
             while await stream.receive_some(65536):
                 pass  # the daemon answers (an error) or just closes
         await stream.aclose()
-    # Garbage after a good handshake, too.
+    # Garbage after a good handshake, too: its reason, then the end.
     other = await daemon.client()
     await other.send_raw(b"\x00\x00\x00\x03\xc1\xc1\xc1")
+    response = await other.receive()
+    assert isinstance(response, p.Error) and response.code == "bad_request"
+    assert "not valid msgpack" in response.message and "\n" not in response.message
     assert await other.receive() is None
     await other.aclose()
     assert await snapshot(client) == before
@@ -133,3 +136,44 @@ async def test_an_answer_too_large_for_a_frame_is_an_error(client: AsyncClient, 
     assert isinstance(response, p.Error) and response.code == "too_large" and "--limit" in response.message
     monkeypatch.undo()
     assert isinstance(await client.request(p.ListJobs(limit=1)), p.JobList)
+
+
+async def test_text_that_is_not_utf8_is_refused_with_its_reason(any_daemon: DaemonHandle) -> None:
+    """A lone surrogate or a stray byte in a msgpack string (an SDK written in
+    another language): a one-line reason on either engine, before or after the
+    hello, and the daemon serves the next client."""
+    lone_surrogate = b"\xed\xa0\x80"
+    for text in (lone_surrogate, b"\xff\xfe"):
+        body = msgspec.msgpack.encode({"op": "list", "label": "@"}).replace(
+            b"\xa1@", bytes([0xA0 | len(text)]) + text
+        )
+        client = await any_daemon.client()
+        await client.send_raw(struct.pack(">I", len(body)) + body)
+        response = await client.receive()
+        assert isinstance(response, p.Error) and response.code == "bad_request", response
+        assert "UTF-8" in response.message
+        await client.aclose()
+    stream = await trio.open_unix_socket(str(any_daemon.config.socket_path))
+    body = msgspec.msgpack.encode({"op": "hello", "protocol": 1, "client": "@"}).replace(
+        b"\xa1@", b"\xa2\xff\xfe"
+    )
+    await stream.send_all(struct.pack(">I", len(body)) + body)
+    response = await AsyncClient(stream).receive()
+    assert isinstance(response, p.Error) and "UTF-8" in response.message
+    await stream.aclose()
+    client = await any_daemon.client()
+    assert isinstance(await client.request(p.GetStatus()), p.Status)
+    await client.aclose()
+
+
+async def test_a_nul_byte_in_a_list_filter_is_refused_alike_on_both_engines(any_client: AsyncClient) -> None:
+    """PostgreSQL refuses NUL in text where SQLite matches nothing: the rule is
+    ours, so both engines answer the same reason (it was `storage: database
+    error` on PostgreSQL)."""
+    await any_client.wait(await any_client.add("true"))
+    for request in (p.ListJobs(label="a\0b"), p.ListJobs(command="tr\0ue")):
+        response = await any_client.request(request)
+        assert isinstance(response, p.Error) and response.code == "invalid", response
+        assert "NUL byte" in response.message
+    jobs = await any_client.ok(p.ListJobs(command="true"))
+    assert isinstance(jobs, p.JobList) and len(jobs.jobs) == 1
