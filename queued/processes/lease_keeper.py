@@ -150,7 +150,11 @@ class LeaseKeeper:
         while True:
             stop_at = math.inf if self._stopping else self.lease.stop_at(self.kill_grace())
             wake = min(next_beat, next_expiry, stop_at)
-            await trio.sleep_until(trio.current_time() + max(0.0, wake - self.clock()))
+            until = trio.current_time() + max(0.0, wake - self.clock())
+            if self.problem is None or self._stopping:
+                await trio.sleep_until(until)
+            elif await self._store_back_before(db, until):
+                next_beat = self.clock()  # the writer reached the store again: renew now, not a try later
             now = self.clock()
             if not self._stopping and now >= self.lease.stop_at(self.kill_grace()):
                 self._stop_jobs(jobs, "this node could not renew its lease in time")
@@ -190,6 +194,15 @@ class LeaseKeeper:
             )
             if renewal.orphans:
                 await self._rescue(db)
+
+    @staticmethod
+    async def _store_back_before(db: Writer, until: float) -> bool:
+        """Wait until `until` (trio time), or less: True as soon as the writer
+        reconnected to the store, whose outage failed the last renewal."""
+        with trio.move_on_at(until):
+            await db.reconnected().wait()
+            return True
+        return False
 
     async def _call(self, fn: Callable[..., object], *args: object) -> object | None:
         """A blocking call of the connection on a thread, given up on (None)

@@ -84,6 +84,15 @@ class FakeGuardian:
 class FakeWriter:
     def __init__(self) -> None:
         self.calls: list[object] = []
+        self._reconnected = trio.Event()
+
+    def reconnected(self) -> trio.Event:
+        return self._reconnected
+
+    def reconnect(self) -> None:
+        """The writer reached the store again after an outage."""
+        self._reconnected.set()
+        self._reconnected = trio.Event()
 
     async def add(self, fn: object, *args: object) -> list:
         self.calls.append(fn)
@@ -151,6 +160,32 @@ async def test_a_node_that_cannot_renew_stops_claiming_then_stops_its_jobs_befor
     [(stopped_at, ids)] = jobs.stopped
     assert round(stopped_at - start, 2) == 2.0 and ids == [1, 2]  # dead by 2.5, the lease ends at 3
     assert k.problem is not None
+
+
+async def test_a_node_renews_as_soon_as_the_writer_reached_the_store_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A failed renewal is tried again a tenth of the lease later, or at once
+    when the writer reconnects: `status` stops saying the lease is in doubt
+    as soon as the store answers (it said so up to lease/10 longer)."""
+    start = trio.current_time()
+    leases = FakeLeases(answers=[LeaseUnreachable("down")])
+    jobs = FakeJobs()
+    db = FakeWriter()
+    k = keeper(leases)
+
+    async def store_back() -> None:
+        await trio.sleep(1.05)
+        assert k.problem is not None
+        db.reconnect()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store_back)
+        await nursery.start(k.run, jobs, FakeGuardian(), db)
+        await trio.sleep(1.2)
+        nursery.cancel_scope.cancel()
+    assert [round(t - start, 2) for t in leases.renewed] == [1.0, 1.05]
+    assert k.problem is None and jobs.held[-1][1] is False  # claiming again
 
 
 async def test_a_lost_node_registers_anew_once_its_jobs_are_gone(

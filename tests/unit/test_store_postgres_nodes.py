@@ -14,7 +14,7 @@ pytest.importorskip("psycopg")
 from queued import lifecycle
 from queued.store import Refused
 from queued.store.postgres import PostgresStore
-from queued.store.postgres.nodes import NameTaken, NodeCard, NodeLeases
+from queued.store.postgres.nodes import LeaseUnreachable, NameTaken, NodeCard, NodeLeases
 from tests.engines import join_node
 from tests.store_harness import BACKOFF_MAX, FAIL, OK, T0, Direct, add, claim, job, state
 
@@ -79,6 +79,30 @@ def test_a_renewal_says_when_another_node_may_expire_and_whether_attempts_wait(u
         leases.close()
         a.engine.close()
         b.engine.close()
+
+
+def test_a_renewal_whose_kept_connection_the_server_ended_reconnects_at_once(url: str) -> None:
+    """pg_terminate_backend of the lease keeper's idle connection (or a server
+    restart between heartbeats): the next renewal is not a failed one (it was,
+    and the node claimed nothing for a tenth of its lease); a server that is
+    really gone still fails it."""
+    a = node_store(url, "a")
+    leases = NodeLeases(url, 30.0)
+    try:
+        incarnation = a.engine._node.incarnation
+        assert leases.renew(incarnation, 4).held
+        assert leases.conn is not None
+        backend = leases.conn.info.backend_pid
+        a.engine.conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        assert leases.renew(incarnation, 4).held
+        assert leases.conn.info.backend_pid != backend
+        gone = NodeLeases(url.replace("port=", "port=1"), 30.0)  # no server there
+        with pytest.raises(LeaseUnreachable):
+            gone.renew(incarnation, 4)
+        gone.close()
+    finally:
+        leases.close()
+        a.engine.close()
 
 
 def test_a_lost_nodes_attempt_is_rescued_once_and_its_late_end_is_refused(url: str) -> None:

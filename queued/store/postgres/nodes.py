@@ -187,6 +187,26 @@ class NodeLeases:
         return conn
 
     def _run(self, query: str, params: dict[str, object]) -> tuple | None:
+        """One statement (each of ours is idempotent: a renewal, a registration
+        of the same home, a leave). A kept connection found broken (the server
+        ended it while idle: pg_terminate_backend, a restart, an idle timeout)
+        is replaced and the statement tried once more at once, so that a
+        server that answers costs no failed renewal."""
+        kept = self.conn is not None and not (self.conn.closed or self.conn.broken)
+        try:
+            return self._connection().execute(query, params).fetchone()
+        except psycopg.OperationalError as exc:
+            broken = self.conn is not None and self.conn.broken
+            self.close()
+            if not (kept and broken):
+                raise LeaseUnreachable(
+                    f"the job store at {self.where} did not answer ({schema.first_line(exc)})"
+                ) from None
+        except psycopg.Error as exc:
+            self.close()
+            raise LeaseUnreachable(
+                f"the job store at {self.where} did not answer ({schema.first_line(exc)})"
+            ) from None
         try:
             return self._connection().execute(query, params).fetchone()
         except psycopg.Error as exc:
