@@ -1,6 +1,6 @@
 """Schedules and their firings, for every engine: the statements are the same
 in SQLite and PostgreSQL but for placeholders, row locks and how a cwd is
-stored, which the engine supplies (`Dialect`). The rules are
+stored, which the engine supplies (queued/store/dialect.py). The rules are
 queued/schedules.py's; the contract's docstrings (Store.fire_schedule) say
 what each method must do.
 
@@ -14,13 +14,12 @@ comes late to a firing another already passed also adds nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from queued import schedules
 from queued.store.contract import Fired, Refused, StoredSchedule, Written
+from queued.store.dialect import Dialect
 from queued.store.sqlite.rows import needs as needs_read
-from queued.store.sqlite.rows import stored_json
 from queued.validation import NewJob
 
 # Firings kept per schedule: enough to see what happened lately; the exactly-
@@ -46,28 +45,6 @@ class Environments(Protocol):
 
 class JobAdder(Protocol):
     def add(self, jobs: list[NewJob], now: float) -> Written[list[int]]: ...
-
-
-class Dialect:
-    """What differs between engines."""
-
-    def __init__(
-        self,
-        *,
-        mark: str,
-        lock: str,
-        path_in: Callable[[str | bytes], Any],
-        path_out: Callable[[Any], str | bytes],
-        json_in: Callable[[Any], Any] = stored_json,
-    ) -> None:
-        self.mark = mark  # "?" or "%s"
-        self.lock = lock  # " FOR UPDATE" where rows can be locked
-        self.path_in = path_in
-        self.path_out = path_out
-        self.json_in = json_in  # a job's needs as the column takes them (None: none)
-
-    def sql(self, text: str) -> str:
-        return text if self.mark == "?" else text.replace("?", self.mark)
 
 
 def unknown(name: str) -> Refused:
@@ -103,7 +80,7 @@ class ScheduleTable:
             max_retries=row[6],
             backoff_base=row[7],
             timeout=row[8],
-            cwd=self.dialect.path_out(row[9]),
+            cwd=self.dialect.read_path(row[9]),
             no_overlap=bool(row[10]),
             catch_up=row[11],
             paused=bool(row[12]),
@@ -231,7 +208,7 @@ class ScheduleTable:
             run_at=schedules.job_due(firing, now),
             depends_on=[],
             label=name,
-            cwd=self.dialect.path_out(cwd),  # type: ignore[arg-type]  # bytes: a path that is not UTF-8
+            cwd=self.dialect.read_path(cwd),  # type: ignore[arg-type]  # bytes: a path that is not UTF-8
             env=self.environments.get(env_id),
             slots=slots,
             needs=needs_read(needs),

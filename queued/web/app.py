@@ -19,7 +19,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -27,8 +26,7 @@ import trio
 
 from queued import __version__
 from queued import protocol as p
-from queued.store import StorageError
-from queued.store.sqlite import reports as sqlite_reports
+from queued.store import StorageError, reports
 from queued.web import charts, http, requests, security, streams
 from queued.web.http import Dispatch, Receive, Refusal, Request, Send, load_static
 from queued.web.live import History, Live
@@ -63,13 +61,11 @@ class WebApp:
         started_at: float,
         problems: Callable[[], list[str]],
         max_streams: int = MAX_STREAMS,
-        reports: ModuleType = sqlite_reports,
     ) -> None:
         self.dispatch = dispatch
         self.next_change = next_change  # the supervisor's change event (see live.Live)
         self.writer = writer  # the store's writer: its commit count and time, for /metrics
         self.reader = reader
-        self.reports = reports  # the store engine's reads for the page (queued.store.*.reports)
         self.bind = bind
         self.names = names
         self.token = token
@@ -222,7 +218,7 @@ class WebApp:
                 more = len(jobs) == wanted.limit
                 return _json.encode({"jobs": jobs, "next_before": jobs[-1].id if more and jobs else None})
             if path == "/api/jobs/count":
-                count = await self.reader.read(self.reports.count_jobs, **requests.filters(query))
+                count = await self.reader.read(reports.count_jobs, **requests.filters(query))
                 return _json.encode({"count": count})
             if path == "/api/queues":
                 return _json.encode(await self.ask(p.ListQueues()))
@@ -233,7 +229,7 @@ class WebApp:
                 job_id = http.job_id(match[1])
                 detail = await self.ask(p.GetJob(id=job_id))
                 assert isinstance(detail, p.JobDetail)
-                dependents = await self.reader.read(self.reports.dependents, job_id)
+                dependents = await self.reader.read(reports.dependents, job_id)
                 return _json.encode(requests.job_detail(detail, dependents))
             if match and match[2] == "/log":
                 chunk = await self.ask(http.log_request(int(match[1]), query, limit=1024 * 1024))
@@ -279,7 +275,7 @@ class WebApp:
         await self._refresh_history()
         status = await self.ask(p.GetStatus())
         assert isinstance(status, p.Status)
-        counts = await self.reader.read(self.reports.counts_by_queue)
+        counts = await self.reader.read(reports.counts_by_queue)
         facts = metrics.Facts(
             version=__version__,
             started_at=self.started_at,
@@ -352,7 +348,7 @@ class WebApp:
             ids = requests.job_ids(data) if name in requests.ACTIONS_BY_FILTER else None
             if name in requests.ACTIONS_BY_FILTER and ids is None and not data.get("all_dead"):
                 found = requests.filter_from_body(data)
-                ids = await self.reader.read(self.reports.matching_ids, **found, cap=requests.MAX_BULK + 1)
+                ids = await self.reader.read(reports.matching_ids, **found, cap=requests.MAX_BULK + 1)
                 if len(ids) > requests.MAX_BULK:
                     raise Refusal(409, f"more than {requests.MAX_BULK:,} jobs match: narrow the filter")
                 expect = requests.expected_count(data)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from queued.store.sqlite.reports import EndedAttempt
+from queued.store.reports import EndedAttempt
 
 RANGES = {"hour": (3600, 60), "day": (86_400, 900)}  # span, bucket (seconds)
 OUTCOMES = ("completed", "failed", "error", "interrupted")

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import trio
 
-from queued.store.sqlite.reports import EndedAttempt, attempts_ended
+from queued.store.reports import EndedAttempt, attempts_ended
 
 MIN_INTERVAL = 0.5  # seconds between two updates of the streams
 HISTORY_SECONDS = 86_400

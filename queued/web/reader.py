@@ -63,7 +63,7 @@ class ReadConnection:
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         # A method of the store contract runs as the engine's own (as the
-        # writer runs it); any other function (queued.store.sqlite.reports)
+        # writer runs it); any other function (queued.store.reports)
         # is given the engine first.
         name = getattr(fn, "__name__", "")
         method: Callable[..., T]

@@ -118,12 +118,8 @@ class WebServer:
         None for a store shared by nodes, read through the writer."""
         reader: ReadConnection | WriterReads
         if db_path is None:
-            from queued.store.postgres import reports
-
             reader = WriterReads(daemon.db)
         else:
-            from queued.store.sqlite import reports  # type: ignore[no-redef]
-
             reader = ReadConnection(db_path, type(daemon.db.engine))
         try:
             web_daemon = WebDaemon(daemon, WebDatabase(daemon.db, reader))
@@ -137,7 +133,6 @@ class WebServer:
                 token=self.token,
                 started_at=daemon.started_at,
                 problems=daemon.problems,
-                reports=reports,
             )
             port = self.sock.getsockname()[1]
             config = hypercorn_config()

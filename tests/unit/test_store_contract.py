@@ -1104,6 +1104,20 @@ def test_queue_management(store: Store) -> None:
     assert [q.name for q in store.queues()] == ["default"]
 
 
+def test_a_queue_removed_and_added_again_counts_none_of_its_old_jobs(store: Store) -> None:
+    store.add_queue("gpu", None, T0)
+    done = add(store, queue="gpu")
+    waiting = add(store, queue="gpu", hold=True)
+    store.cancel([done, waiting], T0)
+    store.remove([done, waiting])
+    store.remove_queue("gpu")
+    store.add_queue("gpu", None, T0 + 1)
+    add(store, queue="gpu", hold=True)
+    [gpu] = [q for q in store.queues() if q.name == "gpu"]
+    assert (gpu.pending, gpu.held, gpu.running, gpu.failed) == (0, 1, 0, 0)
+    assert store.counts()["held"] == 1 and store.counts()["canceled"] == 0
+
+
 def test_a_queue_limit_changes_and_clears(store: Store) -> None:
     store.add_queue("gpu", 1, T0)
     store.set_queue_concurrency("gpu", 3)

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from prometheus_client.parser import text_string_to_metric_families
 
 from queued.protocol import QueueInfo
-from queued.store.sqlite.reports import EndedAttempt
+from queued.store.reports import EndedAttempt
 from queued.web import charts
 from queued.web.live import Histogram, History
 from queued.web.metrics import Facts, exposition

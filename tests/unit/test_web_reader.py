@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from queued.store import Store
+from queued.store.reports import counts_by_queue
 from queued.store.sqlite.engine import SqliteStore
-from queued.store.sqlite.reports import counts_by_queue
 from queued.web.reader import ReadConnection, WebDaemon, WebDatabase
 
 

@@ -1,21 +1,13 @@
-"""The web page's reads (queued/store/*/reports.py) give the same answers on
-every engine: the page of a PostgreSQL node shows what a SQLite daemon's does."""
+"""The web page's reads (queued/store/reports.py, spelled by each engine's
+dialect) give the same answers on every engine: the page of a PostgreSQL node
+shows what a SQLite daemon's does."""
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
-from queued.store.contract import Engine
+from queued.store import reports
 from tests.store_harness import FAIL, OK, T0, add, run_to
-
-
-def reports_of(engine: Engine) -> ModuleType:
-    if engine.claims_before_start:
-        from queued.store.postgres import reports
-    else:
-        from queued.store.sqlite import reports  # type: ignore[no-redef]
-    return reports
 
 
 def read(store: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -27,7 +19,6 @@ def read(store: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def test_counts_dependents_filters_and_ended_attempts(store: Any) -> None:
-    reports = reports_of(store.engine)
     first = add(store, "echo one", label="x")
     second = add(store, "echo two", label="x", after=[first], max_retries=0)
     add(store, "sleep 1", queue="default", hold=True)

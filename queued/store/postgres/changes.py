@@ -15,7 +15,8 @@ from psycopg.types.json import Jsonb
 from queued import lifecycle
 from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
-from queued.store.postgres.jobs import Environments, Jobs, lock_queues, path_bytes, path_read, unknown_queue
+from queued.store.postgres.dialect import path_bytes, path_read
+from queued.store.postgres.jobs import Environments, Jobs, lock_queues, unknown_queue
 from queued.store.sqlite import rows
 from queued.store.transitions import Transitions
 from queued.validation import NewJob

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import Connection
-from psycopg.types.json import Jsonb
 
 from queued.lease import default_node_name
 from queued.lifecycle import Exit, JobState
@@ -49,12 +48,13 @@ from queued.store.contract import (
 from queued.store.postgres import hung, nodes, schema
 from queued.store.postgres.attempts import Attempts
 from queued.store.postgres.changes import JobChanges
-from queued.store.postgres.jobs import Environments, Jobs, path_bytes, path_read
+from queued.store.postgres.dialect import POSTGRES
+from queued.store.postgres.jobs import Environments, Jobs
 from queued.store.postgres.news import CHANNEL, Listener, Outbox
 from queued.store.postgres.output import Output
-from queued.store.postgres.queues import Queues
 from queued.store.postgres.transitions import PostgresTransitionSql
-from queued.store.schedule_table import Dialect, ScheduleTable
+from queued.store.queue_table import QueueTable
+from queued.store.schedule_table import ScheduleTable
 from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
@@ -64,7 +64,6 @@ T = TypeVar("T")
 # server answers within this (seconds; libpq's least): else the batch fails and
 # the writer reconnects with backoff.
 INLINE_CONNECT_TIMEOUT = 2
-POSTGRES = Dialect(mark="%s", lock=" FOR UPDATE", path_in=path_bytes, path_out=path_read, json_in=Jsonb)
 # Errors of a server that is going or gone (the connection with it), by SQLSTATE:
 # class 08 (connection exceptions), admin_shutdown, crash_shutdown, cannot_connect_now.
 _GOING = ("57P01", "57P02", "57P03")
@@ -92,6 +91,7 @@ class PostgresStore:
     # Nodes share the database, not their disks: every node shows every attempt's output.
     keeps_output = True
     claims_before_start = True  # other nodes share the database
+    dialect = POSTGRES  # its spelling of the shared statements (queued/store/reports.py reads it)
 
     def __init__(self, conn: Connection, url: str) -> None:
         self.url = url
@@ -112,7 +112,7 @@ class PostgresStore:
         self._jobs = Jobs(conn, self._environments)
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
         self._attempts = Attempts(conn, self._environments, transitions, self._node)
-        self._queues = Queues(conn)
+        self._queues = QueueTable(conn, POSTGRES)
         self._output = Output(conn)
         self._schedules = ScheduleTable(conn, POSTGRES, self._jobs, self._environments)
 
@@ -166,7 +166,7 @@ class PostgresStore:
         return self._jobs.unfinished_ids()
 
     def counts(self) -> dict[str, int]:
-        return self._queues.counts()
+        return self._queues.counts_by_state()
 
     def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         return self._jobs.add(jobs, now)

@@ -14,9 +14,10 @@ from queued import lifecycle
 from queued.lifecycle import JobState
 from queued.protocol import Job, Run, readable
 from queued.store.contract import AddedIds, Refused, Written
+from queued.store.postgres.dialect import path_bytes, path_read
 from queued.store.postgres.unique import UniqueKeys
 from queued.store.sqlite import rows
-from queued.store.sqlite.environments import blob, from_blob, stored_path
+from queued.store.sqlite.environments import blob, from_blob
 from queued.store.sqlite.rows import UNFINISHED
 from queued.validation import NewJob
 
@@ -79,21 +80,6 @@ def lock_queues(conn: Connection, names: Iterable[str]) -> set[str]:
             "SELECT name FROM queues WHERE name = ANY(%s::text[]) FOR KEY SHARE", (list(names),)
         )
     }
-
-
-def path_bytes(path: str | bytes) -> bytes:
-    """A cwd as stored: its bytes (a path need not be UTF-8)."""
-    stored = stored_path(path)
-    return stored if isinstance(stored, bytes) else stored.encode()
-
-
-def path_read(data: bytes) -> str | bytes:
-    """A stored cwd as the SQLite engine gives it: str if UTF-8, else bytes."""
-    data = bytes(data)
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return data
 
 
 def with_path(row: tuple, at: int) -> tuple:

@@ -35,13 +35,14 @@ from queued.store.contract import (
     StoreLost,
     Written,
 )
-from queued.store.schedule_table import Dialect, ScheduleTable
+from queued.store.queue_table import QueueTable
+from queued.store.schedule_table import ScheduleTable
 from queued.store.sqlite import schema
 from queued.store.sqlite.attempts import Attempts
 from queued.store.sqlite.changes import JobChanges
-from queued.store.sqlite.environments import Environments, stored_path
+from queued.store.sqlite.dialect import SQLITE
+from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.jobs import Jobs
-from queued.store.sqlite.queues import Queues
 from queued.store.sqlite.transitions import SqliteTransitionSql
 from queued.store.transitions import Transitions
 from queued.validation import NewJob
@@ -49,7 +50,6 @@ from queued.validation import NewJob
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 OUTPUT_IN_FILES = "this store keeps no output: an attempt's output is in the log files its row names"
-SQLITE = Dialect(mark="?", lock="", path_in=stored_path, path_out=lambda stored: stored)
 
 
 class SqliteStore:
@@ -62,6 +62,7 @@ class SqliteStore:
     claims_before_start = False  # only this daemon uses the file: it reads ahead
     answer_bound = None  # a file of our own: nothing to wait on but the disk
     busy_since = None
+    dialect = SQLITE  # its spelling of the shared statements (queued/store/reports.py reads it)
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -71,7 +72,7 @@ class SqliteStore:
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
         self._node = NodeIdentity(default_node_name(), "")
         self._attempts = Attempts(conn, self._environments, transitions, self._node)
-        self._queues = Queues(conn)
+        self._queues = QueueTable(conn, SQLITE)
         self._schedules = ScheduleTable(conn, SQLITE, self._jobs, self._environments)
         self._files = schema.FileWatch(conn)
         self._changes_at_begin = 0
@@ -126,7 +127,7 @@ class SqliteStore:
         return self._jobs.unfinished_ids()
 
     def counts(self) -> dict[str, int]:
-        return self._queues.counts()
+        return self._queues.counts_by_state()
 
     def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         return self._jobs.add(jobs, now)

@@ -1,7 +1,9 @@
 """Reads for the web page and /metrics that no socket request needs: jobs
-counted by queue and state, a job's dependents, and the attempts that ended
-after a point in time (the charts' and histograms' history, which survives a
-restart because it is the stored attempts themselves).
+counted by queue and state, a job's dependents, the jobs a filter matches,
+and the attempts that ended after a point in time (the charts' and
+histograms' history, which survives a restart because it is the stored
+attempts themselves). The same on every engine: each supplies its spelling
+(`store.dialect`, see queued/store/dialect.py).
 
 Functions of a Store (its connection), so that any caller running Store
 methods can run them too: the web's own read connection does.
@@ -26,18 +28,17 @@ class EndedAttempt(NamedTuple):
 
 
 def counts_by_queue(store: Any) -> dict[tuple[str, str], int]:
-    """(queue, state) -> jobs, from the counts the triggers keep (no scan)."""
-    return {(queue, state): n for queue, state, n in store.conn.execute("SELECT queue, state, n FROM counts")}
+    """(queue, state) -> jobs (SQLite's kept counts may hold zeros)."""
+    return {
+        (queue, state): n
+        for queue, state, n in store.dialect.counts.by_queue(store.conn, unfinished_only=False)
+    }
 
 
 def dependents(store: Any, job_id: int) -> list[int]:
     """The jobs that wait for `job_id` (the other direction of depends_on)."""
-    return [
-        row[0]
-        for row in store.conn.execute(
-            "SELECT job_id FROM dependencies WHERE depends_on = ? ORDER BY job_id", (job_id,)
-        )
-    ]
+    sql = store.dialect.sql("SELECT job_id FROM dependencies WHERE depends_on = ? ORDER BY job_id")
+    return [row[0] for row in store.conn.execute(sql, (job_id,))]
 
 
 def count_jobs(
@@ -52,12 +53,17 @@ def count_jobs(
     cap: int = 1_000_000,
 ) -> int:
     """How many jobs match the filters of Store.list_jobs (counted up to `cap`)."""
-    where, args = _filters(states, queue, label, command, created_after, created_before)
-    sql = "SELECT count(*) FROM (SELECT 1 FROM jobs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " LIMIT ?)"
-    return store.conn.execute(sql, [*args, cap]).fetchone()[0]
+    where, args = job_filters(
+        store.dialect,
+        states=states,
+        queue=queue,
+        label=label,
+        command=command,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    sql = store.dialect.sql(f"SELECT count(*) FROM (SELECT 1 FROM jobs{where} LIMIT ?) matching")
+    return int(store.conn.execute(sql, [*args, cap]).fetchone()[0])
 
 
 def matching_ids(
@@ -72,38 +78,57 @@ def matching_ids(
     cap: int = 100_000,
 ) -> list[int]:
     """The ids of the jobs matching the filters (the newest `cap`), for a bulk action."""
-    where, args = _filters(states, queue, label, command, created_after, created_before)
-    sql = "SELECT id FROM jobs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
+    where, args = job_filters(
+        store.dialect,
+        states=states,
+        queue=queue,
+        label=label,
+        command=command,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    sql = store.dialect.sql(f"SELECT id FROM jobs{where} ORDER BY id DESC LIMIT ?")
     return sorted(row[0] for row in store.conn.execute(sql, [*args, cap]))
 
 
-def _filters(
-    states: Sequence[str],
-    queue: str | None,
-    label: str | None,
-    command: str | None,
-    created_after: float | None,
-    created_before: float | None,
-) -> tuple[list[str], list[object]]:
+def job_filters(
+    dialect: Any,
+    *,
+    states: Sequence[str] = (),
+    queue: str | None = None,
+    label: str | None = None,
+    ids: Sequence[int] = (),
+    before: int | None = None,
+    command: str | None = None,
+    created_after: float | None = None,
+    created_before: float | None = None,
+) -> tuple[str, list[object]]:
+    """The WHERE clause (empty, or with its leading space) of the filters of
+    Store.list_jobs, in `dialect`'s spelling, and its parameters."""
     where: list[str] = []
     args: list[object] = []
-    if states:
-        where.append(f"state IN ({','.join('?' * len(states))})")
-        args += states
     for clause, value in (
-        ("queue = ?", queue),
-        ("label = ?", label),
-        ("instr(command, ?) > 0", command),
+        ("id < ?", before),
+        (f"{dialect.find}(command, ?) > 0", command),
         ("created_at >= ?", created_after),
         ("created_at < ?", created_before),
     ):
         if value is not None:
-            where.append(clause)
+            where.append(dialect.sql(clause))
             args.append(value)
-    return where, args
+    if states:
+        clause, values = dialect.one_of("state", states, "text")
+        where.append(clause)
+        args += values
+    for clause, value in (("queue = ?", queue), ("label = ?", label)):
+        if value is not None:
+            where.append(dialect.sql(clause))
+            args.append(value)
+    if ids:
+        clause, values = dialect.one_of("id", ids, "bigint")
+        where.append(clause)
+        args += values
+    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 def attempts_ended(store: Any, after: float, until: float, limit: int = 200_000) -> list[EndedAttempt]:
@@ -112,9 +137,11 @@ def attempts_ended(store: Any, after: float, until: float, limit: int = 200_000)
     when that one was due); earlier attempts report None."""
     return ended_attempts(
         store.conn.execute(
-            "SELECT a.ended_at, a.job_id, a.attempt, j.queue, a.exit_code, a.signal, a.error, a.started_at,"
-            " j.run_at, j.attempts FROM attempts a JOIN jobs j ON j.id = a.job_id"
-            " WHERE a.ended_at > ? AND a.ended_at <= ? ORDER BY a.ended_at LIMIT ?",
+            store.dialect.sql(
+                "SELECT a.ended_at, a.job_id, a.attempt, j.queue, a.exit_code, a.signal, a.error,"
+                " a.started_at, j.run_at, j.attempts FROM attempts a JOIN jobs j ON j.id = a.job_id"
+                " WHERE a.ended_at > ? AND a.ended_at <= ? ORDER BY a.ended_at LIMIT ?"
+            ),
             (after, until, limit),
         )
     )
