@@ -1,8 +1,8 @@
 """What differs between the engines in the statements written once for both.
 
 The modules that hold a rule or a query for every engine
-(queued/store/reports.py, queue_table.py, job_reads.py, job_changes.py,
-schedule_table.py) write their SQL with `?` placeholders and ask a Dialect
+(queued/store/reports.py, queue_table.py, environments.py, job_table.py,
+job_changes.py, schedule_table.py) write their SQL with `?` placeholders and ask a Dialect
 for the rest: its placeholder, how a list of values is matched (SQLite binds
 one placeholder per value, in chunks under its variable limit; PostgreSQL
 binds one array), row locks, how a cwd and a job's needs are stored, and how
@@ -70,6 +70,7 @@ class Dialect:
         path_out: Callable[[Any], str | bytes] | None,
         json_in: Callable[[Any], Any],
         counts: JobCounts,
+        latest_attempts: str,
     ) -> None:
         self.mark = mark  # "?" or "%s"
         self.arrays = arrays  # a list of values binds as one array parameter
@@ -82,6 +83,9 @@ class Dialect:
         self.path_out = path_out
         self.json_in = json_in  # a job's needs as the column takes them (None: none)
         self.counts = counts
+        # (job_id, started_at, ended_at, node, gpus) of the latest attempt of
+        # each job matching {jobs} (a condition on a.job_id).
+        self.latest_attempts = latest_attempts
 
     def sql(self, text: str) -> str:
         """`text`, written with `?` placeholders, in this engine's."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from queued.store.job_table import job_filters
+
 
 class EndedAttempt(NamedTuple):
     """One attempt that ended: when, how, and how long it waited and ran."""
@@ -41,94 +43,18 @@ def dependents(store: Any, job_id: int) -> list[int]:
     return [row[0] for row in store.conn.execute(sql, (job_id,))]
 
 
-def count_jobs(
-    store: Any,
-    *,
-    states: Sequence[str] = (),
-    queue: str | None = None,
-    label: str | None = None,
-    command: str | None = None,
-    created_after: float | None = None,
-    created_before: float | None = None,
-    cap: int = 1_000_000,
-) -> int:
+def count_jobs(store: Any, *, cap: int = 1_000_000, **filters: Any) -> int:
     """How many jobs match the filters of Store.list_jobs (counted up to `cap`)."""
-    where, args = job_filters(
-        store.dialect,
-        states=states,
-        queue=queue,
-        label=label,
-        command=command,
-        created_after=created_after,
-        created_before=created_before,
-    )
+    where, args = job_filters(store.dialect, **filters)
     sql = store.dialect.sql(f"SELECT count(*) FROM (SELECT 1 FROM jobs{where} LIMIT ?) matching")
     return int(store.conn.execute(sql, [*args, cap]).fetchone()[0])
 
 
-def matching_ids(
-    store: Any,
-    *,
-    states: Sequence[str] = (),
-    queue: str | None = None,
-    label: str | None = None,
-    command: str | None = None,
-    created_after: float | None = None,
-    created_before: float | None = None,
-    cap: int = 100_000,
-) -> list[int]:
+def matching_ids(store: Any, *, cap: int = 100_000, **filters: Any) -> list[int]:
     """The ids of the jobs matching the filters (the newest `cap`), for a bulk action."""
-    where, args = job_filters(
-        store.dialect,
-        states=states,
-        queue=queue,
-        label=label,
-        command=command,
-        created_after=created_after,
-        created_before=created_before,
-    )
+    where, args = job_filters(store.dialect, **filters)
     sql = store.dialect.sql(f"SELECT id FROM jobs{where} ORDER BY id DESC LIMIT ?")
     return sorted(row[0] for row in store.conn.execute(sql, [*args, cap]))
-
-
-def job_filters(
-    dialect: Any,
-    *,
-    states: Sequence[str] = (),
-    queue: str | None = None,
-    label: str | None = None,
-    ids: Sequence[int] = (),
-    before: int | None = None,
-    command: str | None = None,
-    created_after: float | None = None,
-    created_before: float | None = None,
-) -> tuple[str, list[object]]:
-    """The WHERE clause (empty, or with its leading space) of the filters of
-    Store.list_jobs, in `dialect`'s spelling, and its parameters."""
-    where: list[str] = []
-    args: list[object] = []
-    for clause, value in (
-        ("id < ?", before),
-        (f"{dialect.find}(command, ?) > 0", command),
-        ("created_at >= ?", created_after),
-        ("created_at < ?", created_before),
-    ):
-        if value is not None:
-            where.append(dialect.sql(clause))
-            args.append(value)
-    if states:
-        clause, values = dialect.one_of("state", states, "text")
-        where.append(clause)
-        args += values
-    for clause, value in (("queue = ?", queue), ("label = ?", label)):
-        if value is not None:
-            where.append(dialect.sql(clause))
-            args.append(value)
-    if ids:
-        clause, values = dialect.one_of("id", ids, "bigint")
-        where.append(clause)
-        args += values
-    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 def attempts_ended(store: Any, after: float, until: float, limit: int = 200_000) -> list[EndedAttempt]:

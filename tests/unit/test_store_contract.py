@@ -534,6 +534,15 @@ def test_cancel_pending_running_and_failed(store: Store) -> None:
     assert store.get_job(running)[1][-1].ended_at == T0 + 2
 
 
+def test_cancel_names_the_running_jobs_it_stops_in_id_order(store: Store) -> None:
+    # Claimed last first: PostgreSQL's rows then lie in the table in the other order.
+    ids = [add(store, delay=delay) for delay in (3.0, 2.0, 1.0)]
+    for step in (1, 2, 3):
+        claim(store, T0 + step)
+    assert store.states(ids) == dict.fromkeys(ids, "running")
+    assert store.cancel(list(reversed(ids)), T0 + 4) == ids
+
+
 @pytest.mark.parametrize("finished_state", ["completed", "dead", "canceled"])
 def test_cancel_of_finished_job_refused_and_nothing_changes(store: Store, finished_state: str) -> None:
     target = add(store, max_retries=0)
@@ -679,6 +688,20 @@ def test_edit_changes_a_job_that_has_not_started(store: Store) -> None:
     edited = job(store, job_id)
     assert (edited.command, edited.priority, edited.queue, edited.updated_at) == ("new", 3, "other", T0 + 1)
     assert [(q.name, q.pending) for q in store.queues()] == [("default", 0), ("other", 1)]
+
+
+def test_a_cwd_that_is_not_utf8_is_kept_by_every_read_and_by_a_restart(store: Store) -> None:
+    odd = os.fsdecode(b"/tmp/caf\xe9")
+    job_new = validation.new_job(JobSpec(command="pwd"), cwd=odd, env={}, settings=Settings(), now=T0)
+    [job_id] = store.add_jobs([job_new], T0)
+    copy = store.restart(job_id, {}, False, T0 + 1)
+    for read in (store.get_job(job_id)[0], *store.list_jobs(), *store.jobs_by_id([job_id, copy])):
+        assert read.cwd == "/tmp/caf\\xe9"  # readable, for show
+    store.forget_caches()
+    assert [(c.id, c.cwd) for c in claim(store, T0 + 1)] == [
+        (job_id, b"/tmp/caf\xe9"),
+        (copy, b"/tmp/caf\xe9"),
+    ]
 
 
 def test_restart_adds_a_copy_with_the_changes_asked(store: Store) -> None:

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.store.dialect import Dialect
-from queued.store.sqlite.environments import stored_path
+from queued.store.environments import stored_path
 from queued.store.sqlite.rows import UNFINISHED
 
 
@@ -69,4 +69,6 @@ POSTGRES = Dialect(
     path_out=path_read,
     json_in=Jsonb,
     counts=PostgresCounts(),
+    latest_attempts="SELECT DISTINCT ON (a.job_id) a.job_id, a.started_at, a.ended_at, a.node, a.gpus"
+    " FROM attempts a WHERE {jobs} ORDER BY a.job_id, a.attempt DESC",
 )

@@ -16,47 +16,35 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import Connection
 
 from queued.lease import default_node_name
-from queued.lifecycle import Exit, JobState
-from queued.protocol import Job, NodeInfo, QueueInfo, Run
-from queued.resources import Fit
-from queued.schedules import NewSchedule
+from queued.protocol import NodeInfo
+from queued.store.composed import ComposedStore
 from queued.store.contract import (
-    AddedIds,
-    Ahead,
     BatchConflict,
     BatchLost,
-    Claimed,
     CommitUnknown,
-    Fired,
     NodeIdentity,
     OutputChunk,
     OutputStream,
     Recovered,
     Refused,
     StorageError,
-    StoredSchedule,
     StoreUnreachable,
     Written,
 )
 from queued.store.postgres import hung, nodes, schema
 from queued.store.postgres.attempts import Attempts
-from queued.store.postgres.changes import JobChanges
 from queued.store.postgres.dialect import POSTGRES
-from queued.store.postgres.jobs import Environments, Jobs
+from queued.store.postgres.jobs import Jobs
 from queued.store.postgres.news import CHANNEL, Listener, Outbox
 from queued.store.postgres.output import Output
 from queued.store.postgres.transitions import PostgresTransitionSql
-from queued.store.queue_table import QueueTable
-from queued.store.schedule_table import ScheduleTable
-from queued.store.transitions import Transitions
-from queued.validation import NewJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +72,7 @@ def conflict_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.Error) and exc.sqlstate in _CONFLICTS
 
 
-class PostgresStore:
+class PostgresStore(ComposedStore):
     """The store contract (`queued.store.Store`) and the writer's transactions
     (`queued.store.contract.Transactions`) on one PostgreSQL connection."""
 
@@ -107,14 +95,8 @@ class PostgresStore:
         self.conn = conn
         self.answer_bound: float | None = hung.answer_bound(conn)
         self.backend_pid: int | None = conn.info.backend_pid  # what this node's news comes from
-        self._environments = Environments(conn)
-        transitions = Transitions(PostgresTransitionSql(conn))
-        self._jobs = Jobs(conn, self._environments)
-        self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
-        self._attempts = Attempts(conn, self._environments, transitions, self._node)
-        self._queues = QueueTable(conn, POSTGRES)
+        self._compose_parts(conn, POSTGRES, PostgresTransitionSql(conn), Jobs, Attempts)
         self._output = Output(conn)
-        self._schedules = ScheduleTable(conn, POSTGRES, self._jobs, self._environments)
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -126,108 +108,6 @@ class PostgresStore:
         """Other nodes' news, heard on a connection of its own (see news.py)."""
         return Listener(self.url, self.where, lambda: self.backend_pid)
 
-    # -- jobs -------------------------------------------------------------------
-
-    def states(self, ids: Iterable[int]) -> dict[int, JobState]:
-        return self._jobs.states(ids)
-
-    def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
-        return self._jobs.jobs_by_id(ids)
-
-    def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
-        return self._jobs.get_job(job_id)
-
-    def list_jobs(
-        self,
-        *,
-        states: Sequence[str] = (),
-        queue: str | None = None,
-        label: str | None = None,
-        ids: Sequence[int] = (),
-        limit: int | None = None,
-        before: int | None = None,
-        command: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        return self._jobs.list_jobs(
-            states=states,
-            queue=queue,
-            label=label,
-            ids=ids,
-            limit=limit,
-            before=before,
-            command=command,
-            created_after=created_after,
-            created_before=created_before,
-        )
-
-    def unfinished_ids(self) -> list[int]:
-        return self._jobs.unfinished_ids()
-
-    def counts(self) -> dict[str, int]:
-        return self._queues.counts_by_state()
-
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
-        return self._jobs.add(jobs, now)
-
-    def remove(self, ids: Sequence[int]) -> Written[list[str]]:
-        return self._jobs.remove(ids)
-
-    def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
-        return self._jobs.clean(states, older_than)
-
-    # -- what users change ------------------------------------------------------
-
-    def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
-        return self._changes.cancel(ids, now)
-
-    def cancel_what_can(
-        self, ids: Sequence[int], now: float
-    ) -> Written[tuple[list[int], list[int], dict[int, str]]]:
-        return self._changes.cancel_what_can(ids, now)
-
-    def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
-        return self._changes.retry(ids, all_dead, now)
-
-    def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:
-        return self._changes.hold(ids, now)
-
-    def release(self, ids: Sequence[int], now: float) -> Written[list[int]]:
-        return self._changes.release(ids, now)
-
-    def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
-        return self._changes.edit(job_id, fields, now)
-
-    def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
-        return self._changes.restart(job_id, fields, hold, now)
-
-    # -- queues and settings ----------------------------------------------------
-
-    def queues(self) -> list[QueueInfo]:
-        return self._queues.queues()
-
-    def add_queue(self, name: str, concurrency: int | None, now: float) -> Written[None]:
-        return self._queues.add_queue(name, concurrency, now)
-
-    def remove_queue(self, name: str) -> Written[None]:
-        return self._queues.remove_queue(name)
-
-    def set_paused(self, name: str, paused: bool) -> Written[None]:
-        return self._queues.set_paused(name, paused)
-
-    def set_queue_concurrency(self, name: str, concurrency: int | None) -> Written[None]:
-        return self._queues.set_queue_concurrency(name, concurrency)
-
-    def set_all_paused(self, paused: bool) -> Written[None]:
-        return self._queues.set_all_paused(paused)
-
-    def config(self) -> dict[str, str]:
-        return self._queues.config()
-
-    def set_config(self, key: str, value: str) -> Written[None]:
-        return self._queues.set_config(key, value)
-
     # -- attempts' output ----------------------------------------------------------
 
     def append_output(self, chunks: Sequence[OutputChunk]) -> Written[None]:
@@ -238,88 +118,7 @@ class PostgresStore:
     ) -> tuple[bytes, int]:
         return self._output.read(job_id, attempt, stream, offset, limit)
 
-    # -- schedules ----------------------------------------------------------------
-
-    def schedules(self) -> list[StoredSchedule]:
-        return self._schedules.schedules()
-
-    def add_schedule(self, schedule: NewSchedule, now: float) -> Written[None]:
-        return self._schedules.add(schedule, now)
-
-    def remove_schedule(self, name: str) -> Written[None]:
-        return self._schedules.remove(name)
-
-    def pause_schedule(self, name: str, paused: bool, now: float) -> Written[None]:
-        return self._schedules.pause(name, paused, now)
-
-    def fire_schedule(self, name: str, firing: float | None, now: float) -> Written[Fired]:
-        return self._schedules.fire(name, firing, now)
-
-    # -- the supervisor's side --------------------------------------------------
-
-    def lookahead(
-        self, *, now: float, horizon: float, queues: Sequence[str], busy: Sequence[int], limit: int
-    ) -> Ahead:
-        return self._attempts.lookahead(now=now, horizon=horizon, queues=queues, busy=busy, limit=limit)
-
-    def next_due(self, now: float, queues: Sequence[str]) -> float | None:
-        return self._attempts.next_due(now, queues)
-
-    def start(self, job: Claimed, now: float, gpus: Sequence[int] = ()) -> Written[None]:
-        return self._attempts.start(job, now, gpus)
-
-    def claim(
-        self,
-        *,
-        now: float,
-        slots: int,
-        queue_room: dict[str, int],
-        busy: Sequence[int] = (),
-        gpus: Mapping[int, Sequence[int]] | None = None,
-        fit: Fit | None = None,
-        started: bool = True,
-    ) -> Written[list[Claimed]]:
-        return self._attempts.claim(
-            now=now, slots=slots, queue_room=queue_room, busy=busy, gpus=gpus, fit=fit, started=started
-        )
-
-    def mark_started(self, attempts: Sequence[tuple[int, int, int | None, float]]) -> Written[list[int]]:
-        return self._attempts.mark_started(attempts)
-
-    def unclaim(self, job: Claimed, now: float) -> Written[None]:
-        return self._attempts.unclaim(job, now)
-
-    def finish(
-        self,
-        claimed: Claimed,
-        exit: Exit,
-        backoff_max: float,
-        now: float,
-        *,
-        pid: int | None = None,
-        stdout: str | None = None,
-        stderr: str | None = None,
-        log_incomplete: str | None = None,
-    ) -> Written[JobState | None]:
-        return self._attempts.finish(
-            claimed,
-            exit,
-            backoff_max,
-            now,
-            pid=pid,
-            stdout=stdout,
-            stderr=stderr,
-            log_incomplete=log_incomplete,
-        )
-
-    def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
-        self._queues.ensure_default(now)
-        return self._attempts.recover(backoff_max, now)
-
     # -- nodes --------------------------------------------------------------------
-
-    def identify(self, node: NodeIdentity) -> None:
-        self._node = self._attempts.node = node
 
     def nodes(self) -> list[NodeInfo]:
         return nodes.read_nodes(self.conn, self._node)
@@ -328,10 +127,6 @@ class PostgresStore:
         return self._attempts.rescue(backoff_max, now)
 
     # -- the writer's transactions ----------------------------------------------
-
-    def forget_caches(self) -> None:
-        """Drop what may name rows a rollback removed."""
-        self._environments.forget()
 
     def _unreachable(self, exc: BaseException | None = None) -> bool:
         # Not every OperationalError: a deadlock or a canceled statement is one too.

@@ -1,28 +1,25 @@
-"""Jobs as rows in PostgreSQL: storing new ones, reading them back, deleting
-finished ones; and their environments, stored once each (see the SQLite
-engine's environments.py: the same encoding, the same digest)."""
+"""Jobs as rows in PostgreSQL: what differs from queued/store/job_table.py
+(which has the reads and deletes of both engines) is storing new ones, with
+their ids taken ahead and one statement (COPY for many), and the queues'
+and unique keys' locks that stand for checks across nodes."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.lifecycle import JobState
-from queued.protocol import Job, Run, readable
-from queued.store.contract import AddedIds, Refused, Written
-from queued.store.postgres.dialect import path_bytes, path_read
+from queued.store.contract import AddedIds, Written
+from queued.store.environments import Environments
+from queued.store.job_table import JobTable, unknown_queue, unmet_dependencies
+from queued.store.postgres.dialect import POSTGRES, path_bytes, path_read
 from queued.store.postgres.unique import UniqueKeys
 from queued.store.sqlite import rows
-from queued.store.sqlite.environments import blob, from_blob
-from queued.store.sqlite.rows import UNFINISHED
 from queued.validation import NewJob
 
-_DECODED_KEPT = 256
-CWD = 14  # the cwd's place in rows.JOB_COLUMNS
 INSERT_JOB = (
     rows.INSERT_JOB.replace("INSERT INTO jobs (", "INSERT INTO jobs (id, ")
     .replace("VALUES (", "VALUES (?,")
@@ -66,10 +63,6 @@ COPY_FROM = 64  # rows; fewer go in with one statement
 _COPY_TYPES = [{"bigint": "int8", "int": "int4"}.get(kind, kind) for kind in _COLUMN_TYPES]
 
 
-def unknown_queue(name: str) -> Refused:
-    return Refused("not_found", f"unknown queue {name!r} (create it with `queuectl queue add {name}`)")
-
-
 def lock_queues(conn: Connection, names: Iterable[str]) -> set[str]:
     """Those of `names` that are queues, their rows locked FOR KEY SHARE until
     the commit: what a foreign key did for each row, once (see
@@ -83,192 +76,14 @@ def lock_queues(conn: Connection, names: Iterable[str]) -> set[str]:
 
 
 def with_path(row: tuple, at: int) -> tuple:
+    """`row` with its cwd at `at` read back (attempts.py's claims)."""
     return (*row[:at], path_read(row[at]), *row[at + 1 :])
 
 
-class Environments:
-    """The environments table, with what was stored and read lately kept in memory."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._ids: dict[bytes, int] = {}  # digest -> row
-        self._decoded: dict[int, dict[str, str]] = {}  # row -> env, for claims
-
-    def forget(self) -> None:
-        """Drop what may name rows a rollback removed."""
-        self._ids.clear()
-        self._decoded.clear()
-
-    def store(self, env: Mapping[str, str]) -> int:
-        data = blob(env)
-        digest = hashlib.blake2b(data, digest_size=16).digest()
-        env_id = self._ids.get(digest)
-        if env_id is None:
-            self.conn.execute(
-                "INSERT INTO environments (digest, data) VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING",
-                (digest, data),
-            )
-            env_id = self._ids[digest] = self.conn.execute(
-                "SELECT id FROM environments WHERE digest = %s", (digest,)
-            ).fetchone()[0]
-        return env_id
-
-    def get(self, env_id: int) -> dict[str, str]:
-        """The environment of row `env_id` (shared: never change it)."""
-        env = self._decoded.get(env_id)
-        if env is None:
-            if len(self._decoded) > _DECODED_KEPT:
-                self._decoded.clear()
-            data = self.conn.execute("SELECT data FROM environments WHERE id = %s", (env_id,)).fetchone()[0]
-            env = self._decoded[env_id] = from_blob(bytes(data))
-        return env
-
-    def read(self, env_id: int) -> dict[str, str]:
-        row = self.conn.execute("SELECT data FROM environments WHERE id = %s", (env_id,)).fetchone()
-        return from_blob(bytes(row[0])) if row else {}
-
-
-class Jobs:
+class Jobs(JobTable):
     def __init__(self, conn: Connection, environments: Environments) -> None:
-        self.conn = conn
-        self.environments = environments
-        self.unique = UniqueKeys(conn)
-
-    # -- reads ------------------------------------------------------------------
-
-    def states(self, ids: Iterable[int]) -> dict[int, JobState]:
-        return dict(
-            self.conn.execute("SELECT id, state FROM jobs WHERE id = ANY(%s::bigint[])", (list(ids),))
-        )
-
-    def require(self, ids: Sequence[int], event: lifecycle.Event) -> dict[int, JobState]:
-        """The states of `ids`, refusing unknown ids and any job `event` does not apply to."""
-        states = self.states(ids)
-        missing = lifecycle.unknown_ids(ids, states)
-        if missing:
-            raise Refused("not_found", f"no job {missing[0]}")
-        for job_id in sorted(states):
-            if not lifecycle.can(states[job_id], event):
-                raise Refused("invalid", lifecycle.refusal(job_id, states[job_id], event))
-        return states
-
-    def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
-        found = self.conn.execute(
-            f"SELECT {rows.JOB_COLUMNS} FROM jobs WHERE id = ANY(%s::bigint[]) ORDER BY id", (list(ids),)
-        ).fetchall()
-        return self._jobs(found)
-
-    def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
-        row = self.conn.execute(
-            f"SELECT {rows.JOB_COLUMNS}, env_id FROM jobs WHERE id = %s", (job_id,)
-        ).fetchone()
-        if row is None:
-            raise Refused("not_found", f"no job {job_id}")
-        [job] = self._jobs([row[:-1]])
-        runs = [
-            rows.run(r)
-            for r in self.conn.execute(
-                f"SELECT {rows.RUN_COLUMNS} FROM attempts WHERE job_id = %s ORDER BY attempt", (job_id,)
-            )
-        ]
-        env = self.environments.read(row[-1])
-        return job, runs, {readable(k): readable(v) for k, v in env.items()}
-
-    def list_jobs(
-        self,
-        *,
-        states: Sequence[str] = (),
-        queue: str | None = None,
-        label: str | None = None,
-        ids: Sequence[int] = (),
-        limit: int | None = None,
-        before: int | None = None,
-        command: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        where: list[str] = []
-        args: list[object] = []
-        if before is not None:
-            where.append("id < %s")
-            args.append(before)
-        if command is not None:
-            where.append("strpos(command, %s) > 0")
-            args.append(command)
-        if created_after is not None:
-            where.append("created_at >= %s")
-            args.append(created_after)
-        if created_before is not None:
-            where.append("created_at < %s")
-            args.append(created_before)
-        if states:
-            where.append("state = ANY(%s::text[])")
-            args.append(list(states))
-        if queue is not None:
-            where.append("queue = %s")
-            args.append(queue)
-        if label is not None:
-            where.append("label = %s")
-            args.append(label)
-        if ids:
-            where.append("id = ANY(%s::bigint[])")
-            args.append(list(ids))
-        query = f"SELECT {rows.JOB_COLUMNS} FROM jobs"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY id DESC"
-        if limit is not None:
-            query += " LIMIT %s"
-            args.append(limit)
-        found = self.conn.execute(query, args).fetchall()
-        found.reverse()
-        return self._jobs(found)
-
-    def _jobs(self, found: list[tuple]) -> list[Job]:
-        """Jobs from their rows, with their dependencies (and which are not
-        completed yet) and their latest attempt's times."""
-        ids = [row[0] for row in found]
-        deps: dict[int, list[int]] = {}
-        unmet: dict[int, list[int]] = {}
-        latest: dict[int, rows.Latest] = {}
-        if ids:
-            for job_id, dep, dep_state in self.conn.execute(
-                "SELECT d.job_id, d.depends_on, j.state FROM dependencies d LEFT JOIN jobs j"
-                " ON j.id = d.depends_on WHERE d.job_id = ANY(%s::bigint[]) ORDER BY d.job_id, d.depends_on",
-                (ids,),
-            ):
-                deps.setdefault(job_id, []).append(dep)
-                if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
-                    unmet.setdefault(job_id, []).append(dep)
-            for job_id, started_at, ended_at, node, held in self.conn.execute(
-                "SELECT DISTINCT ON (job_id) job_id, started_at, ended_at, node, gpus FROM attempts"
-                " WHERE job_id = ANY(%s::bigint[]) ORDER BY job_id, attempt DESC",
-                (ids,),
-            ):
-                latest[job_id] = (started_at, ended_at, node, held)
-        return [
-            rows.job(
-                with_path(row, CWD),
-                deps.get(row[0], []),
-                unmet.get(row[0], []),
-                latest.get(row[0], rows.NO_ATTEMPT),
-            )
-            for row in found
-        ]
-
-    def unfinished_ids(self) -> list[int]:
-        return [
-            r[0] for r in self.conn.execute(f"SELECT id FROM jobs WHERE state IN ({UNFINISHED}) ORDER BY id")
-        ]
-
-    def dependencies(self, job_id: int) -> dict[int, JobState]:
-        """The states of the jobs `job_id` waits for."""
-        return self.states(
-            r[0]
-            for r in self.conn.execute("SELECT depends_on FROM dependencies WHERE job_id = %s", (job_id,))
-        )
-
-    # -- changes ----------------------------------------------------------------
+        self.unique: UniqueKeys  # the engine's own: `add` asks it more than the shared reads do
+        super().__init__(conn, POSTGRES, environments, UniqueKeys(conn))
 
     def add(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs; their ids, in order. The ids are taken from the
@@ -309,15 +124,7 @@ class Jobs:
                 # `known` holds the jobs before this one only: a later job of
                 # the request does not exist yet, as for the SQLite engine.
                 dep_states = {dep: known[dep] for dep in job.depends_on if dep in known}
-                missing = lifecycle.unknown_ids(job.depends_on, dep_states)
-                if missing:
-                    raise Refused("not_found", f"--after names unknown job {missing[0]}")
-                verdict = lifecycle.dependency_verdict(dep_states)
-                if verdict.blocker is not None:
-                    raise Refused(
-                        "invalid", lifecycle.dependency_refusal(verdict.blocker, verdict.blocker_state or "")
-                    )
-                unmet = lifecycle.unmet_count(dep_states)
+                unmet = unmet_dependencies(job.depends_on, dep_states)
                 links += [(job_id, dep) for dep in dict.fromkeys(job.depends_on)]
             known[job_id] = state
             new_rows.append(
@@ -367,33 +174,3 @@ class Jobs:
             if holder < 0:  # a key given earlier in this call: that job's new id
                 answer[index] = answer[-1 - holder]
         return Written(AddedIds(answer, [index in found for index in range(len(everything))]))
-
-    def remove(self, ids: Sequence[int]) -> Written[list[str]]:
-        """Delete finished jobs; returns their log paths for the caller to unlink."""
-        states = self.states(ids)
-        missing = lifecycle.unknown_ids(ids, states)
-        if missing:
-            raise Refused("not_found", f"no job {missing[0]}")
-        for job_id in sorted(states):
-            if not lifecycle.is_terminal(states[job_id]):
-                raise Refused("invalid", f"job {job_id} is {states[job_id]}: cancel it first")
-        return Written(self._delete(sorted(states)))
-
-    def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
-        query, args = "SELECT id FROM jobs WHERE state = ANY(%s::text[])", [list(states)]
-        if older_than is not None:
-            query += " AND updated_at < %s"
-            args.append(older_than)
-        ids = [r[0] for r in self.conn.execute(query, args)]
-        return Written((len(ids), self._delete(ids)))
-
-    def _delete(self, ids: Sequence[int]) -> list[str]:
-        paths: list[str] = []
-        if not ids:
-            return paths
-        for out, err in self.conn.execute(
-            "SELECT stdout_path, stderr_path FROM attempts WHERE job_id = ANY(%s::bigint[])", (list(ids),)
-        ):
-            paths += [p for p in (out, err) if p]
-        self.conn.execute("DELETE FROM jobs WHERE id = ANY(%s::bigint[])", (list(ids),))
-        return paths

@@ -31,15 +31,6 @@ class UniqueKeys:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def keys_of(self, ids: Sequence[int]) -> dict[int, str]:
-        """The unique key of each of `ids` that has one."""
-        return dict(
-            self.conn.execute(
-                "SELECT id, unique_key FROM jobs WHERE id = ANY(%s::bigint[]) AND unique_key IS NOT NULL",
-                (list(ids),),
-            )
-        )
-
     def lock(self, keys: Iterable[str]) -> None:
         """Take every key's advisory lock until the transaction ends, in one
         order on every node (so that two adders never wait for each other in a circle)."""

@@ -11,8 +11,8 @@ from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
 from queued.resources import Fit
 from queued.store.contract import NOTHING, Ahead, Changes, Claimed, NodeIdentity, Recovered, Refused, Written
+from queued.store.environments import Environments
 from queued.store.sqlite import rows
-from queued.store.sqlite.environments import Environments
 from queued.store.sqlite.rows import NOT_STARTED, WAITING
 from queued.store.transitions import Transitions
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from queued import lifecycle
 from queued.store.dialect import Dialect
-from queued.store.sqlite.environments import stored_path
+from queued.store.environments import stored_path
 from queued.store.sqlite.rows import stored_json
 
 
@@ -47,4 +47,6 @@ SQLITE = Dialect(
     path_out=None,  # a cwd's column holds text, or a BLOB for one not UTF-8: read back as is
     json_in=stored_json,
     counts=SqliteCounts(),
+    latest_attempts="SELECT a.job_id, a.started_at, a.ended_at, a.node, a.gpus FROM attempts a"
+    " WHERE {jobs} AND a.attempt = (SELECT max(attempt) FROM attempts WHERE job_id = a.job_id)",
 )

@@ -1,164 +1,32 @@
-"""Jobs as rows: storing new ones, reading them back, deleting finished ones."""
+"""Jobs as rows in SQLite: what differs from queued/store/job_table.py (which
+has the reads and deletes of both engines) is storing new ones, with one
+executemany per run of them, and looking up a unique key's holder, under the
+one writer's transaction."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from queued import lifecycle
 from queued.lifecycle import JobState
-from queued.protocol import Job, Run, readable
-from queued.store.contract import AddedIds, Refused, Written
+from queued.store.contract import AddedIds, Written
+from queued.store.environments import Environments, stored_path
+from queued.store.job_table import JobTable, unknown_queue, unmet_dependencies
 from queued.store.sqlite import rows
-from queued.store.sqlite.environments import Environments, stored_path
-from queued.store.sqlite.rows import UNFINISHED, UNIQUE, UNIQUE_WINDOW, chunks
+from queued.store.sqlite.dialect import SQLITE
+from queued.store.sqlite.rows import UNIQUE, UNIQUE_WINDOW
 from queued.validation import NewJob
 
 
-def unknown_queue(name: str) -> Refused:
-    return Refused("not_found", f"unknown queue {name!r} (create it with `queuectl queue add {name}`)")
-
-
-class Jobs:
-    def __init__(self, conn: sqlite3.Connection, environments: Environments) -> None:
+class UniqueKeys:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.environments = environments
 
-    # -- reads ------------------------------------------------------------------
+    def lock(self, keys: object) -> None:
+        """One writer: nothing comes between a look and an add."""
 
-    def states(self, ids: Iterable[int]) -> dict[int, JobState]:
-        """The state of each of `ids` that exists."""
-        found: dict[int, JobState] = {}
-        for chunk in chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            found.update(self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk))
-        return found
-
-    def require(self, ids: Sequence[int], event: lifecycle.Event) -> dict[int, JobState]:
-        """The states of `ids`, refusing unknown ids and any job `event` does not apply to."""
-        states = self.states(ids)
-        missing = lifecycle.unknown_ids(ids, states)
-        if missing:
-            raise Refused("not_found", f"no job {missing[0]}")
-        for job_id in sorted(states):
-            if not lifecycle.can(states[job_id], event):
-                raise Refused("invalid", lifecycle.refusal(job_id, states[job_id], event))
-        return states
-
-    def jobs_by_id(self, ids: Sequence[int]) -> list[Job]:
-        found: list[tuple] = []
-        for chunk in chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            found += self.conn.execute(f"SELECT {rows.JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk)
-        found.sort()
-        return self._jobs(found)
-
-    def get_job(self, job_id: int) -> tuple[Job, list[Run], dict[str, str]]:
-        row = self.conn.execute(
-            f"SELECT {rows.JOB_COLUMNS}, env_id FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        if row is None:
-            raise Refused("not_found", f"no job {job_id}")
-        [job] = self._jobs([row[:-1]])
-        runs = [
-            rows.run(r)
-            for r in self.conn.execute(
-                f"SELECT {rows.RUN_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)
-            )
-        ]
-        env = self.environments.read(row[-1])
-        return job, runs, {readable(k): readable(v) for k, v in env.items()}
-
-    def list_jobs(
-        self,
-        *,
-        states: Sequence[str] = (),
-        queue: str | None = None,
-        label: str | None = None,
-        ids: Sequence[int] = (),
-        limit: int | None = None,
-        before: int | None = None,
-        command: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        where: list[str] = []
-        args: list[object] = []
-        if before is not None:
-            where.append("id < ?")
-            args.append(before)
-        if command is not None:
-            where.append("instr(command, ?) > 0")
-            args.append(command)
-        if created_after is not None:
-            where.append("created_at >= ?")
-            args.append(created_after)
-        if created_before is not None:
-            where.append("created_at < ?")
-            args.append(created_before)
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            args += states
-        if queue is not None:
-            where.append("queue = ?")
-            args.append(queue)
-        if label is not None:
-            where.append("label = ?")
-            args.append(label)
-        if ids:
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            args += ids
-        sql = f"SELECT {rows.JOB_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        found = self.conn.execute(sql, args).fetchall()
-        found.reverse()
-        return self._jobs(found)
-
-    def _jobs(self, found: list[tuple]) -> list[Job]:
-        """Jobs from their rows, with what a reader asks next: their dependencies
-        (and which of them are not completed yet) and their latest attempt's times."""
-        deps: dict[int, list[int]] = {}
-        unmet: dict[int, list[int]] = {}
-        latest: dict[int, rows.Latest] = {}
-        for chunk in chunks([row[0] for row in found]):
-            marks = ",".join("?" * len(chunk))
-            for job_id, dep, dep_state in self.conn.execute(
-                "SELECT d.job_id, d.depends_on, j.state FROM dependencies d LEFT JOIN jobs j"
-                f" ON j.id = d.depends_on WHERE d.job_id IN ({marks}) ORDER BY d.depends_on",
-                chunk,
-            ):
-                deps.setdefault(job_id, []).append(dep)
-                if dep_state is not None and dep_state != lifecycle.COMPLETED:  # removed: not waited for
-                    unmet.setdefault(job_id, []).append(dep)
-            for job_id, started_at, ended_at, node, held in self.conn.execute(
-                "SELECT a.job_id, a.started_at, a.ended_at, a.node, a.gpus FROM attempts a"
-                f" WHERE a.job_id IN ({marks}) AND a.attempt ="
-                " (SELECT max(attempt) FROM attempts WHERE job_id = a.job_id)",
-                chunk,
-            ):
-                latest[job_id] = (started_at, ended_at, node, held)
-        return [
-            rows.job(row, deps.get(row[0], []), unmet.get(row[0], []), latest.get(row[0], rows.NO_ATTEMPT))
-            for row in found
-        ]
-
-    def unfinished_ids(self) -> list[int]:
-        return [
-            r[0] for r in self.conn.execute(f"SELECT id FROM jobs WHERE state IN ({UNFINISHED}) ORDER BY id")
-        ]
-
-    def dependencies(self, job_id: int) -> dict[int, JobState]:
-        """The states of the jobs `job_id` waits for."""
-        return self.states(
-            r[0] for r in self.conn.execute("SELECT depends_on FROM dependencies WHERE job_id = ?", (job_id,))
-        )
-
-    def key_holder(self, key: str, window_start: float | None) -> tuple[int, JobState] | None:
+    def holder(self, key: str, window_start: float | None) -> tuple[int, JobState] | None:
         """The job an add of `key` returns (`lifecycle.holds_key`): the unfinished
         one, else, with a window, the one that completed last within it."""
         row = self.conn.execute(
@@ -172,19 +40,11 @@ class Jobs:
             ).fetchone()
         return row
 
-    def unique_keys(self, ids: Sequence[int]) -> dict[int, str]:
-        """The unique key of each of `ids` that has one."""
-        found: dict[int, str] = {}
-        for chunk in chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            found.update(
-                self.conn.execute(
-                    f"SELECT id, unique_key FROM jobs WHERE id IN ({marks}) AND unique_key IS NOT NULL", chunk
-                )
-            )
-        return found
 
-    # -- changes ----------------------------------------------------------------
+class Jobs(JobTable):
+    def __init__(self, conn: sqlite3.Connection, environments: Environments) -> None:
+        super().__init__(conn, SQLITE, environments, UniqueKeys(conn))
+        self.conn: sqlite3.Connection = conn
 
     def add(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs; their ids, in order. Jobs without dependencies go in
@@ -212,7 +72,8 @@ class Jobs:
                 raise unknown_queue(job.queue)
             if job.unique_key is not None:
                 flush()  # the key may be one of this request's
-                holder = self.key_holder(job.unique_key, lifecycle.unique_window_start(now, job.unique_for))
+                window_start = lifecycle.unique_window_start(now, job.unique_for)
+                holder = self.unique.holder(job.unique_key, window_start)
                 if holder is not None:
                     ids.append(holder[0])
                     ids.existing.append(True)
@@ -225,15 +86,7 @@ class Jobs:
             if job.depends_on:
                 flush()  # a dependency may be a job of this very request
                 dep_states = self.states(job.depends_on)
-                missing = lifecycle.unknown_ids(job.depends_on, dep_states)
-                if missing:
-                    raise Refused("not_found", f"--after names unknown job {missing[0]}")
-                verdict = lifecycle.dependency_verdict(dep_states)
-                if verdict.blocker is not None:
-                    raise Refused(
-                        "invalid", lifecycle.dependency_refusal(verdict.blocker, verdict.blocker_state or "")
-                    )
-                unmet = lifecycle.unmet_count(dep_states)
+                unmet = unmet_dependencies(job.depends_on, dep_states)
             row = (
                 job.command,
                 state,
@@ -273,34 +126,3 @@ class Jobs:
             [(queue, state, n) for (queue, state), n in added.items()],
         )
         return Written(ids)
-
-    def remove(self, ids: Sequence[int]) -> Written[list[str]]:
-        """Delete finished jobs; returns their log paths for the caller to unlink."""
-        states = self.states(ids)
-        missing = lifecycle.unknown_ids(ids, states)
-        if missing:
-            raise Refused("not_found", f"no job {missing[0]}")
-        for job_id in sorted(states):
-            if not lifecycle.is_terminal(states[job_id]):
-                raise Refused("invalid", f"job {job_id} is {states[job_id]}: cancel it first")
-        return Written(self._delete(sorted(states)))
-
-    def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
-        marks = ",".join("?" * len(states))
-        sql, args = f"SELECT id FROM jobs WHERE state IN ({marks})", list(states)
-        if older_than is not None:
-            sql += " AND updated_at < ?"
-            args.append(older_than)
-        ids = [r[0] for r in self.conn.execute(sql, args)]
-        return Written((len(ids), self._delete(ids)))
-
-    def _delete(self, ids: Sequence[int]) -> list[str]:
-        paths: list[str] = []
-        for chunk in chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            for out, err in self.conn.execute(
-                f"SELECT stdout_path, stderr_path FROM attempts WHERE job_id IN ({marks})", chunk
-            ):
-                paths += [p for p in (out, err) if p]
-            self.conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
-        return paths

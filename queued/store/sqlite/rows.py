@@ -199,8 +199,3 @@ def interrupted(row: tuple) -> Claimed:
         slots=slots,
         needs=needs(needed),
     )
-
-
-def chunks(ids: list[int], size: int = 900) -> list[list[int]]:
-    """Pieces small enough for SQLite's limit on bound parameters."""
-    return [ids[start : start + size] for start in range(0, len(ids), size)]

@@ -1,7 +1,9 @@
-"""What users change about jobs (PostgreSQL): cancel, retry, hold, release, edit, and
+"""What users change about jobs: cancel, retry, hold, release, edit, and
 restart (a copy of any job). Each asks lifecycle what the change means
 (`Jobs.require` refuses what the table does not allow) and records it through
-`Transitions`, which carries out the dependents cascade."""
+`Transitions`, which carries out the dependents cascade. The same for every
+engine: each spells the statements (queued/store/dialect.py) and locks unique
+keys its way (`JobTable.unique`)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from psycopg import Connection
-from psycopg.types.json import Jsonb
 
 from queued import lifecycle
 from queued.lifecycle import Event, JobState
 from queued.store.contract import Changes, Refused, Written
-from queued.store.postgres.dialect import path_bytes, path_read
-from queued.store.postgres.jobs import Environments, Jobs, lock_queues, unknown_queue
+from queued.store.dialect import Connection
+from queued.store.environments import Environments
+from queued.store.job_table import JobTable, unknown_queue
 from queued.store.sqlite import rows
 from queued.store.transitions import Transitions
 from queued.validation import NewJob
@@ -24,9 +25,10 @@ from queued.validation import NewJob
 
 class JobChanges:
     def __init__(
-        self, conn: Connection, jobs: Jobs, environments: Environments, transitions: Transitions
+        self, conn: Connection, jobs: JobTable, environments: Environments, transitions: Transitions
     ) -> None:
         self.conn = conn
+        self.dialect = jobs.dialect
         self.jobs = jobs
         self.environments = environments
         self.transitions = transitions
@@ -47,9 +49,8 @@ class JobChanges:
         """Cancel jobs; returns those that were running (their processes must be stopped)."""
         states = self.jobs.require(ids, Event.CANCEL)
         written = self._move(states, Event.CANCEL, now, error=lifecycle.CANCELED_BY_USER)
-        return Written(
-            [job_id for job_id, state in states.items() if state == lifecycle.RUNNING], written.changes
-        )
+        running = sorted(job_id for job_id, state in states.items() if state == lifecycle.RUNNING)
+        return Written(running, written.changes)
 
     def cancel_what_can(
         self, ids: Sequence[int], now: float
@@ -70,12 +71,11 @@ class JobChanges:
     def retry(self, ids: Sequence[int], all_dead: bool, now: float) -> Written[list[int]]:
         ids = list(ids)
         if all_dead:
-            ids += [
-                r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE state = %s", (lifecycle.DEAD,))
-            ]
+            dead = self.dialect.sql("SELECT id FROM jobs WHERE state = ?")
+            ids += [r[0] for r in self.conn.execute(dead, (lifecycle.DEAD,))]
         ids = sorted(set(ids))
         states = self.jobs.require(ids, Event.RETRY)
-        keys = self.jobs.unique.keys_of(ids)  # held by nobody else, or the retry is refused
+        keys = self.jobs.unique_keys(ids)  # held by nobody else, or the retry is refused
         self.jobs.unique.lock(keys.values())  # as an add of them does, before looking
         changes = Changes()
         for job_id in ids:  # ascending: a dependency is retried before its dependents
@@ -118,7 +118,9 @@ class JobChanges:
 
     def edit(self, job_id: int, fields: Mapping[str, Any], now: float) -> Written[None]:
         """Change a job that has not started yet; `fields` come from `validation.job_changes`."""
-        row = self.conn.execute("SELECT state, queue FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        row = self.conn.execute(
+            self.dialect.sql("SELECT state, queue FROM jobs WHERE id = ?"), (job_id,)
+        ).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
         state, queue = row
@@ -131,24 +133,35 @@ class JobChanges:
         if not fields:
             raise Refused("invalid", "nothing to change")
         new_queue = fields.get("queue", queue)
-        if new_queue != queue and not lock_queues(self.conn, [new_queue]):
-            raise unknown_queue(new_queue)
-        sets = ", ".join(f"{name} = %s" for name in fields)
-        values = [
-            path_bytes(v) if name == "cwd" else (Jsonb(v) if v else None) if name == "needs" else v
-            for name, v in fields.items()
-        ]
-        self.conn.execute(f"UPDATE jobs SET {sets}, updated_at = %s WHERE id = %s", (*values, now, job_id))
+        if new_queue != queue:
+            # Locked as a foreign key check would (PostgreSQL): `queue rm` waits for the commit.
+            exists = self.dialect.sql(f"SELECT 1 FROM queues WHERE name = ?{self.dialect.key_share}")
+            if not self.conn.execute(exists, (new_queue,)).fetchone():
+                raise unknown_queue(new_queue)
+            self.dialect.counts.job_moved(self.conn, state, queue, new_queue)
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        values = [self._stored(name, value) for name, value in fields.items()]
+        self.conn.execute(
+            self.dialect.sql(f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?"), (*values, now, job_id)
+        )
         return Written(None)
+
+    def _stored(self, name: str, value: Any) -> Any:
+        """An edited field as its column takes it."""
+        if name == "cwd":
+            return self.dialect.path_in(value)
+        if name == "needs":
+            return self.dialect.json_in(value) if value else None
+        return value
 
     def restart(self, job_id: int, fields: Mapping[str, Any], hold: bool, now: float) -> Written[int]:
         """Add a copy of any job, with `fields` changed: same command, queue,
         settings, label, cwd, environment, unique key and pinned node; no dependencies; due now."""
-        row = self.conn.execute(
+        copied = self.dialect.sql(
             "SELECT command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id,"
-            " unique_key, node, slots, needs FROM jobs WHERE id = %s",
-            (job_id,),
-        ).fetchone()
+            " unique_key, node, slots, needs FROM jobs WHERE id = ?"
+        )
+        row = self.conn.execute(copied, (job_id,)).fetchone()
         if row is None:
             raise Refused("not_found", f"no job {job_id}")
         command, queue, priority, label, max_retries, backoff_base, timeout, cwd, env_id, key, node = row[:11]
@@ -160,7 +173,7 @@ class JobChanges:
             max_retries=max_retries,
             backoff_base=backoff_base,
             timeout=timeout,
-            cwd=path_read(cwd),
+            cwd=self.dialect.read_path(cwd),
             env=self.environments.get(env_id),
             run_at=now,
             depends_on=[],

@@ -5,18 +5,21 @@ Bytes that are not UTF-8 (held as os.fsdecode's lone surrogates) cannot be
 SQLite text or msgpack strings: such a cwd is stored as a BLOB, and such an
 environment as sorted (name, value) pairs of bytes. Both are read back into
 the very same str. Every other job pays one isascii() or one failed decode.
+
+The same table and encoding in every engine (PostgreSQL keeps the data in a
+bytea); the engine spells the statements (queued/store/dialect.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 from collections.abc import Mapping
 
 import msgspec
 
 from queued.protocol import is_utf8
+from queued.store.dialect import Connection, Dialect
 
 _encoder = msgspec.msgpack.Encoder(order="deterministic")
 _decoder = msgspec.msgpack.Decoder(dict[str, str])
@@ -44,8 +47,13 @@ def stored_path(path: str | bytes) -> str | bytes:
 class Environments:
     """The environments table, with what was stored and read lately kept in memory."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
         self.conn = conn
+        self._insert = dialect.sql(
+            "INSERT INTO environments (digest, data) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+        )
+        self._by_digest = dialect.sql("SELECT id FROM environments WHERE digest = ?")
+        self._data = dialect.sql("SELECT data FROM environments WHERE id = ?")
         self._ids: dict[bytes, int] = {}  # digest -> row
         self._decoded: dict[int, dict[str, str]] = {}  # row -> env, for claims
 
@@ -60,13 +68,8 @@ class Environments:
         digest = hashlib.blake2b(data, digest_size=16).digest()
         env_id = self._ids.get(digest)
         if env_id is None:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO environments (digest, data) VALUES (?, ?)", (digest, data)
-            )
-            env_id = self.conn.execute("SELECT id FROM environments WHERE digest = ?", (digest,)).fetchone()[
-                0
-            ]
-            self._ids[digest] = env_id
+            self.conn.execute(self._insert, (digest, data))
+            env_id = self._ids[digest] = self.conn.execute(self._by_digest, (digest,)).fetchone()[0]
         return env_id
 
     def get(self, env_id: int) -> dict[str, str]:
@@ -75,11 +78,11 @@ class Environments:
         if env is None:
             if len(self._decoded) > _DECODED_KEPT:
                 self._decoded.clear()
-            data = self.conn.execute("SELECT data FROM environments WHERE id = ?", (env_id,)).fetchone()[0]
-            env = self._decoded[env_id] = from_blob(data)
+            data = self.conn.execute(self._data, (env_id,)).fetchone()[0]
+            env = self._decoded[env_id] = from_blob(bytes(data))  # bytes: a bytea may come as a view
         return env
 
     def read(self, env_id: int) -> dict[str, str]:
         """The environment of row `env_id`, uncached ({} if the row is gone)."""
-        row = self.conn.execute("SELECT data FROM environments WHERE id = ?", (env_id,)).fetchone()
-        return from_blob(row[0]) if row else {}
+        row = self.conn.execute(self._data, (env_id,)).fetchone()
+        return from_blob(bytes(row[0])) if row else {}
