@@ -51,22 +51,17 @@ def job_filters(
         (f"{dialect.find}(command, ?) > 0", command),
         ("created_at >= ?", created_after),
         ("created_at < ?", created_before),
+        ("queue = ?", queue),
+        ("label = ?", label),
     ):
         if value is not None:
             where.append(dialect.sql(clause))
             args.append(value)
-    if states:
-        clause, values = dialect.one_of("state", states, "text")
-        where.append(clause)
-        args += values
-    for clause, value in (("queue = ?", queue), ("label = ?", label)):
-        if value is not None:
-            where.append(dialect.sql(clause))
-            args.append(value)
-    if ids:
-        clause, values = dialect.one_of("id", ids, "bigint")
-        where.append(clause)
-        args += values
+    for column, values, kind in (("state", states, "text"), ("id", ids, "bigint")):
+        if values:
+            clause, bound = dialect.one_of(column, values, kind)
+            where.append(clause)
+            args += bound
     return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
