@@ -757,6 +757,18 @@ def test_remove_finished_returns_log_paths(store: Store) -> None:
         store.get_job(job_id)
 
 
+def test_reads_and_removes_of_more_jobs_than_one_statement_binds(store: Store) -> None:
+    # SQLite binds at most a few hundred values a statement: its reads go in pieces.
+    ids = store.add_jobs([new(f"echo {i}") for i in range(1_000)], T0)
+    last = add(store, after=[ids[0]])
+    ids = [*ids, last]
+    assert store.states(ids) == dict.fromkeys(ids, "pending")
+    read = store.jobs_by_id(list(reversed(ids)))
+    assert [j.id for j in read] == ids and read[-1].depends_on == [ids[0]]
+    assert store.cancel(ids, T0 + 1) == []
+    assert store.remove(ids) == [] and store.states(ids) == {}
+
+
 def test_clean_by_state_and_age(store: Store) -> None:
     old_done = add(store)
     run_to(store, old_done, OK, T0)

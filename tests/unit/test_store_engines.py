@@ -65,6 +65,15 @@ def test_every_engine_takes_every_contract_method_as_the_contract_says(engine_cl
         assert [p.kind for p in got.values()] == [p.kind for p in want.values()], name
 
 
+def test_every_module_the_engines_share_loads_first() -> None:
+    """A shared module reads the SQLite engine's rows.py and is read by both
+    engines: loaded before either, it must not come back to itself."""
+    shared = ["dialect", "environments", "job_table", "job_changes", "queue_table", "reports"]
+    shared += ["schedule_table", "transitions", "composed"]
+    for name in shared:
+        subprocess.run([sys.executable, "-c", f"import queued.store.{name}"], check=True, capture_output=True)
+
+
 def test_a_daemon_on_sqlite_imports_no_psycopg(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from queued.store.engines import open_store;"
