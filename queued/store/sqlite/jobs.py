@@ -6,7 +6,7 @@ one writer's transaction."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from queued import lifecycle
 from queued.lifecycle import JobState
@@ -20,10 +20,13 @@ from queued.validation import NewJob
 
 
 class UniqueKeys:
+    """Unique keys in SQLite: one writer, so a look and the add after it are
+    one step without a lock (PostgreSQL's, with its advisory locks: unique.py)."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def lock(self, keys: object) -> None:
+    def lock(self, keys: Iterable[str]) -> None:
         """One writer: nothing comes between a look and an add."""
 
     def holder(self, key: str, window_start: float | None) -> tuple[int, JobState] | None:
