@@ -28,7 +28,9 @@ BACKOFF_MAX = 3600.0
 # own (`Writer.record`, `record_now`, `run_now(Kind.RECORD, ...)`): an engine
 # must refuse them before it writes, and `Direct` runs them the same way so
 # that the tests see it. Reads run so too; every other change in a savepoint.
-RECORDS = frozenset({"start", "claim", "unclaim", "finish", "recover", "append_output"})
+RECORDS = frozenset(
+    {"start", "claim", "unclaim", "mark_started", "finish", "finish_many", "recover", "append_output"}
+)
 
 
 def _is_read(name: str) -> bool:

@@ -1,5 +1,6 @@
 """An attempt's end, recorded: the guardian told, its record queued
-(`Store.finish`, which asks `lifecycle` what the end means), and what came of
+(`Store.finish_many`, which asks `lifecycle` what each end means; the ends
+of one batch share one call), and what came of
 it logged.
 
 A failing store only delays a record, never drops it: an end whose record
@@ -22,14 +23,14 @@ from dataclasses import dataclass
 import trio
 
 from queued import lifecycle
-from queued.lifecycle import Exit
+from queued.lifecycle import Exit, JobState
 from queued.processes.attempt import Attempt
 from queued.processes.guardian_link import GuardianLink
 from queued.processes.log_folders import LogFolders
 from queued.processes.output_copies import OutputCopies
 from queued.processes.store_calls import StoreCalls
 from queued.settings import Settings
-from queued.store import Claimed, StorageError, StoreUnreachable
+from queued.store import AttemptEnd, Claimed, Refused, StorageError, StoreUnreachable
 from queued.store.writer import Call
 
 log = logging.getLogger("queued.processes.supervisor")
@@ -42,6 +43,15 @@ class _End:
     attempt: Attempt
     outcome: Exit
     ended_at: float
+
+
+@dataclass(slots=True)
+class _Group:
+    """Ends recorded by one `finish_many` call; more join until its batch is taken."""
+
+    ends: list[_End]
+    records: list[AttemptEnd]
+    call: Call
 
 
 class Ends:
@@ -67,6 +77,7 @@ class Ends:
         self.nursery: trio.Nursery | None = None  # where a record is tried again (None: it is not)
         self._kept: deque[_End] = deque()  # ends whose record waits for the store, in order
         self._retrying = False  # a task of the nursery sends the kept ones again
+        self._group: _Group | None = None  # the record queued last, while its batch is not taken
 
     @property
     def kept(self) -> int:
@@ -90,7 +101,10 @@ class Ends:
         else:
             self._send(end)
 
-    def _send(self, end: _End) -> Call:
+    def _send(self, end: _End) -> None:
+        """Queue the end's record: it joins the group of ends queued last
+        while that waits for its batch with nothing queued after it (one
+        `finish_many` for the ends of a batch)."""
         attempt = end.attempt
         incomplete = attempt.log_incomplete()
         if attempt.copies and self.output is not None:
@@ -99,45 +113,69 @@ class Ends:
             if missing is not None:
                 incomplete = missing if incomplete is None else f"{incomplete}; {missing}"
         out, err = attempt.log_paths
-        finish = self.store.finish(
-            attempt.claimed,
-            end.outcome,
-            self.settings.backoff_max,
-            end.ended_at,
-            pid=attempt.pid,
-            stdout=out,
-            stderr=err,
-            log_incomplete=incomplete,
+        group = self._group
+        # Only while nothing was queued after it: a start or output queued
+        # since then (of this very attempt, perhaps) must stay before this end.
+        if group is None or not self.store.queued_last(group.call):
+            group = self._open_group()
+        group.ends.append(end)
+        group.records.append(
+            AttemptEnd(
+                attempt.claimed,
+                end.outcome,
+                end.ended_at,
+                pid=attempt.pid,
+                stdout=out,
+                stderr=err,
+                log_incomplete=incomplete,
+            )
         )
-        finish.on_done = lambda call: self._recorded(end, call)
-        return finish
 
-    def _recorded(self, end: _End, finish: Call) -> None:
+    def _open_group(self) -> _Group:
+        records: list[AttemptEnd] = []
+        group = self._group = _Group([], records, self.store.finish_many(records, self.settings.backoff_max))
+
+        def taken() -> None:
+            if self._group is group:
+                self._group = None
+
+        group.call.on_taken = taken
+        group.call.on_done = lambda call: self._group_recorded(group, call)
+        return group
+
+    def _group_recorded(self, group: _Group, finish: Call) -> None:
+        """The records of a group of ends committed (each its result, or the
+        Refused it met), or all failed."""
+        for i, end in enumerate(group.ends):
+            if finish.error is not None:
+                self._recorded(end, None, finish.error)
+            elif isinstance(result := finish.result[i], Refused):
+                self._recorded(end, None, result)
+            else:
+                self._recorded(end, result, None)
+
+    def _recorded(self, end: _End, result: JobState | None, error: BaseException | None) -> None:
         """The end's record committed, or failed. (After a refused start there is nothing to store.)"""
         attempt, outcome = end.attempt, end.outcome
         refused = attempt.record is not None and attempt.record.error is not None
-        if (
-            isinstance(finish.error, StorageError)
-            and not refused
-            and self.store.lost is None
-            and self.nursery is not None
-        ):
-            self._keep(end, finish.error)
+        kept = self.store.lost is None and self.nursery is not None
+        if isinstance(error, StorageError) and not refused and kept:
+            self._keep(end, error)
             return
         job = attempt.claimed
         if attempt.copies and self.output is not None:
             self.output.forget(job.id, job.run)
-        if finish.error is not None and not refused:
-            log.error("job %d attempt %d: its end was not recorded: %s", job.id, job.run, finish.error)
-        elif finish.error is None and finish.result is None:
+        if error is not None and not refused:
+            log.error("job %d attempt %d: its end was not recorded: %s", job.id, job.run, error)
+        elif error is None and result is None:
             # Removed (`rm`, `clean`) while its process lived: no row names its logs.
             log.debug("job %d attempt %d ended after its job was removed", job.id, job.run)
             _unlink(attempt.log_paths)
-        elif finish.error is None and not refused:
+        elif error is None and not refused:
             # Every attempt at debug level; failures at info, where people look.
             level = logging.DEBUG if outcome.succeeded else logging.INFO
             said = outcome.error or "exit 0"
-            log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, said, finish.result)
+            log.log(level, "job %d attempt %d: %s -> %s", job.id, job.run, said, result)
         self.recording -= 1
         self._on_recorded(job.id)
 
@@ -172,8 +210,10 @@ class Ends:
                 self._kept.clear()
                 log.info("recording the end of %d attempts kept in memory", len(kept))
                 # In order, behind nothing else of ours: a failure keeps them again, in order.
-                sent = [self._send(end) for end in kept]
-                await sent[-1].done.wait()
+                for end in kept:
+                    self._send(end)
+                assert self._group is not None
+                await self._group.call.done.wait()
         finally:
             self._retrying = False
 

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import trio
 
-from queued.lifecycle import Exit
 from queued.processes.read_ahead import Marks
 from queued.resources import Fit
-from queued.store import Ahead, Claimed, Store
+from queued.store import Ahead, AttemptEnd, Claimed, Store
 from queued.store.writer import Call, Writer
 
 
@@ -42,6 +41,10 @@ class StoreCalls:
     def unreachable(self) -> bool:
         """Whether the store cannot be reached now (see `Writer`): calls fail at once."""
         return self.db.unreachable is not None
+
+    def queued_last(self, call: Call) -> bool:
+        """Whether `call` is not taken yet and nothing was queued after it."""
+        return self.db.queued_last(call)
 
     def reconnected(self) -> trio.Event:
         """Set when the store, unreachable now, answers again."""
@@ -90,26 +93,7 @@ class StoreCalls:
             return self.db.record(Store.start, job, now, gpus)
         return self.db.record(Store.start, job, now)  # a job holding no GPU: the call as ever
 
-    def finish(
-        self,
-        job: Claimed,
-        outcome: Exit,
-        backoff_max: float,
-        now: float,
-        *,
-        pid: int | None,
-        stdout: str,
-        stderr: str,
-        log_incomplete: str | None,
-    ) -> Call:
-        return self.db.record(
-            Store.finish,
-            job,
-            outcome,
-            backoff_max,
-            now,
-            pid=pid,
-            stdout=stdout,
-            stderr=stderr,
-            log_incomplete=log_incomplete,
-        )
+    def finish_many(self, ends: list[AttemptEnd], backoff_max: float) -> Call:
+        """Queue the record of attempts' ends; more may join `ends` until the
+        call's batch is taken (`Call.on_taken`)."""
+        return self.db.record(Store.finish_many, ends, backoff_max)

@@ -9,6 +9,7 @@ embedded default. Nothing outside this package reads an engine's insides.
 from queued.store.contract import (
     AddedIds,
     Ahead,
+    AttemptEnd,
     Changes,
     Claimed,
     CommitUnknown,
@@ -26,6 +27,7 @@ from queued.store.contract import (
 __all__ = [
     "AddedIds",
     "Ahead",
+    "AttemptEnd",
     "Changes",
     "Claimed",
     "CommitUnknown",

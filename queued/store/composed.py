@@ -16,10 +16,12 @@ from queued.schedules import NewSchedule
 from queued.store.contract import (
     AddedIds,
     Ahead,
+    AttemptEnd,
     Claimed,
     Fired,
     NodeIdentity,
     Recovered,
+    Refused,
     StoredSchedule,
     Written,
 )
@@ -29,7 +31,7 @@ from queued.store.job_changes import JobChanges
 from queued.store.job_table import JobTable
 from queued.store.queue_table import QueueTable
 from queued.store.schedule_table import ScheduleTable
-from queued.store.transitions import Transitions, TransitionSql
+from queued.store.transitions import Transitions
 from queued.validation import NewJob
 
 
@@ -48,14 +50,13 @@ class ComposedStore:
         self,
         conn: Connection,
         dialect: Dialect,
-        transition_sql: TransitionSql,
+        transitions: Transitions,
         jobs: Callable[[Any, Environments], JobTable],
         attempts: Callable[[Any, Environments, Transitions, NodeIdentity], Any],
     ) -> None:
         """The parts over `conn`: the engine's own `jobs` (their add) and
         `attempts` (claims and ends), and the shared ones in its `dialect`."""
         self._environments = Environments(conn, dialect)
-        transitions = Transitions(transition_sql)
         self._jobs = jobs(conn, self._environments)
         self._changes = JobChanges(conn, self._jobs, self._environments, transitions)
         self._attempts = attempts(conn, self._environments, transitions, self._node)
@@ -237,6 +238,11 @@ class ComposedStore:
             stderr=stderr,
             log_incomplete=log_incomplete,
         )
+
+    def finish_many(
+        self, ends: Sequence[AttemptEnd], backoff_max: float
+    ) -> Written[list[JobState | Refused | None]]:
+        return self._attempts.finish_many(ends, backoff_max)
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
         self._queues.ensure_default(now)

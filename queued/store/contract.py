@@ -172,6 +172,18 @@ class Recovered(msgspec.Struct, frozen=True):
     state: JobState | None
 
 
+class AttemptEnd(msgspec.Struct, frozen=True):
+    """The end of one attempt, as `Store.finish` takes it (see `finish_many`)."""
+
+    claimed: Claimed
+    exit: Exit
+    ended_at: float
+    pid: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    log_incomplete: str | None = None
+
+
 class NodeIdentity:
     """This daemon as a node: its name, and its incarnation (a fresh id at each
     start, and again when it registers anew after losing its lease). Whoever
@@ -562,6 +574,16 @@ class Store(Protocol):
         known only now) and, if `lifecycle.attempt_counts`, move its job on as
         `lifecycle.after_attempt` says; the job's state after it, or None if the
         job was removed meanwhile."""
+        ...
+
+    def finish_many(
+        self, ends: Sequence[AttemptEnd], backoff_max: float
+    ) -> Written[list[JobState | Refused | None]]:
+        """Record several ends, each as `finish` would (at its own `ended_at`),
+        in one call: per end, in order, the job's state after it, None if the
+        job was removed, or the Refused that end met (then nothing of it is
+        recorded; the others are). An engine whose calls cost round trips
+        records them in a few statements for all; one job appears at most once."""
         ...
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:

@@ -6,7 +6,8 @@ statements (`TransitionSql`)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 from queued import lifecycle
 from queued.lifecycle import Cascade, Event, JobState
@@ -71,3 +72,64 @@ class Transitions:
             moves.append((dependent, new, reason))
         self.sql.set_states(moves, now)
         changes.finished += [dependent for dependent, _, _ in doomed]
+
+
+class EndedMove(NamedTuple):
+    """A job moved on by its attempt's end (see `GroupTransitions.move_ended`)."""
+
+    job_id: int
+    old: JobState
+    event: Event
+    at: float  # the end's time: the job's updated_at
+    exit_code: int | None
+    error: str | None
+    run_at: float | None  # its retry's time; None: unchanged
+
+
+class GroupTransitionSql(TransitionSql, Protocol):
+    """The statements of an engine that records several ends at once."""
+
+    def set_ended_states(
+        self, rows: list[tuple[int, JobState, float, int | None, str | None, float | None]]
+    ) -> None:
+        """(id, state, updated_at, exit_code, error, run_at or None to keep
+        it) for each of several jobs, in one statement."""
+        ...
+
+    def recount_dependents_of(self, job_ids: list[int]) -> tuple[bool, list[int]]:
+        """`recount_dependents` for the dependents of several jobs at once."""
+        ...
+
+
+class GroupTransitions(Transitions):
+    sql: GroupTransitionSql
+
+    def __init__(self, sql: GroupTransitionSql) -> None:
+        super().__init__(sql)
+
+    def move_ended(self, moves: Sequence[EndedMove], changes: Changes) -> list[JobState]:
+        """`move` for each job of `moves` (each a different job), in a few
+        statements for all: their new states, then the cascades they trigger
+        (the dependents' recounts in one statement; cancels, rarer, one by one)."""
+        new_states = [lifecycle.next_state(move.old, move.event) for move in moves]
+        self.sql.set_ended_states(
+            [
+                (move.job_id, new, move.at, move.exit_code, move.error, move.run_at)
+                for move, new in zip(moves, new_states, strict=True)
+            ]
+        )
+        recount = []
+        for move, new in zip(moves, new_states, strict=True):
+            if lifecycle.is_terminal(new):
+                changes.finished.append(move.job_id)
+            rule = lifecycle.cascade(move.old, new)
+            if rule is Cascade.CANCEL:
+                self._cancel_dependents(move.job_id, new, move.at, changes)
+            elif rule is Cascade.RECOUNT:
+                recount.append(move.job_id)
+        if recount:
+            recounted, released = self.sql.recount_dependents_of(recount)
+            if recounted:
+                changes.reordered = True
+                changes.released += released
+        return new_states

@@ -257,6 +257,11 @@ class Writer:
             self._arrival.set()
         return call
 
+    def queued_last(self, call: Call) -> bool:
+        """Whether `call` waits to be taken with no call queued after it (a
+        record may then still take more: nothing queued later precedes it)."""
+        return bool(self._pending) and self._pending[-1] is call
+
     # -- the writer task --------------------------------------------------------
 
     def reconnected(self) -> trio.Event:

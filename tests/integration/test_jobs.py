@@ -172,15 +172,15 @@ async def test_an_end_the_disk_refused_is_recorded_again_until_it_is_kept(
     client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refusals = []
-    finish = SqliteStore.finish
+    finish_many = SqliteStore.finish_many
 
     def finish_once_refused(store: Store, *args: object, **kwargs: object) -> object:
         if not refusals:
             refusals.append(True)
             raise sqlite3.OperationalError("database or disk is full")
-        return finish(store, *args, **kwargs)
+        return finish_many(store, *args, **kwargs)
 
-    monkeypatch.setattr(SqliteStore, "finish", finish_once_refused)
+    monkeypatch.setattr(SqliteStore, "finish_many", finish_once_refused)
     job_id = await client.add("sleep 0.2")  # its start commits on its own, before the end
     started = trio.current_time()
     with trio.fail_after(10):

@@ -20,7 +20,7 @@ from queued.protocol import JobSpec
 from queued.resources import Capacity, Fit, Pool
 from queued.settings import Settings
 from queued.store import Changes, Claimed, Recovered, Refused
-from queued.store.contract import Engine, Fired, OutputChunk
+from queued.store.contract import AttemptEnd, Engine, Fired, OutputChunk
 from tests.engines import join_node
 from tests.store_harness import (
     BACKOFF_MAX,
@@ -2359,3 +2359,57 @@ def test_a_schedules_jobs_need_what_it_says(store: Store) -> None:
     assert (job(store, fired.job_id).slots, job(store, fired.job_id).needs) == (2, {"gpu": 1})
     fired = store.fire_schedule("plain", T0 + 10, T0 + 10)
     assert (job(store, fired.job_id).slots, job(store, fired.job_id).needs) == (1, {})
+
+
+def test_finish_many_records_each_end_as_finish_would(store: Store) -> None:
+    """The ends of a batch in one call: each at its own time, each job moved
+    on as lifecycle says, with every cascade and what others must learn."""
+    ok = add(store)
+    retried = add(store, "false", max_retries=1, backoff_base=10.0)
+    dead = add(store, "false", max_retries=0)
+    gone = add(store)
+    doomed = add(store, after=[dead], delay=100.0)
+    released = add(store, after=[ok])
+    claimed = {c.id: c for c in claim(store, T0, slots=4)}
+    assert sorted(claimed) == [ok, retried, dead, gone]
+    store.cancel([gone], T0)  # canceled and removed while its process lived
+    assert store.remove([gone]) == []
+    ends = [
+        AttemptEnd(claimed[ok], OK, T0 + 1, pid=11, stdout="/l/1.out", stderr="/l/1.err"),
+        AttemptEnd(claimed[retried], FAIL, T0 + 2, log_incomplete="the disk was full"),
+        AttemptEnd(claimed[dead], FAIL, T0 + 3),
+        AttemptEnd(claimed[gone], OK, T0 + 4),
+    ]
+    results, changes = store.changes_of("finish_many", ends, BACKOFF_MAX)
+    assert results == ["completed", "failed", "dead", None]
+    assert sorted(changes.finished) == sorted([ok, dead, doomed])
+    assert changes.released == [released] and changes.reordered
+    assert (state(store, doomed), state(store, released)) == ("canceled", "pending")
+    assert job(store, doomed).error == f"canceled: dependency {dead} is dead"
+    assert job(store, retried).run_at == T0 + 2 + 10.0
+    assert job(store, ok).updated_at == T0 + 1 and job(store, dead).updated_at == T0 + 3
+    [run] = store.get_job(ok)[1]
+    assert (run.ended_at, run.exit_code, run.pid, run.stdout_path) == (T0 + 1, 0, 11, "/l/1.out")
+    [run] = store.get_job(retried)[1]
+    assert (run.ended_at, run.exit_code, run.log_incomplete) == (T0 + 2, 1, "the disk was full")
+    # Told again (a COMMIT lost on the way back): nothing changes the second time.
+    again, changes = store.changes_of("finish_many", ends[:3], BACKOFF_MAX)
+    assert again == ["completed", "failed", "dead"] and not changes
+    assert job(store, retried).attempts == 1 and job(store, retried).run_at == T0 + 12.0
+
+
+def test_finish_many_takes_an_end_told_again_and_the_next_attempts_of_one_job_in_order(store: Store) -> None:
+    job_id = add(store, "false", max_retries=1)
+    first = claim_one(store, job_id)
+    second = claim_one_again_after(store, first)
+    results = store.finish_many(
+        [AttemptEnd(first, FAIL, T0 + 1), AttemptEnd(second, OK, T0 + 2)], BACKOFF_MAX
+    )
+    assert results[1] == "completed" and state(store, job_id) == "completed"
+
+
+def claim_one_again_after(store: Store, first: Claimed) -> Claimed:
+    """`first`'s job claimed again, its first attempt recorded as failed and
+    then told again: the second claim's attempt is the job's latest."""
+    store.finish(first, FAIL, BACKOFF_MAX, T0)
+    return claim_one(store, first.id, T0 + BACKOFF_MAX)

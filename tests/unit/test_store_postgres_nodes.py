@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("psycopg")
 
 from queued import lifecycle
-from queued.store import Refused
+from queued.store import AttemptEnd, Refused
 from queued.store.postgres import PostgresStore
 from queued.store.postgres.nodes import LeaseUnreachable, NameTaken, NodeCard, NodeLeases
 from tests.engines import join_node
@@ -286,6 +286,31 @@ def test_a_lost_nodes_jobs_claimed_ahead_are_given_back_uncounted_and_its_late_r
         b.finish(again, OK, BACKOFF_MAX, T0 + 8)
         assert state(b, held) == "completed"
         assert [r.error for r in b.get_job(ran)[1]] == [lifecycle.node_lost("a").error]
+    finally:
+        a.engine.close()
+        b.engine.close()
+
+
+def test_a_late_end_is_refused_alone_among_the_ends_of_one_call(url: str) -> None:
+    """`finish_many`: the end of an attempt rescued meanwhile is Refused and
+    records nothing; the other ends of the same call are recorded."""
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    try:
+        rescued, other = add(a), add(a)
+        [late] = claim(a, slots=1)
+        assert late.id == rescued
+        expire(b, "a")
+        assert [r.job_id for r in b.rescue(BACKOFF_MAX, T0 + 5)] == [rescued]
+        join_node(a.engine, "a")  # a starts again (a new incarnation) and claims
+        [fresh] = claim(a, T0 + 6, slots=1)
+        assert fresh.id == other
+        results = a.finish_many([AttemptEnd(late, OK, T0 + 7), AttemptEnd(fresh, OK, T0 + 7)], BACKOFF_MAX)
+        assert isinstance(results[0], Refused) and "already ended elsewhere" in str(results[0])
+        assert results[1] == "completed" and state(b, other) == "completed"
+        [run] = b.get_job(rescued)[1]
+        assert (run.exit_code, run.error) == (None, lifecycle.node_lost("a").error)
+        assert state(b, rescued) == "failed"  # due again, under its retry policy
     finally:
         a.engine.close()
         b.engine.close()

@@ -17,6 +17,7 @@ from queued.resources import GPU, Capacity, Fit
 from queued.store.contract import (
     NOTHING,
     Ahead,
+    AttemptEnd,
     Changes,
     Claimed,
     NodeIdentity,
@@ -24,10 +25,11 @@ from queued.store.contract import (
     Refused,
     Written,
 )
+from queued.store.postgres import ends
 from queued.store.postgres.jobs import Environments, with_path
 from queued.store.sqlite import rows
 from queued.store.sqlite.rows import NOT_STARTED, WAITING
-from queued.store.transitions import Transitions
+from queued.store.transitions import GroupTransitions
 
 _SELECT_WAITING = (
     f"SELECT {rows.WAITING_COLUMNS}"
@@ -224,7 +226,7 @@ class Attempts:
         self,
         conn: Connection,
         environments: Environments,
-        transitions: Transitions,
+        transitions: GroupTransitions,
         node: NodeIdentity,
     ) -> None:
         self.conn = conn
@@ -505,60 +507,26 @@ class Attempts:
     ) -> Written[JobState | None]:
         """Record the end of an attempt (with its pid and log paths, which the
         supervisor keeps in memory while it runs, and what its logs miss) and
-        move the job on as lifecycle says; its new state, or None if the job
-        was removed while it ran (then its log files are the caller's to
-        delete: no row names them). Fenced: only an attempt this incarnation
-        started and no other node rescued is recorded; a late end from a node
-        whose attempt was rescued meanwhile is Refused, and nothing recorded."""
-        # The attempt's record and its job's row in one round trip (pipelined).
-        with self.conn.pipeline():
-            recording = self.conn.execute(
-                "UPDATE attempts SET ended_at = %s, exit_code = %s, signal = %s, error = %s,"
-                f" pid = coalesce(%s, nullif(pid, {NOT_STARTED})), stdout_path = coalesce(%s, stdout_path),"
-                " stderr_path = coalesce(%s, stderr_path), log_incomplete = %s"
-                # Once: a record tried again after its COMMIT was lost keeps the first;
-                # and only this incarnation's, unless another node rescued it.
-                " WHERE job_id = %s AND attempt = %s AND ended_at IS NULL AND rescued_by IS NULL"
-                " AND incarnation IS NOT DISTINCT FROM %s",
-                (
-                    now,
-                    exit.exit_code,
-                    exit.signal,
-                    exit.error,
-                    pid,
-                    stdout,
-                    stderr,
-                    log_incomplete,
-                    claimed.id,
-                    claimed.run,
-                    self._incarnation,
-                ),
-            )
-            job = self._job_row(claimed.id)
-        recorded = recording.rowcount
-        if (
-            not recorded
-            and self.conn.execute(
-                "SELECT 1 FROM attempts WHERE job_id = %s AND attempt = %s"
-                " AND (rescued_by IS NOT NULL OR incarnation IS DISTINCT FROM %s)",
-                (claimed.id, claimed.run, self._incarnation),
-            ).fetchone()
-        ):
-            raise Refused(
-                "invalid",
-                f"job {claimed.id} attempt {claimed.run} was already ended elsewhere (rescued after this "
-                "node's lease ran out): its end here is not recorded",
-            )
-        return self._after_attempt(
-            claimed.id,
-            claimed.run,
-            exit,
-            claimed.max_retries,
-            claimed.backoff_base,
-            backoff_max,
-            now,
-            job=job.fetchone(),
-        )
+        move the job on as lifecycle says: `finish_many` with one end."""
+        end = AttemptEnd(claimed, exit, now, pid, stdout, stderr, log_incomplete)
+        written = ends.finish_many(self.conn, self.transitions, self._incarnation, [end], backoff_max)
+        [result] = written.value
+        if isinstance(result, Refused):
+            raise result
+        return Written(result, written.changes)
+
+    def finish_many(
+        self, attempt_ends: Sequence[AttemptEnd], backoff_max: float
+    ) -> Written[list[JobState | Refused | None]]:
+        """Record the ends (see `ends.finish_many`), in runs without two ends
+        of one job (never the case in one node's batch: a job runs once at a time)."""
+        changes = Changes()
+        results: list[JobState | Refused | None] = []
+        for run in ends.distinct_runs(attempt_ends):
+            written = ends.finish_many(self.conn, self.transitions, self._incarnation, run, backoff_max)
+            changes.merge(written.changes)
+            results += written.value
+        return Written(results, changes)
 
     def _job_row(self, job_id: int) -> psycopg.Cursor:
         """(state, attempts, latest run) of a job, read by `_after_attempt`."""

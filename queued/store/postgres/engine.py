@@ -45,6 +45,7 @@ from queued.store.postgres.jobs import Jobs
 from queued.store.postgres.news import CHANNEL, Listener, Outbox
 from queued.store.postgres.output import Output
 from queued.store.postgres.transitions import PostgresTransitionSql
+from queued.store.transitions import GroupTransitions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,7 +96,7 @@ class PostgresStore(ComposedStore):
         self.conn = conn
         self.answer_bound: float | None = hung.answer_bound(conn)
         self.backend_pid: int | None = conn.info.backend_pid  # what this node's news comes from
-        self._compose_parts(conn, POSTGRES, PostgresTransitionSql(conn), Jobs, Attempts)
+        self._compose_parts(conn, POSTGRES, GroupTransitions(PostgresTransitionSql(conn)), Jobs, Attempts)
         self._output = Output(conn)
 
     @classmethod

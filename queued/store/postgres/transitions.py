@@ -22,13 +22,29 @@ class PostgresTransitionSql:
         )
 
     def recount_dependents(self, job_id: int) -> tuple[bool, list[int]]:
+        return self.recount_dependents_of([job_id])
+
+    def set_ended_states(
+        self, rows: list[tuple[int, JobState, float, int | None, str | None, float | None]]
+    ) -> None:
+        ids, states, ats, exit_codes, errors, run_ats = (list(column) for column in zip(*rows, strict=True))
+        self.conn.execute(
+            "UPDATE jobs SET state = t.state, updated_at = t.at, exit_code = t.exit_code, error = t.error,"
+            " run_at = coalesce(t.run_at, jobs.run_at)"
+            " FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::int[], %s::text[], %s::float8[])"
+            " AS t(id, state, at, exit_code, error, run_at) WHERE jobs.id = t.id",
+            (ids, states, ats, exit_codes, errors, run_ats),
+        )
+
+    def recount_dependents_of(self, job_ids: list[int]) -> tuple[bool, list[int]]:
         # A count, not a decrement: a dependency may complete, be retried and complete again.
         recounted = self.conn.execute(
             "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
             f" ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != '{lifecycle.COMPLETED}')"
             f" WHERE state IN ({UNSTARTED})"
-            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = %s) RETURNING id, unmet",
-            (job_id,),
+            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ANY(%s::bigint[]))"
+            " RETURNING id, unmet",
+            (job_ids,),
         ).fetchall()
         return bool(recounted), [dependent for dependent, unmet in recounted if unmet == 0]
 

@@ -10,7 +10,17 @@ from collections.abc import Mapping, Sequence
 from queued import lifecycle
 from queued.lifecycle import Event, Exit, JobState
 from queued.resources import Fit
-from queued.store.contract import NOTHING, Ahead, Changes, Claimed, NodeIdentity, Recovered, Refused, Written
+from queued.store.contract import (
+    NOTHING,
+    Ahead,
+    AttemptEnd,
+    Changes,
+    Claimed,
+    NodeIdentity,
+    Recovered,
+    Refused,
+    Written,
+)
 from queued.store.environments import Environments
 from queued.store.sqlite import rows
 from queued.store.sqlite.rows import NOT_STARTED, WAITING
@@ -279,6 +289,27 @@ class Attempts:
             changes.reordered = True  # its retry may outrank what was read ahead
         self.transitions.move(claimed.id, state, outcome.event, now, changes, **extra)
         return Written(outcome.state, changes)
+
+    def finish_many(
+        self, ends: Sequence[AttemptEnd], backoff_max: float
+    ) -> Written[list[JobState | Refused | None]]:
+        """`finish` for each end, in order: in-process, there is no round trip to save."""
+        changes = Changes()
+        results: list[JobState | Refused | None] = []
+        for end in ends:
+            written = self.finish(
+                end.claimed,
+                end.exit,
+                backoff_max,
+                end.ended_at,
+                pid=end.pid,
+                stdout=end.stdout,
+                stderr=end.stderr,
+                log_incomplete=end.log_incomplete,
+            )
+            changes.merge(written.changes)
+            results.append(written.value)
+        return Written(results, changes)
 
     def recover(self, backoff_max: float, now: float) -> Written[list[Recovered]]:
         """Record the attempts a dead daemon left running as interrupted

@@ -33,6 +33,7 @@ from queued.store.sqlite.attempts import Attempts
 from queued.store.sqlite.dialect import SQLITE
 from queued.store.sqlite.jobs import Jobs
 from queued.store.sqlite.transitions import SqliteTransitionSql
+from queued.store.transitions import Transitions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +55,7 @@ class SqliteStore(ComposedStore):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._node = NodeIdentity(default_node_name(), "")
-        self._compose_parts(conn, SQLITE, SqliteTransitionSql(conn), Jobs, Attempts)
+        self._compose_parts(conn, SQLITE, Transitions(SqliteTransitionSql(conn)), Jobs, Attempts)
         self._files = schema.FileWatch(conn)
         self._changes_at_begin = 0
 
