@@ -52,6 +52,7 @@ from queued import lifecycle
 from queued.lifecycle import Exit
 from queued.processes import descriptors
 from queued.processes.attempt import Attempt
+from queued.processes.claim_records import ClaimRecords
 from queued.processes.claimed_ahead import ClaimedAhead
 from queued.processes.ends import Ends, abandon, fault_outcome
 from queued.processes.escapes import Escapes
@@ -133,16 +134,17 @@ class Supervisor:
         )
         self._ends.on_kept = self._check_drained
         self._claims_first = self._store.claims_before_start
-        # Claims first: jobs claimed ahead of the free slots, and the starts of
-        # claimed attempts not recorded yet (one record for all, see _mark_started).
+        # Claims first: jobs claimed ahead of the free slots.
         self._ahead = ClaimedAhead()
         self._dry = False  # a claim found fewer jobs than it asked for: none ahead until news
-        self._marks: list[Attempt] = []  # started, their record not taken yet
-        self._marking: Call | None = None
         self._environments = JobEnvironments(instance)
         self._young = YoungAttempts(on_exit=self._exited_young, on_grown=self._grown)
         self.attempts = RunningAttempts(self._young)
         self.running = self.attempts.by_job
+        # Claims first: the starts, give-backs and lost claims recorded after a claim.
+        self._claim_records = ClaimRecords(
+            self._store, self.attempts, clock, self.claiming_stopped, self.read_ahead.forget, self.wake
+        )
         self._escapes = Escapes(
             instance, running=self.attempts.unreaped, grace=lambda: self.settings.kill_grace
         )
@@ -171,7 +173,7 @@ class Supervisor:
     def set_queues(self, queues: list[QueueInfo]) -> None:
         self.queues = {q.name: q for q in queues}
         self.read_ahead.forget()
-        self._give_back(self._ahead.remove(self._may_hold))
+        self._claim_records.give_back(self._ahead.remove(self._may_hold))
         self.wake()
 
     def hold_claims(self, held: bool) -> None:
@@ -182,7 +184,7 @@ class Supervisor:
         self.lease_held = not held
         self.read_ahead.forget()
         if held:  # never started now: they may be rescued and run elsewhere
-            self._give_back(self._ahead.all())
+            self._claim_records.give_back(self._ahead.all())
         self.wake()
 
     def room_freed(self, queues: set[str]) -> None:
@@ -199,7 +201,7 @@ class Supervisor:
     def stop_jobs(self, ids: list[int], reason: str) -> None:
         if self._ahead:
             stopped = set(ids)
-            self._give_back(self._ahead.remove(lambda job: job.id not in stopped))
+            self._claim_records.give_back(self._ahead.remove(lambda job: job.id not in stopped))
         self.attempts.stop_jobs(ids, reason)
 
     def signal_jobs(self, ids: list[int], sig: int) -> None:
@@ -300,7 +302,7 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = self._ends.nursery = nursery
+            self._nursery = self._ends.nursery = self._claim_records.nursery = nursery
             await nursery.start(self._young.run)
             await nursery.start(self._escapes.run)
             nursery.start_soon(self._wake_when_reconnected)
@@ -312,7 +314,7 @@ class Supervisor:
                     with trio.move_on_at(deadline):
                         await self._wake.wait()
             # Claiming stopped; the attempts still running end in the nursery's tasks.
-            given_back = self._give_back(self._ahead.all())
+            given_back = self._claim_records.give_back(self._ahead.all())
             if given_back is not None:
                 with trio.CancelScope(shield=True):
                     await given_back.done.wait()  # on disk before a shutdown can end the writer
@@ -375,7 +377,7 @@ class Supervisor:
         """A round of claiming first: start what is claimed ahead into free
         slots, claim for those left (and ahead, while attempts end quickly);
         when to look again, None for at once."""
-        self._give_back(self._ahead.expired(now))
+        self._claim_records.give_back(self._ahead.expired(now))
         self._start_claimed_ahead(now)
         room = self._room()
         ahead = self._ahead_wanted(now)
@@ -437,67 +439,6 @@ class Supervisor:
             or self._store.lost is not None  # no start could be recorded
             or self._store.unreachable
         )
-
-    def _give_back(self, jobs: list[Claimed]) -> Call | None:
-        """Undo the claims of jobs claimed ahead and never started (they wait
-        again, or stay canceled); the last record queued. One that fails (an
-        unreachable store) is tried again once the store answers, while this
-        node claims: once it stops, its lease ends and a rescue (or its next
-        start's recovery) gives them back."""
-        if not jobs:
-            return None
-        self.read_ahead.forget()
-        now = self.clock()
-        last = None
-        for job in jobs:
-            last = self._store.unclaim(job, now)
-            last.on_done = partial(self._given_back, job, now)
-        return last
-
-    def _given_back(self, job: Claimed, now: float, unclaim: Call) -> None:
-        if (
-            isinstance(unclaim.error, StorageError)
-            and self._store.lost is None
-            and not self.claiming_stopped.is_set()
-            and self._nursery is not None
-        ):
-            self._nursery.start_soon(self._unclaim_kept, [job], now)
-
-    def _mark_started(self, attempt: Attempt) -> None:
-        """Queue the record that an attempt claimed not started has started
-        (its pid once spawned); every start until the record's batch is taken
-        joins it."""
-        self._marks.append(attempt)
-        if self._marking is not None:
-            return
-        marks: list[tuple[int, int, int | None, float]] = []
-        call = self._marking = self._store.mark_started(marks)
-
-        def taken() -> None:
-            marks.extend((a.claimed.id, a.claimed.run, a.pid, a.started_at) for a in self._marks)
-            self._marks = []
-            self._marking = None
-
-        call.on_taken = taken
-        call.on_done = lambda call: self._marked(call, marks)
-
-    def _marked(self, call: Call, marks: list[tuple[int, int, int | None, float]]) -> None:
-        """Attempts whose claim was no longer this node's (rescued meanwhile,
-        their job canceled) stop. A record that failed leaves them marked
-        not started: their ends record them (or recovery gives them back)."""
-        if call.error is not None:
-            log.warning("the start of %d attempts was not recorded: %s", len(marks), call.error)
-            return
-        runs = {job_id: run for job_id, run, _, _ in marks}
-        for job_id in call.result:
-            attempt = self.running.get(job_id)
-            if attempt is not None and attempt.claimed.run == runs.get(job_id):
-                log.info(
-                    "job %d: its attempt %d is no longer this node's to run; stopped",
-                    job_id,
-                    attempt.claimed.run,
-                )
-                self.attempts.stop(attempt, "cancel")
 
     def _cannot_claim(self, exc: StorageError) -> None:
         """A failing store (a full disk) holds claiming back a while; it never
@@ -620,7 +561,7 @@ class Supervisor:
                     started=not self._claims_first,
                 )
             except CommitUnknown as exc:
-                self._unclaim_when_back(exc.result or [], now)
+                self._claim_records.unclaim_when_back(exc.result or [], now)
                 raise
             if len(claimed) < slots:
                 self._dry = True  # no more now: none ahead until news of more
@@ -642,35 +583,6 @@ class Supervisor:
                 unclaims = [self._store.unclaim(job, now) for job in claimed[started:]]
                 await unclaims[-1].done.wait()  # on disk before a shutdown can end the writer
         return started
-
-    def _unclaim_when_back(self, jobs: list[Claimed], now: float) -> None:
-        """A claim whose COMMIT was lost may have been kept: its jobs would
-        stay running with no process. Once the store answers they are given
-        back (an unclaim of a claim that was not kept changes nothing)."""
-        if not jobs or self._nursery is None:
-            return
-        log.warning(
-            "jobs %s may have been claimed by a lost commit: given back once the store answers",
-            ", ".join(str(job.id) for job in jobs),
-        )
-        self._nursery.start_soon(self._unclaim_kept, jobs, now)
-
-    async def _unclaim_kept(self, jobs: list[Claimed], now: float) -> None:
-        delay = HOLD_SECONDS
-        while True:
-            if self._store.unreachable:
-                await self._store.reconnected().wait()
-            calls = [self._store.unclaim(job, now) for job in jobs]
-            await calls[-1].done.wait()
-            failed = [
-                job for job, call in zip(jobs, calls, strict=True) if isinstance(call.error, StorageError)
-            ]
-            if not failed or self._store.lost is not None:
-                self.wake()
-                return
-            jobs = failed
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
     def _start(self, claimed: Claimed, now: float, *, committed: bool) -> bool:
         """Spawn the attempt's process and, unless its claim committed already,
@@ -706,7 +618,7 @@ class Supervisor:
         if record is None:  # its claim committed the start: news for those watching (the web page)
             self._change.set()
             if self._claims_first:
-                self._mark_started(attempt)
+                self._claim_records.mark_started(attempt)
         if record is not None:
             # The process runs while its start's record commits; if that fails, it stops.
             record.on_done = lambda call: self._start_recorded(attempt, call)
@@ -839,7 +751,7 @@ class Supervisor:
         grace period) and record each as interrupted."""
         self.stop_claiming()
         self._claims_ended.set()  # the loop is gone
-        self._nursery = self._ends.nursery = None
+        self._nursery = self._ends.nursery = self._claim_records.nursery = None
         attempts = list(self.running.values())
         live = [a.process for a in attempts if a.process is not None and a.process.returncode is None]
         for process in live:
