@@ -24,7 +24,7 @@ HOLD_SECONDS = 0.5
 # Claims go ahead only while an attempt ended this recently after running no longer.
 QUICK_SECONDS = 0.5
 # At most this many held per slot, and at most MOST in all.
-PER_SLOT = 8
+PER_SLOT = 16
 MOST = 32
 
 
