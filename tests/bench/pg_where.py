@@ -5,8 +5,8 @@
 A throwaway server (tests/postgres.py) with pg_stat_statements, one node
 draining `jobs` x `true`; then, per job: the statements the server ran (by
 kind, with their server time), the transactions committed, the CPU of the
-node (its trio thread and its other threads: the store's worker thread, the
-listener) and of the server, and the time a slot stood empty between an
+node (its trio thread and its other threads, each by name: the store's
+worker thread is "Trio thread 0") and of the server, and the time a slot stood empty between an
 attempt's end and the next start in it (the supervisor's wait).
 """
 
@@ -26,6 +26,19 @@ from queued.protocol import JobSpec
 
 sys.path.insert(0, str(REPO))
 from tests.postgres import PostgresServer, binaries
+
+
+def threads_by_name(pid: int) -> dict[str, float]:
+    """CPU seconds of each live thread of `pid`, by its name and id."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[f"{name}[{task.name}]"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return found
 
 
 def thread_cpu(pid: int) -> tuple[float, float]:
@@ -78,12 +91,14 @@ def measure(jobs: int, slots: int, top: int) -> None:
                 conn.execute("SELECT pg_stat_statements_reset()")
                 conn.execute("SELECT pg_stat_reset()")
             main0, other0 = thread_cpu(node.pid)
+            named0 = threads_by_name(node.pid)
             node0, pg0 = cpu_seconds(node.pid), server_cpu(pg)
             t0 = time.time()
             client.resume("default")
             client.wait(*ids)
             wall = time.time() - t0
             main1, other1 = thread_cpu(node.pid)
+            named1 = threads_by_name(node.pid)
             node_cpu, pg_cpu = cpu_seconds(node.pid) - node0, server_cpu(pg) - pg0
         time.sleep(1.0)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -127,6 +142,10 @@ def measure(jobs: int, slots: int, top: int) -> None:
         f"  a slot stood empty {idle / jobs * 1e3:.2f} ms per job; an attempt lasted"
         f" {durations / jobs * 1e3:.2f} ms (start to end as recorded)"
     )
+    for name, seconds in sorted(named1.items(), key=lambda kv: -kv[1]):
+        used = seconds - named0.get(name, 0.0)
+        if used > 0:
+            print(f"    thread {name}: {used / jobs * 1e3:.3f} ms per job")
     print(f"  {'calls/job':>9}  {'ms/call':>8}  statement")
     for name, (calls, total_ms) in sorted(by_kind.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"  {calls / jobs:9.2f}  {total_ms / max(calls, 1):8.3f}  {name}")
