@@ -26,11 +26,15 @@ class TransitionSql(Protocol):
 
     def doomed_dependents(self, job_id: int) -> list[tuple[int, int, JobState]]:
         """Every unstarted job that depends on `job_id`, directly or through
-        others: (its id, the lowest dependency that dooms it, its state), by id."""
+        unstarted others: (its id, the lowest dependency that dooms it, its
+        state), by id, in a bounded number of statements whatever their number
+        or depth; where other writers may change them, locked until the end of
+        the transaction (the states are those `set_states` moves from)."""
         ...
 
-    def set_states(self, moves: list[tuple[int, JobState, str]], now: float) -> None:
-        """(id, state, error) for each of several jobs, in one statement."""
+    def set_states(self, moves: list[tuple[int, JobState, JobState, str]], now: float) -> None:
+        """(id, old state, new state, error) for each of several jobs, in a
+        bounded number of statements; what keeps count of states kept right."""
         ...
 
 
@@ -58,8 +62,9 @@ class Transitions:
         return new
 
     def _cancel_dependents(self, job_id: int, state: JobState, now: float, changes: Changes) -> None:
-        """Cancel every unstarted job that depends on `job_id`, in one pass;
-        each names the dependency that doomed it (the lowest, when several did)."""
+        """Cancel every unstarted job that depends on `job_id`, in one pass
+        (a handful of statements for a chain or a fan-out of any size); each
+        names the dependency that doomed it (the lowest, when several did)."""
         doomed = self.sql.doomed_dependents(job_id)
         if not doomed:
             return
@@ -69,7 +74,7 @@ class Transitions:
             new = lifecycle.next_state(dependent_state, event)
             # A dependent doomed through another names that one, canceled too.
             reason = lifecycle.dependency_cancel_reason(blocker, state if blocker == job_id else new)
-            moves.append((dependent, new, reason))
+            moves.append((dependent, dependent_state, new, reason))
         self.sql.set_states(moves, now)
         changes.finished += [dependent for dependent, _, _ in doomed]
 

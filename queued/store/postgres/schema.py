@@ -22,7 +22,7 @@ from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 if TYPE_CHECKING:
     from psycopg import Connection
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 NAMESPACE = "queued"
 # pg_advisory_xact_lock's key for creating and migrating the schema ("queued" in ASCII).
 SCHEMA_LOCK = 0x717565756564
@@ -239,6 +239,35 @@ def _delta(new: str, old: str | None) -> str:
     )
 
 
+# A statement that moves many jobs at once (the dependents cascade) counts
+# them itself, in one upsert (`count_moved`), with COUNTED_APART set around
+# it (transaction-local: an error undoes it): the row trigger stands aside. Row by
+# row, n moves in one transaction would write n versions of one counts row,
+# and each upsert walks the versions before it: 100,000 cascaded cancels took
+# 80 s, quadratic (version 9).
+COUNTED_APART = "queued.counted_apart"
+FINISHED_CHANGE_TRIGGER = f"""DROP TRIGGER IF EXISTS jobs_finished_change ON jobs;
+CREATE TRIGGER jobs_finished_change AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state
+          AND (OLD.state IN ({TERMINAL}) OR NEW.state IN ({TERMINAL}))
+          AND current_setting('{COUNTED_APART}', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION count_finished_change();
+"""
+
+
+def count_moved(moved: str) -> str:
+    """An upsert adding to this backend's shard the change of finished counts
+    of the moves in `moved` (a relation with columns `old` and `new`, states),
+    written for a statement with parameters (its `%` doubled)."""
+    sums = ", ".join(f"sum((new = '{state}')::int - (old = '{state}')::int)" for state in _TERMINAL_STATES)
+    return (
+        f"INSERT INTO finished_counts AS c (shard, {_COLUMNS}) SELECT {_SHARD.replace('%', '%%')}, {sums}"
+        f" FROM {moved}"
+        f" WHERE old IS DISTINCT FROM new AND (old IN ({TERMINAL}) OR new IN ({TERMINAL}))"
+        f" HAVING count(*) > 0 ON CONFLICT (shard) DO UPDATE SET {_ADD_EXCLUDED}"
+    )
+
+
 _SIGNED_COUNTS = ", ".join(f"sign * count(*) FILTER (WHERE state = '{state}')" for state in _TERMINAL_STATES)
 FINISHED_COUNTS = f"""
 CREATE TABLE IF NOT EXISTS finished_counts (
@@ -258,11 +287,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS jobs_finished_change ON jobs;
-CREATE TRIGGER jobs_finished_change AFTER UPDATE OF state ON jobs FOR EACH ROW
-    WHEN (OLD.state IS DISTINCT FROM NEW.state
-          AND (OLD.state IN ({TERMINAL}) OR NEW.state IN ({TERMINAL})))
-    EXECUTE FUNCTION count_finished_change();
+{FINISHED_CHANGE_TRIGGER}
 CREATE OR REPLACE FUNCTION count_finished_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     sign INTEGER := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
@@ -330,6 +355,7 @@ INSERT INTO finished_counts (shard, {_COLUMNS})
     6: "ALTER TABLE jobs ADD COLUMN slots INTEGER NOT NULL DEFAULT 1;"
     " ALTER TABLE jobs ADD COLUMN needs JSONB; ALTER TABLE attempts ADD COLUMN gpus JSONB;" + RESOURCES,
     7: JOB_KEYS_CHECKED_ONCE,  # a bulk add checks its queues once, not per row
+    8: FINISHED_CHANGE_TRIGGER,  # a cascade counts its moves in one statement
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
