@@ -511,6 +511,91 @@ def test_cascade_through_a_diamond_names_the_lowest_blocker_once(store: Store) -
     assert store.counts() == counted(store) and store.counts()["canceled"] == 5
 
 
+def test_a_fan_out_of_10000_dependents_is_canceled_at_once(store: Store) -> None:
+    """A root with 10,000 dependents (and one of theirs each for the first
+    ten): every one canceled, naming the root, counted and told once."""
+    root = add(store, delay=100.0)
+    fan = [new(after=[root]) for _ in range(10_000)]
+    with store.transaction():
+        ids = store.add_jobs(fan, T0)
+        grandchildren = store.add_jobs([new(after=[dependent]) for dependent in ids[:10]], T0)
+    store.finished.clear()
+    store.cancel([root], T0)
+    assert sorted(store.finished) == [root, *ids, *grandchildren]
+    assert {job(store, i).error for i in (ids[0], ids[-1])} == {f"canceled: dependency {root} is canceled"}
+    assert job(store, grandchildren[-1]).error == f"canceled: dependency {ids[9]} is canceled"
+    assert store.counts() == counted(store) and store.counts()["canceled"] == 10_011
+
+
+def test_a_lattice_of_depth_40_is_canceled_by_its_links_not_its_paths(store: Store) -> None:
+    """Two jobs per level, each after both of the level above: 2**40 paths
+    from the root to the last level, 160 links. Each job names the lower of
+    the two it waited for, once."""
+    root = add(store, delay=100.0)
+    levels = 40
+    lattice = [new(after=[root])] * 2 + [
+        new(after=[root + 2 * level - 1, root + 2 * level]) for level in range(1, levels) for _ in range(2)
+    ]
+    ids = store.add_jobs(lattice, T0)
+    store.finished.clear()
+    store.cancel([root], T0)
+    assert sorted(store.finished) == [root, *ids]
+    assert job(store, ids[1]).error == f"canceled: dependency {root} is canceled"
+    assert [job(store, i).error for i in ids[-2:]] == [f"canceled: dependency {ids[-4]} is canceled"] * 2
+    assert store.counts() == counted(store) and store.counts()["canceled"] == 2 * levels + 1
+
+
+def test_a_diamond_at_depth_names_the_lowest_blocker_not_the_first_reached(store: Store) -> None:
+    """Two chains from the root meet: a long one of lower ids, a short one of
+    higher ids. The short reaches the meeting first; the lower id is named."""
+    root = add(store, delay=100.0)
+    long_chain = store.add_jobs([new(after=[root + n]) for n in range(50)], T0)
+    short = add(store, after=[root])
+    meeting = add(store, after=[short, long_chain[-1]])
+    after_meeting = add(store, after=[meeting], hold=True)
+    store.finished.clear()
+    store.cancel([root], T0)
+    assert job(store, meeting).error == f"canceled: dependency {long_chain[-1]} is canceled"
+    assert job(store, after_meeting).error == f"canceled: dependency {meeting} is canceled"
+    assert sorted(store.finished) == [root, *long_chain, short, meeting, after_meeting]
+    assert store.counts() == counted(store)
+
+
+def test_a_cascade_leaves_dependents_that_started_and_theirs(store: Store) -> None:
+    """Only unstarted dependents (pending, held) are canceled: one running,
+    one failed and waiting for its retry, one completed keep their state, and
+    the job after the running one waits on (it may still complete). Counted
+    right, and a change after the cascade in the same batch is counted too."""
+    base = add(store)
+    running, failed, done = (add(store, after=[base], max_retries=1) for _ in range(3))
+    assert run_to(store, base, OK) == "completed"
+    claimed = {c.id: c for c in claim(store)}
+    assert sorted(claimed) == [running, failed, done]
+    assert store.finish(claimed[done], OK, BACKOFF_MAX, T0) == "completed"
+    assert store.finish(claimed[failed], FAIL, BACKOFF_MAX, T0) == "failed"
+    after_running = add(store, after=[running])
+    store.retry([base], False, T0 + 1)  # waits again; nothing claims it before the cancel
+    pending, held = add(store, after=[base]), add(store, after=[base], hold=True)
+    store.finished.clear()
+    with store.transaction():  # as one writer batch
+        store.cancel([base], T0 + 2)
+        assert store.finish(claimed[running], OK, BACKOFF_MAX, T0 + 3) == "completed"
+    assert sorted(store.finished) == sorted([base, pending, held, running])
+    assert {i: state(store, i) for i in (running, failed, done, after_running, pending, held)} == {
+        running: "completed",
+        failed: "failed",
+        done: "completed",
+        after_running: "pending",
+        pending: "canceled",
+        held: "canceled",
+    }
+    assert job(store, held).error == f"canceled: dependency {base} is canceled"
+    assert store.counts() == counted(store) and (store.counts()["canceled"], store.counts()["completed"]) == (
+        3,
+        2,
+    )
+
+
 # ----------------------------------------------------------------------------
 # Cancel, retry, remove, clean
 

@@ -22,7 +22,7 @@ from queued.store import OutputChunk, StorageError
 from queued.store.contract import BatchLost, CommitUnknown, StoreUnreachable
 from queued.store.postgres import DatabaseUnusable, PostgresStore, schema
 from tests.postgres import PostgresServer
-from tests.store_harness import Direct
+from tests.store_harness import Direct, add
 
 T0 = 1_700_000_000.0
 ROOM = {"default": 1000}
@@ -697,6 +697,86 @@ def test_a_version_7_store_drops_the_jobs_foreign_keys_and_keeps_its_jobs(postgr
         assert (job.command, job.slots, job.needs) == ("c", 2, {"gpu": 1})
     finally:
         store.engine.close()
+
+
+def test_a_version_8_store_gains_a_cascade_counted_in_one_statement(postgres_empty_url: str) -> None:
+    """A store of the previous version (its counts trigger counts every row)
+    opens, and a cascade then counts its moves once: the trigger stands aside."""
+    engine = PostgresStore.open(postgres_empty_url)
+    Direct(engine).recover(3600.0, T0)
+    [root, *chain] = Direct(engine).add_jobs(
+        [new(delay=100.0)] + [new(after=[1 + n]) for n in range(100)], T0
+    )
+    engine.close()
+    with psycopg.connect(postgres_empty_url, autocommit=True) as conn:
+        conn.execute(
+            "DROP TRIGGER jobs_finished_change ON queued.jobs;"
+            " CREATE TRIGGER jobs_finished_change AFTER UPDATE OF state ON queued.jobs FOR EACH ROW"
+            " WHEN (OLD.state IS DISTINCT FROM NEW.state AND (OLD.state IN ('completed', 'dead', 'canceled')"
+            " OR NEW.state IN ('completed', 'dead', 'canceled'))) EXECUTE FUNCTION queued.count_finished_change();"
+            " UPDATE queued.schema_version SET version = 8"
+        )
+    store = Direct(PostgresStore.open(postgres_empty_url))
+    try:
+        store.cancel([root], T0)
+        assert store.counts()["canceled"] == 101
+        assert [store.states([i])[i] for i in (chain[0], chain[-1])] == ["canceled"] * 2
+        with psycopg.connect(postgres_empty_url) as conn:
+            assert conn.execute("SELECT version FROM queued.schema_version").fetchone() == (9,)
+            assert (
+                schema.COUNTED_APART
+                in conn.execute(
+                    "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'jobs_finished_change'"
+                ).fetchone()[0]
+            )
+    finally:
+        store.engine.close()
+
+
+def test_a_cascade_over_dependents_another_node_canceled_meanwhile_counts_each_once(
+    postgres_url: str, store: Direct
+) -> None:
+    """Another node cancels a dependent (and so the one after it) while this
+    node's cascade runs: the cascade waits for that commit, then moves and
+    counts only what is still unstarted; each job is told finished once."""
+    root = add(store, delay=100.0)
+    first, second, third = store.add_jobs([new(after=[root + n]) for n in range(3)], T0)
+    other = Direct(PostgresStore.open(postgres_url))
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+    cascade: list[BaseException | None] = []
+
+    def cancel_root() -> None:
+        try:
+            store.cancel([root], T0)
+            cascade.append(None)
+        except BaseException as exc:  # handed to the test's thread
+            cascade.append(exc)
+
+    try:
+        with other.transaction():
+            other.cancel([second], T0)  # and third, its dependent
+            canceling = threading.Thread(target=cancel_root)
+            canceling.start()
+            for _ in range(200):  # until the cascade waits for this node's locks
+                if watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).fetchone()[0]:
+                    break
+                canceling.join(0.05)
+            assert canceling.is_alive(), "the cascade waits for the other node's commit"
+        canceling.join(30)
+        assert cascade == [None]
+        assert sorted(store.finished) == [root, first]
+        assert sorted(other.finished) == [second, third]
+        assert store.counts()["canceled"] == 4
+        assert [store.get_job(i)[0].error for i in (first, second, third)] == [
+            f"canceled: dependency {root} is canceled",
+            lifecycle.CANCELED_BY_USER,
+            f"canceled: dependency {second} is canceled",
+        ]
+    finally:
+        watcher.close()
+        other.engine.close()
 
 
 def test_queue_rm_waits_for_an_add_into_it_and_then_refuses(postgres_url: str, store: Direct) -> None:
