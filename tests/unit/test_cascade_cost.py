@@ -68,7 +68,9 @@ def statements_to_cancel(store: Direct, shape: str, size: int) -> int:
 @pytest.mark.parametrize("shape", ["chain", "fan-out"])
 def test_a_cascade_sends_as_many_statements_for_1000_dependents_as_for_2(store: Direct, shape: str) -> None:
     few = statements_to_cancel(store, shape, 2)
-    assert statements_to_cancel(store, shape, 1000) == few <= 8
+    # PostgreSQL's 12 go in 4 round trips (pipelined): its planner settings
+    # set and put back around each step (postgres/transitions.py).
+    assert statements_to_cancel(store, shape, 1000) == few <= 12
 
 
 @pytest.mark.engines("postgresql")
@@ -76,12 +78,16 @@ def test_a_cascade_writes_the_finished_counts_row_once(store: Direct) -> None:
     """The moves are counted in one upsert: one new version of the writer's
     counts row for 1,000 cancels, not 1,000 (each walked those before it).
     And a single change after it, in the same transaction, is counted again
-    by the row trigger (the cascade's switch is off once it is done)."""
+    by the row trigger (the cascade's switch is off once it is done), and
+    the session's planner settings are its own again."""
     root = add(store, delay=100.0)
     store.add_jobs([new(after=[root + n]) for n in range(1000)], T0)
     conn = store.engine.conn
+    settings = "SELECT current_setting('jit'), current_setting('enable_seqscan'), current_setting('queued.counted_apart', true)"
+    before = conn.execute(settings).fetchone()
     with store.transaction():
         store.cancel([root], T0)
+        assert conn.execute(settings).fetchone() == before
         [(written,)] = conn.execute(
             "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'finished_counts'"
         ).fetchall()

@@ -10,6 +10,24 @@ from queued.lifecycle import JobState
 from queued.store.postgres.schema import COUNTED_APART, count_moved
 from queued.store.sqlite.rows import UNSTARTED
 
+# The cascade's statements are planned as if the statistics could not be
+# trusted, for they often cannot: a chain of 100,000 dependents is added and
+# canceled within a minute, before autovacuum's next ANALYZE. Statistics from
+# when the tables held a few jobs may have the planner scan `dependencies`
+# whole, or join in an order that does, at every step (the 100,000-chain's
+# cascade ran over 11 minutes in the full suite, 3 s alone); with none, it guesses the recursion costs
+# millions and compiles it (JIT: 0.5-1 s, for one dependent as for 100,000).
+# Index lookups are right for any size here, and JIT never is. Set for the
+# statement, then put back: to the connection's own (pg_settings.reset_val:
+# the server's, the database's, the role's or the URL's options; the store
+# sets neither for its session).
+_PLANNED_BLIND = ("jit", "enable_seqscan")
+_PLAN_BLIND = "SELECT " + ", ".join(f"set_config('{setting}', 'off', true)" for setting in _PLANNED_BLIND)
+_PLAN_AS_TOLD = (
+    "SELECT set_config(name, reset_val, true) FROM pg_settings"
+    f" WHERE name IN ({', '.join(repr(setting) for setting in _PLANNED_BLIND)})"
+)
+
 
 class PostgresTransitionSql:
     def __init__(self, conn: Connection) -> None:
@@ -50,31 +68,42 @@ class PostgresTransitionSql:
         return bool(recounted), [dependent for dependent, unmet in recounted if unmet == 0]
 
     def doomed_dependents(self, job_id: int) -> list[tuple[int, int, JobState]]:
-        # One statement for a chain or a fan-out of any size. The rows are
-        # locked, and their states read again after any wait for another
-        # node's change to them: `set_states` counts from these states.
-        # Without JIT: before its tables' first ANALYZE the planner guesses
-        # this recursion costs millions, and compiling it took 0.5-1 s, for
-        # one dependent as for 100,000. Results in binary: 100,000 rows.
+        # Two statements for a chain or a fan-out of any size, neither with a
+        # join the planner could turn around: the recursion, each link an
+        # index lookup; then the doomed rows locked and their states read again
+        # after any wait for another node's change to them (`set_states`
+        # counts from these states). Results in binary: 100,000 rows.
         with self.conn.pipeline():
-            self.conn.execute("SET LOCAL jit = off")
-            doomed = self.conn.cursor(binary=True).execute(
+            self.conn.execute(_PLAN_BLIND)
+            found = self.conn.cursor(binary=True).execute(
                 "WITH RECURSIVE doomed(id, blocker) AS ("
-                " SELECT d.job_id, d.depends_on FROM dependencies d JOIN jobs j ON j.id = d.job_id"
-                f" WHERE d.depends_on = %s AND j.state IN ({UNSTARTED})"
+                " SELECT d.job_id, d.depends_on FROM dependencies d WHERE d.depends_on = %s"
+                f" AND (SELECT state FROM jobs WHERE id = d.job_id) IN ({UNSTARTED})"
                 # An index lookup per link (OFFSET 0 keeps the planner from
                 # flattening it): a join would hash a whole table at every level.
                 " UNION SELECT link.job_id, link.depends_on FROM doomed CROSS JOIN LATERAL ("
                 " SELECT d.job_id, d.depends_on FROM dependencies d WHERE d.depends_on = doomed.id"
-                f" AND (SELECT state FROM jobs WHERE id = d.job_id) IN ({UNSTARTED}) OFFSET 0) AS link),"
-                " first_blocker AS (SELECT id, min(blocker) AS blocker FROM doomed GROUP BY id)"
-                " SELECT jobs.id, first_blocker.blocker, jobs.state FROM first_blocker"
-                f" JOIN jobs ON jobs.id = first_blocker.id WHERE jobs.state IN ({UNSTARTED})"
-                " ORDER BY jobs.id FOR UPDATE OF jobs",
+                f" AND (SELECT state FROM jobs WHERE id = d.job_id) IN ({UNSTARTED}) OFFSET 0) AS link)"
+                " SELECT id, min(blocker) FROM doomed GROUP BY id",
                 (job_id,),
             )
-            self.conn.execute("SET LOCAL jit = DEFAULT")
-        return doomed.fetchall()
+            self._plan_as_told()
+        blockers = dict(found.fetchall())
+        if not blockers:
+            return []
+        with self.conn.pipeline():
+            self.conn.execute(_PLAN_BLIND)
+            locked = self.conn.cursor(binary=True).execute(
+                f"SELECT id, state FROM jobs WHERE id = ANY(%b::bigint[]) AND state IN ({UNSTARTED})"
+                " ORDER BY id FOR UPDATE",
+                (list(blockers),),
+            )
+            self._plan_as_told()
+        return [(dependent, blockers[dependent], state) for dependent, state in locked.fetchall()]
+
+    def _plan_as_told(self) -> None:
+        """Undo _PLAN_BLIND: the session's own settings again."""
+        self.conn.execute(_PLAN_AS_TOLD)
 
     def set_states(self, moves: list[tuple[int, JobState, JobState, str]], now: float) -> None:
         # One round trip: the moves and their finished counts in one statement,
@@ -82,6 +111,7 @@ class PostgresTransitionSql:
         # arrays in binary: in text, 100,000 moves took 1.2 s to send, 0.4 s so.
         ids, olds, states, errors = (list(column) for column in zip(*moves, strict=True))
         with self.conn.pipeline():
+            self.conn.execute(_PLAN_BLIND)
             self.conn.execute("SELECT set_config(%s, 'on', true)", (COUNTED_APART,))
             self.conn.execute(
                 "WITH moved AS (UPDATE jobs SET state = t.new, updated_at = %s, error = t.error"
@@ -90,3 +120,4 @@ class PostgresTransitionSql:
                 (now, ids, olds, states, errors),
             )
             self.conn.execute("SELECT set_config(%s, '', true)", (COUNTED_APART,))
+            self._plan_as_told()
