@@ -13,7 +13,8 @@ from .conftest import Daemon
 
 def until_running(daemon: Daemon, job_id: int) -> None:
     deadline = time.monotonic() + 10
-    while json.loads(daemon.ok("show", "--json", str(job_id)))["state"] != "running":
+    while (state := json.loads(daemon.ok("show", "--json", str(job_id)))["state"]) != "running":
+        assert state not in ("completed", "dead", "canceled"), f"job {job_id} is {state}: it ended unseen"
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
@@ -72,15 +73,30 @@ def test_hold_release_edit_restart(daemon: Daemon, tmp_path) -> None:
     assert daemon.ctl("edit", str(later)).returncode == 2  # nothing to change
 
 
-def test_pause_resume_kill(daemon: Daemon) -> None:
-    job_id = daemon.add("--timeout", "2", "--max-retries", "0", "--", "sh", "-c", "sleep 1; echo done")
+def test_pause_resume_kill(daemon: Daemon, tmp_path: Path) -> None:
+    # The job ends once the test lets it (under load a `sleep 1` ended before
+    # the pause came, or unseen by until_running); it is paused for longer
+    # than its timeout, which counts only the time it runs: under load, the
+    # second or two from its start to the pause.
+    go = tmp_path / "go"
+    job_id = daemon.add(
+        "--timeout",
+        "4",
+        "--max-retries",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        f"until [ -e {go} ]; do sleep 0.05; done; echo done",
+    )
     until_running(daemon, job_id)
     assert daemon.ok("pause", "last") == f"paused job {job_id}\n"
     assert "running (paused)" in daemon.ok("ls")
     assert json.loads(daemon.ok("ls", "--json"))[0]["paused"] is True
     assert "(paused)" in daemon.ok("workers", "ls")
-    assert daemon.ctl("wait", "--timeout", "2.5").returncode == 124  # its timeout waits with it
+    assert daemon.ctl("wait", "--timeout", "4.5").returncode == 124  # its timeout waits with it
     assert daemon.ok("resume", str(job_id)) == f"resumed job {job_id}\n"
+    go.touch()
     assert daemon.ok("wait") == ""
     assert daemon.ok("logs") == "done\n"
     sleeper = daemon.add("--max-retries", "0", "sleep 60")

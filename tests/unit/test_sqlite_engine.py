@@ -391,10 +391,52 @@ def test_a_version_5_database_gains_what_jobs_need_and_what_attempts_held(tmp_pa
     )
     conn.close()
     store = Direct(SqliteStore(schema.connect(path)))
-    assert store.engine.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 6
+    assert store.engine.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     assert [(j.slots, j.needs, j.gpus) for j in store.list_jobs()] == [(1, {}, []), (1, {}, [])]
     assert [run.gpus for run in store.get_job(claimed.id)[1]] == [[]]
     assert [(s.slots, s.needs) for s in store.schedules()] == [(1, {})]
     [job_id] = store.add_jobs([new(slots=2, needs={"gpu": 1})], T0)
     assert (store.get_job(job_id)[0].slots, store.get_job(job_id)[0].needs) == (2, {"gpu": 1})
     store.engine.conn.close()
+
+
+def _history_plan(conn: sqlite3.Connection) -> str:
+    """How the web page's history (reports.attempts_ended) reads the attempts."""
+    query = (
+        "SELECT a.ended_at, a.job_id, a.attempt, j.queue, a.exit_code, a.signal, a.error, a.started_at,"
+        " j.run_at, j.attempts FROM attempts a JOIN jobs j ON j.id = a.job_id"
+        " WHERE a.ended_at > ? AND a.ended_at <= ? ORDER BY a.ended_at LIMIT ?"
+    )
+    return " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", (0.0, 1.0, 10)))
+
+
+def test_a_version_6_database_gains_the_index_of_ended_attempts(tmp_path: Path) -> None:
+    """The web page's history reads the attempts that ended lately through an
+    index (it scanned them all: 2 s at 1,000,000); a previous version's
+    database gains it, its attempts kept."""
+    path = tmp_path / "q.db"
+    _make_database(path, jobs=2)
+    store = Direct(SqliteStore(schema.connect(path)))
+    ran = run_to_end(store)
+    store.engine.conn.close()
+    conn = sqlite3.connect(path)
+    assert "USING INDEX attempts_ended" in _history_plan(conn)
+    conn.executescript("DROP INDEX attempts_ended; PRAGMA user_version = 6;")
+    conn.close()
+    conn = sqlite3.connect(path)  # a plan of its own (an EXPLAIN cached above is not planned again)
+    assert "SCAN a" in _history_plan(conn)
+    conn.close()
+    store = Direct(SqliteStore(schema.connect(path)))
+    try:
+        assert store.engine.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 7
+        assert "USING INDEX attempts_ended" in _history_plan(store.engine.conn)
+        assert [run.ended_at for run in store.get_job(ran)[1]] == [T0 + 1]
+    finally:
+        store.engine.conn.close()
+
+
+def run_to_end(store: Direct) -> int:
+    """One job run and ended (at T0 + 1); its id."""
+    claimed = claim(store)[0]
+    store.finish(claimed, OK, BACKOFF_MAX, T0 + 1)
+    return claimed.id
