@@ -87,7 +87,8 @@ def test_a_cascade_writes_the_finished_counts_row_once(store: Direct) -> None:
     before = conn.execute(settings).fetchone()
     with store.transaction():
         store.cancel([root], T0)
-        assert conn.execute(settings).fetchone() == before
+        [jit, seqscan, counted_apart] = conn.execute(settings).fetchone()
+        assert (jit, seqscan) == before[:2] and counted_apart in ("", None)  # None: never set
         [(written,)] = conn.execute(
             "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'finished_counts'"
         ).fetchall()
