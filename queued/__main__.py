@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         const="true",
         help="a batch runner: leave (gracefully, as on SIGTERM) once nothing is running here and "
         "no job waits that it could run, delayed ones and retries included; held jobs and paused "
-        "queues wait for a person and keep no node (env QUEUED_EXIT_WHEN_IDLE). Example: "
+        "queues wait for a person and keep no node, nor do jobs pinned to another node or in a queue "
+        "it does not serve (env QUEUED_EXIT_WHEN_IDLE). Example: "
         "queued --store postgresql://db.example/queue --exit-when-idle",
     )
     parser.add_argument(

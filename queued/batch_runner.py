@@ -4,11 +4,12 @@ what runs ends and is recorded, nothing new starts):
 - `--exit-when-idle`: once nothing runs here (no attempt, no end waiting for
   its record) and no job waits that it could run: none pending or awaiting a
   retry in a queue that is not paused, delayed ones and those waiting for a
-  dependency included (they will be due). Held jobs and paused queues wait for
-  a person and keep no node. It must stay so for IDLE_GRACE_SECONDS: jobs
-  added by a script right after the node started are not missed. On
-  PostgreSQL, jobs pinned to another node count too (they wait in a queue it
-  serves).
+  dependency included (they will be due) (`Store.waits_here`). Held jobs and
+  paused queues wait for a person and keep no node; on PostgreSQL, neither do
+  jobs pinned to another node (gone or not) nor jobs in queues it does not
+  serve (`--queues`): they are other nodes' work, and a batch runner that
+  waited for them might never leave. It must stay so for IDLE_GRACE_SECONDS:
+  jobs added by a script right after the node started are not missed.
 - `--exit-after-jobs N`: it starts N attempts at most (the supervisor's
   budget), then leaves once they ended.
 
@@ -19,38 +20,32 @@ queues, and reads the store only when nothing runs here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 import trio
 
-from queued.protocol import QueueInfo
 from queued.store import StorageError
 
 log = logging.getLogger("queued.daemon")
 IDLE_GRACE_SECONDS = 1.0
 
 
-def nothing_waits(queues: Iterable[QueueInfo]) -> bool:
-    """No job waits to run in these queues (held jobs and paused queues aside)."""
-    return all(queue.paused or queue.pending + queue.failed == 0 for queue in queues)
-
-
 async def leave_when_idle(
     *,
     busy: Callable[[], bool],
-    queues: Callable[[], Awaitable[list[QueueInfo]]],
+    waits: Callable[[], Awaitable[bool]],
     next_change: Callable[[], trio.Event],
     leave: Callable[[], None],
     grace: float = IDLE_GRACE_SECONDS,
 ) -> None:
     """Call `leave` once the node has been idle for `grace` seconds: nothing
-    `busy` here and `nothing_waits` in its `queues` (read from the store)."""
+    `busy` here and nothing it `waits` for (read from the store)."""
     while True:
         change = next_change()
-        if not busy() and await _nothing_waits(queues):
+        if not busy() and await _nothing_waits(waits):
             with trio.move_on_after(grace):
                 await change.wait()
-            if not change.is_set() and not busy() and await _nothing_waits(queues):
+            if not change.is_set() and not busy() and await _nothing_waits(waits):
                 log.info("nothing left to run here: leaving (--exit-when-idle)")
                 leave()
                 return
@@ -58,8 +53,8 @@ async def leave_when_idle(
         await change.wait()
 
 
-async def _nothing_waits(queues: Callable[[], Awaitable[list[QueueInfo]]]) -> bool:
+async def _nothing_waits(waits: Callable[[], Awaitable[bool]]) -> bool:
     try:
-        return nothing_waits(await queues())
+        return not await waits()
     except StorageError:
         return False  # the store cannot say (unreachable): wait for it

@@ -274,7 +274,7 @@ class Runner:
                 if config.exit_after_jobs is not None:
                     nursery.start_soon(self._leave_after_budget, config.exit_after_jobs)
                 if config.exit_when_idle:
-                    nursery.start_soon(self._leave_when_idle, db)
+                    nursery.start_soon(self._leave_when_idle, db, config.queues)
                 if self.notifier.enabled:
                     nursery.start_soon(self._report_status, db)
                 if self.notifier.watchdog_interval:
@@ -418,13 +418,13 @@ class Runner:
         log.info("started %d attempts (--exit-after-jobs): leaving once they end", count)
         self.request_shutdown("graceful")
 
-    async def _leave_when_idle(self, db: Writer) -> None:
-        async def queues() -> list[Any]:
-            return await db.read(Store.queues)
+    async def _leave_when_idle(self, db: Writer, served: tuple[str, ...] | None) -> None:
+        async def waits() -> bool:
+            return await db.read(Store.waits_here, served)
 
         await batch_runner.leave_when_idle(
             busy=lambda: self.supervisor.busy,
-            queues=queues,
+            waits=waits,
             next_change=self.supervisor.next_change,
             leave=lambda: self.request_shutdown("graceful"),
         )

@@ -144,6 +144,9 @@ class ComposedStore:
     def queues(self) -> list[QueueInfo]:
         return self._queues.queues()
 
+    def waits_here(self, queues: Sequence[str] | None) -> bool:
+        return self._queues.waits_here(self._node.name, queues)
+
     def add_queue(self, name: str, concurrency: int | None, now: float) -> Written[None]:
         return self._queues.add_queue(name, concurrency, now)
 

@@ -431,6 +431,15 @@ class Store(Protocol):
     # -- queues and settings --------------------------------------------------
     def queues(self) -> list[QueueInfo]: ...
 
+    def waits_here(self, queues: Sequence[str] | None) -> bool:
+        """Whether a job waits that this node (`identify`) may run some day:
+        pending or failed awaiting its retry, due or not, its dependencies met
+        or not, in a queue that is not paused and is among `queues` (None:
+        every queue), and not pinned to another node. Held jobs, paused
+        queues, and jobs pinned to another node or in a queue this node does
+        not serve keep no batch runner (`--exit-when-idle`)."""
+        ...
+
     def add_queue(self, name: str, concurrency: int | None, now: float) -> Written[None]: ...
 
     def remove_queue(self, name: str) -> Written[None]: ...

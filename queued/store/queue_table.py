@@ -4,13 +4,14 @@ engine supplies (queued/store/dialect.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from queued import lifecycle
 from queued.protocol import QueueInfo
 from queued.store.contract import Refused, Written
 from queued.store.dialect import Connection, Dialect
-from queued.store.sqlite.rows import UNFINISHED
+from queued.store.sqlite.rows import UNFINISHED, WAITING
 
 DEFAULT_QUEUE = "default"
 
@@ -42,6 +43,16 @@ class QueueTable:
                 "SELECT name, concurrency, paused FROM queues ORDER BY name"
             )
         ]
+
+    def waits_here(self, node: str, queues: Sequence[str] | None) -> bool:
+        """Store.waits_here for node `node`."""
+        served = "" if queues is None else f" AND j.queue IN ({', '.join('?' * len(queues))})"
+        row = self._execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs j JOIN queues q ON q.name = j.queue"
+            f" WHERE j.state IN ({WAITING}) AND NOT q.paused AND (j.node IS NULL OR j.node = ?){served})",
+            (node, *(queues or ())),
+        ).fetchone()
+        return bool(row[0])
 
     def ensure_default(self, now: float) -> None:
         self._execute(

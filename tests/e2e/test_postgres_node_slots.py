@@ -81,3 +81,27 @@ def test_a_batch_runner_on_postgres_runs_what_waits_and_leaves(tmp_path: Path, p
     finally:
         runner.stop()
         feeder.stop()
+
+
+def test_a_batch_runner_leaves_despite_jobs_only_other_nodes_may_run(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A job pinned to another node (here the feeder, which runs nothing) or
+    in a queue the runner does not serve would keep it for ever: they are
+    other nodes' work, and it leaves once its own is done (it waited)."""
+    feeder = node_on(tmp_path / "feeder", postgres_url, 0).start()
+    runner = node_on(tmp_path / "runner", postgres_url, 2, "--exit-when-idle", "--queues", "default")
+    try:
+        feeder.ok("queue", "add", "other")
+        others = [feeder.add("--here", "true"), feeder.add("--queue", "other", "true")]
+        mine = [feeder.add("true") for _ in range(3)]
+        runner.start(wait=False)
+        assert runner.process is not None
+        assert runner.process.wait(timeout=60) == 0, runner.log.read_text()
+        states = {job["id"]: job["state"] for job in json.loads(feeder.ok("ls", "--json"))}
+        assert [states[job_id] for job_id in mine] == ["completed"] * 3
+        assert [states[job_id] for job_id in others] == ["pending"] * 2
+        assert "nothing left to run here: leaving (--exit-when-idle)" in runner.log.read_text()
+    finally:
+        runner.stop()
+        feeder.stop()

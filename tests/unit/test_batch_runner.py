@@ -5,21 +5,6 @@ from __future__ import annotations
 import pytest
 
 from queued import config
-from queued.batch_runner import nothing_waits
-from queued.protocol import QueueInfo
-
-
-def queue(name: str = "default", *, paused: bool = False, **counts: int) -> QueueInfo:
-    return QueueInfo(name=name, concurrency=None, paused=paused, **counts)
-
-
-def test_pending_and_retrying_jobs_keep_it_held_ones_and_paused_queues_do_not() -> None:
-    assert nothing_waits([])
-    assert nothing_waits([queue(held=3, running=2)])  # running elsewhere: not ours to wait for
-    assert not nothing_waits([queue(pending=1)])
-    assert not nothing_waits([queue(failed=1)])  # awaiting its retry
-    assert nothing_waits([queue(pending=5, paused=True), queue("other", held=1)])
-    assert not nothing_waits([queue(pending=5, paused=True), queue("other", pending=1)])
 
 
 def values(flags: dict[str, object] | None = None, **environ: str) -> config.DaemonValues:

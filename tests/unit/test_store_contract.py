@@ -2071,6 +2071,32 @@ def test_a_restarted_copy_stays_pinned(store: Store) -> None:
     assert job(store, copy).pinned == "n2"
 
 
+def test_waits_here_sees_only_jobs_this_node_may_run_some_day(store: Store) -> None:
+    """What keeps a batch runner (--exit-when-idle): a job it may run, due or
+    not, its dependencies met or not, retries included; not held jobs, paused
+    queues, jobs pinned to another node (gone or not) or in queues it does
+    not serve."""
+    join_node(store.engine, "n1")
+    assert not store.waits_here(None)
+    store.add_jobs([pinned(node="gone")], T0)
+    store.add_jobs([new(hold=True)], T0)
+    store.add_queue("paused", None, T0)
+    store.set_paused("paused", True)
+    store.add_jobs([new(queue="paused")], T0)
+    assert not store.waits_here(None) and not store.waits_here(["default", "paused"])
+    store.add_queue("other", None, T0)
+    store.add_jobs([new(queue="other", delay=3600.0)], T0)
+    assert store.waits_here(None) and store.waits_here(["other"])
+    assert not store.waits_here(["default"])  # not a queue it serves
+    [mine] = store.add_jobs([pinned(node="n1", max_retries=1)], T0)
+    assert store.waits_here(["default"])
+    assert run_to(store, mine, FAIL) == "failed"  # awaiting its retry: it still waits
+    assert store.waits_here(["default"])
+    store.add_jobs([new(after=[mine])], T0)  # waiting for a dependency counts too
+    store.cancel([mine], T0)
+    assert not store.waits_here(["default"])
+
+
 def test_nodes_lists_this_node_and_rescue_takes_nothing_from_a_live_one(store: Store) -> None:
     join_node(store.engine, "n1")
     job_id = add(store)
