@@ -54,6 +54,18 @@ class DaemonUnreachable(QueuectlError):
         self.path = path
 
 
+class DaemonBusy(DaemonUnreachable):
+    """The daemon is there, but takes no more connections now: as many
+    clients are connected as it takes, or so many connect at once that its
+    backlog is full. The CLI exits 3, as when no daemon answers: try again."""
+
+    code = "busy"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        QueuectlError.__init__(self, reason)
+        self.path = path
+
+
 class UntrustedDaemon(DaemonUnreachable):
     """Something listens at the socket, but not a daemon we have reason to
     trust (see Client): nothing was sent to it. The CLI exits 3, as when no
@@ -201,6 +213,13 @@ class Client:
         sock.settimeout(self.timeout)
         try:
             sock.connect(str(self.path))
+        except BlockingIOError:  # EAGAIN: a Unix socket's backlog is full (a listener is there)
+            sock.close()
+            raise DaemonBusy(
+                self.path,
+                f"queued at {self.path} takes no more connections now (its backlog is full: "
+                "too many clients at once); try again shortly",
+            ) from None
         except OSError as exc:
             sock.close()
             raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
@@ -210,7 +229,13 @@ class Client:
             raise UntrustedDaemon(self.path, refusal)
         self._sock = sock
         self._frames = p.FrameBuffer()
-        welcome = self._exchange(p.Hello(protocol=p.PROTOCOL_VERSION, client=f"queuectl/{__version__}"))
+        try:
+            welcome = self._exchange(p.Hello(protocol=p.PROTOCOL_VERSION, client=f"queuectl/{__version__}"))
+        except DaemonError as exc:
+            if exc.code != "busy":
+                raise
+            self.close()
+            raise DaemonBusy(self.path, exc.message) from None
         if not isinstance(welcome, p.Welcome):
             self.close()
             raise QueuectlError(f"unexpected answer to hello: {type(welcome).__name__}")

@@ -26,6 +26,7 @@ from queued.config import SETTINGS_KEYS, Sources, daemon_values
 from queued.config import effective_settings as config_settings
 from queued.cron import local_zone_name
 from queued.data_lock import StartupError, lock_data_dir, name_lock_holders, stop_previous_instance
+from queued.processes import descriptors
 from queued.processes.callbacks import Callbacks
 from queued.processes.ends import fault_text
 from queued.processes.guardian_link import GuardianLink
@@ -246,7 +247,16 @@ class Runner:
             self.daemon.local_zone = daemon_local_zone()
             self.daemon.schedules_changed = self.scheduler.changed
             access = AccessPolicy(frozenset({os.getuid(), 0}), config.allow_group)
-            server = self.server = Server(functools.partial(dispatch, REQUEST_HANDLERS, self.daemon), access)
+            supervisor = self.supervisor
+            server = self.server = Server(
+                functools.partial(dispatch, REQUEST_HANDLERS, self.daemon),
+                access,
+                lambda: descriptors.client_room(
+                    descriptors.current_limit(),
+                    supervisor.settings.concurrency,
+                    supervisor.descriptors_reserved,
+                ),
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(db.serve)
                 await nursery.start(self._supervise)

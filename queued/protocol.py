@@ -42,6 +42,7 @@ ErrorCode = Literal[
     "too_large",  # frame over MAX_FRAME
     "storage",  # the database refused the write (disk full, I/O error)
     "shutting_down",  # the daemon no longer accepts this request
+    "busy",  # as many clients are connected as the daemon takes: try again shortly
     "internal",  # a bug: the daemon logged the details
 ]
 

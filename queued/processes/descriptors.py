@@ -16,6 +16,9 @@ import resource
 
 FDS_PER_ATTEMPT = 5  # the read ends of its two pipes, its pidfd, its two log files
 FDS_RESERVED = 32  # the daemon's own (about 15), and room for a few clients
+# Clients connected at once: what the slots leave of the limit, within these.
+MIN_CLIENTS = 16  # the reserve's room for a few
+MAX_CLIENTS = 1024
 
 
 def raise_limit() -> int:
@@ -50,3 +53,12 @@ def shortfall(concurrency: int, limit: int, reserved: int = FDS_RESERVED) -> str
         f"{limit:,} (its RLIMIT_NOFILE): raise the limit (`ulimit -n`, LimitNOFILE= in the unit) "
         f"and restart queued, or use a concurrency of at most {most_slots(limit, reserved):,}"
     )
+
+
+def client_room(limit: int, concurrency: int, reserved: int = FDS_RESERVED) -> int:
+    """How many clients may be connected at once: the descriptors `concurrency`
+    running attempts and the daemon's own (`reserved`, which holds room for
+    MIN_CLIENTS) leave of `limit`, at most MAX_CLIENTS. Beyond it a client is
+    turned away with a reason: 10,000 idle connections would otherwise take
+    the descriptors a job needs to start."""
+    return max(MIN_CLIENTS, min(MAX_CLIENTS, limit - reserved - concurrency * FDS_PER_ATTEMPT + MIN_CLIENTS))

@@ -21,6 +21,7 @@ import trio
 
 from queued import __version__, paths
 from queued import protocol as p
+from queued.processes.descriptors import MAX_CLIENTS
 from queued.store import StorageError
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,14 @@ class AccessPolicy:
 
 
 class Server:
-    def __init__(self, handler: Handler, access: AccessPolicy) -> None:
+    def __init__(
+        self, handler: Handler, access: AccessPolicy, room: Callable[[], int] = lambda: MAX_CLIENTS
+    ) -> None:
         self.handler = handler
         self.access = access
+        self.room = room  # how many clients may be connected at once (descriptors.client_room)
         self.connections = 0
+        self._told_full = -math.inf
         self.in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -168,10 +173,32 @@ class Server:
                         log.error("cannot accept connections: %s; retrying every %.1f s", exc, ACCEPT_BACKOFF)
                     await trio.sleep(ACCEPT_BACKOFF if exc.errno in (errno.EMFILE, errno.ENFILE) else 0)
                     continue
+                if self.connections >= self.room():
+                    await self._turn_away(stream)
+                    continue
+                self.connections += 1  # here, not in the task: the next accept may come before it runs
                 nursery.start_soon(self._connection, stream)
 
+    async def _turn_away(self, stream: trio.SocketStream) -> None:
+        """A client over the cap gets its reason at once (its socket's buffer
+        is empty: the send does not wait on it) and the descriptor back."""
+        if trio.current_time() - self._told_full >= ACCEPT_LOG_SECONDS:
+            self._told_full = trio.current_time()
+            log.warning(
+                "%d clients are connected, as many as queued takes: turning new ones away", self.connections
+            )
+        message = (
+            f"queued is busy: {self.connections} clients are connected, as many as it takes "
+            "(the rest of its open files are its jobs'); try again shortly"
+        )
+        with trio.move_on_after(1):
+            try:
+                await _send(stream, p.Error(code="busy", message=message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(stream)
+
     async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
         try:
             async with stream:
                 await self._converse(stream)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 
 from queued import protocol as p
+from queued.daemon import Runner
 
-from .conftest import AsyncClient, DaemonHandle
+from .conftest import AsyncClient, DaemonHandle, make_config
 
 
 async def snapshot(client: AsyncClient) -> tuple[list[p.Job], dict[str, int]]:
@@ -177,3 +180,42 @@ async def test_a_nul_byte_in_a_list_filter_is_refused_alike_on_both_engines(any_
         assert "NUL byte" in response.message
     jobs = await any_client.ok(p.ListJobs(command="true"))
     assert isinstance(jobs, p.JobList) and len(jobs.jobs) == 1
+
+
+async def test_clients_over_the_cap_are_turned_away_with_a_reason_and_jobs_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10,000 idle connections took every descriptor, and then no job could
+    start and no client learnt why; past the cap (here 3) a client gets
+    "busy" at once, jobs start, and a freed place is taken again."""
+    from queued.processes import descriptors
+
+    monkeypatch.setattr(descriptors, "MAX_CLIENTS", 3)
+    monkeypatch.setattr(descriptors, "MIN_CLIENTS", 3)
+    config = make_config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Runner(config).run)
+        held = [await AsyncClient.connect(config.socket_path) for _ in range(3)]
+        stream = await trio.open_unix_socket(str(config.socket_path))
+        turned_away = AsyncClient(stream)
+        with trio.fail_after(10):  # (without the cap: it waits for ever for our hello)
+            answer = await turned_away.receive()
+        assert isinstance(answer, p.Error) and answer.code == "busy", answer
+        assert "3 clients are connected" in answer.message and "try again" in answer.message
+        assert await turned_away.receive() is None
+        await turned_away.aclose()
+        job_id = await held[0].add("true")
+        [done] = await held[0].wait(job_id)
+        assert done.state == "completed"
+        await held[2].aclose()
+        with trio.fail_after(5):
+            while True:  # the daemon notices the hang-up a moment later
+                try:
+                    again = await AsyncClient.connect(config.socket_path)
+                    break
+                except (AssertionError, trio.BrokenResourceError):
+                    await trio.sleep(0.01)
+        assert isinstance(await again.request(p.GetStatus()), p.Status)
+        for client in (*held[:2], again):
+            await client.aclose()
+        nursery.cancel_scope.cancel()

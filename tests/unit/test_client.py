@@ -281,6 +281,33 @@ def test_cli_unreachable_exits_3_naming_the_socket(monkeypatch, capsys, tmp_path
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_a_full_backlog_is_busy_not_missing_and_exits_3(monkeypatch, capsys, tmp_path: Path) -> None:
+    """A daemon flooded with connections (its listen backlog full: EAGAIN)
+    is there: `queuectl` says so, not "start it with `queued`"."""
+    path = tmp_path / "full.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)  # never accepts
+    filling: list[socket.socket] = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.setblocking(False)
+            filling.append(sock)
+            try:
+                sock.connect(str(path))
+            except BlockingIOError:
+                break
+        code, out, err = run_cli(monkeypatch, capsys, "--socket", str(path), "status")
+        assert code == 3 and out == ""
+        assert "takes no more connections now" in err and "try again" in err and "start it" not in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        for sock in filling:
+            sock.close()
+        listener.close()
+
+
 def test_cli_honours_queued_socket_env(monkeypatch, capsys, tmp_path: Path) -> None:
     path = tmp_path / "env.sock"
     monkeypatch.setenv("QUEUED_SOCKET", str(path))

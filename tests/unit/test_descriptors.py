@@ -28,3 +28,11 @@ def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
         assert descriptors.raise_limit() == hard == descriptors.current_limit()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_clients_get_what_the_slots_leave_of_the_limit_within_bounds() -> None:
+    room = descriptors.client_room
+    assert room(20000, 4) == descriptors.MAX_CLIENTS  # plenty: the cap holds
+    assert room(1024, 100) == 1024 - 32 - 500 + descriptors.MIN_CLIENTS
+    assert room(1024, descriptors.most_slots(1024)) < descriptors.MIN_CLIENTS + descriptors.FDS_PER_ATTEMPT
+    assert room(1024, 4096) == descriptors.MIN_CLIENTS  # never none
