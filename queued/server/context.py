@@ -221,7 +221,9 @@ class Daemon:
             return None
         when = time.strftime("%H:%M:%S", time.localtime(since))
         seconds = max(0, round(self.clock() - since))
-        return f"{error.store} is unreachable since {when} ({seconds} s ago); reconnecting"
+        why = _driver_reason(error.detail)
+        because = f": {why}" if why else ""
+        return f"{error.store} is unreachable since {when} ({seconds} s ago{because}); reconnecting"
 
     def reconfigure(self) -> None:
         """Apply the settings the sources now give (after `config set`, or a reload)."""
@@ -258,3 +260,12 @@ async def dispatch(handlers: dict[type, Handler], d: Daemon, request: p.Request)
         return p.Error(code=exc.code, message=exc.message)
     except ValueError as exc:
         return p.Error(code="invalid", message=str(exc))
+
+
+def _driver_reason(detail: str) -> str:
+    """The gist of a driver's reason, on one line: libpq's "connection to server
+    on socket ... failed: FATAL:  password authentication failed for user ..."
+    says what matters after its last "failed: "."""
+    line = " ".join(detail.split())
+    gist = line.rsplit(" failed: ", 1)[-1] if " failed: " in line else line
+    return gist if len(gist) <= 160 else gist[:157] + "..."

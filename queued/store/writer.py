@@ -380,6 +380,8 @@ class Writer:
                 break
             except StorageError as exc:
                 detail = exc.detail if isinstance(exc, StoreUnreachable) else str(exc)
+                if self.unreachable is not None and detail:
+                    self.unreachable.detail = detail  # `status` says why now (a password refused, no room)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 if trio.current_time() - reminded >= UNREACHABLE_REMINDER_SECONDS:
                     reminded = trio.current_time()

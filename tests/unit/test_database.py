@@ -276,11 +276,15 @@ async def test_an_unreachable_store_fails_every_call_at_once_until_the_writer_re
     real_reconnect = db.engine.reconnect
     refusals = 3
 
+    details: list[str] = []  # why the store is unreachable, as `status` says it at each try
+
     def reconnect(**how: object) -> None:  # the server refuses the first tries, then answers
         if not how:  # the writer's (the engine's own, at a batch's begin, gives a timeout)
             reconnects.append(time.monotonic())
+            details.append(db.unreachable.detail if db.unreachable is not None else "")
         if len(reconnects) <= refusals:
-            raise StoreUnreachable("the job store at X is unreachable; retrying", "refused")
+            why = f"refused {len(reconnects)}" if len(reconnects) > 1 else "refused"
+            raise StoreUnreachable("the job store at X is unreachable; retrying", why)
         real_reconnect()
 
     monkeypatch.setattr(db.engine, "reconnect", reconnect)
@@ -303,7 +307,20 @@ async def test_an_unreachable_store_fails_every_call_at_once_until_the_writer_re
     assert len(reconnects) == refusals + 1 and gaps == sorted(gaps)  # backoff: each wait longer
     assert await db.read(Store.states, [job_id]) == {job_id: "pending"}
     assert "the job store is unreachable (refused); reconnecting" in caplog.text
-    assert "reconnected to the job store after" in caplog.text
+    assert details[2:] == [f"refused {n}" for n in range(2, refusals + 1)]  # the latest reason, not the first
+
+
+def test_status_gives_the_gist_of_why_the_store_is_unreachable() -> None:
+    from queued.server.context import _driver_reason
+
+    libpq = 'connection failed: connection to server on socket "/run/x/.s.PGSQL.5432" failed: FATAL:  {}'
+    assert _driver_reason(libpq.format('password authentication failed for user "q"')) == (
+        'FATAL: password authentication failed for user "q"'
+    )
+    assert _driver_reason("terminating connection due to administrator command") == (
+        "terminating connection due to administrator command"
+    )
+    assert _driver_reason("") == "" and len(_driver_reason("x" * 500)) == 160
 
 
 @sqlite_only
