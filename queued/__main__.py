@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from queued import early_signals
+
+early_signals.catch()  # first: a SIGHUP sent right after the start must not kill it
+
 import argparse
 import gc
 import os

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from queued import batch_runner, lifecycle, signals
+from queued import batch_runner, early_signals, lifecycle, signals
 from queued import lease as lease_rules
 from queued.config import SETTINGS_KEYS, Sources, daemon_values
 from queued.config import effective_settings as config_settings
@@ -473,6 +473,9 @@ class Runner:
         caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         with trio.open_signal_receiver(*caught) as received:
             interrupts = 0
+            for signum in early_signals.arrived():  # sent before we listened (see early_signals)
+                log.info("acting on %s, received during the start", signal.Signals(signum).name)
+                self._early_signal(signum, nursery)
             async for signum in received:
                 if signum == signal.SIGHUP:
                     self.reload()
@@ -484,6 +487,12 @@ class Runner:
                     if signum == signal.SIGINT:
                         interrupts += 1
                     self.request_shutdown("now" if interrupts >= 2 else "graceful")
+
+    def _early_signal(self, signum: int, nursery: trio.Nursery) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+        elif signum == signal.SIGUSR1:
+            nursery.start_soon(self.log_state)
 
     def reload(self) -> None:
         """Read the config file again and apply its job settings and log level

@@ -181,6 +181,36 @@ def test_sighup_reloads_the_config_file_and_says_what_changed(tmp_path: Path) ->
         daemon.stop()
 
 
+def caught_signals(pid: int) -> int:
+    """The signals a process catches (its SigCgt mask: bit n-1 for signal n)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def test_a_sighup_sent_while_it_starts_is_a_reload_not_its_death(tmp_path: Path) -> None:
+    """`kill -HUP` from a logrotate hook, or `systemctl kill -s HUP` right
+    after a restart, came before the daemon listened for it (its default
+    action kills: exit 129, about the first half second); now it is caught
+    first thing and acted on once the daemon listens."""
+    daemon = Daemon(tmp_path).start(wait=False)
+    pid = daemon_pid(daemon)
+    hup = 1 << (signal.SIGHUP - 1)
+    try:
+        while not caught_signals(pid) & hup:
+            assert not daemon.socket.exists(), "it served before it caught SIGHUP"
+            assert daemon.process is not None and daemon.process.poll() is None, daemon.log.read_text()
+            time.sleep(0.002)
+        os.kill(pid, signal.SIGHUP)
+        daemon.wait_ready()
+        assert logged(daemon, "acting on SIGHUP, received during the start"), daemon.log.read_text()
+        assert daemon.process.poll() is None
+        daemon.ok("status")
+    finally:
+        daemon.stop()
+
+
 def test_a_config_file_with_a_bad_value_changes_nothing_on_reload(tmp_path: Path) -> None:
     config = tmp_path / "queued.toml"
     config.write_text("max-retries = 1\n")

@@ -36,3 +36,21 @@ def test_reading_the_file(tmp_path: Path) -> None:
         signals.read_config_file(path, required=False)
     path.write_text("max-retries = 2\n")
     assert signals.read_config_file(path, required=True) == {"max-retries": 2}
+
+
+def test_signals_that_come_before_the_daemon_listens_are_remembered_once() -> None:
+    import os
+    import signal
+
+    from queued import early_signals
+
+    before = {signum: signal.getsignal(signum) for signum in early_signals.CAUGHT}
+    try:
+        early_signals.catch()
+        for signum in (signal.SIGUSR2, signal.SIGHUP, signal.SIGHUP):
+            os.kill(os.getpid(), signum)  # the default action would end this process
+        assert early_signals.arrived() == [signal.SIGUSR2, signal.SIGHUP]
+        assert early_signals.arrived() == []
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
