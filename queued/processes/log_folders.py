@@ -8,6 +8,7 @@ again."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -44,3 +45,17 @@ class LogFolders:
     def forget(self, job_id: int) -> None:
         """An attempt of the job lost output: its folder may be gone or read-only."""
         self._usable.discard(f"{self.logs_dir}/{job_id // 1000}")
+
+    def files_of(self, job_ids: Iterable[int]) -> list[str]:
+        """This node's log files of the jobs' attempts (one listing per folder)."""
+        by_folder: dict[str, set[str]] = {}
+        for job_id in job_ids:
+            by_folder.setdefault(f"{self.logs_dir}/{job_id // 1000}", set()).add(str(job_id))
+        found = []
+        for folder, stems in by_folder.items():
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue  # never made here, or gone
+            found += [f"{folder}/{name}" for name in names if name.partition(".")[0] in stems]
+        return found

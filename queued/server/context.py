@@ -111,10 +111,17 @@ class OutputNews:
         return list(self._waiting)
 
 
+class LogFiles(Protocol):
+    def files_of(self, job_ids: Iterable[int]) -> list[str]:
+        """This node's log files of these jobs' attempts."""
+        ...
+
+
 class Supervision(Protocol):
     """What the handlers may ask of the process side, and nothing more."""
 
     settings: Settings  # in force; `reconfigure` updates it in place
+    log_folders: LogFiles  # where this node's attempts' log files are
 
     @property
     def accepting(self) -> bool:

@@ -9,6 +9,8 @@ from the store, in a task of its own so that delivery never waits."""
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 
 import trio
 
@@ -27,6 +29,8 @@ class NodeNews:
         self._queues = False  # the queues must be read again
         self._everything = False  # and the running and watched jobs' states too
         self._asked = trio.Event()
+        self._removed: list[int] = []  # jobs deleted elsewhere whose log files here go next
+        self._removals = trio.Event()
 
     def deliver(self, news: News) -> None:
         d = self.d
@@ -43,6 +47,9 @@ class NodeNews:
             d.output_news.told(news.output)
         if news.cancel:
             d.supervisor.stop_jobs(news.cancel, "cancel")  # those that run here
+        if news.removed:
+            self._removed += news.removed
+            self._removals.set()
         if news.room:
             d.supervisor.room_freed(news.room)
         if news.wake:
@@ -57,6 +64,7 @@ class NodeNews:
     async def run(self, source: NewsSource) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_again)
+            nursery.start_soon(self._delete_removed_logs)
             await source.run(self.deliver)
 
     async def _read_again(self) -> None:
@@ -77,6 +85,17 @@ class NodeNews:
                 self._asked.set()
                 await trio.sleep(RETRY_SECONDS)
 
+    async def _delete_removed_logs(self) -> None:
+        """Another node's `rm` or `clean` deleted jobs whose attempts ran here
+        too: their log files on this node's disk go (that node cannot reach
+        them), on a worker thread."""
+        folders = self.d.supervisor.log_folders
+        while True:
+            await self._removals.wait()
+            self._removals = trio.Event()
+            removed, self._removed = self._removed, []
+            await trio.to_thread.run_sync(_unlink_all, folders.files_of, removed)
+
     async def _check_jobs(self) -> None:
         """Cancels and finishes told while the channel was closed: running
         jobs no longer running in the store stop, watched ones that finished
@@ -92,3 +111,11 @@ class NodeNews:
             log.info("jobs %s were canceled while other nodes' news could not be heard: stopping them", gone)
             d.supervisor.stop_jobs(gone, "cancel")
         d.watchers.notify([i for i in watched if i not in states or lifecycle.is_terminal(states[i])])
+
+
+def _unlink_all(files_of: Callable[[list[int]], list[str]], job_ids: list[int]) -> None:
+    for path in files_of(job_ids):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass  # gone already, or never ours to delete

@@ -687,6 +687,8 @@ class News(msgspec.Struct, kw_only=True):
     cancel: list[int] = msgspec.field(default_factory=list)  # jobs canceled: stop them if they run here
     finished: list[int] = msgspec.field(default_factory=list)  # jobs that reached a terminal state
     output: list[int] = msgspec.field(default_factory=list)  # jobs whose output grew or attempt ended
+    # Jobs deleted (`rm`, `clean`): each node deletes its own log files of their attempts.
+    removed: list[int] = msgspec.field(default_factory=list)
     # The news channel was (re)opened: whatever was sent while it was closed is
     # gone, so read everything again (queues, schedules, claimable jobs, running jobs' states).
     reconnected: bool = False
@@ -700,6 +702,7 @@ class News(msgspec.Struct, kw_only=True):
         self.cancel += other.cancel
         self.finished += other.finished
         self.output += other.output
+        self.removed += other.removed
         self.reconnected = self.reconnected or other.reconnected
         self.lost = self.lost or other.lost
 

@@ -189,3 +189,48 @@ def test_output_the_local_disk_refused_is_whole_in_the_database(nodes: tuple[Dae
         )
     finally:
         subprocess.run(["umount", str(logs)], capture_output=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("unshare"), reason="a mount namespace needs root")
+def test_rm_and_clean_on_one_node_delete_the_log_files_another_host_holds(
+    tmp_path: Path, postgres_empty_url: str
+) -> None:
+    """B's data dir is on a disk A cannot see (its own mount namespace: as
+    another host): `rm` and `clean` on A deleted the jobs and left their log
+    files on B's disk for ever; now B hears which jobs went and deletes its own."""
+    a = Daemon(tmp_path / "a", "--store", postgres_empty_url, "--node", "a", "--concurrency", "0")
+    private = tmp_path / "b-disk"
+    private.mkdir()
+    b = Daemon(tmp_path / "b", "--store", postgres_empty_url, "--node", "b")
+    b.flags = ["--data-dir", str(private / "data")]
+    own_disk = (
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs tmpfs "$0" && exec "$@"',
+    )
+    try:
+        a.start()
+        b.start(wrap=(*own_disk, str(private)))
+        assert b.process is not None
+        b_disk = Path(f"/proc/{b.process.pid}/root{private}/data/logs/0")  # B's view of its disk
+        removed, cleaned = (run_on(b, f"echo job {n}") for n in range(2))
+        kept = b.add("--max-retries", "0", "echo dead; exit 1")
+        b.ctl("wait", str(kept))
+        assert not (private / "data").exists()  # A's view: nothing there
+        assert {f"{job_id}.1.out" for job_id in (removed, cleaned, kept)} <= {
+            p.name for p in b_disk.iterdir()
+        }
+        a.ok("rm", str(removed))
+        a.ok("clean", "--state", "completed")
+        deadline = time.monotonic() + 10
+        while any((b_disk / f"{job_id}.1.out").exists() for job_id in (removed, cleaned)):
+            assert time.monotonic() < deadline, sorted(p.name for p in b_disk.iterdir())
+            time.sleep(0.05)
+        assert (b_disk / f"{kept}.1.out").read_text() == "dead\n"  # its job is still there
+    finally:
+        for node in (b, a):
+            node.stop()

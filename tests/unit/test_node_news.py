@@ -38,6 +38,16 @@ class FakeSupervisor:
         return list(self.running)
 
 
+class FakeLogFolders:
+    def __init__(self, root) -> None:
+        from queued.processes.log_folders import LogFolders
+
+        self.real = LogFolders(root)
+
+    def files_of(self, job_ids):
+        return self.real.files_of(job_ids)
+
+
 class FakeDb:
     def __init__(self, states: dict[int, str]) -> None:
         self.states = states
@@ -126,3 +136,21 @@ def test_a_change_of_schedules_or_a_reconnection_has_the_scheduler_read_them_aga
     assert d.schedules_read == 1
     news.deliver(News(reconnected=True))  # what was sent while the channel was closed is gone
     assert d.schedules_read == 2
+
+
+async def test_jobs_deleted_elsewhere_lose_their_log_files_here(tmp_path) -> None:
+    d = daemon()
+    d.supervisor.log_folders = FakeLogFolders(tmp_path)
+    for name in ("0/7.1.out", "0/7.1.err", "0/7.2.out", "0/70.1.out", "1/1007.1.out", "0/8.1.out"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    news = NodeNews(d)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(news._delete_removed_logs)
+        news.deliver(News(removed=[7, 1007, 9]))  # 9 never ran here
+        with trio.fail_after(5):
+            while (tmp_path / "0/7.1.out").exists() or (tmp_path / "1/1007.1.out").exists():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.*"))
+    assert left == ["0/70.1.out", "0/8.1.out"]

@@ -595,6 +595,22 @@ def test_a_schedule_firing_that_added_a_job_wakes_the_other_nodes() -> None:
     assert outbox.payloads() == ["wake"]
 
 
+def test_jobs_deleted_are_news_for_the_nodes_that_hold_their_log_files() -> None:
+    """`rm` and `clean` on one node: every node hears which jobs went (from
+    the log paths the attempts named, on whichever node), to delete its own."""
+    from queued.store.contract import News, Written
+    from queued.store.postgres.news import Outbox, parse
+
+    outbox = Outbox()
+    outbox.note("remove", ([7],), Written(["/b/logs/0/7.1.out", "/b/logs/0/7.1.err", "/a/logs/0/7.2.out"]))
+    outbox.note("clean", ([lifecycle.COMPLETED], None), Written((2, ["/c/logs/1/1500.1.out", "/x/odd"])))
+    assert outbox.payloads() == ["removed 7,1500"]
+    assert parse("removed 7,1500") == News(removed=[7, 1500])
+    nothing = Outbox()
+    nothing.note("clean", ([lifecycle.COMPLETED], None), Written((0, [])))
+    assert not nothing
+
+
 def test_a_change_of_schedules_is_news_for_every_scheduler() -> None:
     from queued.store.contract import News, Written
     from queued.store.postgres.news import Outbox, parse

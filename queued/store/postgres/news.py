@@ -19,6 +19,7 @@ reads again what it could have missed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ class Outbox:
     """The news of one transaction, gathered call by call (`note`), sent by
     the engine before it commits (`payloads`) and forgotten after."""
 
-    __slots__ = ("cancel", "finished", "output", "queues", "room", "schedules", "wake")
+    __slots__ = ("cancel", "finished", "output", "queues", "removed", "room", "schedules", "wake")
 
     def __init__(self) -> None:
         self.clear()
@@ -69,10 +70,11 @@ class Outbox:
         self.cancel: list[int] = []
         self.finished: list[int] = []
         self.output: set[int] = set()
+        self.removed: set[int] = set()
 
     def __bool__(self) -> bool:
         flags = self.wake or self.queues or self.schedules
-        return bool(flags or self.room or self.cancel or self.finished or self.output)
+        return bool(flags or self.room or self.cancel or self.finished or self.output or self.removed)
 
     def note(self, name: str, args: tuple[Any, ...], result: Any) -> None:
         """What the contract method `name`, called with `args`, answered `result`."""
@@ -88,6 +90,9 @@ class Outbox:
             self.output.add(args[0].id)  # its `logs -f` readers see the end
         elif name == "append_output":
             self.output.update(chunk.job_id for chunk in args[0])
+        elif name in ("remove", "clean"):  # the other nodes' log files of them go too
+            paths = result.value if name == "remove" else result.value[1]
+            self.removed.update(job_id for job_id in map(job_of, paths) if job_id is not None)
         elif name == "cancel" and result.value:
             self.cancel += result.value
         elif name == "cancel_what_can" and result.value[0]:
@@ -114,7 +119,15 @@ class Outbox:
         out += _id_payloads("finished", self.finished)
         # A finished job's output readers hear of it by "finished" (see parse).
         out += _id_payloads("output", sorted(self.output.difference(self.finished)))
+        out += _id_payloads("removed", sorted(self.removed))
         return out
+
+
+def job_of(path: str) -> int | None:
+    """The job a log path is of, as any node names them (`JOB.RUN.out` in its
+    logs folder: queued.processes.log_folders); None for another name."""
+    stem = os.path.basename(path).partition(".")[0]
+    return int(stem) if stem.isdigit() else None
 
 
 def _id_payloads(kind: str, ids: Sequence[int]) -> list[str]:
@@ -137,7 +150,7 @@ def parse(payload: str) -> News:
         news.schedules = True
     elif kind == "room" and rest:
         news.room.add(rest)
-    elif kind in ("cancel", "finished", "output"):
+    elif kind in ("cancel", "finished", "output", "removed"):
         try:
             ids = [int(part) for part in rest.split(",") if part]
         except ValueError:
