@@ -9,6 +9,7 @@ line are the defaults every line starts from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,6 +51,11 @@ class JobFileError(ValueError):
 
 
 _decoder = msgspec.json.Decoder(JobLine)
+# A \uD800-\uDFFF escape without its other half: JSON allows it, text cannot hold it.
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 
 
 def parse_time(text: str) -> float:
@@ -85,6 +91,11 @@ def spec_from_json(text: str, defaults: JobSpec) -> JobSpec:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
+        lone = _LONE_SURROGATE.search(text)
+        if lone:  # msgspec calls a lone high one "truncated" input
+            raise ValueError(
+                f"not valid JSON: {lone.group()} is half of a UTF-16 surrogate pair, not a character"
+            ) from None
         raise ValueError(f"not valid JSON ({exc})") from None
     fields = {f: getattr(line, f) for f in line.__struct_fields__ if getattr(line, f) is not None}
     job_name = fields.pop("id", None)

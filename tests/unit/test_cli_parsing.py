@@ -397,3 +397,14 @@ def test_the_lazy_commands_import_nothing_above_them() -> None:
     script = "import sys, queuectl.commands, queuectl.changing\nprint('queuectl.cli' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_lone_surrogate_escape_in_a_json_job_is_named_not_called_truncated() -> None:
+    for text, named in (('{"command": "echo \\ud800"}', "\\ud800"), ('{"command": "\\udc00 x"}', "\\udc00")):
+        with pytest.raises(ValueError) as refused:
+            spec_from_json(text, DEFAULTS)
+        assert (
+            str(refused.value)
+            == f"not valid JSON: {named} is half of a UTF-16 surrogate pair, not a character"
+        )
+    assert spec_from_json('{"command": "echo \\ud83d\\ude00"}', DEFAULTS).command == "echo \U0001f600"
