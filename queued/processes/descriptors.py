@@ -18,7 +18,7 @@ FDS_PER_ATTEMPT = 5  # the read ends of its two pipes, its pidfd, its two log fi
 FDS_RESERVED = 32  # the daemon's own (about 15), and room for a few clients
 # Clients connected at once: what the slots leave of the limit, within these.
 MIN_CLIENTS = 16  # the reserve's room for a few
-MAX_CLIENTS = 1024
+MAX_CLIENTS = 4096  # `queuectl wait` of many scripts at once each holds one
 
 
 def raise_limit() -> int:
