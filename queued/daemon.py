@@ -30,7 +30,7 @@ from queued.processes import descriptors
 from queued.processes.callbacks import Callbacks
 from queued.processes.ends import fault_text
 from queued.processes.guardian_link import GuardianLink
-from queued.processes.job_process import JobEnvironments
+from queued.processes.job_environment import JobEnvironments
 from queued.processes.lease_keeper import LeaseKeeper
 from queued.processes.node_resources import NodeResources, detect_gpus
 from queued.processes.supervisor import Supervisor

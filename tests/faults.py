@@ -1,7 +1,8 @@
 """Fault injection: chosen calls, as `queued.processes.job_process` makes them, fail on cue.
 
 `inject(target, nth, errno, times=1)` makes the `nth` call of `os.<target>`
-(or of the log file's open, target "log_open") inside queued.processes.job_process, and the
+(or of the log file's open, target "log_open", or of the spawn, through libc
+or os, target "posix_spawn") inside queued.processes.job_process, and the
 `times - 1` after it, raise OSError with that errno; every other call goes
 through. Only that module sees the faults:
 the test's own I/O, trio's and SQLite's are untouched.
@@ -56,17 +57,22 @@ class _FaultyOs:
         return getattr(os, name)
 
 
+# Targets that are functions of job_process, not of os.
+_FUNCTIONS = {"log_open": "_open_log", "posix_spawn": "_spawn"}
+
+
 @contextlib.contextmanager
 def inject(target: str, nth: int, error: int, times: int = 1) -> Iterator[Fault]:
     assert target in TARGETS, target
     fault = Fault(target, nth, error, times)
-    if target == "log_open":
-        real_open_log = job_process._open_log
-        job_process._open_log = fault.wrap(real_open_log)  # type: ignore[assignment]
+    if target in _FUNCTIONS:
+        name = _FUNCTIONS[target]
+        real = getattr(job_process, name)
+        setattr(job_process, name, fault.wrap(real))
         try:
             yield fault
         finally:
-            job_process._open_log = real_open_log  # type: ignore[assignment]
+            setattr(job_process, name, real)
     else:
         job_process.os = _FaultyOs(fault)  # type: ignore[assignment]
         try:

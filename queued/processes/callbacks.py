@@ -27,7 +27,8 @@ from collections.abc import Callable
 import trio
 
 from queued.processes.guardian_link import GuardianLink
-from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
+from queued.processes.job_environment import JobEnvironments
+from queued.processes.job_process import JobProcess, OutOfDescriptors, SpawnError
 from queued.protocol import Job
 from queued.settings import Settings
 from queued.store import Store

@@ -26,23 +26,14 @@ from typing import Protocol
 import trio
 
 from queued.processes.escapes import LEADERS
-from queued.processes.guardian import INSTANCE_VAR
+from queued.processes.job_environment import AttemptEnvironment, entries
+from queued.processes.libc_spawn import LibcSpawn
 from queued.protocol import readable
 
 SHELL = "/bin/sh"
 # A spawn that fails with these is the daemon's shortage, not the job's fault.
 _SHORTAGE = (errno.EMFILE, errno.ENFILE)
 _READ_SIZE = 256 * 1024
-# Variables that belong to the daemon's service manager, not to its jobs.
-_PRIVATE_VARS = (
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    INSTANCE_VAR,
-)
 
 
 class SpawnError(Exception):
@@ -63,34 +54,10 @@ class OutOfDescriptors(Exception):
     started and waits until some are released (an attempt ends)."""
 
 
-class JobEnvironments:
-    """Each attempt's environment: the one captured at `add`, without the
-    daemon's own variables, plus the job's id, attempt and the daemon's
-    instance token. The filtering is done once per captured environment (the
-    store hands out one dict per distinct environment; most jobs share a few)."""
-
-    def __init__(self, instance: str) -> None:
-        self.instance = instance
-        self._bases: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
-
-    def for_attempt(self, captured: dict[str, str], *, job_id: int, run: int) -> dict[str, str]:
-        entry = self._bases.get(id(captured))
-        if entry is None or entry[0] is not captured:
-            if len(self._bases) >= 64:
-                self._bases.clear()
-            base = {k: v for k, v in captured.items() if k not in _PRIVATE_VARS}
-            base[INSTANCE_VAR] = self.instance
-            entry = self._bases[id(captured)] = (captured, base)
-        env = entry[1].copy()
-        env["QUEUED_JOB_ID"] = str(job_id)
-        env["QUEUED_ATTEMPT"] = str(run)
-        return env
-
-
 class JobProcess:
     """A started attempt: the leader's pid, a pidfd, and the read ends of its pipes."""
 
-    def __init__(self, command: str, *, cwd: str | bytes, env: dict[str, str]) -> None:
+    def __init__(self, command: str, *, cwd: str | bytes, env: AttemptEnvironment | dict[str, str]) -> None:
         opened: list[int] = []
         try:
             out_r, out_w = os.pipe()
@@ -165,13 +132,35 @@ def _close_all(fds: tuple[int, ...] | list[int]) -> None:
             pass
 
 
-def _spawn(argv: list[str], cwd: str | bytes, env: dict[str, str], stdout: int, stderr: int) -> int:
+# Python ignores these; a job starts with them at their defaults, as with Popen.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# None where libc lacks what it needs: then os.posix_spawn, holding the GIL.
+_LIBC_SPAWN = LibcSpawn.load(_DEFAULT_SIGNALS)
+
+
+def _spawn(
+    argv: list[str], cwd: str | bytes, env: AttemptEnvironment | dict[str, str], stdout: int, stderr: int
+) -> int:
     """posix_spawn (a vfork and an exec, no Python in between) in a new session.
     Every descriptor the daemon holds is close-on-exec (Python's default, and
     `queued` marks those it inherited at start), so the job gets exactly 0, 1
-    and 2. posix_spawn cannot change directory here (Python 3.11), so the
-    daemon steps into `cwd` for the spawn and back: nothing else runs on this
-    thread meanwhile, and every path the daemon uses is absolute."""
+    and 2. Through libc where it can (libc_spawn.py): the GIL is let go while
+    the child execs."""
+    if _LIBC_SPAWN is not None:
+        variables = env.entries() if isinstance(env, AttemptEnvironment) else entries(env)
+        return _LIBC_SPAWN.spawn(SHELL, argv, variables, cwd=cwd, stdout=stdout, stderr=stderr)
+    return _spawn_holding_the_gil(
+        argv, cwd, env.as_dict() if isinstance(env, AttemptEnvironment) else env, stdout, stderr
+    )
+
+
+def _spawn_holding_the_gil(
+    argv: list[str], cwd: str | bytes, env: dict[str, str], stdout: int, stderr: int
+) -> int:
+    """`_spawn` with os.posix_spawn, which cannot change directory (Python
+    3.11): the daemon steps into `cwd` for the spawn and back. Nothing else
+    runs meanwhile (the GIL is held throughout), and every path the daemon
+    uses is absolute."""
     home = os.open(".", os.O_PATH | os.O_DIRECTORY)  # O_PATH: fine in an unreadable directory
     try:
         try:
@@ -196,10 +185,6 @@ def _spawn(argv: list[str], cwd: str | bytes, env: dict[str, str], stdout: int, 
             os.fchdir(home)
     finally:
         os.close(home)
-
-
-# Python ignores these; a job starts with them at their defaults, as with Popen.
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def _spawn_reason(exc: OSError, cwd: str | bytes) -> str:

@@ -57,7 +57,8 @@ from queued.processes.claimed_ahead import ClaimedAhead
 from queued.processes.ends import Ends, abandon, fault_outcome
 from queued.processes.escapes import Escapes
 from queued.processes.guardian_link import GuardianLink
-from queued.processes.job_process import JobEnvironments, JobProcess, OutOfDescriptors, SpawnError
+from queued.processes.job_environment import JobEnvironments
+from queued.processes.job_process import JobProcess, OutOfDescriptors, SpawnError
 from queued.processes.log_folders import LogFolders, LogsUnusable
 from queued.processes.node_resources import CUDA_VISIBLE_DEVICES, NodeResources
 from queued.processes.output_copies import OutputCopies

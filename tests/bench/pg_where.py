@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +59,32 @@ def thread_cpu(pid: int) -> tuple[float, float]:
     return main, other
 
 
+def sampled(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid`'s threads (native frames too) into `out` until SIGINT."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        sys.exit("--profile needs py-spy (pip install py-spy)")
+    fmt = "speedscope" if out.suffix == ".json" else "raw" if out.suffix == ".txt" else "flamegraph"
+    args = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--threads",
+        "--gil",
+        "--nonblocking",
+        "--rate",
+        "250",
+        "-f",
+        fmt,
+        "-o",
+        str(out),
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    return process
+
+
 def kind(query: str) -> str:
     """A statement's kind, in a few words."""
     text = " ".join(query.split())
@@ -65,7 +93,7 @@ def kind(query: str) -> str:
     return text[:90]
 
 
-def measure(jobs: int, slots: int, top: int) -> None:
+def measure(jobs: int, slots: int, top: int, profile: Path | None = None) -> None:
     import psycopg
 
     bin_dir = binaries()
@@ -93,10 +121,14 @@ def measure(jobs: int, slots: int, top: int) -> None:
             main0, other0 = thread_cpu(node.pid)
             named0 = threads_by_name(node.pid)
             node0, pg0 = cpu_seconds(node.pid), server_cpu(pg)
+            spy = sampled(node.pid, profile) if profile else None
             t0 = time.time()
             client.resume("default")
             client.wait(*ids)
             wall = time.time() - t0
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
             main1, other1 = thread_cpu(node.pid)
             named1 = threads_by_name(node.pid)
             node_cpu, pg_cpu = cpu_seconds(node.pid) - node0, server_cpu(pg) - pg0
@@ -156,8 +188,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2_000)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--top", type=int, default=25, help="how many kinds of statement to list")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy samples of the node during the drain: .txt (collapsed stacks), .json (speedscope), .svg",
+    )
     args = parser.parse_args()
-    measure(args.jobs, args.slots, args.top)
+    measure(args.jobs, args.slots, args.top, args.profile)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ JOBS = [
 ]
 ROUNDS = 8  # of the jobs above: 32 jobs a run
 # How many calls of each kind a run makes at least: the sweep's range.
-CALLS = {"write": 32, "open": 64, "pipe": 64, "posix_spawn": 32, "pidfd_open": 32, "log_open": 32}
+CALLS = {"write": 32, "open": 32, "pipe": 64, "posix_spawn": 32, "pidfd_open": 32, "log_open": 32}
 
 
 async def run_with_fault(root: Path, target: str, nth: int, error: int) -> None:
