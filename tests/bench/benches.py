@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -74,9 +75,17 @@ def b1_ours(root: Path, jobs: int, wrap: tuple[str, ...] = ()) -> dict[str, floa
 
 
 def b1_c(spawn_loop: Path, jobs: int) -> float:
+    return b1_c_cpu(spawn_loop, jobs)[0]
+
+
+def b1_c_cpu(spawn_loop: Path, jobs: int) -> tuple[float, float]:
+    """The C loop's rate, and the CPU seconds per job of the loop and its jobs."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([str(spawn_loop), str(jobs), "2"], check=True, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     n, seconds = out.stdout.split()
-    return int(n) / float(seconds)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return int(n) / float(seconds), cpu / int(n)
 
 
 def b1_python(jobs: int, script: str = "spawn_loop.py") -> float:

@@ -71,6 +71,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def reaped_cpu_seconds(pid: int) -> float:
+    """utime + stime of the children `pid` has reaped (and theirs): a node's jobs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
 def run_ns(pid: int) -> float:
     """Seconds on a CPU of the live threads of `pid`, from schedstat (ns
     resolution, unlike the 10 ms ticks of /proc/PID/stat)."""

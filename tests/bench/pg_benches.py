@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from harness import REPO, Daemon, children, cpu_seconds, read_stamp
+from harness import REPO, Daemon, children, cpu_seconds, read_stamp, reaped_cpu_seconds
 
 from queued.protocol import JobSpec
 
@@ -76,12 +76,14 @@ def b8_drain(pg: PostgresServer, roots: list[Path], jobs: int) -> dict[str, floa
         ids = client.add_many([JobSpec(command="true")] * jobs)
         time.sleep(0.5)  # every node has heard of the pause and read the queues
         node_cpu0 = sum(cpu_seconds(d.pid) for d in daemons)
+        jobs_cpu0 = sum(reaped_cpu_seconds(d.pid) for d in daemons)
         pg_cpu0 = server_cpu(pg)
         t0 = time.time()
         client.resume("default")
         waited = client.wait(*ids)
         t1 = time.time()
         node_cpu = sum(cpu_seconds(d.pid) for d in daemons) - node_cpu0
+        jobs_cpu = sum(reaped_cpu_seconds(d.pid) for d in daemons) - jobs_cpu0
         pg_cpu = server_cpu(pg) - pg_cpu0
         states = {job.state for job in waited.jobs}
         if len(waited.jobs) != jobs or states != {"completed"}:
@@ -99,6 +101,8 @@ def b8_drain(pg: PostgresServer, roots: list[Path], jobs: int) -> dict[str, floa
         "wall_rate": jobs / (t1 - t0),
         "nodes_cpu_ms_per_job": node_cpu / jobs * 1e3,
         "server_cpu_ms_per_job": pg_cpu / jobs * 1e3,
+        # The jobs' own (the node reaps them; their part before exec included).
+        "jobs_cpu_ms_per_job": jobs_cpu / jobs * 1e3,
         # Transactions committed per job, start and stop included: below 2 (a
         # claim and an end each) when the ends and claims are grouped.
         "commits_per_job": commits / jobs,

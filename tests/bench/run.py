@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -655,11 +656,14 @@ class Suite:
             one: list[dict[str, float]] = []
             three: list[dict[str, float]] = []
             c_rates: list[float] = []
+            c_cpus: list[float] = []  # ms of CPU per job, the loop and its jobs
             sqlite_rates: list[float] = []
             for run in range(s.runs):
                 progress(f"B8 run {run + 1}/{s.runs}")
                 if self.spawn_loop is not None:
-                    c_rates.append(benches.b1_c(self.spawn_loop, s.b8_jobs))
+                    c_rate, c_cpu = benches.b1_c_cpu(self.spawn_loop, s.b8_jobs)
+                    c_rates.append(c_rate)
+                    c_cpus.append(c_cpu * 1e3)
                 sqlite_rates.append(benches.b1_ours(self.fresh("b8s"), s.b8_jobs)["store_rate"])
                 one.append(pg_benches.b8_drain(pg, [self.fresh("b8a")], s.b8_jobs))
                 three.append(pg_benches.b8_drain(pg, [self.fresh(f"b8{n}") for n in "bcd"], s.b8_jobs))
@@ -688,7 +692,18 @@ class Suite:
                 )
             )
         if c:
-            self.add(Figure("B8.c", "B8 baseline: C posix_spawn loop, 2 slots", c, "jobs/s", runs=c_rates))
+            self.add(
+                Figure(
+                    "B8.c",
+                    "B8 baseline: C posix_spawn loop, 2 slots",
+                    c,
+                    "jobs/s",
+                    runs=c_rates,
+                    note=f"{median(c_cpus):.2f} ms of CPU per job (the loop and its jobs): "
+                    f"{c * median(c_cpus) / 1e3:.2f} of {os.cpu_count()} cores busy",
+                )
+            )
+            self._b8_bound(one, c)
         sqlite = median(sqlite_rates)
         self.add(
             Figure(
@@ -700,6 +715,29 @@ class Suite:
                 ratio_to="C spawn loop, 2 slots" if c else "",
                 runs=sqlite_rates,
                 note="starts from memory, records behind: no commit between an end and the next start",
+            )
+        )
+
+    def _b8_bound(self, one: list[dict[str, float]], c: float) -> None:
+        """The most one node could drain were every core busy all the time:
+        the cores over the CPU each job costs in all (its own process, the
+        node's and the server's, which share this machine's cores)."""
+        jobs = median([r["jobs_cpu_ms_per_job"] for r in one])
+        node = median([r["nodes_cpu_ms_per_job"] for r in one])
+        server = median([r["server_cpu_ms_per_job"] for r in one])
+        cores = os.cpu_count() or 1
+        bound = cores / (jobs + node + server) * 1e3
+        self.add(
+            Figure(
+                "B8.bound",
+                "B8 one node's CPU bound on this machine",
+                bound,
+                "jobs/s",
+                ratio=bound / c,
+                ratio_to="C spawn loop, 2 slots",
+                note=f"{cores} cores / CPU per job: the job {jobs:.2f} ms + node {node:.2f} + "
+                f"PostgreSQL {server:.2f} = {jobs + node + server:.2f} ms; without the server's "
+                f"share (a database on a machine of its own): {cores / (jobs + node) * 1e3 / c:.2f}x C",
             )
         )
 

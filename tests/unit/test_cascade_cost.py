@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.store_harness import T0, Direct, add, new
+from queued.store.contract import AttemptEnd
+from tests.store_harness import BACKOFF_MAX, FAIL, OK, T0, Direct, add, claim, new
 
 
 class _Counting:
@@ -97,3 +98,30 @@ def test_a_cascade_writes_the_finished_counts_row_once(store: Direct) -> None:
         other = add(store, delay=100.0)
         store.cancel([other], T0)
         assert store.counts()["canceled"] == 1002
+
+
+@pytest.mark.engines("postgresql")
+def test_the_ends_of_a_batch_write_the_finished_counts_row_once(store: Direct) -> None:
+    """Ends recorded together (finish_many) are counted in one upsert, as a
+    cascade's moves are, and the row trigger counts what follows them."""
+    ids = store.add_jobs([new("false" if n % 3 else "true", max_retries=n % 2) for n in range(60)], T0)
+    ends = [AttemptEnd(c, FAIL if c.command == "false" else OK, T0 + 1) for c in claim(store, T0)]
+    assert len(ends) == len(ids)
+    conn = store.engine.conn
+    with store.transaction():
+        store.finish_many(ends, BACKOFF_MAX)
+        [(written,)] = conn.execute(
+            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'finished_counts'"
+        ).fetchall()
+        assert written == 1
+        assert conn.execute("SELECT current_setting('queued.counted_apart', true)").fetchone()[0] in (
+            "",
+            None,
+        )
+        states = store.states(ids)
+        counts = store.counts()
+        for name in ("completed", "dead", "failed"):
+            assert counts[name] == sum(1 for s in states.values() if s == name), name
+        other = add(store, delay=100.0)
+        store.cancel([other], T0)
+        assert store.counts()["canceled"] == 1

@@ -2507,6 +2507,7 @@ def test_finish_many_records_each_end_as_finish_would(store: Store) -> None:
     again, changes = store.changes_of("finish_many", ends[:3], BACKOFF_MAX)
     assert again == ["completed", "failed", "dead"] and not changes
     assert job(store, retried).attempts == 1 and job(store, retried).run_at == T0 + 12.0
+    assert store.counts() == counted(store)  # finished ones counted once each
 
 
 def test_finish_many_takes_an_end_told_again_and_the_next_attempts_of_one_job_in_order(store: Store) -> None:
