@@ -85,6 +85,12 @@ def sampled(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+def idle_jiffies() -> tuple[int, int]:
+    """(idle, all) jiffies of every CPU of the machine so far (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
 def kind(query: str) -> str:
     """A statement's kind, in a few words."""
     text = " ".join(query.split())
@@ -122,10 +128,12 @@ def measure(jobs: int, slots: int, top: int, profile: Path | None = None) -> Non
             named0 = threads_by_name(node.pid)
             node0, pg0 = cpu_seconds(node.pid), server_cpu(pg)
             spy = sampled(node.pid, profile) if profile else None
+            idle0 = idle_jiffies()
             t0 = time.time()
             client.resume("default")
             client.wait(*ids)
             wall = time.time() - t0
+            idle1 = idle_jiffies()
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
@@ -161,7 +169,10 @@ def measure(jobs: int, slots: int, top: int, profile: Path | None = None) -> Non
     calls_total = sum(c for c, _ in by_kind.values())
     exec_total = sum(t for _, t in by_kind.values())
     print(f"{jobs:,} x true, one node, {slots} slots: {jobs / span:.0f} jobs/s (first start to last end)")
-    print(f"  wall {wall:.2f} s; commits per job {commits / jobs:.2f}")
+    idle = (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
+    print(
+        f"  wall {wall:.2f} s; commits per job {commits / jobs:.2f}; the machine's CPUs idle {idle:.0%} of it"
+    )
     print(
         f"  node CPU per job {node_cpu / jobs * 1e3:.2f} ms (trio thread {(main1 - main0) / jobs * 1e3:.2f},"
         f" other threads {(other1 - other0) / jobs * 1e3:.2f}); server CPU per job {pg_cpu / jobs * 1e3:.2f} ms"
