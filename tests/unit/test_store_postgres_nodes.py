@@ -314,3 +314,53 @@ def test_a_late_end_is_refused_alone_among_the_ends_of_one_call(url: str) -> Non
     finally:
         a.engine.close()
         b.engine.close()
+
+
+def _waiting_on_a_lock(url: str, deadline: float = 10.0) -> None:
+    """Return once some backend of the test's database waits on a lock."""
+    import time
+
+    import psycopg
+
+    until = time.monotonic() + deadline
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone() == (0,):
+            assert time.monotonic() < until, "nobody waited on the job's row"
+            time.sleep(0.01)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="postgres/ends.py (the lead's file) reads the jobs' states unlocked: its _JOBS needs"
+    " 'ORDER BY id FOR UPDATE'",
+)
+def test_an_end_recorded_while_another_node_cancels_its_job_keeps_the_cancel(url: str) -> None:
+    """Node b cancels a job running on node a while a's `finish_many` records
+    its end: whichever commits second sees what the first did. Found by an
+    attack: the end read the job's state unlocked, so an end that read
+    'running' before b's cancel committed wrote 'completed' over 'canceled'
+    (the user was told it was canceled; its dependents were canceled with it)."""
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    try:
+        job_id = add(a)
+        [running] = claim(a, slots=1)
+        results: list[object] = []
+        with b.transaction():
+            assert b.cancel([job_id], T0 + 1) == [job_id]  # not committed yet: it holds the row
+            ending = threading.Thread(
+                target=lambda: results.extend(a.finish_many([AttemptEnd(running, OK, T0 + 2)], BACKOFF_MAX))
+            )
+            ending.start()
+            _waiting_on_a_lock(url)
+        ending.join(timeout=30)
+        assert not ending.is_alive()
+        assert results == ["canceled"]  # the end came after the cancel: it decides nothing
+        assert state(b, job_id) == "canceled"
+        [run] = b.get_job(job_id)[1]
+        assert run.exit_code == 0  # the attempt's own record is kept
+    finally:
+        a.engine.close()
+        b.engine.close()
