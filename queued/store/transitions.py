@@ -95,10 +95,11 @@ class GroupTransitionSql(TransitionSql, Protocol):
     """The statements of an engine that records several ends at once."""
 
     def set_ended_states(
-        self, rows: list[tuple[int, JobState, float, int | None, str | None, float | None]]
+        self, rows: list[tuple[int, JobState, JobState, float, int | None, str | None, float | None]]
     ) -> None:
-        """(id, state, updated_at, exit_code, error, run_at or None to keep
-        it) for each of several jobs, in one statement."""
+        """(id, state now, new state, updated_at, exit_code, error, run_at or
+        None to keep it) for each of several jobs, in one statement; their
+        rows are locked (their states cannot change meanwhile)."""
         ...
 
     def recount_dependents_of(self, job_ids: list[int]) -> tuple[bool, list[int]]:
@@ -119,7 +120,7 @@ class GroupTransitions(Transitions):
         new_states = [lifecycle.next_state(move.old, move.event) for move in moves]
         self.sql.set_ended_states(
             [
-                (move.job_id, new, move.at, move.exit_code, move.error, move.run_at)
+                (move.job_id, move.old, new, move.at, move.exit_code, move.error, move.run_at)
                 for move, new in zip(moves, new_states, strict=True)
             ]
         )

@@ -331,11 +331,6 @@ def _waiting_on_a_lock(url: str, deadline: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="postgres/ends.py (the lead's file) reads the jobs' states unlocked: its _JOBS needs"
-    " 'ORDER BY id FOR UPDATE'",
-)
 def test_an_end_recorded_while_another_node_cancels_its_job_keeps_the_cancel(url: str) -> None:
     """Node b cancels a job running on node a while a's `finish_many` records
     its end: whichever commits second sees what the first did. Found by an

@@ -30,10 +30,13 @@ WHERE a.job_id = e.job_id AND a.attempt = e.attempt AND a.ended_at IS NULL AND a
     AND a.incarnation IS NOT DISTINCT FROM %s
 RETURNING a.job_id"""
 
-# (state, attempts, latest run) of each job, read after the records.
+# (state, attempts, latest run) of each job, read after the records, and
+# locked: a cancel from another node that commits meanwhile is seen (the end
+# then decides nothing), never overwritten. In id order, as every statement
+# that locks several jobs; after the attempts' rows, as a rescue takes them.
 _JOBS = """
 SELECT id, state, attempts, (SELECT max(attempt) FROM attempts WHERE job_id = jobs.id)
-FROM jobs WHERE id = ANY(%s::bigint[])"""
+FROM jobs WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE"""
 
 _ENDED_ELSEWHERE = """
 SELECT a.job_id FROM attempts a JOIN unnest(%s::bigint[], %s::int[]) AS e(job_id, attempt)
