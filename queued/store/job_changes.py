@@ -41,8 +41,7 @@ class JobChanges:
         self, states: Mapping[int, JobState], event: Event, now: float, **columns: object
     ) -> Written[list[int]]:
         changes = Changes()
-        for job_id in sorted(states):
-            self.transitions.move(job_id, states[job_id], event, now, changes, **columns)
+        self.transitions.move_many(states, event, now, changes, **columns)
         return Written(sorted(states), changes)
 
     def cancel(self, ids: Sequence[int], now: float) -> Written[list[int]]:
@@ -77,9 +76,18 @@ class JobChanges:
         states = self.jobs.require(ids, Event.RETRY)
         keys = self.jobs.unique_keys(ids)  # held by nobody else, or the retry is refused
         self.jobs.unique.lock(keys.values())  # as an add of them does, before looking
-        changes = Changes()
-        for job_id in ids:  # ascending: a dependency is retried before its dependents
-            deps = self.jobs.dependencies(job_id)
+        # One by one in ascending order, as if each were retried before the
+        # next were looked at: a dependency retried before its dependents
+        # (always newer jobs), a key taken by the first of two that have it.
+        retried = {job_id: lifecycle.next_state(states[job_id], Event.RETRY) for job_id in ids}
+        dependencies = self.jobs.dependencies_of(ids)
+        taken: dict[str, int] = {}
+        unmet = []
+        for job_id in ids:
+            deps = {
+                dep: retried[dep] if dep in retried and dep < job_id else dep_state
+                for dep, dep_state in dependencies.get(job_id, {}).items()
+            }
             verdict = lifecycle.dependency_verdict(deps)
             if verdict.blocker is not None:
                 raise Refused(
@@ -89,21 +97,17 @@ class JobChanges:
                 )
             key = keys.get(job_id)
             if key is not None:
-                holder = self.jobs.unique.holder(key, None)
+                holder = (
+                    (taken[key], retried[taken[key]]) if key in taken else self.jobs.unique.holder(key, None)
+                )
                 if holder is not None:
                     raise Refused("invalid", lifecycle.unique_refusal(job_id, "retry", key, *holder))
-            self.transitions.move(
-                job_id,
-                states[job_id],
-                Event.RETRY,
-                now,
-                changes,
-                attempts=0,
-                exit_code=None,
-                error=None,
-                run_at=now,
-                unmet=lifecycle.unmet_count(deps),
-            )
+                taken[key] = job_id
+            unmet.append(lifecycle.unmet_count(deps))
+        changes = Changes()
+        self.transitions.move_many(
+            states, Event.RETRY, now, changes, unmet=unmet, attempts=0, exit_code=None, error=None, run_at=now
+        )
         return Written(ids, changes)
 
     def hold(self, ids: Sequence[int], now: float) -> Written[list[int]]:

@@ -107,17 +107,22 @@ class JobTable:
 
     # -- reads ------------------------------------------------------------------
 
-    def states(self, ids: Iterable[int]) -> dict[int, JobState]:
-        """The state of each of `ids` that exists."""
+    def states(self, ids: Iterable[int], *, lock: bool = False) -> dict[int, JobState]:
+        """The state of each of `ids` that exists; with `lock`, each row
+        locked until the end of the transaction where other writers could
+        change it, its state read after any wait for them (a change of many
+        counts its moves from these states: see `Transitions.move_many`)."""
+        locked = f" ORDER BY id{self.dialect.lock}" if lock else ""
         found: dict[int, JobState] = {}
         for batch in self.dialect.batches(ids):
             clause, args = self.dialect.one_of("id", batch, "bigint")
-            found.update(self.conn.execute(f"SELECT id, state FROM jobs WHERE {clause}", args))
+            found.update(self.conn.execute(f"SELECT id, state FROM jobs WHERE {clause}{locked}", args))
         return found
 
     def require(self, ids: Sequence[int], event: lifecycle.Event) -> dict[int, JobState]:
-        """The states of `ids`, refusing unknown ids and any job `event` does not apply to."""
-        states = self.states(ids)
+        """The states of `ids`, locked (see `states`), refusing unknown ids and
+        any job `event` does not apply to."""
+        states = self.states(ids, lock=True)
         missing = lifecycle.unknown_ids(ids, states)
         if missing:
             raise Refused("not_found", f"no job {missing[0]}")
@@ -191,6 +196,20 @@ class JobTable:
     def dependencies(self, job_id: int) -> dict[int, JobState]:
         """The states of the jobs `job_id` waits for."""
         return self.states(r[0] for r in self.conn.execute(self._dependencies, (job_id,)))
+
+    def dependencies_of(self, ids: Sequence[int]) -> dict[int, dict[int, JobState]]:
+        """`dependencies` of each of `ids` that has any, in a statement per
+        batch of ids."""
+        found: dict[int, dict[int, JobState]] = {}
+        for batch in self.dialect.batches(ids):
+            clause, args = self.dialect.one_of("d.job_id", batch, "bigint")
+            for job_id, dep, dep_state in self.conn.execute(
+                "SELECT d.job_id, d.depends_on, j.state FROM dependencies d"
+                f" JOIN jobs j ON j.id = d.depends_on WHERE {clause}",
+                args,
+            ):
+                found.setdefault(job_id, {})[dep] = dep_state
+        return found
 
     def unique_keys(self, ids: Sequence[int]) -> dict[int, str]:
         """The unique key of each of `ids` that has one."""

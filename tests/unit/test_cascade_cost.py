@@ -69,9 +69,10 @@ def statements_to_cancel(store: Direct, shape: str, size: int) -> int:
 @pytest.mark.parametrize("shape", ["chain", "fan-out"])
 def test_a_cascade_sends_as_many_statements_for_1000_dependents_as_for_2(store: Direct, shape: str) -> None:
     few = statements_to_cancel(store, shape, 2)
-    # PostgreSQL's 12 go in 4 round trips (pipelined): its planner settings
-    # set and put back around each step (postgres/transitions.py).
-    assert statements_to_cancel(store, shape, 1000) == few <= 12
+    # PostgreSQL's 16 go in 4 round trips (pipelined): its planner settings
+    # set and put back around each step (postgres/transitions.py), the
+    # counts' switch around each move (the root's, then its dependents').
+    assert statements_to_cancel(store, shape, 1000) == few <= 16
 
 
 @pytest.mark.engines("postgresql")

@@ -3,6 +3,8 @@ decides nothing either: it records what lifecycle answers)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from psycopg import Connection
 
 from queued import lifecycle
@@ -64,19 +66,22 @@ class PostgresTransitionSql:
             )
             self.conn.execute("SELECT set_config(%s, '', true)", (COUNTED_APART,))
 
-    def recount_dependents_of(self, job_ids: list[int]) -> tuple[bool, list[int]]:
+    def recount_dependents_of(
+        self, job_ids: list[int], sparing: Sequence[int] = ()
+    ) -> tuple[bool, list[int]]:
         # A count, not a decrement: a dependency may complete, be retried and complete again.
+        spared = " AND id != ALL(%s::bigint[])" if sparing else ""
         recounted = self.conn.execute(
             "UPDATE jobs SET unmet = (SELECT count(*) FROM dependencies d JOIN jobs dep"
             f" ON dep.id = d.depends_on WHERE d.job_id = jobs.id AND dep.state != '{lifecycle.COMPLETED}')"
             f" WHERE state IN ({UNSTARTED})"
-            " AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ANY(%s::bigint[]))"
+            f" AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ANY(%s::bigint[])){spared}"
             " RETURNING id, unmet",
-            (job_ids,),
+            (job_ids, list(sparing)) if sparing else (job_ids,),
         ).fetchall()
         return bool(recounted), [dependent for dependent, unmet in recounted if unmet == 0]
 
-    def doomed_dependents(self, job_id: int) -> list[tuple[int, int, JobState]]:
+    def doomed_links(self, roots: list[int]) -> list[tuple[int, int, JobState]]:
         # Two statements for a chain or a fan-out of any size, neither with a
         # join the planner could turn around: the recursion, each link an
         # index lookup; then the doomed rows locked and their states read again
@@ -86,29 +91,32 @@ class PostgresTransitionSql:
             self.conn.execute(_PLAN_BLIND)
             found = self.conn.cursor(binary=True).execute(
                 "WITH RECURSIVE doomed(id, blocker) AS ("
-                " SELECT d.job_id, d.depends_on FROM dependencies d WHERE d.depends_on = %s"
+                " SELECT d.job_id, d.depends_on FROM dependencies d WHERE d.depends_on = ANY(%b::bigint[])"
                 f" AND (SELECT state FROM jobs WHERE id = d.job_id) IN ({UNSTARTED})"
                 # An index lookup per link (OFFSET 0 keeps the planner from
                 # flattening it): a join would hash a whole table at every level.
                 " UNION SELECT link.job_id, link.depends_on FROM doomed CROSS JOIN LATERAL ("
                 " SELECT d.job_id, d.depends_on FROM dependencies d WHERE d.depends_on = doomed.id"
                 f" AND (SELECT state FROM jobs WHERE id = d.job_id) IN ({UNSTARTED}) OFFSET 0) AS link)"
-                " SELECT id, min(blocker) FROM doomed GROUP BY id",
-                (job_id,),
+                " SELECT id, blocker FROM doomed",
+                (roots,),
             )
             self._plan_as_told()
-        blockers = dict(found.fetchall())
-        if not blockers:
+        links = found.fetchall()
+        if not links:
             return []
         with self.conn.pipeline():
             self.conn.execute(_PLAN_BLIND)
             locked = self.conn.cursor(binary=True).execute(
                 f"SELECT id, state FROM jobs WHERE id = ANY(%b::bigint[]) AND state IN ({UNSTARTED})"
                 " ORDER BY id FOR UPDATE",
-                (list(blockers),),
+                (list({dependent for dependent, _ in links}),),
             )
             self._plan_as_told()
-        return [(dependent, blockers[dependent], state) for dependent, state in locked.fetchall()]
+        states = dict(locked.fetchall())
+        return [
+            (dependent, blocker, states[dependent]) for dependent, blocker in links if dependent in states
+        ]
 
     def _plan_as_told(self) -> None:
         """Undo _PLAN_BLIND: the session's own settings again."""
@@ -127,6 +135,33 @@ class PostgresTransitionSql:
                 " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[]) AS t(id, old, new, error)"
                 " WHERE jobs.id = t.id RETURNING t.old, t.new) " + count_moved("moved"),
                 (now, ids, olds, states, errors),
+            )
+            self.conn.execute("SELECT set_config(%s, '', true)", (COUNTED_APART,))
+            self._plan_as_told()
+
+    def set_states_to(
+        self,
+        moves: list[tuple[int, JobState, JobState]],
+        now: float,
+        columns: Mapping[str, object],
+        unmet: Sequence[int] | None,
+    ) -> None:
+        # As set_states: one round trip, counted in the same statement.
+        ids, olds, states = (list(column) for column in zip(*moves, strict=True))
+        sets = "".join(f", {name} = %s" for name in columns)
+        arrays, kinds, names = [ids, olds, states], "%b::bigint[], %b::text[], %b::text[]", "id, old, new"
+        if unmet is not None:
+            sets += ", unmet = t.unmet"
+            arrays.append(list(unmet))
+            kinds, names = kinds + ", %b::int[]", names + ", unmet"
+        with self.conn.pipeline():
+            self.conn.execute(_PLAN_BLIND)
+            self.conn.execute("SELECT set_config(%s, 'on', true)", (COUNTED_APART,))
+            self.conn.execute(
+                f"WITH moved AS (UPDATE jobs SET state = t.new, updated_at = %s{sets}"
+                f" FROM unnest({kinds}) AS t({names})"
+                " WHERE jobs.id = t.id RETURNING t.old, t.new) " + count_moved("moved"),
+                (now, *columns.values(), *arrays),
             )
             self.conn.execute("SELECT set_config(%s, '', true)", (COUNTED_APART,))
             self._plan_as_told()
