@@ -20,7 +20,7 @@ from queued.store.contract import AddedIds, Refused, Written
 from queued.store.dialect import Connection, Dialect
 from queued.store.environments import Environments
 from queued.store.sqlite import rows
-from queued.store.sqlite.rows import UNFINISHED
+from queued.store.sqlite.rows import TERMINAL, UNFINISHED
 from queued.validation import NewJob
 
 CWD = rows.JOB_COLUMNS.split(", ").index("cwd")  # the cwd's place in a row of JOB_COLUMNS
@@ -234,8 +234,11 @@ class JobTable:
         return Written(self._delete(sorted(states)))
 
     def clean(self, states: Sequence[str], older_than: float | None) -> Written[tuple[int, list[str]]]:
+        # The finished states written out as the partial index of them names
+        # them (jobs_finished): a planner can use it only for a query that
+        # implies its condition, and a bound value proves nothing to it.
         clause, args = self.dialect.one_of("state", states, "text")
-        sql = f"SELECT id FROM jobs WHERE {clause}"
+        sql = f"SELECT id FROM jobs WHERE state IN ({TERMINAL}) AND {clause}"
         if older_than is not None:
             sql += f" AND updated_at < {self.dialect.mark}"
             args.append(older_than)

@@ -152,7 +152,9 @@ def at_scale(name: str, make: Callable[[str], Engine], jobs: int, root: Path) ->
             "ls --since 1d --limit 50",
             lambda: store.list_jobs(created_after=now - day, limit=50),
         )
-        show("clean --older-than 29.9d (removes 1/300)", lambda: store.clean(terminal, now - 29.9 * day)[0], 1)
+        show(
+            "clean --older-than 29.9d (removes 1/300)", lambda: store.clean(terminal, now - 29.9 * day)[0], 1
+        )
         show("clean --older-than 29d (removes 1/30)", lambda: store.clean(terminal, now - 29 * day)[0], 1)
         # A tenth dead, as a dead-letter queue grown over a month.
         conn = engine.conn  # type: ignore[attr-defined]

@@ -872,6 +872,21 @@ def test_clean_by_state_and_age(store: Store) -> None:
     assert set(store.states([old_dead, new_done, pending])) == {pending}
 
 
+def test_clean_by_age_counts_from_the_last_end_of_each_state_it_names(store: Store) -> None:
+    """A job retried and finished again is as old as its last end; a clean of
+    some states leaves the others of any age."""
+    again = add(store)
+    run_to(store, again, OK, T0)
+    canceled = add(store, delay=100.0)
+    store.cancel([canceled], T0)
+    store.retry([again], False, T0 + 100)
+    run_to(store, again, OK, T0 + 100)
+    assert store.clean(["completed", "dead"], older_than=T0 + 50) == (0, [])
+    assert store.clean(["canceled", "dead"], older_than=T0 + 50) == (1, [])
+    assert store.clean(["completed"], older_than=T0 + 101) == (1, [])
+    assert store.list_jobs() == []
+
+
 def test_clean_returns_log_paths(store: Store) -> None:
     job_id = add(store)
     claimed = claim_one(store, job_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from queued.store.sqlite.rows import TERMINAL, UNIQUE, WAITING
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # At most one unfinished job per unique key, whoever adds it: the index, not a
 # read before the write, is what keeps a second one out. The other index finds
@@ -27,6 +27,15 @@ CREATE INDEX jobs_by_unique_key ON jobs(unique_key, updated_at) WHERE unique_key
 # every attempt (2 s at 1,000,000). Partial: an attempt gets its entry when
 # it ends, none while it runs.
 ATTEMPTS_ENDED = "CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at) WHERE ended_at IS NOT NULL;"
+
+# Finished jobs by state and time (version 8): `clean --older-than` and `dlq
+# purge` read what they remove and nothing else. Partial: a job gets its
+# entry when it finishes (an add writes none). It was (updated_at) alone,
+# and the planner preferred jobs_by_state, whose rows of a state are all of
+# them: clean --older-than that removed nothing read 1,000,000 (0.3 s).
+JOBS_FINISHED = f"""DROP INDEX IF EXISTS jobs_finished;
+CREATE INDEX jobs_finished ON jobs(state, updated_at) WHERE state IN ({TERMINAL});
+"""
 
 # Recurring jobs (version 5, queued/schedules.py, queued/store/schedule_table.py): each
 # stores the job its firings add; a firing is recorded once per (schedule, time).
@@ -149,8 +158,7 @@ CREATE INDEX jobs_due ON jobs(run_at) WHERE state IN ({WAITING}) AND unmet = 0;
 CREATE INDEX jobs_by_state ON jobs(state, id);
 CREATE INDEX jobs_by_queue ON jobs(queue, id);
 CREATE INDEX jobs_by_label ON jobs(label, id) WHERE label IS NOT NULL;
-CREATE INDEX jobs_finished ON jobs(updated_at) WHERE state IN ({TERMINAL});
-{UNIQUE_INDEXES}{ATTEMPTS_ENDED}
+{JOBS_FINISHED}{UNIQUE_INDEXES}{ATTEMPTS_ENDED}
 CREATE TRIGGER count_update AFTER UPDATE OF state ON jobs WHEN old.state != new.state BEGIN
     UPDATE counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
     INSERT INTO counts VALUES (new.queue, new.state, 1)
@@ -172,6 +180,7 @@ MIGRATIONS: dict[int, str] = {
     5: "ALTER TABLE jobs ADD COLUMN slots INTEGER NOT NULL DEFAULT 1; ALTER TABLE jobs ADD COLUMN needs TEXT;"
     " ALTER TABLE attempts ADD COLUMN gpus TEXT;" + SCHEDULE_NEEDS,
     6: ATTEMPTS_ENDED,
+    7: JOBS_FINISHED,  # clean and dlq purge read only what they remove
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "one migration per version"
 
