@@ -25,6 +25,7 @@ from harness import REPO
 
 sys.path.insert(0, str(REPO))
 from queued import lifecycle
+from queued.protocol import JobSpec
 from queued.store.contract import Engine
 from queued.store.sqlite import SqliteStore
 from tests.postgres import PostgresServer, binaries
@@ -57,6 +58,7 @@ def engines(names: list[str]) -> Iterator[Callable[[], tuple[str, Engine]]]:
             assert pg is not None
             return PostgresStore.open(pg.url(pg.create_database()))
 
+        make.pg = pg  # type: ignore[attr-defined]
         yield make  # type: ignore[misc]
     finally:
         if pg is not None:
@@ -169,16 +171,46 @@ def at_scale(name: str, make: Callable[[str], Engine], jobs: int, root: Path) ->
         close(engine)
 
 
+def through_daemon(name: str, size: int, root: Path, pg: PostgresServer | None) -> None:
+    """`cancel`, `retry` and `rm` of `size` jobs at once as queuectl sends
+    them: a real daemon (its writer, its news), one request each, timed at
+    the SDK."""
+    from harness import Daemon
+
+    extra = ["--store", pg.url(pg.create_database())] if pg is not None else []
+    with Daemon(root, extra=extra) as daemon, daemon.client() as client:
+        client.pause("default")
+        ids = client.add_many([JobSpec(command="true") for _ in range(size)])
+        for what, call in (
+            ("cancel", lambda: client.cancel(*ids)),
+            ("retry", lambda: client.retry(*ids)),
+            ("cancel again", lambda: client.cancel(*ids)),
+            ("rm", lambda: client.remove(*ids)),
+        ):
+            t0 = time.perf_counter()
+            call()
+            print(f"{name:10} {size:>7}  queuectl {what}: {time.perf_counter() - t0:.3f}s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument("--scale", type=int, help="clean, dlq purge and ls over this many finished jobs")
+    parser.add_argument("--daemon", action="store_true", help="cancel, retry and rm through a real daemon")
     parser.add_argument("-v", "--verbose", action="store_true", help="each step as it ends")
     parser.add_argument("--only", default=",".join(OPERATIONS), help="operations to show")
     args = parser.parse_args()
     names = args.engines.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.daemon:
+        with engines(names) as make, tempfile.TemporaryDirectory() as root:
+            pg = make.pg  # type: ignore[attr-defined]
+            for name in names:
+                for size in sizes:
+                    where = Path(root) / f"{name}{size}"
+                    through_daemon(name, size, where, pg if name == "postgresql" else None)
+        return
     with engines(names) as make:
         if args.scale:
             for name in names:
