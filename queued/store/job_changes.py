@@ -55,8 +55,10 @@ class JobChanges:
         self, ids: Sequence[int], now: float
     ) -> Written[tuple[list[int], list[int], dict[int, str]]]:
         """Cancel those of `ids` that can be: (the running ones, whose processes
-        must be stopped; every one canceled; why each other one was not)."""
-        states = self.jobs.states(ids)
+        must be stopped; every one canceled; why each other one was not).
+        Their states read locked: one another node finished or canceled
+        meanwhile is refused alone, after its commit, not the whole call."""
+        states = self.jobs.states(ids, lock=True)
         refused = {job_id: f"no job {job_id}" for job_id in lifecycle.unknown_ids(ids, states)}
         for job_id, state in states.items():
             if not lifecycle.can(state, Event.CANCEL):

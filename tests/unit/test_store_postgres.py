@@ -750,6 +750,48 @@ def test_a_version_8_store_gains_a_cascade_counted_in_one_statement(postgres_emp
         store.engine.close()
 
 
+def test_a_cancel_of_many_waits_for_another_nodes_cancel_of_one_and_refuses_that_one_alone(
+    postgres_url: str, store: Direct
+) -> None:
+    """Another node cancels one of the jobs (and its dependent) while this
+    node cancels them all: this one waits for that commit, refuses that job
+    alone (it is canceled already) and cancels and counts the rest once."""
+    ids = store.add_jobs([new(delay=100.0) for _ in range(5)], T0)
+    dependent = add(store, after=[ids[2]])
+    other = Direct(PostgresStore.open(postgres_url))
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+    answers: list[object] = []
+
+    def cancel_all() -> None:
+        try:
+            answers.append(store.cancel_what_can([*ids, dependent], T0 + 1))
+        except BaseException as exc:  # handed to the test's thread
+            answers.append(exc)
+
+    try:
+        with other.transaction():
+            other.cancel([ids[2]], T0)
+            canceling = threading.Thread(target=cancel_all)
+            canceling.start()
+            for _ in range(200):  # until this node's cancel waits for the other's locks
+                if watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).fetchone()[0]:
+                    break
+                canceling.join(0.05)
+            assert canceling.is_alive(), "the cancel waits for the other node's commit"
+        canceling.join(30)
+        [(running, canceled, refused)] = answers  # type: ignore[misc]
+        assert (running, canceled) == ([], [i for i in ids if i != ids[2]])
+        assert sorted(refused) == [ids[2], dependent] and "canceled" in refused[ids[2]]
+        assert sorted(store.finished) == canceled and sorted(other.finished) == [ids[2], dependent]
+        assert store.counts()["canceled"] == 6
+        assert store.get_job(dependent)[0].error == f"canceled: dependency {ids[2]} is canceled"
+    finally:
+        watcher.close()
+        other.engine.close()
+
+
 def test_a_cascade_over_dependents_another_node_canceled_meanwhile_counts_each_once(
     postgres_url: str, store: Direct
 ) -> None:
