@@ -188,8 +188,10 @@ def _spawn_holding_the_gil(
 
 
 def _spawn_reason(exc: OSError, cwd: str | bytes) -> str:
-    if exc.filename == cwd and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+    if exc.filename == cwd and exc.errno == errno.ENOENT:
         return f"working directory {readable(cwd)} does not exist"
+    if exc.filename == cwd and exc.errno == errno.ENOTDIR:
+        return f"working directory {readable(cwd)} is not a directory"
     if exc.errno == errno.ENOENT:
         return f"{SHELL} not found"
     if exc.errno == errno.E2BIG:

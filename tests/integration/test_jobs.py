@@ -153,6 +153,17 @@ async def test_spawn_error_is_a_failure_with_a_reason(client: AsyncClient, tmp_p
     assert job.state == "dead" and job.error == f"could not start: working directory {gone} does not exist"
 
 
+async def test_a_working_directory_that_is_a_file_is_named_so(client: AsyncClient, tmp_path) -> None:
+    replaced = tmp_path / "replaced"
+    replaced.write_text("")
+    job_id = await client.add("true", cwd=str(replaced), max_retries=0)
+    [job] = await client.wait(job_id)
+    assert (
+        job.state == "dead"
+        and job.error == f"could not start: working directory {replaced} is not a directory"
+    )
+
+
 async def test_clean_and_rm(client: AsyncClient) -> None:
     done = await client.add("echo x")
     running = await client.add("sleep 5")
