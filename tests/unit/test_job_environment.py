@@ -3,10 +3,16 @@ plus the attempt's, which win; encoded once per captured environment."""
 
 from __future__ import annotations
 
+import os
+import select
+from pathlib import Path
+
 import pytest
 
+from queued.processes import job_process
 from queued.processes.guardian import INSTANCE_VAR
 from queued.processes.job_environment import JobEnvironments, entries, entry
+from queued.processes.job_process import JobProcess
 
 
 def test_the_attempts_own_variables_win_and_the_daemons_are_left_out() -> None:
@@ -51,3 +57,27 @@ def test_entries_refuse_what_the_kernel_would_misread(name: str, value: str) -> 
 
 def test_non_utf8_bytes_survive_as_surrogates() -> None:
     assert entries({"A": "caf\udce9"}) == [b"A=caf\xe9"]
+
+
+@pytest.mark.parametrize("through", ["libc", "os.posix_spawn"])
+def test_a_job_process_gets_its_environment_and_directory_either_way(
+    through: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc cannot spawn as libc_spawn.py needs, os.posix_spawn does the
+    same (holding the GIL, stepping into the directory and back)."""
+    if through == "os.posix_spawn":
+        monkeypatch.setattr(job_process, "_LIBC_SPAWN", None)
+    elif job_process._LIBC_SPAWN is None:
+        pytest.skip("this libc has no posix_spawn_file_actions_addchdir_np")
+    home = os.getcwd()
+    env = JobEnvironments("ours").for_attempt({"PATH": "/usr/bin:/bin", "ONLY": "x"}, job_id=9, run=2)
+    process = JobProcess(
+        'echo "$PWD $ONLY $QUEUED_JOB_ID $QUEUED_ATTEMPT $QUEUED_INSTANCE"', cwd=str(tmp_path), env=env
+    )
+    with os.fdopen(process.stdout, "rb") as out:
+        text = out.read().decode()
+    os.close(process.stderr)
+    select.select([process.pidfd], [], [], 10)
+    assert process.reap() == 0
+    assert text.split() == [str(tmp_path), "x", "9", "2", "ours"]
+    assert os.getcwd() == home
