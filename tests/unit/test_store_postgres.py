@@ -1048,3 +1048,29 @@ async def test_a_long_statement_on_a_server_that_answers_is_not_cut(
         engine.close()
     assert len(probes) >= 2 and all(probes)
     assert "has not answered" not in caplog.text
+
+
+def test_a_rollback_that_fails_drops_the_connection_with_a_warning(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an attack (pg_terminate_backend while a drain recorded ends):
+    a connection the server ended during a pipeline was not yet marked broken,
+    so the batch's ROLLBACK failed ("cannot exit pipeline mode while busy") and
+    was logged as an ERROR with a traceback, for an outage the log already
+    told. The connection is dropped instead, in one line: the next call
+    finds it closed and reconnects."""
+    store.begin()
+    conn = store.conn
+    real = conn.execute
+
+    def execute(query: Any, *args: Any, **kwargs: Any) -> Any:
+        if query == "ROLLBACK":
+            raise psycopg.OperationalError("sending query failed: cannot exit pipeline mode while busy")
+        return real(query, *args, **kwargs)
+
+    monkeypatch.setattr(conn, "execute", execute)
+    with caplog.at_level("WARNING", logger="queued.store.postgres.engine"):
+        store.abort()
+    assert [(r.levelname, r.exc_info) for r in caplog.records] == [("WARNING", None)]
+    assert "rollback failed (sending query failed: cannot exit pipeline mode while busy)" in caplog.text
+    assert conn.closed

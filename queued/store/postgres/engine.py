@@ -296,8 +296,15 @@ class PostgresStore(ComposedStore):
         if not (self.conn.closed or self.conn.broken):
             try:
                 self.conn.execute("ROLLBACK")
-            except psycopg.Error:
-                log.exception("rollback failed")
+            except psycopg.Error as exc:
+                # Its transaction is in an unknown state (a connection the server
+                # ended mid-pipeline is not always marked broken yet): drop it, so
+                # that the next call reconnects. The batch's failure was told already.
+                log.warning(
+                    "the connection to the job store was dropped: its rollback failed (%s)",
+                    schema.first_line(exc),
+                )
+                self.conn.close()
         self.forget_caches()
 
     def answers(self) -> bool:
