@@ -359,3 +359,32 @@ def test_an_end_recorded_while_another_node_cancels_its_job_keeps_the_cancel(url
     finally:
         a.engine.close()
         b.engine.close()
+
+
+def test_a_job_added_after_one_that_ends_meanwhile_on_another_node_is_released(url: str) -> None:
+    """Node b adds a job `--after` one running on node a while a records that
+    one's end: the add waits for the end or the end for the add, so the new
+    job is counted against what its dependency became. Found by an attack:
+    the add read its dependency's state unlocked, so an end committed between
+    that read and the add's commit recounted the dependents without the new
+    one (not committed yet), which then waited for ever for a completed job."""
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    try:
+        dependency = add(a)
+        [running] = claim(a, slots=1)
+        ended: list[object] = []
+        ending = threading.Thread(
+            target=lambda: ended.extend(a.finish_many([AttemptEnd(running, OK, T0 + 2)], BACKOFF_MAX))
+        )
+        with b.transaction():
+            dependent = add(b, after=[dependency])  # read 'running': it waits for one more
+            ending.start()
+            ending.join(timeout=1)  # done at once without a lock; else it waits for this add
+            assert ending.is_alive() or ended == ["completed"]
+        ending.join(timeout=30)
+        assert ended == ["completed"]
+        assert [c.id for c in claim(a, T0 + 3)] == [dependent]
+    finally:
+        a.engine.close()
+        b.engine.close()

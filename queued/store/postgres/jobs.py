@@ -85,6 +85,18 @@ class Jobs(JobTable):
         self.unique: UniqueKeys  # the engine's own: `add` asks it more than the shared reads do
         super().__init__(conn, POSTGRES, environments, UniqueKeys(conn))
 
+    def _dependencies_held(self, ids: set[int]) -> dict[int, JobState]:
+        """The states of the jobs new ones wait for, their rows held (FOR
+        SHARE) until the add commits: an end, cancel or rm of one of them on
+        another node waits for the new dependents to exist, and its recount
+        or cascade then reaches them; one that committed first is read as it
+        left the job. Read unlocked, an end committed between this read and
+        the add's commit left a new dependent waiting for ever."""
+        rows = self.conn.execute(
+            "SELECT id, state FROM jobs WHERE id = ANY(%s::bigint[]) ORDER BY id FOR SHARE", (sorted(ids),)
+        )
+        return dict(rows.fetchall())
+
     def add(self, jobs: Sequence[NewJob], now: float) -> Written[AddedIds]:
         """Store new jobs; their ids, in order. The ids are taken from the
         sequence first, consecutive, so that a dependency on a job of the same
@@ -109,7 +121,7 @@ class Jobs(JobTable):
         ids = list(range(first, first + len(jobs)))
         ours = set(ids)
         outside = {dep for job in jobs for dep in job.depends_on if dep not in ours}
-        known: dict[int, JobState] = self.states(outside) if outside else {}
+        known: dict[int, JobState] = self._dependencies_held(outside) if outside else {}
         env_ids: dict[int, int] = {}  # id(env) -> row: the jobs of one request share their env
         new_rows: list[tuple] = []
         links: list[tuple[int, int]] = []
