@@ -66,6 +66,7 @@ class Dialect:
         find: str,
         lock: str,
         key_share: str,
+        share: str,
         path_in: Callable[[str | bytes], Any],
         path_out: Callable[[Any], str | bytes] | None,
         json_in: Callable[[Any], Any],
@@ -77,6 +78,8 @@ class Dialect:
         self.find = find  # the function finding text in text (position, 0 when absent)
         self.lock = lock  # " FOR UPDATE" where rows can be locked
         self.key_share = key_share  # " FOR KEY SHARE": what a foreign key check takes, where rows lock
+        # " FOR SHARE OF {}": rows of that table held from changes until commit, where rows lock
+        self.share = share
         self.path_in = path_in  # a cwd as its column takes it
         # A stored cwd back as a Job's (str if UTF-8, else bytes); None: the
         # driver gives it so already, and no row is touched to read it.

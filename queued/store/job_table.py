@@ -199,13 +199,17 @@ class JobTable:
 
     def dependencies_of(self, ids: Sequence[int]) -> dict[int, dict[int, JobState]]:
         """`dependencies` of each of `ids` that has any, in a statement per
-        batch of ids."""
+        batch of ids. The dependencies' rows are held until the transaction
+        ends (where rows lock): an end of one on another node waits for what
+        is decided from its state here (a retry's count of what its job waits
+        for), and its recount then reaches that job."""
         found: dict[int, dict[int, JobState]] = {}
         for batch in self.dialect.batches(ids):
             clause, args = self.dialect.one_of("d.job_id", batch, "bigint")
             for job_id, dep, dep_state in self.conn.execute(
                 "SELECT d.job_id, d.depends_on, j.state FROM dependencies d"
-                f" JOIN jobs j ON j.id = d.depends_on WHERE {clause}",
+                f" JOIN jobs j ON j.id = d.depends_on WHERE {clause}"
+                f" ORDER BY j.id{self.dialect.share.format('j')}",
                 args,
             ):
                 found.setdefault(job_id, {})[dep] = dep_state

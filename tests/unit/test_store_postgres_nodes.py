@@ -388,3 +388,32 @@ def test_a_job_added_after_one_that_ends_meanwhile_on_another_node_is_released(u
     finally:
         a.engine.close()
         b.engine.close()
+
+
+def test_a_job_retried_while_its_dependency_ends_on_another_node_is_released(url: str) -> None:
+    """As an add --after: node b retries a job whose dependency runs on node
+    a while a records that dependency's end; the retried job must not wait
+    for ever for a job that completed (its retry read the dependency
+    'running' unlocked, and the end's recount passed it over: canceled yet)."""
+    a = node_store(url, "a")
+    b = node_store(url, "b")
+    try:
+        dependency = add(a)
+        dependent = add(a, after=[dependency])
+        [running] = claim(a, slots=1)
+        assert b.cancel([dependent], T0 + 1) == []
+        ended: list[object] = []
+        ending = threading.Thread(
+            target=lambda: ended.extend(a.finish_many([AttemptEnd(running, OK, T0 + 2)], BACKOFF_MAX))
+        )
+        with b.transaction():
+            assert b.retry([dependent], False, T0 + 1) == [dependent]  # read 'running': waits for it
+            ending.start()
+            ending.join(timeout=1)  # done at once without a lock; else it waits for this retry
+            assert ending.is_alive() or ended == ["completed"]
+        ending.join(timeout=30)
+        assert ended == ["completed"]
+        assert [c.id for c in claim(a, T0 + 3)] == [dependent]
+    finally:
+        a.engine.close()
+        b.engine.close()

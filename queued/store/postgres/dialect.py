@@ -65,6 +65,7 @@ POSTGRES = Dialect(
     find="strpos",
     lock=" FOR UPDATE",
     key_share=" FOR KEY SHARE",
+    share=" FOR SHARE OF {}",
     path_in=path_bytes,
     path_out=path_read,
     json_in=Jsonb,

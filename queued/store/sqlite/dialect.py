@@ -43,6 +43,7 @@ SQLITE = Dialect(
     find="instr",
     lock="",  # one writer: nothing to lock against
     key_share="",
+    share="",
     path_in=stored_path,
     path_out=None,  # a cwd's column holds text, or a BLOB for one not UTF-8: read back as is
     json_in=stored_json,
