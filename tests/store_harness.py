@@ -171,3 +171,20 @@ def observable(store: Any) -> dict[str, Any]:
         "queues": store.queues(),
         "config": store.config(),
     }
+
+
+def finished_counts_written(conn: Any) -> int:
+    """Rows of PostgreSQL's finished_counts written (inserted or updated) so
+    far by the transaction open on `conn`."""
+    [(written,)] = conn.execute(
+        "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'finished_counts'"
+    ).fetchall()
+    return written
+
+
+def counted_apart(conn: Any) -> bool:
+    """Whether the row trigger stands aside now (queued.counted_apart on)."""
+    return conn.execute("SELECT current_setting('queued.counted_apart', true)").fetchone()[0] not in (
+        "",
+        None,
+    )

@@ -13,7 +13,18 @@ from typing import Any
 import pytest
 
 from queued.store.contract import AttemptEnd
-from tests.store_harness import BACKOFF_MAX, FAIL, OK, T0, Direct, add, claim, new
+from tests.store_harness import (
+    BACKOFF_MAX,
+    FAIL,
+    OK,
+    T0,
+    Direct,
+    add,
+    claim,
+    counted_apart,
+    finished_counts_written,
+    new,
+)
 
 
 class _Counting:
@@ -111,14 +122,8 @@ def test_the_ends_of_a_batch_write_the_finished_counts_row_once(store: Direct) -
     conn = store.engine.conn
     with store.transaction():
         store.finish_many(ends, BACKOFF_MAX)
-        [(written,)] = conn.execute(
-            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'finished_counts'"
-        ).fetchall()
-        assert written == 1
-        assert conn.execute("SELECT current_setting('queued.counted_apart', true)").fetchone()[0] in (
-            "",
-            None,
-        )
+        assert finished_counts_written(conn) == 1
+        assert not counted_apart(conn)
         states = store.states(ids)
         counts = store.counts()
         for name in ("completed", "dead", "failed"):
